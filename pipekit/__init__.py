@@ -1,0 +1,91 @@
+"""pipekit: CI/CD pipelines as ordinary, testable Python.
+
+The public surface is what ``__all__`` lists; everything in a module whose name starts with an
+underscore is private machinery.
+"""
+
+from __future__ import annotations
+
+from pipekit._context import Context
+from pipekit._executor import RunResult, StageResult
+from pipekit._graph import Plan, find_errors, plan
+from pipekit._loader import load
+from pipekit._stage import Pipeline, Stage, stage
+from pipekit.backend import CommandResult
+from pipekit.exceptions import (
+    BackendError,
+    CycleError,
+    DuplicateStageError,
+    EngineUnavailable,
+    ImageNotFound,
+    Interrupted,
+    PipekitError,
+    PipelineError,
+    PipelineLoadError,
+    StageCodeError,
+    StageFailed,
+    StageSignatureError,
+    StepFailed,
+    UnknownStageError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "CommandResult",
+    "Context",
+    "CycleError",
+    "DuplicateStageError",
+    "EngineUnavailable",
+    "ImageNotFound",
+    "Interrupted",
+    "PipekitError",
+    "Pipeline",
+    "PipelineError",
+    "PipelineLoadError",
+    "Plan",
+    "RunResult",
+    "Stage",
+    "StageCodeError",
+    "StageFailed",
+    "StageResult",
+    "StageSignatureError",
+    "StepFailed",
+    "UnknownStageError",
+    "__version__",
+    "find_errors",
+    "load",
+    "plan",
+    "run",
+    "stage",
+]
+
+
+def run(
+    pipeline: Pipeline | str = "pipeline.py",
+    *targets: str,
+    jobs: int = 4,
+    fail_fast: bool = False,
+    backend: object | None = None,
+    image_map: dict[str, str] | None = None,
+    log_format: str = "console",
+) -> RunResult:
+    """Load (if given a path), validate and run a pipeline on the Docker backend by default."""
+    from pipekit._executor import Executor
+    from pipekit._logging import make_logger
+
+    p = load(pipeline) if isinstance(pipeline, str) else pipeline
+    the_plan = plan(p, targets)
+    if backend is None:
+        from pipekit._docker import DockerBackend
+
+        backend = DockerBackend()
+    from pipekit.backend import Backend
+
+    assert isinstance(backend, Backend)
+    backend.check()
+    executor = Executor(
+        backend, jobs=jobs, fail_fast=fail_fast, image_map=image_map, log=make_logger(log_format)
+    )
+    return executor.run(the_plan)

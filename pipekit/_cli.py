@@ -1,0 +1,236 @@
+"""The command line: ``pipekit run | list | graph | validate``.
+
+Exit codes: 0 success, 1 a stage failed, 2 the pipeline or the command line is wrong,
+3 the backend (Docker engine) is not usable, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+Only this module turns exceptions into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, Any
+
+from pipekit import __version__
+from pipekit._graph import Plan, find_errors, plan
+from pipekit._loader import load
+from pipekit._logging import LOG_FORMATS, make_logger
+from pipekit._stage import Pipeline
+from pipekit.exceptions import Interrupted, PipekitError, PipelineError, UsageError
+
+__all__ = ["main"]
+
+IMAGE_MAP_ENV = "PIPEKIT_IMAGE_MAP"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 itself; keep our own wording
+        raise UsageError(f"{message} (see `pipekit {self.prog.split()[-1]} --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pipekit", description="Run CI/CD pipelines written in Python.")
+    parser.add_argument("--version", action="version", version=f"pipekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def with_file(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "-f", "--file", default="pipeline.py", metavar="PATH",
+            help="the pipeline file, or a folder holding pipeline.py (default: ./pipeline.py)",
+        )
+        return p
+
+    run = with_file(sub.add_parser("run", help="run the pipeline (or the named stages and what they need)"))
+    run.add_argument("stages", nargs="*", metavar="STAGE", help="stages to run, with everything upstream")
+    run.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="stages run at once (default 4)")
+    run.add_argument("--fail-fast", action="store_true", help="when a stage fails, stop the running ones too")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="console", help="console (default) or json")
+    run.add_argument("-v", "--verbose", action="store_true", help="also log each command before it runs")
+    run.add_argument(
+        "--image-map", action="append", default=[], metavar="IMAGE=LOCAL",
+        help=f"run stages that ask for IMAGE in LOCAL instead (repeatable; also ${IMAGE_MAP_ENV}=A=B,C=D)",
+    )
+    with_file(sub.add_parser("list", help="list the stages, their images and dependencies"))
+    graph = with_file(sub.add_parser("graph", help="print the stage graph"))
+    graph.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
+    with_file(sub.add_parser("validate", help="check the pipeline and report every problem"))
+    return parser
+
+
+def _image_map(values: Sequence[str]) -> dict[str, str]:
+    items = [v for v in os.environ.get(IMAGE_MAP_ENV, "").split(",") if v.strip()]
+    items += list(values)
+    mapping = {}
+    for item in items:
+        src, sep, dst = item.strip().partition("=")
+        if not sep or not src or not dst:
+            raise UsageError(f"--image-map takes IMAGE=LOCAL_IMAGE, got {item!r}")
+        mapping[src] = dst
+    return mapping
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """While running, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum, signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _print_error(err: IO[str], message: str) -> None:
+    for line in message.rstrip().splitlines() or [""]:
+        print(f"pipekit: {line}", file=err)
+
+
+def _load_valid(path: str) -> Pipeline:
+    return load(path)
+
+
+def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    pipeline = _load_valid(args.file)
+    errors = find_errors(pipeline)
+    for e in errors:
+        _print_error(err, f"{type(e).__name__}: {e}")
+    if errors:
+        _print_error(err, f"{len(errors)} problem(s) in {pipeline.path}")
+        return 2
+    print(f"{pipeline.path}: {len(pipeline.stages)} stages, valid", file=out)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    p = plan(_load_valid(args.file))
+    rows = [("STAGE", "IMAGE", "NEEDS", "DEFINED AT")]
+    for name in p.order:
+        s = p.stage(name)
+        rows.append((name, p.pipeline.image_for(s) or "(host)", ", ".join(p.upstream(name)) or "-", s.location))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join([*(c.ljust(widths[i]) for i, c in enumerate(r[:3])), r[3]]), file=out)
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    p = plan(_load_valid(args.file))
+    edges = [(u, v) for v in p.order for u in p.upstream(v)]
+    if args.format == "dot":
+        print(f'digraph "{p.pipeline.name}" {{', file=out)
+        for n in p.order:
+            print(f'  "{n}";', file=out)
+        for u, v in edges:
+            print(f'  "{u}" -> "{v}";', file=out)
+        print("}", file=out)
+    elif args.format == "mermaid":
+        ids = {n: f"s{i}" for i, n in enumerate(p.order)}
+        print("graph LR", file=out)
+        for n in p.order:
+            print(f'  {ids[n]}["{n}"]', file=out)
+        for u, v in edges:
+            print(f"  {ids[u]} --> {ids[v]}", file=out)
+    else:
+        for n in p.order:
+            ups = p.upstream(n)
+            print(f"{n} <- {', '.join(ups)}" if ups else n, file=out)
+    return 0
+
+
+def _print_plan(p: Plan, out: IO[str], log_format: str, image_map: dict[str, str]) -> None:
+    log = make_logger(log_format, file=out) if log_format == "json" else None
+    for i, name in enumerate(p.order, 1):
+        s = p.stage(name)
+        image = p.pipeline.image_for(s)
+        shown = image_map.get(image, image) if image else None
+        needs = list(p.upstream(name))
+        if log is not None:
+            log.info("stage planned", stage=name, position=i, image=shown, needs=needs)
+        else:
+            where = shown or "host"
+            after = f" after {', '.join(needs)}" if needs else ""
+            print(f"{i:>3}. {name} ({where}){after}", file=out)
+    if log is None:
+        print(f"dry run: {len(p.order)} stages planned, nothing started", file=out)
+
+
+def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from pipekit._executor import Executor
+
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be 1 or more, got {args.jobs}")
+    image_map = _image_map(args.image_map)
+    p = _load_valid(args.file)
+    errors = find_errors(p)
+    if errors:
+        for e in errors:
+            _print_error(err, f"{type(e).__name__}: {e}")
+        _print_error(err, "nothing was run")
+        return 2
+    the_plan = plan(p, args.stages)
+    if args.dry_run:
+        _print_plan(the_plan, out, args.log_format, image_map)
+        return 0
+    from pipekit._docker import DockerBackend
+
+    backend = DockerBackend()
+    backend.check()
+    log = make_logger(args.log_format, file=out, level=10 if args.verbose else 20)
+    executor = Executor(backend, jobs=args.jobs, fail_fast=args.fail_fast, log=log, image_map=image_map)
+    with _signals_raise():
+        result = executor.run(the_plan)
+    return result.exit_code
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "graph": cmd_graph, "validate": cmd_validate}
+
+
+def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Run the command line in-process and return its exit code (never raises for user errors)."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    try:
+        args = _parser().parse_args(argv)
+        if not args.command:
+            _parser().print_help(out)
+            return 2
+        return COMMANDS[args.command](args, out, err)
+    except Interrupted as e:
+        _print_error(err, f"{e}; stopped every running stage and removed its containers")
+        return e.exit_code
+    except KeyboardInterrupt:
+        _print_error(err, "interrupted; stopped every running stage and removed its containers")
+        return 130
+    except PipelineError as e:
+        _print_error(err, f"{type(e).__name__}: {e}")
+        return e.exit_code
+    except PipekitError as e:
+        _print_error(err, str(e))
+        return e.exit_code
+    finally:
+        try:
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def console_main() -> None:
+    code = main()
+    if any(t.name.startswith("pipekit-stage") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # a stage stuck in Python code must not keep the process alive
+    raise SystemExit(code)

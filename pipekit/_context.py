@@ -1,0 +1,92 @@
+"""The context a stage function receives as ``ctx``."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipekit.backend import Backend, CommandResult, StageHandle
+from pipekit.exceptions import StageFailed, StepFailed
+
+__all__ = ["Context"]
+
+TAIL_LINES = 20
+
+
+class Context:
+    """What a stage sees of its run: ``sh``, ``env``, ``stage``, ``run_id``, ``workspace``, ``log``."""
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        run_id: str,
+        workspace: Path,
+        env: Mapping[str, str],
+        log: Any,
+        backend: Backend,
+        handle: StageHandle,
+        cancelled: threading.Event | None = None,
+    ) -> None:
+        self.stage = stage
+        self.run_id = run_id
+        self.workspace = workspace
+        self.env: dict[str, str] = dict(env)
+        self.log = log
+        self.image = handle.spec.image
+        self._backend = backend
+        self._handle = handle
+        self._cancelled = cancelled or threading.Event()
+        self.commands: list[CommandResult] = []
+
+    def sh(self, command: str, env: Mapping[str, object] | None = None, check: bool = True) -> CommandResult:
+        """Run ``sh -c command`` where the stage runs, streaming its output into the log.
+
+        Raises :class:`pipekit.StepFailed` on a non-zero exit unless ``check=False``.
+        """
+        if self._cancelled.is_set():
+            raise StageFailed(f"Stage '{self.stage}' was stopped before `{command}`", stage=self.stage)
+        call_env = {str(k): str(v) for k, v in (env or {}).items()}
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+        def on_line(stream: str, line: str) -> None:
+            tail.append(line)
+            self.log.info("output", line=line, stream=stream)
+
+        self.log.debug("command", command=command)
+        # host stages see the whole layered environment; containers got the stage env at start
+        exec_env = {**self.env, **call_env} if self._handle.ref is None else self._exec_env(call_env)
+        result = self._backend.exec(self._handle, command, exec_env, on_line)
+        self.commands.append(result)
+        if self._cancelled.is_set():
+            raise StageFailed(f"Stage '{self.stage}' was stopped while `{command}` ran", stage=self.stage)
+        if check and result.exit_code != 0:
+            raise StepFailed(
+                stage=self.stage,
+                command=command,
+                exit_code=result.exit_code,
+                output_tail=list(tail),
+                hint=_hint(result, self.image),
+            )
+        return result
+
+    def _exec_env(self, call_env: Mapping[str, str]) -> dict[str, str]:
+        changed = {k: v for k, v in self.env.items() if self._handle.spec.env.get(k) != v}
+        return {**changed, **call_env}
+
+    def __repr__(self) -> str:
+        return f"<Context stage={self.stage!r} run_id={self.run_id!r}>"
+
+
+def _hint(result: CommandResult, image: str | None) -> str:
+    where = f"image '{image}'" if image else "this machine's PATH"
+    if result.exit_code == 127:
+        return f"A command was not found in {where} (exit code 127: 'not found')."
+    if result.exit_code == 126:
+        return f"A command in {where} is not executable (exit code 126)."
+    if result.exit_code == 137:
+        return "The command was killed (exit code 137: SIGKILL, out of memory or the stage was stopped)."
+    return ""

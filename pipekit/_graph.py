@@ -1,0 +1,165 @@
+"""The stage graph: a networkx DiGraph with an edge from each dependency to its dependent."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+import attrs
+import networkx as nx
+
+from pipekit._stage import Pipeline, Stage
+from pipekit.exceptions import (
+    CycleError,
+    DuplicateStageError,
+    PipelineError,
+    StageSignatureError,
+    UnknownStageError,
+)
+
+__all__ = ["Plan", "find_errors", "plan"]
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def find_errors(pipeline: Pipeline) -> list[PipelineError]:
+    """Every problem of the pipeline's definition, in the order of its stages; empty when valid."""
+    errors: list[PipelineError] = []
+    by_name: dict[str, Stage] = {}
+    for s in pipeline.stages:
+        if s.name in by_name:
+            first = by_name[s.name]
+            errors.append(
+                DuplicateStageError(
+                    f"Stage '{s.name}' is defined twice: first at {first.location}. Rename one of"
+                    " them (or give it name=...)",
+                    stage=s.name,
+                    location=s.location,
+                )
+            )
+        else:
+            by_name[s.name] = s
+    if not by_name:
+        errors.append(
+            PipelineError(
+                f"{pipeline.path or pipeline.name} defines no stages. Decorate a function with"
+                " @pk.stage to make one"
+            )
+        )
+        return errors
+    for s in by_name.values():
+        for p in s.parameters:
+            if p.is_context or p.has_default or p.name in by_name:
+                continue
+            suggestion = _suggest(p.name, by_name)
+            hint = f" Did you mean '{suggestion}'?" if suggestion else ""
+            errors.append(
+                StageSignatureError(
+                    f"Stage '{s.name}' takes a parameter '{p.name}' that is neither `ctx` nor a"
+                    f" stage.{hint} Parameters after ctx name the stages whose results the stage"
+                    " receives",
+                    stage=s.name,
+                    location=s.location,
+                )
+            )
+        for need in s.needs:
+            if need not in by_name:
+                errors.append(
+                    UnknownStageError(
+                        f"Stage '{s.name}' depends on '{need}', which is not defined.",
+                        name=need,
+                        suggestion=_suggest(need, by_name),
+                        stage=s.name,
+                        location=s.location,
+                    )
+                )
+            elif need == s.name:
+                errors.append(
+                    CycleError([s.name], location=s.location)
+                )
+    if not errors:
+        graph = _build(by_name.values())
+        for cycle in _cycles(graph):
+            errors.append(CycleError(cycle, location=by_name[cycle[0]].location))
+    return errors
+
+
+def _edges(s: Stage) -> list[str]:
+    return [*s.needs, *(n for n in s.inputs if n not in s.needs), *s.optional_inputs]
+
+
+def _build(stages: Iterable[Stage], known: set[str] | None = None) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    stages = list(stages)
+    names = known if known is not None else {s.name for s in stages}
+    for s in stages:
+        graph.add_node(s.name, stage=s)
+    for s in stages:
+        for dep in _edges(s):
+            if dep in names and dep != s.name:
+                graph.add_edge(dep, s.name)
+    return graph
+
+
+def _cycles(graph: nx.DiGraph) -> list[list[str]]:
+    """One cycle per strongly connected component that has one, each starting at its first stage."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    cycles = []
+    for component in nx.strongly_connected_components(graph):
+        if len(component) < 2:
+            continue
+        start = min(component, key=order.__getitem__)
+        edges = nx.find_cycle(graph.subgraph(component), source=start)
+        cycles.append([u for u, _ in edges])
+    cycles.sort(key=lambda c: order[c[0]])
+    return cycles
+
+
+@attrs.frozen
+class Plan:
+    """The stages to run, in an order that respects every dependency, and their graph."""
+
+    pipeline: Pipeline
+    graph: nx.DiGraph = attrs.field(eq=False, repr=False)
+    order: tuple[str, ...]
+
+    def stage(self, name: str) -> Stage:
+        s: Stage = self.graph.nodes[name]["stage"]
+        return s
+
+    def upstream(self, name: str) -> tuple[str, ...]:
+        """The stages that must finish before ``name`` starts."""
+        return tuple(self.graph.predecessors(name))
+
+    def downstream(self, name: str) -> set[str]:
+        """Every stage that depends on ``name``, directly or not."""
+        return set(nx.descendants(self.graph, name))
+
+
+def plan(pipeline: Pipeline, targets: Sequence[str] = ()) -> Plan:
+    """Validate the pipeline and plan a run of ``targets`` and everything upstream of them.
+
+    Raises the first :class:`PipelineError` found; :func:`find_errors` lists them all.
+    """
+    errors = find_errors(pipeline)
+    if errors:
+        raise errors[0]
+    graph = _build(pipeline.stages)
+    if targets:
+        selected: set[str] = set()
+        for t in targets:
+            if t not in graph:
+                raise UnknownStageError(
+                    f"There is no stage '{t}' in {pipeline.path or pipeline.name}.",
+                    name=t,
+                    suggestion=_suggest(t, graph.nodes),
+                )
+            selected.add(t)
+            selected |= nx.ancestors(graph, t)
+        graph = graph.subgraph(selected).copy()
+    position = {s.name: i for i, s in enumerate(pipeline.stages)}
+    order = tuple(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
+    return Plan(pipeline=pipeline, graph=graph, order=order)

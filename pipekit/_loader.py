@@ -1,0 +1,113 @@
+"""Import a pipeline.py and collect its stages (``pk.load``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+from pipekit._stage import MODULE_REGISTRY, Pipeline, Stage
+from pipekit.exceptions import PipelineError, PipelineLoadError
+
+__all__ = ["load", "pipeline_from_module"]
+
+_counter = itertools.count()
+
+
+def _user_traceback(exc: BaseException, path: Path) -> str:
+    """The traceback of an import failure, trimmed to frames in the user's files."""
+    if isinstance(exc, SyntaxError):
+        return "".join(traceback.format_exception_only(type(exc), exc))
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith("<frozen") and not _is_pipekit_file(f.filename)
+    ]
+    out = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    out.extend(traceback.format_exception_only(type(exc), exc))
+    return "".join(out)
+
+
+_PIPEKIT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _is_pipekit_file(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PIPEKIT_DIR + os.sep)
+
+
+def load(path: str | os.PathLike[str] = "pipeline.py") -> Pipeline:
+    """Import a pipeline file and return its :class:`Pipeline`.
+
+    The file's folder is put on ``sys.path`` while it imports, so it can import helper modules
+    that sit beside it.
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / "pipeline.py"
+    file = file.resolve()
+    if not file.is_file():
+        raise PipelineLoadError(
+            f"No pipeline file at {file}. Create a pipeline.py or point at one with -f PATH.",
+            path=str(file),
+        )
+    module_name = f"_pipekit_pipeline_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise PipelineLoadError(f"Cannot import {file}: it is not a Python file", path=str(file))
+    module = importlib.util.module_from_spec(spec)
+    folder = str(file.parent)
+    sys.path.insert(0, folder)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except PipelineError:
+        raise
+    except Exception as e:
+        tb = _user_traceback(e, file)
+        raise PipelineLoadError(
+            f"Could not import {file}: {type(e).__name__}: {e}", path=str(file), traceback=tb
+        ) from e
+    finally:
+        sys.modules.pop(module_name, None)
+        try:
+            sys.path.remove(folder)
+        except ValueError:
+            pass
+    return pipeline_from_module(module, path=str(file))
+
+
+def pipeline_from_module(module: ModuleType, *, path: str | None = None) -> Pipeline:
+    """Collect the stages of an imported module into a :class:`Pipeline`.
+
+    Stages are those decorated in the module (in definition order) and any other stage objects
+    the module holds as globals.  If the module defines one ``pk.Pipeline``, that pipeline gets the
+    module's bare stages too and gives them its defaults.
+    """
+    namespace = vars(module)
+    pipelines = [v for v in namespace.values() if isinstance(v, Pipeline)]
+    unique_pipelines = list({id(p): p for p in pipelines}.values())
+    if len(unique_pipelines) > 1:
+        names = ", ".join(repr(p.name) for p in unique_pipelines)
+        raise PipelineError(
+            f"{path or module.__name__} defines {len(unique_pipelines)} pipelines ({names});"
+            " define one pk.Pipeline per file"
+        )
+    pipeline = unique_pipelines[0] if unique_pipelines else Pipeline(name=_default_name(path))
+    if pipeline.path is None:
+        pipeline.path = path
+    decorated: list[Stage] = list(namespace.get(MODULE_REGISTRY, ()))
+    held = [v for v in namespace.values() if isinstance(v, Stage)]
+    for s in itertools.chain(decorated, held):
+        pipeline.add(s)
+    return pipeline
+
+
+def _default_name(path: str | None) -> str:
+    if not path:
+        return "pipeline"
+    p = Path(path)
+    return p.parent.name if p.stem == "pipeline" and p.parent.name else p.stem

@@ -1,0 +1,280 @@
+"""Stages and pipelines: the objects that ``@pk.stage`` and ``pk.Pipeline`` make.
+
+Defining a stage has no side effect outside the user's own module: a bare ``@pk.stage`` notes the
+stage in the defining module's namespace (``__pipekit_stages__``) so that the loader can find every
+stage defined there, including ones that a later definition shadowed.  ``@pipeline.stage`` adds the
+stage to that pipeline object instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from pipekit.exceptions import PipelineError, StageSignatureError
+
+__all__ = ["Pipeline", "Stage", "stage"]
+
+MODULE_REGISTRY = "__pipekit_stages__"
+CONTEXT_PARAMETER_NAMES = ("ctx", "context")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _freeze_env(env: Mapping[str, object] | None) -> Mapping[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise PipelineError(f"env must be a mapping of names to values, got {type(env).__name__}")
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _location(fn: Callable[..., Any]) -> str:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return "<unknown>"
+    return f"{code.co_filename}:{code.co_firstlineno}"
+
+
+@attrs.frozen
+class Parameter:
+    """One parameter of a stage function and what fills it."""
+
+    name: str
+    is_context: bool
+    has_default: bool
+
+
+def _parameters(fn: Callable[..., Any], stage_name: str, location: str) -> tuple[Parameter, ...]:
+    params = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise StageSignatureError(
+                f"Stage '{stage_name}' takes *{p.name}; stage functions take `ctx` and the names of"
+                " the stages whose results they need, nothing variadic",
+                stage=stage_name,
+                location=location,
+            )
+        if p.kind is p.POSITIONAL_ONLY:
+            raise StageSignatureError(
+                f"Stage '{stage_name}' has a positional-only parameter '{p.name}'; pipekit passes"
+                " stage results by name",
+                stage=stage_name,
+                location=location,
+            )
+        annotation = p.annotation
+        is_ctx = p.name in CONTEXT_PARAMETER_NAMES or (
+            isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "Context"
+        ) or getattr(annotation, "__name__", None) == "Context"
+        params.append(Parameter(p.name, is_ctx, p.default is not p.empty))
+    return tuple(params)
+
+
+@attrs.frozen(eq=False)
+class Stage:
+    """A stage: a function plus how and where to run it.
+
+    ``stage.fn`` is the plain function; calling the stage calls it, so tests can use a stage
+    like the function it decorates.
+    """
+
+    fn: Callable[..., Any]
+    name: str
+    image: str | None = None
+    needs: tuple[str, ...] = ()
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    parameters: tuple[Parameter, ...] = ()
+    location: str = "<unknown>"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Names of the stages whose results this stage receives as arguments."""
+        return tuple(p.name for p in self.parameters if not p.is_context and not p.has_default)
+
+    @property
+    def optional_inputs(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters if not p.is_context and p.has_default)
+
+    @property
+    def wants_context(self) -> str | None:
+        for p in self.parameters:
+            if p.is_context:
+                return p.name
+        return None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Stage {self.name!r} at {self.location}>"
+
+
+def _need_names(needs: Iterable[Stage | str | Callable[..., Any]] | None, where: str) -> tuple[str, ...]:
+    if needs is None:
+        return ()
+    if isinstance(needs, (str, Stage)):
+        needs = [needs]
+    names = []
+    for n in needs:
+        if isinstance(n, Stage):
+            names.append(n.name)
+        elif isinstance(n, str):
+            names.append(n)
+        else:
+            raise PipelineError(
+                f"needs= takes stages or stage names, got {n!r}; decorate the function with"
+                " @pk.stage or pass its name as a string",
+                location=where,
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def _make_stage(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    image: str | None,
+    needs: Iterable[Stage | str] | None,
+    env: Mapping[str, object] | None,
+) -> Stage:
+    if isinstance(fn, Stage):
+        raise PipelineError(f"{fn!r} is decorated as a stage twice", location=fn.location)
+    if not callable(fn):
+        raise PipelineError(f"@stage decorates functions, got {fn!r}")
+    location = _location(fn)
+    stage_name = name or fn.__name__
+    if image is not None and not isinstance(image, str):
+        raise PipelineError(
+            f"Stage '{stage_name}': image= takes an image name such as 'alpine:3.20', got {image!r}",
+            stage=stage_name,
+            location=location,
+        )
+    return Stage(
+        fn=fn,
+        name=stage_name,
+        image=image or None,
+        needs=_need_names(needs, location),
+        env=_freeze_env(env),
+        parameters=_parameters(fn, stage_name, location),
+        location=location,
+    )
+
+
+@overload
+def stage(fn: F, /) -> Stage: ...
+
+
+@overload
+def stage(
+    *,
+    name: str | None = None,
+    image: str | None = None,
+    needs: Iterable[Stage | str] | None = None,
+    env: Mapping[str, object] | None = None,
+) -> Callable[[F], Stage]: ...
+
+
+def stage(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    image: str | None = None,
+    needs: Iterable[Stage | str] | None = None,
+    env: Mapping[str, object] | None = None,
+) -> Stage | Callable[[Callable[..., Any]], Stage]:
+    """Declare a stage: ``@pk.stage`` or ``@pk.stage(image=..., needs=[...], env={...}, name=...)``.
+
+    A parameter named ``ctx`` receives the :class:`pipekit.Context`; every other parameter names a
+    stage, which this stage then depends on and whose return value it receives.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Stage:
+        s = _make_stage(f, name=name, image=image, needs=needs, env=env)
+        module_globals = getattr(f, "__globals__", None)
+        if isinstance(module_globals, dict):
+            module_globals.setdefault(MODULE_REGISTRY, []).append(s)
+        return s
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+
+class Pipeline:
+    """A named set of stages with defaults (image, env) for all of them.
+
+    Either made explicitly in pipeline.py (``pipeline = pk.Pipeline(name="ci", image="alpine")``
+    and ``@pipeline.stage``), or made by :func:`pipekit.load` from the stages a module defines.
+    """
+
+    def __init__(
+        self,
+        name: str = "pipeline",
+        *,
+        image: str | None = None,
+        env: Mapping[str, object] | None = None,
+        stages: Iterable[Stage] = (),
+        path: str | None = None,
+    ) -> None:
+        self.name = name
+        self.image = image or None
+        self.env: Mapping[str, str] = _freeze_env(env)
+        self.path = path
+        self._stages: list[Stage] = list(stages)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return tuple(self._stages)
+
+    def add(self, s: Stage) -> Stage:
+        """Add a stage made elsewhere (for example with ``pk.stage``) to this pipeline."""
+        if not any(s is existing for existing in self._stages):
+            self._stages.append(s)
+        return s
+
+    @overload
+    def stage(self, fn: F, /) -> Stage: ...
+
+    @overload
+    def stage(
+        self,
+        *,
+        name: str | None = None,
+        image: str | None = None,
+        needs: Iterable[Stage | str] | None = None,
+        env: Mapping[str, object] | None = None,
+    ) -> Callable[[F], Stage]: ...
+
+    def stage(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        image: str | None = None,
+        needs: Iterable[Stage | str] | None = None,
+        env: Mapping[str, object] | None = None,
+    ) -> Stage | Callable[[Callable[..., Any]], Stage]:
+        """Like :func:`pipekit.stage`, adding the stage to this pipeline."""
+
+        def decorate(f: Callable[..., Any]) -> Stage:
+            return self.add(_make_stage(f, name=name, image=image, needs=needs, env=env))
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def image_for(self, s: Stage) -> str | None:
+        """The image a stage runs in: its own, else the pipeline's; None runs on the host."""
+        return s.image or self.image
+
+    def env_for(self, s: Stage) -> dict[str, str]:
+        """Pipeline environment overlaid with the stage's."""
+        return {**self.env, **s.env}
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self.name!r} with {len(self._stages)} stages>"

@@ -1,0 +1,119 @@
+"""The one seam between the executor and the world that runs commands.
+
+The executor only ever talks to a :class:`Backend`.  A stage's life on a backend is four steps,
+kept separate so that a backend may prepare a stage's container early (while its upstream
+stages still run) or on another machine::
+
+    handle = backend.prepare(spec)          # e.g. create and start the stage's container
+    backend.exec(handle, command, env, on_line)   # any number of times: ctx.sh(...)
+    backend.release(handle)                 # remove what prepare made; idempotent
+    backend.cleanup(run_id)                 # remove anything of the run that is still there
+
+``release`` may be called from another thread while ``exec`` is running (fail-fast,
+interrupts): ``exec`` must then return or raise promptly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+__all__ = ["Backend", "CommandResult", "LineSink", "StageHandle", "StageSpec"]
+
+#: Called with ``("stdout" | "stderr", line)`` for each line as soon as it is printed.
+LineSink = Callable[[str, str], None]
+
+
+@attrs.frozen
+class StageSpec:
+    """What a backend needs to know to prepare a stage."""
+
+    run_id: str
+    stage: str
+    image: str | None
+    workspace: Path
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class StageHandle:
+    """A prepared stage on a backend; ``ref`` is the backend's own (a container id, ...)."""
+
+    spec: StageSpec
+    ref: Any = attrs.field(eq=False, repr=False, default=None)
+    where: str = "host"
+
+
+@attrs.frozen
+class CommandResult:
+    """What ``ctx.sh`` returns: the command, its exit code and everything it printed."""
+
+    command: str
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def output(self) -> str:
+        """stdout and stderr together (stdout first)."""
+        return self.stdout + self.stderr
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs stages. Implemented by the Docker backend and by pipekit.testing's fake."""
+
+    name: str
+
+    def check(self) -> None:
+        """Raise :class:`pipekit.exceptions.BackendError` when the backend cannot run stages."""
+
+    def prepare(self, spec: StageSpec) -> StageHandle:
+        """Make the place a stage runs in (pull its image, start its container)."""
+
+    def exec(
+        self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink
+    ) -> CommandResult:
+        """Run ``sh -c command`` in the prepared stage, streaming lines to ``on_line``."""
+
+    def release(self, handle: StageHandle) -> None:
+        """Remove what :meth:`prepare` made and stop what still runs there. Idempotent."""
+
+    def cleanup(self, run_id: str) -> None:
+        """Remove everything that the run ``run_id`` may have left (containers, networks)."""
+
+
+class LineSplitter:
+    """Turns chunks of bytes into complete lines, keeping the text for the result."""
+
+    def __init__(self, stream: str, on_line: LineSink) -> None:
+        self.stream = stream
+        self._on_line = on_line
+        self._pending = b""
+        self._chunks: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._chunks.append(data)
+        self._pending += data
+        if b"\n" not in data:
+            return
+        *lines, self._pending = self._pending.split(b"\n")
+        for raw in lines:
+            self._on_line(self.stream, raw.rstrip(b"\r").decode("utf-8", "replace"))
+
+    def close(self) -> str:
+        if self._pending:
+            self._on_line(self.stream, self._pending.rstrip(b"\r").decode("utf-8", "replace"))
+            self._pending = b""
+        return b"".join(self._chunks).decode("utf-8", "replace")

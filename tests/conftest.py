@@ -1,0 +1,130 @@
+"""Shared fixtures: a real Docker engine and a tiny busybox image, built once per session."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pipekit as pk
+from pipekit._executor import Executor
+from pipekit._logging import make_logger
+
+BUSYBOX_IMAGE = "pipekit-test/busybox:latest"
+BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+DOCKERFILE = b"""FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ENV PATH=/bin
+"""
+PIPELINES = Path(__file__).parent / "pipelines"
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Any:
+    """A client of the engine. pipekit's own CI always starts one: no engine is a failure, not a skip."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # pragma: no cover - the message is the point
+        pytest.fail(f"no Docker engine answers ({e}); run scripts/start-engine.sh first", pytrace=False)
+    yield client
+    client.close()
+
+
+def _busybox_binary() -> Path:
+    for candidate in BUSYBOX_CANDIDATES:
+        p = Path(candidate)
+        if p.is_file() and not p.is_symlink():
+            return p
+    found = shutil.which("busybox")
+    if found:
+        return Path(found).resolve()
+    pytest.fail("no static busybox on this machine; install busybox-static", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: Any) -> str:
+    """A FROM-scratch image with a static busybox (sh, sleep, echo, ...), built once per session."""
+    import docker
+
+    try:
+        docker_client.images.get(BUSYBOX_IMAGE)
+        return BUSYBOX_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(DOCKERFILE)
+        tar.addfile(info, io.BytesIO(DOCKERFILE))
+        tar.add(str(_busybox_binary()), arcname="busybox")
+    buf.seek(0)
+    docker_client.images.build(fileobj=buf, custom_context=True, tag=BUSYBOX_IMAGE, rm=True)
+    return BUSYBOX_IMAGE
+
+
+class Events:
+    """Every log event of a run, with the monotonic time it was emitted."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, dict[str, Any]]] = []
+
+    def __call__(self, _logger: Any, _name: str, event_dict: Any) -> Any:
+        self.items.append((time.monotonic(), dict(event_dict)))
+        return event_dict
+
+    def named(self, event: str, **match: Any) -> list[dict[str, Any]]:
+        return [e for _, e in self.items if e["event"] == event and all(e.get(k) == v for k, v in match.items())]
+
+    def lines(self, stage: str) -> list[str]:
+        return [e["line"] for e in self.named("output", stage=stage)]
+
+    def time_of(self, event: str, **match: Any) -> float:
+        for t, e in self.items:
+            if e["event"] == event and all(e.get(k) == v for k, v in match.items()):
+                return t
+        raise AssertionError(f"no event {event!r} with {match}")
+
+
+@pytest.fixture
+def docker_backend(docker_client: Any) -> Any:
+    from pipekit._docker import DockerBackend
+
+    return DockerBackend(docker_client)
+
+
+@pytest.fixture
+def run_on_docker(docker_backend: Any, busybox_image: str, docker_client: Any) -> Any:
+    """Run a pipeline on the real engine with every test image mapped to busybox; checks cleanup."""
+    run_ids: list[str] = []
+
+    def run(pipeline: pk.Pipeline | str | Path, *targets: str, **kwargs: Any) -> tuple[pk.RunResult, Events]:
+        p = pk.load(pipeline) if isinstance(pipeline, (str, Path)) else pipeline
+        events = Events()
+        executor = Executor(
+            docker_backend,
+            log=make_logger("json", file=io.StringIO(), processors=[events]),
+            image_map={"alpine:3.20": busybox_image, "busybox": busybox_image},
+            **kwargs,
+        )
+        run_ids.append(executor.run_id)
+        return executor.run(pk.plan(p, targets)), events
+
+    yield run
+    for run_id in run_ids:
+        left = docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"})
+        assert not left, f"run {run_id} left containers behind: {[c.name for c in left]}"
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -1,0 +1,6 @@
+import pipekit as pk
+
+
+@pk.stage
+def lint(ctx)
+    pass

@@ -1,0 +1,132 @@
+"""The DSL: what @pk.stage and pk.Pipeline make of a function."""
+
+from __future__ import annotations
+
+import pytest
+
+import pipekit as pk
+
+
+def test_bare_decorator_makes_a_stage_named_after_the_function() -> None:
+    """@pk.stage without options names the stage after the function and keeps it callable."""
+
+    @pk.stage
+    def lint(ctx):
+        return "linted"
+
+    assert isinstance(lint, pk.Stage)
+    assert lint.name == "lint"
+    assert lint.image is None
+    assert lint(None) == "linted"
+    assert lint.fn(None) == "linted"
+
+
+def test_options_are_recorded() -> None:
+    """image, needs (stages or names), env and name are kept on the stage."""
+
+    @pk.stage
+    def lint(ctx):
+        pass
+
+    @pk.stage(image="alpine:3.20", needs=[lint, "other"], env={"A": 1}, name="pkg")
+    def package(ctx):
+        pass
+
+    assert package.name == "pkg"
+    assert package.image == "alpine:3.20"
+    assert package.needs == ("lint", "other")
+    assert package.env == {"A": "1"}
+
+
+def test_parameters_after_ctx_are_inputs() -> None:
+    """A parameter that is not ctx names a stage whose value the stage receives."""
+
+    @pk.stage
+    def package(ctx, version, build=None):
+        pass
+
+    assert package.wants_context == "ctx"
+    assert package.inputs == ("version",)
+    assert package.optional_inputs == ("build",)
+
+
+def test_context_found_by_annotation() -> None:
+    """A first parameter annotated pk.Context is the context whatever its name."""
+
+    @pk.stage
+    def lint(c: pk.Context, version):
+        pass
+
+    assert lint.wants_context == "c"
+    assert lint.inputs == ("version",)
+
+
+def test_stage_without_context() -> None:
+    """A stage function may take no context at all."""
+
+    @pk.stage
+    def constant():
+        return 3
+
+    assert constant.wants_context is None
+    assert constant.inputs == ()
+
+
+def test_variadic_parameters_are_refused_at_decoration() -> None:
+    """*args cannot be filled by pipekit, so decorating such a function fails at once."""
+    with pytest.raises(pk.StageSignatureError, match=r"Stage 'bad' takes \*args.*test_stage.py:\d+"):
+
+        @pk.stage
+        def bad(ctx, *args):
+            pass
+
+
+def test_needs_takes_only_stages_or_names() -> None:
+    """needs= with a plain function says to decorate it or pass its name."""
+
+    def helper():
+        pass
+
+    with pytest.raises(pk.PipelineError, match="needs= takes stages or stage names"):
+        pk.stage(needs=[helper])(lambda ctx: None)
+
+
+def test_decorating_twice_is_refused() -> None:
+    """A stage cannot be decorated again."""
+
+    @pk.stage
+    def lint(ctx):
+        pass
+
+    with pytest.raises(pk.PipelineError, match="decorated as a stage twice"):
+        pk.stage(lint)
+
+
+def test_pipeline_gives_defaults() -> None:
+    """pk.Pipeline's image and env are defaults that a stage's own options override."""
+    p = pk.Pipeline(name="ci", image="base:1", env={"A": "p", "B": "p"})
+
+    @p.stage
+    def one(ctx):
+        pass
+
+    @p.stage(image="own:2", env={"B": "s"})
+    def two(ctx):
+        pass
+
+    assert [s.name for s in p.stages] == ["one", "two"]
+    assert p.image_for(one) == "base:1"
+    assert p.image_for(two) == "own:2"
+    assert p.env_for(two) == {"A": "p", "B": "s"}
+
+
+def test_location_names_file_and_line() -> None:
+    """Each stage knows where it was defined, for error messages."""
+
+    @pk.stage
+    def here(ctx):
+        pass
+
+    file, line = here.location.rsplit(":", 1)
+    assert file == __file__
+    assert int(line) > 0
