@@ -82,7 +82,12 @@ def _signals_raise() -> Iterator[None]:
         yield
         return
 
+    received: list[int] = []
+
     def handler(signum: int, _frame: Any) -> None:
+        if received:  # already stopping: let the cleanup finish
+            return
+        received.append(signum)
         raise Interrupted(signum, signal.Signals(signum).name)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

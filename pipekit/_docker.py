@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -58,6 +59,7 @@ class DockerBackend:
             import docker
             from docker.errors import DockerException
 
+            _probe_engine()
             try:
                 self._client = docker.from_env()
             except DockerException as e:
@@ -69,9 +71,7 @@ class DockerBackend:
 
         try:
             self.client.ping()
-        except DockerException as e:
-            raise _unreachable(e) from e
-        except OSError as e:  # requests' ConnectionError and friends
+        except (DockerException, OSError) as e:  # OSError: requests' ConnectionError and friends
             raise _unreachable(e) from e
 
     # -- images -----------------------------------------------------------------------------
@@ -244,13 +244,30 @@ def _close_stream(sock: Any) -> None:
         raw.close()
 
 
+def _docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _probe_engine(timeout: float = 5.0) -> None:
+    """Connect to the engine's socket ourselves first, for a clear error and no leaked socket."""
+    host = _docker_host()
+    try:
+        if host.startswith("unix://"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(host[len("unix://"):])
+        elif host.startswith(("tcp://", "http://", "https://")):
+            hostport = host.split("://", 1)[1].split("/", 1)[0]
+            name, _, port = hostport.rpartition(":")
+            with socket.create_connection((name or hostport, int(port or 2375)), timeout=timeout):
+                pass
+    except (OSError, ValueError) as e:
+        detail = getattr(e, "strerror", None) or str(e)
+        raise EngineUnavailable(f"Cannot reach a Docker engine at {host} ({detail}). {ENGINE_HINT}.") from e
+
+
 def _unreachable(e: BaseException) -> EngineUnavailable:
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    cause = e
-    while cause.__context__ is not None and not isinstance(cause, OSError):
-        cause = cause.__context__
-    detail = getattr(cause, "strerror", None) or _reason(e)
-    return EngineUnavailable(f"Cannot reach a Docker engine at {host} ({detail}). {ENGINE_HINT}.")
+    return EngineUnavailable(f"Cannot reach a Docker engine at {_docker_host()} ({_reason(e)}). {ENGINE_HINT}.")
 
 
 def _reason(e: Any) -> str:

@@ -249,6 +249,9 @@ class Executor:
             for _fut, (name, _state) in in_flight.items():
                 if name not in results:
                     results[name] = StageResult(name, CANCELLED, reason="run interrupted")
+            for name in plan.order:
+                if name not in results:
+                    results[name] = StageResult(name, SKIPPED, reason="not started: run interrupted")
             self._finish(plan, results, start, "interrupted")
             raise
         pool.shutdown(wait=True)
