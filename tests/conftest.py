@@ -16,15 +16,12 @@ import pipekit as pk
 from pipekit._executor import Executor
 from pipekit._logging import make_logger
 
-BUSYBOX_IMAGE = "pipekit-test/busybox:latest"
-BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-DOCKERFILE = b"""FROM scratch
-COPY busybox /bin/busybox
-RUN ["/bin/busybox", "--install", "-s", "/bin"]
-ENV PATH=/bin
-"""
-PIPELINES = Path(__file__).parent / "pipelines"
 ROOT = Path(__file__).parent.parent
+PIPELINES = Path(__file__).parent / "pipelines"
+# The same image scripts/local-images.sh builds, from the same Dockerfile.
+BUSYBOX_IMAGE = "pipekit-local/busybox:latest"
+BUSYBOX_DOCKERFILE = ROOT / "scripts" / "images" / "busybox" / "Dockerfile"
+BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +61,7 @@ def busybox_image(docker_client: Any) -> str:
         pass
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(DOCKERFILE)
-        tar.addfile(info, io.BytesIO(DOCKERFILE))
+        tar.add(str(BUSYBOX_DOCKERFILE), arcname="Dockerfile")
         tar.add(str(_busybox_binary()), arcname="busybox")
     buf.seek(0)
     docker_client.images.build(fileobj=buf, custom_context=True, tag=BUSYBOX_IMAGE, rm=True)
@@ -114,7 +109,7 @@ def run_on_docker(docker_backend: Any, busybox_image: str, docker_client: Any) -
         executor = Executor(
             docker_backend,
             log=make_logger("json", file=io.StringIO(), processors=[events]),
-            image_map={"alpine:3.20": busybox_image, "busybox": busybox_image},
+            image_map={"alpine:3.20": busybox_image, "alpine:3.19": busybox_image, "busybox": busybox_image},
             **kwargs,
         )
         run_ids.append(executor.run_id)
