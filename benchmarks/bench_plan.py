@@ -31,11 +31,16 @@ def generate(n: int) -> str:
     for i in range(n):
         layer, col = divmod(i, WIDTH)
         if layer == 0:
-            lines += [f"@pk.stage(image='busybox')", f"def s{i}(ctx):", "    return 1", ""]
+            lines += ["@pk.stage(image='busybox')", f"def s{i}(ctx):", "    return 1", ""]
             continue
         value = (layer - 1) * WIDTH + col
         need = (layer - 1) * WIDTH + (col + 1) % WIDTH
-        lines += [f"@pk.stage(image='busybox', needs=['s{need}'])", f"def s{i}(ctx, s{value}):", f"    return s{value} + 1", ""]
+        lines += [
+            f"@pk.stage(image='busybox', needs=['s{need}'])",
+            f"def s{i}(ctx, s{value}):",
+            f"    return s{value} + 1",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -91,7 +91,7 @@ class DockerBackend:
                 self.client.images.get(image)
             except DockerImageNotFound:
                 try:
-                    self.client.images.pull(image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest")
+                    self.client.images.pull(_with_tag(image))
                 except (APIError, DockerException) as e:
                     raise ImageNotFound(
                         f"Image '{image}' is not in the Docker engine and could not be pulled:"
@@ -228,6 +228,12 @@ class DockerBackend:
             if e.status_code == 409:  # removal already in progress
                 return
             raise
+
+
+def _with_tag(image: str) -> str:
+    """docker-py pulls every tag of a repository when none is given; the CLI pulls :latest."""
+    has_tag = ":" in image.rsplit("/", 1)[-1] or "@" in image
+    return image if has_tag else f"{image}:latest"
 
 
 def _close_stream(sock: Any) -> None:

@@ -236,7 +236,9 @@ class Executor:
                     for child in plan.downstream(name):
                         if child not in results:
                             results[child] = StageResult(child, SKIPPED, reason=f"upstream '{name}' failed")
-                            self.log.info("stage finished", stage=child, status=SKIPPED, reason=f"upstream '{name}' failed")
+                            self.log.info(
+                                "stage finished", stage=child, status=SKIPPED, reason=f"upstream '{name}' failed"
+                            )
                     if stop_reason is None:
                         stop_reason = f"'{name}' failed"
                         if self.fail_fast:

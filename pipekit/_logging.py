@@ -121,7 +121,7 @@ def make_logger(
         renderer,
     ]
     return structlog.wrap_logger(
-        structlog.PrintLogger(file if file is not None else sys.stdout),
+        structlog.PrintLogger(file if file is not None else sys.stdout),  # type: ignore[arg-type]
         processors=chain,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=False,

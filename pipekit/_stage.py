@@ -242,6 +242,8 @@ class Pipeline:
     @overload
     def stage(
         self,
+        fn: None = None,
+        /,
         *,
         name: str | None = None,
         image: str | None = None,

@@ -47,7 +47,7 @@ def test_unknown_dependency_suggests_a_name() -> None:
     [error] = _errors("unknown_dep.py")
     assert isinstance(error, pk.UnknownStageError)
     assert str(error).startswith("Stage 'test' depends on 'lnt', which is not defined. Did you mean 'lint'?")
-    assert f"unknown_dep.py:9" in str(error)
+    assert "unknown_dep.py:9" in str(error)
 
 
 def test_duplicate_name_points_at_both_definitions() -> None:
@@ -163,5 +163,5 @@ def test_every_cycle_is_reported(data: tuple[int, list[tuple[int, int]]]) -> Non
     assert len(errors) == len(cyclic_components)
     for e in errors:
         names = [int(s[1:]) for s in e.cycle]
-        for a, b in zip(names, names[1:] + names[:1]):
+        for a, b in zip(names, names[1:] + names[:1], strict=True):
             assert (a, b) in edges

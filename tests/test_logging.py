@@ -37,7 +37,10 @@ def test_summary_is_a_table() -> None:
     buf = io.StringIO()
     make_logger("console", file=buf).info(
         "run finished", run_id="r1", status="failed", duration_s=2.0,
-        stages=[{"stage": "a", "status": "failed", "duration_s": 1.0}, {"stage": "bb", "status": "skipped", "duration_s": None}],
+        stages=[
+            {"stage": "a", "status": "failed", "duration_s": 1.0},
+            {"stage": "bb", "status": "skipped", "duration_s": None},
+        ],
     )
     assert buf.getvalue().splitlines()[1:] == [
         "STAGE  STATUS   DURATION",

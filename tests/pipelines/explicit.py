@@ -10,7 +10,9 @@ def first(ctx):
 
 @pipeline.stage(env={"LEVEL": "stage"}, name="second-stage")
 def second(ctx, first):
-    return [first, ctx.sh("echo $LEVEL $KEEP").stdout.strip(), ctx.sh("echo $LEVEL", env={"LEVEL": "call"}).stdout.strip()]
+    from_stage = ctx.sh("echo $LEVEL $KEEP").stdout.strip()
+    from_call = ctx.sh("echo $LEVEL", env={"LEVEL": "call"}).stdout.strip()
+    return [first, from_stage, from_call]
 
 
 @pk.stage(image="busybox")
