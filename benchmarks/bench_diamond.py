@@ -24,7 +24,6 @@ import docker
 import pipekit as pk
 from pipekit._docker import DockerBackend
 from pipekit._executor import Executor
-from pipekit._logging import make_logger
 
 CHAINS, LENGTH = 3, 6
 
@@ -48,7 +47,7 @@ def pipekit_pipeline(image: str) -> pk.Pipeline:
 
 def run_pipekit(client: docker.DockerClient, image: str, jobs: int) -> float:
     plan = pk.plan(pipekit_pipeline(image))
-    executor = Executor(DockerBackend(client), jobs=jobs, log=make_logger("json", file=io.StringIO()))
+    executor = Executor(DockerBackend(client), jobs=jobs, log_format="json", log_file=io.StringIO())
     start = time.perf_counter()
     result = executor.run(plan)
     elapsed = time.perf_counter() - start

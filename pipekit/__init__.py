@@ -11,9 +11,20 @@ from pipekit._executor import RunResult, StageResult
 from pipekit._graph import Plan, find_errors, plan
 from pipekit._loader import load
 from pipekit._stage import Pipeline, Stage, stage
-from pipekit.backend import CommandResult
+from pipekit._params import Param, Params, param
+from pipekit._secrets import Credentials, Secret, secret
+from pipekit.backend import CommandResult, Image
 from pipekit.exceptions import (
     BackendError,
+    BuildFailed,
+    BuildKitUnavailable,
+    InvalidReference,
+    ParameterError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailable,
+    SecretMissing,
+    TagNotFound,
     CycleError,
     DuplicateStageError,
     EngineUnavailable,
@@ -33,8 +44,24 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "BuildFailed",
+    "BuildKitUnavailable",
     "CommandResult",
     "Context",
+    "Credentials",
+    "Image",
+    "InvalidReference",
+    "Param",
+    "ParameterError",
+    "Params",
+    "RegistryAuthError",
+    "RegistryError",
+    "RegistryUnavailable",
+    "Secret",
+    "SecretMissing",
+    "TagNotFound",
+    "param",
+    "secret",
     "CycleError",
     "DuplicateStageError",
     "EngineUnavailable",
@@ -70,13 +97,17 @@ def run(
     backend: object | None = None,
     image_map: dict[str, str] | None = None,
     log_format: str = "console",
+    params: dict[str, str] | None = None,
+    secrets_file: str | None = None,
 ) -> RunResult:
     """Load (if given a path), validate and run a pipeline on the Docker backend by default."""
     from pipekit._executor import Executor
-    from pipekit._logging import make_logger
+    from pipekit._params import resolve_params
+    from pipekit._secrets import SecretStore
 
     p = load(pipeline) if isinstance(pipeline, str) else pipeline
     the_plan = plan(p, targets)
+    values = resolve_params(p.params.values(), params or {})
     if backend is None:
         from pipekit._docker import DockerBackend
 
@@ -86,6 +117,12 @@ def run(
     assert isinstance(backend, Backend)
     backend.check()
     executor = Executor(
-        backend, jobs=jobs, fail_fast=fail_fast, image_map=image_map, log=make_logger(log_format)
+        backend,
+        jobs=jobs,
+        fail_fast=fail_fast,
+        image_map=image_map,
+        log_format=log_format,
+        params=values,
+        secrets=SecretStore.from_file(secrets_file),
     )
     return executor.run(the_plan)

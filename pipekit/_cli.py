@@ -19,6 +19,8 @@ from typing import IO, Any
 from pipekit import __version__
 from pipekit._graph import Plan, find_errors, plan
 from pipekit._loader import load
+from pipekit._params import parse_param_args, resolve_params
+from pipekit._secrets import SecretStore
 from pipekit._logging import LOG_FORMATS, make_logger
 from pipekit._stage import Pipeline
 from pipekit.exceptions import Interrupted, PipekitError, PipelineError, UsageError
@@ -52,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
     run.add_argument("--log-format", choices=LOG_FORMATS, default="console", help="console (default) or json")
     run.add_argument("-v", "--verbose", action="store_true", help="also log each command before it runs")
+    run.add_argument(
+        "-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="set a parameter declared with pk.param (repeatable)",
+    )
+    run.add_argument(
+        "--secrets-file", metavar="PATH", help="a dotenv file of secrets (KEY=VALUE); the environment is read too"
+    )
     run.add_argument(
         "--image-map", action="append", default=[], metavar="IMAGE=LOCAL",
         help=f"run stages that ask for IMAGE in LOCAL instead (repeatable; also ${IMAGE_MAP_ENV}=A=B,C=D)",
@@ -119,15 +128,25 @@ def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
+def _table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join([*(c.ljust(widths[i]) for i, c in enumerate(r[:-1])), r[-1]]).rstrip(), file=out)
+
+
 def cmd_list(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     p = plan(_load_valid(args.file))
     rows = [("STAGE", "IMAGE", "NEEDS", "DEFINED AT")]
     for name in p.order:
         s = p.stage(name)
-        rows.append((name, p.pipeline.image_for(s) or "(host)", ", ".join(p.upstream(name)) or "-", s.location))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print("  ".join([*(c.ljust(widths[i]) for i, c in enumerate(r[:3])), r[3]]), file=out)
+        rows.append((name, p.pipeline.describe_image(s), ", ".join(p.upstream(name)) or "-", s.location))
+    _table(rows, out)
+    if p.pipeline.params:
+        print("", file=out)
+        prows = [("PARAMETER", "TYPE", "DEFAULT", "HELP")]
+        for prm in p.pipeline.params.values():
+            prows.append((prm.name, prm.type_name, repr(prm.default), prm.help or "-"))
+        _table(prows, out)
     return 0
 
 
@@ -160,12 +179,12 @@ def _print_plan(p: Plan, out: IO[str], log_format: str, image_map: dict[str, str
     for i, name in enumerate(p.order, 1):
         s = p.stage(name)
         image = p.pipeline.image_for(s)
-        shown = image_map.get(image, image) if image else None
+        shown = image_map.get(image, image) if image else p.pipeline.describe_image(s)
         needs = list(p.upstream(name))
         if log is not None:
             log.info("stage planned", stage=name, position=i, image=shown, needs=needs)
         else:
-            where = shown or "host"
+            where = shown
             after = f" after {', '.join(needs)}" if needs else ""
             print(f"{i:>3}. {name} ({where}){after}", file=out)
     if log is None:
@@ -185,6 +204,8 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             _print_error(err, f"{type(e).__name__}: {e}")
         _print_error(err, "nothing was run")
         return 2
+    params = resolve_params(p.params.values(), parse_param_args(args.param))
+    secrets = SecretStore.from_file(args.secrets_file)
     the_plan = plan(p, args.stages)
     if args.dry_run:
         _print_plan(the_plan, out, args.log_format, image_map)
@@ -193,8 +214,17 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
     backend = DockerBackend()
     backend.check()
-    log = make_logger(args.log_format, file=out, level=10 if args.verbose else 20)
-    executor = Executor(backend, jobs=args.jobs, fail_fast=args.fail_fast, log=log, image_map=image_map)
+    executor = Executor(
+        backend,
+        jobs=args.jobs,
+        fail_fast=args.fail_fast,
+        log_format=args.log_format,
+        log_file=out,
+        log_level=10 if args.verbose else 20,
+        image_map=image_map,
+        params=params,
+        secrets=secrets,
+    )
     with _signals_raise():
         result = executor.run(the_plan)
     return result.exit_code

@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipekit._docker_ops import DockerOps
+from pipekit._params import Params
+from pipekit._secrets import Secret, SecretStore
 from pipekit.backend import Backend, CommandResult, StageHandle
 from pipekit.exceptions import StageFailed, StepFailed
 
@@ -17,7 +20,8 @@ TAIL_LINES = 20
 
 
 class Context:
-    """What a stage sees of its run: ``sh``, ``env``, ``stage``, ``run_id``, ``workspace``, ``log``."""
+    """What a stage sees of its run: ``sh``, ``env``, ``stage``, ``run_id``, ``workspace``, ``log``,
+    ``params``, ``docker`` (build, tag, push, pull, run images) and ``secret(name)``."""
 
     def __init__(
         self,
@@ -30,6 +34,8 @@ class Context:
         backend: Backend,
         handle: StageHandle,
         cancelled: threading.Event | None = None,
+        params: Params | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.stage = stage
         self.run_id = run_id
@@ -37,24 +43,42 @@ class Context:
         self.env: dict[str, str] = dict(env)
         self.log = log
         self.image = handle.spec.image
+        self.params = params if params is not None else Params({})
+        self._secrets = secrets if secrets is not None else SecretStore()
         self._backend = backend
         self._handle = handle
         self._cancelled = cancelled or threading.Event()
         self.commands: list[CommandResult] = []
+        self.docker = DockerOps(
+            backend=backend,
+            run_id=run_id,
+            stage=stage,
+            workspace=workspace,
+            secrets=self._secrets,
+            log=log,
+            on_line=self._log_line,
+        )
 
-    def sh(self, command: str, env: Mapping[str, object] | None = None, check: bool = True) -> CommandResult:
+    def _log_line(self, stream: str, line: str) -> None:
+        self.log.info("output", line=line, stream=stream)
+
+    def secret(self, name: str) -> str:
+        """The value of a secret; it is masked in every log line from now on."""
+        return self._secrets.get(name, stage=self.stage)
+
+    def sh(self, command: str, env: Mapping[str, str | Secret] | None = None, check: bool = True) -> CommandResult:
         """Run ``sh -c command`` where the stage runs, streaming its output into the log.
 
         Raises :class:`pipekit.StepFailed` on a non-zero exit unless ``check=False``.
         """
         if self._cancelled.is_set():
             raise StageFailed(f"Stage '{self.stage}' was stopped before `{command}`", stage=self.stage)
-        call_env = {str(k): str(v) for k, v in (env or {}).items()}
+        call_env = self._secrets.resolve_env(env or {}, stage=self.stage)
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
         def on_line(stream: str, line: str) -> None:
             tail.append(line)
-            self.log.info("output", line=line, stream=stream)
+            self._log_line(stream, line)
 
         self.log.debug("command", command=command)
         # host stages see the whole layered environment; containers got the stage env at start
@@ -66,9 +90,9 @@ class Context:
         if check and result.exit_code != 0:
             raise StepFailed(
                 stage=self.stage,
-                command=command,
+                command=self._secrets.masker.mask(command),
                 exit_code=result.exit_code,
-                output_tail=list(tail),
+                output_tail=[self._secrets.masker.mask(line) for line in tail],
                 hint=_hint(result, self.image),
             )
         return result

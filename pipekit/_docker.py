@@ -6,6 +6,7 @@ This is the only module that imports the docker SDK, and it does so lazily so th
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import socket
@@ -16,8 +17,20 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipekit._host import HostShell
-from pipekit.backend import CommandResult, LineSink, LineSplitter, StageHandle, StageSpec
-from pipekit.exceptions import BackendError, EngineUnavailable, ImageNotFound, StageFailed
+from pipekit._buildkit import buildkit_build
+from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, LineSplitter, StageHandle, StageSpec
+from pipekit.exceptions import (
+    BackendError,
+    BuildFailed,
+    EngineUnavailable,
+    ImageNotFound,
+    InvalidReference,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailable,
+    StageFailed,
+    TagNotFound,
+)
 
 if TYPE_CHECKING:
     import docker
@@ -217,6 +230,153 @@ class DockerBackend:
         for c in leftovers:
             self._remove(c["Id"])
 
+    # -- images and registries -------------------------------------------------------------
+    def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
+        if spec.secrets:
+            image_id = buildkit_build(spec, on_line)
+        else:
+            image_id = self._build_classic(spec, on_line)
+        return Image(id=image_id, tags=(spec.tag,) if spec.tag else ())
+
+    def _build_classic(self, spec: BuildSpec, on_line: LineSink) -> str:
+        from docker.errors import APIError, DockerException
+
+        tail: collections.deque[str] = collections.deque(maxlen=20)
+        step = ["(before the first instruction)"]
+        image_id = None
+
+        def line(stream: str, text: str) -> None:
+            match = _STEP.match(text)
+            if match:
+                step[0] = match.group(1)
+            tail.append(text)
+            on_line(stream, text)
+
+        splitter = LineSplitter("stdout", line)
+        try:
+            for chunk in self.client.api.build(
+                path=str(spec.context),
+                dockerfile=spec.dockerfile,
+                tag=spec.tag,
+                buildargs=dict(spec.build_args) or None,
+                target=spec.target,
+                labels=dict(spec.labels) or None,
+                rm=True,
+                forcerm=True,
+                decode=True,
+            ):
+                if "stream" in chunk:
+                    splitter.feed(chunk["stream"].encode())
+                if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+                if "error" in chunk:
+                    splitter.close()
+                    raise BuildFailed(
+                        stage=spec.stage, instruction=step[0], reason=chunk["error"].strip(), output_tail=list(tail)
+                    )
+            splitter.close()
+        except (APIError, DockerException) as e:
+            raise BuildFailed(
+                stage=spec.stage, instruction=step[0], reason=_reason(e), output_tail=list(tail)
+            ) from e
+        if image_id is None and spec.tag:
+            image_id = self.client.images.get(spec.tag).id
+        if image_id is None:
+            raise BuildFailed(stage=spec.stage, instruction=step[0], reason="the engine returned no image id")
+        return str(image_id)
+
+    def tag(self, image: Image, ref: str) -> Image:
+        from docker.errors import APIError
+        from docker.utils import parse_repository_tag
+
+        repo, tag = parse_repository_tag(ref)
+        try:
+            self.client.api.tag(image.id, repo, tag or "latest")
+        except APIError as e:
+            raise _registry_error(_reason(e), ref, "tag") from e
+        return Image(id=image.id, tags=(*image.tags, ref if tag else f"{ref}:latest"))
+
+    def push(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> str:
+        from docker.errors import APIError, DockerException
+        from docker.utils import parse_repository_tag
+
+        repo, tag = parse_repository_tag(ref)
+        digest = None
+        try:
+            for chunk in self.client.api.push(
+                repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
+            ):
+                if "error" in chunk:
+                    raise _registry_error(chunk["error"], ref, "push to")
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = aux["Digest"]
+                _progress_line(chunk, on_line)
+        except (APIError, DockerException) as e:
+            raise _registry_error(_reason(e), ref, "push to") from e
+        if not digest:
+            raise RegistryError(f"Pushed {ref} but the registry reported no digest", registry=_registry(ref), reference=ref)
+        return str(digest)
+
+    def pull(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> Image:
+        from docker.errors import APIError, DockerException
+        from docker.utils import parse_repository_tag
+
+        repo, tag = parse_repository_tag(ref)
+        try:
+            for chunk in self.client.api.pull(
+                repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
+            ):
+                if "error" in chunk:
+                    raise _registry_error(chunk["error"], ref, "pull from")
+                _progress_line(chunk, on_line)
+            image = self.client.images.get(ref if tag else f"{ref}:latest")
+        except (APIError, DockerException) as e:
+            raise _registry_error(_reason(e), ref, "pull from") from e
+        with self._lock:
+            self._ready_images.add(ref)
+        return Image(id=str(image.id), tags=tuple(image.tags))
+
+    def run_once(
+        self, run_id: str, stage: str, image: str, command: list[str] | None,
+        env: Mapping[str, str], on_line: LineSink,
+    ) -> CommandResult:
+        from docker.errors import APIError
+        from docker.utils.socket import STDERR, frames_iter
+
+        self.ensure_image(image)
+        api = self.client.api
+        start = time.monotonic()
+        shown = " ".join(command) if command else "(the image's command)"
+        try:
+            cid = api.create_container(
+                image,
+                command=command,
+                environment=dict(env),
+                labels={LABEL_MANAGED: "true", LABEL_RUN: run_id, LABEL_STAGE: stage},
+                name=_container_name(run_id, f"{stage}-run"),
+            )["Id"]
+        except APIError as e:
+            raise BackendError(f"Cannot create a container from '{image}' in stage '{stage}': {_reason(e)}") from e
+        out, err = LineSplitter("stdout", on_line), LineSplitter("stderr", on_line)
+        try:
+            sock = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
+            try:
+                api.start(cid)
+                for stream_id, data in frames_iter(sock, tty=False):
+                    (err if stream_id == STDERR else out).feed(data)
+            finally:
+                _close_stream(sock)
+            code = api.wait(cid).get("StatusCode", 137)
+        except APIError as e:
+            reason = _reason(e)
+            if "executable file not found" in reason or "not found" in reason:
+                return CommandResult(shown, 127, out.close(), err.close() + reason + "\n", time.monotonic() - start)
+            raise BackendError(f"Cannot run '{image}' in stage '{stage}': {reason}") from e
+        finally:
+            self._remove(cid)
+        return CommandResult(shown, int(code), out.close(), err.close(), time.monotonic() - start)
+
     def _remove(self, container_id: str) -> None:
         from docker.errors import APIError, NotFound
 
@@ -228,6 +388,55 @@ class DockerBackend:
             if e.status_code == 409:  # removal already in progress
                 return
             raise
+
+
+_STEP = re.compile(r"^Step \d+/\d+ : (.+)$")
+
+
+def _registry(ref: str) -> str:
+    """The registry part of an image reference, as the docker CLI reads it."""
+    first, sep, _rest = ref.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def _registry_error(message: str, ref: str, action: str) -> RegistryError:
+    registry = _registry(ref)
+    text = message.strip()
+    low = text.lower()
+    if any(s in low for s in ("invalid reference format", "repository name must", "invalid tag", "invalid repository")):
+        return InvalidReference(
+            f"'{ref}' is not a valid image reference ({text}). Use [REGISTRY/]NAME[:TAG] in lowercase",
+            registry=registry, reference=ref,
+        )
+    if any(s in low for s in ("unauthorized", "authentication required", "no basic auth", "incorrect username",
+                              "denied", "forbidden", "access to the resource")):
+        return RegistryAuthError(
+            f"Registry {registry} refused the credentials to {action} {ref} ({text}). Check the username and"
+            f" password (or token), or log in with `docker login {registry}`",
+            registry=registry, reference=ref,
+        )
+    if any(s in low for s in ("manifest unknown", "not found", "does not exist", "manifest for")):
+        return TagNotFound(
+            f"{ref} was not found in registry {registry} ({text}). Check the name and tag", registry=registry, reference=ref
+        )
+    if any(s in low for s in ("connection refused", "no such host", "timeout", "dial tcp", "eof",
+                              "connection reset", "server gave http response", "no route to host")):
+        return RegistryUnavailable(
+            f"Cannot reach registry {registry} to {action} {ref} ({text}). Check the address and that the registry is up",
+            registry=registry, reference=ref,
+        )
+    return RegistryError(f"Registry {registry} failed to {action} {ref}: {text}", registry=registry, reference=ref)
+
+
+def _progress_line(chunk: Mapping[str, Any], on_line: LineSink) -> None:
+    """Log the meaningful status lines of a push or pull, not the progress bars."""
+    status = chunk.get("status")
+    if not status or chunk.get("progressDetail") or chunk.get("progress"):
+        return
+    layer = chunk.get("id")
+    on_line("stdout", f"{layer}: {status}" if layer else str(status))
 
 
 def _with_tag(image: str) -> str:

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
 from pipekit._context import Context
 from pipekit._graph import Plan
-from pipekit._logging import make_logger
-from pipekit.backend import Backend, StageHandle, StageSpec
+from pipekit._logging import Processor, make_logger
+from pipekit._params import Params
+from pipekit._secrets import SecretStore
+from pipekit.backend import Backend, BuildSpec, Image, StageHandle, StageSpec
 from pipekit.exceptions import PipekitError, StageCodeError, StageFailed
 
 __all__ = ["Executor", "RunResult", "StageResult", "new_run_id"]
@@ -26,6 +29,10 @@ __all__ = ["Executor", "RunResult", "StageResult", "new_run_id"]
 SUCCEEDED, FAILED, SKIPPED, CANCELLED = "succeeded", "failed", "skipped", "cancelled"
 STOP_GRACE_S = 10.0
 _PIPEKIT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "x"
 
 
 def new_run_id() -> str:
@@ -94,8 +101,13 @@ class Executor:
         *,
         jobs: int = 4,
         fail_fast: bool = False,
-        log: Any = None,
+        log_format: str = "console",
+        log_file: IO[str] | None = None,
+        log_level: int = 20,
+        log_processors: Sequence[Processor] = (),
         image_map: Mapping[str, str] | None = None,
+        params: Params | None = None,
+        secrets: SecretStore | None = None,
         run_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -104,38 +116,65 @@ class Executor:
         self.backend = backend
         self.jobs = jobs
         self.fail_fast = fail_fast
-        self.log = log if log is not None else make_logger()
+        self.secrets = secrets if secrets is not None else SecretStore()
+        # the masker runs first, so no processor or renderer ever sees a secret
+        self.log = make_logger(
+            log_format, file=log_file, level=log_level, processors=[self.secrets.masker, *log_processors]
+        )
         self.image_map = dict(image_map or {})
+        self.params = params
         self.run_id = run_id or new_run_id()
         self.clock = clock
 
     # -- one stage ------------------------------------------------------------------------
-    def _spec(self, plan: Plan, name: str) -> StageSpec:
+    def _image(self, plan: Plan, name: str, outputs: Mapping[str, Any], workspace: Path, log: Any) -> str | None:
+        """The image the stage runs in: named (after --image-map), another stage's, or built."""
         pipeline = plan.pipeline
         s = plan.stage(name)
-        image = pipeline.image_for(s)
-        if image is not None:
-            image = self.image_map.get(image, image)
+        if s.image_from:
+            made = outputs.get(s.image_from)
+            if not isinstance(made, Image):
+                raise StageFailed(
+                    f"Stage '{name}' runs in the image of stage '{s.image_from}', which returned"
+                    f" {type(made).__name__}, not a pk.Image. Return ctx.docker.build(...) from '{s.image_from}'",
+                    stage=name,
+                )
+            return made.id
+        if s.dockerfile:
+            tag = f"pipekit-dockerfile/{_slug(pipeline.name)}-{_slug(name)}:latest"
+            log.info("image build started", dockerfile=s.dockerfile, tag=tag)
+            image = self.backend.build(
+                BuildSpec(run_id=self.run_id, stage=name, context=workspace, dockerfile=s.dockerfile, tag=tag),
+                lambda stream, line: log.info("output", line=line, stream=stream),
+            )
+            log.info("image built", image=image.id, tags=list(image.tags))
+            return image.id
+        named = pipeline.image_for(s)
+        return self.image_map.get(named, named) if named is not None else None
+
+    def _spec(self, plan: Plan, name: str, outputs: Mapping[str, Any], log: Any) -> StageSpec:
+        pipeline = plan.pipeline
+        s = plan.stage(name)
         workspace = Path(pipeline.path).parent if pipeline.path else Path.cwd()
         return StageSpec(
             run_id=self.run_id,
             stage=name,
-            image=image,
+            image=self._image(plan, name, outputs, workspace, log),
             workspace=workspace,
-            env=pipeline.env_for(s),
+            env=self.secrets.resolve_env(pipeline.env_for(s), stage=name),
         )
 
     def _run_stage(
         self, plan: Plan, name: str, outputs: Mapping[str, Any], running: _Running
     ) -> StageResult:
         s = plan.stage(name)
-        spec = self._spec(plan, name)
         log = self.log.bind(stage=name)
         started = self.clock()
-        log.info("stage started", status="running", image=spec.image)
+        log.info("stage started", status="running", image=plan.pipeline.describe_image(s))
         status, error, value = SUCCEEDED, None, None
         handle: StageHandle | None = None
         try:
+            spec = self._spec(plan, name, outputs, log)
             handle = self.backend.prepare(spec)
             with running.lock:
                 running.handle = handle
@@ -150,6 +189,8 @@ class Executor:
                 backend=self.backend,
                 handle=handle,
                 cancelled=running.cancelled,
+                params=self.params,
+                secrets=self.secrets,
             )
             kwargs: dict[str, Any] = {p: outputs[p] for p in s.inputs}
             kwargs.update({p: outputs[p] for p in s.optional_inputs if p in outputs})
@@ -170,6 +211,8 @@ class Executor:
                     log.warning("cleanup failed", error=str(e))
         if running.cancelled.is_set():
             status, error = CANCELLED, None
+        if error:
+            error = self.secrets.masker.mask(error)
         finished = self.clock()
         duration = round(finished - started, 3)
         log.log(
@@ -200,6 +243,7 @@ class Executor:
         in_flight: dict[Future[StageResult], tuple[str, _Running]] = {}
         stop_reason: str | None = None
 
+        self.secrets.preload(plan.pipeline.secret_names)
         self.log.info(
             "run started",
             run_id=self.run_id,

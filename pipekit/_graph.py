@@ -65,7 +65,7 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
                     location=s.location,
                 )
             )
-        for need in s.needs:
+        for need in (*s.needs, *([s.image_from] if s.image_from else [])):
             if need not in by_name:
                 errors.append(
                     UnknownStageError(
@@ -87,10 +87,6 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
     return errors
 
 
-def _edges(s: Stage) -> list[str]:
-    return [*s.needs, *(n for n in s.inputs if n not in s.needs), *s.optional_inputs]
-
-
 def _build(stages: Iterable[Stage], known: set[str] | None = None) -> nx.DiGraph:
     graph = nx.DiGraph()
     stages = list(stages)
@@ -98,7 +94,7 @@ def _build(stages: Iterable[Stage], known: set[str] | None = None) -> nx.DiGraph
     for s in stages:
         graph.add_node(s.name, stage=s)
     for s in stages:
-        for dep in _edges(s):
+        for dep in s.upstream:
             if dep in names and dep != s.name:
                 graph.add_edge(dep, s.name)
     return graph

@@ -10,6 +10,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
+from pipekit._params import Param
+from pipekit._secrets import Secret
 from pipekit._stage import MODULE_REGISTRY, Pipeline, Stage
 from pipekit.exceptions import PipelineError, PipelineLoadError
 
@@ -103,6 +105,16 @@ def pipeline_from_module(module: ModuleType, *, path: str | None = None) -> Pipe
     held = [v for v in namespace.values() if isinstance(v, Stage)]
     for s in itertools.chain(decorated, held):
         pipeline.add(s)
+    for value in namespace.values():
+        if isinstance(value, Param):
+            known = pipeline.params.get(value.name)
+            if known is not None and known != value:
+                raise PipelineError(
+                    f"{path or module.__name__} declares the parameter '{value.name}' twice; declare it once"
+                )
+            pipeline.params[value.name] = value
+        elif isinstance(value, Secret):
+            pipeline.secret_names.add(value.name)
     return pipeline
 
 

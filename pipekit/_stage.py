@@ -14,6 +14,8 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
+from pipekit._params import Param
+from pipekit._secrets import Secret
 from pipekit.exceptions import PipelineError, StageSignatureError
 
 __all__ = ["Pipeline", "Stage", "stage"]
@@ -24,12 +26,15 @@ CONTEXT_PARAMETER_NAMES = ("ctx", "context")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _freeze_env(env: Mapping[str, object] | None) -> Mapping[str, str]:
+EnvValue = str | Secret
+
+
+def _freeze_env(env: Mapping[str, object] | None) -> Mapping[str, EnvValue]:
     if env is None:
         return {}
     if not isinstance(env, Mapping):
         raise PipelineError(f"env must be a mapping of names to values, got {type(env).__name__}")
-    return {str(k): str(v) for k, v in env.items()}
+    return {str(k): v if isinstance(v, Secret) else str(v) for k, v in env.items()}
 
 
 def _location(fn: Callable[..., Any]) -> str:
@@ -85,9 +90,19 @@ class Stage:
     name: str
     image: str | None = None
     needs: tuple[str, ...] = ()
-    env: Mapping[str, str] = attrs.field(factory=dict)
+    env: Mapping[str, EnvValue] = attrs.field(factory=dict)
     parameters: tuple[Parameter, ...] = ()
     location: str = "<unknown>"
+    image_from: str | None = None  # a stage whose pk.Image this stage runs in
+    dockerfile: str | None = None  # a Dockerfile (relative to the workspace) to build the image from
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """Every stage this one depends on: needs, inputs, and the stage that builds its image."""
+        names = [*self.needs, *self.inputs, *self.optional_inputs]
+        if self.image_from:
+            names.append(self.image_from)
+        return tuple(dict.fromkeys(names))
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -132,13 +147,17 @@ def _need_names(needs: Iterable[Stage | str | Callable[..., Any]] | None, where:
     return tuple(dict.fromkeys(names))
 
 
+ImageOption = str | Stage | None
+
+
 def _make_stage(
     fn: Callable[..., Any],
     *,
     name: str | None,
-    image: str | None,
+    image: ImageOption,
     needs: Iterable[Stage | str] | None,
     env: Mapping[str, object] | None,
+    dockerfile: str | None = None,
 ) -> Stage:
     if isinstance(fn, Stage):
         raise PipelineError(f"{fn!r} is decorated as a stage twice", location=fn.location)
@@ -146,16 +165,23 @@ def _make_stage(
         raise PipelineError(f"@stage decorates functions, got {fn!r}")
     location = _location(fn)
     stage_name = name or fn.__name__
-    if image is not None and not isinstance(image, str):
+    if image is not None and not isinstance(image, (str, Stage)):
         raise PipelineError(
-            f"Stage '{stage_name}': image= takes an image name such as 'alpine:3.20', got {image!r}",
+            f"Stage '{stage_name}': image= takes an image name such as 'alpine:3.20' or a stage that"
+            f" returns a pk.Image, got {image!r}",
             stage=stage_name,
             location=location,
+        )
+    if dockerfile is not None and image is not None:
+        raise PipelineError(
+            f"Stage '{stage_name}': give image= or dockerfile=, not both", stage=stage_name, location=location
         )
     return Stage(
         fn=fn,
         name=stage_name,
-        image=image or None,
+        image=image if isinstance(image, str) and image else None,
+        image_from=image.name if isinstance(image, Stage) else None,
+        dockerfile=dockerfile,
         needs=_need_names(needs, location),
         env=_freeze_env(env),
         parameters=_parameters(fn, stage_name, location),
@@ -171,9 +197,10 @@ def stage(fn: F, /) -> Stage: ...
 def stage(
     *,
     name: str | None = None,
-    image: str | None = None,
+    image: ImageOption = None,
     needs: Iterable[Stage | str] | None = None,
     env: Mapping[str, object] | None = None,
+    dockerfile: str | None = None,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -182,18 +209,20 @@ def stage(
     /,
     *,
     name: str | None = None,
-    image: str | None = None,
+    image: ImageOption = None,
     needs: Iterable[Stage | str] | None = None,
     env: Mapping[str, object] | None = None,
+    dockerfile: str | None = None,
 ) -> Stage | Callable[[Callable[..., Any]], Stage]:
     """Declare a stage: ``@pk.stage`` or ``@pk.stage(image=..., needs=[...], env={...}, name=...)``.
 
     A parameter named ``ctx`` receives the :class:`pipekit.Context`; every other parameter names a
-    stage, which this stage then depends on and whose return value it receives.
+    stage, which this stage then depends on and whose return value it receives. ``image`` may be a
+    stage that returns a ``pk.Image``; ``dockerfile`` builds the stage's image from that file.
     """
 
     def decorate(f: Callable[..., Any]) -> Stage:
-        s = _make_stage(f, name=name, image=image, needs=needs, env=env)
+        s = _make_stage(f, name=name, image=image, needs=needs, env=env, dockerfile=dockerfile)
         module_globals = getattr(f, "__globals__", None)
         if isinstance(module_globals, dict):
             module_globals.setdefault(MODULE_REGISTRY, []).append(s)
@@ -218,13 +247,16 @@ class Pipeline:
         image: str | None = None,
         env: Mapping[str, object] | None = None,
         stages: Iterable[Stage] = (),
+        params: Iterable[Param] = (),
         path: str | None = None,
     ) -> None:
         self.name = name
         self.image = image or None
-        self.env: Mapping[str, str] = _freeze_env(env)
+        self.env: Mapping[str, EnvValue] = _freeze_env(env)
         self.path = path
         self._stages: list[Stage] = list(stages)
+        self.params: dict[str, Param] = {p.name: p for p in params}
+        self.secret_names: set[str] = {v.name for v in self.env.values() if isinstance(v, Secret)}
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -234,6 +266,7 @@ class Pipeline:
         """Add a stage made elsewhere (for example with ``pk.stage``) to this pipeline."""
         if not any(s is existing for existing in self._stages):
             self._stages.append(s)
+            self.secret_names |= {v.name for v in s.env.values() if isinstance(v, Secret)}
         return s
 
     @overload
@@ -246,9 +279,10 @@ class Pipeline:
         /,
         *,
         name: str | None = None,
-        image: str | None = None,
+        image: ImageOption = None,
         needs: Iterable[Stage | str] | None = None,
         env: Mapping[str, object] | None = None,
+        dockerfile: str | None = None,
     ) -> Callable[[F], Stage]: ...
 
     def stage(
@@ -257,24 +291,36 @@ class Pipeline:
         /,
         *,
         name: str | None = None,
-        image: str | None = None,
+        image: ImageOption = None,
         needs: Iterable[Stage | str] | None = None,
         env: Mapping[str, object] | None = None,
+        dockerfile: str | None = None,
     ) -> Stage | Callable[[Callable[..., Any]], Stage]:
         """Like :func:`pipekit.stage`, adding the stage to this pipeline."""
 
         def decorate(f: Callable[..., Any]) -> Stage:
-            return self.add(_make_stage(f, name=name, image=image, needs=needs, env=env))
+            return self.add(_make_stage(f, name=name, image=image, needs=needs, env=env, dockerfile=dockerfile))
 
         if fn is not None:
             return decorate(fn)
         return decorate
 
     def image_for(self, s: Stage) -> str | None:
-        """The image a stage runs in: its own, else the pipeline's; None runs on the host."""
+        """The named image a stage runs in: its own, else the pipeline's; None: the host, or an
+        image that another stage or a Dockerfile makes (``image_from``, ``dockerfile``)."""
+        if s.image_from or s.dockerfile:
+            return None
         return s.image or self.image
 
-    def env_for(self, s: Stage) -> dict[str, str]:
+    def describe_image(self, s: Stage) -> str:
+        """How the stage's image is chosen, for listings and plans."""
+        if s.image_from:
+            return f"image of stage {s.image_from}"
+        if s.dockerfile:
+            return f"built from {s.dockerfile}"
+        return self.image_for(s) or "host"
+
+    def env_for(self, s: Stage) -> dict[str, EnvValue]:
         """Pipeline environment overlaid with the stage's."""
         return {**self.env, **s.env}
 

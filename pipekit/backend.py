@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["Backend", "CommandResult", "LineSink", "StageHandle", "StageSpec"]
+__all__ = ["Backend", "BuildSpec", "CommandResult", "Image", "LineSink", "StageHandle", "StageSpec"]
 
 #: Called with ``("stdout" | "stderr", line)`` for each line as soon as it is printed.
 LineSink = Callable[[str, str], None]
@@ -68,6 +68,37 @@ class CommandResult:
         return self.stdout + self.stderr
 
 
+@attrs.frozen
+class Image:
+    """An image in the engine: its id and the tags it was given (``pk.Image``)."""
+
+    id: str
+    tags: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        """The best name to run or tag it by: its first tag, else its id."""
+        return self.tags[0] if self.tags else self.id
+
+    def __str__(self) -> str:
+        return self.ref
+
+
+@attrs.frozen
+class BuildSpec:
+    """An image build. ``secrets`` hold resolved values: they never reach a repr or a log."""
+
+    run_id: str
+    stage: str
+    context: Path
+    dockerfile: str = "Dockerfile"
+    tag: str | None = None
+    build_args: Mapping[str, str] = attrs.field(factory=dict)
+    target: str | None = None
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Runs stages. Implemented by the Docker backend and by pipekit.testing's fake."""
@@ -90,6 +121,25 @@ class Backend(Protocol):
 
     def cleanup(self, run_id: str) -> None:
         """Remove everything that the run ``run_id`` may have left (containers, networks)."""
+
+    # -- images and registries (``ctx.docker``) --------------------------------------------
+    def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
+        """Build an image, streaming the build log; raise BuildFailed naming the instruction."""
+
+    def tag(self, image: Image, ref: str) -> Image:
+        """Give ``image`` the name ``ref``."""
+
+    def push(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> str:
+        """Push ``ref`` and return the digest the registry stored (``sha256:...``)."""
+
+    def pull(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> Image:
+        """Pull ``ref`` (a tag or a ``name@sha256:...`` digest)."""
+
+    def run_once(
+        self, run_id: str, stage: str, image: str, command: list[str] | None,
+        env: Mapping[str, str], on_line: LineSink,
+    ) -> CommandResult:
+        """Run a one-shot container to its end, streaming its output, and remove it."""
 
 
 class LineSplitter:

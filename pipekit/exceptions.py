@@ -11,11 +11,20 @@ without import loops.  The tree::
     │   ├── DuplicateStageError       two stages share a name
     │   └── StageSignatureError       a stage function takes a parameter pipekit cannot fill
     ├── UsageError                    the command line is wrong (exit 2)
+    │   └── ParameterError            --param names an unknown parameter or has a bad value
     ├── BackendError                  the place stages run in is not usable (exit 3)
     │   ├── EngineUnavailable         no Docker engine answers
-    │   └── ImageNotFound             an image is neither local nor pullable
+    │   ├── ImageNotFound             an image is neither local nor pullable
+    │   ├── BuildKitUnavailable       build secrets asked for, and no BuildKit path exists
+    │   └── RegistryError             a registry refused or could not be reached
+    │       ├── RegistryAuthError     the credentials were refused
+    │       ├── RegistryUnavailable   the registry did not answer
+    │       ├── InvalidReference      the image reference is malformed
+    │       └── TagNotFound           the pulled tag does not exist
     └── StageFailed                   one stage failed; the run goes on to report it (exit 1)
         ├── StepFailed                a command exited non-zero
+        ├── BuildFailed               an image build failed at an instruction
+        ├── SecretMissing             a secret is neither in the environment nor the secrets file
         └── StageCodeError            the stage function raised
 
     Interrupted(BaseException)        SIGINT / SIGTERM; exit code 128 + signal number
@@ -29,6 +38,15 @@ from collections.abc import Sequence
 
 __all__ = [
     "BackendError",
+    "BuildFailed",
+    "BuildKitUnavailable",
+    "InvalidReference",
+    "ParameterError",
+    "RegistryAuthError",
+    "RegistryError",
+    "RegistryUnavailable",
+    "SecretMissing",
+    "TagNotFound",
     "CycleError",
     "DuplicateStageError",
     "EngineUnavailable",
@@ -126,6 +144,10 @@ class UsageError(PipekitError):
     exit_code = 2
 
 
+class ParameterError(UsageError):
+    """A ``--param`` names no declared parameter, or its value does not fit the parameter's type."""
+
+
 class BackendError(PipekitError):
     """The backend that runs stages is not usable."""
 
@@ -142,6 +164,35 @@ class ImageNotFound(BackendError):
     def __init__(self, message: str, *, image: str) -> None:
         super().__init__(message)
         self.image = image
+
+
+class BuildKitUnavailable(BackendError):
+    """Build secrets need BuildKit, and no docker CLI that drives it was found."""
+
+
+class RegistryError(BackendError):
+    """A registry operation failed; ``registry`` and ``reference`` say where and what."""
+
+    def __init__(self, message: str, *, registry: str, reference: str) -> None:
+        super().__init__(message)
+        self.registry = registry
+        self.reference = reference
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused the credentials (or demanded some)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached."""
+
+
+class InvalidReference(RegistryError):
+    """The image reference is not a valid name."""
+
+
+class TagNotFound(RegistryError):
+    """The tag (or digest) does not exist in the registry."""
 
 
 class StageFailed(PipekitError):
@@ -174,6 +225,32 @@ class StepFailed(StageFailed):
         self.command = command
         self.returncode = exit_code
         self.output_tail = tuple(output_tail)
+
+
+class BuildFailed(StageFailed):
+    """An image build failed; ``instruction`` is the Dockerfile instruction that failed."""
+
+    def __init__(self, *, stage: str, instruction: str, reason: str, output_tail: Sequence[str] = ()) -> None:
+        lines = [f"Image build failed in stage '{stage}' at `{instruction}`: {reason}"]
+        if output_tail:
+            lines.append("Last lines of the build:")
+            lines.extend(f"  {line}" for line in output_tail)
+        super().__init__("\n".join(lines), stage=stage)
+        self.instruction = instruction
+        self.reason = reason
+        self.output_tail = tuple(output_tail)
+
+
+class SecretMissing(StageFailed):
+    """A secret is neither in the environment nor in the secrets file."""
+
+    def __init__(self, name: str, *, stage: str) -> None:
+        super().__init__(
+            f"Stage '{stage}' needs the secret '{name}', which is not set: export {name} or put"
+            f" {name}=... in the file given with --secrets-file",
+            stage=stage,
+        )
+        self.name = name
 
 
 class StageCodeError(StageFailed):

@@ -14,7 +14,6 @@ import pytest
 
 import pipekit as pk
 from pipekit._executor import Executor
-from pipekit._logging import make_logger
 
 ROOT = Path(__file__).parent.parent
 PIPELINES = Path(__file__).parent / "pipelines"
@@ -108,7 +107,9 @@ def run_on_docker(docker_backend: Any, busybox_image: str, docker_client: Any) -
         events = Events()
         executor = Executor(
             docker_backend,
-            log=make_logger("json", file=io.StringIO(), processors=[events]),
+            log_format="json",
+            log_file=io.StringIO(),
+            log_processors=[events],
             image_map={"alpine:3.20": busybox_image, "alpine:3.19": busybox_image, "busybox": busybox_image},
             **kwargs,
         )

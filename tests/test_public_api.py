@@ -12,7 +12,9 @@ import pipekit.exceptions
 def test_all_is_pinned() -> None:
     """pipekit.__all__ lists exactly the curated names, and each exists."""
     assert sorted(pipekit.__all__) == sorted([
-        "BackendError", "CommandResult", "Context", "CycleError", "DuplicateStageError",
+        "BackendError", "BuildFailed", "BuildKitUnavailable", "CommandResult", "Context", "Credentials",
+        "Image", "InvalidReference", "Param", "ParameterError", "Params", "RegistryAuthError", "RegistryError",
+        "RegistryUnavailable", "Secret", "SecretMissing", "TagNotFound", "param", "secret", "CycleError", "DuplicateStageError",
         "EngineUnavailable", "ImageNotFound", "Interrupted", "PipekitError", "Pipeline",
         "PipelineError", "PipelineLoadError", "Plan", "RunResult", "Stage", "StageCodeError",
         "StageFailed", "StageResult", "StageSignatureError", "StepFailed", "UnknownStageError",

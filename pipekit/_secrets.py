@@ -1,0 +1,172 @@
+"""Secrets: ``pk.secret("NAME")`` references, the run's store, and the masker.
+
+A :class:`Secret` is only a name. Its value is looked up when a stage uses it, in the
+environment or the ``--secrets-file`` (dotenv), so a missing secret fails only the stages that
+need it. Every value looked up, and every value of the secrets file, is masked as ``***`` in all
+log output and in error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pipekit.exceptions import SecretMissing, UsageError
+
+__all__ = ["Credentials", "MASK", "Masker", "Secret", "SecretStore", "parse_dotenv", "secret"]
+
+MASK = "***"
+MIN_FRAGMENT = 3  # lines of a multi-line secret shorter than this are not masked on their own
+
+
+@attrs.frozen
+class Secret:
+    """A reference to a secret value, resolved at run time. It refuses to become text."""
+
+    name: str
+
+    def __str__(self) -> str:
+        raise TypeError(
+            f"pk.secret({self.name!r}) cannot be turned into text. Pass it where pipekit takes"
+            " secrets (ctx.sh(env=...), pk.Credentials, build secrets=...), or use"
+            f" ctx.secret({self.name!r}) to get the value, which is then masked in logs"
+        )
+
+    def __format__(self, spec: str) -> str:
+        return self.__str__()
+
+
+def secret(name: str) -> Secret:
+    """Refer to a secret by name: read at run time from the environment or ``--secrets-file``."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"a secret's name is an environment variable name, got {name!r}")
+    return Secret(name)
+
+
+@attrs.frozen(repr=False)
+class Credentials:
+    """A registry login; either field may be a :class:`Secret`."""
+
+    username: str | Secret
+    password: str | Secret
+    registry: str | None = None
+
+    def __repr__(self) -> str:
+        user = f"secret {self.username.name}" if isinstance(self.username, Secret) else repr(self.username)
+        return f"Credentials(username={user}, password=***)"
+
+
+def parse_dotenv(path: Path) -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines (``export``, quotes and ``#`` comments allowed)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UsageError(f"Cannot read the secrets file {path}: {e.strerror}") from e
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise UsageError(f"{path}:{number}: expected KEY=VALUE (the line's value is not shown)")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = value.encode().decode("unicode_escape") if "\\" in value else value
+        else:
+            value = re.split(r"\s+#", value, maxsplit=1)[0]
+        values[key] = value
+    return values
+
+
+class Masker:
+    """Replaces every known secret value with ``***``; usable as a structlog processor."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._needles: tuple[str, ...] = ()
+
+    def add(self, value: str) -> None:
+        if not value:
+            return
+        parts = {value}
+        if "\n" in value or "\r" in value:
+            parts |= {p.strip() for p in value.splitlines() if len(p.strip()) >= MIN_FRAGMENT}
+        with self._lock:
+            self._needles = tuple(sorted(set(self._needles) | parts, key=len, reverse=True))
+
+    def mask(self, text: str) -> str:
+        for needle in self._needles:
+            if needle in text:
+                text = text.replace(needle, MASK)
+        return text
+
+    def mask_any(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, dict):
+            return {k: self.mask_any(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.mask_any(v) for v in value)
+        return value
+
+    def __call__(self, _logger: Any, _name: str, event_dict: Any) -> Any:
+        if not self._needles:
+            return event_dict
+        for key, value in list(event_dict.items()):
+            event_dict[key] = self.mask_any(value)
+        return event_dict
+
+
+class SecretStore:
+    """The run's secrets: the environment, overlaid by the secrets file; every value read is masked."""
+
+    def __init__(
+        self,
+        masker: Masker | None = None,
+        *,
+        file_values: Mapping[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.masker = masker or Masker()
+        self._file = dict(file_values or {})
+        self._environ = environ if environ is not None else os.environ
+        for value in self._file.values():
+            self.masker.add(value)
+
+    @classmethod
+    def from_file(cls, path: str | Path | None, masker: Masker | None = None) -> SecretStore:
+        return cls(masker, file_values=parse_dotenv(Path(path)) if path else {})
+
+    def get(self, name: str, *, stage: str) -> str:
+        value = self._file.get(name)
+        if value is None:
+            value = self._environ.get(name)
+        if value is None:
+            raise SecretMissing(name, stage=stage)
+        self.masker.add(value)
+        return value
+
+    def preload(self, names: set[str]) -> None:
+        """Mask the values of these secrets from the start, when they are set."""
+        for name in names:
+            value = self._file.get(name, self._environ.get(name))
+            if value:
+                self.masker.add(value)
+
+    def resolve(self, value: str | Secret, *, stage: str) -> str:
+        return self.get(value.name, stage=stage) if isinstance(value, Secret) else value
+
+    def resolve_env(self, env: Mapping[str, Any], *, stage: str) -> dict[str, str]:
+        return {str(k): self.resolve(v, stage=stage) if isinstance(v, Secret) else str(v) for k, v in env.items()}
