@@ -38,6 +38,7 @@ from pipekit.exceptions import (
     StageSignatureError,
     StepFailed,
     UnknownStageError,
+    UsageError,
 )
 
 __version__ = "0.1.0"
@@ -80,6 +81,7 @@ __all__ = [
     "StageSignatureError",
     "StepFailed",
     "UnknownStageError",
+    "UsageError",
     "__version__",
     "find_errors",
     "load",

@@ -294,7 +294,8 @@ class DockerBackend:
             self.client.api.tag(image.id, repo, tag or "latest")
         except APIError as e:
             raise _registry_error(_reason(e), ref, "tag") from e
-        return Image(id=image.id, tags=(*image.tags, ref if tag else f"{ref}:latest"))
+        full = ref if tag else f"{ref}:latest"
+        return Image(id=image.id, tags=(full, *(t for t in image.tags if t != full)))
 
     def push(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> str:
         from docker.errors import APIError, DockerException

@@ -91,7 +91,7 @@ class DockerOps:
         return image
 
     def tag(self, image: Image | str, ref: str) -> Image:
-        """Give an image another name."""
+        """Give an image another name; the returned Image lists the new name first."""
         img = image if isinstance(image, Image) else Image(id=image, tags=(image,))
         tagged = self._backend.tag(img, ref)
         self._log.info("image tagged", image=img.id, ref=ref)

@@ -1,8 +1,27 @@
 #!/usr/bin/env bash
-# Set up a machine for pipekit's examples and tests: install the project with its test
-# dependencies, make sure a Docker engine answers, and build the local images.
+# Set up a machine for pipekit's examples and tests: the system packages (on Debian, as root),
+# the project with its test dependencies, a Docker engine that answers, and the local images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Debian packages the tests use: the engine, a static busybox for the tiny test image, the
+# Distribution registry for push/pull tests, debootstrap for the local Python base image.
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || missing+=(busybox-static)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup: please install ${missing[*]} (Debian package names)" >&2
+  fi
+fi
+
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 bash scripts/start-engine.sh
 bash scripts/local-images.sh
+bash scripts/images/python-base.sh

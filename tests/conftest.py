@@ -124,3 +124,80 @@ def run_on_docker(docker_backend: Any, busybox_image: str, docker_client: Any) -
 
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+PYTHON_BASE_IMAGE = "pipekit-local/python:3.11-slim"
+
+
+@pytest.fixture(scope="session")
+def python_base_image(docker_client: Any) -> str:
+    """A Debian bookworm image with python3, built by scripts/images/python-base.sh if missing."""
+    import subprocess
+
+    import docker
+
+    try:
+        docker_client.images.get(PYTHON_BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        proc = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "images" / "python-base.sh"), PYTHON_BASE_IMAGE],
+            capture_output=True, text=True, timeout=900,
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"could not build {PYTHON_BASE_IMAGE}:\n{proc.stderr}", pytrace=False)
+    return PYTHON_BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A Distribution registry (Debian's docker-registry) on a free 127.0.0.1 port, with a login."""
+    import socket
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    import bcrypt
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.fail("docker-registry is not installed (apt-get install docker-registry)", pytrace=False)
+    folder = tmp_path_factory.mktemp("registry")
+    user, password = "pipekit", "s3cret-Pa55word-for-tests"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    (folder / "htpasswd").write_text(f"{user}:{hashed}\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (folder / "config.yml").write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"auth:\n  htpasswd:\n    realm: pipekit-tests\n    path: {folder / 'htpasswd'}\n"
+    )
+    log = open(folder / "registry.log", "w")
+    proc = subprocess.Popen([binary, "serve", str(folder / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            log.close()
+            pytest.fail(f"the registry did not start: {(folder / 'registry.log').read_text()}", pytrace=False)
+        time.sleep(0.1)
+
+    class Registry:
+        def __init__(self) -> None:
+            self.address, self.user, self.password = address, user, password
+
+    yield Registry()
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()

@@ -17,7 +17,7 @@ def test_all_is_pinned() -> None:
         "RegistryUnavailable", "Secret", "SecretMissing", "TagNotFound", "param", "secret", "CycleError", "DuplicateStageError",
         "EngineUnavailable", "ImageNotFound", "Interrupted", "PipekitError", "Pipeline",
         "PipelineError", "PipelineLoadError", "Plan", "RunResult", "Stage", "StageCodeError",
-        "StageFailed", "StageResult", "StageSignatureError", "StepFailed", "UnknownStageError",
+        "StageFailed", "StageResult", "StageSignatureError", "StepFailed", "UnknownStageError", "UsageError",
         "__version__", "find_errors", "load", "plan", "run", "stage",
     ])
     for name in pipekit.__all__:

@@ -1,0 +1,155 @@
+"""ctx.docker against a real engine and a real registry with a login: the seed-flow example end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pipekit as pk
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).parent.parent
+SEED = ROOT / "examples" / "seed-flow"
+
+
+def pipekit_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "pipekit", *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}, cwd=cwd,
+    )
+
+
+def _events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_seed_flow_pushes_and_the_digest_pulls_back(
+    registry: Any, python_base_image: str, docker_client: Any
+) -> None:
+    """Build, test in the image, push with a login; the pushed digest pulls back after the local copy is gone."""
+    ref = f"{registry.address}/seed-flow:latest"
+    proc = pipekit_cli(
+        "run", "-f", str(SEED), "--log-format", "json",
+        "--param", f"registry={registry.address}", "--param", f"base_image={python_base_image}",
+        env={"REGISTRY_USER": registry.user, "REGISTRY_PASSWORD": registry.password},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert registry.password not in proc.stdout + proc.stderr
+    events = _events(proc.stdout)
+    [pushed] = [e for e in events if e["event"] == "image pushed"]
+    digest = pushed["digest"]
+    assert pushed["ref"] == ref and digest.startswith("sha256:")
+    assert any(e["event"] == "output" and e["stage"] == "test" and e["line"] == "OK" for e in events)
+
+    for tag in (ref, "seed-flow:latest"):
+        docker_client.images.remove(tag, force=True)
+    by_digest = f"{registry.address}/seed-flow@{digest}"
+    with pytest.raises(Exception):
+        docker_client.images.get(by_digest)
+
+    p = pk.Pipeline(name="pull-back")
+
+    @p.stage
+    def pull(ctx):
+        creds = pk.Credentials(username=registry.user, password=pk.secret("REGISTRY_PASSWORD"))
+        return ctx.docker.pull(by_digest, credentials=creds)
+
+    import os
+
+    os.environ["REGISTRY_PASSWORD"] = registry.password
+    try:
+        result = pk.run(p, log_format="json")
+    finally:
+        del os.environ["REGISTRY_PASSWORD"]
+    assert result.status == "succeeded", result.stages
+    image = docker_client.images.get(by_digest)
+    assert f"{registry.address}/seed-flow@{digest}" in image.attrs["RepoDigests"]
+    assert image.id == result["pull"].output.id
+    docker_client.images.remove(image.id, force=True)
+
+
+def test_wrong_password_fails_deploy_with_an_auth_message(registry: Any, python_base_image: str) -> None:
+    """A refused login fails the deploy stage with the registry and reference named, exit code 1."""
+    wrong = "not-the-Password-42"
+    proc = pipekit_cli(
+        "run", "-f", str(SEED),
+        "--param", f"registry={registry.address}", "--param", f"base_image={python_base_image}",
+        env={"REGISTRY_USER": registry.user, "REGISTRY_PASSWORD": wrong},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"Registry {registry.address} refused the credentials to push to {registry.address}/seed-flow:latest" in proc.stdout
+    assert "deploy  failed" in proc.stdout
+    assert wrong not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_missing_secret_fails_only_the_stage_that_uses_it(python_base_image: str, registry: Any) -> None:
+    """Without REGISTRY_PASSWORD, build and test succeed and deploy fails naming the secret."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_USER", "REGISTRY_PASSWORD")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipekit", "run", "-f", str(SEED), "--log-format", "json",
+         "--param", f"registry={registry.address}", "--param", f"base_image={python_base_image}"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 1
+    [summary] = [e for e in _events(proc.stdout) if e["event"] == "run finished"]
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [
+        ("build", "succeeded"), ("test", "succeeded"), ("deploy", "failed")
+    ]
+    [failed] = [e for e in _events(proc.stdout) if e["event"] == "stage finished" and e["stage"] == "deploy"]
+    assert "needs the secret 'REGISTRY_USER', which is not set" in failed["error"]
+
+
+def test_unreachable_registry(python_base_image: str, tmp_path: Path, run_on_docker: Any) -> None:
+    """Pushing to a port where no registry listens says the registry cannot be reached."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = pk.Pipeline(name="unreachable", path=str(tmp_path / "pipeline.py"))
+
+    @p.stage
+    def push(ctx):
+        image = ctx.docker.tag(python_base_image, f"127.0.0.1:{port}/nowhere:1")
+        ctx.docker.push(image)
+
+    result, _ = run_on_docker(p)
+    error = result["push"].error
+    assert f"Cannot reach registry 127.0.0.1:{port} to push to 127.0.0.1:{port}/nowhere:1" in error
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("Bad/UPPER:case", pk.InvalidReference),
+        ("{address}/never-pushed:nope", pk.TagNotFound),
+    ],
+)
+def test_registry_errors_are_classified(registry: Any, run_on_docker: Any, ref: str, expected: type) -> None:
+    """An invalid reference and a missing tag each get their own clear message."""
+    p = pk.Pipeline(name="pulls")
+    caught: list[BaseException] = []
+
+    @p.stage
+    def pull(ctx):
+        creds = pk.Credentials(username=registry.user, password=registry.password)
+        try:
+            ctx.docker.pull(ref.format(address=registry.address), credentials=creds)
+        except pk.PipekitError as e:
+            caught.append(e)
+            raise
+
+    result, _ = run_on_docker(p)
+    assert result["pull"].status == "failed"
+    assert isinstance(caught[0], expected), caught
+    assert ref.format(address=registry.address) in result["pull"].error
