@@ -19,7 +19,7 @@ import attrs
 from pipekit._context import Context
 from pipekit._graph import Plan
 from pipekit._logging import Processor, make_logger
-from pipekit._params import Params
+from pipekit._params import Params, resolve_params
 from pipekit._secrets import SecretStore
 from pipekit.backend import Backend, BuildSpec, Image, StageHandle, StageSpec
 from pipekit.exceptions import PipekitError, StageCodeError, StageFailed
@@ -243,6 +243,8 @@ class Executor:
         in_flight: dict[Future[StageResult], tuple[str, _Running]] = {}
         stop_reason: str | None = None
 
+        if self.params is None:
+            self.params = resolve_params(plan.pipeline.params.values(), {})
         self.secrets.preload(plan.pipeline.secret_names)
         self.log.info(
             "run started",

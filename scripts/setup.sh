@@ -21,7 +21,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 bash scripts/start-engine.sh
 bash scripts/local-images.sh
 bash scripts/images/python-base.sh
