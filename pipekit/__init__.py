@@ -6,11 +6,14 @@ underscore is private machinery.
 
 from __future__ import annotations
 
+from pipekit._conditions import Condition, RunInfo, branch, changed, env, param_is
 from pipekit._context import Context
+from pipekit._control import Outcome, Service
+from pipekit._matrix import MatrixOutputs
 from pipekit._executor import RunResult, StageResult
 from pipekit._graph import Plan, find_errors, plan
 from pipekit._loader import load
-from pipekit._stage import Pipeline, Stage, stage
+from pipekit._stage import Pipeline, Stage, post, stage
 from pipekit._params import Param, Params, param
 from pipekit._secrets import Credentials, Secret, secret
 from pipekit.backend import CommandResult, Image
@@ -48,16 +51,21 @@ __all__ = [
     "BuildFailed",
     "BuildKitUnavailable",
     "CommandResult",
+    "Condition",
     "Context",
     "Credentials",
     "Image",
     "InvalidReference",
+    "MatrixOutputs",
+    "Outcome",
     "Param",
     "ParameterError",
     "Params",
     "RegistryAuthError",
     "RegistryError",
     "RegistryUnavailable",
+    "RunInfo",
+    "Service",
     "Secret",
     "SecretMissing",
     "TagNotFound",
@@ -83,6 +91,11 @@ __all__ = [
     "UnknownStageError",
     "UsageError",
     "__version__",
+    "branch",
+    "changed",
+    "env",
+    "param_is",
+    "post",
     "find_errors",
     "load",
     "plan",

@@ -12,18 +12,22 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
 from pipekit import __version__
 from pipekit._graph import Plan, find_errors, plan
+from pipekit._conditions import RunInfo
+from pipekit._control import parse_duration
+from pipekit._executor import Executor
 from pipekit._loader import load
 from pipekit._params import parse_param_args, resolve_params
 from pipekit._secrets import SecretStore
 from pipekit._logging import LOG_FORMATS, make_logger
 from pipekit._stage import Pipeline
-from pipekit.exceptions import Interrupted, PipekitError, PipelineError, UsageError
+from pipekit.exceptions import Interrupted, PipekitError, PipelineError, StageFailed, UsageError
 
 __all__ = ["main"]
 
@@ -54,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
     run.add_argument("--log-format", choices=LOG_FORMATS, default="console", help="console (default) or json")
     run.add_argument("-v", "--verbose", action="store_true", help="also log each command before it runs")
+    run.add_argument("--branch", help="the branch for pk.branch conditions (default: the CI's variables, else git)")
+    run.add_argument(
+        "--changed-base", metavar="REF",
+        help="the git ref pk.changed compares with (default: the merge base with the default branch)",
+    )
+    run.add_argument("--timeout", metavar="DURATION", help="fail the run after this long (seconds, '30m', '1h')")
     run.add_argument(
         "-p", "--param", action="append", default=[], metavar="NAME=VALUE",
         help="set a parameter declared with pk.param (repeatable)",
@@ -174,7 +184,9 @@ def cmd_graph(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def _print_plan(p: Plan, out: IO[str], log_format: str, image_map: dict[str, str]) -> None:
+def _print_plan(
+    p: Plan, out: IO[str], log_format: str, image_map: dict[str, str], skip: dict[str, str]
+) -> None:
     log = make_logger(log_format, file=out) if log_format == "json" else None
     for i, name in enumerate(p.order, 1):
         s = p.stage(name)
@@ -182,18 +194,18 @@ def _print_plan(p: Plan, out: IO[str], log_format: str, image_map: dict[str, str
         shown = image_map.get(image, image) if image else p.pipeline.describe_image(s)
         needs = list(p.upstream(name))
         if log is not None:
-            log.info("stage planned", stage=name, position=i, image=shown, needs=needs)
+            fields = {"skip": skip[name]} if name in skip else {}
+            log.info("stage planned", stage=name, position=i, image=shown, needs=needs, **fields)
         else:
-            where = shown
             after = f" after {', '.join(needs)}" if needs else ""
-            print(f"{i:>3}. {name} ({where}){after}", file=out)
+            skipped = f"  [skipped: {skip[name]}]" if name in skip else ""
+            print(f"{i:>3}. {name} ({shown}){after}{skipped}", file=out)
     if log is None:
-        print(f"dry run: {len(p.order)} stages planned, nothing started", file=out)
+        runs = len(p.order) - len(skip)
+        print(f"dry run: {runs} of {len(p.order)} stages would run, nothing started", file=out)
 
 
 def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from pipekit._executor import Executor
-
     if args.jobs < 1:
         raise UsageError(f"--jobs must be 1 or more, got {args.jobs}")
     image_map = _image_map(args.image_map)
@@ -206,28 +218,50 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         return 2
     params = resolve_params(p.params.values(), parse_param_args(args.param))
     secrets = SecretStore.from_file(args.secrets_file)
+    try:
+        run_timeout = parse_duration(args.timeout, "--timeout")
+    except PipelineError as e:
+        raise UsageError(e.message) from None
     the_plan = plan(p, args.stages)
+    workspace = Path(p.path).parent if p.path else Path.cwd()
+    info = RunInfo(workspace=workspace, branch=args.branch, params=params, changed_base=args.changed_base)
+
+    def executor_on(backend: Any) -> Executor:
+        return Executor(
+            backend,
+            jobs=args.jobs,
+            fail_fast=args.fail_fast,
+            log_format=args.log_format,
+            log_file=out,
+            log_level=10 if args.verbose else 20,
+            image_map=image_map,
+            params=params,
+            secrets=secrets,
+            run_info=info,
+            run_timeout=run_timeout,
+        )
+
     if args.dry_run:
-        _print_plan(the_plan, out, args.log_format, image_map)
+        try:
+            skip = executor_on(_NoBackend()).decide(the_plan)
+        except StageFailed as e:
+            raise UsageError(e.message) from None
+        _print_plan(the_plan, out, args.log_format, image_map, skip)
         return 0
     from pipekit._docker import DockerBackend
 
     backend = DockerBackend()
     backend.check()
-    executor = Executor(
-        backend,
-        jobs=args.jobs,
-        fail_fast=args.fail_fast,
-        log_format=args.log_format,
-        log_file=out,
-        log_level=10 if args.verbose else 20,
-        image_map=image_map,
-        params=params,
-        secrets=secrets,
-    )
+    executor = executor_on(backend)
     with _signals_raise():
         result = executor.run(the_plan)
     return result.exit_code
+
+
+class _NoBackend:
+    """Stands in for a backend where nothing may run (--dry-run)."""
+
+    name = "none"
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "graph": cmd_graph, "validate": cmd_validate}

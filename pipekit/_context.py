@@ -36,6 +36,7 @@ class Context:
         cancelled: threading.Event | None = None,
         params: Params | None = None,
         secrets: SecretStore | None = None,
+        matrix: Mapping[str, Any] | None = None,
     ) -> None:
         self.stage = stage
         self.run_id = run_id
@@ -44,6 +45,7 @@ class Context:
         self.log = log
         self.image = handle.spec.image
         self.params = params if params is not None else Params({})
+        self.matrix: Mapping[str, Any] = dict(matrix or {})
         self._secrets = secrets if secrets is not None else SecretStore()
         self._backend = backend
         self._handle = handle
@@ -82,7 +84,7 @@ class Context:
 
         self.log.debug("command", command=command)
         # host stages see the whole layered environment; containers got the stage env at start
-        exec_env = {**self.env, **call_env} if self._handle.ref is None else self._exec_env(call_env)
+        exec_env = {**self.env, **call_env} if self._handle.spec.image is None else self._exec_env(call_env)
         result = self._backend.exec(self._handle, command, exec_env, on_line)
         self.commands.append(result)
         if self._cancelled.is_set():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import shlex
 import socket
 import threading
 import time
@@ -16,9 +17,20 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from pipekit._host import HostShell
 from pipekit._buildkit import buildkit_build
-from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, LineSplitter, StageHandle, StageSpec
+from pipekit.backend import (
+    BuildSpec,
+    CommandResult,
+    Image,
+    LineSink,
+    LineSplitter,
+    ServiceSpec,
+    StageHandle,
+    StageSpec,
+)
 from pipekit.exceptions import (
     BackendError,
     BuildFailed,
@@ -40,12 +52,26 @@ __all__ = ["DockerBackend", "LABEL_RUN", "LABEL_STAGE"]
 LABEL_MANAGED = "io.pipekit.managed"
 LABEL_RUN = "io.pipekit.run"
 LABEL_STAGE = "io.pipekit.stage"
+LABEL_SERVICE = "io.pipekit.service"
 WORKDIR = "/workspace"
 
 ENGINE_HINT = (
     "Start a Docker engine (`sudo systemctl start docker`, or `dockerd &` where there is no"
     " systemd; `scripts/start-engine.sh` does it on Debian) or point DOCKER_HOST at a running one"
 )
+
+
+@attrs.define
+class _Prepared:
+    """What prepare made for a stage: its container, its services' containers, their network."""
+
+    container: str = ""
+    services: list[str] = attrs.field(factory=list)
+    network: str | None = None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.") or "stage"
 
 
 def _container_name(run_id: str, stage: str) -> str:
@@ -120,18 +146,29 @@ class DockerBackend:
     # -- the stage life cycle --------------------------------------------------------------
     def prepare(self, spec: StageSpec) -> StageHandle:
         if spec.image is None:
+            if spec.services:
+                raise StageFailed(
+                    f"Stage '{spec.stage}' has services but no image: services are reached by name from"
+                    " the stage's container, so give the stage an image",
+                    stage=spec.stage,
+                )
             return StageHandle(spec=spec, ref=None, where="host")
         from docker.errors import APIError
 
         self.ensure_image(spec.image)
-        labels = {
-            **spec.labels,
-            LABEL_MANAGED: "true",
-            LABEL_RUN: spec.run_id,
-            LABEL_STAGE: spec.stage,
-        }
+        labels = self._labels(spec)
         api = self.client.api
+        prepared = _Prepared()
+        handle = StageHandle(spec=spec, ref=prepared, where="")
         try:
+            network = None
+            if spec.services:
+                network = f"pipekit-{spec.run_id}-{_slug(spec.stage)[:30]}-{uuid.uuid4().hex[:6]}"
+                prepared.network = api.create_network(network, driver="bridge", labels=labels)["Id"]
+                for svc in spec.services:
+                    prepared.services.append(self._start_service(spec, svc, network, labels))
+                for svc, cid in zip(spec.services, prepared.services, strict=True):
+                    self._wait_healthy(spec, svc, cid)
             container = api.create_container(
                 spec.image,
                 entrypoint=["sh"],
@@ -141,17 +178,12 @@ class DockerBackend:
                 labels=labels,
                 name=_container_name(spec.run_id, spec.stage),
                 host_config=api.create_host_config(
-                    binds={str(spec.workspace): {"bind": WORKDIR, "mode": "rw"}}
+                    binds={str(spec.workspace): {"bind": WORKDIR, "mode": "rw"}},
+                    network_mode=network,
                 ),
             )
-        except APIError as e:
-            raise BackendError(
-                f"Cannot create a container for stage '{spec.stage}' from '{spec.image}': {_reason(e)}"
-            ) from e
-        cid = container["Id"]
-        handle = StageHandle(spec=spec, ref=cid, where=f"container {cid[:12]}")
-        try:
-            api.start(cid)
+            prepared.container = container["Id"]
+            api.start(prepared.container)
         except APIError as e:
             self.release(handle)
             reason = _reason(e)
@@ -161,16 +193,71 @@ class DockerBackend:
                     f" '{spec.stage}' commands in it. Use an image with a shell ({reason})",
                     stage=spec.stage,
                 ) from e
-            raise BackendError(
-                f"Cannot start the container of stage '{spec.stage}' ({spec.image}): {reason}"
-            ) from e
-        return handle
+            raise BackendError(f"Cannot start the container of stage '{spec.stage}' ({spec.image}): {reason}") from e
+        except BaseException:
+            self.release(handle)
+            raise
+        return StageHandle(spec=spec, ref=prepared, where=f"container {prepared.container[:12]}")
+
+    def _labels(self, spec: StageSpec) -> dict[str, str]:
+        return {**spec.labels, LABEL_MANAGED: "true", LABEL_RUN: spec.run_id, LABEL_STAGE: spec.stage}
+
+    def _start_service(self, spec: StageSpec, svc: ServiceSpec, network: str, labels: Mapping[str, str]) -> str:
+        api = self.client.api
+        self.ensure_image(svc.image)
+        command = shlex.split(svc.command) if isinstance(svc.command, str) else svc.command
+        cid: str = api.create_container(
+            svc.image,
+            command=list(command) if command else None,
+            environment=dict(svc.env),
+            labels={**labels, LABEL_SERVICE: svc.name},
+            name=_container_name(spec.run_id, f"{spec.stage}-{svc.name}"),
+            host_config=api.create_host_config(network_mode=network),
+            networking_config=api.create_networking_config({network: api.create_endpoint_config(aliases=[svc.name])}),
+        )["Id"]
+        api.start(cid)
+        return cid
+
+    def _wait_healthy(self, spec: StageSpec, svc: ServiceSpec, cid: str) -> None:
+        """Wait until the service's healthcheck passes (or, without one, until it runs)."""
+        api = self.client.api
+        deadline = time.monotonic() + svc.healthcheck_timeout
+        check = ["sh", "-c", svc.healthcheck] if isinstance(svc.healthcheck, str) else svc.healthcheck
+        while True:
+            state = api.inspect_container(cid)["State"]
+            if not state.get("Running"):
+                raise self._service_failed(spec, svc, cid, f"exited with code {state.get('ExitCode')}")
+            if check is None:
+                health = (state.get("Health") or {}).get("Status")
+                if health in (None, "healthy"):
+                    return
+            else:
+                exec_id = api.exec_create(cid, list(check))["Id"]
+                api.exec_start(exec_id)
+                if api.exec_inspect(exec_id).get("ExitCode") == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise self._service_failed(
+                    spec, svc, cid, f"did not become healthy within {svc.healthcheck_timeout:g}s"
+                )
+            time.sleep(0.25)
+
+    def _service_failed(self, spec: StageSpec, svc: ServiceSpec, cid: str, what: str) -> StageFailed:
+        try:
+            logs = self.client.api.logs(cid, tail=30).decode("utf-8", "replace").rstrip()
+        except Exception:
+            logs = "(no logs)"
+        body = "\n".join(f"  {line}" for line in logs.splitlines()) or "  (no output)"
+        return StageFailed(
+            f"Service '{svc.name}' ({svc.image}) of stage '{spec.stage}' {what}. Its last log lines:\n{body}",
+            stage=spec.stage,
+        )
 
     def exec(
         self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink
     ) -> CommandResult:
         spec = handle.spec
-        if handle.ref is None:
+        if not isinstance(handle.ref, _Prepared):
             return self._host.run(
                 f"{spec.run_id}/{spec.stage}",
                 command,
@@ -187,7 +274,7 @@ class DockerBackend:
         err = LineSplitter("stderr", on_line)
         try:
             exec_id = api.exec_create(
-                handle.ref, ["sh", "-c", command], environment=dict(env) or None, workdir=WORKDIR
+                handle.ref.container, ["sh", "-c", command], environment=dict(env) or None, workdir=WORKDIR
             )["Id"]
             sock = api.exec_start(exec_id, socket=True)
             try:
@@ -215,20 +302,38 @@ class DockerBackend:
 
     def release(self, handle: StageHandle) -> None:
         spec = handle.spec
-        if handle.ref is None:
+        prepared = handle.ref
+        if not isinstance(prepared, _Prepared):
             self._host.kill(f"{spec.run_id}/{spec.stage}")
             return
-        self._remove(handle.ref)
+        for cid in [prepared.container, *prepared.services]:
+            if cid:
+                self._remove(cid)
+        if prepared.network:
+            self._remove_network(prepared.network)
 
     def cleanup(self, run_id: str) -> None:
         from docker.errors import DockerException
 
+        label = {"label": f"{LABEL_RUN}={run_id}"}
         try:
-            leftovers = self.client.api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+            for c in self.client.api.containers(all=True, filters=label):
+                self._remove(c["Id"])
+            for n in self.client.api.networks(filters=label):
+                self._remove_network(n["Id"])
         except DockerException:
             return
-        for c in leftovers:
-            self._remove(c["Id"])
+
+    def _remove_network(self, network_id: str) -> None:
+        from docker.errors import APIError, NotFound
+
+        try:
+            self.client.api.remove_network(network_id)
+        except NotFound:
+            pass
+        except APIError as e:
+            if e.status_code != 409:
+                raise
 
     # -- images and registries -------------------------------------------------------------
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 import networkx as nx
 
+from pipekit._matrix import combinations, instance_name
 from pipekit._stage import Pipeline, Stage
 from pipekit.exceptions import (
     CycleError,
@@ -87,17 +88,47 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
     return errors
 
 
-def _build(stages: Iterable[Stage], known: set[str] | None = None) -> nx.DiGraph:
+def _build(stages: Iterable[Stage], groups: Mapping[str, Sequence[str]] | None = None) -> nx.DiGraph:
     graph = nx.DiGraph()
     stages = list(stages)
-    names = known if known is not None else {s.name for s in stages}
+    groups = groups or {}
+    names = {s.name for s in stages}
     for s in stages:
         graph.add_node(s.name, stage=s)
     for s in stages:
         for dep in s.upstream:
-            if dep in names and dep != s.name:
-                graph.add_edge(dep, s.name)
+            for node in groups.get(dep, (dep,)):
+                if node in names and node != s.name:
+                    graph.add_edge(node, s.name)
     return graph
+
+
+def expand(pipeline: Pipeline) -> tuple[list[Stage], dict[str, tuple[str, ...]]]:
+    """The pipeline's stages with each matrix stage replaced by its instances, and the groups."""
+    out: list[Stage] = []
+    groups: dict[str, tuple[str, ...]] = {}
+    for s in pipeline.stages:
+        if s.matrix is None:
+            out.append(s)
+            continue
+        names = []
+        for combo in combinations(s.matrix, s.exclude, s.include):
+            image = s.image
+            if image:
+                try:
+                    image = image.format(**combo)
+                except (KeyError, IndexError, ValueError) as e:
+                    raise PipelineError(
+                        f"Stage '{s.name}': image '{s.image}' names {e}, which is not a matrix key"
+                        f" ({', '.join(s.matrix)})", stage=s.name, location=s.location,
+                    ) from None
+            instance = attrs.evolve(
+                s, name=instance_name(s.name, combo), image=image, group=s.name, matrix_values=combo, matrix=None
+            )
+            out.append(instance)
+            names.append(instance.name)
+        groups[s.name] = tuple(names)
+    return out, groups
 
 
 def _cycles(graph: nx.DiGraph) -> list[list[str]]:
@@ -116,11 +147,16 @@ def _cycles(graph: nx.DiGraph) -> list[list[str]]:
 
 @attrs.frozen
 class Plan:
-    """The stages to run, in an order that respects every dependency, and their graph."""
+    """The stages to run, in an order that respects every dependency, and their graph.
+
+    Matrix stages appear as their instances (``test[python=3.11]``); ``groups`` maps a matrix
+    stage's name to its instances.
+    """
 
     pipeline: Pipeline
     graph: nx.DiGraph = attrs.field(eq=False, repr=False)
     order: tuple[str, ...]
+    groups: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def stage(self, name: str) -> Stage:
         s: Stage = self.graph.nodes[name]["stage"]
@@ -138,24 +174,29 @@ class Plan:
 def plan(pipeline: Pipeline, targets: Sequence[str] = ()) -> Plan:
     """Validate the pipeline and plan a run of ``targets`` and everything upstream of them.
 
+    A target may name a stage, a matrix stage (all its instances) or one instance.
     Raises the first :class:`PipelineError` found; :func:`find_errors` lists them all.
     """
     errors = find_errors(pipeline)
     if errors:
         raise errors[0]
-    graph = _build(pipeline.stages)
+    stages, groups = expand(pipeline)
+    graph = _build(stages, groups)
     if targets:
         selected: set[str] = set()
         for t in targets:
-            if t not in graph:
-                raise UnknownStageError(
-                    f"There is no stage '{t}' in {pipeline.path or pipeline.name}.",
-                    name=t,
-                    suggestion=_suggest(t, graph.nodes),
-                )
-            selected.add(t)
-            selected |= nx.ancestors(graph, t)
+            nodes = groups.get(t, (t,))
+            for node in nodes:
+                if node not in graph:
+                    raise UnknownStageError(
+                        f"There is no stage '{t}' in {pipeline.path or pipeline.name}.",
+                        name=t,
+                        suggestion=_suggest(t, [*graph.nodes, *groups]),
+                    )
+                selected.add(node)
+                selected |= nx.ancestors(graph, node)
         graph = graph.subgraph(selected).copy()
-    position = {s.name: i for i, s in enumerate(pipeline.stages)}
+    position = {s.name: i for i, s in enumerate(stages)}
     order = tuple(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
-    return Plan(pipeline=pipeline, graph=graph, order=order)
+    kept = {g: tuple(n for n in names if n in graph) for g, names in groups.items()}
+    return Plan(pipeline=pipeline, graph=graph, order=order, groups={g: n for g, n in kept.items() if n})

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from pipekit._params import Param
 from pipekit._secrets import Secret
-from pipekit._stage import MODULE_REGISTRY, Pipeline, Stage
+from pipekit._stage import MODULE_REGISTRY, POST_REGISTRY, Pipeline, Stage
 from pipekit.exceptions import PipelineError, PipelineLoadError
 
 __all__ = ["load", "pipeline_from_module"]
@@ -105,6 +105,8 @@ def pipeline_from_module(module: ModuleType, *, path: str | None = None) -> Pipe
     held = [v for v in namespace.values() if isinstance(v, Stage)]
     for s in itertools.chain(decorated, held):
         pipeline.add(s)
+    for hook in namespace.get(POST_REGISTRY, ()):
+        pipeline.add_post(hook)
     for value in namespace.values():
         if isinstance(value, Param):
             known = pipeline.params.get(value.name)

@@ -30,6 +30,7 @@ def _status_mark(status: str) -> str:
         "failed": "FAILED",
         "skipped": "skipped",
         "cancelled": "cancelled",
+        "allowed_failure": "failed (allowed to fail)",
         "running": "started",
     }.get(status, status)
 
@@ -59,7 +60,9 @@ class ConsoleRenderer:
             status = ed.get("status", "")
             duration = ed.get("duration_s")
             took = f" in {duration:.2f}s" if isinstance(duration, (int, float)) else ""
-            head = f"{self._prefix(stage)} = {_status_mark(status)}{took}"
+            attempts = ed.get("attempts")
+            tries = f" after {attempts} attempts" if attempts else ""
+            head = f"{self._prefix(stage)} = {_status_mark(status)}{took}{tries}"
             reason = ed.get("reason")
             if reason:
                 head += f" ({reason})"
@@ -89,12 +92,15 @@ def _summary_table(ed: EventDict) -> str:
     rows = [("STAGE", "STATUS", "DURATION")]
     for s in ed.get("stages", []):
         d = s.get("duration_s")
-        rows.append((s["stage"], s["status"], f"{d:.2f}s" if d is not None else "-"))
+        status = s["status"] + (f" ({s['attempts']} attempts)" if s.get("attempts") else "")
+        rows.append((s["stage"], status, f"{d:.2f}s" if d is not None else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [""]
     lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     total = ed.get("duration_s")
     took = f" in {total:.2f}s" if isinstance(total, (int, float)) else ""
+    for warning in ed.get("warnings", []):
+        lines.append(f"warning: {warning}")
     lines.append(f"run {ed.get('run_id')} {ed.get('status')}{took}")
     return "\n".join(lines)
 

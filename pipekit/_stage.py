@@ -9,18 +9,22 @@ stage to that pipeline object instead.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import attrs
 
+from pipekit._conditions import Condition, to_condition
+from pipekit._control import PostAction, Service, normalize_post, parse_duration
+from pipekit._matrix import validate_matrix
 from pipekit._params import Param
 from pipekit._secrets import Secret
 from pipekit.exceptions import PipelineError, StageSignatureError
 
-__all__ = ["Pipeline", "Stage", "stage"]
+__all__ = ["Pipeline", "Stage", "post", "stage"]
 
 MODULE_REGISTRY = "__pipekit_stages__"
+POST_REGISTRY = "__pipekit_posts__"
 CONTEXT_PARAMETER_NAMES = ("ctx", "context")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,11 +99,33 @@ class Stage:
     location: str = "<unknown>"
     image_from: str | None = None  # a stage whose pk.Image this stage runs in
     dockerfile: str | None = None  # a Dockerfile (relative to the workspace) to build the image from
+    when: Condition | None = None
+    timeout: float | None = None  # seconds, per attempt
+    retries: int = 0
+    backoff: float = 0.0  # seconds before the first retry, doubled for each further one
+    allow_failure: bool = False
+    matrix: Mapping[str, tuple[Any, ...]] | None = None
+    exclude: tuple[Mapping[str, Any], ...] = ()
+    include: tuple[Mapping[str, Any], ...] = ()
+    services: tuple[Service, ...] = ()
+    resource: str | None = None
+    post: Mapping[str, tuple[PostAction, ...]] = attrs.field(factory=dict)
+    # set on the instances of a matrix stage:
+    group: str | None = None
+    matrix_values: Mapping[str, Any] | None = None
 
     @property
     def upstream(self) -> tuple[str, ...]:
         """Every stage this one depends on: needs, inputs, and the stage that builds its image."""
         names = [*self.needs, *self.inputs, *self.optional_inputs]
+        if self.image_from:
+            names.append(self.image_from)
+        return tuple(dict.fromkeys(names))
+
+    @property
+    def value_inputs(self) -> tuple[str, ...]:
+        """The stages whose value this stage cannot run without (parameters, image)."""
+        names = list(self.inputs)
         if self.image_from:
             names.append(self.image_from)
         return tuple(dict.fromkeys(names))
@@ -153,11 +179,22 @@ ImageOption = str | Stage | None
 def _make_stage(
     fn: Callable[..., Any],
     *,
-    name: str | None,
-    image: ImageOption,
-    needs: Iterable[Stage | str] | None,
-    env: Mapping[str, object] | None,
+    name: str | None = None,
+    image: ImageOption = None,
+    needs: Iterable[Stage | str] | None = None,
+    env: Mapping[str, object] | None = None,
     dockerfile: str | None = None,
+    when: Any = None,
+    timeout: float | str | None = None,
+    retries: int = 0,
+    backoff: float = 0.0,
+    allow_failure: bool = False,
+    matrix: Mapping[str, Sequence[Any]] | None = None,
+    exclude: Sequence[Mapping[str, Any]] = (),
+    include: Sequence[Mapping[str, Any]] = (),
+    services: Sequence[Service] = (),
+    resource: str | None = None,
+    post: Mapping[str, Any] | None = None,
 ) -> Stage:
     if isinstance(fn, Stage):
         raise PipelineError(f"{fn!r} is decorated as a stage twice", location=fn.location)
@@ -165,17 +202,27 @@ def _make_stage(
         raise PipelineError(f"@stage decorates functions, got {fn!r}")
     location = _location(fn)
     stage_name = name or fn.__name__
+
+    def bad(message: str) -> PipelineError:
+        return PipelineError(f"Stage '{stage_name}': {message}", stage=stage_name, location=location)
+
     if image is not None and not isinstance(image, (str, Stage)):
-        raise PipelineError(
-            f"Stage '{stage_name}': image= takes an image name such as 'alpine:3.20' or a stage that"
-            f" returns a pk.Image, got {image!r}",
-            stage=stage_name,
-            location=location,
-        )
+        raise bad(f"image= takes an image name such as 'alpine:3.20' or a stage that returns a pk.Image, got {image!r}")
     if dockerfile is not None and image is not None:
-        raise PipelineError(
-            f"Stage '{stage_name}': give image= or dockerfile=, not both", stage=stage_name, location=location
-        )
+        raise bad("give image= or dockerfile=, not both")
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise bad(f"retries= takes a whole number of retries (0 or more), got {retries!r}")
+    if not isinstance(backoff, (int, float)) or backoff < 0:
+        raise bad(f"backoff= takes seconds (0 or more), got {backoff!r}")
+    for svc in services:
+        if not isinstance(svc, Service):
+            raise bad(f"services= takes pk.Service(...) objects, got {svc!r}")
+    if resource is not None and (not isinstance(resource, str) or not resource):
+        raise bad(f"resource= takes a name, got {resource!r}")
+    try:
+        seconds = parse_duration(timeout)
+    except PipelineError as e:
+        raise bad(e.message) from None
     return Stage(
         fn=fn,
         name=stage_name,
@@ -186,6 +233,17 @@ def _make_stage(
         env=_freeze_env(env),
         parameters=_parameters(fn, stage_name, location),
         location=location,
+        when=to_condition(when) if when is not None else None,
+        timeout=seconds,
+        retries=retries,
+        backoff=float(backoff),
+        allow_failure=bool(allow_failure),
+        matrix=validate_matrix(matrix, location, stage_name) if matrix is not None else None,
+        exclude=tuple(dict(e) for e in exclude),
+        include=tuple(dict(i) for i in include),
+        services=tuple(services),
+        resource=resource,
+        post=normalize_post(post, location),
     )
 
 
@@ -195,17 +253,7 @@ def stage(fn: F, /) -> Stage: ...
 
 @overload
 def stage(
-    *,
-    name: str | None = None,
-    image: ImageOption = None,
-    needs: Iterable[Stage | str] | None = None,
-    env: Mapping[str, object] | None = None,
-    dockerfile: str | None = None,
-) -> Callable[[F], Stage]: ...
-
-
-def stage(
-    fn: Callable[..., Any] | None = None,
+    fn: None = None,
     /,
     *,
     name: str | None = None,
@@ -213,16 +261,31 @@ def stage(
     needs: Iterable[Stage | str] | None = None,
     env: Mapping[str, object] | None = None,
     dockerfile: str | None = None,
-) -> Stage | Callable[[Callable[..., Any]], Stage]:
-    """Declare a stage: ``@pk.stage`` or ``@pk.stage(image=..., needs=[...], env={...}, name=...)``.
+    when: Any = None,
+    timeout: float | str | None = None,
+    retries: int = 0,
+    backoff: float = 0.0,
+    allow_failure: bool = False,
+    matrix: Mapping[str, Sequence[Any]] | None = None,
+    exclude: Sequence[Mapping[str, Any]] = (),
+    include: Sequence[Mapping[str, Any]] = (),
+    services: Sequence[Service] = (),
+    resource: str | None = None,
+    post: Mapping[str, Any] | None = None,
+) -> Callable[[F], Stage]: ...
+
+
+def stage(fn: Callable[..., Any] | None = None, /, **options: Any) -> Stage | Callable[[Callable[..., Any]], Stage]:
+    """Declare a stage: ``@pk.stage`` or ``@pk.stage(image=..., needs=[...], ...)``.
 
     A parameter named ``ctx`` receives the :class:`pipekit.Context`; every other parameter names a
     stage, which this stage then depends on and whose return value it receives. ``image`` may be a
     stage that returns a ``pk.Image``; ``dockerfile`` builds the stage's image from that file.
+    See docs/dsl.md and docs/control.md for every option.
     """
 
     def decorate(f: Callable[..., Any]) -> Stage:
-        s = _make_stage(f, name=name, image=image, needs=needs, env=env, dockerfile=dockerfile)
+        s = _make_stage(f, **options)
         module_globals = getattr(f, "__globals__", None)
         if isinstance(module_globals, dict):
             module_globals.setdefault(MODULE_REGISTRY, []).append(s)
@@ -230,6 +293,37 @@ def stage(
 
     if fn is not None:
         return decorate(fn)
+    return decorate
+
+
+@attrs.frozen
+class PostHook:
+    """A pipeline-level post action."""
+
+    when: str
+    fn: Callable[..., Any]
+    location: str
+
+
+def _make_post(when: str, fn: Callable[..., Any]) -> PostHook:
+    location = _location(fn)
+    normalize_post({when: fn}, location)
+    return PostHook(when, fn, location)
+
+
+def post(when: str) -> Callable[[F], F]:
+    """A pipeline-level post action: ``@pk.post("failure")`` on a function ``(ctx, outcome)``.
+
+    ``when`` is one of always, success, failure, cleanup (run in that order after every stage).
+    """
+
+    def decorate(f: F) -> F:
+        hook = _make_post(when, f)
+        module_globals = getattr(f, "__globals__", None)
+        if isinstance(module_globals, dict):
+            module_globals.setdefault(POST_REGISTRY, []).append(hook)
+        return f
+
     return decorate
 
 
@@ -254,9 +348,12 @@ class Pipeline:
         self.image = image or None
         self.env: Mapping[str, EnvValue] = _freeze_env(env)
         self.path = path
-        self._stages: list[Stage] = list(stages)
+        self._stages: list[Stage] = []
         self.params: dict[str, Param] = {p.name: p for p in params}
         self.secret_names: set[str] = {v.name for v in self.env.values() if isinstance(v, Secret)}
+        self.posts: list[PostHook] = []
+        for s in stages:
+            self.add(s)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -267,42 +364,37 @@ class Pipeline:
         if not any(s is existing for existing in self._stages):
             self._stages.append(s)
             self.secret_names |= {v.name for v in s.env.values() if isinstance(v, Secret)}
+            for svc in s.services:
+                self.secret_names |= {v.name for v in svc.env.values() if isinstance(v, Secret)}
         return s
+
+    def add_post(self, hook: PostHook) -> None:
+        if not any(hook is existing for existing in self.posts):
+            self.posts.append(hook)
 
     @overload
     def stage(self, fn: F, /) -> Stage: ...
 
     @overload
-    def stage(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        image: ImageOption = None,
-        needs: Iterable[Stage | str] | None = None,
-        env: Mapping[str, object] | None = None,
-        dockerfile: str | None = None,
-    ) -> Callable[[F], Stage]: ...
+    def stage(self, fn: None = None, /, **options: Any) -> Callable[[F], Stage]: ...
 
-    def stage(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        image: ImageOption = None,
-        needs: Iterable[Stage | str] | None = None,
-        env: Mapping[str, object] | None = None,
-        dockerfile: str | None = None,
-    ) -> Stage | Callable[[Callable[..., Any]], Stage]:
+    def stage(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Stage | Callable[[Callable[..., Any]], Stage]:
         """Like :func:`pipekit.stage`, adding the stage to this pipeline."""
 
         def decorate(f: Callable[..., Any]) -> Stage:
-            return self.add(_make_stage(f, name=name, image=image, needs=needs, env=env, dockerfile=dockerfile))
+            return self.add(_make_stage(f, **options))
 
         if fn is not None:
             return decorate(fn)
+        return decorate
+
+    def post(self, when: str) -> Callable[[F], F]:
+        """A pipeline-level post action on this pipeline: ``@pipeline.post("failure")``."""
+
+        def decorate(f: F) -> F:
+            self.add_post(_make_post(when, f))
+            return f
+
         return decorate
 
     def image_for(self, s: Stage) -> str | None:

@@ -15,16 +15,30 @@ interrupts): ``exec`` must then return or raise promptly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["Backend", "BuildSpec", "CommandResult", "Image", "LineSink", "StageHandle", "StageSpec"]
+__all__ = [
+    "Backend", "BuildSpec", "CommandResult", "Image", "LineSink", "ServiceSpec", "StageHandle", "StageSpec",
+]
 
 #: Called with ``("stdout" | "stderr", line)`` for each line as soon as it is printed.
 LineSink = Callable[[str, str], None]
+
+
+@attrs.frozen
+class ServiceSpec:
+    """A sidecar container of a stage, reachable from it by ``name``."""
+
+    name: str
+    image: str
+    command: Sequence[str] | str | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    healthcheck: Sequence[str] | str | None = None
+    healthcheck_timeout: float = 60.0
 
 
 @attrs.frozen
@@ -35,8 +49,9 @@ class StageSpec:
     stage: str
     image: str | None
     workspace: Path
-    env: Mapping[str, str] = attrs.field(factory=dict)
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     labels: Mapping[str, str] = attrs.field(factory=dict)
+    services: tuple[ServiceSpec, ...] = ()
 
 
 @attrs.frozen

@@ -84,7 +84,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing() -> None:
         "  1. lint (local/bb:1)",
         "  2. version (local/bb:1)",
         "  3. package (local/bb:1) after lint, version",
-        "dry run: 3 stages planned, nothing started",
+        "dry run: 3 of 3 stages would run, nothing started",
     ]
 
 

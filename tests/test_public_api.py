@@ -14,7 +14,8 @@ def test_all_is_pinned() -> None:
     assert sorted(pipekit.__all__) == sorted([
         "BackendError", "BuildFailed", "BuildKitUnavailable", "CommandResult", "Context", "Credentials",
         "Image", "InvalidReference", "Param", "ParameterError", "Params", "RegistryAuthError", "RegistryError",
-        "RegistryUnavailable", "Secret", "SecretMissing", "TagNotFound", "param", "secret", "CycleError", "DuplicateStageError",
+        "RegistryUnavailable", "Secret", "SecretMissing", "TagNotFound", "param", "secret",
+        "Condition", "MatrixOutputs", "Outcome", "RunInfo", "Service", "branch", "changed", "env", "param_is", "post", "CycleError", "DuplicateStageError",
         "EngineUnavailable", "ImageNotFound", "Interrupted", "PipekitError", "Pipeline",
         "PipelineError", "PipelineLoadError", "Plan", "RunResult", "Stage", "StageCodeError",
         "StageFailed", "StageResult", "StageSignatureError", "StepFailed", "UnknownStageError", "UsageError",

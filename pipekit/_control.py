@@ -1,0 +1,108 @@
+"""Stage control values: durations, services, post actions and their outcomes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from pipekit._secrets import Secret
+from pipekit.exceptions import PipelineError
+
+__all__ = ["POST_WHEN", "Outcome", "Service", "normalize_post", "parse_duration", "format_duration"]
+
+#: When post actions run, in this order (Jenkins' ``post`` sections).
+POST_WHEN = ("always", "success", "failure", "cleanup")
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+def parse_duration(value: float | int | str | None, what: str = "timeout") -> float | None:
+    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1h30m"``; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise PipelineError(f"{what} takes seconds or a string like '10m', got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            match = _DURATION.match(text)
+            if not text or not match or not any(match.groups()):
+                raise PipelineError(f"{what} takes seconds or a string like '90s', '10m', '1h30m', got {value!r}") from None
+            h, m, s = (float(g) if g else 0.0 for g in match.groups())
+            seconds = h * 3600 + m * 60 + s
+    if seconds <= 0:
+        raise PipelineError(f"{what} must be positive, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 60 == 0:
+        h, m = divmod(int(seconds) // 60, 60)
+        return f"{h}h{m}m" if m else f"{h}h"
+    if seconds >= 60 and seconds % 1 == 0:
+        m, s = divmod(int(seconds), 60)
+        return f"{m}m{s}s" if s else f"{m}m"
+    return f"{seconds:g}s"
+
+
+@attrs.frozen
+class Service:
+    """A sidecar container for a stage (GitLab/GitHub ``services``), reachable by its name."""
+
+    name: str
+    image: str
+    command: Sequence[str] | str | None = None
+    env: Mapping[str, str | Secret] = attrs.field(factory=dict)
+    healthcheck: Sequence[str] | str | None = None
+    healthcheck_timeout: float = 60.0
+
+    def __attrs_post_init__(self) -> None:
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", self.name or ""):
+            raise PipelineError(f"a service's name is its host name: letters, digits, '.', '_', '-'; got {self.name!r}")
+        if not isinstance(self.image, str) or not self.image:
+            raise PipelineError(f"service '{self.name}' needs an image")
+
+
+@attrs.frozen
+class Outcome:
+    """What a post action sees: how the stage (or, for pipeline post actions, the run) ended."""
+
+    status: str
+    stage: str | None = None
+    error: str | None = None
+    attempts: int = 1
+    duration_s: float | None = None
+    stages: Mapping[str, str] = attrs.field(factory=dict)  # pipeline outcome: each stage's status
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in ("succeeded", "skipped")
+
+
+PostAction = Callable[..., Any]
+
+
+def normalize_post(post: Mapping[str, PostAction | Sequence[PostAction]] | None, where: str) -> dict[str, tuple[PostAction, ...]]:
+    if not post:
+        return {}
+    if not isinstance(post, Mapping):
+        raise PipelineError(f"post= takes a mapping like {{'failure': notify}}, got {post!r}", location=where)
+    out: dict[str, tuple[PostAction, ...]] = {}
+    for when, actions in post.items():
+        if when not in POST_WHEN:
+            raise PipelineError(
+                f"post= has '{when}'; post actions run at: {', '.join(POST_WHEN)}", location=where
+            )
+        items = tuple(actions) if isinstance(actions, (list, tuple)) else (actions,)
+        for a in items:
+            if not callable(a):
+                raise PipelineError(f"post['{when}'] takes functions (ctx, outcome), got {a!r}", location=where)
+        out[when] = items
+    return out
