@@ -152,7 +152,7 @@ class DockerBackend:
                     " the stage's container, so give the stage an image",
                     stage=spec.stage,
                 )
-            return StageHandle(spec=spec, ref=None, where="host")
+            return StageHandle(spec=spec, ref=f"{spec.run_id}/{spec.stage}/{uuid.uuid4().hex[:8]}", where="host")
         from docker.errors import APIError
 
         self.ensure_image(spec.image)
@@ -259,7 +259,7 @@ class DockerBackend:
         spec = handle.spec
         if not isinstance(handle.ref, _Prepared):
             return self._host.run(
-                f"{spec.run_id}/{spec.stage}",
+                str(handle.ref),
                 command,
                 cwd=spec.workspace,
                 env={**spec.env, **env},
@@ -304,7 +304,7 @@ class DockerBackend:
         spec = handle.spec
         prepared = handle.ref
         if not isinstance(prepared, _Prepared):
-            self._host.kill(f"{spec.run_id}/{spec.stage}")
+            self._host.kill(str(prepared))
             return
         for cid in [prepared.container, *prepared.services]:
             if cid:

@@ -79,7 +79,8 @@ class HostShell:
         return CommandResult(command, code, out, err, time.monotonic() - start)
 
     def kill(self, key: str) -> None:
-        """Kill every process group started under ``key``; later runs under it return at once."""
+        """Kill every process group started under ``key`` (one prepared stage); later runs under
+        it return at once."""
         with self._lock:
             self._closed.add(key)
             procs = list(self._procs.pop(key, ()))

@@ -33,7 +33,8 @@ def combinations(
                 c.update(added)
         elif not targets or not added:
             if not any(_matches(c, extra) for c in combos):
-                combos.append(dict(extra))
+                ordered = {k: extra[k] for k in keys if k in extra}
+                combos.append({**ordered, **{k: v for k, v in extra.items() if k not in ordered}})
     return combos
 
 
