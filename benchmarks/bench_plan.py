@@ -60,7 +60,9 @@ def main() -> int:
             t = time.perf_counter()
             proc = subprocess.run(
                 [sys.executable, "-m", "pipekit", "run", "--dry-run", "-f", str(path)],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             )
             whole.append(time.perf_counter() - t)
             assert proc.stdout.count("\n") == args.stages + 1

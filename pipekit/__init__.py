@@ -9,37 +9,37 @@ from __future__ import annotations
 from pipekit._conditions import Condition, RunInfo, branch, changed, env, param_is
 from pipekit._context import Context
 from pipekit._control import Outcome, Service
-from pipekit._matrix import MatrixOutputs
 from pipekit._executor import RunResult, StageResult
 from pipekit._graph import Plan, find_errors, plan
 from pipekit._loader import load
-from pipekit._stage import Pipeline, Stage, post, stage
+from pipekit._matrix import MatrixOutputs
 from pipekit._params import Param, Params, param
 from pipekit._secrets import Credentials, Secret, secret
+from pipekit._stage import Pipeline, Stage, post, stage
 from pipekit.backend import CommandResult, Image
 from pipekit.exceptions import (
     BackendError,
     BuildFailed,
     BuildKitUnavailable,
-    InvalidReference,
-    ParameterError,
-    RegistryAuthError,
-    RegistryError,
-    RegistryUnavailable,
-    SecretMissing,
-    TagNotFound,
     CycleError,
     DuplicateStageError,
     EngineUnavailable,
     ImageNotFound,
     Interrupted,
+    InvalidReference,
+    ParameterError,
     PipekitError,
     PipelineError,
     PipelineLoadError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailable,
+    SecretMissing,
     StageCodeError,
     StageFailed,
     StageSignatureError,
     StepFailed,
+    TagNotFound,
     UnknownStageError,
     UsageError,
 )

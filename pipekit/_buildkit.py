@@ -118,5 +118,3 @@ def buildkit_build(spec: BuildSpec, on_line: LineSink) -> str:
             )
             raise BuildFailed(stage=spec.stage, instruction=step[0], reason=reason, output_tail=list(tail))
         return iidfile.read_text().strip()
-
-

@@ -12,20 +12,20 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 
 from pipekit import __version__
-from pipekit._graph import Plan, find_errors, plan
 from pipekit._conditions import RunInfo
 from pipekit._control import parse_duration
 from pipekit._executor import Executor
+from pipekit._graph import Plan, find_errors, plan
 from pipekit._loader import load
+from pipekit._logging import LOG_FORMATS, make_logger
 from pipekit._params import parse_param_args, resolve_params
 from pipekit._secrets import SecretStore
-from pipekit._logging import LOG_FORMATS, make_logger
 from pipekit._stage import Pipeline
 from pipekit.exceptions import Interrupted, PipekitError, PipelineError, StageFailed, UsageError
 
@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 
     def with_file(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
-            "-f", "--file", default="pipeline.py", metavar="PATH",
+            "-f",
+            "--file",
+            default="pipeline.py",
+            metavar="PATH",
             help="the pipeline file, or a folder holding pipeline.py (default: ./pipeline.py)",
         )
         return p
@@ -60,19 +63,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="also log each command before it runs")
     run.add_argument("--branch", help="the branch for pk.branch conditions (default: the CI's variables, else git)")
     run.add_argument(
-        "--changed-base", metavar="REF",
+        "--changed-base",
+        metavar="REF",
         help="the git ref pk.changed compares with (default: the merge base with the default branch)",
     )
     run.add_argument("--timeout", metavar="DURATION", help="fail the run after this long (seconds, '30m', '1h')")
     run.add_argument(
-        "-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="set a parameter declared with pk.param (repeatable)",
     )
     run.add_argument(
         "--secrets-file", metavar="PATH", help="a dotenv file of secrets (KEY=VALUE); the environment is read too"
     )
     run.add_argument(
-        "--image-map", action="append", default=[], metavar="IMAGE=LOCAL",
+        "--image-map",
+        action="append",
+        default=[],
+        metavar="IMAGE=LOCAL",
         help=f"run stages that ask for IMAGE in LOCAL instead (repeatable; also ${IMAGE_MAP_ENV}=A=B,C=D)",
     )
     with_file(sub.add_parser("list", help="list the stages, their images and dependencies"))
@@ -184,9 +195,7 @@ def cmd_graph(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def _print_plan(
-    p: Plan, out: IO[str], log_format: str, image_map: dict[str, str], skip: dict[str, str]
-) -> None:
+def _print_plan(p: Plan, out: IO[str], log_format: str, image_map: dict[str, str], skip: dict[str, str]) -> None:
     log = make_logger(log_format, file=out) if log_format == "json" else None
     for i, name in enumerate(p.order, 1):
         s = p.stage(name)

@@ -34,7 +34,9 @@ def parse_duration(value: float | int | str | None, what: str = "timeout") -> fl
         except ValueError:
             match = _DURATION.match(text)
             if not text or not match or not any(match.groups()):
-                raise PipelineError(f"{what} takes seconds or a string like '90s', '10m', '1h30m', got {value!r}") from None
+                raise PipelineError(
+                    f"{what} takes seconds or a string like '90s', '10m', '1h30m', got {value!r}"
+                ) from None
             h, m, s = (float(g) if g else 0.0 for g in match.groups())
             seconds = h * 3600 + m * 60 + s
     if seconds <= 0:
@@ -89,7 +91,9 @@ class Outcome:
 PostAction = Callable[..., Any]
 
 
-def normalize_post(post: Mapping[str, PostAction | Sequence[PostAction]] | None, where: str) -> dict[str, tuple[PostAction, ...]]:
+def normalize_post(
+    post: Mapping[str, PostAction | Sequence[PostAction]] | None, where: str
+) -> dict[str, tuple[PostAction, ...]]:
     if not post:
         return {}
     if not isinstance(post, Mapping):
@@ -97,9 +101,7 @@ def normalize_post(post: Mapping[str, PostAction | Sequence[PostAction]] | None,
     out: dict[str, tuple[PostAction, ...]] = {}
     for when, actions in post.items():
         if when not in POST_WHEN:
-            raise PipelineError(
-                f"post= has '{when}'; post actions run at: {', '.join(POST_WHEN)}", location=where
-            )
+            raise PipelineError(f"post= has '{when}'; post actions run at: {', '.join(POST_WHEN)}", location=where)
         items = tuple(actions) if isinstance(actions, (list, tuple)) else (actions,)
         for a in items:
             if not callable(a):

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from pipekit._host import HostShell
 from pipekit._buildkit import buildkit_build
+from pipekit._host import HostShell
 from pipekit.backend import (
     BuildSpec,
     CommandResult,
@@ -253,9 +253,7 @@ class DockerBackend:
             stage=spec.stage,
         )
 
-    def exec(
-        self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink
-    ) -> CommandResult:
+    def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
         spec = handle.spec
         if not isinstance(handle.ref, _Prepared):
             return self._host.run(
@@ -301,7 +299,6 @@ class DockerBackend:
         return CommandResult(command, int(code), stdout, stderr, time.monotonic() - start)
 
     def release(self, handle: StageHandle) -> None:
-        spec = handle.spec
         prepared = handle.ref
         if not isinstance(prepared, _Prepared):
             self._host.kill(str(prepared))
@@ -381,9 +378,7 @@ class DockerBackend:
                     )
             splitter.close()
         except (APIError, DockerException) as e:
-            raise BuildFailed(
-                stage=spec.stage, instruction=step[0], reason=_reason(e), output_tail=list(tail)
-            ) from e
+            raise BuildFailed(stage=spec.stage, instruction=step[0], reason=_reason(e), output_tail=list(tail)) from e
         if image_id is None and spec.tag:
             image_id = self.client.images.get(spec.tag).id
         if image_id is None:
@@ -421,7 +416,9 @@ class DockerBackend:
         except (APIError, DockerException) as e:
             raise _registry_error(_reason(e), ref, "push to") from e
         if not digest:
-            raise RegistryError(f"Pushed {ref} but the registry reported no digest", registry=_registry(ref), reference=ref)
+            raise RegistryError(
+                f"Pushed {ref} but the registry reported no digest", registry=_registry(ref), reference=ref
+            )
         return str(digest)
 
     def pull(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> Image:
@@ -444,8 +441,13 @@ class DockerBackend:
         return Image(id=str(image.id), tags=tuple(image.tags))
 
     def run_once(
-        self, run_id: str, stage: str, image: str, command: list[str] | None,
-        env: Mapping[str, str], on_line: LineSink,
+        self,
+        run_id: str,
+        stage: str,
+        image: str,
+        command: list[str] | None,
+        env: Mapping[str, str],
+        on_line: LineSink,
     ) -> CommandResult:
         from docker.errors import APIError
         from docker.utils.socket import STDERR, frames_iter
@@ -514,24 +516,51 @@ def _registry_error(message: str, ref: str, action: str) -> RegistryError:
     if any(s in low for s in ("invalid reference format", "repository name must", "invalid tag", "invalid repository")):
         return InvalidReference(
             f"'{ref}' is not a valid image reference ({text}). Use [REGISTRY/]NAME[:TAG] in lowercase",
-            registry=registry, reference=ref,
+            registry=registry,
+            reference=ref,
         )
-    if any(s in low for s in ("unauthorized", "authentication required", "no basic auth", "incorrect username",
-                              "denied", "forbidden", "access to the resource")):
+    if any(
+        s in low
+        for s in (
+            "unauthorized",
+            "authentication required",
+            "no basic auth",
+            "incorrect username",
+            "denied",
+            "forbidden",
+            "access to the resource",
+        )
+    ):
         return RegistryAuthError(
             f"Registry {registry} refused the credentials to {action} {ref} ({text}). Check the username and"
             f" password (or token), or log in with `docker login {registry}`",
-            registry=registry, reference=ref,
+            registry=registry,
+            reference=ref,
         )
     if any(s in low for s in ("manifest unknown", "not found", "does not exist", "manifest for")):
         return TagNotFound(
-            f"{ref} was not found in registry {registry} ({text}). Check the name and tag", registry=registry, reference=ref
+            f"{ref} was not found in registry {registry} ({text}). Check the name and tag",
+            registry=registry,
+            reference=ref,
         )
-    if any(s in low for s in ("connection refused", "no such host", "timeout", "dial tcp", "eof",
-                              "connection reset", "server gave http response", "no route to host")):
+    if any(
+        s in low
+        for s in (
+            "connection refused",
+            "no such host",
+            "timeout",
+            "dial tcp",
+            "eof",
+            "connection reset",
+            "server gave http response",
+            "no route to host",
+        )
+    ):
         return RegistryUnavailable(
-            f"Cannot reach registry {registry} to {action} {ref} ({text}). Check the address and that the registry is up",
-            registry=registry, reference=ref,
+            f"Cannot reach registry {registry} to {action} {ref} ({text})."
+            " Check the address and that the registry is up",
+            registry=registry,
+            reference=ref,
         )
     return RegistryError(f"Registry {registry} failed to {action} {ref}: {text}", registry=registry, reference=ref)
 
@@ -576,7 +605,7 @@ def _probe_engine(timeout: float = 5.0) -> None:
         if host.startswith("unix://"):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
-                sock.connect(host[len("unix://"):])
+                sock.connect(host[len("unix://") :])
         elif host.startswith(("tcp://", "http://", "https://")):
             hostport = host.split("://", 1)[1].split("/", 1)[0]
             name, _, port = hostport.rpartition(":")

@@ -191,7 +191,9 @@ class Executor:
             tag = f"pipekit-dockerfile/{_slug(pipeline.name)}-{_slug(s.group or s.name)}:latest"
             log.info("image build started", dockerfile=s.dockerfile, tag=tag)
             image = self.backend.build(
-                BuildSpec(run_id=self.run_id, stage=s.name, context=self._workspace(plan), dockerfile=s.dockerfile, tag=tag),
+                BuildSpec(
+                    run_id=self.run_id, stage=s.name, context=self._workspace(plan), dockerfile=s.dockerfile, tag=tag
+                ),
                 lambda stream, line: log.info("output", line=line, stream=stream),
             )
             log.info("image built", image=image.id, tags=list(image.tags))
@@ -343,12 +345,23 @@ class Executor:
             fields["error"] = error
         log.log(40 if status == FAILED else 30 if status == ALLOWED_FAILURE else 20, "stage finished", **fields)
         return StageResult(
-            name, status, duration, started, finished, error, None,
-            value if status == SUCCEEDED else None, attempts, timed_out, tuple(post_errors),
+            name,
+            status,
+            duration,
+            started,
+            finished,
+            error,
+            None,
+            value if status == SUCCEEDED else None,
+            attempts,
+            timed_out,
+            tuple(post_errors),
         )
 
     # -- post actions ---------------------------------------------------------------------
-    def _call_posts(self, actions: Mapping[str, Sequence[Callable[..., Any]]], ctx: Any, outcome: Outcome, log: Any) -> list[str]:
+    def _call_posts(
+        self, actions: Mapping[str, Sequence[Callable[..., Any]]], ctx: Any, outcome: Outcome, log: Any
+    ) -> list[str]:
         failed = outcome.status not in (SUCCEEDED, SKIPPED)
         errors = []
         for when in POST_WHEN:
@@ -368,8 +381,14 @@ class Executor:
         return errors
 
     def _stage_posts(
-        self, plan: Plan, s: Stage, spec: StageSpec | None, ctx: Context | None, state: _Running,
-        outcome: Outcome, log: Any,
+        self,
+        plan: Plan,
+        s: Stage,
+        spec: StageSpec | None,
+        ctx: Context | None,
+        state: _Running,
+        outcome: Outcome,
+        log: Any,
     ) -> list[str]:
         if ctx is None or state.attempt_stop.is_set():
             # the stage's container is gone (timeout, stop) or never came: post actions get a fresh one
@@ -395,8 +414,15 @@ class Executor:
         handle = self.backend.prepare(spec)
         try:
             ctx = Context(
-                stage="pipeline", run_id=self.run_id, workspace=spec.workspace, env=dict(os.environ), log=log,
-                backend=self.backend, handle=handle, params=self.params, secrets=self.secrets,
+                stage="pipeline",
+                run_id=self.run_id,
+                workspace=spec.workspace,
+                env=dict(os.environ),
+                log=log,
+                backend=self.backend,
+                handle=handle,
+                params=self.params,
+                secrets=self.secrets,
             )
             outcome = Outcome(
                 SUCCEEDED if status == SUCCEEDED else FAILED if status == FAILED else status,
@@ -509,7 +535,9 @@ class Executor:
                             in_flight[fut] = (name, state)
                         if not in_flight:
                             break
-                        done, _ = wait(in_flight, timeout=self._tick(in_flight, run_deadline), return_when=FIRST_COMPLETED)
+                        done, _ = wait(
+                            in_flight, timeout=self._tick(in_flight, run_deadline), return_when=FIRST_COMPLETED
+                        )
                         now = self.clock()
                         if run_deadline is not None and now >= run_deadline and stop_reason is None:
                             stop_reason = f"run timed out after {format_duration(self.run_timeout or 0)}"
@@ -544,8 +572,10 @@ class Executor:
                     pool.shutdown(wait=False, cancel_futures=True)
                     finished, _ = wait(in_flight, timeout=STOP_GRACE_S)  # post actions run meanwhile
                     for fut, (name, _state) in in_flight.items():
-                        results[name] = fut.result() if fut in finished and not fut.cancelled() else StageResult(
-                            name, CANCELLED, reason="run interrupted"
+                        results[name] = (
+                            fut.result()
+                            if fut in finished and not fut.cancelled()
+                            else StageResult(name, CANCELLED, reason="run interrupted")
                         )
                     raise
         except BaseException:

@@ -46,8 +46,7 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
     if not by_name:
         errors.append(
             PipelineError(
-                f"{pipeline.path or pipeline.name} defines no stages. Decorate a function with"
-                " @pk.stage to make one"
+                f"{pipeline.path or pipeline.name} defines no stages. Decorate a function with @pk.stage to make one"
             )
         )
         return errors
@@ -78,9 +77,7 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
                     )
                 )
             elif need == s.name:
-                errors.append(
-                    CycleError([s.name], location=s.location)
-                )
+                errors.append(CycleError([s.name], location=s.location))
     if not errors:
         graph = _build(by_name.values())
         for cycle in _cycles(graph):
@@ -120,7 +117,9 @@ def expand(pipeline: Pipeline) -> tuple[list[Stage], dict[str, tuple[str, ...]]]
                 except (KeyError, IndexError, ValueError) as e:
                     raise PipelineError(
                         f"Stage '{s.name}': image '{s.image}' names {e}, which is not a matrix key"
-                        f" ({', '.join(s.matrix)})", stage=s.name, location=s.location,
+                        f" ({', '.join(s.matrix)})",
+                        stage=s.name,
+                        location=s.location,
                     ) from None
             instance = attrs.evolve(
                 s, name=instance_name(s.name, combo), image=image, group=s.name, matrix_values=combo, matrix=None

@@ -31,9 +31,7 @@ class ResourceLock:
         self.path = lock_dir() / f"{digest}.lock"
         self._fd: int | None = None
 
-    def acquire(
-        self, cancelled: threading.Event, on_wait: Callable[[], None] | None = None, poll: float = 0.1
-    ) -> bool:
+    def acquire(self, cancelled: threading.Event, on_wait: Callable[[], None] | None = None, poll: float = 0.1) -> bool:
         """Block until held (True) or until ``cancelled`` is set (False)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         waited = False

@@ -51,14 +51,17 @@ def validate_matrix(matrix: Any, where: str, stage: str) -> dict[str, tuple[Any,
     if not isinstance(matrix, Mapping) or not matrix:
         raise PipelineError(
             f"Stage '{stage}': matrix= takes a mapping of names to lists of values, like"
-            " {'python': ['3.10', '3.11']}", stage=stage, location=where,
+            " {'python': ['3.10', '3.11']}",
+            stage=stage,
+            location=where,
         )
     out = {}
     for key, values in matrix.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise PipelineError(
                 f"Stage '{stage}': matrix['{key}'] must be a non-empty list of values, got {values!r}",
-                stage=stage, location=where,
+                stage=stage,
+                location=where,
             )
         out[str(key)] = tuple(values)
     return out

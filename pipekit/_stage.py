@@ -75,9 +75,11 @@ def _parameters(fn: Callable[..., Any], stage_name: str, location: str) -> tuple
                 location=location,
             )
         annotation = p.annotation
-        is_ctx = p.name in CONTEXT_PARAMETER_NAMES or (
-            isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "Context"
-        ) or getattr(annotation, "__name__", None) == "Context"
+        is_ctx = (
+            p.name in CONTEXT_PARAMETER_NAMES
+            or (isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "Context")
+            or getattr(annotation, "__name__", None) == "Context"
+        )
         params.append(Parameter(p.name, is_ctx, p.default is not p.empty))
     return tuple(params)
 
@@ -378,7 +380,9 @@ class Pipeline:
     @overload
     def stage(self, fn: None = None, /, **options: Any) -> Callable[[F], Stage]: ...
 
-    def stage(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Stage | Callable[[Callable[..., Any]], Stage]:
+    def stage(
+        self, fn: Callable[..., Any] | None = None, /, **options: Any
+    ) -> Stage | Callable[[Callable[..., Any]], Stage]:
         """Like :func:`pipekit.stage`, adding the stage to this pipeline."""
 
         def decorate(f: Callable[..., Any]) -> Stage:

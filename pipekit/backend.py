@@ -22,7 +22,14 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 __all__ = [
-    "Backend", "BuildSpec", "CommandResult", "Image", "LineSink", "ServiceSpec", "StageHandle", "StageSpec",
+    "Backend",
+    "BuildSpec",
+    "CommandResult",
+    "Image",
+    "LineSink",
+    "ServiceSpec",
+    "StageHandle",
+    "StageSpec",
 ]
 
 #: Called with ``("stdout" | "stderr", line)`` for each line as soon as it is printed.
@@ -126,9 +133,7 @@ class Backend(Protocol):
     def prepare(self, spec: StageSpec) -> StageHandle:
         """Make the place a stage runs in (pull its image, start its container)."""
 
-    def exec(
-        self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink
-    ) -> CommandResult:
+    def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
         """Run ``sh -c command`` in the prepared stage, streaming lines to ``on_line``."""
 
     def release(self, handle: StageHandle) -> None:
@@ -151,8 +156,13 @@ class Backend(Protocol):
         """Pull ``ref`` (a tag or a ``name@sha256:...`` digest)."""
 
     def run_once(
-        self, run_id: str, stage: str, image: str, command: list[str] | None,
-        env: Mapping[str, str], on_line: LineSink,
+        self,
+        run_id: str,
+        stage: str,
+        image: str,
+        command: list[str] | None,
+        env: Mapping[str, str],
+        on_line: LineSink,
     ) -> CommandResult:
         """Run a one-shot container to its end, streaming its output, and remove it."""
 

@@ -257,9 +257,7 @@ class StageCodeError(StageFailed):
     """The stage function raised; ``traceback`` holds the user's frames only."""
 
     def __init__(self, *, stage: str, error: BaseException, traceback: str) -> None:
-        super().__init__(
-            f"Stage '{stage}' raised {type(error).__name__}: {error}\n{traceback.rstrip()}", stage=stage
-        )
+        super().__init__(f"Stage '{stage}' raised {type(error).__name__}: {error}\n{traceback.rstrip()}", stage=stage)
         self.error = error
         self.traceback = traceback
 

@@ -141,7 +141,9 @@ def python_base_image(docker_client: Any) -> str:
     except docker.errors.ImageNotFound:
         proc = subprocess.run(
             ["bash", str(ROOT / "scripts" / "images" / "python-base.sh"), PYTHON_BASE_IMAGE],
-            capture_output=True, text=True, timeout=900,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         if proc.returncode != 0:
             pytest.fail(f"could not build {PYTHON_BASE_IMAGE}:\n{proc.stderr}", pytrace=False)

@@ -6,8 +6,8 @@ import hashlib
 import io
 import json
 import re
-import uuid
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ def test_build_secret_reaches_run_mount_and_no_layer(
     _context(
         tmp_path,
         f"FROM {busybox_image}\n"
-        "RUN --mount=type=secret,id=pip_token test \"$(md5sum < /run/secrets/pip_token | cut -c1-32)\" = "
+        'RUN --mount=type=secret,id=pip_token test "$(md5sum < /run/secrets/pip_token | cut -c1-32)" = '
         + hashlib.md5(SECRET_VALUE.encode()).hexdigest()
         + f" && echo token-seen && cat /run/secrets/pip_token # {uuid.uuid4()}\n"
         "RUN echo layer > /layer.txt\n",

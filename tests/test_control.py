@@ -25,6 +25,7 @@ def _left(docker_client: Any, run_id: str) -> tuple[list[Any], list[Any]]:
 
 # -- post actions -----------------------------------------------------------------------------
 
+
 def test_post_actions_run_in_order_and_see_the_outcome(run_on_docker: Any) -> None:
     """always, then success/failure, then cleanup; each sees status and error; the container is still there."""
     p = pk.Pipeline(name="posts", image="busybox")
@@ -34,6 +35,7 @@ def test_post_actions_run_in_order_and_see_the_outcome(run_on_docker: Any) -> No
         def action(ctx: pk.Context, outcome: pk.Outcome) -> None:
             ctx.sh("true")
             seen.append((when, outcome.status, outcome.error and outcome.error.splitlines()[0]))
+
         action.__name__ = when
         return action
 
@@ -50,7 +52,9 @@ def test_post_actions_run_in_order_and_see_the_outcome(run_on_docker: Any) -> No
     result, _ = run_on_docker(p, jobs=1)
     assert result["broken"].status == "failed"
     assert seen == [
-        ("always", "succeeded", None), ("success", "succeeded", None), ("cleanup", "succeeded", None),
+        ("always", "succeeded", None),
+        ("success", "succeeded", None),
+        ("cleanup", "succeeded", None),
         ("always", "failed", "Command exited with code 3 in stage 'broken': exit 3"),
         ("failure", "failed", "Command exited with code 3 in stage 'broken': exit 3"),
         ("cleanup", "failed", "Command exited with code 3 in stage 'broken': exit 3"),
@@ -104,6 +108,7 @@ def test_unknown_post_key_is_refused() -> None:
 
 # -- timeouts and retries ----------------------------------------------------------------------
 
+
 def test_timed_out_stage_fails_leaves_no_container_and_runs_posts(run_on_docker: Any, docker_client: Any) -> None:
     """A stage over its timeout is stopped, fails 'timed out after 1s', and its post actions still run."""
     p = pk.Pipeline(name="timeout", image="busybox")
@@ -133,9 +138,21 @@ def test_run_timeout(tmp_path: Path, busybox_image: str) -> None:
         "@pk.stage(needs=[slow])\ndef later(ctx):\n    pass\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "pipekit", "run", "-f", str(tmp_path), "--timeout", "1",
-         "--image-map", f"busybox={busybox_image}"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "pipekit",
+            "run",
+            "-f",
+            str(tmp_path),
+            "--timeout",
+            "1",
+            "--image-map",
+            f"busybox={busybox_image}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "run timed out after 1s" in proc.stdout
@@ -198,13 +215,16 @@ def test_allowed_failure_lets_dependents_run_and_the_run_succeed(run_on_docker: 
 
 # -- matrix ----------------------------------------------------------------------------------
 
+
 def test_matrix_instances_run_in_parallel_and_feed_a_mapping(run_on_docker: Any) -> None:
     """One instance per combination, named test[k=v,...], overlapping in time; dependents get a mapping."""
     p = pk.Pipeline(name="matrix")
 
     @p.stage(
-        image="{base}", matrix={"base": ["busybox"], "python": ["3.10", "3.11"], "db": ["pg", "sqlite"]},
-        exclude=[{"python": "3.10", "db": "sqlite"}], include=[{"python": "3.12", "db": "pg", "base": "busybox"}],
+        image="{base}",
+        matrix={"base": ["busybox"], "python": ["3.10", "3.11"], "db": ["pg", "sqlite"]},
+        exclude=[{"python": "3.10", "db": "sqlite"}],
+        include=[{"python": "3.12", "db": "pg", "base": "busybox"}],
     )
     def test(ctx):
         ctx.sh("sleep 1")
@@ -268,7 +288,8 @@ def test_matrix_targets_on_the_command_line() -> None:
 # -- services --------------------------------------------------------------------------------
 
 WEB = pk.Service(
-    "web", image="busybox",
+    "web",
+    image="busybox",
     command=["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"],
     healthcheck=["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"],
 )
@@ -292,8 +313,11 @@ def test_service_is_reachable_by_name_and_removed_afterwards(run_on_docker: Any,
 def test_unhealthy_service_fails_with_its_logs(run_on_docker: Any, docker_client: Any) -> None:
     """A service that never passes its healthcheck fails the stage with the service's last log lines."""
     sick = pk.Service(
-        "db", image="busybox", command=["sh", "-c", "echo starting db; echo cannot open data dir; sleep 60"],
-        healthcheck=["false"], healthcheck_timeout=1,
+        "db",
+        image="busybox",
+        command=["sh", "-c", "echo starting db; echo cannot open data dir; sleep 60"],
+        healthcheck=["false"],
+        healthcheck_timeout=1,
     )
     p = pk.Pipeline(name="sick", image="busybox")
 
@@ -334,8 +358,13 @@ def test_resource_is_held_by_one_stage_at_a_time_across_runs(tmp_path: Path, mon
     env = {**os.environ, "PIPEKIT_LOCK_DIR": str(tmp_path / "locks")}
     (tmp_path / "pipeline.py").write_text(LOCKED)
     procs = [
-        subprocess.Popen([sys.executable, "-m", "pipekit", "run", "-f", str(tmp_path), "-j", "2"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "pipekit", "run", "-f", str(tmp_path), "-j", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=60) for p in procs]
@@ -369,9 +398,21 @@ def test_post_actions_run_after_an_interrupted_run(tmp_path: Path, busybox_image
     """SIGTERM: the stage's and the pipeline's post actions run, then everything is removed."""
     (tmp_path / "pipeline.py").write_text(INTERRUPTED)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipekit", "run", "-f", str(tmp_path), "--log-format", "json",
-         "--image-map", f"busybox={busybox_image}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pipekit",
+            "run",
+            "-f",
+            str(tmp_path),
+            "--log-format",
+            "json",
+            "--image-map",
+            f"busybox={busybox_image}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     run_id = None

@@ -30,8 +30,18 @@ def test_example_runs_green(example: str, busybox_image: str, docker_client: Any
     """`pipekit run` on the example succeeds with its images mapped to local ones."""
     folder = EXAMPLES / example
     proc = subprocess.run(
-        [sys.executable, "-m", "pipekit", "run", "-f", str(folder), "--log-format", "json",
-         "--image-map", f"alpine:3.20={busybox_image}"],
+        [
+            sys.executable,
+            "-m",
+            "pipekit",
+            "run",
+            "-f",
+            str(folder),
+            "--log-format",
+            "json",
+            "--image-map",
+            f"alpine:3.20={busybox_image}",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -17,12 +17,18 @@ ROOT = Path(__file__).parent.parent
 SEED = ROOT / "examples" / "seed-flow"
 
 
-def pipekit_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def pipekit_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     import os
 
     return subprocess.run(
         [sys.executable, "-m", "pipekit", *args],
-        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -30,14 +36,19 @@ def _events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
-def test_seed_flow_pushes_and_the_digest_pulls_back(
-    registry: Any, python_base_image: str, docker_client: Any
-) -> None:
+def test_seed_flow_pushes_and_the_digest_pulls_back(registry: Any, python_base_image: str, docker_client: Any) -> None:
     """Build, test in the image, push with a login; the pushed digest pulls back after the local copy is gone."""
     ref = f"{registry.address}/seed-flow:latest"
     proc = pipekit_cli(
-        "run", "-f", str(SEED), "--log-format", "json",
-        "--param", f"registry={registry.address}", "--param", f"base_image={python_base_image}",
+        "run",
+        "-f",
+        str(SEED),
+        "--log-format",
+        "json",
+        "--param",
+        f"registry={registry.address}",
+        "--param",
+        f"base_image={python_base_image}",
         env={"REGISTRY_USER": registry.user, "REGISTRY_PASSWORD": registry.password},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
@@ -51,7 +62,9 @@ def test_seed_flow_pushes_and_the_digest_pulls_back(
     for tag in (ref, "seed-flow:latest"):
         docker_client.images.remove(tag, force=True)
     by_digest = f"{registry.address}/seed-flow@{digest}"
-    with pytest.raises(Exception):
+    import docker
+
+    with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(by_digest)
 
     p = pk.Pipeline(name="pull-back")
@@ -79,12 +92,20 @@ def test_wrong_password_fails_deploy_with_an_auth_message(registry: Any, python_
     """A refused login fails the deploy stage with the registry and reference named, exit code 1."""
     wrong = "not-the-Password-42"
     proc = pipekit_cli(
-        "run", "-f", str(SEED),
-        "--param", f"registry={registry.address}", "--param", f"base_image={python_base_image}",
+        "run",
+        "-f",
+        str(SEED),
+        "--param",
+        f"registry={registry.address}",
+        "--param",
+        f"base_image={python_base_image}",
         env={"REGISTRY_USER": registry.user, "REGISTRY_PASSWORD": wrong},
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert f"Registry {registry.address} refused the credentials to push to {registry.address}/seed-flow:latest" in proc.stdout
+    assert (
+        f"Registry {registry.address} refused the credentials to push to {registry.address}/seed-flow:latest"
+        in proc.stdout
+    )
     assert "deploy  failed" in proc.stdout
     assert wrong not in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -96,14 +117,31 @@ def test_missing_secret_fails_only_the_stage_that_uses_it(python_base_image: str
 
     env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_USER", "REGISTRY_PASSWORD")}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipekit", "run", "-f", str(SEED), "--log-format", "json",
-         "--param", f"registry={registry.address}", "--param", f"base_image={python_base_image}"],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "pipekit",
+            "run",
+            "-f",
+            str(SEED),
+            "--log-format",
+            "json",
+            "--param",
+            f"registry={registry.address}",
+            "--param",
+            f"base_image={python_base_image}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 1
     [summary] = [e for e in _events(proc.stdout) if e["event"] == "run finished"]
     assert [(s["stage"], s["status"]) for s in summary["stages"]] == [
-        ("build", "succeeded"), ("test", "succeeded"), ("deploy", "failed")
+        ("build", "succeeded"),
+        ("test", "succeeded"),
+        ("deploy", "failed"),
     ]
     [failed] = [e for e in _events(proc.stdout) if e["event"] == "stage finished" and e["stage"] == "deploy"]
     assert "needs the secret 'REGISTRY_USER', which is not set" in failed["error"]

@@ -45,8 +45,18 @@ def test_interrupt_removes_containers_and_kills_host_commands(
     marker = f"{40 + sig}.{os.getpid() % 1000}"
     (tmp_path / "pipeline.py").write_text(PIPELINE.format(marker=marker))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipekit", "run", "-f", str(tmp_path), "--log-format", "json",
-         "--image-map", f"busybox={busybox_image}"],
+        [
+            sys.executable,
+            "-m",
+            "pipekit",
+            "run",
+            "-f",
+            str(tmp_path),
+            "--log-format",
+            "json",
+            "--image-map",
+            f"busybox={busybox_image}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

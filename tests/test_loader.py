@@ -62,8 +62,8 @@ def test_exception_on_import_shows_only_user_frames() -> None:
     with pytest.raises(pk.PipelineLoadError) as info:
         pk.load(PIPELINES / "raises_on_import.py")
     tb = info.value.traceback
-    assert "raises_on_import.py\", line 5, in read_config" in tb
-    assert "raises_on_import.py\", line 8, in <module>" in tb
+    assert 'raises_on_import.py", line 5, in read_config' in tb
+    assert 'raises_on_import.py", line 8, in <module>' in tb
     assert "KeyError: 'missing'" in tb
     assert "pipekit" + "/_loader.py" not in tb
     assert "importlib" not in tb

@@ -36,7 +36,10 @@ def test_summary_is_a_table() -> None:
     """The run finished event renders as a table on the console."""
     buf = io.StringIO()
     make_logger("console", file=buf).info(
-        "run finished", run_id="r1", status="failed", duration_s=2.0,
+        "run finished",
+        run_id="r1",
+        status="failed",
+        duration_s=2.0,
         stages=[
             {"stage": "a", "status": "failed", "duration_s": 1.0},
             {"stage": "bb", "status": "skipped", "duration_s": None},

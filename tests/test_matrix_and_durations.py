@@ -12,7 +12,10 @@ from pipekit._matrix import combinations
 def test_product_of_the_matrix_in_key_order() -> None:
     """Every combination, first key varying slowest."""
     assert combinations({"a": [1, 2], "b": ["x", "y"]}) == [
-        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"},
+        {"a": 1, "b": "x"},
+        {"a": 1, "b": "y"},
+        {"a": 2, "b": "x"},
+        {"a": 2, "b": "y"},
     ]
 
 

@@ -54,7 +54,7 @@ def test_secret_refuses_to_become_text() -> None:
 def test_dotenv_file(tmp_path: Path) -> None:
     """The secrets file takes KEY=VALUE with export, quotes and comments."""
     f = tmp_path / "secrets.env"
-    f.write_text('# comment\nexport A=1\nB="two words"\nC=\'single\'\nD=plain # trailing\n\n')
+    f.write_text("# comment\nexport A=1\nB=\"two words\"\nC='single'\nD=plain # trailing\n\n")
     assert parse_dotenv(f) == {"A": "1", "B": "two words", "C": "single", "D": "plain"}
     f.write_text("NOT A LINE\n")
     with pytest.raises(pk.UsageError, match="expected KEY=VALUE"):
@@ -71,7 +71,7 @@ def test_store_prefers_the_file_and_names_missing_secrets(tmp_path: Path) -> Non
     assert store.masker.mask("from-file env-only") == "*** ***"
 
 
-LEAKY = r'''
+LEAKY = r"""
 import pipekit as pk
 
 PASSWORD = pk.secret("REGISTRY_PASSWORD")
@@ -90,7 +90,7 @@ def fails(ctx):
 @pk.stage
 def raises(ctx):
     raise RuntimeError("bad value " + ctx.secret("REGISTRY_PASSWORD"))
-'''
+"""
 
 
 @pytest.mark.docker
@@ -103,9 +103,24 @@ def test_no_secret_in_any_output(tmp_path: Path, busybox_image: str, log_format:
     env = {**os.environ, "MULTI_LINE": multi}
     env.pop("REGISTRY_PASSWORD", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipekit", "run", "-f", str(tmp_path), "--log-format", log_format,
-         "--secrets-file", str(tmp_path / "secrets.env"), "--image-map", f"busybox={busybox_image}"],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            sys.executable,
+            "-m",
+            "pipekit",
+            "run",
+            "-f",
+            str(tmp_path),
+            "--log-format",
+            log_format,
+            "--secrets-file",
+            str(tmp_path / "secrets.env"),
+            "--image-map",
+            f"busybox={busybox_image}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == 1
     everything = proc.stdout + proc.stderr
