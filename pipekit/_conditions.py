@@ -163,7 +163,7 @@ def to_condition(value: Any) -> Condition:
         return value
     if callable(value):
         name = getattr(value, "__name__", repr(value))
-        return Condition(value, f"{name}(ctx)")
+        return Condition(value, f"{name}(run)")
     raise PipelineError(f"when= takes a condition (pk.branch, pk.env, ...) or a callable, got {value!r}")
 
 

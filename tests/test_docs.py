@@ -46,6 +46,14 @@ def test_docs_pipeline_is_valid(where: str, code: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("where", "code"), _pipeline_blocks(True), ids=[w for w, _ in _pipeline_blocks(True)])
 def test_docs_pipeline_runs(where: str, code: str, tmp_path: Path, run_on_docker: object) -> None:
     """Each pipeline in the docs runs green (its alpine images mapped to the local busybox)."""
+    import subprocess
+
     (tmp_path / "pipeline.py").write_text(code)
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "c"],
+    ):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)  # for pk.changed
     result, _ = run_on_docker(tmp_path / "pipeline.py")  # type: ignore[operator]
     assert result.status == "succeeded", result.stages
