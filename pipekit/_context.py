@@ -42,6 +42,7 @@ class Context:
         self.run_id = run_id
         self.workspace = workspace
         self.env: dict[str, str] = dict(env)
+        self._base_env = dict(env)
         self.log = log
         self.image = handle.spec.image
         self.params = params if params is not None else Params({})
@@ -83,8 +84,7 @@ class Context:
             self._log_line(stream, line)
 
         self.log.debug("command", command=command)
-        # host stages see the whole layered environment; containers got the stage env at start
-        exec_env = {**self.env, **call_env} if self._handle.spec.image is None else self._exec_env(call_env)
+        exec_env = self._exec_env(call_env)
         result = self._backend.exec(self._handle, command, exec_env, on_line)
         self.commands.append(result)
         if self._cancelled.is_set():
@@ -100,7 +100,9 @@ class Context:
         return result
 
     def _exec_env(self, call_env: Mapping[str, str]) -> dict[str, str]:
-        changed = {k: v for k, v in self.env.items() if self._handle.spec.env.get(k) != v}
+        """What a command needs on top of the stage's environment (which the backend applies):
+        the changes made to ``ctx.env`` during the stage, then the call's ``env=``."""
+        changed = {k: v for k, v in self.env.items() if self._base_env.get(k) != v}
         return {**changed, **call_env}
 
     def __repr__(self) -> str:

@@ -21,6 +21,8 @@ import attrs
 
 from pipekit._buildkit import buildkit_build
 from pipekit._host import HostShell
+from pipekit._registry import registry_error as _registry_error
+from pipekit._registry import registry_of as _registry
 from pipekit.backend import (
     BuildSpec,
     CommandResult,
@@ -36,12 +38,8 @@ from pipekit.exceptions import (
     BuildFailed,
     EngineUnavailable,
     ImageNotFound,
-    InvalidReference,
-    RegistryAuthError,
     RegistryError,
-    RegistryUnavailable,
     StageFailed,
-    TagNotFound,
 )
 
 if TYPE_CHECKING:
@@ -499,70 +497,6 @@ class DockerBackend:
 
 
 _STEP = re.compile(r"^Step \d+/\d+ : (.+)$")
-
-
-def _registry(ref: str) -> str:
-    """The registry part of an image reference, as the docker CLI reads it."""
-    first, sep, _rest = ref.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
-
-
-def _registry_error(message: str, ref: str, action: str) -> RegistryError:
-    registry = _registry(ref)
-    text = message.strip()
-    low = text.lower()
-    if any(s in low for s in ("invalid reference format", "repository name must", "invalid tag", "invalid repository")):
-        return InvalidReference(
-            f"'{ref}' is not a valid image reference ({text}). Use [REGISTRY/]NAME[:TAG] in lowercase",
-            registry=registry,
-            reference=ref,
-        )
-    if any(
-        s in low
-        for s in (
-            "unauthorized",
-            "authentication required",
-            "no basic auth",
-            "incorrect username",
-            "denied",
-            "forbidden",
-            "access to the resource",
-        )
-    ):
-        return RegistryAuthError(
-            f"Registry {registry} refused the credentials to {action} {ref} ({text}). Check the username and"
-            f" password (or token), or log in with `docker login {registry}`",
-            registry=registry,
-            reference=ref,
-        )
-    if any(s in low for s in ("manifest unknown", "not found", "does not exist", "manifest for")):
-        return TagNotFound(
-            f"{ref} was not found in registry {registry} ({text}). Check the name and tag",
-            registry=registry,
-            reference=ref,
-        )
-    if any(
-        s in low
-        for s in (
-            "connection refused",
-            "no such host",
-            "timeout",
-            "dial tcp",
-            "eof",
-            "connection reset",
-            "server gave http response",
-            "no route to host",
-        )
-    ):
-        return RegistryUnavailable(
-            f"Cannot reach registry {registry} to {action} {ref} ({text})."
-            " Check the address and that the registry is up",
-            registry=registry,
-            reference=ref,
-        )
-    return RegistryError(f"Registry {registry} failed to {action} {ref}: {text}", registry=registry, reference=ref)
 
 
 def _progress_line(chunk: Mapping[str, Any], on_line: LineSink) -> None:

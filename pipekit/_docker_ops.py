@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipekit._registry import registry_of
 from pipekit._secrets import Credentials, Secret, SecretStore
 from pipekit.backend import Backend, BuildSpec, CommandResult, Image, LineSink
 from pipekit.exceptions import StageFailed, StepFailed
@@ -14,11 +15,10 @@ from pipekit.exceptions import StageFailed, StepFailed
 __all__ = ["DockerOps"]
 
 
-def _registry_of(ref: str) -> str:
-    first, sep, _ = ref.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "https://index.docker.io/v1/"
+def _auth_server(ref: str) -> str:
+    """The server address a login is for; Docker Hub's is its index URL, as in the CLI's config."""
+    registry = registry_of(ref)
+    return "https://index.docker.io/v1/" if registry == "docker.io" else registry
 
 
 class DockerOps:
@@ -103,7 +103,7 @@ class DockerOps:
         return {
             "username": self._secrets.resolve(credentials.username, stage=self._stage),
             "password": self._secrets.resolve(credentials.password, stage=self._stage),
-            "serveraddress": credentials.registry or _registry_of(ref),
+            "serveraddress": credentials.registry or _auth_server(ref),
         }
 
     def push(self, image: Image | str, ref: str | None = None, credentials: Credentials | None = None) -> str:

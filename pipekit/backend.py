@@ -134,7 +134,11 @@ class Backend(Protocol):
         """Make the place a stage runs in (pull its image, start its container)."""
 
     def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
-        """Run ``sh -c command`` in the prepared stage, streaming lines to ``on_line``."""
+        """Run ``sh -c command`` in the prepared stage, streaming lines to ``on_line``.
+
+        ``env`` is set on top of the stage's own environment (``spec.env``, and on the host the
+        process environment), which the backend applies itself.
+        """
 
     def release(self, handle: StageHandle) -> None:
         """Remove what :meth:`prepare` made and stop what still runs there. Idempotent."""
