@@ -149,6 +149,7 @@ class Executor:
         secrets: SecretStore | None = None,
         run_info: RunInfo | None = None,
         run_timeout: float | None = None,
+        workspace: Path | None = None,
         run_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -167,13 +168,17 @@ class Executor:
         self.params = params
         self.run_info = run_info
         self.run_timeout = run_timeout
+        self.workspace = workspace
         self.run_id = run_id or new_run_id()
         self.clock = clock
         self.sleep = sleep
 
     # -- where a stage runs ---------------------------------------------------------------
     def _workspace(self, plan: Plan) -> Path:
-        return Path(plan.pipeline.path).parent if plan.pipeline.path else Path.cwd()
+        """The pipeline file's folder; for a pipeline made in code, the given workspace or the cwd."""
+        if plan.pipeline.path:
+            return Path(plan.pipeline.path).parent
+        return self.workspace or Path.cwd()
 
     def _image(self, plan: Plan, s: Stage, outputs: Mapping[str, Any], log: Any) -> str | None:
         """The image the stage runs in: named (after --image-map), another stage's, or built."""

@@ -17,7 +17,7 @@ def test(ctx, build: pk.Image):
     ctx.docker.run(build, "python -m unittest discover -v")
 
 
-@pk.stage(needs=[test])
+@pk.stage(needs=[test], when=pk.branch("main"))  # Jenkins: when { branch 'main' }
 def deploy(ctx, build: pk.Image):
     ref = f"{ctx.params.registry}/{IMAGE}:latest"
     digest = ctx.docker.push(

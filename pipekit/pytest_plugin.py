@@ -1,0 +1,78 @@
+"""The pipekit pytest plugin, registered through the ``pytest11`` entry point.
+
+Fixtures:
+
+``pipekit_runner``
+    a :class:`pipekit.testing.PipelineRunner` on the fake backend: no engine, everything recorded.
+``pipekit_docker_runner``
+    the same on the real Docker backend (recorded too); skips the test, saying why, when no
+    engine answers, and removes whatever the test's runs left behind.
+
+Marker ``@pytest.mark.pipekit_docker``: skip the test when no Docker engine answers.
+Option ``--pipekit-update-snapshots``: rewrite call-tree snapshots instead of comparing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from pipekit.testing import SNAPSHOT_ENV, PipelineRunner, RecordingBackend
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pipekit", "pipekit pipelines")
+    group.addoption(
+        "--pipekit-update-snapshots",
+        action="store_true",
+        default=False,
+        help="rewrite the call-tree snapshots of pipekit runs instead of comparing with them",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "pipekit_docker: the test needs a Docker engine; skipped when none answers")
+
+
+def _engine_problem() -> str | None:
+    from pipekit._docker import DockerBackend
+    from pipekit.exceptions import EngineUnavailable
+
+    try:
+        DockerBackend().check()
+    except EngineUnavailable as e:
+        return str(e)
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("pipekit_docker") is not None:
+        problem = _engine_problem()
+        if problem:
+            pytest.skip(f"pipekit_docker: no Docker engine answers: {problem}")
+
+
+def _update(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--pipekit-update-snapshots") or os.environ.get(SNAPSHOT_ENV))
+
+
+@pytest.fixture
+def pipekit_runner(request: pytest.FixtureRequest) -> PipelineRunner:
+    """Run pipelines on a fake backend; paths are relative to the test file's folder."""
+    return PipelineRunner(base_dir=request.path.parent, update_snapshots=_update(request))
+
+
+@pytest.fixture
+def pipekit_docker_runner(request: pytest.FixtureRequest) -> Iterator[PipelineRunner]:
+    """Run pipelines for real on the Docker engine; skipped with the reason when none answers."""
+    problem = _engine_problem()
+    if problem:
+        pytest.skip(f"pipekit_docker_runner: no Docker engine answers: {problem}")
+    from pipekit._docker import DockerBackend
+
+    backend = RecordingBackend(DockerBackend())
+    yield PipelineRunner(backend=backend, base_dir=request.path.parent, update_snapshots=_update(request))
+    for run_id in backend.run_ids:
+        backend.cleanup(run_id)
