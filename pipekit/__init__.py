@@ -6,6 +6,7 @@ underscore is private machinery.
 
 from __future__ import annotations
 
+from pipekit._cache import CacheInputs, inputs
 from pipekit._conditions import Condition, RunInfo, branch, changed, env, param_is
 from pipekit._context import Context
 from pipekit._control import Outcome, Service
@@ -14,6 +15,7 @@ from pipekit._graph import Plan, find_errors, plan
 from pipekit._loader import load
 from pipekit._matrix import MatrixOutputs
 from pipekit._params import Param, Params, param
+from pipekit._reports import FailedTest, TestReport
 from pipekit._secrets import Credentials, Secret, secret
 from pipekit._stage import Pipeline, Stage, post, stage
 from pipekit.backend import CommandResult, Image
@@ -50,6 +52,7 @@ __all__ = [
     "BackendError",
     "BuildFailed",
     "BuildKitUnavailable",
+    "CacheInputs",
     "CommandResult",
     "Condition",
     "Context",
@@ -69,11 +72,13 @@ __all__ = [
     "Secret",
     "SecretMissing",
     "TagNotFound",
+    "TestReport",
     "param",
     "secret",
     "CycleError",
     "DuplicateStageError",
     "EngineUnavailable",
+    "FailedTest",
     "ImageNotFound",
     "Interrupted",
     "PipekitError",
@@ -97,6 +102,7 @@ __all__ = [
     "param_is",
     "post",
     "find_errors",
+    "inputs",
     "load",
     "plan",
     "run",

@@ -20,8 +20,9 @@ from typing import IO, Any
 from pipekit import __version__
 from pipekit._conditions import RunInfo
 from pipekit._control import parse_duration
-from pipekit._executor import Executor
+from pipekit._executor import Executor, new_run_id
 from pipekit._graph import Plan, find_errors, plan
+from pipekit._history import History, HistoryRecorder, redact_argv
 from pipekit._loader import load
 from pipekit._logging import LOG_FORMATS, make_logger
 from pipekit._params import parse_param_args, resolve_params
@@ -68,6 +69,30 @@ def _parser() -> argparse.ArgumentParser:
         help="the git ref pk.changed compares with (default: the merge base with the default branch)",
     )
     run.add_argument("--timeout", metavar="DURATION", help="fail the run after this long (seconds, '30m', '1h')")
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="RUN",
+        help="run again only what failed or did not run in RUN (default: the last run of this pipeline)",
+    )
+    run.add_argument("--no-cache", action="store_true", help="run every stage, ignoring cached results")
+
+    runs = with_file(sub.add_parser("runs", help="list the recent runs of this workspace"))
+    runs.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    show = with_file(sub.add_parser("show", help="show a run: stages, durations, errors, artifacts, tests"))
+    show.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
+    logs = with_file(sub.add_parser("logs", help="print a run's logs (one stage's, or all)"))
+    logs.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
+    logs.add_argument("stage", nargs="?", metavar="STAGE")
+    logs.add_argument("--follow", action="store_true", help="keep printing until the run ends")
+    arts = with_file(sub.add_parser("artifacts", help="copy a run's archived files out"))
+    arts.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
+    arts.add_argument("--dest", metavar="DIR", help="where to put them (default ./artifacts-RUN)")
+    cache = with_file(sub.add_parser("cache", help="list or prune cached stage results and cache volumes"))
+    cache.add_argument("action", choices=("list", "prune"))
+    cache.add_argument("--results", action="store_true", help="prune only the cached stage results")
+    cache.add_argument("--volumes", action="store_true", help="prune only the cache volumes (cache_dirs=)")
     run.add_argument(
         "-p",
         "--param",
@@ -234,6 +259,9 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     the_plan = plan(p, args.stages)
     workspace = Path(p.path).parent if p.path else Path.cwd()
     info = RunInfo(workspace=workspace, branch=args.branch, params=params, changed_base=args.changed_base)
+    run_id = new_run_id()
+    history: History | None = None
+    extra: dict[str, Any] = {}
 
     def executor_on(backend: Any) -> Executor:
         return Executor(
@@ -248,6 +276,8 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             secrets=secrets,
             run_info=info,
             run_timeout=run_timeout,
+            run_id=run_id,
+            **extra,
         )
 
     if args.dry_run:
@@ -261,10 +291,226 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
     backend = DockerBackend()
     backend.check()
+    history = _history(workspace, err, backend)
+    restore: dict[str, tuple[str, str]] = {}
+    resumed_from = None
+    if args.resume is not None:
+        resumed_from = history.resolve(args.resume) if args.resume else history.last_run_of(p.path or "")
+        if resumed_from is None:
+            raise UsageError(f"--resume: no earlier run of {p.path} is recorded in {history.dir}")
+        restore = {
+            row.name: (resumed_from, row.output)
+            for row in history.stages(resumed_from)
+            if row.status in ("succeeded", "cached", "restored")
+            and row.output is not None
+            and row.name in the_plan.order
+        }
+    recorder = HistoryRecorder(
+        history,
+        argv=redact_argv(["pipekit", *args.argv], secrets.masker.mask),
+        branch=info.branch,
+        resumed_from=resumed_from,
+    )
+    extra.update(
+        observers=[recorder],
+        records=recorder,
+        log_processors=[history.log_processor(run_id)],
+        cache=None if args.no_cache else history.cache_get,
+        restore=restore,
+    )
     executor = executor_on(backend)
-    with _signals_raise():
-        result = executor.run(the_plan)
+    try:
+        with _signals_raise():
+            result = executor.run(the_plan)
+    finally:
+        history.close()
     return result.exit_code
+
+
+def _history(workspace: Path, err: IO[str], backend: Any = None) -> History:
+    """The workspace's run history, with runs whose process died marked interrupted (and cleaned up)."""
+    history = History(workspace, warn=lambda message: _print_error(err, f"warning: {message}"))
+    if backend is None:
+        from pipekit._docker import DockerBackend
+        from pipekit.exceptions import BackendError
+
+        candidate = DockerBackend()
+        try:
+            candidate.check()
+            backend = candidate
+        except BackendError:
+            backend = None
+    history.reap(cleanup=backend.cleanup if backend is not None else None)
+    return history
+
+
+def _workspace_of(args: argparse.Namespace) -> Path:
+    path = Path(args.file)
+    folder = path if path.is_dir() else path.parent
+    return folder.resolve()
+
+
+def _when(ts: float | None) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ts)) if ts else "-"
+
+
+def _secs(value: float | None) -> str:
+    return f"{value:.2f}s" if value is not None else "-"
+
+
+def cmd_runs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    history = _history(_workspace_of(args), err)
+    rows: list[tuple[str, ...]] = [("RUN", "PIPELINE", "BRANCH", "STATUS", "STARTED", "DURATION")]
+    for r in history.runs(args.limit):
+        rows.append((r.id, r.pipeline, r.branch or "-", r.status, _when(r.started), _secs(r.duration_s)))
+    history.close()
+    if len(rows) == 1:
+        print("no runs recorded yet", file=out)
+        return 0
+    _table(rows, out)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    history = _history(_workspace_of(args), err)
+    try:
+        run = history.run(history.resolve(args.run))
+        print(f"run {run.id}: {run.status}", file=out)
+        print(f"  pipeline  {run.pipeline} ({run.path})", file=out)
+        print(f"  branch    {run.branch or '-'} at {run.git_commit or '-'}", file=out)
+        print(f"  started   {_when(run.started)} by {run.user}@{run.host}: {run.argv}", file=out)
+        print(f"  duration  {_secs(run.duration_s)}", file=out)
+        if run.resumed_from:
+            print(f"  resumed   from run {run.resumed_from}", file=out)
+        print("", file=out)
+        rows: list[tuple[str, ...]] = [("STAGE", "STATUS", "ATTEMPTS", "DURATION", "EXIT", "NOTE")]
+        stages = history.stages(run.id)
+        for st in stages:
+            note = st.reason or ("cache hit" if st.cache_hit else "")
+            rows.append(
+                (
+                    st.name,
+                    st.status,
+                    str(st.attempts or "-"),
+                    _secs(st.duration_s),
+                    "-" if st.exit_code is None else str(st.exit_code),
+                    note or "-",
+                )
+            )
+        _table(rows, out)
+        for st in stages:
+            if st.error:
+                print(f"\nerror in {st.name}:", file=out)
+                for line in st.error.splitlines():
+                    print(f"  {line}", file=out)
+        arts = history.artifacts(run.id)
+        if arts:
+            print("\nartifacts:", file=out)
+            for a in arts:
+                print(f"  {a['stage']}: {a['path']} ({a['size']} bytes, sha256 {a['sha256'][:12]})", file=out)
+        for t in history.tests(run.id):
+            passed = t["tests"] - t["failures"] - t["errors"] - t["skipped"]
+            print(
+                f"\ntests in {t['stage']}: {t['tests']} tests, {passed} passed, {t['failures']} failed,"
+                f" {t['errors']} errors, {t['skipped']} skipped",
+                file=out,
+            )
+            for f in t["failed"]:
+                print(f"  {f['kind']}: {f['name']}: {f['message']}", file=out)
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    import time as _time
+
+    history = _history(_workspace_of(args), err)
+    try:
+        run_id = history.resolve(args.run)
+        names = [args.stage] if args.stage else [st.name for st in history.stages(run_id)]
+        if args.stage and args.stage not in {st.name for st in history.stages(run_id)}:
+            raise UsageError(f"Run {run_id} has no stage '{args.stage}'")
+        offsets = {n: 0 for n in names}
+        while True:
+            for name in names:
+                path = history.log_path(run_id, name)
+                if not path.exists():
+                    continue
+                with open(path, encoding="utf-8") as f:
+                    f.seek(offsets[name])
+                    chunk = f.read()
+                    offsets[name] = f.tell()
+                for line in chunk.splitlines():
+                    print(f"{name} | {line}" if len(names) > 1 else line, file=out)
+            out.flush()
+            if not args.follow or history.run(run_id).status != "running":
+                break
+            _time.sleep(0.3)
+            if not args.stage:
+                for st in history.stages(run_id):
+                    if st.name not in offsets:
+                        names.append(st.name)
+                        offsets[st.name] = 0
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_artifacts(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    import shutil
+
+    history = _history(_workspace_of(args), err)
+    try:
+        run_id = history.resolve(args.run)
+        arts = history.artifacts(run_id)
+        if not arts:
+            print(f"run {run_id} archived no files", file=out)
+            return 0
+        dest = Path(args.dest or f"artifacts-{run_id}").resolve()
+        for a in arts:
+            target = (dest / a["path"].lstrip("/")).resolve()
+            if not target.is_relative_to(dest):
+                raise UsageError(f"artifact path {a['path']} would leave {dest}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(history.artifact_file(a["sha256"]), target)
+            print(f"{target}", file=out)
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from pipekit._docker import DockerBackend
+
+    history = _history(_workspace_of(args), err)
+    both = not args.results and not args.volumes
+    try:
+        results = history.cache_entries()
+        backend = DockerBackend()
+        try:
+            backend.check()
+            volumes = backend.cache_volumes()
+        except PipekitError:
+            backend, volumes = None, []  # type: ignore[assignment]
+        if args.action == "list":
+            print(f"{len(results)} cached stage results in {history.db_path}", file=out)
+            for r in results:
+                print(f"  {r['stage']}  from run {r['run_id']}  {_when(r['created'])}", file=out)
+            print(f"{len(volumes)} cache volumes", file=out)
+            for v in volumes:
+                print(f"  {v['name']}  stage {v['stage']}  {v['created']}", file=out)
+            return 0
+        if both or args.results:
+            print(f"removed {history.prune_cache()} cached stage results", file=out)
+        if (both or args.volumes) and backend is not None:
+            removed = sum(backend.remove_volume(v["name"]) for v in volumes)
+            print(f"removed {removed} cache volumes", file=out)
+    finally:
+        history.close()
+    return 0
 
 
 class _NoBackend:
@@ -273,7 +519,17 @@ class _NoBackend:
     name = "none"
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "graph": cmd_graph, "validate": cmd_validate}
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "graph": cmd_graph,
+    "validate": cmd_validate,
+    "runs": cmd_runs,
+    "show": cmd_show,
+    "logs": cmd_logs,
+    "artifacts": cmd_artifacts,
+    "cache": cmd_cache,
+}
 
 
 def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
@@ -281,7 +537,9 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, err: 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = _parser().parse_args(argv)
+        args.argv = argv
         if not args.command:
             _parser().print_help(out)
             return 2

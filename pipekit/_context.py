@@ -3,18 +3,53 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import attrs
+
+from pipekit._cache import matching_files
+from pipekit._conditions import glob_match
 from pipekit._docker_ops import DockerOps
 from pipekit._params import Params
+from pipekit._reports import TestReport, parse_junit
 from pipekit._secrets import Secret, SecretStore
 from pipekit.backend import Backend, CommandResult, StageHandle
 from pipekit.exceptions import StageFailed, StepFailed
 
-__all__ = ["Context"]
+__all__ = ["Context", "MemoryRecords", "StageRecords"]
+
+
+class StageRecords(Protocol):
+    """Where a stage's artifacts and test reports go (the run history, or memory)."""
+
+    def add_artifact(self, stage: str, path: str, data: bytes) -> str: ...
+
+    def add_tests(self, stage: str, report: TestReport) -> None: ...
+
+
+class MemoryRecords:
+    """Artifacts and test reports kept in memory (runs without a history, tests)."""
+
+    def __init__(self) -> None:
+        self.artifacts: dict[tuple[str, str], bytes] = {}
+        self.tests: dict[str, TestReport] = {}
+        self._lock = threading.Lock()
+
+    def add_artifact(self, stage: str, path: str, data: bytes) -> str:
+        import hashlib
+
+        with self._lock:
+            self.artifacts[(stage, path)] = data
+        return hashlib.sha256(data).hexdigest()
+
+    def add_tests(self, stage: str, report: TestReport) -> None:
+        with self._lock:
+            self.tests[stage] = report
+
 
 TAIL_LINES = 20
 
@@ -37,6 +72,7 @@ class Context:
         params: Params | None = None,
         secrets: SecretStore | None = None,
         matrix: Mapping[str, Any] | None = None,
+        records: StageRecords | None = None,
     ) -> None:
         self.stage = stage
         self.run_id = run_id
@@ -47,6 +83,7 @@ class Context:
         self.image = handle.spec.image
         self.params = params if params is not None else Params({})
         self.matrix: Mapping[str, Any] = dict(matrix or {})
+        self._records = records if records is not None else MemoryRecords()
         self._secrets = secrets if secrets is not None else SecretStore()
         self._backend = backend
         self._handle = handle
@@ -98,6 +135,73 @@ class Context:
                 hint=_hint(result, self.image),
             )
         return result
+
+    def _files(self, patterns: tuple[str, ...]) -> list[tuple[str, bytes]]:
+        """Files matching globs: relative to the workspace (mounted in the container, so read on the
+        host), or absolute paths in the stage's container."""
+        found: list[tuple[str, bytes]] = []
+        relative = [p for p in patterns if not p.startswith("/")]
+        for path in matching_files(self.workspace, relative):
+            found.append((path.relative_to(self.workspace).as_posix(), path.read_bytes()))
+        for pattern in (p for p in patterns if p.startswith("/")):
+            if self._handle.spec.image is None:
+                found += [(str(p), p.read_bytes()) for p in matching_files(Path("/"), [pattern.lstrip("/")])]
+                continue
+            parts = pattern.split("/")
+            fixed = [p for p in itertools.takewhile(lambda part: not any(c in part for c in "*?["), parts)]
+            base = "/".join(fixed) or "/"
+            for rel, data in self._backend.copy_out(self._handle, base):
+                full = f"{base.rstrip('/')}/{rel}"
+                if full == pattern or glob_match(pattern, full):
+                    found.append((full, data))
+        return found
+
+    def archive(self, *patterns: str) -> list[str]:
+        """Keep files as the run's artifacts (``pipekit artifacts RUN`` fetches them): globs relative
+        to the workspace, or absolute paths in the stage's container. Returns the paths archived."""
+        archived = []
+        for path, data in self._files(patterns):
+            digest = self._records.add_artifact(self.stage, path, data)
+            self.log.info("artifact archived", path=path, size=len(data), sha256=digest[:12])
+            archived.append(path)
+        if not archived:
+            self.log.warning("no artifacts", patterns=list(patterns), reason="no file matched")
+        return archived
+
+    def junit(self, *patterns: str, fail_on_failure: bool = True) -> TestReport:
+        """Read JUnit XML reports, keep their counts and failed tests in the run's record, print a
+        summary, and (by default) fail the stage when tests failed, whatever the exit code was."""
+        files = self._files(patterns)
+        if not files:
+            raise StageFailed(
+                f"Stage '{self.stage}': no JUnit report matches {', '.join(patterns)}. Did the test command"
+                " write one (pytest --junitxml=reports/junit.xml)?",
+                stage=self.stage,
+            )
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="pipekit-junit-") as tmp:
+            paths = []
+            for i, (_name, data) in enumerate(files):
+                p = Path(tmp) / f"{i}.xml"
+                p.write_bytes(data)
+                paths.append(p)
+            try:
+                report = parse_junit(paths)
+            except ValueError as e:
+                raise StageFailed(f"Stage '{self.stage}': {e}", stage=self.stage) from e
+        report = attrs.evolve(report, files=tuple(name for name, _ in files))
+        self._records.add_tests(self.stage, report)
+        self.log.info("tests", summary=report.summary())
+        for failed in report.failed:
+            self.log.info("test failed", test=failed.name, message=failed.message)
+        if fail_on_failure and not report.ok:
+            names = ", ".join(f.name for f in report.failed[:5]) + (", ..." if len(report.failed) > 5 else "")
+            raise StageFailed(
+                f"{report.failures + report.errors} of {report.tests} tests failed in stage '{self.stage}': {names}",
+                stage=self.stage,
+            )
+        return report
 
     def _exec_env(self, call_env: Mapping[str, str]) -> dict[str, str]:
         """What a command needs on top of the stage's environment (which the backend applies):

@@ -51,6 +51,7 @@ LABEL_MANAGED = "io.pipekit.managed"
 LABEL_RUN = "io.pipekit.run"
 LABEL_STAGE = "io.pipekit.stage"
 LABEL_SERVICE = "io.pipekit.service"
+LABEL_CACHE = "io.pipekit.cache"
 WORKDIR = "/workspace"
 
 ENGINE_HINT = (
@@ -141,6 +142,36 @@ class DockerBackend:
             with self._lock:
                 self._ready_images.add(image)
 
+    def image_id(self, image: str) -> str:
+        self.ensure_image(image)
+        return str(self.client.images.get(image).id)
+
+    def copy_out(self, handle: StageHandle, path: str) -> list[tuple[str, bytes]]:
+        import io
+        import tarfile
+
+        from docker.errors import NotFound
+
+        prepared = handle.ref
+        if not isinstance(prepared, _Prepared):
+            raise StageFailed(
+                f"Stage '{handle.spec.stage}' runs on the host: archive host paths directly", stage=handle.spec.stage
+            )
+        try:
+            stream, _stat = self.client.api.get_archive(prepared.container, path)
+        except NotFound:
+            return []
+        data = b"".join(stream)
+        files = []
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        name = member.name.split("/", 1)[1] if "/" in member.name else member.name
+                        files.append((name, f.read()))
+        return files
+
     # -- the stage life cycle --------------------------------------------------------------
     def prepare(self, spec: StageSpec) -> StageHandle:
         if spec.image is None:
@@ -155,6 +186,8 @@ class DockerBackend:
 
         self.ensure_image(spec.image)
         labels = self._labels(spec)
+        for volume in spec.volumes:
+            self._ensure_cache_volume(volume, spec)
         api = self.client.api
         prepared = _Prepared()
         handle = StageHandle(spec=spec, ref=prepared, where="")
@@ -176,7 +209,10 @@ class DockerBackend:
                 labels=labels,
                 name=_container_name(spec.run_id, spec.stage),
                 host_config=api.create_host_config(
-                    binds={str(spec.workspace): {"bind": WORKDIR, "mode": "rw"}},
+                    binds={
+                        str(spec.workspace): {"bind": WORKDIR, "mode": "rw"},
+                        **{volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()},
+                    },
                     network_mode=network,
                 ),
             )
@@ -196,6 +232,40 @@ class DockerBackend:
             self.release(handle)
             raise
         return StageHandle(spec=spec, ref=prepared, where=f"container {prepared.container[:12]}")
+
+    def _ensure_cache_volume(self, name: str, spec: StageSpec) -> None:
+        """Cache volumes outlive runs on purpose; they carry the cache label, not the run's."""
+        from docker.errors import NotFound
+
+        try:
+            self.client.api.inspect_volume(name)
+        except NotFound:
+            self.client.api.create_volume(name, labels={LABEL_CACHE: "true", LABEL_STAGE: spec.stage})
+
+    def cache_volumes(self) -> list[dict[str, Any]]:
+        """The cache volumes in the engine: name, stage, created."""
+        listing = self.client.api.volumes(filters={"label": LABEL_CACHE}) or {}
+        return [
+            {
+                "name": v["Name"],
+                "stage": (v.get("Labels") or {}).get(LABEL_STAGE, "?"),
+                "created": v.get("CreatedAt", ""),
+            }
+            for v in listing.get("Volumes") or []
+        ]
+
+    def remove_volume(self, name: str) -> bool:
+        from docker.errors import APIError, NotFound
+
+        try:
+            self.client.api.remove_volume(name)
+            return True
+        except NotFound:
+            return False
+        except APIError as e:
+            if e.status_code == 409:
+                return False
+            raise
 
     def _labels(self, spec: StageSpec) -> dict[str, str]:
         return {**spec.labels, LABEL_MANAGED: "true", LABEL_RUN: spec.run_id, LABEL_STAGE: spec.stage}

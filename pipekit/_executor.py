@@ -17,12 +17,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import attrs
 
+from pipekit._cache import stage_key
 from pipekit._conditions import RunInfo
-from pipekit._context import Context
+from pipekit._context import Context, MemoryRecords, StageRecords
 from pipekit._control import POST_WHEN, Outcome, format_duration
 from pipekit._graph import Plan
 from pipekit._locks import ResourceLock
@@ -30,14 +31,18 @@ from pipekit._logging import Processor, make_logger
 from pipekit._matrix import MatrixOutputs, combination_key
 from pipekit._params import Params, resolve_params
 from pipekit._secrets import SecretStore
+from pipekit._serialize import NotSerializable, dumps, loads
 from pipekit._stage import Stage
 from pipekit.backend import Backend, BuildSpec, Image, ServiceSpec, StageHandle, StageSpec
-from pipekit.exceptions import PipekitError, StageCodeError, StageFailed
+from pipekit.exceptions import PipekitError, StageCodeError, StageFailed, StepFailed
 
 __all__ = ["Executor", "RunResult", "StageResult", "new_run_id"]
 
 SUCCEEDED, FAILED, SKIPPED, CANCELLED = "succeeded", "failed", "skipped", "cancelled"
 ALLOWED_FAILURE = "allowed_failure"
+CACHED, RESTORED = "cached", "restored"
+#: statuses after which dependents run and the run can succeed
+DONE_OK = (SUCCEEDED, CACHED, RESTORED)
 INTERRUPTED = "interrupted"
 STOP_GRACE_S = 10.0
 _PIPEKIT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -70,6 +75,9 @@ class StageResult:
     attempts: int = 0
     timed_out: bool = False
     post_errors: tuple[str, ...] = ()
+    exit_code: int | None = None
+    cache_key: str | None = attrs.field(default=None, repr=False)
+    output_json: str | None = attrs.field(default=None, repr=False, eq=False)
 
 
 @attrs.frozen
@@ -90,6 +98,22 @@ class RunResult:
 
     def __getitem__(self, stage: str) -> StageResult:
         return self.stages[stage]
+
+
+class RunObserver(Protocol):
+    """Told about a run as it goes (the run history implements it)."""
+
+    def run_started(self, run_id: str, plan: Plan) -> None: ...
+
+    def stage_started(self, run_id: str, name: str, position: int) -> None: ...
+
+    def stage_finished(self, run_id: str, result: StageResult, position: int) -> None: ...
+
+    def run_finished(self, run_id: str, result: RunResult) -> None: ...
+
+
+#: Looks a cache key up: (the run that stored it, the stored output as JSON), or None.
+CacheLookup = Callable[[str], "tuple[str, str] | None"]
 
 
 def _user_traceback(exc: BaseException) -> str:
@@ -150,6 +174,11 @@ class Executor:
         run_info: RunInfo | None = None,
         run_timeout: float | None = None,
         workspace: Path | None = None,
+        observers: Sequence[RunObserver] = (),
+        cache: CacheLookup | None = None,
+        restore: Mapping[str, tuple[str, str]] | None = None,
+        record_outputs: bool = False,
+        records: StageRecords | None = None,
         run_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -169,6 +198,11 @@ class Executor:
         self.run_info = run_info
         self.run_timeout = run_timeout
         self.workspace = workspace
+        self.observers = list(observers)
+        self.cache = cache
+        self.restore = dict(restore or {})
+        self.record_outputs = record_outputs or bool(self.observers)
+        self.records = records if records is not None else MemoryRecords()
         self.run_id = run_id or new_run_id()
         self.clock = clock
         self.sleep = sleep
@@ -225,7 +259,15 @@ class Executor:
             workspace=self._workspace(plan),
             env=self.secrets.resolve_env(plan.pipeline.env_for(s), stage=s.name),
             services=services,
+            volumes={self._cache_volume(plan, s, path): path for path in s.cache_dirs},
         )
+
+    def _cache_volume(self, plan: Plan, s: Stage, path: str) -> str:
+        """The named volume that keeps ``path`` of this stage across runs (one per pipeline, stage, path)."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{plan.pipeline.path}\0{s.group or s.name}\0{path}".encode()).hexdigest()[:10]
+        return f"pipekit-cache-{_slug(plan.pipeline.name)[:20]}-{_slug(s.group or s.name)[:20]}-{digest}"
 
     def _context(self, s: Stage, spec: StageSpec, handle: StageHandle, log: Any, stop: threading.Event) -> Context:
         return Context(
@@ -240,6 +282,7 @@ class Executor:
             params=self.params,
             secrets=self.secrets,
             matrix=s.matrix_values,
+            records=self.records,
         )
 
     def _inputs(self, plan: Plan, s: Stage, outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,10 +303,11 @@ class Executor:
     # -- one stage ------------------------------------------------------------------------
     def _attempt(
         self, plan: Plan, s: Stage, outputs: Mapping[str, Any], state: _Running, log: Any
-    ) -> tuple[str, str | None, Any, StageSpec | None, Context | None]:
+    ) -> tuple[str, str | None, Any, StageSpec | None, Context | None, int | None]:
         stop = state.new_attempt(s.timeout, self.clock())
         spec: StageSpec | None = None
         ctx: Context | None = None
+        exit_code: int | None = None
         try:
             spec = self._spec(plan, s, outputs, log)
             handle = self.backend.prepare(spec)
@@ -279,9 +323,10 @@ class Executor:
             status, error = SUCCEEDED, None
         except Exception as e:
             status, error, value = FAILED, _error_text(s.name, e), None
+            exit_code = e.returncode if isinstance(e, StepFailed) else None
         if state.timed_out:
             status, error = FAILED, f"Stage '{s.name}' timed out after {format_duration(s.timeout or 0)}"
-        return status, error, value, spec, ctx
+        return status, error, value, spec, ctx, exit_code
 
     def _release(self, state: _Running, log: Any) -> None:
         with state.lock:
@@ -292,10 +337,60 @@ class Executor:
             except Exception as e:  # never hide the stage's own outcome
                 log.warning("cleanup failed", error=str(e))
 
+    def _cache_key(self, plan: Plan, s: Stage, outputs: Mapping[str, Any], log: Any) -> str | None:
+        """The stage's cache key, or None when one cannot be made (the stage then just runs)."""
+        if s.cache is None:
+            return None
+        try:
+            if s.image_from:
+                made = outputs.get(s.image_from)
+                image = made.id if isinstance(made, Image) else None
+            elif s.dockerfile:
+                image = "dockerfile:" + (self._workspace(plan) / s.dockerfile).read_text()
+            else:
+                named = plan.pipeline.image_for(s)
+                image = self.backend.image_id(self.image_map.get(named, named)) if named else None
+            upstream = {d: dumps(outputs.get(d)) for d in plan.upstream(s.name)}
+        except (NotSerializable, OSError, PipekitError) as e:
+            log.info("stage not cached", reason=str(e))
+            return None
+        return stage_key(
+            pipeline=plan.pipeline.name,
+            stage=s.name,
+            fn=s.fn,
+            image=image,
+            env=plan.pipeline.env_for(s),
+            params=dict(self.params or {}),
+            upstream=upstream,
+            spec=s.cache,
+            workspace=self._workspace(plan),
+            environ=os.environ,
+            matrix=s.matrix_values,
+        )
+
     def _run_stage(self, plan: Plan, name: str, outputs: Mapping[str, Any], state: _Running) -> StageResult:
         s = plan.stage(name)
         log = self.log.bind(stage=name)
         started = self.clock()
+        cache_key = self._cache_key(plan, s, outputs, log)
+        if cache_key and self.cache is not None:
+            hit = self.cache(cache_key)
+            if hit is not None:
+                from_run, stored = hit
+                reason = f"cache hit: result of run {from_run}"
+                log.info("stage finished", status=CACHED, duration_s=0.0, reason=reason)
+                return StageResult(
+                    name,
+                    CACHED,
+                    0.0,
+                    started,
+                    self.clock(),
+                    None,
+                    reason,
+                    loads(stored),
+                    cache_key=cache_key,
+                    output_json=stored,
+                )
         log.info("stage started", status="running", image=plan.pipeline.describe_image(s))
         lock = ResourceLock(s.resource) if s.resource else None
         status: str = CANCELLED
@@ -303,6 +398,7 @@ class Executor:
         value: Any = None
         attempts = 0
         timed_out = False
+        exit_code: int | None = None
         post_errors: list[str] = []
         try:
             if lock is not None and not lock.acquire(
@@ -315,7 +411,7 @@ class Executor:
                 attempts += 1
                 if attempts > 1:
                     log.info("stage attempt started", attempt=attempts, of=s.retries + 1)
-                status, error, value, spec, ctx = self._attempt(plan, s, outputs, state, log)
+                status, error, value, spec, ctx, exit_code = self._attempt(plan, s, outputs, state, log)
                 timed_out = state.timed_out
                 if status == SUCCEEDED or state.cancelled.is_set() or attempts > s.retries:
                     break
@@ -341,6 +437,12 @@ class Executor:
                 lock.release()
         if error:
             error = self.secrets.masker.mask(error)
+        output_json = None
+        if status == SUCCEEDED and self.record_outputs:
+            try:
+                output_json = dumps(value)
+            except NotSerializable as e:
+                log.warning("output not stored", reason=f"Stage '{name}' returned {e}")
         finished = self.clock()
         duration = round(finished - started, 3)
         fields: dict[str, Any] = {"status": status, "duration_s": duration}
@@ -361,6 +463,9 @@ class Executor:
             attempts,
             timed_out,
             tuple(post_errors),
+            exit_code,
+            cache_key if status == SUCCEEDED else None,
+            output_json,
         )
 
     # -- post actions ---------------------------------------------------------------------
@@ -497,9 +602,19 @@ class Executor:
             jobs=self.jobs,
             backend=self.backend.name,
         )
+        for o in self.observers:
+            o.run_started(self.run_id, plan)
+        reported: set[str] = set()
+
+        def report(name: str) -> None:
+            if name not in reported and name in results:
+                reported.add(name)
+                for o in self.observers:
+                    o.stage_finished(self.run_id, results[name], position[name])
 
         def complete(name: str, result: StageResult) -> None:
             results[name] = result
+            report(name)
             for child in graph.successors(name):
                 waiting[child].discard(name)
                 if not waiting[child] and child not in results:
@@ -524,6 +639,14 @@ class Executor:
                 if name in skip and name not in results:
                     self.log.info("stage finished", stage=name, status=SKIPPED, reason=skip[name])
                     complete(name, StageResult(name, SKIPPED, reason=skip[name]))
+                elif name in self.restore and name not in results:
+                    from_run, stored = self.restore[name]
+                    reason = f"restored from run {from_run}"
+                    self.log.info("stage finished", stage=name, status=RESTORED, reason=reason)
+                    outputs[name] = loads(stored)
+                    complete(
+                        name, StageResult(name, RESTORED, 0.0, reason=reason, output=outputs[name], output_json=stored)
+                    )
             ready[:] = [(p, n) for p, n in ready if n not in results]
             heapq.heapify(ready)
 
@@ -536,6 +659,8 @@ class Executor:
                                 continue
                             state = _Running()
                             started_order.append(name)
+                            for o in self.observers:
+                                o.stage_started(self.run_id, name, position[name])
                             fut = pool.submit(self._run_stage, plan, name, dict(outputs), state)
                             in_flight[fut] = (name, state)
                         if not in_flight:
@@ -552,7 +677,7 @@ class Executor:
                         for fut in done:
                             name, _state = in_flight.pop(fut)
                             result = fut.result()
-                            if result.status == SUCCEEDED:
+                            if result.status in DONE_OK:
                                 outputs[name] = result.output
                                 complete(name, result)
                                 continue
@@ -561,6 +686,7 @@ class Executor:
                                 complete(name, result)
                                 continue
                             results[name] = result
+                            report(name)
                             if result.status != FAILED:
                                 continue
                             for child in plan.downstream(name):
@@ -592,6 +718,8 @@ class Executor:
                 self._pipeline_posts(plan, INTERRUPTED, results)
             finally:
                 self.backend.cleanup(self.run_id)
+                for name in plan.order:
+                    report(name)
                 self._finish(plan, results, start, INTERRUPTED, tuple(started_order), warnings)
             raise
         self.backend.cleanup(self.run_id)
@@ -605,6 +733,8 @@ class Executor:
         if self._pipeline_posts(plan, status, results):
             status = FAILED
         self.backend.cleanup(self.run_id)
+        for name in plan.order:
+            report(name)
         return self._finish(plan, results, start, status, tuple(started_order), warnings)
 
     def _tick(self, in_flight: Mapping[Any, tuple[str, _Running]], run_deadline: float | None) -> float:
@@ -673,7 +803,10 @@ class Executor:
             stages=summary,
             **({"warnings": list(warnings)} if warnings else {}),
         )
-        return RunResult(self.run_id, plan.pipeline.name, status, ordered, started, duration, tuple(warnings))
+        result = RunResult(self.run_id, plan.pipeline.name, status, ordered, started, duration, tuple(warnings))
+        for o in self.observers:
+            o.run_finished(self.run_id, result)
+        return result
 
 
 class _Stopped(Exception):

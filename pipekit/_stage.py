@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
+from pipekit._cache import CacheInputs
 from pipekit._conditions import Condition, to_condition
 from pipekit._control import PostAction, Service, normalize_post, parse_duration
 from pipekit._matrix import validate_matrix
@@ -112,6 +113,8 @@ class Stage:
     services: tuple[Service, ...] = ()
     resource: str | None = None
     post: Mapping[str, tuple[PostAction, ...]] = attrs.field(factory=dict)
+    cache: CacheInputs | None = None
+    cache_dirs: tuple[str, ...] = ()
     # set on the instances of a matrix stage:
     group: str | None = None
     matrix_values: Mapping[str, Any] | None = None
@@ -197,6 +200,8 @@ def _make_stage(
     services: Sequence[Service] = (),
     resource: str | None = None,
     post: Mapping[str, Any] | None = None,
+    cache: CacheInputs | None = None,
+    cache_dirs: Sequence[str] = (),
 ) -> Stage:
     if isinstance(fn, Stage):
         raise PipelineError(f"{fn!r} is decorated as a stage twice", location=fn.location)
@@ -221,6 +226,10 @@ def _make_stage(
             raise bad(f"services= takes pk.Service(...) objects, got {svc!r}")
     if resource is not None and (not isinstance(resource, str) or not resource):
         raise bad(f"resource= takes a name, got {resource!r}")
+    if cache is not None and not isinstance(cache, CacheInputs):
+        raise bad(f"cache= takes pk.inputs(...), got {cache!r}")
+    if isinstance(cache_dirs, str) or not all(isinstance(d, str) and d.startswith("/") for d in cache_dirs):
+        raise bad(f"cache_dirs= takes absolute paths in the container, like ['/root/.cache/pip'], got {cache_dirs!r}")
     try:
         seconds = parse_duration(timeout)
     except PipelineError as e:
@@ -246,6 +255,8 @@ def _make_stage(
         services=tuple(services),
         resource=resource,
         post=normalize_post(post, location),
+        cache=cache,
+        cache_dirs=tuple(cache_dirs),
     )
 
 
@@ -274,6 +285,8 @@ def stage(
     services: Sequence[Service] = (),
     resource: str | None = None,
     post: Mapping[str, Any] | None = None,
+    cache: CacheInputs | None = None,
+    cache_dirs: Sequence[str] = (),
 ) -> Callable[[F], Stage]: ...
 
 

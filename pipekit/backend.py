@@ -59,6 +59,7 @@ class StageSpec:
     env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     labels: Mapping[str, str] = attrs.field(factory=dict)
     services: tuple[ServiceSpec, ...] = ()
+    volumes: Mapping[str, str] = attrs.field(factory=dict)  # named volume -> path in the container
 
 
 @attrs.frozen
@@ -145,6 +146,12 @@ class Backend(Protocol):
 
     def cleanup(self, run_id: str) -> None:
         """Remove everything that the run ``run_id`` may have left (containers, networks)."""
+
+    def image_id(self, image: str) -> str:
+        """The id of a named image (pulling it if needed), for cache keys."""
+
+    def copy_out(self, handle: StageHandle, path: str) -> list[tuple[str, bytes]]:
+        """Files under ``path`` (absolute, in the stage's container) as (relative path, content)."""
 
     # -- images and registries (``ctx.docker``) --------------------------------------------
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:

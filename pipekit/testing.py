@@ -217,6 +217,12 @@ class FakeBackend(_Recording):
     def cleanup(self, run_id: str) -> None:
         return None
 
+    def image_id(self, image: str) -> str:
+        return _fake_id("image", image)
+
+    def copy_out(self, handle: StageHandle, path: str) -> list[tuple[str, bytes]]:
+        return []
+
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
         tag = spec.tag or ""
         args = "".join(f" --build-arg {k}={v}" for k, v in spec.build_args.items())
@@ -319,6 +325,12 @@ class RecordingBackend(_Recording):
 
     def cleanup(self, run_id: str) -> None:
         self.inner.cleanup(run_id)
+
+    def image_id(self, image: str) -> str:
+        return self.inner.image_id(image)
+
+    def copy_out(self, handle: StageHandle, path: str) -> list[tuple[str, bytes]]:
+        return self.inner.copy_out(handle, path)
 
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
         image = self.inner.build(spec, on_line)
