@@ -197,3 +197,35 @@ def test_registry_errors_are_classified(registry: Any, run_on_docker: Any, ref: 
     assert result["pull"].status == "failed"
     assert isinstance(caught[0], expected), caught
     assert ref.format(address=registry.address) in result["pull"].error
+
+
+def test_push_without_credentials_uses_the_docker_config(
+    registry: Any, python_base_image: str, tmp_path: Path, docker_client: Any
+) -> None:
+    """Without credentials=, the login in DOCKER_CONFIG/config.json is used, as the docker CLI would."""
+    import base64
+    import os
+
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    token = base64.b64encode(f"{registry.user}:{registry.password}".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {registry.address: {"auth": token}}}))
+    ref = f"{registry.address}/from-config:1"
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n"
+        "@pk.stage\n"
+        "def push(ctx):\n"
+        f"    return ctx.docker.push({python_base_image!r}, {ref!r})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipekit", "run", "-f", str(tmp_path), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DOCKER_CONFIG": str(config)},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert registry.password not in proc.stdout
+    [pushed] = [e for e in _events(proc.stdout) if e["event"] == "image pushed"]
+    assert pushed["ref"] == ref and pushed["digest"].startswith("sha256:")
+    docker_client.images.remove(ref)
