@@ -593,6 +593,13 @@ class Executor:
         stop_reason: str | None = None
         warnings: list[str] = []
         run_deadline = start + self.run_timeout if self.run_timeout else None
+        # conditions first: one that cannot be evaluated (pk.changed without git) stops the run
+        # before anything starts or is recorded
+        condition_errors: dict[str, str] = {}
+        try:
+            skip = self.decide(plan)
+        except StageFailed as e:
+            skip, condition_errors = {}, {e.stage: e.message}
 
         self.log.info(
             "run started",
@@ -621,11 +628,6 @@ class Executor:
                     heapq.heappush(ready, (position[child], child))
 
         try:
-            condition_errors: dict[str, str] = {}
-            try:
-                skip = self.decide(plan)
-            except StageFailed as e:
-                skip, condition_errors = {}, {e.stage: e.message}
             for name in plan.order:
                 if not waiting[name] and name not in skip:
                     heapq.heappush(ready, (position[name], name))

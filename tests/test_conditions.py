@@ -141,3 +141,16 @@ def test_dry_run_shows_what_would_be_skipped_and_why(tmp_path: Path) -> None:
     assert lines[2] == "  3. lint (host) after build"
     assert "[skipped: condition not met: (branch is 'main' and not $DRY_RUN == '1')]" in lines[3]
     assert lines[-1] == "dry run: 1 of 4 stages would run, nothing started"
+
+
+def test_changed_without_git_is_a_usage_error_before_anything_runs(tmp_path: Path) -> None:
+    """pk.changed outside a git checkout stops `pipekit run` with exit 2 and says to give a base."""
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n@pk.stage(when=pk.changed('src/**'))\ndef build(ctx):\n    pass\n"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["run", "-f", str(tmp_path)], out=out, err=err) == 2
+    assert "pk.changed needs a git base to compare with" in err.getvalue()
+    assert "--changed-base REF" in err.getvalue()
+    assert out.getvalue() == ""
+    assert not (tmp_path / ".pipekit").exists() or not list((tmp_path / ".pipekit").glob("logs/*"))
