@@ -116,9 +116,20 @@ class History:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA busy_timeout = 30000")
-        db.execute("PRAGMA journal_mode = WAL")
+        # Switching to WAL and creating the tables can fail with "locked" without waiting, while
+        # another process does the same on a new database: retry for a while.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as e:
+                if not _busy(e) or time.monotonic() > deadline:
+                    db.close()
+                    raise
+                time.sleep(0.02)
         db.execute("PRAGMA synchronous = NORMAL")
-        db.executescript(SCHEMA)
         return db
 
     def _open(self) -> sqlite3.Connection:
@@ -127,7 +138,7 @@ class History:
             db.execute("SELECT count(*) FROM runs").fetchone()
             return db
         except sqlite3.DatabaseError as e:
-            if "locked" in str(e) or "busy" in str(e):
+            if _busy(e):
                 raise
             aside = self.db_path.with_name(f"pipekit.db.broken-{time.strftime('%Y%m%d-%H%M%S')}")
             for suffix in ("", "-wal", "-shm"):
@@ -404,6 +415,11 @@ class History:
                 except Exception as e:  # the engine may be down; the record is still right
                     self._warn(f"could not remove what run {run_id} left behind: {e}")
         return dead
+
+
+def _busy(e: Exception) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
 
 
 def _alive(pid: int) -> bool:
