@@ -17,10 +17,31 @@ from pathlib import Path
 from pipekit.backend import BuildSpec, LineSink, LineSplitter
 from pipekit.exceptions import BuildFailed, BuildKitUnavailable
 
-__all__ = ["buildkit_build", "find_buildkit_cli"]
+__all__ = ["BuildProgress", "buildkit_build", "find_buildkit_cli"]
 
 CLI_ENV = "PIPEKIT_DOCKER_CLI"
 _STEP = re.compile(r"^#\d+ \[(?:[^\]]*? )?\d+/\d+\] (.+)$")
+
+
+class BuildProgress:
+    """Follows a build's log as it streams: the instruction running now, and the last lines,
+    so that a failure can name both (``BuildFailed``)."""
+
+    def __init__(self, on_line: LineSink, step: re.Pattern[str]) -> None:
+        self._on_line = on_line
+        self._step = step
+        self.instruction = "(before the first instruction)"
+        self.tail: collections.deque[str] = collections.deque(maxlen=20)
+
+    def __call__(self, stream: str, text: str) -> None:
+        match = self._step.match(text)
+        if match:
+            self.instruction = match.group(1)
+        self.tail.append(text)
+        self._on_line(stream, text)
+
+    def failed(self, stage: str, reason: str) -> BuildFailed:
+        return BuildFailed(stage=stage, instruction=self.instruction, reason=reason, output_tail=list(self.tail))
 
 
 def _candidates() -> list[str]:
@@ -74,15 +95,7 @@ def find_buildkit_cli() -> str:
 def buildkit_build(spec: BuildSpec, on_line: LineSink) -> str:
     """Build with ``docker build`` and BuildKit; returns the image id."""
     cli = find_buildkit_cli()
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    step = ["(before the first instruction)"]
-
-    def line(stream: str, text: str) -> None:
-        match = _STEP.match(text)
-        if match:
-            step[0] = match.group(1)
-        tail.append(text)
-        on_line(stream, text)
+    progress = BuildProgress(on_line, _STEP)
 
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}
     with tempfile.TemporaryDirectory(prefix="pipekit-build-") as tmp:
@@ -104,7 +117,7 @@ def buildkit_build(spec: BuildSpec, on_line: LineSink) -> str:
         args.append(str(spec.context))
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert proc.stdout is not None
-        splitter = LineSplitter("stderr", line)
+        splitter = LineSplitter("stderr", progress)
         fd = proc.stdout.fileno()
         for chunk in iter(lambda: os.read(fd, 65536), b""):
             splitter.feed(chunk)
@@ -113,8 +126,8 @@ def buildkit_build(spec: BuildSpec, on_line: LineSink) -> str:
         code = proc.wait()
         if code != 0:
             reason = next(
-                (t for t in reversed(tail) if t.startswith(("ERROR", "error:", "failed to solve"))),
+                (t for t in reversed(progress.tail) if t.startswith(("ERROR", "error:", "failed to solve"))),
                 f"docker build exited with code {code}",
             )
-            raise BuildFailed(stage=spec.stage, instruction=step[0], reason=reason, output_tail=list(tail))
+            raise progress.failed(spec.stage, reason)
         return iidfile.read_text().strip()

@@ -6,7 +6,6 @@ This is the only module that imports the docker SDK, and it does so lazily so th
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import shlex
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from pipekit._buildkit import buildkit_build
+from pipekit._buildkit import BuildProgress, buildkit_build
 from pipekit._host import HostShell
 from pipekit._registry import registry_error as _registry_error
 from pipekit._registry import registry_of as _registry
@@ -35,7 +34,6 @@ from pipekit.backend import (
 )
 from pipekit.exceptions import (
     BackendError,
-    BuildFailed,
     EngineUnavailable,
     ImageNotFound,
     RegistryError,
@@ -411,18 +409,9 @@ class DockerBackend:
     def _build_classic(self, spec: BuildSpec, on_line: LineSink) -> str:
         from docker.errors import APIError, DockerException
 
-        tail: collections.deque[str] = collections.deque(maxlen=20)
-        step = ["(before the first instruction)"]
+        progress = BuildProgress(on_line, _STEP)
         image_id = None
-
-        def line(stream: str, text: str) -> None:
-            match = _STEP.match(text)
-            if match:
-                step[0] = match.group(1)
-            tail.append(text)
-            on_line(stream, text)
-
-        splitter = LineSplitter("stdout", line)
+        splitter = LineSplitter("stdout", progress)
         try:
             for chunk in self.client.api.build(
                 path=str(spec.context),
@@ -441,16 +430,14 @@ class DockerBackend:
                     image_id = chunk["aux"]["ID"]
                 if "error" in chunk:
                     splitter.close()
-                    raise BuildFailed(
-                        stage=spec.stage, instruction=step[0], reason=chunk["error"].strip(), output_tail=list(tail)
-                    )
+                    raise progress.failed(spec.stage, chunk["error"].strip())
             splitter.close()
         except (APIError, DockerException) as e:
-            raise BuildFailed(stage=spec.stage, instruction=step[0], reason=_reason(e), output_tail=list(tail)) from e
+            raise progress.failed(spec.stage, _reason(e)) from e
         if image_id is None and spec.tag:
             image_id = self.client.images.get(spec.tag).id
         if image_id is None:
-            raise BuildFailed(stage=spec.stage, instruction=step[0], reason="the engine returned no image id")
+            raise progress.failed(spec.stage, "the engine returned no image id")
         return str(image_id)
 
     def tag(self, image: Image, ref: str) -> Image:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import StartedRun
 
 import pipekit as pk
 
@@ -397,35 +397,13 @@ def on_failure(ctx, outcome):
 def test_post_actions_run_after_an_interrupted_run(tmp_path: Path, busybox_image: str, docker_client: Any) -> None:
     """SIGTERM: the stage's and the pipeline's post actions run, then everything is removed."""
     (tmp_path / "pipeline.py").write_text(INTERRUPTED)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipekit",
-            "run",
-            "-f",
-            str(tmp_path),
-            "--log-format",
-            "json",
-            "--image-map",
-            f"busybox={busybox_image}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    run_id = None
-    for line in proc.stdout:
-        event = json.loads(line)
-        run_id = event.get("run_id", run_id)
-        if event["event"] == "output" and event.get("line") == "started":
-            break
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    run = StartedRun(tmp_path, busybox_image)
+    run.wait_for_lines("started")
+    run.proc.send_signal(signal.SIGTERM)
+    _, err = run.finish()
+    assert run.proc.returncode == 143, err
     assert (tmp_path / "stage-post-cancelled.txt").exists()
     assert (tmp_path / "pipeline-post-interrupted.txt").exists()
-    assert run_id is not None
-    containers, networks = _left(docker_client, run_id)
+    assert run.run_id is not None
+    containers, networks = _left(docker_client, run.run_id)
     assert containers == [] and networks == []

@@ -62,7 +62,7 @@ def test_a_stage_starts_when_its_own_dependencies_are_done(run_on_docker: Any) -
 
     @p.stage
     def slow(ctx):
-        ctx.sh("sleep 2")
+        ctx.sh("sleep 4")
 
     @p.stage
     def fast(ctx):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import StartedRun
 
 from pipekit._cli import main
 from pipekit._history import History
@@ -138,40 +139,18 @@ def test_sigkilled_run_is_shown_interrupted_and_cleaned_up(
     (tmp_path / "pipeline.py").write_text(
         "import pipekit as pk\n\n@pk.stage(image='busybox')\ndef slow(ctx):\n    ctx.sh('echo started; sleep 60')\n"
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipekit",
-            "run",
-            "-f",
-            str(tmp_path),
-            "--log-format",
-            "json",
-            "--image-map",
-            f"busybox={busybox_image}",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    run_id = None
-    for line in proc.stdout:
-        event = json.loads(line)
-        run_id = event.get("run_id", run_id)
-        if event.get("line") == "started":
-            break
-    label = {"label": f"io.pipekit.run={run_id}"}
+    run = StartedRun(tmp_path, busybox_image)
+    run.wait_for_lines("started")
+    label = run.label()
     assert docker_client.containers.list(filters=label)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    proc.stdout.close()
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.finish(timeout=10)
     assert [r.status for r in runs_of(tmp_path)] == ["running"]
     code, out, _ = cli("runs", "-f", str(tmp_path))
     assert code == 0 and "interrupted" in out
     assert not docker_client.containers.list(all=True, filters=label)
     h = History(tmp_path)
-    assert [s.status for s in h.stages(str(run_id))] == ["interrupted"]
+    assert [s.status for s in h.stages(str(run.run_id))] == ["interrupted"]
     h.close()
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import StartedRun
 
 pytestmark = pytest.mark.docker
 
@@ -44,47 +42,19 @@ def test_interrupt_removes_containers_and_kills_host_commands(
     """On SIGINT/SIGTERM the run exits 130/143 and no container or host process of it remains."""
     marker = f"{40 + sig}.{os.getpid() % 1000}"
     (tmp_path / "pipeline.py").write_text(PIPELINE.format(marker=marker))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipekit",
-            "run",
-            "-f",
-            str(tmp_path),
-            "--log-format",
-            "json",
-            "--image-map",
-            f"busybox={busybox_image}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    run_id = None
-    started: set[str] = set()
-    deadline = time.monotonic() + 30
-    for line in proc.stdout:
-        event = json.loads(line)
-        run_id = event.get("run_id", run_id)
-        if event["event"] == "output" and event["line"] == "started":
-            started.add(event["stage"])
-        if started == {"in_container", "on_host"} or time.monotonic() > deadline:
-            break
+    run = StartedRun(tmp_path, busybox_image)
+    started = run.wait_for_lines("started", stages=2, timeout=30)
     assert started == {"in_container", "on_host"}, "the stages did not start"
-    label = f"io.pipekit.run={run_id}"
-    assert docker_client.containers.list(filters={"label": label}), "no container was running"
+    assert docker_client.containers.list(filters=run.label()), "no container was running"
     assert _host_sleepers(marker)
 
-    proc.send_signal(sig)
-    rest, err = proc.communicate(timeout=30)
-    assert proc.returncode == code, err
+    run.proc.send_signal(sig)
+    events, err = run.finish(timeout=30)
+    assert run.proc.returncode == code, err
     assert "stopped every running stage" in err
     assert "Traceback" not in err
-    events = [json.loads(line) for line in rest.splitlines()]
     [summary] = [e for e in events if e["event"] == "run finished"]
     assert summary["status"] == "interrupted"
-    assert not any(e.get("stage") == "never" and e["event"] == "stage started" for e in events)
-    assert not docker_client.containers.list(all=True, filters={"label": label})
+    assert not any(e.get("stage") == "never" and e["event"] == "stage started" for e in run.events)
+    assert not docker_client.containers.list(all=True, filters=run.label())
     assert not _host_sleepers(marker)
