@@ -190,7 +190,12 @@ class Context:
                 report = parse_junit(paths)
             except ValueError as e:
                 raise StageFailed(f"Stage '{self.stage}': {e}", stage=self.stage) from e
-        report = attrs.evolve(report, files=tuple(name for name, _ in files))
+        mask = self._secrets.masker.mask
+        report = attrs.evolve(
+            report,
+            files=tuple(name for name, _ in files),
+            failed=tuple(attrs.evolve(f, name=mask(f.name), message=mask(f.message)) for f in report.failed),
+        )
         self._records.add_tests(self.stage, report)
         self.log.info("tests", summary=report.summary())
         for failed in report.failed:

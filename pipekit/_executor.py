@@ -443,6 +443,9 @@ class Executor:
                 output_json = dumps(value)
             except NotSerializable as e:
                 log.warning("output not stored", reason=f"Stage '{name}' returned {e}")
+            if output_json is not None and self.secrets.masker.mask(output_json) != output_json:
+                output_json = None  # a secret never reaches a stored record
+                log.warning("output not stored", reason=f"Stage '{name}' returned a value that contains a secret")
         finished = self.clock()
         duration = round(finished - started, 3)
         fields: dict[str, Any] = {"status": status, "duration_s": duration}

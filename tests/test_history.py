@@ -342,3 +342,15 @@ def test_logs_follow_waits_for_the_end(tmp_path: Path) -> None:
     )
     run.wait(timeout=30)
     assert "one" in follow.stdout.splitlines() and "two" in follow.stdout.splitlines()
+
+
+def test_an_output_holding_a_secret_is_not_stored(tmp_path: Path) -> None:
+    """A stage that returns a secret's value runs fine, but its output never reaches the record."""
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n@pk.stage\ndef leak(ctx):\n    return {'token': ctx.secret('API_TOKEN')}\n"
+    )
+    code, out, _ = cli("run", "-f", str(tmp_path), env={"API_TOKEN": "very-secret-token-42"})
+    assert code == 0
+    assert "returned a value that contains a secret" in out
+    everything = b"".join(p.read_bytes() for p in (tmp_path / ".pipekit").rglob("*") if p.is_file())
+    assert b"very-secret-token-42" not in everything
