@@ -45,6 +45,7 @@ CACHED, RESTORED = "cached", "restored"
 DONE_OK = (SUCCEEDED, CACHED, RESTORED)
 INTERRUPTED = "interrupted"
 STOP_GRACE_S = 10.0
+ABANDON_GRACE_S = 5.0  # how long a timed-out stage may take to notice before it is left behind
 _PIPEKIT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -141,7 +142,9 @@ class _Running:
         self.attempt_stop = threading.Event()  # this attempt is stopped (also by its timeout)
         self.handle: StageHandle | None = None
         self.deadline: float | None = None
+        self.timeout: float | None = None
         self.timed_out = False
+        self.expired_at: float | None = None  # when the main thread stopped the attempt for its timeout
         self.lock = threading.Lock()
 
     def new_attempt(self, timeout: float | None, now: float) -> threading.Event:
@@ -150,6 +153,8 @@ class _Running:
             if self.cancelled.is_set():
                 self.attempt_stop.set()
             self.timed_out = False
+            self.expired_at = None
+            self.timeout = timeout
             self.handle = None
             self.deadline = now + timeout if timeout else None
             return self.attempt_stop
@@ -655,65 +660,67 @@ class Executor:
             ready[:] = [(p, n) for p, n in ready if n not in results]
             heapq.heapify(ready)
 
-            with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="pipekit-stage") as pool:
-                try:
-                    while ready or in_flight:
-                        while ready and stop_reason is None and len(in_flight) < self.jobs:
-                            _, name = heapq.heappop(ready)
-                            if name in results:
-                                continue
-                            state = _Running()
-                            started_order.append(name)
-                            for o in self.observers:
-                                o.stage_started(self.run_id, name, position[name])
-                            fut = pool.submit(self._run_stage, plan, name, dict(outputs), state)
-                            in_flight[fut] = (name, state)
-                        if not in_flight:
-                            break
-                        done, _ = wait(
-                            in_flight, timeout=self._tick(in_flight, run_deadline), return_when=FIRST_COMPLETED
-                        )
-                        now = self.clock()
-                        if run_deadline is not None and now >= run_deadline and stop_reason is None:
-                            stop_reason = f"run timed out after {format_duration(self.run_timeout or 0)}"
-                            self.log.error("run timed out", after=format_duration(self.run_timeout or 0))
-                            self._cancel(in_flight.values())
-                        self._enforce_timeouts(in_flight.values(), now)
-                        for fut in done:
-                            name, _state = in_flight.pop(fut)
-                            result = fut.result()
-                            if result.status in DONE_OK:
-                                outputs[name] = result.output
-                                complete(name, result)
-                                continue
-                            if result.status == ALLOWED_FAILURE:
-                                warnings.append(f"stage '{name}' failed and is allowed to fail")
-                                complete(name, result)
-                                continue
-                            results[name] = result
-                            report(name)
-                            if result.status != FAILED:
-                                continue
-                            for child in plan.downstream(name):
-                                if child not in results:
-                                    reason = f"upstream '{name}' failed"
-                                    results[child] = StageResult(child, SKIPPED, reason=reason)
-                                    self.log.info("stage finished", stage=child, status=SKIPPED, reason=reason)
-                            if stop_reason is None:
-                                stop_reason = f"'{name}' failed"
-                                if self.fail_fast:
-                                    self._cancel(in_flight.values())
-                except BaseException:
-                    self._cancel(in_flight.values())
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    finished, _ = wait(in_flight, timeout=STOP_GRACE_S)  # post actions run meanwhile
-                    for fut, (name, _state) in in_flight.items():
-                        results[name] = (
-                            fut.result()
-                            if fut in finished and not fut.cancelled()
-                            else StageResult(name, CANCELLED, reason="run interrupted")
-                        )
-                    raise
+            # not a `with` block: leaving one waits for every worker, and a stage stuck in its own
+            # Python code must not hold the run (or an interrupt) forever
+            pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="pipekit-stage")
+            try:
+                while ready or in_flight:
+                    while ready and stop_reason is None and len(in_flight) < self.jobs:
+                        _, name = heapq.heappop(ready)
+                        if name in results:
+                            continue
+                        state = _Running()
+                        started_order.append(name)
+                        for o in self.observers:
+                            o.stage_started(self.run_id, name, position[name])
+                        fut = pool.submit(self._run_stage, plan, name, dict(outputs), state)
+                        in_flight[fut] = (name, state)
+                    if not in_flight:
+                        break
+                    done, _ = wait(in_flight, timeout=self._tick(in_flight, run_deadline), return_when=FIRST_COMPLETED)
+                    now = self.clock()
+                    if run_deadline is not None and now >= run_deadline and stop_reason is None:
+                        stop_reason = f"run timed out after {format_duration(self.run_timeout or 0)}"
+                        self.log.error("run timed out", after=format_duration(self.run_timeout or 0))
+                        self._cancel(in_flight.values())
+                    self._enforce_timeouts(in_flight.values(), now)
+                    finished_now = [(fut, fut.result()) for fut in done]
+                    finished_now += self._abandon_stuck(in_flight, now)
+                    for fut, result in finished_now:
+                        name, _state = in_flight.pop(fut)
+                        if result.status in DONE_OK:
+                            outputs[name] = result.output
+                            complete(name, result)
+                            continue
+                        if result.status == ALLOWED_FAILURE:
+                            warnings.append(f"stage '{name}' failed and is allowed to fail")
+                            complete(name, result)
+                            continue
+                        results[name] = result
+                        report(name)
+                        if result.status != FAILED:
+                            continue
+                        for child in plan.downstream(name):
+                            if child not in results:
+                                reason = f"upstream '{name}' failed"
+                                results[child] = StageResult(child, SKIPPED, reason=reason)
+                                self.log.info("stage finished", stage=child, status=SKIPPED, reason=reason)
+                        if stop_reason is None:
+                            stop_reason = f"'{name}' failed"
+                            if self.fail_fast:
+                                self._cancel(in_flight.values())
+                pool.shutdown(wait=False)
+            except BaseException:
+                self._cancel(in_flight.values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                finished, _ = wait(in_flight, timeout=STOP_GRACE_S)  # post actions run meanwhile
+                for fut, (name, _state) in in_flight.items():
+                    results[name] = (
+                        fut.result()
+                        if fut in finished and not fut.cancelled()
+                        else StageResult(name, CANCELLED, reason="run interrupted")
+                    )
+                raise
         except BaseException:
             self.backend.cleanup(self.run_id)
             for name in plan.order:
@@ -750,12 +757,28 @@ class Executor:
         nearest = min(deadlines, default=now + 0.5) - now
         return max(0.01, min(0.5, nearest))
 
+    def _abandon_stuck(
+        self, in_flight: Mapping[Future[StageResult], tuple[str, _Running]], now: float
+    ) -> list[tuple[Future[StageResult], StageResult]]:
+        """Stages that timed out but whose Python code did not stop: failed, and left behind."""
+        stuck = []
+        for fut, (name, state) in in_flight.items():
+            if state.expired_at is not None and now - state.expired_at > ABANDON_GRACE_S and not fut.done():
+                error = (
+                    f"Stage '{name}' timed out after {format_duration(state.timeout or 0)}; its Python code"
+                    " did not stop and was left running"
+                )
+                self.log.error("stage finished", stage=name, status=FAILED, error=error)
+                stuck.append((fut, StageResult(name, FAILED, error=error, timed_out=True, attempts=1)))
+        return stuck
+
     def _enforce_timeouts(self, in_flight: Any, now: float) -> None:
         for name, state in list(in_flight):
             with state.lock:
                 expired = state.deadline is not None and now >= state.deadline and not state.attempt_stop.is_set()
                 if expired:
                     state.timed_out = True
+                    state.expired_at = now
                     state.attempt_stop.set()
                     handle, state.handle = state.handle, None
             if expired:

@@ -407,3 +407,25 @@ def test_post_actions_run_after_an_interrupted_run(tmp_path: Path, busybox_image
     assert run.run_id is not None
     containers, networks = _left(docker_client, run.run_id)
     assert containers == [] and networks == []
+
+
+def test_a_stage_stuck_in_python_is_left_behind_after_its_timeout() -> None:
+    """A timeout cannot stop Python code; the run fails the stage and goes on instead of hanging."""
+    from pipekit.testing import PipelineRunner
+
+    p = pk.Pipeline(name="stuck")
+
+    @p.stage(timeout=0.5)
+    def stuck(ctx):
+        time.sleep(12)
+
+    @p.stage
+    def other(ctx):
+        return "ran"
+
+    start = time.monotonic()
+    result = PipelineRunner(base_dir=Path(__file__).parent).run(p)
+    assert time.monotonic() - start < 10
+    assert result.stages["stuck"].status == "failed" and result.stages["stuck"].timed_out
+    assert "did not stop and was left running" in result.stages["stuck"].error
+    assert result.stages["other"].output == "ran"
