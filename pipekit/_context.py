@@ -144,14 +144,19 @@ class Context:
         for path in matching_files(self.workspace, relative):
             found.append((path.relative_to(self.workspace).as_posix(), path.read_bytes()))
         for pattern in (p for p in patterns if p.startswith("/")):
-            if self._handle.spec.image is None:
-                found += [(str(p), p.read_bytes()) for p in matching_files(Path("/"), [pattern.lstrip("/")])]
-                continue
             parts = pattern.split("/")
-            fixed = [p for p in itertools.takewhile(lambda part: not any(c in part for c in "*?["), parts)]
+            fixed = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), parts))
             base = "/".join(fixed) or "/"
+            if self._handle.spec.image is None:
+                host_base = Path(base)
+                if host_base.is_file():
+                    found.append((base, host_base.read_bytes()))
+                elif host_base.is_dir():
+                    rest = "/".join(parts[len(fixed) :]) or "**"
+                    found += [(str(p), p.read_bytes()) for p in matching_files(host_base, [rest])]
+                continue
             for rel, data in self._backend.copy_out(self._handle, base):
-                full = f"{base.rstrip('/')}/{rel}"
+                full = f"{base.rstrip('/')}/{rel}" if rel else base
                 if full == pattern or glob_match(pattern, full):
                     found.append((full, data))
         return found

@@ -166,7 +166,8 @@ class DockerBackend:
                 if member.isfile():
                     f = tar.extractfile(member)
                     if f is not None:
-                        name = member.name.split("/", 1)[1] if "/" in member.name else member.name
+                        # members are named from the base's own name: "dist/app.whl", or "build.log" for a file
+                        name = member.name.split("/", 1)[1] if "/" in member.name else ""
                         files.append((name, f.read()))
         return files
 

@@ -151,7 +151,8 @@ class Backend(Protocol):
         """The id of a named image (pulling it if needed), for cache keys."""
 
     def copy_out(self, handle: StageHandle, path: str) -> list[tuple[str, bytes]]:
-        """Files under ``path`` (absolute, in the stage's container) as (relative path, content)."""
+        """Files under ``path`` (absolute, in the stage's container) as (path relative to it, content);
+        when ``path`` is a file, its relative path is ``""``."""
 
     # -- images and registries (``ctx.docker``) --------------------------------------------
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:

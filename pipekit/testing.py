@@ -30,11 +30,13 @@ from typing import Any
 import attrs
 
 from pipekit._conditions import RunInfo
+from pipekit._context import MemoryRecords
 from pipekit._executor import Executor, RunResult, StageResult
 from pipekit._graph import plan as make_plan
 from pipekit._loader import load
 from pipekit._params import resolve_params
 from pipekit._registry import registry_error
+from pipekit._reports import TestReport
 from pipekit._secrets import SecretStore
 from pipekit._stage import Pipeline
 from pipekit.backend import Backend, BuildSpec, CommandResult, Image, LineSink, StageHandle, StageSpec
@@ -394,6 +396,10 @@ class PipelineResult:
         self.output = output
         self._snapshot_dir = snapshot_dir
         self._update = update_snapshots
+        #: files archived with ctx.archive: {(stage, path): content}
+        self.artifacts: dict[tuple[str, str], bytes] = {}
+        #: reports read with ctx.junit: {stage: pk.TestReport}
+        self.test_reports: dict[str, TestReport] = {}
 
     @property
     def status(self) -> str:
@@ -600,6 +606,7 @@ class PipelineRunner:
             return event
 
         output = io.StringIO()
+        records = MemoryRecords()
         executor = Executor(
             _StageTracking(self.backend),
             jobs=jobs,
@@ -612,6 +619,7 @@ class PipelineRunner:
             run_info=info,
             run_timeout=timeout,
             workspace=workspace,
+            records=records,
         )
         before = len(self.backend.calls)
         run = executor.run(make_plan(p, stages))
@@ -620,5 +628,7 @@ class PipelineRunner:
             for c in self.backend.calls[before:]
         ]
         result = PipelineResult(run, calls, events, output.getvalue(), self.snapshot_dir, self.update_snapshots)
+        result.artifacts = dict(records.artifacts)
+        result.test_reports = dict(records.tests)
         self.results.append(result)
         return result

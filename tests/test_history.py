@@ -281,8 +281,9 @@ import pipekit as pk
 
 @pk.stage(image="busybox")
 def build(ctx):
-    ctx.sh("mkdir -p dist /out && echo wheel > dist/app-1.0.whl && echo log > /out/build.log && echo no > dist/x.tmp")
-    return ctx.archive("dist/*.whl", "/out/*.log")
+    ctx.sh("mkdir -p dist /out && echo wheel > dist/app-1.0.whl && echo no > dist/x.tmp")
+    ctx.sh("echo log > /out/build.log && echo e > /out/exact.txt")
+    return ctx.archive("dist/*.whl", "/out/*.log", "/out/exact.txt")
 
 JUNIT = '''<?xml version="1.0"?>
 <testsuite name="t" tests="3" failures="1">
@@ -320,9 +321,10 @@ def test_artifacts_and_junit_reports(tmp_path: Path, busybox_image: str) -> None
     assert code == 0
     assert (dest / "dist" / "app-1.0.whl").read_text() == "wheel\n"
     assert (dest / "out" / "build.log").read_text() == "log\n"
+    assert (dest / "out" / "exact.txt").read_text() == "e\n"
     assert not (dest / "dist" / "x.tmp").exists()
     blobs = list((tmp_path / ".pipekit" / "artifacts").iterdir())
-    assert len(blobs) == 2
+    assert len(blobs) == 3
 
 
 def test_logs_follow_waits_for_the_end(tmp_path: Path) -> None:
