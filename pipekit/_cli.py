@@ -256,7 +256,7 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         run_timeout = parse_duration(args.timeout, "--timeout")
     except PipelineError as e:
         raise UsageError(e.message) from None
-    the_plan = plan(p, args.stages)
+    the_plan = plan(p, args.stages, validated=True)
     workspace = Path(p.path).parent if p.path else Path.cwd()
     info = RunInfo(workspace=workspace, branch=args.branch, params=params, changed_base=args.changed_base)
     run_id = new_run_id()

@@ -170,13 +170,14 @@ class Plan:
         return set(nx.descendants(self.graph, name))
 
 
-def plan(pipeline: Pipeline, targets: Sequence[str] = ()) -> Plan:
+def plan(pipeline: Pipeline, targets: Sequence[str] = (), *, validated: bool = False) -> Plan:
     """Validate the pipeline and plan a run of ``targets`` and everything upstream of them.
 
     A target may name a stage, a matrix stage (all its instances) or one instance.
-    Raises the first :class:`PipelineError` found; :func:`find_errors` lists them all.
+    Raises the first :class:`PipelineError` found; :func:`find_errors` lists them all
+    (``validated=True`` when the caller has just checked that list is empty).
     """
-    errors = find_errors(pipeline)
+    errors = [] if validated else find_errors(pipeline)
     if errors:
         raise errors[0]
     stages, groups = expand(pipeline)
