@@ -23,7 +23,6 @@ import docker
 
 import pipekit as pk
 from pipekit._docker import DockerBackend
-from pipekit._executor import Executor
 
 CHAINS, LENGTH = 3, 6
 
@@ -46,10 +45,9 @@ def pipekit_pipeline(image: str) -> pk.Pipeline:
 
 
 def run_pipekit(client: docker.DockerClient, image: str, jobs: int) -> float:
-    plan = pk.plan(pipekit_pipeline(image))
-    executor = Executor(DockerBackend(client), jobs=jobs, log_format="json", log_file=io.StringIO())
+    p = pipekit_pipeline(image)
     start = time.perf_counter()
-    result = executor.run(plan)
+    result = pk.run(p, backend=DockerBackend(client), jobs=jobs, log_format="json", log_file=io.StringIO())
     elapsed = time.perf_counter() - start
     assert result.status == "succeeded", result.stages
     return elapsed

@@ -23,8 +23,6 @@ import docker
 
 import pipekit as pk
 from pipekit._docker import DockerBackend
-from pipekit._executor import Executor, new_run_id
-from pipekit._history import History, HistoryRecorder
 from pipekit.testing import FakeBackend
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,24 +48,9 @@ def cached_pipeline(image: str, folder: Path) -> pk.Pipeline:
 
 
 def run_recorded(backend: object, p: pk.Pipeline, folder: Path, *, record: bool, jobs: int = 4) -> float:
-    options: dict[str, object] = {}
-    history = None
-    run_id = new_run_id()
-    if record:
-        history = History(folder)
-        recorder = HistoryRecorder(history, argv="bench", branch=None)
-        options = dict(
-            observers=[recorder],
-            records=recorder,
-            log_processors=[history.log_processor(run_id)],
-            cache=history.cache_get,
-        )
-    executor = Executor(backend, jobs=jobs, log_format="json", log_file=io.StringIO(), run_id=run_id, **options)
     start = time.perf_counter()
-    result = executor.run(pk.plan(p))
+    result = pk.run(p, backend=backend, jobs=jobs, log_format="json", log_file=io.StringIO(), record=record)
     elapsed = time.perf_counter() - start
-    if history is not None:
-        history.close()
     assert result.status == "succeeded", result.stages
     return elapsed
 

@@ -5,22 +5,23 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
 
+from pipekit._archive import regular_files
 from pipekit._cache import matching_files
 from pipekit._conditions import glob_match
 from pipekit._docker_ops import DockerOps
 from pipekit._params import Params
 from pipekit._reports import TestReport, parse_junit
-from pipekit._secrets import Secret, SecretStore
-from pipekit.backend import Backend, CommandResult, StageHandle
+from pipekit._secrets import Masker, Secret, SecretStore
+from pipekit.backend import CommandResult, ImageBackend, StageBackend, StageHandle
 from pipekit.exceptions import StageFailed, StepFailed
 
-__all__ = ["Context", "MemoryRecords", "StageRecords"]
+__all__ = ["Context", "MaskedRecords", "MemoryRecords", "StageRecords", "StageScope"]
 
 
 class StageRecords(Protocol):
@@ -51,6 +52,37 @@ class MemoryRecords:
             self.tests[stage] = report
 
 
+class MaskedRecords:
+    """Stage records with secrets masked on their way in: installed once by the run setup."""
+
+    def __init__(self, inner: StageRecords, masker: Masker) -> None:
+        self.inner = inner
+        self._mask = masker.mask
+
+    def add_artifact(self, stage: str, path: str, data: bytes) -> str:
+        return self.inner.add_artifact(stage, self._mask(path), data)
+
+    def add_tests(self, stage: str, report: TestReport) -> None:
+        failed = tuple(attrs.evolve(f, name=self._mask(f.name), message=self._mask(f.message)) for f in report.failed)
+        self.inner.add_tests(stage, attrs.evolve(report, failed=failed))
+
+
+@attrs.frozen
+class StageScope:
+    """What a stage's :class:`Context` is made from: the run's parts as this stage sees them."""
+
+    stage: str
+    run_id: str
+    workspace: Path
+    env: Mapping[str, str] = attrs.field(repr=False)
+    log: Any = attrs.field(repr=False)
+    images: ImageBackend = attrs.field(repr=False)
+    params: Params = attrs.field(factory=lambda: Params({}), repr=False)
+    secrets: SecretStore = attrs.field(factory=SecretStore, repr=False)
+    records: StageRecords = attrs.field(factory=lambda: MemoryRecords(), repr=False)
+    matrix: Mapping[str, Any] = attrs.field(factory=dict)
+
+
 TAIL_LINES = 20
 
 
@@ -60,44 +92,29 @@ class Context:
 
     def __init__(
         self,
-        *,
-        stage: str,
-        run_id: str,
-        workspace: Path,
-        env: Mapping[str, str],
-        log: Any,
-        backend: Backend,
+        scope: StageScope,
+        backend: StageBackend,
         handle: StageHandle,
         cancelled: threading.Event | None = None,
-        params: Params | None = None,
-        secrets: SecretStore | None = None,
-        matrix: Mapping[str, Any] | None = None,
-        records: StageRecords | None = None,
+        sync: Callable[[], None] | None = None,
     ) -> None:
-        self.stage = stage
-        self.run_id = run_id
-        self.workspace = workspace
-        self.env: dict[str, str] = dict(env)
-        self._base_env = dict(env)
-        self.log = log
+        self.stage = scope.stage
+        self.run_id = scope.run_id
+        self.workspace = scope.workspace
+        self.env: dict[str, str] = dict(scope.env)
+        self._base_env = dict(scope.env)
+        self.log = scope.log
         self.image = handle.spec.image
-        self.params = params if params is not None else Params({})
-        self.matrix: Mapping[str, Any] = dict(matrix or {})
-        self._records = records if records is not None else MemoryRecords()
-        self._secrets = secrets if secrets is not None else SecretStore()
+        self.params = scope.params
+        self.matrix: Mapping[str, Any] = dict(scope.matrix)
+        self._records = scope.records
+        self._secrets = scope.secrets
         self._backend = backend
         self._handle = handle
         self._cancelled = cancelled or threading.Event()
+        self._sync = sync or (lambda: None)
         self.commands: list[CommandResult] = []
-        self.docker = DockerOps(
-            backend=backend,
-            run_id=run_id,
-            stage=stage,
-            workspace=workspace,
-            secrets=self._secrets,
-            log=log,
-            on_line=self._log_line,
-        )
+        self.docker = DockerOps(scope, on_line=self._log_line, sync=self._sync)
 
     def _log_line(self, stream: str, line: str) -> None:
         self.log.info("output", line=line, stream=stream)
@@ -129,33 +146,27 @@ class Context:
         if check and result.exit_code != 0:
             raise StepFailed(
                 stage=self.stage,
-                command=self._secrets.masker.mask(command),
+                command=command,
                 exit_code=result.exit_code,
-                output_tail=[self._secrets.masker.mask(line) for line in tail],
+                output_tail=list(tail),
                 hint=_hint(result, self.image),
             )
         return result
 
     def _files(self, patterns: tuple[str, ...]) -> list[tuple[str, bytes]]:
-        """Files matching globs: relative to the workspace (mounted in the container, so read on the
-        host), or absolute paths in the stage's container."""
+        """Files matching globs: relative to the workspace (read in the pipeline's folder, brought
+        up to date first when the stage works on a copy), or absolute paths where the stage runs."""
         found: list[tuple[str, bytes]] = []
         relative = [p for p in patterns if not p.startswith("/")]
+        if relative:
+            self._sync()
         for path in matching_files(self.workspace, relative):
             found.append((path.relative_to(self.workspace).as_posix(), path.read_bytes()))
         for pattern in (p for p in patterns if p.startswith("/")):
             parts = pattern.split("/")
             fixed = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), parts))
             base = "/".join(fixed) or "/"
-            if self._handle.spec.image is None:
-                host_base = Path(base)
-                if host_base.is_file():
-                    found.append((base, host_base.read_bytes()))
-                elif host_base.is_dir():
-                    rest = "/".join(parts[len(fixed) :]) or "**"
-                    found += [(str(p), p.read_bytes()) for p in matching_files(host_base, [rest])]
-                continue
-            for rel, data in self._backend.copy_out(self._handle, base):
+            for rel, data in regular_files(self._backend.get_files(self._handle, base)):
                 full = f"{base.rstrip('/')}/{rel}" if rel else base
                 if full == pattern or glob_match(pattern, full):
                     found.append((full, data))
@@ -195,12 +206,7 @@ class Context:
                 report = parse_junit(paths)
             except ValueError as e:
                 raise StageFailed(f"Stage '{self.stage}': {e}", stage=self.stage) from e
-        mask = self._secrets.masker.mask
-        report = attrs.evolve(
-            report,
-            files=tuple(name for name, _ in files),
-            failed=tuple(attrs.evolve(f, name=mask(f.name), message=mask(f.message)) for f in report.failed),
-        )
+        report = attrs.evolve(report, files=tuple(name for name, _ in files))
         self._records.add_tests(self.stage, report)
         self.log.info("tests", summary=report.summary())
         for failed in report.failed:

@@ -1,15 +1,15 @@
 """The Docker backend: each stage with an image gets one container for its whole life.
 
-This is the only module that imports the docker SDK, and it does so lazily so that
-``import pipekit`` stays cheap.
+This is the only package of modules (``_docker*.py``) that imports the docker SDK, and it does so
+lazily so that ``import pipekit`` stays cheap. The workspace reaches the container as a bind
+mount when the engine is on this machine, or as a copy (``put_files``/``get_files``) when it is
+not (``DOCKER_HOST=tcp://...`` or ``ssh://...``): see ``workspace=`` and ``PIPEKIT_WORKSPACE``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
-import socket
 import threading
 import time
 import uuid
@@ -18,44 +18,32 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from pipekit._buildkit import BuildProgress, buildkit_build
-from pipekit._host import HostShell
-from pipekit._registry import registry_error as _registry_error
-from pipekit._registry import registry_of as _registry
-from pipekit.backend import (
-    BuildSpec,
-    CommandResult,
-    Image,
-    LineSink,
-    LineSplitter,
-    ServiceSpec,
-    StageHandle,
-    StageSpec,
+from pipekit._docker_engine import (
+    LABEL_CACHE,
+    LABEL_MANAGED,
+    LABEL_RUN,
+    LABEL_SERVICE,
+    LABEL_STAGE,
+    WORKDIR,
+    WORKSPACE_ENV,
+    WORKSPACE_MODES,
+    close_stream,
+    container_name,
+    docker_host,
+    engine_is_local,
+    probe_engine,
+    reason,
+    unreachable,
 )
-from pipekit.exceptions import (
-    BackendError,
-    EngineUnavailable,
-    ImageNotFound,
-    RegistryError,
-    StageFailed,
-)
+from pipekit._docker_images import DockerImages
+from pipekit._util import slug
+from pipekit.backend import CommandResult, LineSink, LineSplitter, ServiceSpec, StageHandle, StageSpec
+from pipekit.exceptions import BackendError, StageFailed, UsageError
 
 if TYPE_CHECKING:
     import docker
 
 __all__ = ["DockerBackend", "LABEL_RUN", "LABEL_STAGE"]
-
-LABEL_MANAGED = "io.pipekit.managed"
-LABEL_RUN = "io.pipekit.run"
-LABEL_STAGE = "io.pipekit.stage"
-LABEL_SERVICE = "io.pipekit.service"
-LABEL_CACHE = "io.pipekit.cache"
-WORKDIR = "/workspace"
-
-ENGINE_HINT = (
-    "Start a Docker engine (`sudo systemctl start docker`, or `dockerd &` where there is no"
-    " systemd; `scripts/start-engine.sh` does it on Debian) or point DOCKER_HOST at a running one"
-)
 
 
 @attrs.define
@@ -67,39 +55,58 @@ class _Prepared:
     network: str | None = None
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.") or "stage"
+class DockerBackend(DockerImages):
+    """Runs stages in containers of one Docker engine (``DOCKER_HOST`` or the local socket).
 
-
-def _container_name(run_id: str, stage: str) -> str:
-    safe = re.sub(r"[^a-zA-Z0-9_.-]+", "-", stage).strip("-.") or "stage"
-    return f"pipekit-{run_id}-{safe[:40]}-{uuid.uuid4().hex[:6]}"
-
-
-class DockerBackend:
-    """Runs stages in containers of one Docker engine (``DOCKER_HOST`` or the local socket)."""
+    ``workspace``: ``"mount"`` binds the pipeline's folder into each container, ``"copy"``
+    copies it in and the changes back, ``"auto"`` (the default, or ``PIPEKIT_WORKSPACE``) mounts
+    for an engine on this machine and copies for a remote one.
+    """
 
     name = "docker"
+    runs_host_stages = False
 
-    def __init__(self, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self, client: docker.DockerClient | None = None, *, workspace: str | None = None, host: str | None = None
+    ) -> None:
+        mode = workspace or os.environ.get(WORKSPACE_ENV) or "auto"
+        if mode not in WORKSPACE_MODES:
+            raise UsageError(f"the workspace mode is one of {', '.join(WORKSPACE_MODES)}, got {mode!r}")
+        self.workspace_mode = mode
         self._client = client
-        self._host = HostShell()
+        self._host = host
         self._image_locks: dict[str, threading.Lock] = {}
         self._ready_images: set[str] = set()
         self._lock = threading.Lock()
 
     # -- connection -------------------------------------------------------------------------
     @property
+    def host(self) -> str:
+        """The engine's address."""
+        if self._host is not None:
+            return self._host
+        if self._client is not None:
+            base = str(self._client.api.base_url)
+            return "unix://" if base in ("http+docker://localhost", "http+docker://localnpipe") else base
+        return docker_host()
+
+    @property
+    def shares_workspace(self) -> bool:
+        if self.workspace_mode == "auto":
+            return engine_is_local(self.host)
+        return self.workspace_mode == "mount"
+
+    @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
             import docker
             from docker.errors import DockerException
 
-            _probe_engine()
+            probe_engine(self.host)
             try:
-                self._client = docker.from_env()
+                self._client = docker.DockerClient(base_url=self.host) if self._host else docker.from_env()
             except DockerException as e:
-                raise _unreachable(e) from e
+                raise unreachable(e, self.host) from e
         return self._client
 
     def check(self) -> None:
@@ -108,129 +115,88 @@ class DockerBackend:
         try:
             self.client.ping()
         except (DockerException, OSError) as e:  # OSError: requests' ConnectionError and friends
-            raise _unreachable(e) from e
+            raise unreachable(e, self.host) from e
 
-    # -- images -----------------------------------------------------------------------------
-    def ensure_image(self, image: str) -> None:
-        """Make sure ``image`` is in the engine, pulling it once if it is not."""
-        from docker.errors import APIError, DockerException
-        from docker.errors import ImageNotFound as DockerImageNotFound
+    # -- files ------------------------------------------------------------------------------
+    def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
+        from docker.errors import APIError
 
-        with self._lock:
-            if image in self._ready_images:
-                return
-            lock = self._image_locks.setdefault(image, threading.Lock())
-        with lock:
-            if image in self._ready_images:
-                return
-            try:
-                self.client.images.get(image)
-            except DockerImageNotFound:
-                try:
-                    self.client.images.pull(_with_tag(image))
-                except (APIError, DockerException) as e:
-                    raise ImageNotFound(
-                        f"Image '{image}' is not in the Docker engine and could not be pulled:"
-                        f" {_reason(e)}. Build or pull it first, or map it to a local image with"
-                        f" --image-map {image}=LOCAL_IMAGE",
-                        image=image,
-                    ) from e
-            except DockerException as e:
-                raise BackendError(f"Cannot look up image '{image}': {_reason(e)}") from e
-            with self._lock:
-                self._ready_images.add(image)
+        try:
+            self.client.api.put_archive(self._container(handle), dest, archive)
+        except APIError as e:
+            raise BackendError(f"Cannot copy files into stage '{handle.spec.stage}' ({dest}): {reason(e)}") from e
 
-    def image_id(self, image: str) -> str:
-        self.ensure_image(image)
-        return str(self.client.images.get(image).id)
-
-    def copy_out(self, handle: StageHandle, path: str) -> list[tuple[str, bytes]]:
-        import io
-        import tarfile
-
+    def get_files(self, handle: StageHandle, path: str) -> bytes | None:
         from docker.errors import NotFound
 
-        prepared = handle.ref
-        if not isinstance(prepared, _Prepared):
-            raise StageFailed(
-                f"Stage '{handle.spec.stage}' runs on the host: archive host paths directly", stage=handle.spec.stage
-            )
         try:
-            stream, _stat = self.client.api.get_archive(prepared.container, path)
+            stream, _stat = self.client.api.get_archive(self._container(handle), path)
         except NotFound:
-            return []
-        data = b"".join(stream)
-        files = []
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            for member in tar.getmembers():
-                if member.isfile():
-                    f = tar.extractfile(member)
-                    if f is not None:
-                        # members are named from the base's own name: "dist/app.whl", or "build.log" for a file
-                        name = member.name.split("/", 1)[1] if "/" in member.name else ""
-                        files.append((name, f.read()))
-        return files
+            return None
+        return b"".join(stream)
+
+    def _container(self, handle: StageHandle) -> str:
+        prepared = handle.ref
+        if not isinstance(prepared, _Prepared) or not prepared.container:
+            raise StageFailed(f"Stage '{handle.spec.stage}' has no container", stage=handle.spec.stage)
+        return prepared.container
 
     # -- the stage life cycle --------------------------------------------------------------
     def prepare(self, spec: StageSpec) -> StageHandle:
         if spec.image is None:
-            if spec.services:
-                raise StageFailed(
-                    f"Stage '{spec.stage}' has services but no image: services are reached by name from"
-                    " the stage's container, so give the stage an image",
-                    stage=spec.stage,
-                )
-            return StageHandle(spec=spec, ref=f"{spec.run_id}/{spec.stage}/{uuid.uuid4().hex[:8]}", where="host")
+            raise StageFailed(f"Stage '{spec.stage}' has no image to run in", stage=spec.stage)
         from docker.errors import APIError
 
         self.ensure_image(spec.image)
-        labels = self._labels(spec)
         for volume in spec.volumes:
             self._ensure_cache_volume(volume, spec)
-        api = self.client.api
         prepared = _Prepared()
-        handle = StageHandle(spec=spec, ref=prepared, where="")
+        handle = StageHandle(spec=spec, ref=prepared, where="", workdir=WORKDIR)
         try:
-            network = None
-            if spec.services:
-                network = f"pipekit-{spec.run_id}-{_slug(spec.stage)[:30]}-{uuid.uuid4().hex[:6]}"
-                prepared.network = api.create_network(network, driver="bridge", labels=labels)["Id"]
-                for svc in spec.services:
-                    prepared.services.append(self._start_service(spec, svc, network, labels))
-                for svc, cid in zip(spec.services, prepared.services, strict=True):
-                    self._wait_healthy(spec, svc, cid)
-            container = api.create_container(
-                spec.image,
-                entrypoint=["sh"],
-                stdin_open=True,
-                environment=dict(spec.env),
-                working_dir=WORKDIR,
-                labels=labels,
-                name=_container_name(spec.run_id, spec.stage),
-                host_config=api.create_host_config(
-                    binds={
-                        str(spec.workspace): {"bind": WORKDIR, "mode": "rw"},
-                        **{volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()},
-                    },
-                    network_mode=network,
-                ),
-            )
-            prepared.container = container["Id"]
-            api.start(prepared.container)
+            network = self._start_services(spec, prepared) if spec.services else None
+            prepared.container = self._create_stage_container(spec, network)
+            self.client.api.start(prepared.container)
         except APIError as e:
             self.release(handle)
-            reason = _reason(e)
-            if "executable file not found" in reason or "no such file" in reason.lower():
+            why = reason(e)
+            if "executable file not found" in why or "no such file" in why.lower():
                 raise StageFailed(
                     f"Image '{spec.image}' has no shell `sh`, which pipekit needs to run stage"
-                    f" '{spec.stage}' commands in it. Use an image with a shell ({reason})",
+                    f" '{spec.stage}' commands in it. Use an image with a shell ({why})",
                     stage=spec.stage,
                 ) from e
-            raise BackendError(f"Cannot start the container of stage '{spec.stage}' ({spec.image}): {reason}") from e
+            raise BackendError(f"Cannot start the container of stage '{spec.stage}' ({spec.image}): {why}") from e
         except BaseException:
             self.release(handle)
             raise
-        return StageHandle(spec=spec, ref=prepared, where=f"container {prepared.container[:12]}")
+        return attrs.evolve(handle, where=f"container {prepared.container[:12]}")
+
+    def _create_stage_container(self, spec: StageSpec, network: str | None) -> str:
+        api = self.client.api
+        binds = {volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()}
+        if self.shares_workspace:
+            binds[str(spec.workspace)] = {"bind": WORKDIR, "mode": "rw"}
+        container = api.create_container(
+            spec.image,
+            entrypoint=["sh"],
+            stdin_open=True,
+            environment=dict(spec.env),
+            working_dir=WORKDIR,
+            labels=self._labels(spec),
+            name=container_name(spec.run_id, spec.stage),
+            host_config=api.create_host_config(binds=binds, network_mode=network),
+        )
+        return str(container["Id"])
+
+    def _start_services(self, spec: StageSpec, prepared: _Prepared) -> str:
+        api = self.client.api
+        network = f"pipekit-{spec.run_id}-{slug(spec.stage)[:30]}-{uuid.uuid4().hex[:6]}"
+        prepared.network = api.create_network(network, driver="bridge", labels=self._labels(spec))["Id"]
+        for svc in spec.services:
+            prepared.services.append(self._start_service(spec, svc, network))
+        for svc, cid in zip(spec.services, prepared.services, strict=True):
+            self._wait_healthy(spec, svc, cid)
+        return network
 
     def _ensure_cache_volume(self, name: str, spec: StageSpec) -> None:
         """Cache volumes outlive runs on purpose; they carry the cache label, not the run's."""
@@ -269,7 +235,7 @@ class DockerBackend:
     def _labels(self, spec: StageSpec) -> dict[str, str]:
         return {**spec.labels, LABEL_MANAGED: "true", LABEL_RUN: spec.run_id, LABEL_STAGE: spec.stage}
 
-    def _start_service(self, spec: StageSpec, svc: ServiceSpec, network: str, labels: Mapping[str, str]) -> str:
+    def _start_service(self, spec: StageSpec, svc: ServiceSpec, network: str) -> str:
         api = self.client.api
         self.ensure_image(svc.image)
         command = shlex.split(svc.command) if isinstance(svc.command, str) else svc.command
@@ -277,8 +243,8 @@ class DockerBackend:
             svc.image,
             command=list(command) if command else None,
             environment=dict(svc.env),
-            labels={**labels, LABEL_SERVICE: svc.name},
-            name=_container_name(spec.run_id, f"{spec.stage}-{svc.name}"),
+            labels={**self._labels(spec), LABEL_SERVICE: svc.name},
+            name=container_name(spec.run_id, f"{spec.stage}-{svc.name}"),
             host_config=api.create_host_config(network_mode=network),
             networking_config=api.create_networking_config({network: api.create_endpoint_config(aliases=[svc.name])}),
         )["Id"]
@@ -321,41 +287,19 @@ class DockerBackend:
         )
 
     def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
-        spec = handle.spec
-        if not isinstance(handle.ref, _Prepared):
-            return self._host.run(
-                str(handle.ref),
-                command,
-                cwd=spec.workspace,
-                env={**spec.env, **env},
-                on_line=on_line,
-            )
         from docker.errors import APIError, NotFound
-        from docker.utils.socket import STDERR, frames_iter
 
-        api = self.client.api
+        spec = handle.spec
         start = time.monotonic()
-        out = LineSplitter("stdout", on_line)
-        err = LineSplitter("stderr", on_line)
         try:
-            exec_id = api.exec_create(
-                handle.ref.container, ["sh", "-c", command], environment=dict(env) or None, workdir=WORKDIR
-            )["Id"]
-            sock = api.exec_start(exec_id, socket=True)
-            try:
-                for stream_id, data in frames_iter(sock, tty=False):
-                    (err if stream_id == STDERR else out).feed(data)
-            finally:
-                _close_stream(sock)
-            stdout, stderr = out.close(), err.close()
-            code = api.exec_inspect(exec_id).get("ExitCode")
+            code, stdout, stderr = self._exec_stream(self._container(handle), command, env, on_line)
         except NotFound as e:
             raise StageFailed(
                 f"The container of stage '{spec.stage}' is gone (removed while `{command}` ran)",
                 stage=spec.stage,
             ) from e
         except APIError as e:
-            raise BackendError(f"Cannot run a command in stage '{spec.stage}': {_reason(e)}") from e
+            raise BackendError(f"Cannot run a command in stage '{spec.stage}': {reason(e)}") from e
         except Exception as e:  # the stream broke: the container was removed under us
             raise StageFailed(
                 f"Lost the container of stage '{spec.stage}' while `{command}` ran: {e}",
@@ -365,10 +309,29 @@ class DockerBackend:
             code = 137
         return CommandResult(command, int(code), stdout, stderr, time.monotonic() - start)
 
+    def _exec_stream(
+        self, container: str, command: str, env: Mapping[str, str], on_line: LineSink
+    ) -> tuple[int | None, str, str]:
+        from docker.utils.socket import STDERR, frames_iter
+
+        api = self.client.api
+        out = LineSplitter("stdout", on_line)
+        err = LineSplitter("stderr", on_line)
+        exec_id = api.exec_create(container, ["sh", "-c", command], environment=dict(env) or None, workdir=WORKDIR)[
+            "Id"
+        ]
+        sock = api.exec_start(exec_id, socket=True)
+        try:
+            for stream_id, data in frames_iter(sock, tty=False):
+                (err if stream_id == STDERR else out).feed(data)
+        finally:
+            close_stream(sock)
+        stdout, stderr = out.close(), err.close()
+        return api.exec_inspect(exec_id).get("ExitCode"), stdout, stderr
+
     def release(self, handle: StageHandle) -> None:
         prepared = handle.ref
         if not isinstance(prepared, _Prepared):
-            self._host.kill(str(prepared))
             return
         for cid in [prepared.container, *prepared.services]:
             if cid:
@@ -399,148 +362,6 @@ class DockerBackend:
             if e.status_code != 409:
                 raise
 
-    # -- images and registries -------------------------------------------------------------
-    def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
-        if spec.secrets:
-            image_id = buildkit_build(spec, on_line)
-        else:
-            image_id = self._build_classic(spec, on_line)
-        return Image(id=image_id, tags=(spec.tag,) if spec.tag else ())
-
-    def _build_classic(self, spec: BuildSpec, on_line: LineSink) -> str:
-        from docker.errors import APIError, DockerException
-
-        progress = BuildProgress(on_line, _STEP)
-        image_id = None
-        splitter = LineSplitter("stdout", progress)
-        try:
-            for chunk in self.client.api.build(
-                path=str(spec.context),
-                dockerfile=spec.dockerfile,
-                tag=spec.tag,
-                buildargs=dict(spec.build_args) or None,
-                target=spec.target,
-                labels=dict(spec.labels) or None,
-                rm=True,
-                forcerm=True,
-                decode=True,
-            ):
-                if "stream" in chunk:
-                    splitter.feed(chunk["stream"].encode())
-                if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
-                    image_id = chunk["aux"]["ID"]
-                if "error" in chunk:
-                    splitter.close()
-                    raise progress.failed(spec.stage, chunk["error"].strip())
-            splitter.close()
-        except (APIError, DockerException) as e:
-            raise progress.failed(spec.stage, _reason(e)) from e
-        if image_id is None and spec.tag:
-            image_id = self.client.images.get(spec.tag).id
-        if image_id is None:
-            raise progress.failed(spec.stage, "the engine returned no image id")
-        return str(image_id)
-
-    def tag(self, image: Image, ref: str) -> Image:
-        from docker.errors import APIError
-        from docker.utils import parse_repository_tag
-
-        repo, tag = parse_repository_tag(ref)
-        try:
-            self.client.api.tag(image.id, repo, tag or "latest")
-        except APIError as e:
-            raise _registry_error(_reason(e), ref, "tag") from e
-        full = ref if tag else f"{ref}:latest"
-        return Image(id=image.id, tags=(full, *(t for t in image.tags if t != full)))
-
-    def push(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> str:
-        from docker.errors import APIError, DockerException
-        from docker.utils import parse_repository_tag
-
-        repo, tag = parse_repository_tag(ref)
-        digest = None
-        try:
-            for chunk in self.client.api.push(
-                repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
-            ):
-                if "error" in chunk:
-                    raise _registry_error(chunk["error"], ref, "push to")
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and aux.get("Digest"):
-                    digest = aux["Digest"]
-                _progress_line(chunk, on_line)
-        except (APIError, DockerException) as e:
-            raise _registry_error(_reason(e), ref, "push to") from e
-        if not digest:
-            raise RegistryError(
-                f"Pushed {ref} but the registry reported no digest", registry=_registry(ref), reference=ref
-            )
-        return str(digest)
-
-    def pull(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> Image:
-        from docker.errors import APIError, DockerException
-        from docker.utils import parse_repository_tag
-
-        repo, tag = parse_repository_tag(ref)
-        try:
-            for chunk in self.client.api.pull(
-                repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
-            ):
-                if "error" in chunk:
-                    raise _registry_error(chunk["error"], ref, "pull from")
-                _progress_line(chunk, on_line)
-            image = self.client.images.get(ref if tag else f"{ref}:latest")
-        except (APIError, DockerException) as e:
-            raise _registry_error(_reason(e), ref, "pull from") from e
-        with self._lock:
-            self._ready_images.add(ref)
-        return Image(id=str(image.id), tags=tuple(image.tags))
-
-    def run_once(
-        self,
-        run_id: str,
-        stage: str,
-        image: str,
-        command: list[str] | None,
-        env: Mapping[str, str],
-        on_line: LineSink,
-    ) -> CommandResult:
-        from docker.errors import APIError
-        from docker.utils.socket import STDERR, frames_iter
-
-        self.ensure_image(image)
-        api = self.client.api
-        start = time.monotonic()
-        shown = " ".join(command) if command else "(the image's command)"
-        try:
-            cid = api.create_container(
-                image,
-                command=command,
-                environment=dict(env),
-                labels={LABEL_MANAGED: "true", LABEL_RUN: run_id, LABEL_STAGE: stage},
-                name=_container_name(run_id, f"{stage}-run"),
-            )["Id"]
-        except APIError as e:
-            raise BackendError(f"Cannot create a container from '{image}' in stage '{stage}': {_reason(e)}") from e
-        out, err = LineSplitter("stdout", on_line), LineSplitter("stderr", on_line)
-        try:
-            sock = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
-            try:
-                api.start(cid)
-                for stream_id, data in frames_iter(sock, tty=False):
-                    (err if stream_id == STDERR else out).feed(data)
-            finally:
-                _close_stream(sock)
-            code = api.wait(cid).get("StatusCode", 137)
-        except APIError as e:
-            reason = _reason(e)
-            if "executable file not found" in reason or "not found" in reason:
-                return CommandResult(shown, 127, out.close(), err.close() + reason + "\n", time.monotonic() - start)
-            raise BackendError(f"Cannot run '{image}' in stage '{stage}': {reason}") from e
-        finally:
-            self._remove(cid)
-        return CommandResult(shown, int(code), out.close(), err.close(), time.monotonic() - start)
-
     def _remove(self, container_id: str) -> None:
         from docker.errors import APIError, NotFound
 
@@ -552,68 +373,3 @@ class DockerBackend:
             if e.status_code == 409:  # removal already in progress
                 return
             raise
-
-
-_STEP = re.compile(r"^Step \d+/\d+ : (.+)$")
-
-
-def _progress_line(chunk: Mapping[str, Any], on_line: LineSink) -> None:
-    """Log the meaningful status lines of a push or pull, not the progress bars."""
-    status = chunk.get("status")
-    if not status or chunk.get("progressDetail") or chunk.get("progress"):
-        return
-    layer = chunk.get("id")
-    on_line("stdout", f"{layer}: {status}" if layer else str(status))
-
-
-def _with_tag(image: str) -> str:
-    """docker-py pulls every tag of a repository when none is given; the CLI pulls :latest."""
-    has_tag = ":" in image.rsplit("/", 1)[-1] or "@" in image
-    return image if has_tag else f"{image}:latest"
-
-
-def _close_stream(sock: Any) -> None:
-    """Close an exec stream's socket completely (docker-py leaves it to the garbage collector)."""
-    response = getattr(sock, "_response", None)
-    raw = getattr(sock, "_sock", None)
-    try:
-        if response is not None:
-            response.close()
-    except (OSError, ValueError):
-        pass
-    sock.close()
-    if raw is not None:
-        raw.close()
-
-
-def _docker_host() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
-def _probe_engine(timeout: float = 5.0) -> None:
-    """Connect to the engine's socket ourselves first, for a clear error and no leaked socket."""
-    host = _docker_host()
-    try:
-        if host.startswith("unix://"):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(host[len("unix://") :])
-        elif host.startswith(("tcp://", "http://", "https://")):
-            hostport = host.split("://", 1)[1].split("/", 1)[0]
-            name, _, port = hostport.rpartition(":")
-            with socket.create_connection((name or hostport, int(port or 2375)), timeout=timeout):
-                pass
-    except (OSError, ValueError) as e:
-        detail = getattr(e, "strerror", None) or str(e)
-        raise EngineUnavailable(f"Cannot reach a Docker engine at {host} ({detail}). {ENGINE_HINT}.") from e
-
-
-def _unreachable(e: BaseException) -> EngineUnavailable:
-    return EngineUnavailable(f"Cannot reach a Docker engine at {_docker_host()} ({_reason(e)}). {ENGINE_HINT}.")
-
-
-def _reason(e: Any) -> str:
-    explanation = getattr(e, "explanation", None)
-    if explanation:
-        return str(explanation)
-    return str(e)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipekit._registry import registry_of
-from pipekit._secrets import Credentials, Secret, SecretStore
-from pipekit.backend import Backend, BuildSpec, CommandResult, Image, LineSink
+from pipekit._secrets import Credentials, Secret
+from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin
 from pipekit.exceptions import StageFailed, StepFailed
+
+if TYPE_CHECKING:
+    from pipekit._context import StageScope
 
 __all__ = ["DockerOps"]
 
@@ -24,23 +27,15 @@ def _auth_server(ref: str) -> str:
 class DockerOps:
     """The image operations a stage can do, on the run's backend, with secrets kept out of sight."""
 
-    def __init__(
-        self,
-        *,
-        backend: Backend,
-        run_id: str,
-        stage: str,
-        workspace: Path,
-        secrets: SecretStore,
-        log: Any,
-        on_line: LineSink,
-    ) -> None:
-        self._backend = backend
-        self._run_id = run_id
-        self._stage = stage
-        self._workspace = workspace
-        self._secrets = secrets
-        self._log = log
+    def __init__(self, scope: StageScope, *, on_line: LineSink, sync: Callable[[], None] | None = None) -> None:
+        self._sync = sync or (lambda: None)
+        self._backend = scope.images
+        self._origin = Origin(scope.run_id, scope.stage)
+        self._run_id = scope.run_id
+        self._stage = scope.stage
+        self._workspace = scope.workspace
+        self._secrets = scope.secrets
+        self._log = scope.log
         self._on_line = on_line
 
     def _plain(self, what: str, values: Mapping[str, Any] | None) -> dict[str, str]:
@@ -67,6 +62,7 @@ class DockerOps:
         secrets: Mapping[str, str | Secret] | None = None,
     ) -> Image:
         """Build an image from a Dockerfile (``.dockerignore`` honoured), streaming its log."""
+        self._sync()  # a stage working on a copy of the workspace builds what it has made
         folder = (self._workspace / context).resolve()
         if not folder.is_dir():
             raise StageFailed(f"Stage '{self._stage}': the build context {folder} is not a folder", stage=self._stage)
@@ -93,7 +89,7 @@ class DockerOps:
     def tag(self, image: Image | str, ref: str) -> Image:
         """Give an image another name; the returned Image lists the new name first."""
         img = image if isinstance(image, Image) else Image(id=image, tags=(image,))
-        tagged = self._backend.tag(img, ref)
+        tagged = self._backend.tag(self._origin, img, ref)
         self._log.info("image tagged", image=img.id, ref=ref)
         return tagged
 
@@ -116,13 +112,13 @@ class DockerOps:
             self.tag(image, ref)
         auth = self._auth(credentials, ref)
         self._log.info("image push started", ref=ref)
-        digest = self._backend.push(ref, auth, self._on_line)
+        digest = self._backend.push(self._origin, ref, auth, self._on_line)
         self._log.info("image pushed", ref=ref, digest=digest)
         return digest
 
     def pull(self, ref: str, credentials: Credentials | None = None) -> Image:
         """Pull an image by tag or by digest (``name@sha256:...``)."""
-        image = self._backend.pull(ref, self._auth(credentials, ref), self._on_line)
+        image = self._backend.pull(self._origin, ref, self._auth(credentials, ref), self._on_line)
         self._log.info("image pulled", ref=ref, image=image.id)
         return image
 
@@ -139,7 +135,7 @@ class DockerOps:
             ref = image.id
         argv = shlex.split(command) if isinstance(command, str) else (list(command) if command else None)
         result = self._backend.run_once(
-            self._run_id, self._stage, ref, argv, self._secrets.resolve_env(env or {}, stage=self._stage), self._on_line
+            self._origin, ref, argv, self._secrets.resolve_env(env or {}, stage=self._stage), self._on_line
         )
         if check and result.exit_code != 0:
             tail = (result.stdout + result.stderr).splitlines()[-20:]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import networkx as nx
 
 from pipekit._matrix import combinations, instance_name
 from pipekit._stage import Pipeline, Stage
@@ -18,7 +18,17 @@ from pipekit.exceptions import (
     UnknownStageError,
 )
 
+if TYPE_CHECKING:
+    import networkx as nx
+
 __all__ = ["Plan", "find_errors", "plan"]
+
+
+def _nx() -> Any:
+    """networkx, imported when a pipeline is first validated or planned (not by ``import pipekit``)."""
+    import networkx
+
+    return networkx
 
 
 def _suggest(name: str, choices: Iterable[str]) -> str | None:
@@ -86,7 +96,7 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
 
 
 def _build(stages: Iterable[Stage], groups: Mapping[str, Sequence[str]] | None = None) -> nx.DiGraph:
-    graph = nx.DiGraph()
+    graph = _nx().DiGraph()
     stages = list(stages)
     groups = groups or {}
     names = {s.name for s in stages}
@@ -132,6 +142,7 @@ def expand(pipeline: Pipeline) -> tuple[list[Stage], dict[str, tuple[str, ...]]]
 
 def _cycles(graph: nx.DiGraph) -> list[list[str]]:
     """One cycle per strongly connected component that has one, each starting at its first stage."""
+    nx = _nx()
     order = {n: i for i, n in enumerate(graph.nodes)}
     cycles = []
     for component in nx.strongly_connected_components(graph):
@@ -167,7 +178,7 @@ class Plan:
 
     def downstream(self, name: str) -> set[str]:
         """Every stage that depends on ``name``, directly or not."""
-        return set(nx.descendants(self.graph, name))
+        return set(_nx().descendants(self.graph, name))
 
 
 def plan(pipeline: Pipeline, targets: Sequence[str] = (), *, validated: bool = False) -> Plan:
@@ -180,6 +191,7 @@ def plan(pipeline: Pipeline, targets: Sequence[str] = (), *, validated: bool = F
     errors = [] if validated else find_errors(pipeline)
     if errors:
         raise errors[0]
+    nx = _nx()
     stages, groups = expand(pipeline)
     graph = _build(stages, groups)
     if targets:

@@ -1,4 +1,4 @@
-"""Running commands on the host, for stages that have no image."""
+"""The host backend: stages that have no image run their commands on this machine."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipekit.backend import CommandResult, LineSink, LineSplitter
+from pipekit._archive import pack, unpack
+from pipekit.backend import CommandResult, LineSink, LineSplitter, StageHandle, StageSpec
+from pipekit.exceptions import StageFailed
 
-__all__ = ["HostShell"]
+__all__ = ["HostBackend", "HostShell"]
 
 
 class HostShell:
@@ -78,6 +81,13 @@ class HostShell:
             code = 128 - code
         return CommandResult(command, code, out, err, time.monotonic() - start)
 
+    def kill_prefix(self, prefix: str) -> None:
+        """Kill the commands of every key that starts with ``prefix`` (a whole run)."""
+        with self._lock:
+            keys = [k for k in self._procs if k.startswith(prefix)]
+        for key in keys:
+            self.kill(key)
+
     def kill(self, key: str) -> None:
         """Kill every process group started under ``key`` (one prepared stage); later runs under
         it return at once."""
@@ -89,3 +99,43 @@ class HostShell:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+class HostBackend:
+    """Runs a stage's commands with ``sh -c`` on this machine, in the pipeline's folder."""
+
+    name = "host"
+    shares_workspace = True
+    runs_host_stages = True
+
+    def __init__(self) -> None:
+        self._shell = HostShell()
+
+    def check(self) -> None:
+        return None
+
+    def prepare(self, spec: StageSpec) -> StageHandle:
+        if spec.services:
+            raise StageFailed(
+                f"Stage '{spec.stage}' has services but no image: services are reached by name from"
+                " the stage's container, so give the stage an image",
+                stage=spec.stage,
+            )
+        key = f"{spec.run_id}/{spec.stage}/{uuid.uuid4().hex[:8]}"
+        return StageHandle(spec=spec, ref=key, where="host", workdir=str(spec.workspace))
+
+    def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
+        spec = handle.spec
+        return self._shell.run(str(handle.ref), command, cwd=spec.workspace, env={**spec.env, **env}, on_line=on_line)
+
+    def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
+        unpack(archive, Path(dest))
+
+    def get_files(self, handle: StageHandle, path: str) -> bytes | None:
+        return pack(Path(path)) if os.path.lexists(path) else None
+
+    def release(self, handle: StageHandle) -> None:
+        self._shell.kill(str(handle.ref))
+
+    def cleanup(self, run_id: str) -> None:
+        self._shell.kill_prefix(f"{run_id}/")

@@ -1,13 +1,25 @@
-"""The one seam between the executor and the world that runs commands.
+"""The seam between pipekit and whatever runs commands: two narrow protocols.
 
-The executor only ever talks to a :class:`Backend`.  A stage's life on a backend is four steps,
-kept separate so that a backend may prepare a stage's container early (while its upstream
-stages still run) or on another machine::
+:class:`StageBackend` is a stage's life on a machine. It is kept in separate steps so that a
+backend may prepare a stage's place early (while its upstream stages still run) or on another
+machine::
 
-    handle = backend.prepare(spec)          # e.g. create and start the stage's container
+    handle = backend.prepare(spec)                # e.g. create and start the stage's container
+    backend.put_files(handle, archive, dest)      # only when it does not share the workspace
     backend.exec(handle, command, env, on_line)   # any number of times: ctx.sh(...)
-    backend.release(handle)                 # remove what prepare made; idempotent
-    backend.cleanup(run_id)                 # remove anything of the run that is still there
+    backend.get_files(handle, path)               # files out of the stage (tar), e.g. the workspace
+    backend.release(handle)                       # remove what prepare made; idempotent
+    backend.cleanup(run_id)                       # remove anything of the run that is still there
+
+:class:`ImageBackend` is what ``ctx.docker`` needs: build, tag, push, pull and one-shot runs.
+Every call says which run and stage it is for (a :class:`StageSpec` inside the handle, a
+:class:`BuildSpec`, or an :class:`Origin`). :class:`Backend` is both: the Docker backend and
+:class:`pipekit.testing.FakeBackend` implement it; the host backend is a stage backend only.
+
+Backends differ by capability, which the scheduler asks about and never infers from types:
+``shares_workspace`` (the stage sees the pipeline's folder itself, so nothing is copied) and
+``runs_host_stages`` (the backend also takes stages that have no image; otherwise those go to
+the host backend).
 
 ``release`` may be called from another thread while ``exec`` is running (fail-fast,
 interrupts): ``exec`` must then return or raise promptly.
@@ -24,6 +36,9 @@ import attrs
 __all__ = [
     "Backend",
     "BuildSpec",
+    "ImageBackend",
+    "Origin",
+    "StageBackend",
     "CommandResult",
     "Image",
     "LineSink",
@@ -63,12 +78,29 @@ class StageSpec:
 
 
 @attrs.frozen
+class Origin:
+    """Which run and stage a call is made for."""
+
+    run_id: str
+    stage: str
+
+
+@attrs.frozen
 class StageHandle:
-    """A prepared stage on a backend; ``ref`` is the backend's own (a container id, ...)."""
+    """A prepared stage on a backend; ``ref`` is the backend's own (a container id, ...).
+
+    ``workdir`` is where the stage's commands start and where the workspace is, in the
+    backend's own terms (``/workspace`` in a container, the pipeline's folder on the host).
+    """
 
     spec: StageSpec
     ref: Any = attrs.field(eq=False, repr=False, default=None)
     where: str = "host"
+    workdir: str = "/workspace"
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.spec.run_id, self.spec.stage)
 
 
 @attrs.frozen
@@ -123,10 +155,15 @@ class BuildSpec:
 
 
 @runtime_checkable
-class Backend(Protocol):
-    """Runs stages. Implemented by the Docker backend and by pipekit.testing's fake."""
+class StageBackend(Protocol):
+    """Where stages run: the host, one Docker engine, a swarm."""
 
     name: str
+    #: the stage sees the pipeline's folder itself (a bind mount, the host); when False the
+    #: scheduler ships the workspace in with put_files and the changed files back with get_files
+    shares_workspace: bool
+    #: stages without an image run here too (the fake backend); otherwise on the host backend
+    runs_host_stages: bool
 
     def check(self) -> None:
         """Raise :class:`pipekit.exceptions.BackendError` when the backend cannot run stages."""
@@ -141,42 +178,54 @@ class Backend(Protocol):
         process environment), which the backend applies itself.
         """
 
+    def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
+        """Unpack a tar ``archive`` at ``dest`` (absolute, in the stage's place)."""
+
+    def get_files(self, handle: StageHandle, path: str) -> bytes | None:
+        """``path`` (absolute, in the stage's place) as a tar archive whose members are named
+        from the path's own base name (``dist/app.whl`` for ``/workspace/dist``); None when it
+        does not exist."""
+
     def release(self, handle: StageHandle) -> None:
         """Remove what :meth:`prepare` made and stop what still runs there. Idempotent."""
 
     def cleanup(self, run_id: str) -> None:
         """Remove everything that the run ``run_id`` may have left (containers, networks)."""
 
-    def image_id(self, image: str) -> str:
+
+@runtime_checkable
+class ImageBackend(Protocol):
+    """Images and registries, for ``ctx.docker`` and for the images stages run in."""
+
+    def image_id(self, origin: Origin, image: str) -> str:
         """The id of a named image (pulling it if needed), for cache keys."""
 
-    def copy_out(self, handle: StageHandle, path: str) -> list[tuple[str, bytes]]:
-        """Files under ``path`` (absolute, in the stage's container) as (path relative to it, content);
-        when ``path`` is a file, its relative path is ``""``."""
-
-    # -- images and registries (``ctx.docker``) --------------------------------------------
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
         """Build an image, streaming the build log; raise BuildFailed naming the instruction."""
 
-    def tag(self, image: Image, ref: str) -> Image:
+    def tag(self, origin: Origin, image: Image, ref: str) -> Image:
         """Give ``image`` the name ``ref``."""
 
-    def push(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> str:
+    def push(self, origin: Origin, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> str:
         """Push ``ref`` and return the digest the registry stored (``sha256:...``)."""
 
-    def pull(self, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> Image:
+    def pull(self, origin: Origin, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> Image:
         """Pull ``ref`` (a tag or a ``name@sha256:...`` digest)."""
 
     def run_once(
         self,
-        run_id: str,
-        stage: str,
+        origin: Origin,
         image: str,
         command: list[str] | None,
         env: Mapping[str, str],
         on_line: LineSink,
     ) -> CommandResult:
         """Run a one-shot container to its end, streaming its output, and remove it."""
+
+
+@runtime_checkable
+class Backend(StageBackend, ImageBackend, Protocol):
+    """A stage backend that also handles images: the Docker backend, the fake backend."""
 
 
 class LineSplitter:

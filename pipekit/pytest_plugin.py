@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pipekit.testing import SNAPSHOT_ENV, PipelineRunner, RecordingBackend
+if TYPE_CHECKING:
+    from pipekit.testing import PipelineRunner
+
+# pipekit.testing (and with it the executor, structlog and networkx) is imported only when a
+# test asks for a fixture: a pytest session that does not use pipekit pays next to nothing.
+SNAPSHOT_ENV = "PIPEKIT_UPDATE_SNAPSHOTS"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,7 +53,7 @@ def _engine_problem() -> str | None:
     return None
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
+def pytest_runtest_setup(item: pytest.Item) -> None:  # a dict lookup per test when the marker is absent
     if item.get_closest_marker("pipekit_docker") is not None:
         problem = _engine_problem()
         if problem:
@@ -61,6 +67,8 @@ def _update(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def pipekit_runner(request: pytest.FixtureRequest) -> PipelineRunner:
     """Run pipelines on a fake backend; paths are relative to the test file's folder."""
+    from pipekit.testing import PipelineRunner
+
     return PipelineRunner(base_dir=request.path.parent, update_snapshots=_update(request))
 
 
@@ -71,6 +79,7 @@ def pipekit_docker_runner(request: pytest.FixtureRequest) -> Iterator[PipelineRu
     if problem:
         pytest.skip(f"pipekit_docker_runner: no Docker engine answers: {problem}")
     from pipekit._docker import DockerBackend
+    from pipekit.testing import PipelineRunner, RecordingBackend
 
     backend = RecordingBackend(DockerBackend())
     yield PipelineRunner(backend=backend, base_dir=request.path.parent, update_snapshots=_update(request))

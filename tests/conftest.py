@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._executor import Executor
+from pipekit._session import RunRequest, setup
 
 ROOT = Path(__file__).parent.parent
 PIPELINES = Path(__file__).parent / "pipelines"
@@ -103,18 +103,21 @@ def run_on_docker(docker_backend: Any, busybox_image: str, docker_client: Any) -
     run_ids: list[str] = []
 
     def run(pipeline: pk.Pipeline | str | Path, *targets: str, **kwargs: Any) -> tuple[pk.RunResult, Events]:
-        p = pk.load(pipeline) if isinstance(pipeline, (str, Path)) else pipeline
         events = Events()
-        executor = Executor(
-            docker_backend,
-            log_format="json",
-            log_file=io.StringIO(),
-            log_processors=[events],
-            image_map={"alpine:3.20": busybox_image, "alpine:3.19": busybox_image, "busybox": busybox_image},
-            **kwargs,
+        run = setup(
+            RunRequest(
+                pipeline=pipeline,
+                targets=targets,
+                backend=docker_backend,
+                log_format="json",
+                log_file=io.StringIO(),
+                log_processors=[events],
+                image_map={"alpine:3.20": busybox_image, "alpine:3.19": busybox_image, "busybox": busybox_image},
+                **kwargs,
+            )
         )
-        run_ids.append(executor.run_id)
-        return executor.run(pk.plan(p, targets)), events
+        run_ids.append(run.run_id)
+        return run.execute(), events
 
     yield run
     for run_id in run_ids:

@@ -116,13 +116,9 @@ def test_skipped_stage_skips_value_users_but_satisfies_needs(
     tmp_path: Path, branch: str, statuses: dict[str, str], docker_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A false condition skips the stage and stages that need its value; needs= on it is satisfied."""
-    from pipekit._executor import Executor
-
     monkeypatch.delenv("DRY_RUN", raising=False)
     (tmp_path / "pipeline.py").write_text(PIPELINE)
-    p = pk.load(tmp_path / "pipeline.py")
-    ex = Executor(docker_backend, log_file=io.StringIO(), run_info=RunInfo(workspace=tmp_path, branch=branch))
-    result = ex.run(pk.plan(p))
+    result = pk.run(str(tmp_path / "pipeline.py"), backend=docker_backend, log_file=io.StringIO(), branch=branch)
     assert {n: r.status for n, r in result.stages.items()} == statuses
     assert result.status == "succeeded"
     if branch != "main":

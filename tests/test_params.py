@@ -73,5 +73,5 @@ def test_stage_reads_params(tmp_path: Path, run_on_docker: Any) -> None:
     """ctx.params has the defaults overlaid with the given values."""
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     p = pk.load(tmp_path / "pipeline.py")
-    result, _ = run_on_docker(p, params=resolve_params(p.params.values(), {"deploy": "true"}))
+    result, _ = run_on_docker(p, params={"deploy": "true"})
     assert result["show"].output == ("localhost:5000", True, 2)

@@ -62,6 +62,7 @@ def test_all_is_pinned() -> None:
             "StageFailed",
             "StageResult",
             "StageSignatureError",
+            "StageStatus",
             "StepFailed",
             "UnknownStageError",
             "UsageError",

@@ -1,0 +1,209 @@
+"""The history commands: ``pipekit runs | show | logs | artifacts | cache``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from pipekit._history import History
+from pipekit._runner import open_history
+from pipekit.exceptions import PipekitError, UsageError
+
+__all__ = ["HISTORY_COMMANDS", "print_error", "table"]
+
+
+def print_error(err: IO[str], message: str) -> None:
+    for line in message.rstrip().splitlines() or [""]:
+        print(f"pipekit: {line}", file=err)
+
+
+def table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join([*(c.ljust(widths[i]) for i, c in enumerate(r[:-1])), r[-1]]).rstrip(), file=out)
+
+
+def _history(workspace: Path, err: IO[str]) -> History:
+    """The workspace's run history, with runs whose process died marked interrupted (and cleaned up)."""
+    history: History = open_history(workspace, warn=lambda message: print_error(err, f"warning: {message}"))
+    return history
+
+
+def _workspace_of(args: argparse.Namespace) -> Path:
+    path = Path(args.file)
+    folder = path if path.is_dir() else path.parent
+    return folder.resolve()
+
+
+def _when(ts: float | None) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ts)) if ts else "-"
+
+
+def _secs(value: float | None) -> str:
+    return f"{value:.2f}s" if value is not None else "-"
+
+
+def cmd_runs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    history = _history(_workspace_of(args), err)
+    rows: list[tuple[str, ...]] = [("RUN", "PIPELINE", "BRANCH", "STATUS", "STARTED", "DURATION")]
+    for r in history.runs(args.limit):
+        rows.append((r.id, r.pipeline, r.branch or "-", r.status, _when(r.started), _secs(r.duration_s)))
+    history.close()
+    if len(rows) == 1:
+        print("no runs recorded yet", file=out)
+        return 0
+    table(rows, out)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    history = _history(_workspace_of(args), err)
+    try:
+        run = history.run(history.resolve(args.run))
+        print(f"run {run.id}: {run.status}", file=out)
+        print(f"  pipeline  {run.pipeline} ({run.path})", file=out)
+        print(f"  branch    {run.branch or '-'} at {run.git_commit or '-'}", file=out)
+        print(f"  started   {_when(run.started)} by {run.user}@{run.host}: {run.argv}", file=out)
+        print(f"  duration  {_secs(run.duration_s)}", file=out)
+        if run.resumed_from:
+            print(f"  resumed   from run {run.resumed_from}", file=out)
+        print("", file=out)
+        rows: list[tuple[str, ...]] = [("STAGE", "STATUS", "ATTEMPTS", "DURATION", "EXIT", "NOTE")]
+        stages = history.stages(run.id)
+        for st in stages:
+            note = st.reason or ("cache hit" if st.cache_hit else "")
+            rows.append(
+                (
+                    st.name,
+                    st.status,
+                    str(st.attempts or "-"),
+                    _secs(st.duration_s),
+                    "-" if st.exit_code is None else str(st.exit_code),
+                    note or "-",
+                )
+            )
+        table(rows, out)
+        for st in stages:
+            if st.error:
+                print(f"\nerror in {st.name}:", file=out)
+                for line in st.error.splitlines():
+                    print(f"  {line}", file=out)
+        arts = history.artifacts(run.id)
+        if arts:
+            print("\nartifacts:", file=out)
+            for a in arts:
+                print(f"  {a['stage']}: {a['path']} ({a['size']} bytes, sha256 {a['sha256'][:12]})", file=out)
+        for t in history.tests(run.id):
+            passed = t["tests"] - t["failures"] - t["errors"] - t["skipped"]
+            print(
+                f"\ntests in {t['stage']}: {t['tests']} tests, {passed} passed, {t['failures']} failed,"
+                f" {t['errors']} errors, {t['skipped']} skipped",
+                file=out,
+            )
+            for f in t["failed"]:
+                print(f"  {f['kind']}: {f['name']}: {f['message']}", file=out)
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    import time as _time
+
+    history = _history(_workspace_of(args), err)
+    try:
+        run_id = history.resolve(args.run)
+        names = [args.stage] if args.stage else [st.name for st in history.stages(run_id)]
+        if args.stage and args.stage not in {st.name for st in history.stages(run_id)}:
+            raise UsageError(f"Run {run_id} has no stage '{args.stage}'")
+        offsets = {n: 0 for n in names}
+        while True:
+            for name in names:
+                path = history.log_path(run_id, name)
+                if not path.exists():
+                    continue
+                with open(path, encoding="utf-8") as f:
+                    f.seek(offsets[name])
+                    chunk = f.read()
+                    offsets[name] = f.tell()
+                for line in chunk.splitlines():
+                    print(f"{name} | {line}" if len(names) > 1 else line, file=out)
+            out.flush()
+            if not args.follow or history.run(run_id).status != "running":
+                break
+            _time.sleep(0.3)
+            if not args.stage:
+                for st in history.stages(run_id):
+                    if st.name not in offsets:
+                        names.append(st.name)
+                        offsets[st.name] = 0
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_artifacts(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    import shutil
+
+    history = _history(_workspace_of(args), err)
+    try:
+        run_id = history.resolve(args.run)
+        arts = history.artifacts(run_id)
+        if not arts:
+            print(f"run {run_id} archived no files", file=out)
+            return 0
+        dest = Path(args.dest or f"artifacts-{run_id}").resolve()
+        for a in arts:
+            target = (dest / a["path"].lstrip("/")).resolve()
+            if not target.is_relative_to(dest):
+                raise UsageError(f"artifact path {a['path']} would leave {dest}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(history.artifact_file(a["sha256"]), target)
+            print(f"{target}", file=out)
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from pipekit._docker import DockerBackend
+
+    history = _history(_workspace_of(args), err)
+    both = not args.results and not args.volumes
+    try:
+        results = history.cache_entries()
+        backend = DockerBackend()
+        try:
+            backend.check()
+            volumes = backend.cache_volumes()
+        except PipekitError:
+            backend, volumes = None, []  # type: ignore[assignment]
+        if args.action == "list":
+            print(f"{len(results)} cached stage results in {history.db_path}", file=out)
+            for r in results:
+                print(f"  {r['stage']}  from run {r['run_id']}  {_when(r['created'])}", file=out)
+            print(f"{len(volumes)} cache volumes", file=out)
+            for v in volumes:
+                print(f"  {v['name']}  stage {v['stage']}  {v['created']}", file=out)
+            return 0
+        if both or args.results:
+            print(f"removed {history.prune_cache()} cached stage results", file=out)
+        if (both or args.volumes) and backend is not None:
+            removed = sum(backend.remove_volume(v["name"]) for v in volumes)
+            print(f"removed {removed} cache volumes", file=out)
+    finally:
+        history.close()
+    return 0
+
+
+HISTORY_COMMANDS = {
+    "runs": cmd_runs,
+    "show": cmd_show,
+    "logs": cmd_logs,
+    "artifacts": cmd_artifacts,
+    "cache": cmd_cache,
+}

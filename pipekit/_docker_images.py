@@ -1,0 +1,220 @@
+"""The Docker backend's images and registries: pull, build, tag, push and one-shot runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from pipekit._buildkit import BuildProgress, buildkit_build
+from pipekit._docker_engine import (
+    LABEL_MANAGED,
+    LABEL_RUN,
+    LABEL_STAGE,
+    STEP,
+    close_stream,
+    container_name,
+    progress_line,
+    reason,
+    with_tag,
+)
+from pipekit._registry import registry_error, registry_of
+from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, LineSplitter, Origin
+from pipekit.exceptions import BackendError, ImageNotFound, RegistryError
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = ["DockerImages"]
+
+
+class DockerImages:
+    """The image half of :class:`pipekit._docker.DockerBackend` (a mixin: it needs ``client``
+    and ``_remove``)."""
+
+    _lock: threading.Lock
+    _image_locks: dict[str, threading.Lock]
+    _ready_images: set[str]
+
+    @property
+    def client(self) -> docker.DockerClient:
+        raise NotImplementedError
+
+    def _remove(self, container_id: str) -> None:
+        raise NotImplementedError
+
+    def ensure_image(self, image: str) -> None:
+        """Make sure ``image`` is in the engine, pulling it once if it is not."""
+        from docker.errors import APIError, DockerException
+        from docker.errors import ImageNotFound as DockerImageNotFound
+
+        with self._lock:
+            if image in self._ready_images:
+                return
+            lock = self._image_locks.setdefault(image, threading.Lock())
+        with lock:
+            if image in self._ready_images:
+                return
+            try:
+                self.client.images.get(image)
+            except DockerImageNotFound:
+                try:
+                    self.client.images.pull(with_tag(image))
+                except (APIError, DockerException) as e:
+                    raise ImageNotFound(
+                        f"Image '{image}' is not in the Docker engine and could not be pulled:"
+                        f" {reason(e)}. Build or pull it first, or map it to a local image with"
+                        f" --image-map {image}=LOCAL_IMAGE",
+                        image=image,
+                    ) from e
+            except DockerException as e:
+                raise BackendError(f"Cannot look up image '{image}': {reason(e)}") from e
+            with self._lock:
+                self._ready_images.add(image)
+
+    def image_id(self, origin: Origin, image: str) -> str:
+        self.ensure_image(image)
+        return str(self.client.images.get(image).id)
+
+    # -- images and registries -------------------------------------------------------------
+    def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
+        if spec.secrets:
+            image_id = buildkit_build(spec, on_line)
+        else:
+            image_id = self._build_classic(spec, on_line)
+        return Image(id=image_id, tags=(spec.tag,) if spec.tag else ())
+
+    def _build_classic(self, spec: BuildSpec, on_line: LineSink) -> str:
+        from docker.errors import APIError, DockerException
+
+        progress = BuildProgress(on_line, STEP)
+        image_id = None
+        splitter = LineSplitter("stdout", progress)
+        try:
+            for chunk in self.client.api.build(
+                path=str(spec.context),
+                dockerfile=spec.dockerfile,
+                tag=spec.tag,
+                buildargs=dict(spec.build_args) or None,
+                target=spec.target,
+                labels=dict(spec.labels) or None,
+                rm=True,
+                forcerm=True,
+                decode=True,
+            ):
+                if "stream" in chunk:
+                    splitter.feed(chunk["stream"].encode())
+                if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+                if "error" in chunk:
+                    splitter.close()
+                    raise progress.failed(spec.stage, chunk["error"].strip())
+            splitter.close()
+        except (APIError, DockerException) as e:
+            raise progress.failed(spec.stage, reason(e)) from e
+        if image_id is None and spec.tag:
+            image_id = self.client.images.get(spec.tag).id
+        if image_id is None:
+            raise progress.failed(spec.stage, "the engine returned no image id")
+        return str(image_id)
+
+    def tag(self, origin: Origin, image: Image, ref: str) -> Image:
+        from docker.errors import APIError
+        from docker.utils import parse_repository_tag
+
+        repo, tag = parse_repository_tag(ref)
+        try:
+            self.client.api.tag(image.id, repo, tag or "latest")
+        except APIError as e:
+            raise registry_error(reason(e), ref, "tag") from e
+        full = ref if tag else f"{ref}:latest"
+        return Image(id=image.id, tags=(full, *(t for t in image.tags if t != full)))
+
+    def push(self, origin: Origin, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> str:
+        from docker.errors import APIError, DockerException
+        from docker.utils import parse_repository_tag
+
+        repo, tag = parse_repository_tag(ref)
+        digest = None
+        try:
+            for chunk in self.client.api.push(
+                repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
+            ):
+                if "error" in chunk:
+                    raise registry_error(chunk["error"], ref, "push to")
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = aux["Digest"]
+                progress_line(chunk, on_line)
+        except (APIError, DockerException) as e:
+            raise registry_error(reason(e), ref, "push to") from e
+        if not digest:
+            raise RegistryError(
+                f"Pushed {ref} but the registry reported no digest", registry=registry_of(ref), reference=ref
+            )
+        return str(digest)
+
+    def pull(self, origin: Origin, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> Image:
+        from docker.errors import APIError, DockerException
+        from docker.utils import parse_repository_tag
+
+        repo, tag = parse_repository_tag(ref)
+        try:
+            for chunk in self.client.api.pull(
+                repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
+            ):
+                if "error" in chunk:
+                    raise registry_error(chunk["error"], ref, "pull from")
+                progress_line(chunk, on_line)
+            image = self.client.images.get(ref if tag else f"{ref}:latest")
+        except (APIError, DockerException) as e:
+            raise registry_error(reason(e), ref, "pull from") from e
+        with self._lock:
+            self._ready_images.add(ref)
+        return Image(id=str(image.id), tags=tuple(image.tags))
+
+    def run_once(
+        self,
+        origin: Origin,
+        image: str,
+        command: list[str] | None,
+        env: Mapping[str, str],
+        on_line: LineSink,
+    ) -> CommandResult:
+        from docker.errors import APIError
+        from docker.utils.socket import STDERR, frames_iter
+
+        run_id, stage = origin.run_id, origin.stage
+        self.ensure_image(image)
+        api = self.client.api
+        start = time.monotonic()
+        shown = " ".join(command) if command else "(the image's command)"
+        try:
+            cid = api.create_container(
+                image,
+                command=command,
+                environment=dict(env),
+                labels={LABEL_MANAGED: "true", LABEL_RUN: run_id, LABEL_STAGE: stage},
+                name=container_name(run_id, f"{stage}-run"),
+            )["Id"]
+        except APIError as e:
+            raise BackendError(f"Cannot create a container from '{image}' in stage '{stage}': {reason(e)}") from e
+        out, err = LineSplitter("stdout", on_line), LineSplitter("stderr", on_line)
+        try:
+            sock = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
+            try:
+                api.start(cid)
+                for stream_id, data in frames_iter(sock, tty=False):
+                    (err if stream_id == STDERR else out).feed(data)
+            finally:
+                close_stream(sock)
+            code = api.wait(cid).get("StatusCode", 137)
+        except APIError as e:
+            why = reason(e)
+            if "executable file not found" in why or "not found" in why:
+                return CommandResult(shown, 127, out.close(), err.close() + why + "\n", time.monotonic() - start)
+            raise BackendError(f"Cannot run '{image}' in stage '{stage}': {why}") from e
+        finally:
+            self._remove(cid)
+        return CommandResult(shown, int(code), out.close(), err.close(), time.monotonic() - start)

@@ -1,0 +1,61 @@
+"""What every stage of one run shares: its id, resolved plan, backends, secrets and records.
+
+Made once by the run setup (``_session.py``) and handed to the scheduler and to each
+:class:`pipekit._stagerun.StageRun`; nothing in it changes while the run goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from pipekit._context import StageRecords
+from pipekit._params import Params
+from pipekit._resolve import ResolvedPlan, ResolvedStage
+from pipekit._secrets import SecretStore
+from pipekit.backend import ImageBackend, StageBackend
+
+__all__ = ["CacheLookup", "Run"]
+
+#: Looks a cache key up: (the run that stored it, the stored output as JSON), or None.
+CacheLookup = Callable[[str], "tuple[str, str] | None"]
+
+
+@attrs.define
+class Run:
+    """One run's shared parts. ``backend`` takes container stages (and host stages when it
+    ``runs_host_stages``); ``host`` takes the other host stages; ``images`` serves ``ctx.docker``."""
+
+    run_id: str
+    resolved: ResolvedPlan
+    backend: StageBackend
+    host: StageBackend
+    images: ImageBackend
+    secrets: SecretStore
+    params: Params
+    records: StageRecords
+    log: Any
+    cache: CacheLookup | None = None
+    record_outputs: bool = False
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+    def backend_for(self, r: ResolvedStage) -> StageBackend:
+        """Where a stage runs: chosen by capability, never by type."""
+        if r.on_host and not self.backend.runs_host_stages:
+            return self.host
+        return self.backend
+
+    def backends(self) -> list[StageBackend]:
+        return [self.backend] if self.host is self.backend else [self.backend, self.host]
+
+    def cleanup(self) -> None:
+        """Remove whatever the run left on any backend."""
+        for b in self.backends():
+            try:
+                b.cleanup(self.run_id)
+            except Exception as e:  # never hide the run's own outcome
+                self.log.warning("cleanup failed", backend=b.name, error=str(e))

@@ -1,0 +1,126 @@
+"""Running a set-up run: backends, history, resume and cache, then the scheduler."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pipekit._context import MaskedRecords, MemoryRecords, StageRecords
+from pipekit._results import RunObserver, RunResult
+from pipekit._run import CacheLookup, Run
+from pipekit._scheduler import Scheduler
+from pipekit._session import RunSetup, restorable
+from pipekit.exceptions import UsageError
+
+__all__ = ["container_backend", "open_history", "run_setup"]
+
+
+def container_backend(workspace_mode: str | None = None) -> Any:
+    """The default backend: the Docker engine of ``DOCKER_HOST`` (or the local socket)."""
+    from pipekit._docker import DockerBackend
+
+    return DockerBackend(workspace=workspace_mode)
+
+
+def open_history(workspace: Path, backend: Any = None, warn: Any = None) -> Any:
+    """The workspace's run history, with runs whose process died marked interrupted (and what
+    they left removed, when the backend answers)."""
+    from pipekit._history import History
+    from pipekit.exceptions import BackendError
+
+    history = History(workspace, warn=warn)
+    if backend is None:
+        backend = container_backend()
+    try:
+        backend.check()
+        cleanup = backend.cleanup
+    except BackendError:
+        cleanup = None
+    history.reap(cleanup=cleanup)
+    return history
+
+
+@attrs.define
+class _Recording:
+    """What recording a run in the history adds to it."""
+
+    observers: list[Any] = attrs.field(factory=list)
+    processors: list[Any] = attrs.field(factory=list)
+    records: StageRecords | None = None
+    cache: CacheLookup | None = None
+    restore: dict[str, tuple[str, str]] = attrs.field(factory=dict)
+    history: Any = None
+
+
+def _recording(setup: RunSetup, backend: Any) -> _Recording:
+    from pipekit._history import HistoryRecorder, redact_argv
+
+    r = setup.request
+    history = open_history(setup.workspace, backend, r.warn)
+    rec = _Recording(history=history)
+    resumed_from = None
+    if r.resume is not None:
+        resumed_from = history.resolve(r.resume) if r.resume else history.last_run_of(setup.pipeline.path or "")
+        if resumed_from is None:
+            history.close()
+            raise UsageError(f"--resume: no earlier run of {setup.pipeline.path} is recorded in {history.dir}")
+        rec.restore = restorable(history.stages(resumed_from), setup.plan.order, resumed_from)
+    recorder = HistoryRecorder(
+        history,
+        argv=redact_argv(["pipekit", *r.argv], setup.secrets.masker.mask),
+        branch=setup.info.branch,
+        resumed_from=resumed_from,
+    )
+    rec.observers.append(recorder)
+    rec.records = recorder
+    rec.processors.append(history.log_processor(setup.run_id))
+    rec.cache = history.cache_get if r.use_cache else None
+    return rec
+
+
+def _host_backend(given: Any, backend: Any) -> Any:
+    if given is not None:
+        return given
+    if backend.runs_host_stages:
+        return backend
+    from pipekit._host import HostBackend
+
+    return HostBackend()
+
+
+def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResult:
+    """Run a set-up request to its end and return how it ended."""
+    r = setup.request
+    backend = r.backend if r.backend is not None else container_backend(r.workspace_mode)
+    timeout = setup.timeout
+    _ = setup.plan  # raises the first pipeline error, before anything is checked or recorded
+    rec = _recording(setup, backend) if r.record else _Recording()
+    try:
+        resolved = setup.resolved(rec.restore)
+        if resolved.needs_container_backend:
+            backend.check()
+        run = Run(
+            run_id=setup.run_id,
+            resolved=resolved,
+            backend=backend,
+            host=_host_backend(r.host, backend),
+            images=backend,
+            secrets=setup.secrets,
+            params=setup.params,
+            records=MaskedRecords(rec.records or r.records or MemoryRecords(), setup.secrets.masker),
+            log=setup.logger(rec.processors),
+            cache=rec.cache,
+            record_outputs=r.record or bool(observers),
+            clock=r.clock or time.monotonic,
+        )
+        scheduler = Scheduler(
+            run, jobs=r.jobs, fail_fast=r.fail_fast, timeout=timeout, observers=[*rec.observers, *observers]
+        )
+        return scheduler.execute()
+    finally:
+        if rec.history is not None:
+            rec.history.close()

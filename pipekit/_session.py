@@ -1,0 +1,187 @@
+"""One way in: every run is set up here, from a :class:`RunRequest`.
+
+The command line, :func:`pipekit.run` and :class:`pipekit.testing.PipelineRunner` only fill in a
+request; loading, validation, parameters and secrets, the run's information (branch, changed
+files), resume and cache choices, history recording, the backends and logging are decided here,
+the same way for all three.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from pipekit._conditions import RunInfo
+from pipekit._context import StageRecords
+from pipekit._control import parse_duration
+from pipekit._graph import Plan, find_errors, plan
+from pipekit._loader import load
+from pipekit._logging import Processor, make_logger
+from pipekit._params import Params, resolve_params
+from pipekit._resolve import ResolvedPlan, resolve
+from pipekit._results import RunObserver, RunResult, StageStatus
+from pipekit._secrets import SecretStore, parse_dotenv
+from pipekit._stage import Pipeline
+from pipekit._util import new_run_id
+from pipekit.exceptions import PipelineError, UsageError
+
+__all__ = ["RunRequest", "RunSetup", "execute", "restorable", "setup"]
+
+
+@attrs.frozen(kw_only=True)
+class RunRequest:
+    """Everything a run can be asked for. Every field has the command line's default."""
+
+    pipeline: Pipeline | str | os.PathLike[str] = "pipeline.py"
+    targets: Sequence[str] = ()
+    jobs: int = 4
+    fail_fast: bool = False
+    timeout: float | str | None = None  # the whole run: seconds or '30m'
+    params: Mapping[str, Any] = attrs.field(factory=dict)  # text (as from --param) or typed values
+    secrets: Mapping[str, str] | None = attrs.field(default=None, repr=False)  # values, like a secrets file
+    secrets_file: str | os.PathLike[str] | None = None
+    environ: Mapping[str, str] | None = attrs.field(default=None, repr=False)  # None: this process's
+    branch: str | None = None
+    changed: Sequence[str] | None = None  # changed files for pk.changed; None: ask git
+    changed_base: str | None = None
+    image_map: Mapping[str, str] = attrs.field(factory=dict)
+    workspace: Path | None = None  # for a pipeline made in code (default: the current folder)
+    workspace_mode: str | None = None  # auto, mount or copy: how the Docker backend gives stages the workspace
+    backend: Any = None  # a pipekit.backend.Backend; None: the Docker backend
+    host: Any = None  # the backend of stages without an image; None: this machine (or ``backend``
+    # itself when it runs host stages)
+    record: bool = False  # keep the run in the history (.pipekit/)
+    resume: str | None = None  # a run id, or "" for the last run of this pipeline
+    use_cache: bool = True
+    log_format: str = "console"
+    log_file: IO[str] | None = None
+    verbose: bool = False
+    log_processors: Sequence[Processor] = ()
+    records: StageRecords | None = None  # where artifacts and test reports go without a history
+    argv: Sequence[str] = ()
+    run_id: str | None = None
+    warn: Callable[[str], None] | None = None  # where warnings about the history go
+    clock: Callable[[], float] | None = None
+
+
+def _load(request: RunRequest) -> Pipeline:
+    p = request.pipeline
+    return p if isinstance(p, Pipeline) else load(p)
+
+
+@attrs.define
+class RunSetup:
+    """A request made concrete: the pipeline, its plan, params, secrets and what the run knows."""
+
+    request: RunRequest
+    pipeline: Pipeline
+    errors: list[PipelineError]
+    run_id: str = attrs.field(factory=new_run_id)
+    _plan: Plan | None = None
+    _params: Params | None = None
+    _secrets: SecretStore | None = None
+    _info: RunInfo | None = None
+
+    @property
+    def workspace(self) -> Path:
+        if self.pipeline.path:
+            return Path(self.pipeline.path).parent
+        return self.request.workspace or Path.cwd()
+
+    @property
+    def plan(self) -> Plan:
+        if self.errors:
+            raise self.errors[0]
+        if self._plan is None:
+            self._plan = plan(self.pipeline, tuple(self.request.targets), validated=True)
+        return self._plan
+
+    @property
+    def params(self) -> Params:
+        if self._params is None:
+            given = {k: v if isinstance(v, str) else str(v) for k, v in self.request.params.items()}
+            self._params = resolve_params(self.pipeline.params.values(), given)
+        return self._params
+
+    @property
+    def secrets(self) -> SecretStore:
+        if self._secrets is None:
+            r = self.request
+            values = dict(parse_dotenv(Path(r.secrets_file)) if r.secrets_file else {})
+            values.update(r.secrets or {})
+            self._secrets = SecretStore(file_values=values, environ=r.environ)
+            self._secrets.preload(self.pipeline.secret_names)
+        return self._secrets
+
+    @property
+    def info(self) -> RunInfo:
+        if self._info is None:
+            r = self.request
+            self._info = RunInfo(
+                workspace=self.workspace,
+                branch=r.branch,
+                environ=r.environ,
+                params=self.params,
+                changed_files=list(r.changed) if r.changed is not None else None,
+                changed_base=r.changed_base,
+            )
+        return self._info
+
+    @property
+    def timeout(self) -> float | None:
+        try:
+            return parse_duration(self.request.timeout, "--timeout")
+        except PipelineError as e:
+            raise UsageError(e.message) from None
+
+    def resolved(self, restore: Mapping[str, tuple[str, str]] | None = None) -> ResolvedPlan:
+        """The plan with everything decided that needs no backend (what --dry-run prints)."""
+        return resolve(
+            self.plan, workspace=self.workspace, info=self.info, image_map=self.request.image_map, restore=restore
+        )
+
+    def dry_run(self) -> ResolvedPlan:
+        resolved = self.resolved()
+        for message in resolved.condition_errors.values():
+            raise UsageError(message)
+        return resolved
+
+    def logger(self, processors: Sequence[Processor] = ()) -> Any:
+        r = self.request
+        # the masker runs first, so no processor or renderer ever sees a secret
+        chain: list[Processor] = [self.secrets.masker, *r.log_processors, *processors]
+        return make_logger(r.log_format, file=r.log_file, level=10 if r.verbose else 20, processors=chain)
+
+    def execute(self, observers: Sequence[RunObserver] = ()) -> RunResult:
+        from pipekit._runner import run_setup
+
+        return run_setup(self, observers)
+
+
+def setup(request: RunRequest) -> RunSetup:
+    """Load and validate the request's pipeline; every problem is in ``errors``."""
+    if request.jobs < 1:
+        raise UsageError(f"--jobs must be 1 or more, got {request.jobs}")
+    pipeline = _load(request)
+    return RunSetup(
+        request=request, pipeline=pipeline, errors=find_errors(pipeline), run_id=request.run_id or new_run_id()
+    )
+
+
+def execute(request: RunRequest) -> RunResult:
+    """Set up and run: what ``pipekit run``, ``pk.run`` and the test runner all do."""
+    return setup(request).execute()
+
+
+def restorable(rows: Sequence[Any], order: Sequence[str], from_run: str) -> dict[str, tuple[str, str]]:
+    """What ``--resume`` takes from an earlier run: the stored outputs of stages that ended well."""
+    ok = (StageStatus.SUCCEEDED, StageStatus.CACHED, StageStatus.RESTORED)
+    return {
+        row.name: (from_run, row.output)
+        for row in rows
+        if row.status in ok and row.output is not None and row.name in order
+    }
