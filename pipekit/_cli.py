@@ -37,22 +37,19 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `pipekit {self.prog.split()[-1]} --help`)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pipekit", description="Run CI/CD pipelines written in Python.")
-    parser.add_argument("--version", action="version", version=f"pipekit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def _with_file(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "-f",
+        "--file",
+        default="pipeline.py",
+        metavar="PATH",
+        help="the pipeline file, or a folder holding pipeline.py (default: ./pipeline.py)",
+    )
+    return p
 
-    def with_file(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "-f",
-            "--file",
-            default="pipeline.py",
-            metavar="PATH",
-            help="the pipeline file, or a folder holding pipeline.py (default: ./pipeline.py)",
-        )
-        return p
 
-    run = with_file(sub.add_parser("run", help="run the pipeline (or the named stages and what they need)"))
+def _add_run(sub: Any) -> None:
+    run = _with_file(sub.add_parser("run", help="run the pipeline (or the named stages and what they need)"))
     run.add_argument("stages", nargs="*", metavar="STAGE", help="stages to run, with everything upstream")
     run.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="stages run at once (default 4)")
     run.add_argument("--fail-fast", action="store_true", help="when a stage fails, stop the running ones too")
@@ -82,21 +79,6 @@ def _parser() -> argparse.ArgumentParser:
         " (mount for a local engine, copy for DOCKER_HOST=tcp:// or ssh://; also $PIPEKIT_WORKSPACE)",
     )
 
-    runs = with_file(sub.add_parser("runs", help="list the recent runs of this workspace"))
-    runs.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="how many (default 20)")
-    show = with_file(sub.add_parser("show", help="show a run: stages, durations, errors, artifacts, tests"))
-    show.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
-    logs = with_file(sub.add_parser("logs", help="print a run's logs (one stage's, or all)"))
-    logs.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
-    logs.add_argument("stage", nargs="?", metavar="STAGE")
-    logs.add_argument("--follow", action="store_true", help="keep printing until the run ends")
-    arts = with_file(sub.add_parser("artifacts", help="copy a run's archived files out"))
-    arts.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
-    arts.add_argument("--dest", metavar="DIR", help="where to put them (default ./artifacts-RUN)")
-    cache = with_file(sub.add_parser("cache", help="list or prune cached stage results and cache volumes"))
-    cache.add_argument("action", choices=("list", "prune"))
-    cache.add_argument("--results", action="store_true", help="prune only the cached stage results")
-    cache.add_argument("--volumes", action="store_true", help="prune only the cache volumes (cache_dirs=)")
     run.add_argument(
         "-p",
         "--param",
@@ -115,10 +97,36 @@ def _parser() -> argparse.ArgumentParser:
         metavar="IMAGE=LOCAL",
         help=f"run stages that ask for IMAGE in LOCAL instead (repeatable; also ${IMAGE_MAP_ENV}=A=B,C=D)",
     )
-    with_file(sub.add_parser("list", help="list the stages, their images and dependencies"))
-    graph = with_file(sub.add_parser("graph", help="print the stage graph"))
+
+
+def _add_history(sub: Any) -> None:
+    runs = _with_file(sub.add_parser("runs", help="list the recent runs of this workspace"))
+    runs.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    show = _with_file(sub.add_parser("show", help="show a run: stages, durations, errors, artifacts, tests"))
+    show.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
+    logs = _with_file(sub.add_parser("logs", help="print a run's logs (one stage's, or all)"))
+    logs.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
+    logs.add_argument("stage", nargs="?", metavar="STAGE")
+    logs.add_argument("--follow", action="store_true", help="keep printing until the run ends")
+    arts = _with_file(sub.add_parser("artifacts", help="copy a run's archived files out"))
+    arts.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
+    arts.add_argument("--dest", metavar="DIR", help="where to put them (default ./artifacts-RUN)")
+    cache = _with_file(sub.add_parser("cache", help="list or prune cached stage results and cache volumes"))
+    cache.add_argument("action", choices=("list", "prune"))
+    cache.add_argument("--results", action="store_true", help="prune only the cached stage results")
+    cache.add_argument("--volumes", action="store_true", help="prune only the cache volumes (cache_dirs=)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pipekit", description="Run CI/CD pipelines written in Python.")
+    parser.add_argument("--version", action="version", version=f"pipekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_run(sub)
+    _add_history(sub)
+    _with_file(sub.add_parser("list", help="list the stages, their images and dependencies"))
+    graph = _with_file(sub.add_parser("graph", help="print the stage graph"))
     graph.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
-    with_file(sub.add_parser("validate", help="check the pipeline and report every problem"))
+    _with_file(sub.add_parser("validate", help="check the pipeline and report every problem"))
     return parser
 
 

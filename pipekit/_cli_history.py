@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import IO
 
 from pipekit._history import History
-from pipekit._runner import open_history
+from pipekit._runner import container_backend, open_history
+from pipekit.backend import CacheVolume, CacheVolumes
 from pipekit.exceptions import PipekitError, UsageError
 
 __all__ = ["HISTORY_COMMANDS", "print_error", "table"]
@@ -96,16 +97,15 @@ def cmd_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         if arts:
             print("\nartifacts:", file=out)
             for a in arts:
-                print(f"  {a['stage']}: {a['path']} ({a['size']} bytes, sha256 {a['sha256'][:12]})", file=out)
+                print(f"  {a.stage}: {a.path} ({a.size} bytes, sha256 {a.sha256[:12]})", file=out)
         for t in history.tests(run.id):
-            passed = t["tests"] - t["failures"] - t["errors"] - t["skipped"]
             print(
-                f"\ntests in {t['stage']}: {t['tests']} tests, {passed} passed, {t['failures']} failed,"
-                f" {t['errors']} errors, {t['skipped']} skipped",
+                f"\ntests in {t.stage}: {t.tests} tests, {t.passed} passed, {t.failures} failed,"
+                f" {t.errors} errors, {t.skipped} skipped",
                 file=out,
             )
-            for f in t["failed"]:
-                print(f"  {f['kind']}: {f['name']}: {f['message']}", file=out)
+            for f in t.failed:
+                print(f"  {f.kind}: {f.name}: {f.message}", file=out)
     finally:
         history.close()
     return 0
@@ -158,11 +158,11 @@ def cmd_artifacts(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             return 0
         dest = Path(args.dest or f"artifacts-{run_id}").resolve()
         for a in arts:
-            target = (dest / a["path"].lstrip("/")).resolve()
+            target = (dest / a.path.lstrip("/")).resolve()
             if not target.is_relative_to(dest):
-                raise UsageError(f"artifact path {a['path']} would leave {dest}")
+                raise UsageError(f"artifact path {a.path} would leave {dest}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(history.artifact_file(a["sha256"]), target)
+            shutil.copyfile(history.artifact_file(a.sha256), target)
             print(f"{target}", file=out)
     finally:
         history.close()
@@ -170,30 +170,30 @@ def cmd_artifacts(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_cache(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from pipekit._docker import DockerBackend
-
     history = _history(_workspace_of(args), err)
     both = not args.results and not args.volumes
     try:
         results = history.cache_entries()
-        backend = DockerBackend()
+        backend: CacheVolumes | None = container_backend()
+        volumes: list[CacheVolume] = []
         try:
+            assert isinstance(backend, CacheVolumes)
             backend.check()
             volumes = backend.cache_volumes()
         except PipekitError:
-            backend, volumes = None, []  # type: ignore[assignment]
+            backend = None
         if args.action == "list":
             print(f"{len(results)} cached stage results in {history.db_path}", file=out)
             for r in results:
-                print(f"  {r['stage']}  from run {r['run_id']}  {_when(r['created'])}", file=out)
+                print(f"  {r.stage}  from run {r.run_id}  {_when(r.created)}", file=out)
             print(f"{len(volumes)} cache volumes", file=out)
             for v in volumes:
-                print(f"  {v['name']}  stage {v['stage']}  {v['created']}", file=out)
+                print(f"  {v.name}  stage {v.stage}  {v.created}", file=out)
             return 0
         if both or args.results:
             print(f"removed {history.prune_cache()} cached stage results", file=out)
         if (both or args.volumes) and backend is not None:
-            removed = sum(backend.remove_volume(v["name"]) for v in volumes)
+            removed = sum(backend.remove_volume(v.name) for v in volumes)
             print(f"removed {removed} cache volumes", file=out)
     finally:
         history.close()

@@ -8,10 +8,19 @@ from typing import Any
 
 import attrs
 
+from pipekit._cache import CacheInputs
 from pipekit._secrets import Secret
 from pipekit.exceptions import PipelineError
 
-__all__ = ["POST_WHEN", "Outcome", "Service", "normalize_post", "parse_duration", "format_duration"]
+__all__ = [
+    "POST_WHEN",
+    "Outcome",
+    "Service",
+    "check_stage_options",
+    "normalize_post",
+    "parse_duration",
+    "format_duration",
+]
 
 #: When post actions run, in this order (Jenkins' ``post`` sections).
 POST_WHEN = ("always", "success", "failure", "cleanup")
@@ -108,3 +117,38 @@ def normalize_post(
                 raise PipelineError(f"post['{when}'] takes functions (ctx, outcome), got {a!r}", location=where)
         out[when] = items
     return out
+
+
+def check_stage_options(
+    bad: Callable[[str], PipelineError],
+    has_image: bool,
+    dockerfile: str | None,
+    retries: int,
+    backoff: float,
+    services: Sequence[Service],
+    resource: str | None,
+    cache: CacheInputs | None,
+    cache_dirs: Sequence[str],
+    timeout: float | str | None,
+) -> float | None:
+    """Misuse of a stage option fails at decoration time, saying what was expected; the timeout
+    in seconds."""
+    if dockerfile is not None and has_image:
+        raise bad("give image= or dockerfile=, not both")
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise bad(f"retries= takes a whole number of retries (0 or more), got {retries!r}")
+    if not isinstance(backoff, (int, float)) or backoff < 0:
+        raise bad(f"backoff= takes seconds (0 or more), got {backoff!r}")
+    for svc in services:
+        if not isinstance(svc, Service):
+            raise bad(f"services= takes pk.Service(...) objects, got {svc!r}")
+    if resource is not None and (not isinstance(resource, str) or not resource):
+        raise bad(f"resource= takes a name, got {resource!r}")
+    if cache is not None and not isinstance(cache, CacheInputs):
+        raise bad(f"cache= takes pk.inputs(...), got {cache!r}")
+    if isinstance(cache_dirs, str) or not all(isinstance(d, str) and d.startswith("/") for d in cache_dirs):
+        raise bad(f"cache_dirs= takes absolute paths in the container, like ['/root/.cache/pip'], got {cache_dirs!r}")
+    try:
+        return parse_duration(timeout)
+    except PipelineError as e:
+        raise bad(e.message) from None

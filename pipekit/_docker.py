@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -37,7 +37,7 @@ from pipekit._docker_engine import (
 )
 from pipekit._docker_images import DockerImages
 from pipekit._util import slug
-from pipekit.backend import CommandResult, LineSink, LineSplitter, ServiceSpec, StageHandle, StageSpec
+from pipekit.backend import CacheVolume, CommandResult, LineSink, LineSplitter, ServiceSpec, StageHandle, StageSpec
 from pipekit.exceptions import BackendError, StageFailed, UsageError
 
 if TYPE_CHECKING:
@@ -207,15 +207,11 @@ class DockerBackend(DockerImages):
         except NotFound:
             self.client.api.create_volume(name, labels={LABEL_CACHE: "true", LABEL_STAGE: spec.stage})
 
-    def cache_volumes(self) -> list[dict[str, Any]]:
-        """The cache volumes in the engine: name, stage, created."""
+    def cache_volumes(self) -> list[CacheVolume]:
+        """The cache volumes in the engine."""
         listing = self.client.api.volumes(filters={"label": LABEL_CACHE}) or {}
         return [
-            {
-                "name": v["Name"],
-                "stage": (v.get("Labels") or {}).get(LABEL_STAGE, "?"),
-                "created": v.get("CreatedAt", ""),
-            }
+            CacheVolume(v["Name"], (v.get("Labels") or {}).get(LABEL_STAGE, "?"), v.get("CreatedAt", ""))
             for v in listing.get("Volumes") or []
         ]
 

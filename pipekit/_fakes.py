@@ -50,6 +50,10 @@ class Call:
     ref: str | None = None
     image: str | None = None
 
+    def masked(self, mask: Callable[[str], str]) -> Call:
+        """The call as a test sees it: every known secret value masked."""
+        return attrs.evolve(self, text=mask(self.text), env={k: mask(v) for k, v in self.env.items()})
+
 
 @attrs.frozen
 class _Response:

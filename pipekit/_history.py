@@ -16,7 +16,6 @@ import contextlib
 import getpass
 import json
 import os
-import re
 import socket
 import sqlite3
 import threading
@@ -25,13 +24,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
-
+from pipekit._history_rows import ArtifactRow, CacheRow, RunRow, StageRow, TestRow
 from pipekit._logging import ConsoleRenderer
 from pipekit._reports import TestReport
+from pipekit._util import slug
 from pipekit.exceptions import UsageError
 
-__all__ = ["History", "RunRow", "StageRow"]
+__all__ = ["History"]
 
 DIRNAME = ".pipekit"
 SCHEMA = """
@@ -54,49 +53,6 @@ CREATE TABLE IF NOT EXISTS tests (
 CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, run_id TEXT, stage TEXT, output TEXT, created REAL);
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
 """
-
-
-@attrs.frozen
-class RunRow:
-    id: str
-    pipeline: str
-    path: str
-    branch: str | None
-    git_commit: str | None
-    argv: str
-    user: str
-    host: str
-    pid: int
-    started: float
-    ended: float | None
-    status: str
-    resumed_from: str | None
-
-    @property
-    def duration_s(self) -> float | None:
-        return round(self.ended - self.started, 3) if self.ended else None
-
-
-@attrs.frozen
-class StageRow:
-    run_id: str
-    name: str
-    position: int
-    status: str
-    attempts: int
-    started: float | None
-    duration_s: float | None
-    exit_code: int | None
-    error: str | None
-    reason: str | None
-    cache_hit: bool
-    cache_key: str | None
-    output: str | None
-    output_stored: bool
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", text) or "_"
 
 
 class History:
@@ -271,7 +227,7 @@ class History:
 
     # -- logs -----------------------------------------------------------------------------
     def log_path(self, run_id: str, stage: str) -> Path:
-        return self.dir / "logs" / run_id / f"{_slug(stage)}.log"
+        return self.dir / "logs" / run_id / f"{slug(stage, keep='_.=,-')}.log"
 
     def log_processor(self, run_id: str) -> Callable[[Any, str, Any], Any]:
         """A structlog processor (after the masker) that appends each stage's events to its file."""
@@ -332,8 +288,9 @@ class History:
         rows = self._query("SELECT run_id, output FROM cache WHERE key = ?", (key,))
         return (rows[0]["run_id"], rows[0]["output"]) if rows else None
 
-    def cache_entries(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query("SELECT key, run_id, stage, created FROM cache ORDER BY created DESC")]
+    def cache_entries(self) -> list[CacheRow]:
+        rows = self._query("SELECT key, run_id, stage, created FROM cache ORDER BY created DESC")
+        return [CacheRow(**dict(r)) for r in rows]
 
     def prune_cache(self) -> int:
         with self._tx() as db:
@@ -372,14 +329,13 @@ class History:
             for r in rows
         ]
 
-    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
-        return [
-            dict(r) for r in self._query("SELECT * FROM artifacts WHERE run_id = ? ORDER BY stage, path", (run_id,))
-        ]
+    def artifacts(self, run_id: str) -> list[ArtifactRow]:
+        rows = self._query("SELECT * FROM artifacts WHERE run_id = ? ORDER BY stage, path", (run_id,))
+        return [ArtifactRow(**dict(r)) for r in rows]
 
-    def tests(self, run_id: str) -> list[dict[str, Any]]:
+    def tests(self, run_id: str) -> list[TestRow]:
         rows = self._query("SELECT * FROM tests WHERE run_id = ? ORDER BY stage", (run_id,))
-        return [{**dict(r), "failed": json.loads(r["failed"]), "files": json.loads(r["files"])} for r in rows]
+        return [TestRow.from_db(dict(r)) for r in rows]
 
     def artifact_file(self, digest: str) -> Path:
         return self.dir / "artifacts" / digest
@@ -442,70 +398,3 @@ def _user() -> str:
 def _strip_prefix(line: str) -> str:
     """Stage log files hold the stage's lines without the 'stage |' prefix of the console."""
     return "\n".join(part.split(" | ", 1)[1] if " | " in part else part for part in line.split("\n"))
-
-
-def redact_argv(argv: list[str], mask: Callable[[str], str]) -> str:
-    """The command line as recorded, with every known secret value masked."""
-    return " ".join(mask(a) for a in argv)
-
-
-class HistoryRecorder:
-    """Records a run into a :class:`History`: the executor's observer and its stage records."""
-
-    def __init__(self, history: History, *, argv: str, branch: str | None, resumed_from: str | None = None) -> None:
-        self.history = history
-        self.argv = argv
-        self.branch = branch
-        self.resumed_from = resumed_from
-        self.run_id = ""
-
-    def run_started(self, run_id: str, plan: Any) -> None:
-        self.run_id = run_id
-        path = plan.pipeline.path or ""
-        self.history.start_run(
-            run_id,
-            pipeline=plan.pipeline.name,
-            path=path,
-            branch=self.branch,
-            git_commit=_git_commit(Path(path).parent if path else Path.cwd()),
-            argv=self.argv,
-            resumed_from=self.resumed_from,
-        )
-
-    def stage_started(self, run_id: str, name: str, position: int) -> None:
-        self.history.stage_started(run_id, name, position)
-
-    def stage_finished(self, run_id: str, result: Any, position: int) -> None:
-        self.history.stage_finished(
-            run_id,
-            result.name,
-            position,
-            status=result.status,
-            attempts=result.attempts,
-            duration_s=result.duration_s,
-            exit_code=result.exit_code,
-            error=result.error,
-            reason=result.reason,
-            cache_hit=result.status == "cached",
-            cache_key=result.cache_key,
-            output=result.output_json,
-        )
-
-    def run_finished(self, run_id: str, result: Any) -> None:
-        self.history.finish_run(run_id, result.status)
-
-    def add_artifact(self, stage: str, path: str, data: bytes) -> str:
-        return self.history.add_artifact(self.run_id, stage, path, data)
-
-    def add_tests(self, stage: str, report: TestReport) -> None:
-        self.history.add_tests(self.run_id, stage, report)
-
-
-def _git_commit(workspace: Path) -> str | None:
-    import subprocess
-
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None

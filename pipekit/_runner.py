@@ -57,7 +57,7 @@ class _Recording:
 
 
 def _recording(setup: RunSetup, backend: Any) -> _Recording:
-    from pipekit._history import HistoryRecorder, redact_argv
+    from pipekit._recorder import HistoryRecorder, redact_argv
 
     r = setup.request
     history = open_history(setup.workspace, backend, r.warn)

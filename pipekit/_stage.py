@@ -16,7 +16,7 @@ import attrs
 
 from pipekit._cache import CacheInputs
 from pipekit._conditions import Condition, to_condition
-from pipekit._control import PostAction, Service, normalize_post, parse_duration
+from pipekit._control import PostAction, Service, check_stage_options, normalize_post
 from pipekit._matrix import validate_matrix
 from pipekit._params import Param
 from pipekit._secrets import Secret
@@ -215,25 +215,8 @@ def _make_stage(
 
     if image is not None and not isinstance(image, (str, Stage)):
         raise bad(f"image= takes an image name such as 'alpine:3.20' or a stage that returns a pk.Image, got {image!r}")
-    if dockerfile is not None and image is not None:
-        raise bad("give image= or dockerfile=, not both")
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise bad(f"retries= takes a whole number of retries (0 or more), got {retries!r}")
-    if not isinstance(backoff, (int, float)) or backoff < 0:
-        raise bad(f"backoff= takes seconds (0 or more), got {backoff!r}")
-    for svc in services:
-        if not isinstance(svc, Service):
-            raise bad(f"services= takes pk.Service(...) objects, got {svc!r}")
-    if resource is not None and (not isinstance(resource, str) or not resource):
-        raise bad(f"resource= takes a name, got {resource!r}")
-    if cache is not None and not isinstance(cache, CacheInputs):
-        raise bad(f"cache= takes pk.inputs(...), got {cache!r}")
-    if isinstance(cache_dirs, str) or not all(isinstance(d, str) and d.startswith("/") for d in cache_dirs):
-        raise bad(f"cache_dirs= takes absolute paths in the container, like ['/root/.cache/pip'], got {cache_dirs!r}")
-    try:
-        seconds = parse_duration(timeout)
-    except PipelineError as e:
-        raise bad(e.message) from None
+    options = (dockerfile, retries, backoff, services, resource, cache, cache_dirs, timeout)
+    seconds = check_stage_options(bad, image is not None, *options)
     return Stage(
         fn=fn,
         name=stage_name,

@@ -36,6 +36,8 @@ import attrs
 __all__ = [
     "Backend",
     "BuildSpec",
+    "CacheVolume",
+    "CacheVolumes",
     "ImageBackend",
     "Origin",
     "StageBackend",
@@ -221,6 +223,28 @@ class ImageBackend(Protocol):
         on_line: LineSink,
     ) -> CommandResult:
         """Run a one-shot container to its end, streaming its output, and remove it."""
+
+
+@attrs.frozen
+class CacheVolume:
+    """A volume that keeps a stage's ``cache_dirs`` across runs."""
+
+    name: str
+    stage: str
+    created: str = ""
+
+
+@runtime_checkable
+class CacheVolumes(Protocol):
+    """A backend that keeps ``cache_dirs`` in volumes (``pipekit cache list|prune``)."""
+
+    def check(self) -> None: ...
+
+    def cache_volumes(self) -> list[CacheVolume]:
+        """The cache volumes there are."""
+
+    def remove_volume(self, name: str) -> bool:
+        """Remove one; False when it is gone or in use."""
 
 
 @runtime_checkable

@@ -21,8 +21,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from pipekit._fakes import Call, FakeBackend, Pattern, RecordingBackend
 from pipekit._reports import TestReport
 from pipekit._results import RunResult, StageResult
@@ -38,6 +36,16 @@ __all__ = [
 ]
 
 SNAPSHOT_ENV = "PIPEKIT_UPDATE_SNAPSHOTS"
+
+
+def _collect(events: list[dict[str, Any]]) -> Any:
+    """A structlog processor that keeps a copy of every event."""
+
+    def record(_logger: Any, _name: str, event: Any) -> Any:
+        events.append(dict(event))
+        return event
+
+    return record
 
 
 class PipelineResult:
@@ -222,6 +230,12 @@ class PipelineRunner:
         self.fake.refuse_pull(ref, message)
         return self
 
+    def _request(self, pipeline: Pipeline | Path, options: dict[str, Any]) -> Any:
+        from pipekit._session import RunRequest
+
+        host = self.backend.host() if isinstance(self.backend, RecordingBackend) else None
+        return RunRequest(pipeline=pipeline, workspace=self.base_dir, backend=self.backend, host=host, **options)
+
     def run(
         self,
         pipeline: Pipeline | str | Path,
@@ -247,21 +261,14 @@ class PipelineRunner:
         changed files; ``changed=None`` asks git), so tests do not depend on the machine they run on.
         """
         from pipekit._context import MemoryRecords
-        from pipekit._session import RunRequest, setup
+        from pipekit._session import setup
 
         if not isinstance(pipeline, Pipeline):
             path = Path(pipeline)
             pipeline = path if path.is_absolute() else self.base_dir / path
         events: list[dict[str, Any]] = []
-
-        def record(_logger: Any, _name: str, event: Any) -> Any:
-            events.append(dict(event))
-            return event
-
         output, records = io.StringIO(), MemoryRecords()
-        host = self.backend.host() if isinstance(self.backend, RecordingBackend) else None
-        request = RunRequest(
-            pipeline=pipeline,
+        options.update(
             targets=stages,
             branch=branch,
             params=dict(params or {}),
@@ -273,22 +280,14 @@ class PipelineRunner:
             fail_fast=fail_fast,
             timeout=timeout,
             image_map=dict(image_map or {}),
-            workspace=self.base_dir,
-            backend=self.backend,
-            host=host,
             log_file=output,
-            log_processors=[record],
+            log_processors=[_collect(events)],
             records=records,
-            **options,
         )
-        run_setup = setup(request)
+        run_setup = setup(self._request(pipeline, options))
         before = len(self.backend.calls)
         run = run_setup.execute()
-        mask = run_setup.secrets.masker.mask
-        calls = [
-            attrs.evolve(c, text=mask(c.text), env={k: mask(v) for k, v in c.env.items()})
-            for c in self.backend.calls[before:]
-        ]
+        calls = [c.masked(run_setup.secrets.masker.mask) for c in self.backend.calls[before:]]
         result = PipelineResult(run, calls, events, output.getvalue(), self.snapshot_dir, self.update_snapshots)
         result.artifacts = dict(records.artifacts)
         result.test_reports = dict(records.tests)

@@ -206,3 +206,19 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
     proc.terminate()
     proc.wait(timeout=10)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def remote_engine(busybox_image: str) -> Any:
+    """A second engine that cannot see /tmp or the repository, on tcp://127.0.0.1 (like a remote one)."""
+    from remote_engine import RemoteEngine
+
+    engine = RemoteEngine()
+    try:
+        engine.start()
+        engine.load(busybox_image)
+    except Exception as e:
+        engine.stop()
+        pytest.fail(f"could not start the remote test engine: {e}", pytrace=False)
+    yield engine
+    engine.stop()

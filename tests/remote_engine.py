@@ -1,0 +1,129 @@
+"""A second Docker engine that cannot see this machine's folders, reached over TCP: how a remote
+engine (``DOCKER_HOST=tcp://build-box:2375`` or ``ssh://``) behaves.
+
+It runs in a mount namespace of its own with empty tmpfs mounts over ``/tmp`` (where the tests'
+pipelines live) and over the repository, so a bind mount of a pipeline's folder gives its
+containers an empty folder: the workspace has to travel. It has a bridge of its own (never
+``--bridge none`` in the host's network namespace, which would delete docker0) and listens on
+127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+STATE = Path("/var/lib/pipekit-test-remote")
+EXEC = Path("/run/pipekit-test-remote")
+BRIDGE = "pkremote0"
+BRIDGE_ADDR = "10.213.77.1/24"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=120)
+
+
+class RemoteEngine:
+    """Start with :meth:`start`, load images with :meth:`load`, end with :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.host = f"tcp://127.0.0.1:{self.port}"
+        self.pidfile = EXEC / "dockerd.pid"
+        self.log = STATE / "dockerd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": self.host}
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _sh("docker", "-H", self.host, *args, check=check)
+
+    def start(self) -> None:
+        self._stop_leftover()
+        shutil.rmtree(STATE, ignore_errors=True)
+        (STATE / "data").mkdir(parents=True)
+        EXEC.mkdir(parents=True, exist_ok=True)
+        if _sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+            _sh("ip", "link", "add", BRIDGE, "type", "bridge")
+            _sh("ip", "addr", "add", BRIDGE_ADDR, "dev", BRIDGE)
+        _sh("ip", "link", "set", BRIDGE, "up")
+        dockerd = (
+            f"mount -t tmpfs none /tmp && mount -t tmpfs none {ROOT} && exec dockerd"
+            f" --data-root {STATE / 'data'} --exec-root {EXEC / 'exec'} --pidfile {self.pidfile}"
+            f" -H unix://{EXEC / 'docker.sock'} -H {self.host} --tls=false"
+            f" --bridge {BRIDGE} --iptables=false --ip-masq=false"
+        )
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", dockerd],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while self.docker("info", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the remote test engine did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def load(self, image: str, as_name: str | None = None) -> None:
+        """Copy an image from the main engine into this one (images are per engine)."""
+        with subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE) as save:
+            subprocess.run(
+                ["docker", "-H", self.host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True
+            )
+            save.wait(timeout=300)
+        if as_name:
+            self.docker("tag", image, as_name)
+
+    def sees(self, folder: Path, image: str) -> bool:
+        """Whether a bind mount of ``folder`` shows its files in this engine's containers."""
+        probe = self.docker("run", "--rm", "-v", f"{folder}:/probe", image, "ls", "/probe", check=False)
+        return bool(probe.stdout.strip())
+
+    def stop(self) -> None:
+        ids = self.docker("ps", "-aq", check=False).stdout.split()
+        if ids:
+            self.docker("rm", "-f", *ids, check=False)
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._cleanup_files()
+
+    def _stop_leftover(self) -> None:
+        """A killed test session can leave its engine running: stop it first."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._cleanup_files()
+
+    def _cleanup_files(self) -> None:
+        _sh("ip", "link", "del", BRIDGE, check=False)
+        shutil.rmtree(STATE, ignore_errors=True)
+        shutil.rmtree(EXEC, ignore_errors=True)

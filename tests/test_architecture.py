@@ -1,0 +1,88 @@
+"""The shape of the code stays readable: size limits, cheap imports, and a module table that matches."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+PACKAGE = ROOT / "pipekit"
+MODULE_LINES, FUNCTION_LINES, INIT_PARAMETERS = 450, 60, 8
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.glob("*.py"))
+
+
+def _functions(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    tree = ast.parse(path.read_text())
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: p.name)
+def test_no_module_is_over_the_limit(path: Path) -> None:
+    """No module of the package is longer than 450 lines."""
+    assert len(path.read_text().splitlines()) <= MODULE_LINES
+
+
+def test_no_function_is_over_60_lines_and_no_constructor_over_8_parameters() -> None:
+    """Functions fit on a screen; a constructor that needs more than 8 values wants a value object."""
+    too_long, too_wide = [], []
+    for path in _modules():
+        for fn in _functions(path):
+            lines = (fn.end_lineno or fn.lineno) - fn.lineno + 1
+            if lines > FUNCTION_LINES:
+                too_long.append(f"{path.name}:{fn.lineno} {fn.name} ({lines} lines)")
+            a = fn.args
+            names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+            if fn.name == "__init__" and len([n for n in names if n != "self"]) > INIT_PARAMETERS:
+                too_wide.append(f"{path.name}:{fn.lineno} ({len(names) - 1} parameters)")
+    assert not too_long, too_long
+    assert not too_wide, too_wide
+
+
+def _modules_after(code: str) -> set[str]:
+    """The top-level packages loaded by running ``code`` in a fresh interpreter."""
+    probe = f"import sys\n{code}\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_import_pipekit_loads_neither_networkx_nor_docker_nor_structlog() -> None:
+    """`import pipekit` is cheap: the heavy libraries come when a pipeline is planned or run."""
+    loaded = _modules_after("import pipekit")
+    assert not loaded & {"networkx", "docker", "structlog", "requests", "attrs", "attr"}
+
+
+def test_the_pytest_plugin_costs_nothing_in_a_session_that_does_not_use_it() -> None:
+    """Loading the plugin (as every pytest session of every project with pipekit installed does)
+    adds no module but pipekit's package and the plugin itself."""
+    before = _modules_after("import pytest")
+    after = _modules_after("import pytest\nimport pipekit.pytest_plugin")
+    assert after - before == {"pipekit"}
+
+
+def test_planning_loads_networkx_and_a_run_setup_does_not_load_docker_for_the_fake() -> None:
+    """networkx arrives with planning; the docker SDK only with the Docker backend."""
+    loaded = _modules_after(
+        "import pipekit as pk\n"
+        "from pipekit.testing import PipelineRunner\n"
+        "p = pk.Pipeline(name='x', image='alpine')\n"
+        "p.stage(name='a')(lambda ctx: None)\n"
+        "assert PipelineRunner().run(p).status == 'succeeded'"
+    )
+    assert "networkx" in loaded
+    assert "docker" not in loaded
+
+
+def test_the_module_table_in_the_architecture_page_matches_the_package() -> None:
+    """docs/architecture.md names every module of the package, and no module that is gone."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `pipekit/([\w.]+\.py)` \|", page, flags=re.M))
+    present = {p.name for p in _modules()}
+    assert listed == present, {"missing from the page": present - listed, "gone from the code": listed - present}
