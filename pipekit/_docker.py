@@ -102,9 +102,14 @@ class DockerBackend(DockerImages):
             import docker
             from docker.errors import DockerException
 
-            probe_engine(self.host)
+            host = self.host
+            probe_engine(host)
+            ssh = host.startswith("ssh://")  # through the system's ssh client, as the docker CLI does
             try:
-                self._client = docker.DockerClient(base_url=self.host) if self._host else docker.from_env()
+                if self._host:
+                    self._client = docker.DockerClient(base_url=host, use_ssh_client=ssh)
+                else:
+                    self._client = docker.from_env(use_ssh_client=ssh)
             except DockerException as e:
                 raise unreachable(e, self.host) from e
         return self._client

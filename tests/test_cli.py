@@ -137,6 +137,18 @@ def test_unreachable_engine_exits_3(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert "Traceback" not in err
 
 
+def test_a_pipeline_of_host_stages_needs_no_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Only stages that run in containers need an engine: host stages run without one."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n\n@pk.stage\ndef hello(ctx):\n    ctx.sh('echo hello > out.txt')\n"
+    )
+    code, out, err = cli("run", "-f", str(tmp_path))
+    assert code == 0, out + err
+    assert (tmp_path / "out.txt").read_text() == "hello\n"
+    assert "Cannot reach" not in err
+
+
 def test_python_dash_m_and_console_script_agree() -> None:
     """python -m pipekit is the same program as the pipekit script."""
     a = subprocess.run([sys.executable, "-m", "pipekit", "graph", "-f", str(HELLO)], capture_output=True, text=True)
