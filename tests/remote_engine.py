@@ -61,7 +61,7 @@ class RemoteEngine:
             _sh("ip", "addr", "add", BRIDGE_ADDR, "dev", BRIDGE)
         _sh("ip", "link", "set", BRIDGE, "up")
         dockerd = (
-            f"mount -t tmpfs none /tmp && mount -t tmpfs none {ROOT} && exec dockerd"
+            f"mount -t tmpfs none {ROOT} && mount -t tmpfs none /tmp && exec dockerd"
             f" --data-root {STATE / 'data'} --exec-root {EXEC / 'exec'} --pidfile {self.pidfile}"
             f" -H unix://{EXEC / 'docker.sock'} -H {self.host} --tls=false"
             f" --bridge {BRIDGE} --iptables=false --ip-masq=false"
