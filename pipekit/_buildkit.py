@@ -13,6 +13,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import IO
 
 from pipekit.backend import BuildSpec, LineSink, LineSplitter
 from pipekit.exceptions import BuildFailed, BuildKitUnavailable
@@ -85,23 +86,27 @@ def find_buildkit_cli() -> str:
     if cli is None:
         tried = ", ".join(candidates) or "no docker CLI on PATH"
         raise BuildKitUnavailable(
-            "Build secrets need BuildKit, and no docker CLI here can drive it (tried: "
+            "Image builds need BuildKit, and no docker CLI here can drive it (tried: "
             f"{tried}). Install the docker buildx plugin (or a docker CLI 20.10-22.x) and point"
-            f" {CLI_ENV} at it. pipekit does not fall back to build args, which would leak the secret"
+            f" {CLI_ENV} at it, or set PIPEKIT_BUILDER=classic for the classic builder (no build"
+            " secrets: pipekit does not fall back to build args, which would leak the secret)"
         )
     return cli
 
 
-def buildkit_build(spec: BuildSpec, on_line: LineSink) -> str:
-    """Build with ``docker build`` and BuildKit; returns the image id."""
+def buildkit_build(spec: BuildSpec, context: IO[bytes], on_line: LineSink, *, host: str | None = None) -> str:
+    """Build with ``docker build`` and BuildKit from a context tar (sent on stdin); returns the
+    image id. ``host``: the engine (``DOCKER_HOST``) to build on."""
     cli = find_buildkit_cli()
     progress = BuildProgress(on_line, _STEP)
 
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    if host and host != "unix://":
+        env["DOCKER_HOST"] = host
     with tempfile.TemporaryDirectory(prefix="pipekit-build-") as tmp:
         iidfile = Path(tmp) / "iid"
         args = [cli, "build", "--progress=plain", "--iidfile", str(iidfile)]
-        args += ["-f", str(spec.context / spec.dockerfile)]
+        args += ["-f", spec.dockerfile]
         if spec.tag:
             args += ["-t", spec.tag]
         for key, value in spec.build_args.items():
@@ -114,8 +119,8 @@ def buildkit_build(spec: BuildSpec, on_line: LineSink) -> str:
             var = f"PIPEKIT_BUILD_SECRET_{i}"
             env[var] = value
             args += ["--secret", f"id={sid},env={var}"]
-        args.append(str(spec.context))
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        args.append("-")
+        proc = subprocess.Popen(args, stdin=context, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert proc.stdout is not None
         splitter = LineSplitter("stderr", progress)
         fd = proc.stdout.fileno()

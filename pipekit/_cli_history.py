@@ -27,8 +27,10 @@ def table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
 
 
 def _history(workspace: Path, err: IO[str]) -> History:
-    """The workspace's run history, with runs whose process died marked interrupted (and cleaned up)."""
-    history: History = open_history(workspace, warn=lambda message: print_error(err, f"warning: {message}"))
+    """The workspace's run history (never created by a command that only reads it), with runs
+    whose process died marked interrupted (and cleaned up)."""
+    warn = lambda message: print_error(err, f"warning: {message}")  # noqa: E731
+    history: History = open_history(workspace, warn=warn, create=False)
     return history
 
 

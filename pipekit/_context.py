@@ -123,10 +123,18 @@ class Context:
         """The value of a secret; it is masked in every log line from now on."""
         return self._secrets.get(name, stage=self.stage)
 
-    def sh(self, command: str, env: Mapping[str, str | Secret] | None = None, check: bool = True) -> CommandResult:
+    def sh(
+        self,
+        command: str,
+        env: Mapping[str, str | Secret] | None = None,
+        check: bool = True,
+        strict: bool = True,
+    ) -> CommandResult:
         """Run ``sh -c command`` where the stage runs, streaming its output into the log.
 
-        Raises :class:`pipekit.StepFailed` on a non-zero exit unless ``check=False``.
+        A multi-line command stops at its first failing line, and a pipeline (``a | b``) fails when
+        any part fails where the shell supports ``pipefail``; ``strict=False`` runs the command as
+        it is. Raises :class:`pipekit.StepFailed` on a non-zero exit unless ``check=False``.
         """
         if self._cancelled.is_set():
             raise StageFailed(f"Stage '{self.stage}' was stopped before `{command}`", stage=self.stage)
@@ -139,7 +147,7 @@ class Context:
 
         self.log.debug("command", command=command)
         exec_env = self._exec_env(call_env)
-        result = self._backend.exec(self._handle, command, exec_env, on_line)
+        result = self._backend.exec(self._handle, command, exec_env, on_line, strict=strict)
         self.commands.append(result)
         if self._cancelled.is_set():
             raise StageFailed(f"Stage '{self.stage}' was stopped while `{command}` ran", stage=self.stage)

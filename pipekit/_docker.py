@@ -37,7 +37,16 @@ from pipekit._docker_engine import (
 )
 from pipekit._docker_images import DockerImages
 from pipekit._util import slug
-from pipekit.backend import CacheVolume, CommandResult, LineSink, LineSplitter, ServiceSpec, StageHandle, StageSpec
+from pipekit.backend import (
+    CacheVolume,
+    CommandResult,
+    LineSink,
+    LineSplitter,
+    ServiceSpec,
+    StageHandle,
+    StageSpec,
+    shell_script,
+)
 from pipekit.exceptions import BackendError, StageFailed, UsageError
 
 if TYPE_CHECKING:
@@ -74,6 +83,7 @@ class DockerBackend(DockerImages):
             raise UsageError(f"the workspace mode is one of {', '.join(WORKSPACE_MODES)}, got {mode!r}")
         self.workspace_mode = mode
         self._client = client
+        self._given_client = client is not None
         self._host = host
         self._image_locks: dict[str, threading.Lock] = {}
         self._ready_images: set[str] = set()
@@ -85,9 +95,11 @@ class DockerBackend(DockerImages):
         """The engine's address."""
         if self._host is not None:
             return self._host
-        if self._client is not None:
+        if self._given_client and self._client is not None:
             base = str(self._client.api.base_url)
-            return "unix://" if base in ("http+docker://localhost", "http+docker://localnpipe") else base
+            if base in ("http+docker://localhost", "http+docker://localnpipe"):
+                return "unix://"
+            return base.replace("http://", "tcp://", 1)
         return docker_host()
 
     @property
@@ -287,13 +299,16 @@ class DockerBackend(DockerImages):
             stage=spec.stage,
         )
 
-    def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
+    def exec(
+        self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
+    ) -> CommandResult:
         from docker.errors import APIError, NotFound
 
         spec = handle.spec
         start = time.monotonic()
         try:
-            code, stdout, stderr = self._exec_stream(self._container(handle), command, env, on_line)
+            script = shell_script(command, strict)
+            code, stdout, stderr = self._exec_stream(self._container(handle), script, env, on_line)
         except NotFound as e:
             raise StageFailed(
                 f"The container of stage '{spec.stage}' is gone (removed while `{command}` ran)",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import IO, TYPE_CHECKING
 
 from pipekit._buildkit import BuildProgress, buildkit_build
 from pipekit._docker_engine import (
@@ -21,12 +23,49 @@ from pipekit._docker_engine import (
 )
 from pipekit._registry import registry_error, registry_of
 from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, LineSplitter, Origin
-from pipekit.exceptions import BackendError, ImageNotFound, RegistryError
+from pipekit.exceptions import BackendError, BuildKitUnavailable, ImageNotFound, RegistryError, UsageError
 
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["DockerImages"]
+__all__ = ["DockerImages", "build_context"]
+
+BUILDER_ENV = "PIPEKIT_BUILDER"
+#: never sent to a build: pipekit's own state (history, logs, artifacts)
+ALWAYS_IGNORED = (".pipekit", ".pipekit/**")
+
+
+@contextlib.contextmanager
+def build_context(spec: BuildSpec) -> Iterator[IO[bytes]]:
+    """The build context as a tar, as the docker CLI sends it: ``.dockerignore`` honoured, and
+    ``.pipekit/`` always left out (it would break the layer cache on every run)."""
+    import tarfile
+    import tempfile
+
+    from docker.utils.build import exclude_paths
+
+    root = spec.context
+    ignore_file = root / ".dockerignore"
+    patterns: list[str] = []
+    if ignore_file.is_file():
+        lines = [line.strip() for line in ignore_file.read_text().splitlines()]
+        patterns = [line for line in lines if line and not line.startswith("#")]
+    with tempfile.TemporaryFile(prefix="pipekit-context-") as context:
+        # GNU format, as the docker CLI writes: its archive check reads only the first 512 bytes,
+        # which a PAX header (Python's default) does not fit in
+        with tarfile.open(fileobj=context, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name in sorted(exclude_paths(str(root), [*patterns, *ALWAYS_IGNORED], dockerfile=spec.dockerfile)):
+                info = tar.gettarinfo(str(root / name), arcname=name)
+                info.mtime = int(info.mtime)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if info.isreg():
+                    with open(root / name, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+        context.seek(0)
+        yield context
 
 
 class DockerImages:
@@ -78,14 +117,29 @@ class DockerImages:
         return str(self.client.images.get(image).id)
 
     # -- images and registries -------------------------------------------------------------
+    @property
+    def host(self) -> str:
+        raise NotImplementedError
+
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
-        if spec.secrets:
-            image_id = buildkit_build(spec, on_line)
-        else:
-            image_id = self._build_classic(spec, on_line)
+        """Build with BuildKit (cache mounts, secrets, targets); the classic builder only when
+        ``PIPEKIT_BUILDER=classic`` asks for it. The context never holds ``.pipekit/``."""
+        builder = os.environ.get(BUILDER_ENV, "buildkit")
+        if builder not in ("buildkit", "classic"):
+            raise UsageError(f"{BUILDER_ENV} is buildkit (the default) or classic, got {builder!r}")
+        if builder == "classic" and spec.secrets:
+            raise BuildKitUnavailable(
+                f"Build secrets need BuildKit, and {BUILDER_ENV}=classic asks for the classic builder;"
+                " pipekit does not fall back to build args, which would leak the secret"
+            )
+        with build_context(spec) as context:
+            if builder == "classic":
+                image_id = self._build_classic(spec, context, on_line)
+            else:
+                image_id = buildkit_build(spec, context, on_line, host=self.host)
         return Image(id=image_id, tags=(spec.tag,) if spec.tag else ())
 
-    def _build_classic(self, spec: BuildSpec, on_line: LineSink) -> str:
+    def _build_classic(self, spec: BuildSpec, context: IO[bytes], on_line: LineSink) -> str:
         from docker.errors import APIError, DockerException
 
         progress = BuildProgress(on_line, STEP)
@@ -93,7 +147,8 @@ class DockerImages:
         splitter = LineSplitter("stdout", progress)
         try:
             for chunk in self.client.api.build(
-                path=str(spec.context),
+                fileobj=context,
+                custom_context=True,
                 dockerfile=spec.dockerfile,
                 tag=spec.tag,
                 buildargs=dict(spec.build_args) or None,

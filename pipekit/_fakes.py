@@ -186,7 +186,9 @@ class FakeBackend(_Recording):
         self.record(Call(stage, kind, text, dict(env), exit_code=exit_code))
         return CommandResult(text, exit_code, stdout, stderr, time.monotonic() - start)
 
-    def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
+    def exec(
+        self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
+    ) -> CommandResult:
         return self._answer(str(handle.ref), handle.spec.stage, "sh", command, {**handle.spec.env, **env}, on_line)
 
     def release(self, handle: StageHandle) -> None:
@@ -309,8 +311,10 @@ class RecordingBackend(_Recording):
         handle: StageHandle = self.inner.prepare(spec)
         return handle
 
-    def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
-        result: CommandResult = self.inner.exec(handle, command, env, on_line)
+    def exec(
+        self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
+    ) -> CommandResult:
+        result: CommandResult = self.inner.exec(handle, command, env, on_line, strict=strict)
         self.record(Call(handle.spec.stage, "sh", command, {**handle.spec.env, **env}, exit_code=result.exit_code))
         return result
 

@@ -58,10 +58,15 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
 class History:
     """The record of one workspace's runs. Thread-safe; several processes may share it."""
 
-    def __init__(self, workspace: Path, *, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, workspace: Path, *, warn: Callable[[str], None] | None = None, create: bool = True) -> None:
         self.dir = workspace / DIRNAME
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "pipekit.db"
+        if not create and not self.db_path.is_file():
+            raise UsageError(
+                f"There is no run history in {workspace}: pipekit looked for {self.db_path}, which a"
+                " `pipekit run` there creates. Point -f at the pipeline's folder"
+            )
+        _make_private_dir(self.dir)
         self._warn = warn or (lambda message: None)
         self._lock = threading.RLock()
         self._logs: dict[tuple[str, str], Any] = {}
@@ -371,6 +376,16 @@ class History:
                 except Exception as e:  # the engine may be down; the record is still right
                     self._warn(f"could not remove what run {run_id} left behind: {e}")
         return dead
+
+
+def _make_private_dir(folder: Path) -> None:
+    """Create ``.pipekit/`` (owner only) with a ``.gitignore`` that keeps all of it out of git, as
+    pytest does for ``.pytest_cache``."""
+    if not folder.is_dir():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ignore = folder / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# created by pipekit: its run history stays out of version control\n*\n")
 
 
 def _busy(e: Exception) -> bool:

@@ -12,8 +12,10 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+import attrs
+
 from pipekit._archive import pack, unpack
-from pipekit.backend import CommandResult, LineSink, LineSplitter, StageHandle, StageSpec
+from pipekit.backend import CommandResult, LineSink, LineSplitter, StageHandle, StageSpec, shell_script
 from pipekit.exceptions import StageFailed
 
 __all__ = ["HostBackend", "HostShell"]
@@ -124,9 +126,13 @@ class HostBackend:
         key = f"{spec.run_id}/{spec.stage}/{uuid.uuid4().hex[:8]}"
         return StageHandle(spec=spec, ref=key, where="host", workdir=str(spec.workspace))
 
-    def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
+    def exec(
+        self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
+    ) -> CommandResult:
         spec = handle.spec
-        return self._shell.run(str(handle.ref), command, cwd=spec.workspace, env={**spec.env, **env}, on_line=on_line)
+        script = shell_script(command, strict)
+        result = self._shell.run(str(handle.ref), script, cwd=spec.workspace, env={**spec.env, **env}, on_line=on_line)
+        return attrs.evolve(result, command=command)
 
     def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
         unpack(archive, Path(dest))

@@ -11,6 +11,7 @@ Every event carries ``timestamp`` and ``level``.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import IO, Any
@@ -22,6 +23,18 @@ __all__ = ["LOG_FORMATS", "make_logger"]
 LOG_FORMATS = ("console", "json")
 EventDict = MutableMapping[str, Any]
 Processor = Callable[[Any, str, EventDict], EventDict]
+
+
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def strip_escapes(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
+    """Terminal escape codes (colours, cursor moves) out of every text field: a build's or a
+    tool's colours never reach a JSON line, a stored log or a plain console."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "\x1b" in value:
+            event_dict[key] = _ESCAPES.sub("", value)
+    return event_dict
 
 
 def _status_mark(status: str) -> str:
@@ -121,6 +134,7 @@ def make_logger(
     else:
         renderer = ConsoleRenderer()  # type: ignore[assignment]
     chain: list[Any] = [
+        strip_escapes,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         *processors,

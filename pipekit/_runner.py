@@ -26,13 +26,13 @@ def container_backend(workspace_mode: str | None = None) -> Any:
     return DockerBackend(workspace=workspace_mode)
 
 
-def open_history(workspace: Path, backend: Any = None, warn: Any = None) -> Any:
+def open_history(workspace: Path, backend: Any = None, warn: Any = None, *, create: bool = True) -> Any:
     """The workspace's run history, with runs whose process died marked interrupted (and what
-    they left removed, when the backend answers)."""
+    they left removed, when the backend answers). ``create=False``: a UsageError when there is none."""
     from pipekit._history import History
     from pipekit.exceptions import BackendError
 
-    history = History(workspace, warn=warn)
+    history = History(workspace, warn=warn, create=create)
     if backend is None:
         backend = container_backend()
     try:

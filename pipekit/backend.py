@@ -47,6 +47,7 @@ __all__ = [
     "ServiceSpec",
     "StageHandle",
     "StageSpec",
+    "shell_script",
 ]
 
 #: Called with ``("stdout" | "stderr", line)`` for each line as soon as it is printed.
@@ -173,8 +174,13 @@ class StageBackend(Protocol):
     def prepare(self, spec: StageSpec) -> StageHandle:
         """Make the place a stage runs in (pull its image, start its container)."""
 
-    def exec(self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink) -> CommandResult:
+    def exec(
+        self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
+    ) -> CommandResult:
         """Run ``sh -c command`` in the prepared stage, streaming lines to ``on_line``.
+
+        ``strict``: stop at the first failing command, and fail a pipeline when any part of it
+        fails where the shell can (:func:`shell_script`), as Jenkins' ``sh`` and GitHub Actions do.
 
         ``env`` is set on top of the stage's own environment (``spec.env``, and on the host the
         process environment), which the backend applies itself.
@@ -250,6 +256,16 @@ class CacheVolumes(Protocol):
 @runtime_checkable
 class Backend(StageBackend, ImageBackend, Protocol):
     """A stage backend that also handles images: the Docker backend, the fake backend."""
+
+
+#: what a strict command starts with: errexit always, pipefail where the shell has it (bash, busybox
+#: ash; not dash), found out by trying it in a subshell rather than assumed
+STRICT_PREAMBLE = "set -e\nif (set -o pipefail) 2>/dev/null; then set -o pipefail; fi\n"
+
+
+def shell_script(command: str, strict: bool = True) -> str:
+    """The script a backend hands to ``sh -c`` for ``command``."""
+    return STRICT_PREAMBLE + command if strict else command
 
 
 class LineSplitter:

@@ -36,7 +36,12 @@ def test_build_streams_its_log_and_honours_dockerignore(
     _context(
         tmp_path,
         f"FROM {busybox_image}\nCOPY . /ctx\nRUN echo built-step-output-{nonce} && ls /ctx\n",
-        {"keep.txt": "k", "ignored.txt": "i", ".dockerignore": "ignored.txt\npipeline.py\n"},
+        {
+            "keep.txt": "k",
+            "ignored.txt": "i",
+            ".dockerignore": "ignored.txt\npipeline.py\n.dockerignore\n",
+            ".pipekit/pipekit.db": "history",
+        },
     )
     p = pk.Pipeline(name="build", path=str(tmp_path / "pipeline.py"))
 
@@ -46,16 +51,17 @@ def test_build_streams_its_log_and_honours_dockerignore(
 
     @p.stage(image=build)
     def inside(ctx):
-        return ctx.sh("ls /ctx").stdout.split()
+        return ctx.sh("ls -A /ctx").stdout.split()
 
     result, events = run_on_docker(p)
     assert result.status == "succeeded", result.stages
     image = result["build"].output
     assert isinstance(image, pk.Image) and image.id.startswith("sha256:") and image.tags == ("pipekit-test/built:1",)
     lines = events.lines("build")
-    assert any(re.match(r"Step 3/\d : RUN echo built-step-output", line) for line in lines)
-    assert f"built-step-output-{nonce}" in lines
-    assert sorted(result["inside"].output) == ["Dockerfile", "keep.txt"]
+    assert any(re.match(r"#\d+ \[3/3\] RUN echo built-step-output", line) for line in lines)  # BuildKit's log
+    assert any(line.endswith(f" built-step-output-{nonce}") for line in lines)
+    # no .pipekit/ and no ignored file; the Dockerfile and .dockerignore always go (as with the docker CLI)
+    assert sorted(result["inside"].output) == [".dockerignore", "Dockerfile", "keep.txt"]
     assert docker_client.images.get(image.id).labels["org.example.kind"] == "test"
     docker_client.images.remove(image.id, force=True)
 
@@ -76,7 +82,7 @@ def test_failing_instruction_is_named(tmp_path: Path, run_on_docker: Any, busybo
     result, _ = run_on_docker(p)
     error = result["build"].error
     assert "Image build failed in stage 'build' at `RUN echo about-to-break && exit 3 #" in error
-    assert "returned a non-zero code: 3" in error
+    assert "exit code: 3" in error
     assert "about-to-break" in error
     assert result["use"].status == "skipped"
 
@@ -213,5 +219,49 @@ def test_buildkit_unavailable_says_so(
 
     result, _ = run_on_docker(p)
     _buildkit._find.cache_clear()
-    assert "Build secrets need BuildKit" in result["build"].error
+    assert "Image builds need BuildKit" in result["build"].error
+    assert "PIPEKIT_BUILDER=classic" in result["build"].error
     assert "does not fall back to build args" in result["build"].error
+
+
+def test_every_build_uses_buildkit_cache_mounts_work(tmp_path: Path, run_on_docker: Any, busybox_image: str) -> None:
+    """A build without secrets uses BuildKit too: RUN --mount=type=cache and --target work."""
+    _context(
+        tmp_path,
+        f"FROM {busybox_image} AS base\nRUN --mount=type=cache,target=/cache echo cached > /cache/x && cat /cache/x\n"
+        f"FROM base AS final\nRUN echo final-{uuid.uuid4().hex}\n",
+    )
+    p = pk.Pipeline(name="buildkit", path=str(tmp_path / "pipeline.py"))
+
+    @p.stage
+    def build(ctx):
+        return ctx.docker.build(".", target="base")
+
+    result, events = run_on_docker(p)
+    assert result.status == "succeeded", result.stages
+    lines = events.lines("build")
+    assert not any("final-" in line for line in lines)  # --target stopped at base
+    assert not any("\x1b[" in line for line in lines)
+
+
+def test_the_classic_builder_is_an_explicit_fallback(
+    tmp_path: Path, run_on_docker: Any, busybox_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PIPEKIT_BUILDER=classic builds with the engine's classic builder, and refuses build secrets."""
+    monkeypatch.setenv("PIPEKIT_BUILDER", "classic")
+    monkeypatch.setenv("PIP_TOKEN", SECRET_VALUE)
+    _context(tmp_path, f"FROM {busybox_image}\nRUN echo classic-{uuid.uuid4().hex}\n")
+    p = pk.Pipeline(name="classic", path=str(tmp_path / "pipeline.py"))
+
+    @p.stage
+    def plain(ctx):
+        return ctx.docker.build(".")
+
+    @p.stage
+    def with_secret(ctx):
+        ctx.docker.build(".", secrets={"pip_token": pk.secret("PIP_TOKEN")})
+
+    result, events = run_on_docker(p)
+    assert result["plain"].status == "succeeded"
+    assert any(re.match(r"Step 2/2 : RUN echo classic-", line) for line in events.lines("plain"))
+    assert "does not fall back to build args" in result["with_secret"].error

@@ -167,7 +167,10 @@ def test_corrupt_or_missing_database(tmp_path: Path, damage: str) -> None:
     else:
         db.unlink()
     code, out, err = cli("runs", "-f", str(tmp_path))
-    assert code == 0 and "no runs recorded yet" in out
+    if damage == "garbage":
+        assert code == 0 and "no runs recorded yet" in out
+    else:
+        assert code == 2 and "There is no run history" in err
     if damage == "garbage":
         assert "could not be read" in err and "was moved to pipekit.db.broken-" in err
         assert list((tmp_path / ".pipekit").glob("pipekit.db.broken-*"))

@@ -1,0 +1,87 @@
+"""What a new user tripped over on a first day: each behaviour here was wrong before (see the changelog)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pipekit as pk
+
+pytestmark = pytest.mark.docker
+
+
+def _shell_pipeline(image: str | None) -> pk.Pipeline:
+    p = pk.Pipeline(name="errexit", image=image)
+
+    @p.stage
+    def multi_line(ctx):
+        ctx.sh("false\necho still here")
+
+    @p.stage
+    def pipe(ctx):
+        ctx.sh("false | cat")
+
+    @p.stage
+    def opted_out(ctx):
+        return ctx.sh("false\necho still here", strict=False).stdout
+
+    return p
+
+
+def test_a_failing_line_or_pipe_fails_the_stage_in_a_container(run_on_docker: Any) -> None:
+    """ctx.sh stops at the first failing line and, where the shell has pipefail (busybox ash,
+    bash), fails a pipeline whose first command fails; strict=False runs the command as it is."""
+    result, events = run_on_docker(_shell_pipeline("busybox"))
+    assert result["multi_line"].status == "failed"
+    assert "still here" not in events.lines("multi_line")
+    assert result["pipe"].status == "failed"
+    assert result["opted_out"].status == "succeeded"
+    assert result["opted_out"].output == "still here\n"
+
+
+def test_a_failing_line_fails_a_host_stage(run_on_docker: Any) -> None:
+    """On the host too (Debian's dash has no pipefail: there a pipe's last command decides)."""
+    result, _ = run_on_docker(_shell_pipeline(None))
+    assert result["multi_line"].status == "failed"
+    assert result["opted_out"].output == "still here\n"
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    import io
+
+    from pipekit._cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+HOST_PIPELINE = "import pipekit as pk\n\n\n@pk.stage\ndef hello(ctx):\n    ctx.sh('echo hello')\n"
+
+
+def test_the_run_history_stays_out_of_git_and_is_private(tmp_path: Path) -> None:
+    """.pipekit/ gets a .gitignore holding `*` (as .pytest_cache does) and is readable by its owner only."""
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "pipeline.py").write_text(HOST_PIPELINE)
+    assert _cli("run", "-f", str(tmp_path))[0] == 0
+    assert (tmp_path / ".pipekit" / ".gitignore").read_text().splitlines()[-1] == "*"
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=tmp_path, capture_output=True, text=True
+    ).stdout
+    assert status.splitlines() == ["?? pipeline.py"]
+    assert (tmp_path / ".pipekit").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize(
+    "argv", [["runs"], ["show", "last"], ["logs", "last"], ["artifacts", "last"], ["cache", "list"]]
+)
+def test_read_only_commands_create_nothing_and_say_where_they_looked(argv: list[str], tmp_path: Path) -> None:
+    """Where no run was recorded, the history commands exit 2, name the place, and leave no .pipekit/."""
+    code, _, err = _cli(*argv, "-f", str(tmp_path))
+    assert code == 2
+    assert f"pipekit looked for {tmp_path / '.pipekit' / 'pipekit.db'}" in err
+    assert not (tmp_path / ".pipekit").exists()
