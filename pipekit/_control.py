@@ -122,17 +122,21 @@ def normalize_post(
 def check_stage_options(
     bad: Callable[[str], PipelineError],
     has_image: bool,
-    dockerfile: str | None,
-    retries: int,
-    backoff: float,
-    services: Sequence[Service],
-    resource: str | None,
-    cache: CacheInputs | None,
-    cache_dirs: Sequence[str],
-    timeout: float | str | None,
-) -> float | None:
-    """Misuse of a stage option fails at decoration time, saying what was expected; the timeout
-    in seconds."""
+    *,
+    dockerfile: str | None = None,
+    timeout: float | str | None = None,
+    retries: int = 0,
+    backoff: float = 0.0,
+    allow_failure: bool = False,
+    services: Sequence[Service] = (),
+    resource: str | None = None,
+    cache: CacheInputs | None = None,
+    cache_dirs: Sequence[str] = (),
+    workdir: str | None = None,
+    workspace: bool = True,
+) -> dict[str, Any]:
+    """Misuse of a stage option fails at decoration time, saying what was expected. Returns the
+    options as the stage's fields."""
     if dockerfile is not None and has_image:
         raise bad("give image= or dockerfile=, not both")
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
@@ -148,7 +152,24 @@ def check_stage_options(
         raise bad(f"cache= takes pk.inputs(...), got {cache!r}")
     if isinstance(cache_dirs, str) or not all(isinstance(d, str) and d.startswith("/") for d in cache_dirs):
         raise bad(f"cache_dirs= takes absolute paths in the container, like ['/root/.cache/pip'], got {cache_dirs!r}")
+    if workdir is not None and (not isinstance(workdir, str) or not workdir):
+        raise bad(f"workdir= takes a folder (relative to the workspace, or absolute), got {workdir!r}")
+    if not isinstance(workspace, bool):
+        raise bad(f"workspace= takes True or False, got {workspace!r}")
     try:
-        return parse_duration(timeout)
+        seconds = parse_duration(timeout)
     except PipelineError as e:
         raise bad(e.message) from None
+    return {
+        "dockerfile": dockerfile,
+        "timeout": seconds,
+        "retries": retries,
+        "backoff": float(backoff),
+        "allow_failure": bool(allow_failure),
+        "services": tuple(services),
+        "resource": resource,
+        "cache": cache,
+        "cache_dirs": tuple(cache_dirs),
+        "workdir": workdir,
+        "workspace": workspace,
+    }

@@ -9,6 +9,7 @@ not (``DOCKER_HOST=tcp://...`` or ``ssh://...``): see ``workspace=`` and ``PIPEK
 from __future__ import annotations
 
 import os
+import posixpath
 import shlex
 import threading
 import time
@@ -53,6 +54,14 @@ if TYPE_CHECKING:
     import docker
 
 __all__ = ["DockerBackend", "LABEL_RUN", "LABEL_STAGE"]
+
+
+def _workdir(spec: StageSpec) -> str | None:
+    """Where a stage's commands start in its container: ``workdir`` (relative to the workspace),
+    the workspace, or (with no workspace) the image's own working directory."""
+    if spec.workdir:
+        return posixpath.join(WORKDIR, spec.workdir)  # an absolute workdir stays as it is
+    return WORKDIR if spec.with_workspace else None
 
 
 @attrs.define
@@ -168,10 +177,12 @@ class DockerBackend(DockerImages):
         for volume in spec.volumes:
             self._ensure_cache_volume(volume, spec)
         prepared = _Prepared()
-        handle = StageHandle(spec=spec, ref=prepared, where="", workdir=WORKDIR)
+        workdir = _workdir(spec)
+        workspace_dir = WORKDIR if spec.with_workspace else None
+        handle = StageHandle(spec=spec, ref=prepared, where="", workdir=workdir, workspace_dir=workspace_dir)
         try:
             network = self._start_services(spec, prepared) if spec.services else None
-            prepared.container = self._create_stage_container(spec, network)
+            prepared.container = self._create_stage_container(spec, network, workdir)
             self.client.api.start(prepared.container)
         except APIError as e:
             self.release(handle)
@@ -188,17 +199,17 @@ class DockerBackend(DockerImages):
             raise
         return attrs.evolve(handle, where=f"container {prepared.container[:12]}")
 
-    def _create_stage_container(self, spec: StageSpec, network: str | None) -> str:
+    def _create_stage_container(self, spec: StageSpec, network: str | None, workdir: str | None) -> str:
         api = self.client.api
         binds = {volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()}
-        if self.shares_workspace:
+        if self.shares_workspace and spec.with_workspace:
             binds[str(spec.workspace)] = {"bind": WORKDIR, "mode": "rw"}
         container = api.create_container(
             spec.image,
             entrypoint=["sh"],
             stdin_open=True,
             environment=dict(spec.env),
-            working_dir=WORKDIR,
+            working_dir=workdir,
             labels=self._labels(spec),
             name=container_name(spec.run_id, spec.stage),
             host_config=api.create_host_config(binds=binds, network_mode=network),
@@ -308,7 +319,7 @@ class DockerBackend(DockerImages):
         start = time.monotonic()
         try:
             script = shell_script(command, strict)
-            code, stdout, stderr = self._exec_stream(self._container(handle), script, env, on_line)
+            code, stdout, stderr = self._exec_stream(self._container(handle), script, env, on_line, handle.workdir)
         except NotFound as e:
             raise StageFailed(
                 f"The container of stage '{spec.stage}' is gone (removed while `{command}` ran)",
@@ -326,14 +337,14 @@ class DockerBackend(DockerImages):
         return CommandResult(command, int(code), stdout, stderr, time.monotonic() - start)
 
     def _exec_stream(
-        self, container: str, command: str, env: Mapping[str, str], on_line: LineSink
+        self, container: str, command: str, env: Mapping[str, str], on_line: LineSink, workdir: str | None
     ) -> tuple[int | None, str, str]:
         from docker.utils.socket import STDERR, frames_iter
 
         api = self.client.api
         out = LineSplitter("stdout", on_line)
         err = LineSplitter("stderr", on_line)
-        exec_id = api.exec_create(container, ["sh", "-c", command], environment=dict(env) or None, workdir=WORKDIR)[
+        exec_id = api.exec_create(container, ["sh", "-c", command], environment=dict(env) or None, workdir=workdir)[
             "Id"
         ]
         sock = api.exec_start(exec_id, socket=True)

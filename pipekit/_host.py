@@ -124,14 +124,16 @@ class HostBackend:
                 stage=spec.stage,
             )
         key = f"{spec.run_id}/{spec.stage}/{uuid.uuid4().hex[:8]}"
-        return StageHandle(spec=spec, ref=key, where="host", workdir=str(spec.workspace))
+        workdir = spec.workspace / spec.workdir if spec.workdir else spec.workspace
+        return StageHandle(spec=spec, ref=key, where="host", workdir=str(workdir), workspace_dir=str(spec.workspace))
 
     def exec(
         self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
     ) -> CommandResult:
         spec = handle.spec
         script = shell_script(command, strict)
-        result = self._shell.run(str(handle.ref), script, cwd=spec.workspace, env={**spec.env, **env}, on_line=on_line)
+        cwd = Path(handle.workdir or spec.workspace)
+        result = self._shell.run(str(handle.ref), script, cwd=cwd, env={**spec.env, **env}, on_line=on_line)
         return attrs.evolve(result, command=command)
 
     def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:

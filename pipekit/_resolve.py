@@ -21,7 +21,7 @@ from pipekit._control import Service
 from pipekit._graph import Plan
 from pipekit._stage import EnvValue, Stage
 from pipekit._util import slug
-from pipekit.exceptions import PipekitError, StageFailed
+from pipekit.exceptions import PipekitError, PipelineError, StageFailed
 
 __all__ = ["ResolvedPlan", "ResolvedStage", "resolve"]
 
@@ -94,10 +94,25 @@ def _resolve_stage(plan: Plan, s: Stage, position: int, image_map: Mapping[str, 
     if s.dockerfile:
         build_tag = f"pipekit-dockerfile/{slug(pipeline.name, lower=True)}-{slug(s.group or s.name, lower=True)}:latest"
     services = tuple(attrs.evolve(svc, image=_map(image_map, svc.image)) for svc in s.services)
+    on_host = named is None and not made
+    if on_host and not s.workspace:
+        raise PipelineError(
+            f"Stage '{s.name}' has workspace=False but no image: a stage on the host always works in"
+            " the pipeline's folder. Give it an image (or image=<stage that builds one>)",
+            stage=s.name,
+            location=s.location,
+        )
+    if not s.workspace and s.workdir and not s.workdir.startswith("/"):
+        raise PipelineError(
+            f"Stage '{s.name}' has workspace=False and a relative workdir={s.workdir!r}: with no"
+            " workspace, give an absolute folder of the image",
+            stage=s.name,
+            location=s.location,
+        )
     return ResolvedStage(
         stage=s,
         position=position,
-        on_host=named is None and not made,
+        on_host=on_host,
         image=_map(image_map, named) if named else None,
         build_tag=build_tag,
         env=pipeline.env_for(s),

@@ -27,6 +27,8 @@ __all__ = ["Pipeline", "Stage", "post", "stage"]
 MODULE_REGISTRY = "__pipekit_stages__"
 POST_REGISTRY = "__pipekit_posts__"
 CONTEXT_PARAMETER_NAMES = ("ctx", "context")
+#: the options check_stage_options validates
+STAGE_OPTIONS = frozenset(inspect.signature(check_stage_options).parameters) - {"bad", "has_image"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,6 +117,8 @@ class Stage:
     post: Mapping[str, tuple[PostAction, ...]] = attrs.field(factory=dict)
     cache: CacheInputs | None = None
     cache_dirs: tuple[str, ...] = ()
+    workdir: str | None = None  # where commands start: relative to the workspace, or absolute
+    workspace: bool = True  # False: no workspace in the container; commands start in the image's WORKDIR
     # set on the instances of a matrix stage:
     group: str | None = None
     matrix_values: Mapping[str, Any] | None = None
@@ -188,20 +192,12 @@ def _make_stage(
     image: ImageOption = None,
     needs: Iterable[Stage | str] | None = None,
     env: Mapping[str, object] | None = None,
-    dockerfile: str | None = None,
     when: Any = None,
-    timeout: float | str | None = None,
-    retries: int = 0,
-    backoff: float = 0.0,
-    allow_failure: bool = False,
     matrix: Mapping[str, Sequence[Any]] | None = None,
     exclude: Sequence[Mapping[str, Any]] = (),
     include: Sequence[Mapping[str, Any]] = (),
-    services: Sequence[Service] = (),
-    resource: str | None = None,
     post: Mapping[str, Any] | None = None,
-    cache: CacheInputs | None = None,
-    cache_dirs: Sequence[str] = (),
+    **control: Any,
 ) -> Stage:
     if isinstance(fn, Stage):
         raise PipelineError(f"{fn!r} is decorated as a stage twice", location=fn.location)
@@ -215,31 +211,30 @@ def _make_stage(
 
     if image is not None and not isinstance(image, (str, Stage)):
         raise bad(f"image= takes an image name such as 'alpine:3.20' or a stage that returns a pk.Image, got {image!r}")
-    options = (dockerfile, retries, backoff, services, resource, cache, cache_dirs, timeout)
-    seconds = check_stage_options(bad, image is not None, *options)
+    unknown = sorted(set(control) - STAGE_OPTIONS)
+    if unknown:
+        import difflib
+
+        known = [*STAGE_OPTIONS, "name", "image", "needs", "env", "when", "matrix", "exclude", "include", "post"]
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f". Did you mean {close[0]}=?" if close else ""
+        raise bad(f"@pk.stage has no option {unknown[0]}={hint}")
+    fields = check_stage_options(bad, image is not None, **control)
     return Stage(
         fn=fn,
         name=stage_name,
         image=image if isinstance(image, str) and image else None,
         image_from=image.name if isinstance(image, Stage) else None,
-        dockerfile=dockerfile,
         needs=_need_names(needs, location),
         env=_freeze_env(env),
         parameters=_parameters(fn, stage_name, location),
         location=location,
         when=to_condition(when) if when is not None else None,
-        timeout=seconds,
-        retries=retries,
-        backoff=float(backoff),
-        allow_failure=bool(allow_failure),
         matrix=validate_matrix(matrix, location, stage_name) if matrix is not None else None,
         exclude=tuple(dict(e) for e in exclude),
         include=tuple(dict(i) for i in include),
-        services=tuple(services),
-        resource=resource,
         post=normalize_post(post, location),
-        cache=cache,
-        cache_dirs=tuple(cache_dirs),
+        **fields,
     )
 
 
@@ -270,6 +265,8 @@ def stage(
     post: Mapping[str, Any] | None = None,
     cache: CacheInputs | None = None,
     cache_dirs: Sequence[str] = (),
+    workdir: str | None = None,
+    workspace: bool = True,
 ) -> Callable[[F], Stage]: ...
 
 

@@ -255,6 +255,8 @@ class StageRun:
             env=secrets.resolve_env(self.r.env, stage=self.name),
             services=services,
             volumes=dict(self.r.volumes),
+            workdir=self.r.stage.workdir,
+            with_workspace=self.r.stage.workspace,
         )
 
     def _context(

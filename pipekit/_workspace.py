@@ -32,14 +32,14 @@ class WorkspaceSync:
 
     @property
     def active(self) -> bool:
-        return not self._backend.shares_workspace
+        return not self._backend.shares_workspace and self._handle.workspace_dir is not None
 
     def ship(self) -> None:
         """Copy the pipeline's folder into the stage's place."""
         if not self.active:
             return
         archive, self._known = pack_tree(self._root)
-        self._backend.put_files(self._handle, archive, self._handle.workdir)
+        self._backend.put_files(self._handle, archive, str(self._handle.workspace_dir))
         self._log.debug("workspace copied in", files=len(self._known), bytes=len(archive))
 
     def bring_back(self) -> None:
@@ -48,7 +48,7 @@ class WorkspaceSync:
         if not self.active:
             return
         with self._lock:
-            archive = self._backend.get_files(self._handle, self._handle.workdir)
+            archive = self._backend.get_files(self._handle, str(self._handle.workspace_dir))
             if archive is None:
                 return
             seen: set[str] = set()

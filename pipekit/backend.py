@@ -78,6 +78,8 @@ class StageSpec:
     labels: Mapping[str, str] = attrs.field(factory=dict)
     services: tuple[ServiceSpec, ...] = ()
     volumes: Mapping[str, str] = attrs.field(factory=dict)  # named volume -> path in the container
+    workdir: str | None = None  # where commands start: relative to the workspace, or absolute
+    with_workspace: bool = True  # False: the stage's place gets no workspace at all
 
 
 @attrs.frozen
@@ -92,14 +94,16 @@ class Origin:
 class StageHandle:
     """A prepared stage on a backend; ``ref`` is the backend's own (a container id, ...).
 
-    ``workdir`` is where the stage's commands start and where the workspace is, in the
-    backend's own terms (``/workspace`` in a container, the pipeline's folder on the host).
+    In the backend's own terms: ``workspace_dir`` is where the workspace is (``/workspace`` in a
+    container, the pipeline's folder on the host; None when the stage has none), ``workdir`` where
+    commands start (None: the image's own working directory).
     """
 
     spec: StageSpec
     ref: Any = attrs.field(eq=False, repr=False, default=None)
     where: str = "host"
-    workdir: str = "/workspace"
+    workdir: str | None = "/workspace"
+    workspace_dir: str | None = "/workspace"
 
     @property
     def origin(self) -> Origin:

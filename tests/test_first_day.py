@@ -85,3 +85,46 @@ def test_read_only_commands_create_nothing_and_say_where_they_looked(argv: list[
     assert code == 2
     assert f"pipekit looked for {tmp_path / '.pipekit' / 'pipekit.db'}" in err
     assert not (tmp_path / ".pipekit").exists()
+
+
+def test_a_stage_in_the_built_image_can_leave_the_checkout_out(
+    tmp_path: Path, run_on_docker: Any, busybox_image: str
+) -> None:
+    """workspace=False runs in the image's own WORKDIR with no checkout mounted (a real smoke test);
+    workdir= says where commands start."""
+    (tmp_path / "Dockerfile").write_text(f"FROM {busybox_image}\nWORKDIR /app\nRUN echo from-the-image > marker\n")
+    (tmp_path / "marker").write_text("from-the-checkout\n")
+    (tmp_path / "sub").mkdir()
+    p = pk.Pipeline(name="smoke", path=str(tmp_path / "pipeline.py"))
+
+    @p.stage
+    def build(ctx):
+        return ctx.docker.build(".")
+
+    @p.stage(image=build)
+    def mounted(ctx):
+        return ctx.sh("pwd && cat marker").stdout.split()
+
+    @p.stage(image=build, workspace=False)
+    def image_only(ctx):
+        return ctx.sh("pwd && cat marker && test ! -e /workspace && echo no-workspace").stdout.split()
+
+    @p.stage(image=build, workdir="sub")
+    def in_sub(ctx):
+        return ctx.sh("pwd").stdout.strip()
+
+    result, _ = run_on_docker(p)
+    assert result.status == "succeeded", result.stages
+    assert result["mounted"].output == ["/workspace", "from-the-checkout"]
+    assert result["image_only"].output == ["/app", "from-the-image", "no-workspace"]
+    assert result["in_sub"].output == "/workspace/sub"
+
+
+def test_workspace_false_needs_an_image(tmp_path: Path) -> None:
+    """A host stage always works in the pipeline's folder: workspace=False there is refused before the run."""
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n\n@pk.stage(workspace=False)\ndef a(ctx):\n    pass\n"
+    )
+    code, _, err = _cli("run", "-f", str(tmp_path))
+    assert code == 2
+    assert "workspace=False but no image" in err

@@ -147,6 +147,7 @@ def test_missing_secret_fails_only_the_stage_that_uses_it(python_base_image: str
     assert [(s["stage"], s["status"]) for s in summary["stages"]] == [
         ("build", "succeeded"),
         ("test", "succeeded"),
+        ("smoke", "succeeded"),  # ran in the built image, without the checkout (workspace=False)
         ("deploy", "failed"),
     ]
     [failed] = [e for e in _events(proc.stdout) if e["event"] == "stage finished" and e["stage"] == "deploy"]

@@ -17,7 +17,15 @@ def test(ctx, build: pk.Image):
     ctx.docker.run(build, "python -m unittest discover -v")
 
 
-@pk.stage(needs=[test], when=pk.branch("main"))  # Jenkins: when { branch 'main' }
+@pk.stage(image=build, workspace=False)  # no checkout mounted: this tests what the image holds
+def smoke(ctx):
+    # Runs in the image's WORKDIR (/app). With the workspace mounted, `import app` would find the
+    # checkout's app.py instead, and the smoke test would prove nothing about the image.
+    ctx.sh('test "$(python3 -c "import app; print(app.__file__)")" = /app/app.py')
+    ctx.sh("python3 -c 'import app; print(app.greeting())'")
+
+
+@pk.stage(needs=[test, smoke], when=pk.branch("main"))  # Jenkins: when { branch 'main' }
 def deploy(ctx, build: pk.Image):
     ref = f"{ctx.params.registry}/{IMAGE}:latest"
     digest = ctx.docker.push(

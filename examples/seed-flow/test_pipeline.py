@@ -8,11 +8,18 @@ def test_main_builds_tests_and_pushes(pipekit_runner):
         "pipeline.py", branch="main", params={"registry": "registry.example:5000"}, secrets=SECRETS
     )
     assert result.status == "succeeded" and result.exit_code == 0
-    assert result.order == ("build", "test", "deploy")
+    assert result.order == ("build", "test", "smoke", "deploy")
     assert result.built == ["seed-flow:latest"]
     assert result.commands("test") == ["python -m unittest discover -v"]
     assert result.pushed == ["registry.example:5000/seed-flow:latest"]
     assert result.stages["deploy"].output.startswith("registry.example:5000/seed-flow@sha256:")
+
+
+def test_a_smoke_test_of_the_wrong_files_stops_the_deploy(pipekit_runner):
+    pipekit_runner.respond('test "$(python3 -c "import app*', exit_code=1)
+    result = pipekit_runner.run("pipeline.py", branch="main", secrets=SECRETS)
+    assert result.stages["smoke"].status == "failed"
+    assert result.stages["deploy"].status == "skipped"
 
 
 def test_deploy_skipped_on_feature_branch(pipekit_runner):
