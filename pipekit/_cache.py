@@ -12,9 +12,8 @@ from typing import Any
 
 import attrs
 
-from pipekit._conditions import glob_match
+from pipekit._conditions import check_glob, glob_match
 from pipekit._secrets import Secret
-from pipekit.exceptions import PipelineError
 
 __all__ = ["CacheInputs", "inputs", "matching_files", "stage_key"]
 
@@ -31,8 +30,7 @@ def inputs(*files: str, env: Sequence[str] = ()) -> CacheInputs:
     """``cache=pk.inputs("requirements.txt", "src/**", env=["PYTHON_VERSION"])``: file globs
     (relative to the pipeline's folder) and environment variables the stage's result depends on."""
     for f in files:
-        if not isinstance(f, str) or not f:
-            raise PipelineError(f"pk.inputs takes file globs, got {f!r}")
+        check_glob(f, "pk.inputs")
     if isinstance(env, str):
         env = [env]
     return CacheInputs(tuple(files), tuple(env))

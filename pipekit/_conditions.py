@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -63,27 +62,52 @@ def _default_base(workspace: Path) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=512)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        out.append({"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c)))
-        i += 1
-    return re.compile("".join(out) + r"\Z")
+@functools.lru_cache(maxsize=1024)
+def _matcher(pattern: str) -> Any:
+    from wcmatch import glob
+
+    # `*` stays within one path segment, `**` crosses them, {a,b} alternatives, [abc] classes,
+    # and dot files match like any other (as in .gitignore and GitHub's paths filters)
+    return glob.compile(pattern, flags=glob.GLOBSTAR | glob.BRACE | glob.DOTGLOB)
 
 
 def glob_match(pattern: str, text: str) -> bool:
-    """Glob matching where ``*`` stays within one path segment and ``**`` crosses them."""
-    return _glob_regex(pattern).match(text) is not None
+    """Whether a path (relative, with ``/``) matches a glob: ``src/**/*.{py,toml}``."""
+    return bool(_matcher(pattern).match(text))
+
+
+def check_glob(pattern: object, what: str) -> str:
+    """A glob that can match something, or a PipelineError saying what is wrong with it."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise PipelineError(f"{what} takes glob patterns such as 'src/**/*.py', got {pattern!r}")
+    depth_brace = depth_bracket = 0
+    escaped = False
+    for c in pattern:
+        if escaped:
+            escaped = False
+            continue
+        if c == "\\":
+            escaped = True
+        elif c == "{":
+            depth_brace += 1
+        elif c == "}":
+            depth_brace -= 1
+        elif c == "[":
+            depth_bracket += 1
+        elif c == "]" and depth_bracket:
+            depth_bracket -= 1
+        if depth_brace < 0:
+            break
+    problem = None
+    if depth_brace != 0:
+        problem = "its { and } do not pair up"
+    elif depth_bracket:
+        problem = "a [ has no closing ]"
+    elif escaped:
+        problem = "it ends with a lone backslash"
+    if problem:
+        raise PipelineError(f"{what}: the pattern {pattern!r} cannot be read: {problem}")
+    return pattern
 
 
 class RunInfo:
@@ -191,5 +215,7 @@ def changed(*patterns: str) -> Condition:
     """True when a file matching one of the globs changed against the base ref (``src/**``)."""
     if not patterns:
         raise PipelineError("pk.changed needs at least one pattern")
+    for p in patterns:
+        check_glob(p, "pk.changed")
     text = "changed " + ", ".join(repr(p) for p in patterns)
     return Condition(lambda i: any(glob_match(p, f) for p in patterns for f in i.changed_files), text)

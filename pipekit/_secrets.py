@@ -62,31 +62,34 @@ class Credentials:
         return f"Credentials(username={user}, password=***)"
 
 
+MAX_SECRETS_FILE = 1 << 20  # a secrets file is small: anything bigger is a mistake (or /dev/zero)
+
+
 def parse_dotenv(path: Path) -> dict[str, str]:
-    """Read ``KEY=VALUE`` lines (``export``, quotes and ``#`` comments allowed)."""
+    """Read a dotenv file with python-dotenv's rules: ``KEY=VALUE``, ``export``, single and double
+    quotes (a double-quoted value may span lines and use escapes), ``#`` comments. Values are
+    taken as written: ``${VAR}`` is not expanded."""
+    import io
+
+    from dotenv.parser import parse_stream
+
     try:
+        if not path.is_file() or path.stat().st_size > MAX_SECRETS_FILE:
+            what = "is not a regular file" if not path.is_file() else "is larger than 1 MiB"
+            raise UsageError(f"The secrets file {path} {what}; give a dotenv file of KEY=VALUE lines")
         text = path.read_text()
     except OSError as e:
         raise UsageError(f"Cannot read the secrets file {path}: {e.strerror}") from e
+    except UnicodeDecodeError:
+        raise UsageError(f"The secrets file {path} is not text; give a dotenv file of KEY=VALUE lines") from None
     values: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise UsageError(f"{path}:{number}: expected KEY=VALUE (the line's value is not shown)")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            quote, value = value[0], value[1:-1]
-            if quote == '"':
-                value = value.encode().decode("unicode_escape") if "\\" in value else value
-        else:
-            value = re.split(r"\s+#", value, maxsplit=1)[0]
-        values[key] = value
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.key is None and not binding.error:
+            continue  # a blank line or a comment
+        if binding.error or binding.value is None or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", binding.key or ""):
+            line = binding.original.line
+            raise UsageError(f"{path}:{line}: expected KEY=VALUE (the line's value is not shown)")
+        values[str(binding.key)] = binding.value
     return values
 
 

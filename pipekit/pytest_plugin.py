@@ -60,6 +60,38 @@ def pytest_runtest_setup(item: pytest.Item) -> None:  # a dict lookup per test w
             pytest.skip(f"pipekit_docker: no Docker engine answers: {problem}")
 
 
+_RESULTS = pytest.StashKey[list]()  # type: ignore[type-arg]
+_current: list[pytest.Item] = []  # the test running now, for pytest_assertrepr_compare
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    _current.append(item)
+    try:
+        yield
+    finally:
+        _current.remove(item)
+
+
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """`assert result.stages["deploy"].status == "succeeded"` fails naming the stage, its error
+    and its commands, not just `'failed' == 'succeeded'`."""
+    if op != "==" or not _current or _current[-1].stash.get(_RESULTS, None) is None:
+        return None
+    from pipekit._results import StageStatus
+
+    status = left if isinstance(left, StageStatus) else right if isinstance(right, StageStatus) else None
+    if status is None:
+        return None
+    other = right if status is left else left
+    lines = [f"stage status {str(status)!r} == {other!r}"]
+    for result in _current[-1].stash[_RESULTS]:
+        for name, r in result.stages.items():
+            if r.status == status and len(lines) < 40:
+                lines += result.describe(name)
+    return lines
+
+
 def _update(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--pipekit-update-snapshots") or os.environ.get(SNAPSHOT_ENV))
 
@@ -69,7 +101,9 @@ def pipekit_runner(request: pytest.FixtureRequest) -> PipelineRunner:
     """Run pipelines on a fake backend; paths are relative to the test file's folder."""
     from pipekit.testing import PipelineRunner
 
-    return PipelineRunner(base_dir=request.path.parent, update_snapshots=_update(request))
+    runner = PipelineRunner(base_dir=request.path.parent, update_snapshots=_update(request))
+    request.node.stash[_RESULTS] = runner.results
+    return runner
 
 
 @pytest.fixture
@@ -82,6 +116,8 @@ def pipekit_docker_runner(request: pytest.FixtureRequest) -> Iterator[PipelineRu
     from pipekit.testing import PipelineRunner, RecordingBackend
 
     backend = RecordingBackend(DockerBackend())
-    yield PipelineRunner(backend=backend, base_dir=request.path.parent, update_snapshots=_update(request))
+    runner = PipelineRunner(backend=backend, base_dir=request.path.parent, update_snapshots=_update(request))
+    request.node.stash[_RESULTS] = runner.results
+    yield runner
     for run_id in backend.run_ids:
         backend.cleanup(run_id)

@@ -139,14 +139,21 @@ class PipelineResult:
         return "\n".join(lines) + "\n"
 
     def assert_call_tree(self, name: str | Path) -> None:
-        """Compare :meth:`call_tree` with a stored snapshot; write it when missing or when updating
-        (``pytest --pipekit-update-snapshots`` or ``PIPEKIT_UPDATE_SNAPSHOTS=1``)."""
+        """Compare :meth:`call_tree` with a stored snapshot; write it when updating
+        (``pytest --pipekit-update-snapshots`` or ``PIPEKIT_UPDATE_SNAPSHOTS=1``) or when it is
+        missing, except under CI (``CI`` set), where a missing snapshot fails the test."""
+        __tracebackhide__ = True
         path = Path(name)
         if not path.is_absolute():
             path = self._snapshot_dir / path
         if path.suffix != ".txt":
             path = path.with_name(path.name + ".txt")
         tree = self.call_tree()
+        if not path.exists() and not self._update and os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            raise AssertionError(
+                f"There is no snapshot {path}, and CI is set, so it was not written. Run the test with"
+                " --pipekit-update-snapshots where you develop and commit the file"
+            )
         if self._update or not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(tree)
@@ -162,6 +169,19 @@ class PipelineResult:
                 f"The run's call tree differs from the snapshot {path}:\n{diff}\n"
                 "If the change is intended, rerun with --pipekit-update-snapshots"
             )
+
+    def describe(self, stage: str) -> list[str]:
+        """How a stage ended, for an assertion message: status, error, commands with exit codes."""
+        r = self.stages.get(stage)
+        if r is None:
+            return [f"there is no stage '{stage}' (stages: {', '.join(self.stages)})"]
+        why = f" ({r.reason})" if r.reason else ""
+        lines = [f"stage '{stage}' {r.status}{why}"]
+        lines += [f"  {line}" for line in (r.error or "").splitlines()[:15]]
+        for c in self.calls(stage):
+            code = f" -> exit {c.exit_code}" if c.exit_code else ""
+            lines.append(f"  {c.kind}: {c.text}{code}")
+        return lines
 
     def __repr__(self) -> str:
         statuses = ", ".join(f"{n}={r.status}" for n, r in self.stages.items())

@@ -128,3 +128,39 @@ def test_workspace_false_needs_an_image(tmp_path: Path) -> None:
     code, _, err = _cli("run", "-f", str(tmp_path))
     assert code == 2
     assert "workspace=False but no image" in err
+
+
+def test_a_standard_dotenv_file_with_a_quoted_multi_line_value_is_read(tmp_path: Path) -> None:
+    """Secrets files follow python-dotenv's rules: quotes, export, comments, multi-line values."""
+    from pipekit._secrets import parse_dotenv
+
+    key = "-----BEGIN KEY-----\nabc\n-----END KEY-----"
+    (tmp_path / ".env").write_text(
+        f"# deploy secrets\nexport TOKEN=plain-value  # a comment\nKEY=\"{key}\"\nSINGLE='$NOT_EXPANDED'\n"
+    )
+    assert parse_dotenv(tmp_path / ".env") == {"TOKEN": "plain-value", "KEY": key, "SINGLE": "$NOT_EXPANDED"}
+    (tmp_path / "bad.env").write_text("GOOD=1\nthis is not an assignment\n")
+    with pytest.raises(pk.UsageError, match=r"bad.env:2: expected KEY=VALUE"):
+        parse_dotenv(tmp_path / "bad.env")
+
+
+def test_a_secrets_file_that_is_not_a_small_file_is_refused() -> None:
+    """--secrets-file /dev/zero is refused with a message, not a MemoryError."""
+    from pipekit._secrets import parse_dotenv
+
+    with pytest.raises(pk.UsageError, match="is not a regular file"):
+        parse_dotenv(Path("/dev/zero"))
+
+
+def test_changed_understands_brace_patterns_and_refuses_broken_ones() -> None:
+    """pk.changed("src/**/*.{py,toml}") matches; a pattern that cannot be read fails at load time."""
+    from pipekit._conditions import RunInfo
+
+    cond = pk.changed("src/**/*.{py,toml}")
+    info = RunInfo(workspace=Path("."), branch="main", changed_files=["src/pkg/mod.py", "README.md"])
+    assert cond.evaluate(info)
+    assert not cond.evaluate(RunInfo(workspace=Path("."), branch="main", changed_files=["docs/x.py"]))
+    assert pk.changed("**/*.md").evaluate(info)
+    for broken in ("src/{a,b", "src/[abc", "trailing\\"):
+        with pytest.raises(pk.PipelineError, match="cannot be read"):
+            pk.changed(broken)

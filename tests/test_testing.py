@@ -186,8 +186,9 @@ def test_timeouts_and_retries_on_the_fake() -> None:
     assert not runner.fake.open_handles
 
 
-def test_call_tree_snapshot(tmp_path: Path) -> None:
+def test_call_tree_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """assert_call_tree writes a missing snapshot, fails with a diff on change, and rewrites on update."""
+    monkeypatch.delenv("CI", raising=False)
     path = _write(tmp_path)
     secrets = {"TOKEN": "t0ken-value"}
     runner = PipelineRunner(base_dir=tmp_path, update_snapshots=False).respond("exit 4", exit_code=4)
@@ -211,6 +212,52 @@ def test_call_tree_snapshot(tmp_path: Path) -> None:
     updating = PipelineRunner(base_dir=tmp_path, update_snapshots=True)
     updating.run(path, secrets=secrets).assert_call_tree("run")
     assert "check: succeeded" in snap.read_text()
+
+
+def test_a_missing_snapshot_fails_under_ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CI set, a missing snapshot is a failure (never written silently); updating still writes it."""
+    monkeypatch.setenv("CI", "true")
+    path = _write(tmp_path)
+    runner = PipelineRunner(base_dir=tmp_path, update_snapshots=False)
+    with pytest.raises(AssertionError, match="There is no snapshot .*run.txt, and CI is set"):
+        runner.run(path).assert_call_tree("run")
+    assert not (tmp_path / "snapshots" / "run.txt").exists()
+    PipelineRunner(base_dir=tmp_path, update_snapshots=True).run(path).assert_call_tree("run")
+    assert (tmp_path / "snapshots" / "run.txt").exists()
+
+
+def test_a_wrong_expectation_names_the_stage_its_error_and_commands(pytester: pytest.Pytester) -> None:
+    """`assert result.stages[...].status == "succeeded"` explains the stage; a snapshot diff shows no
+    pipekit source lines."""
+    pytester.makepyfile(
+        pipeline="""
+import pipekit as pk
+
+@pk.stage
+def unit(ctx):
+    ctx.sh("pytest -q tests/")
+""",
+        test_it="""
+def test_status(pipekit_runner):
+    pipekit_runner.respond("pytest*", exit_code=2, stdout="E   assert 1 == 2")
+    result = pipekit_runner.run("pipeline.py")
+    assert result.stages["unit"].status == "succeeded"
+
+def test_snapshot(pipekit_runner, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    (pipekit_runner.snapshot_dir).mkdir()
+    (pipekit_runner.snapshot_dir / "s.txt").write_text("something else")
+    pipekit_runner.run("pipeline.py").assert_call_tree("s")
+""",
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "stage 'unit' failed" in out
+    assert "Command exited with code 2 in stage 'unit': pytest -q tests/" in out
+    assert "sh: pytest -q tests/ -> exit 2" in out
+    assert "differs from the snapshot" in out
+    assert "__tracebackhide__" not in out and "def assert_call_tree" not in out
 
 
 def test_plugin_fixtures_and_options(pytester: pytest.Pytester) -> None:
