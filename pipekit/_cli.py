@@ -1,305 +1,253 @@
-"""The command line: ``pipekit run | list | graph | validate``.
+"""The command line, with click: ``pipekit run | runs | show | logs | artifacts | cache | list |
+graph | validate | completion``.
 
 Exit codes: 0 success, 1 a stage failed, 2 the pipeline or the command line is wrong,
 3 the backend (Docker engine) is not usable, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
-Only this module turns exceptions into exit codes.
+Only this module turns exceptions into exit codes. Every option can also come from a ``PIPEKIT_*``
+environment variable, and ``pipekit run``'s defaults from ``[tool.pipekit]`` in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
+import click
+
 from pipekit import __version__
-from pipekit._cli_history import HISTORY_COMMANDS, print_error, table
-from pipekit._graph import find_errors, plan
-from pipekit._loader import load
-from pipekit._logging import LOG_FORMATS, make_logger
-from pipekit._params import parse_param_args
-from pipekit._resolve import ResolvedPlan
-from pipekit._session import RunRequest, setup
-from pipekit._stage import Pipeline
-from pipekit.exceptions import Interrupted, PipekitError, PipelineError, UsageError
+from pipekit._cli_commands import IMAGE_MAP_ENV, cmd_graph, cmd_list, cmd_run, cmd_validate
+from pipekit._cli_config import run_defaults
+from pipekit._cli_history import HISTORY_COMMANDS, print_error
+from pipekit._logging import LOG_FORMATS
+from pipekit.exceptions import Interrupted, PipekitError, PipelineError
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
-IMAGE_MAP_ENV = "PIPEKIT_IMAGE_MAP"
+Command = Callable[[argparse.Namespace, IO[str], IO[str]], int]
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse exits 2 itself; keep our own wording
-        raise UsageError(f"{message} (see `pipekit {self.prog.split()[-1]} --help`)")
+def _dispatch(command: Command, **values: Any) -> None:
+    """Run a command body with the parsed values; its exit code ends the program."""
+    ctx = click.get_current_context()
+    out, err = ctx.obj["out"], ctx.obj["err"]
+    args = argparse.Namespace(**values, argv=ctx.obj["argv"])
+    ctx.exit(command(args, out, err))
 
 
-def _with_file(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument(
+def _file_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
         "-f",
         "--file",
         default="pipeline.py",
+        show_default=True,
+        envvar="PIPEKIT_FILE",
         metavar="PATH",
-        help="the pipeline file, or a folder holding pipeline.py (default: ./pipeline.py)",
-    )
-    return p
+        help="The pipeline file, or a folder holding pipeline.py.",
+    )(f)
 
 
-def _add_run(sub: Any) -> None:
-    run = _with_file(sub.add_parser("run", help="run the pipeline (or the named stages and what they need)"))
-    run.add_argument("stages", nargs="*", metavar="STAGE", help="stages to run, with everything upstream")
-    run.add_argument("-j", "--jobs", type=int, default=4, metavar="N", help="stages run at once (default 4)")
-    run.add_argument("--fail-fast", action="store_true", help="when a stage fails, stop the running ones too")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
-    run.add_argument("--log-format", choices=LOG_FORMATS, default="console", help="console (default) or json")
-    run.add_argument("-v", "--verbose", action="store_true", help="also log each command before it runs")
-    run.add_argument("--branch", help="the branch for pk.branch conditions (default: the CI's variables, else git)")
-    run.add_argument(
-        "--changed-base",
-        metavar="REF",
-        help="the git ref pk.changed compares with (default: the merge base with the default branch)",
-    )
-    run.add_argument("--timeout", metavar="DURATION", help="fail the run after this long (seconds, '30m', '1h')")
-    run.add_argument(
-        "--resume",
-        nargs="?",
-        const="",
-        metavar="RUN",
-        help="run again only what failed or did not run in RUN (default: the last run of this pipeline)",
-    )
-    run.add_argument("--no-cache", action="store_true", help="run every stage, ignoring cached results")
-    run.add_argument(
-        "--workspace",
-        choices=("auto", "mount", "copy"),
-        default=None,
-        help="how container stages get the pipeline's folder: a bind mount, a copy in and out, or auto"
-        " (mount for a local engine, copy for DOCKER_HOST=tcp:// or ssh://; also $PIPEKIT_WORKSPACE)",
-    )
-
-    run.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="set a parameter declared with pk.param (repeatable)",
-    )
-    run.add_argument(
-        "--secrets-file", metavar="PATH", help="a dotenv file of secrets (KEY=VALUE); the environment is read too"
-    )
-    run.add_argument(
-        "--image-map",
-        action="append",
-        default=[],
-        metavar="IMAGE=LOCAL",
-        help=f"run stages that ask for IMAGE in LOCAL instead (repeatable; also ${IMAGE_MAP_ENV}=A=B,C=D)",
-    )
+@click.group(context_settings=CONTEXT, epilog="Run `pipekit COMMAND --help` for a command's options and examples.")
+@click.version_option(__version__, "--version", prog_name="pipekit", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Run CI/CD pipelines written in Python."""
 
 
-def _add_history(sub: Any) -> None:
-    runs = _with_file(sub.add_parser("runs", help="list the recent runs of this workspace"))
-    runs.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="how many (default 20)")
-    show = _with_file(sub.add_parser("show", help="show a run: stages, durations, errors, artifacts, tests"))
-    show.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
-    logs = _with_file(sub.add_parser("logs", help="print a run's logs (one stage's, or all)"))
-    logs.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
-    logs.add_argument("stage", nargs="?", metavar="STAGE")
-    logs.add_argument("--follow", action="store_true", help="keep printing until the run ends")
-    arts = _with_file(sub.add_parser("artifacts", help="copy a run's archived files out"))
-    arts.add_argument("run", metavar="RUN", help="a run id, a unique prefix of one, or 'last'")
-    arts.add_argument("--dest", metavar="DIR", help="where to put them (default ./artifacts-RUN)")
-    cache = _with_file(sub.add_parser("cache", help="list or prune cached stage results and cache volumes"))
-    cache.add_argument("action", choices=("list", "prune"))
-    cache.add_argument("--results", action="store_true", help="prune only the cached stage results")
-    cache.add_argument("--volumes", action="store_true", help="prune only the cache volumes (cache_dirs=)")
+RUN_EPILOG = """\b
+Examples:
+  pipekit run                                 # every stage of ./pipeline.py
+  pipekit run package                         # package and everything it needs
+  pipekit run -f ci/ -j 8 --fail-fast --log-format json
+  pipekit run --param registry=localhost:5000 --secrets-file .env.ci
+  pipekit run --dry-run                       # what would run, and what is skipped and why
+  DOCKER_HOST=ssh://ci@build-box pipekit run  # the workspace is copied to the remote engine
+
+\b
+Every option can also be set with PIPEKIT_<OPTION> (PIPEKIT_JOBS=8, PIPEKIT_LOG_FORMAT=json),
+and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cli.md).
+"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pipekit", description="Run CI/CD pipelines written in Python.")
-    parser.add_argument("--version", action="version", version=f"pipekit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    _add_run(sub)
-    _add_history(sub)
-    _with_file(sub.add_parser("list", help="list the stages, their images and dependencies"))
-    graph = _with_file(sub.add_parser("graph", help="print the stage graph"))
-    graph.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
-    _with_file(sub.add_parser("validate", help="check the pipeline and report every problem"))
-    return parser
+@cli.command(context_settings=CONTEXT, epilog=RUN_EPILOG)
+@click.argument("stages", nargs=-1, metavar="[STAGE]...")
+@_file_option
+@click.option("-j", "--jobs", type=int, default=4, show_default=True, envvar="PIPEKIT_JOBS", help="Stages run at once.")
+@click.option(
+    "--fail-fast", is_flag=True, envvar="PIPEKIT_FAIL_FAST", help="When a stage fails, stop the running ones."
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and start nothing.")
+@click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="console", show_default=True, envvar="PIPEKIT_LOG_FORMAT"
+)
+@click.option("-v", "--verbose", is_flag=True, envvar="PIPEKIT_VERBOSE", help="Also log debug events.")
+@click.option("--branch", envvar="PIPEKIT_BRANCH", help="The branch for pk.branch (default: the CI's, else git's).")
+@click.option(
+    "--changed-base", metavar="REF", envvar="PIPEKIT_CHANGED_BASE", help="The git ref pk.changed compares with."
+)
+@click.option("--timeout", metavar="DURATION", envvar="PIPEKIT_TIMEOUT", help="Fail the run after this long ('30m').")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[RUN]",
+    envvar="PIPEKIT_RESUME",
+    help="Run again only what failed or did not run in RUN (default: the last run).",
+)
+@click.option("--no-cache", is_flag=True, envvar="PIPEKIT_NO_CACHE", help="Run every stage, ignoring cached results.")
+@click.option(
+    "--workspace",
+    type=click.Choice(("auto", "mount", "copy")),
+    default=None,
+    envvar="PIPEKIT_WORKSPACE",
+    help="How container stages get the pipeline's folder (auto: mount for a local engine, copy for a remote one).",
+)
+@click.option(
+    "-p", "--param", multiple=True, metavar="NAME=VALUE", envvar="PIPEKIT_PARAM", help="Set a pk.param (repeatable)."
+)
+@click.option("--secrets-file", metavar="PATH", envvar="PIPEKIT_SECRETS_FILE", help="A dotenv file of secrets.")
+@click.option(
+    "--image-map",
+    multiple=True,
+    metavar="IMAGE=LOCAL",
+    help=f"Run stages that ask for IMAGE in LOCAL instead (repeatable; also ${IMAGE_MAP_ENV}=A=B,C=D).",
+)
+def run(**values: Any) -> None:
+    """Run the pipeline, or the named stages and everything they need."""
+    _dispatch(cmd_run, **values)
 
 
-def _image_map(values: Sequence[str]) -> dict[str, str]:
-    items = [v for v in os.environ.get(IMAGE_MAP_ENV, "").split(",") if v.strip()]
-    items += list(values)
-    mapping = {}
-    for item in items:
-        src, sep, dst = item.strip().partition("=")
-        if not sep or not src or not dst:
-            raise UsageError(f"--image-map takes IMAGE=LOCAL_IMAGE, got {item!r}")
-        mapping[src] = dst
-    return mapping
+@cli.command(name="list", context_settings=CONTEXT)
+@_file_option
+def list_(**values: Any) -> None:
+    """List the stages, their images and dependencies, and the parameters."""
+    _dispatch(cmd_list, **values)
 
 
-@contextmanager
-def _signals_raise() -> Iterator[None]:
-    """While running, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    received: list[int] = []
-
-    def handler(signum: int, _frame: Any) -> None:
-        if received:  # already stopping: let the cleanup finish
-            return
-        received.append(signum)
-        raise Interrupted(signum, signal.Signals(signum).name)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+@cli.command(context_settings=CONTEXT, epilog="\b\nExample:\n  pipekit graph --format dot | dot -Tsvg > graph.svg")
+@_file_option
+@click.option("--format", type=click.Choice(("text", "dot", "mermaid")), default="text", show_default=True)
+def graph(**values: Any) -> None:
+    """Print the stage graph."""
+    _dispatch(cmd_graph, **values)
 
 
-def _load_valid(path: str) -> Pipeline:
-    return load(path)
+@cli.command(context_settings=CONTEXT)
+@_file_option
+def validate(**values: Any) -> None:
+    """Check the pipeline and report every problem."""
+    _dispatch(cmd_validate, **values)
 
 
-def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    pipeline = _load_valid(args.file)
-    errors = find_errors(pipeline)
-    for e in errors:
-        print_error(err, f"{type(e).__name__}: {e}")
-    if errors:
-        print_error(err, f"{len(errors)} problem(s) in {pipeline.path}")
-        return 2
-    print(f"{pipeline.path}: {len(pipeline.stages)} stages, valid", file=out)
-    return 0
+RUN_REF = click.argument("run", metavar="RUN")
+RUN_HELP = "RUN is a run id, a unique prefix of one, or 'last'."
 
 
-def cmd_list(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    p = plan(_load_valid(args.file))
-    rows = [("STAGE", "IMAGE", "NEEDS", "DEFINED AT")]
-    for name in p.order:
-        s = p.stage(name)
-        rows.append((name, p.pipeline.describe_image(s), ", ".join(p.upstream(name)) or "-", s.location))
-    table(rows, out)
-    if p.pipeline.params:
-        print("", file=out)
-        prows = [("PARAMETER", "TYPE", "DEFAULT", "HELP")]
-        for prm in p.pipeline.params.values():
-            prows.append((prm.name, prm.type_name, repr(prm.default), prm.help or "-"))
-        table(prows, out)
-    return 0
+@cli.command(context_settings=CONTEXT)
+@_file_option
+@click.option("-n", "--limit", type=click.IntRange(1, 1_000_000), default=20, show_default=True, help="How many.")
+def runs(**values: Any) -> None:
+    """List the recent runs of this workspace."""
+    _dispatch(HISTORY_COMMANDS["runs"], **values)
 
 
-def cmd_graph(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    p = plan(_load_valid(args.file))
-    edges = [(u, v) for v in p.order for u in p.upstream(v)]
-    if args.format == "dot":
-        print(f'digraph "{p.pipeline.name}" {{', file=out)
-        for n in p.order:
-            print(f'  "{n}";', file=out)
-        for u, v in edges:
-            print(f'  "{u}" -> "{v}";', file=out)
-        print("}", file=out)
-    elif args.format == "mermaid":
-        ids = {n: f"s{i}" for i, n in enumerate(p.order)}
-        print("graph LR", file=out)
-        for n in p.order:
-            print(f'  {ids[n]}["{n}"]', file=out)
-        for u, v in edges:
-            print(f"  {ids[u]} --> {ids[v]}", file=out)
-    else:
-        for n in p.order:
-            ups = p.upstream(n)
-            print(f"{n} <- {', '.join(ups)}" if ups else n, file=out)
-    return 0
+@cli.command(context_settings=CONTEXT, epilog=RUN_HELP)
+@RUN_REF
+@_file_option
+def show(**values: Any) -> None:
+    """Show a run: stages, durations, errors, artifacts, tests."""
+    _dispatch(HISTORY_COMMANDS["show"], **values)
 
 
-def _print_plan(resolved: ResolvedPlan, out: IO[str], log_format: str) -> None:
-    log = make_logger(log_format, file=out) if log_format == "json" else None
-    skipped = 0
-    for i, name in enumerate(resolved.order, 1):
-        r = resolved[name]
-        needs = list(resolved.plan.upstream(name))
-        skipped += r.skip is not None
-        if log is not None:
-            fields = {"skip": r.skip} if r.skip else {}
-            log.info("stage planned", stage=name, position=i, image=r.describe_image(), needs=needs, **fields)
-        else:
-            after = f" after {', '.join(needs)}" if needs else ""
-            skip = f"  [skipped: {r.skip}]" if r.skip else ""
-            print(f"{i:>3}. {name} ({r.describe_image()}){after}{skip}", file=out)
-    if log is None:
-        total = len(resolved.order)
-        print(f"dry run: {total - skipped} of {total} stages would run, nothing started", file=out)
+@cli.command(context_settings=CONTEXT, epilog=RUN_HELP)
+@RUN_REF
+@click.argument("stage", required=False)
+@_file_option
+@click.option("--follow", is_flag=True, help="Keep printing until the run ends.")
+def logs(**values: Any) -> None:
+    """Print a run's logs (one stage's, or all)."""
+    _dispatch(HISTORY_COMMANDS["logs"], **values)
 
 
-def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest:
-    return RunRequest(
-        pipeline=args.file,
-        targets=args.stages,
-        jobs=args.jobs,
-        fail_fast=args.fail_fast,
-        timeout=args.timeout,
-        params=parse_param_args(args.param),
-        secrets_file=args.secrets_file,
-        branch=args.branch,
-        changed_base=args.changed_base,
-        image_map=_image_map(args.image_map),
-        workspace_mode=args.workspace,
-        record=True,
-        resume=args.resume,
-        use_cache=not args.no_cache,
-        log_format=args.log_format,
-        log_file=out,
-        verbose=args.verbose,
-        argv=args.argv,
-        warn=lambda message: print_error(err, f"warning: {message}"),
-    )
+@cli.command(context_settings=CONTEXT, epilog=RUN_HELP)
+@RUN_REF
+@_file_option
+@click.option("--dest", metavar="DIR", help="Where to put them (default ./artifacts-RUN).")
+def artifacts(**values: Any) -> None:
+    """Copy a run's archived files out."""
+    _dispatch(HISTORY_COMMANDS["artifacts"], **values)
 
 
-def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    run = setup(_request(args, out, err))
-    if run.errors:
-        for e in run.errors:
-            print_error(err, f"{type(e).__name__}: {e}")
-        print_error(err, "nothing was run")
-        return 2
-    if args.dry_run:
-        _print_plan(run.dry_run(), out, args.log_format)
-        return 0
-    with _signals_raise():
-        result = run.execute()
-    return result.exit_code
+@cli.command(context_settings=CONTEXT)
+@click.argument("action", type=click.Choice(("list", "prune")))
+@_file_option
+@click.option("--results", is_flag=True, help="Prune only the cached stage results.")
+@click.option("--volumes", is_flag=True, help="Prune only the cache volumes (cache_dirs=).")
+def cache(**values: Any) -> None:
+    """List or prune cached stage results and cache volumes."""
+    _dispatch(HISTORY_COMMANDS["cache"], **values)
 
 
-COMMANDS = {
-    "run": cmd_run,
-    "list": cmd_list,
-    "graph": cmd_graph,
-    "validate": cmd_validate,
-    **HISTORY_COMMANDS,
-}
+COMPLETION_EPILOG = """\b
+Examples:
+  pipekit completion bash > /etc/bash_completion.d/pipekit
+  pipekit completion zsh > "${fpath[1]}/_pipekit"
+  pipekit completion fish > ~/.config/fish/completions/pipekit.fish
+"""
+
+
+@cli.command(context_settings=CONTEXT, epilog=COMPLETION_EPILOG)
+@click.argument("shell", type=click.Choice(("bash", "zsh", "fish")))
+def completion(shell: str) -> None:
+    """Print the shell completion script for bash, zsh or fish."""
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None
+    ctx = click.get_current_context()
+    print(completer(cli, {}, "pipekit", "_PIPEKIT_COMPLETE").source(), file=ctx.obj["out"])
+
+
+def _usage_error(e: click.ClickException, err: IO[str]) -> int:
+    message = e.format_message()
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        message += f" (see `{ctx.command_path} --help`)"
+    print_error(err, message)
+    return e.exit_code
 
 
 def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Run the command line in-process and return its exit code (never raises for user errors)."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        argv = list(sys.argv[1:] if argv is None else argv)
-        args = _parser().parse_args(argv)
-        args.argv = argv
-        if not args.command:
-            _parser().print_help(out)
-            return 2
-        return COMMANDS[args.command](args, out, err)
+        obj = {"out": out, "err": err, "argv": argv}
+        default_map = {"run": run_defaults(Path.cwd())}
+        # click writes --help and --version to sys.stdout: send them where this call's output goes
+        with (
+            contextlib.redirect_stdout(out),
+            cli.make_context("pipekit", argv, obj=obj, default_map=default_map) as ctx,
+        ):
+            cli.invoke(ctx)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.NoArgsIsHelpError as e:
+        print(e.ctx.get_help(), file=out)
+        return 2
+    except click.ClickException as e:
+        return _usage_error(e, err)
+    except click.exceptions.Abort:
+        print_error(err, "interrupted")
+        return 130
     except Interrupted as e:
         print_error(err, f"{e}; stopped every running stage and removed its containers")
         return e.exit_code
@@ -320,6 +268,8 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, err: 
 
 
 def console_main() -> None:
+    if "_PIPEKIT_COMPLETE" in os.environ:  # the shell asks for completions
+        cli.main(prog_name="pipekit", complete_var="_PIPEKIT_COMPLETE")
     code = main()
     if any(t.name.startswith("pipekit-stage") and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()

@@ -109,8 +109,9 @@ def test_unknown_target_stage() -> None:
     [
         (["run", "--jobs", "0", "-f", str(HELLO)], "--jobs must be 1 or more"),
         (["run", "--image-map", "nonsense", "-f", str(HELLO)], "--image-map takes IMAGE=LOCAL_IMAGE"),
-        (["run", "--log-format", "xml"], "invalid choice: 'xml'"),
-        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run", "--log-format", "xml"], "'xml' is not one of 'console', 'json'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["run", "--jbos", "2"], "No such option '--jbos'. (Did you mean one of: '--jobs'"),
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], message: str) -> None:
@@ -147,6 +148,53 @@ def test_a_pipeline_of_host_stages_needs_no_engine(monkeypatch: pytest.MonkeyPat
     assert code == 0, out + err
     assert (tmp_path / "out.txt").read_text() == "hello\n"
     assert "Cannot reach" not in err
+
+
+def test_unknown_flags_name_the_right_program_and_suggest(tmp_path: Path) -> None:
+    """A mistyped flag says `pipekit run --help` (not `pipekit pipekit`) and what was meant."""
+    code, _, err = cli("run", "--fial-fast")
+    assert code == 2
+    assert "(see `pipekit run --help`)" in err and "pipekit pipekit" not in err
+    assert "'--fail-fast'" in err
+
+
+def test_help_shows_examples() -> None:
+    """`pipekit run --help` carries examples and says where defaults come from."""
+    code, out, _ = cli("run", "--help")
+    assert code == 0
+    assert "Examples:" in out and "pipekit run package" in out and "PIPEKIT_JOBS" in out
+
+
+def test_options_come_from_the_environment_and_the_project(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """PIPEKIT_* variables and [tool.pipekit] give defaults; the command line wins over both."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.pipekit]\nlog-format = "json"\nimage-map = { "alpine:3.20" = "local/alpine" }\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli("run", "-f", str(HELLO), "--dry-run")
+    assert code == 0
+    planned = [json.loads(line) for line in out.splitlines()]
+    assert {e["image"] for e in planned} == {"local/alpine"}
+    monkeypatch.setenv("PIPEKIT_LOG_FORMAT", "console")
+    assert cli("run", "-f", str(HELLO), "--dry-run")[1].startswith("  1. lint (local/alpine)")
+    assert json.loads(cli("run", "-f", str(HELLO), "--dry-run", "--log-format", "json")[1].splitlines()[0])
+    (tmp_path / "pyproject.toml").write_text("[tool.pipekit]\njbos = 2\n")
+    code, _, err = cli("run", "-f", str(HELLO), "--dry-run")
+    assert code == 2 and "has no setting 'jbos'" in err
+
+
+def test_shell_completion() -> None:
+    """`pipekit completion bash` prints a script; the shell's request completes commands and options."""
+    import os
+
+    code, out, _ = cli("completion", "bash")
+    assert code == 0 and "_PIPEKIT_COMPLETE" in out and "complete " in out
+    env = {**os.environ, "_PIPEKIT_COMPLETE": "bash_complete", "COMP_WORDS": "pipekit ru", "COMP_CWORD": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pipekit"], env=env, capture_output=True, text=True)
+    assert "plain,run" in proc.stdout.splitlines() and "plain,runs" in proc.stdout.splitlines()
+    env.update(COMP_WORDS="pipekit run --fail", COMP_CWORD="2")
+    proc = subprocess.run([sys.executable, "-m", "pipekit"], env=env, capture_output=True, text=True)
+    assert "plain,--fail-fast" in proc.stdout.splitlines()
 
 
 def test_python_dash_m_and_console_script_agree() -> None:

@@ -1,0 +1,175 @@
+"""The command bodies behind ``pipekit run | list | graph | validate``: plain functions of the
+parsed arguments and the output streams (``_cli.py`` parses; these do the work)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, Any
+
+from pipekit._cli_history import print_error, table
+from pipekit._graph import find_errors, plan
+from pipekit._loader import load
+from pipekit._logging import make_logger
+from pipekit._params import parse_param_args
+from pipekit._resolve import ResolvedPlan
+from pipekit._session import RunRequest, setup
+from pipekit._stage import Pipeline
+from pipekit.exceptions import Interrupted, UsageError
+
+__all__ = ["IMAGE_MAP_ENV", "cmd_graph", "cmd_list", "cmd_run", "cmd_validate"]
+
+IMAGE_MAP_ENV = "PIPEKIT_IMAGE_MAP"
+
+
+def _image_map(values: Sequence[str]) -> dict[str, str]:
+    items = [v for v in os.environ.get(IMAGE_MAP_ENV, "").split(",") if v.strip()]
+    items += list(values)
+    mapping = {}
+    for item in items:
+        src, sep, dst = item.strip().partition("=")
+        if not sep or not src or not dst:
+            raise UsageError(f"--image-map takes IMAGE=LOCAL_IMAGE, got {item!r}")
+        mapping[src] = dst
+    return mapping
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """While running, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    received: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if received:  # already stopping: let the cleanup finish
+            return
+        received.append(signum)
+        raise Interrupted(signum, signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _load_valid(path: str) -> Pipeline:
+    return load(path)
+
+
+def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    pipeline = _load_valid(args.file)
+    errors = find_errors(pipeline)
+    for e in errors:
+        print_error(err, f"{type(e).__name__}: {e}")
+    if errors:
+        print_error(err, f"{len(errors)} problem(s) in {pipeline.path}")
+        return 2
+    print(f"{pipeline.path}: {len(pipeline.stages)} stages, valid", file=out)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    p = plan(_load_valid(args.file))
+    rows = [("STAGE", "IMAGE", "NEEDS", "DEFINED AT")]
+    for name in p.order:
+        s = p.stage(name)
+        rows.append((name, p.pipeline.describe_image(s), ", ".join(p.upstream(name)) or "-", s.location))
+    table(rows, out)
+    if p.pipeline.params:
+        print("", file=out)
+        prows = [("PARAMETER", "TYPE", "DEFAULT", "HELP")]
+        for prm in p.pipeline.params.values():
+            prows.append((prm.name, prm.type_name, repr(prm.default), prm.help or "-"))
+        table(prows, out)
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    p = plan(_load_valid(args.file))
+    edges = [(u, v) for v in p.order for u in p.upstream(v)]
+    if args.format == "dot":
+        print(f'digraph "{p.pipeline.name}" {{', file=out)
+        for n in p.order:
+            print(f'  "{n}";', file=out)
+        for u, v in edges:
+            print(f'  "{u}" -> "{v}";', file=out)
+        print("}", file=out)
+    elif args.format == "mermaid":
+        ids = {n: f"s{i}" for i, n in enumerate(p.order)}
+        print("graph LR", file=out)
+        for n in p.order:
+            print(f'  {ids[n]}["{n}"]', file=out)
+        for u, v in edges:
+            print(f"  {ids[u]} --> {ids[v]}", file=out)
+    else:
+        for n in p.order:
+            ups = p.upstream(n)
+            print(f"{n} <- {', '.join(ups)}" if ups else n, file=out)
+    return 0
+
+
+def _print_plan(resolved: ResolvedPlan, out: IO[str], log_format: str) -> None:
+    log = make_logger(log_format, file=out) if log_format == "json" else None
+    skipped = 0
+    for i, name in enumerate(resolved.order, 1):
+        r = resolved[name]
+        needs = list(resolved.plan.upstream(name))
+        skipped += r.skip is not None
+        if log is not None:
+            fields = {"skip": r.skip} if r.skip else {}
+            log.info("stage planned", stage=name, position=i, image=r.describe_image(), needs=needs, **fields)
+        else:
+            after = f" after {', '.join(needs)}" if needs else ""
+            skip = f"  [skipped: {r.skip}]" if r.skip else ""
+            print(f"{i:>3}. {name} ({r.describe_image()}){after}{skip}", file=out)
+    if log is None:
+        total = len(resolved.order)
+        print(f"dry run: {total - skipped} of {total} stages would run, nothing started", file=out)
+
+
+def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest:
+    return RunRequest(
+        pipeline=args.file,
+        targets=args.stages,
+        jobs=args.jobs,
+        fail_fast=args.fail_fast,
+        timeout=args.timeout,
+        params=parse_param_args(args.param),
+        secrets_file=args.secrets_file,
+        branch=args.branch,
+        changed_base=args.changed_base,
+        image_map=_image_map(args.image_map),
+        workspace_mode=args.workspace,
+        record=True,
+        resume=args.resume,
+        use_cache=not args.no_cache,
+        log_format=args.log_format,
+        log_file=out,
+        verbose=args.verbose,
+        argv=args.argv,
+        warn=lambda message: print_error(err, f"warning: {message}"),
+    )
+
+
+def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    run = setup(_request(args, out, err))
+    if run.errors:
+        for e in run.errors:
+            print_error(err, f"{type(e).__name__}: {e}")
+        print_error(err, "nothing was run")
+        return 2
+    if args.dry_run:
+        _print_plan(run.dry_run(), out, args.log_format)
+        return 0
+    with _signals_raise():
+        result = run.execute()
+    return result.exit_code
