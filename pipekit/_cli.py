@@ -118,6 +118,12 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     metavar="IMAGE=LOCAL",
     help=f"Run stages that ask for IMAGE in LOCAL instead (repeatable; also ${IMAGE_MAP_ENV}=A=B,C=D).",
 )
+@click.option(
+    "--no-image-check",
+    is_flag=True,
+    envvar="PIPEKIT_NO_IMAGE_CHECK",
+    help="Do not check before the run that every image exists (air-gapped planning).",
+)
 def run(**values: Any) -> None:
     """Run the pipeline, or the named stages and everything they need."""
     _dispatch(cmd_run, **values)
@@ -140,8 +146,13 @@ def graph(**values: Any) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @_file_option
+@click.option("-p", "--param", multiple=True, metavar="NAME=VALUE", help="Set a pk.param (repeatable).")
+@click.option("--secrets-file", metavar="PATH", envvar="PIPEKIT_SECRETS_FILE", help="A dotenv file of secrets.")
+@click.option("--image-map", multiple=True, metavar="IMAGE=LOCAL", help="Check LOCAL where a stage asks for IMAGE.")
+@click.option("--no-image-check", is_flag=True, envvar="PIPEKIT_NO_IMAGE_CHECK", help="Do not check the images.")
 def validate(**values: Any) -> None:
-    """Check the pipeline and report every problem."""
+    """Check the pipeline and report every problem: its definition, the secrets its stages declare,
+    and the images they run in (present, or known to their registry; nothing is pulled)."""
     _dispatch(cmd_validate, **values)
 
 

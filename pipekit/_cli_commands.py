@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from pipekit._cli_history import print_error, table
-from pipekit._graph import find_errors, plan
+from pipekit._graph import plan
 from pipekit._loader import load
 from pipekit._logging import make_logger
 from pipekit._params import parse_param_args
@@ -66,14 +66,21 @@ def _load_valid(path: str) -> Pipeline:
 
 
 def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    pipeline = _load_valid(args.file)
-    errors = find_errors(pipeline)
-    for e in errors:
+    request = RunRequest(
+        pipeline=args.file,
+        params=parse_param_args(args.param),
+        secrets_file=args.secrets_file,
+        image_map=_image_map(args.image_map),
+        check_images=not args.no_image_check,
+    )
+    run = setup(request)
+    for e in run.errors:
         print_error(err, f"{type(e).__name__}: {e}")
-    if errors:
-        print_error(err, f"{len(errors)} problem(s) in {pipeline.path}")
+    if run.errors:
+        print_error(err, f"{len(run.errors)} problem(s) in {run.pipeline.path}")
         return 2
-    print(f"{pipeline.path}: {len(pipeline.stages)} stages, valid", file=out)
+    run.preflight(run.dry_run(), lambda message: print_error(err, f"warning: {message}"))
+    print(f"{run.pipeline.path}: {len(run.pipeline.stages)} stages, valid", file=out)
     return 0
 
 
@@ -152,6 +159,7 @@ def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest
         record=True,
         resume=args.resume,
         use_cache=not args.no_cache,
+        check_images=not args.no_image_check,
         log_format=args.log_format,
         log_file=out,
         verbose=args.verbose,
@@ -168,7 +176,9 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         print_error(err, "nothing was run")
         return 2
     if args.dry_run:
-        _print_plan(run.dry_run(), out, args.log_format)
+        resolved = run.dry_run()
+        run.preflight(resolved, lambda message: print_error(err, f"warning: {message}"))
+        _print_plan(resolved, out, args.log_format)
         return 0
     with _signals_raise():
         result = run.execute()

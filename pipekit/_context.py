@@ -145,7 +145,7 @@ class Context:
             tail.append(line)
             self._log_line(stream, line)
 
-        self.log.debug("command", command=command)
+        self.log.info("command", command=command)
         exec_env = self._exec_env(call_env)
         result = self._backend.exec(self._handle, command, exec_env, on_line, strict=strict)
         self.commands.append(result)

@@ -112,6 +112,30 @@ class DockerImages:
             with self._lock:
                 self._ready_images.add(image)
 
+    def image_problem(self, image: str) -> str | None:
+        """Why ``image`` could not be used, without pulling it: None when it is in the engine or its
+        registry knows it (``docker manifest inspect``)."""
+        from docker.errors import DockerException
+        from docker.errors import ImageNotFound as DockerImageNotFound
+
+        with self._lock:
+            if image in self._ready_images:
+                return None
+        try:
+            self.client.images.get(image)
+            with self._lock:
+                self._ready_images.add(image)
+            return None
+        except DockerImageNotFound:
+            pass
+        except DockerException as e:
+            return f"cannot look it up: {reason(e)}"
+        try:
+            self.client.images.get_registry_data(with_tag(image))
+            return None
+        except DockerException as e:
+            return f"it is not in the engine, and its registry does not have it ({reason(e)})"
+
     def image_id(self, origin: Origin, image: str) -> str:
         self.ensure_image(image)
         return str(self.client.images.get(image).id)

@@ -203,6 +203,9 @@ class FakeBackend(_Recording):
     def image_id(self, origin: Origin, image: str) -> str:
         return _fake_id("image", image)
 
+    def image_problem(self, image: str) -> str | None:
+        return None  # every image exists here
+
     def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
         return None
 
@@ -333,6 +336,10 @@ class RecordingBackend(_Recording):
 
     def image_id(self, origin: Origin, image: str) -> str:
         return str(self.inner.image_id(origin, image))
+
+    def image_problem(self, image: str) -> str | None:
+        problem: str | None = self.inner.image_problem(image)
+        return problem
 
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
         image: Image = self.inner.build(spec, on_line)

@@ -3,14 +3,16 @@
 Event names (the documented set):
 
 ``run started`` (run_id, pipeline, stages, jobs), ``stage started`` (stage, status, image),
-``output`` (stage, line, stream), ``stage finished`` (stage, status, duration_s, error),
-``run finished`` (run_id, status, duration_s, stages: a list of {stage, status, duration_s}).
+``command`` (stage, command: each ``ctx.sh`` before its output), ``output`` (stage, line, stream),
+``stage finished`` (stage, status, duration_s, error), ``run finished`` (run_id, status,
+duration_s, stages: a list of {stage, status, duration_s}).
 Every event carries ``timestamp`` and ``level``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
@@ -48,47 +50,75 @@ def _status_mark(status: str) -> str:
     }.get(status, status)
 
 
-class ConsoleRenderer:
-    """One readable line (or block) per event, each line prefixed with its stage."""
+#: ANSI colours of statuses on a terminal
+_COLOURS = {
+    "succeeded": "32",
+    "cached": "32",
+    "restored": "32",
+    "failed": "1;31",
+    "interrupted": "1;31",
+    "allowed_failure": "33",
+    "skipped": "2",
+    "cancelled": "35",
+    "running": "36",
+}
+MAX_WIDTH = 40
 
-    def __init__(self, width: int = 12) -> None:
+
+def use_colour(file: Any) -> bool:
+    """Colour when writing to a terminal, unless NO_COLOR or TERM=dumb say not; FORCE_COLOR forces it."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR", "0") not in ("", "0"):
+        return True
+    if os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(file, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):
+        return False
+
+
+class ConsoleRenderer:
+    """One readable line (or block) per event, each line prefixed with its stage.
+
+    The stage column is as wide as the run's longest stage name (at least ``width``, at most 40)
+    from the run's first line to its last.
+    """
+
+    def __init__(self, width: int = 12, colour: bool = False) -> None:
         self.width = width
+        self.colour = colour
+        self._fixed = False
 
     def _prefix(self, stage: str) -> str:
         if len(stage) > self.width:
-            self.width = min(len(stage), 40)
+            if self._fixed:
+                stage = stage[: self.width - 1] + "~"
+            else:
+                self.width = min(len(stage), MAX_WIDTH)
         return f"{stage:<{self.width}} |"
+
+    def _paint(self, text: str, status: str) -> str:
+        code = _COLOURS.get(status)
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour and code else text
 
     def __call__(self, _logger: Any, _name: str, ed: EventDict) -> str:
         event = ed.pop("event", "")
         stage = ed.pop("stage", None)
         ed.pop("timestamp", None)
         level = ed.pop("level", "info")
-        if event == "output" and stage is not None:
-            return f"{self._prefix(stage)} {ed.get('line', '')}"
-        if event == "stage started" and stage is not None:
-            where = ed.get("image") or "host"
-            return f"{self._prefix(stage)} > started ({where})"
-        if event == "stage finished" and stage is not None:
-            status = ed.get("status", "")
-            duration = ed.get("duration_s")
-            took = f" in {duration:.2f}s" if isinstance(duration, (int, float)) else ""
-            attempts = ed.get("attempts")
-            tries = f" after {attempts} attempts" if attempts else ""
-            head = f"{self._prefix(stage)} = {_status_mark(status)}{took}{tries}"
-            reason = ed.get("reason")
-            if reason:
-                head += f" ({reason})"
-            error = ed.get("error")
-            if error:
-                body = "\n".join(f"{self._prefix(stage)}   {line}" for line in str(error).splitlines())
-                return f"{head}\n{body}"
-            return head
+        if stage is not None and event in _STAGE_EVENTS:
+            return _STAGE_EVENTS[event](self, stage, ed)
         if event == "run finished":
-            return _summary_table(ed)
+            return _summary_table(ed, self._paint)
         if event == "run started":
+            stages = ed.get("stages", [])
+            self.width = max(self.width, min(MAX_WIDTH, max((len(n) for n in stages), default=0)))
+            self._fixed = True
             return (
-                f"pipekit: running {ed.get('pipeline')} ({_count(len(ed.get('stages', [])), 'stage')},"
+                f"pipekit: running {ed.get('pipeline')} ({_count(len(stages), 'stage')},"
                 f" {ed.get('jobs')} at a time, run {ed.get('run_id')})"
             )
         rest = " ".join(f"{k}={v}" for k, v in ed.items())
@@ -96,25 +126,66 @@ class ConsoleRenderer:
         marker = "" if level == "info" else f"[{level}] "
         return f"{where}{marker}{event}{' ' + rest if rest else ''}"
 
+    def _output(self, stage: str, ed: EventDict) -> str:
+        return f"{self._prefix(stage)} {ed.get('line', '')}"
+
+    def _command(self, stage: str, ed: EventDict) -> str:
+        lines = str(ed.get("command", "")).splitlines() or [""]
+        shown = [f"{self._prefix(stage)} $ {lines[0]}", *(f"{self._prefix(stage)}   {line}" for line in lines[1:])]
+        return "\n".join(shown)
+
+    def _started(self, stage: str, ed: EventDict) -> str:
+        where = ed.get("image") or "host"
+        return f"{self._prefix(stage)} {self._paint('>', 'running')} started ({where})"
+
+    def _finished(self, stage: str, ed: EventDict) -> str:
+        status = str(ed.get("status", ""))
+        duration = ed.get("duration_s")
+        took = f" in {duration:.2f}s" if isinstance(duration, (int, float)) else ""
+        attempts = ed.get("attempts")
+        tries = f" after {attempts} attempts" if attempts else ""
+        head = f"{self._prefix(stage)} = {self._paint(_status_mark(status), status)}{took}{tries}"
+        reason = ed.get("reason")
+        if reason:
+            head += f" ({reason})"
+        error = ed.get("error")
+        if error:
+            body = "\n".join(f"{self._prefix(stage)}   {line}" for line in str(error).splitlines())
+            return f"{head}\n{body}"
+        return head
+
+
+_STAGE_EVENTS: dict[str, Callable[[ConsoleRenderer, str, EventDict], str]] = {
+    "output": ConsoleRenderer._output,
+    "command": ConsoleRenderer._command,
+    "stage started": ConsoleRenderer._started,
+    "stage finished": ConsoleRenderer._finished,
+}
+
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _summary_table(ed: EventDict) -> str:
+def _summary_table(ed: EventDict, paint: Callable[[str, str], str] = lambda text, _status: text) -> str:
     rows = [("STAGE", "STATUS", "DURATION")]
     for s in ed.get("stages", []):
         d = s.get("duration_s")
-        status = s["status"] + (f" ({s['attempts']} attempts)" if s.get("attempts") else "")
+        status = str(s["status"]) + (f" ({s['attempts']} attempts)" if s.get("attempts") else "")
         rows.append((s["stage"], status, f"{d:.2f}s" if d is not None else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [""]
-    lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    for n, row in enumerate(rows):
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        if n:
+            cells[1] = paint(cells[1], str(ed["stages"][n - 1]["status"]))
+        lines.append("  ".join(cells).rstrip())
     total = ed.get("duration_s")
     took = f" in {total:.2f}s" if isinstance(total, (int, float)) else ""
     for warning in ed.get("warnings", []):
         lines.append(f"warning: {warning}")
-    lines.append(f"run {ed.get('run_id')} {ed.get('status')}{took}")
+    status = str(ed.get("status"))
+    lines.append(f"run {ed.get('run_id')} {paint(status, status)}{took}")
     return "\n".join(lines)
 
 
@@ -132,7 +203,7 @@ def make_logger(
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer(default=str)  # type: ignore[assignment]
     else:
-        renderer = ConsoleRenderer()  # type: ignore[assignment]
+        renderer = ConsoleRenderer(colour=use_colour(file if file is not None else sys.stdout))  # type: ignore[assignment]
     chain: list[Any] = [
         strip_escapes,
         structlog.processors.add_log_level,

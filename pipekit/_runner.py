@@ -10,20 +10,14 @@ from typing import Any
 import attrs
 
 from pipekit._context import MaskedRecords, MemoryRecords, StageRecords
+from pipekit._preflight import check as preflight
 from pipekit._results import RunObserver, RunResult
 from pipekit._run import CacheLookup, Run
 from pipekit._scheduler import Scheduler
-from pipekit._session import RunSetup, restorable
+from pipekit._session import RunSetup, container_backend, restorable
 from pipekit.exceptions import UsageError
 
 __all__ = ["container_backend", "open_history", "run_setup"]
-
-
-def container_backend(workspace_mode: str | None = None) -> Any:
-    """The default backend: the Docker engine of ``DOCKER_HOST`` (or the local socket)."""
-    from pipekit._docker import DockerBackend
-
-    return DockerBackend(workspace=workspace_mode)
 
 
 def open_history(workspace: Path, backend: Any = None, warn: Any = None, *, create: bool = True) -> Any:
@@ -103,6 +97,8 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
         resolved = setup.resolved(rec.restore)
         if resolved.needs_container_backend:
             backend.check()
+        check_images = r.check_images and resolved.needs_container_backend
+        preflight(resolved, setup.secrets, backend if check_images else None)
         run = Run(
             run_id=setup.run_id,
             resolved=resolved,

@@ -161,6 +161,10 @@ class SecretStore:
         self.masker.add(value)
         return value
 
+    def has(self, name: str) -> bool:
+        """Whether the secret is set (in the secrets file or the environment)."""
+        return name in self._file or name in self._environ
+
     def preload(self, names: set[str]) -> None:
         """Mask the values of these secrets from the start, when they are set."""
         for name in names:

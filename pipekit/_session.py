@@ -29,7 +29,7 @@ from pipekit._stage import Pipeline
 from pipekit._util import new_run_id
 from pipekit.exceptions import PipelineError, UsageError
 
-__all__ = ["RunRequest", "RunSetup", "execute", "restorable", "setup"]
+__all__ = ["RunRequest", "RunSetup", "container_backend", "execute", "restorable", "setup"]
 
 
 @attrs.frozen(kw_only=True)
@@ -57,6 +57,7 @@ class RunRequest:
     record: bool = False  # keep the run in the history (.pipekit/)
     resume: str | None = None  # a run id, or "" for the last run of this pipeline
     use_cache: bool = True
+    check_images: bool = True  # before the run, check that every image exists (locally or in its registry)
     log_format: str = "console"
     log_file: IO[str] | None = None
     verbose: bool = False
@@ -150,6 +151,22 @@ class RunSetup:
             raise UsageError(message)
         return resolved
 
+    def preflight(self, resolved: ResolvedPlan, warn: Callable[[str], None]) -> None:
+        """The checks before a run, for ``validate`` and ``--dry-run``: every missing secret and
+        image at once (UsageError, exit 2). With no engine to ask, images are not checked (warned)."""
+        from pipekit._preflight import check
+        from pipekit.exceptions import BackendError
+
+        images = None
+        if self.request.check_images and resolved.needs_container_backend:
+            backend = self.request.backend or container_backend(self.request.workspace_mode)
+            try:
+                backend.check()
+                images = backend
+            except BackendError as e:
+                warn(f"images not checked: {e}")
+        check(resolved, self.secrets, images)
+
     def logger(self, processors: Sequence[Processor] = ()) -> Any:
         r = self.request
         # the masker runs first, so no processor or renderer ever sees a secret
@@ -160,6 +177,13 @@ class RunSetup:
         from pipekit._runner import run_setup
 
         return run_setup(self, observers)
+
+
+def container_backend(workspace_mode: str | None = None) -> Any:
+    """The default backend: the Docker engine of ``DOCKER_HOST`` (or the local socket)."""
+    from pipekit._docker import DockerBackend
+
+    return DockerBackend(workspace=workspace_mode)
 
 
 def setup(request: RunRequest) -> RunSetup:

@@ -212,6 +212,10 @@ class ImageBackend(Protocol):
     def image_id(self, origin: Origin, image: str) -> str:
         """The id of a named image (pulling it if needed), for cache keys."""
 
+    def image_problem(self, image: str) -> str | None:
+        """Why ``image`` could not be run, found without pulling it; None when it is usable
+        (present, or known to its registry). For the checks before a run."""
+
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
         """Build an image, streaming the build log; raise BuildFailed naming the instruction."""
 

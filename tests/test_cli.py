@@ -53,7 +53,7 @@ def test_validate_lists_every_problem() -> None:
 
 def test_validate_a_good_pipeline() -> None:
     """A valid pipeline validates with exit 0."""
-    code, out, _ = cli("validate", "-f", str(HELLO))
+    code, out, _ = cli("validate", "-f", str(HELLO), "--no-image-check")
     assert code == 0
     assert "3 stages, valid" in out
 
@@ -78,7 +78,9 @@ def test_graph_formats() -> None:
 
 def test_dry_run_prints_the_plan_and_starts_nothing() -> None:
     """--dry-run prints the stages in order, with mapped images, and needs no engine."""
-    code, out, _ = cli("run", "-f", str(HELLO), "--dry-run", "--image-map", "alpine:3.20=local/bb:1", "package")
+    code, out, _ = cli(
+        "run", "-f", str(HELLO), "--dry-run", "--no-image-check", "--image-map", "alpine:3.20=local/bb:1", "package"
+    )
     assert code == 0
     assert out.splitlines() == [
         "  1. lint (local/bb:1)",
@@ -90,7 +92,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing() -> None:
 
 def test_dry_run_json_is_only_json() -> None:
     """With --log-format json every line of the dry run is a JSON event."""
-    code, out, _ = cli("run", "-f", str(HELLO), "--dry-run", "--log-format", "json")
+    code, out, _ = cli("run", "-f", str(HELLO), "--dry-run", "--no-image-check", "--log-format", "json")
     assert code == 0
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["stage"] for e in events] == ["lint", "version", "package"]
@@ -171,13 +173,16 @@ def test_options_come_from_the_environment_and_the_project(monkeypatch: pytest.M
         '[tool.pipekit]\nlog-format = "json"\nimage-map = { "alpine:3.20" = "local/alpine" }\n'
     )
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIPEKIT_NO_IMAGE_CHECK", "1")
     code, out, _ = cli("run", "-f", str(HELLO), "--dry-run")
     assert code == 0
     planned = [json.loads(line) for line in out.splitlines()]
     assert {e["image"] for e in planned} == {"local/alpine"}
     monkeypatch.setenv("PIPEKIT_LOG_FORMAT", "console")
     assert cli("run", "-f", str(HELLO), "--dry-run")[1].startswith("  1. lint (local/alpine)")
-    assert json.loads(cli("run", "-f", str(HELLO), "--dry-run", "--log-format", "json")[1].splitlines()[0])
+    assert json.loads(
+        cli("run", "-f", str(HELLO), "--dry-run", "--no-image-check", "--log-format", "json")[1].splitlines()[0]
+    )
     (tmp_path / "pyproject.toml").write_text("[tool.pipekit]\njbos = 2\n")
     code, _, err = cli("run", "-f", str(HELLO), "--dry-run")
     assert code == 2 and "has no setting 'jbos'" in err

@@ -164,3 +164,102 @@ def test_changed_understands_brace_patterns_and_refuses_broken_ones() -> None:
     for broken in ("src/{a,b", "src/[abc", "trailing\\"):
         with pytest.raises(pk.PipelineError, match="cannot be read"):
             pk.changed(broken)
+
+
+PREFLIGHT_PIPELINE = """
+import pipekit as pk
+
+pipeline = pk.Pipeline(name="preflight")
+
+
+@pipeline.stage(image="pipekit-test/no-such-image:never", env={"TOKEN": pk.secret("PREFLIGHT_TOKEN")})
+def deploy(ctx):
+    ctx.sh("echo deploying")
+
+
+@pipeline.stage(image="busybox", services=[pk.Service("db", image="pipekit-test/no-such-db:never")])
+def integration(ctx):
+    ctx.sh("echo testing")
+
+
+@pipeline.stage(image="pipekit-test/skipped-anyway:never", when=pk.branch("release"))
+def release(ctx):
+    ctx.sh("echo releasing")
+"""
+
+
+@pytest.mark.parametrize("command", [["validate"], ["run", "--dry-run"], ["run"]])
+def test_missing_secrets_and_images_are_found_before_anything_runs(
+    command: list[str], tmp_path: Path, busybox_image: str, monkeypatch: pytest.MonkeyPatch, docker_client: Any
+) -> None:
+    """validate, --dry-run and run report every missing secret and image at once, exit 2, start nothing."""
+    monkeypatch.delenv("PREFLIGHT_TOKEN", raising=False)
+    (tmp_path / "pipeline.py").write_text(PREFLIGHT_PIPELINE)
+    argv = [*command, "-f", str(tmp_path), "--image-map", f"busybox={busybox_image}"]
+    code, out, err = _cli(*argv, *(["--branch", "main"] if command[0] == "run" else []))
+    assert code == 2, out + err
+    assert "stage 'deploy' needs the secret 'PREFLIGHT_TOKEN', which is not set" in err
+    assert "stage 'deploy' runs in 'pipekit-test/no-such-image:never'" in err
+    assert "stage 'integration' runs in 'pipekit-test/no-such-db:never'" in err
+    assert "skipped-anyway" not in err  # a stage that will not run is not checked
+    assert "3 problem(s)" in err
+    assert not docker_client.containers.list(all=True, filters={"label": "io.pipekit.stage=integration"})
+
+
+def test_no_image_check_plans_without_the_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--no-image-check leaves the images alone (air-gapped planning); secrets are still checked."""
+    monkeypatch.setenv("PREFLIGHT_TOKEN", "a-token-value")
+    (tmp_path / "pipeline.py").write_text(PREFLIGHT_PIPELINE)
+    code, out, err = _cli("run", "-f", str(tmp_path), "--dry-run", "--no-image-check")
+    assert code == 0, err
+    assert "dry run: 2 of 3 stages would run" in out
+
+
+CONSOLE_PIPELINE = """
+import pipekit as pk
+
+pipeline = pk.Pipeline(name="console", image="alpine:3.20")
+
+
+@pipeline.stage
+def a(ctx):
+    ctx.sh("echo from-a")
+
+
+@pipeline.stage
+def a_rather_long_stage_name(ctx, a):
+    ctx.sh("echo from-the-long-one")
+"""
+
+
+def test_the_console_shows_the_real_image_each_command_and_a_steady_column(
+    tmp_path: Path, busybox_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image after --image-map, `$ command` before its output, one column width for the run."""
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    (tmp_path / "pipeline.py").write_text(CONSOLE_PIPELINE)
+    code, out, err = _cli("run", "-f", str(tmp_path), "--image-map", f"alpine:3.20={busybox_image}")
+    assert code == 0, out + err
+    lines = [line for line in out.splitlines() if " | " in line]
+    assert f"a                        | > started ({busybox_image})" in lines
+    assert lines.index("a                        | $ echo from-a") < lines.index("a                        | from-a")
+    assert len({line.index(" | ") for line in lines}) == 1
+    assert "\x1b[" not in out  # not a terminal: no colour
+
+
+@pytest.mark.parametrize(
+    ("env", "coloured"),
+    [({"FORCE_COLOR": "1"}, True), ({"FORCE_COLOR": "1", "NO_COLOR": "1"}, False), ({}, False)],
+)
+def test_statuses_are_coloured_only_where_asked(
+    env: dict[str, str], coloured: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FORCE_COLOR colours statuses; NO_COLOR wins; a pipe gets none."""
+    for name in ("FORCE_COLOR", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "pipeline.py").write_text(HOST_PIPELINE)
+    code, out, _ = _cli("run", "-f", str(tmp_path))
+    assert code == 0
+    assert ("\x1b[32mok\x1b[0m" in out) is coloured

@@ -131,10 +131,12 @@ def test_responses_by_glob_regex_and_stage(tmp_path: Path) -> None:
     assert [e["line"] for e in result.events if e["event"] == "output" and e["stage"] == "count"] == ["only in count"]
 
 
-def test_a_missing_secret_fails_only_its_stage(tmp_path: Path) -> None:
-    """env starts empty: without secrets=, the stage that uses TOKEN fails naming it."""
-    result = PipelineRunner(base_dir=tmp_path).run(_write(tmp_path), "greet", "count")
-    assert "needs the secret 'TOKEN'" in result.stages["greet"].error
+def test_a_missing_secret_stops_the_run_before_it_starts(tmp_path: Path) -> None:
+    """env starts empty: without secrets=, a run of a stage that declares TOKEN is refused naming
+    it, as `pipekit run` refuses it; a run of the other stages goes on."""
+    with pytest.raises(pk.UsageError, match="stage 'greet' needs the secret 'TOKEN'"):
+        PipelineRunner(base_dir=tmp_path).run(_write(tmp_path), "greet", "count")
+    result = PipelineRunner(base_dir=tmp_path).run(_write(tmp_path), "count")
     assert result.stages["count"].status == "succeeded"
 
 
@@ -219,10 +221,11 @@ def test_a_missing_snapshot_fails_under_ci(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("CI", "true")
     path = _write(tmp_path)
     runner = PipelineRunner(base_dir=tmp_path, update_snapshots=False)
+    secrets = {"TOKEN": "t0ken-value"}
     with pytest.raises(AssertionError, match="There is no snapshot .*run.txt, and CI is set"):
-        runner.run(path).assert_call_tree("run")
+        runner.run(path, secrets=secrets).assert_call_tree("run")
     assert not (tmp_path / "snapshots" / "run.txt").exists()
-    PipelineRunner(base_dir=tmp_path, update_snapshots=True).run(path).assert_call_tree("run")
+    PipelineRunner(base_dir=tmp_path, update_snapshots=True).run(path, secrets=secrets).assert_call_tree("run")
     assert (tmp_path / "snapshots" / "run.txt").exists()
 
 
