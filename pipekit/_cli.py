@@ -225,6 +225,46 @@ def completion(shell: str) -> None:
     print(completer(cli, {}, "pipekit", "_PIPEKIT_COMPLETE").source(), file=ctx.obj["out"])
 
 
+class _PipeSafe:
+    """A standard stream that stops writing, quietly, when its reader goes away (``pipekit run |
+    head``), as Unix tools do: the command goes on (a run finishes and is recorded as it really
+    ended) and no BrokenPipeError traceback is printed, now or at exit."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def _gone(self) -> None:
+        self.broken = True
+        try:  # what Python's docs advise: point the descriptor at /dev/null so the exit flush is quiet
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _usage_error(e: click.ClickException, err: IO[str]) -> int:
     message = e.format_message()
     ctx = getattr(e, "ctx", None)
@@ -236,8 +276,12 @@ def _usage_error(e: click.ClickException, err: IO[str]) -> int:
 
 def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Run the command line in-process and return its exit code (never raises for user errors)."""
-    out = out if out is not None else sys.stdout
-    err = err if err is not None else sys.stderr
+    stdout: IO[str] = out if out is not None else _PipeSafe(sys.stdout)  # type: ignore[assignment]
+    stderr: IO[str] = err if err is not None else _PipeSafe(sys.stderr)  # type: ignore[assignment]
+    return _main(argv, stdout, stderr)
+
+
+def _main(argv: Sequence[str] | None, out: IO[str], err: IO[str]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         obj = {"out": out, "err": err, "argv": argv}

@@ -263,3 +263,42 @@ def test_statuses_are_coloured_only_where_asked(
     code, out, _ = _cli("run", "-f", str(tmp_path))
     assert code == 0
     assert ("\x1b[32mok\x1b[0m" in out) is coloured
+
+
+CHATTY_PIPELINE = """
+import pipekit as pk
+
+
+@pk.stage
+def chatty(ctx):
+    ctx.sh("i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); done")
+
+
+@pk.stage
+def after(ctx, chatty):
+    ctx.sh("echo still ran")
+"""
+
+
+@pytest.mark.parametrize("reader", ["head -2", "head -c 10"])
+def test_output_cut_short_finishes_the_run_and_records_it(reader: str, tmp_path: Path) -> None:
+    """`pipekit run | head` and `pipekit logs last | head`: no traceback, the run goes on to its end,
+    and the history says what really happened."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pipeline.py").write_text(CHATTY_PIPELINE)
+    script = f'"{sys.executable}" -m pipekit run -f "{tmp_path}" | {reader}; exit ${{PIPESTATUS[0]}}'
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    code, out, _ = _cli("show", "last", "-f", str(tmp_path))
+    assert code == 0
+    assert "succeeded" in out.splitlines()[0]
+    assert [line.split()[1] for line in out.splitlines() if line.startswith(("chatty ", "after "))] == [
+        "succeeded",
+        "succeeded",
+    ]
+    script = f'"{sys.executable}" -m pipekit logs last -f "{tmp_path}" | {reader}; exit ${{PIPESTATUS[0]}}'
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
