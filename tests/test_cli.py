@@ -137,6 +137,7 @@ def test_unreachable_engine_exits_3(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert code == 3
     assert f"Cannot reach a Docker engine at unix://{tmp_path}/no-engine.sock" in err
     assert "DOCKER_HOST" in err
+    assert "scripts/" not in err  # no script that only pipekit's own repository has
     assert "Traceback" not in err
 
 

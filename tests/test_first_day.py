@@ -302,3 +302,17 @@ def test_output_cut_short_finishes_the_run_and_records_it(reader: str, tmp_path:
     script = f'"{sys.executable}" -m pipekit logs last -f "{tmp_path}" | {reader}; exit ${{PIPESTATUS[0]}}'
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_escape_codes_never_reach_json_or_stored_logs(tmp_path: Path) -> None:
+    """A tool's colours are stripped from JSON lines and the stored log."""
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n\n@pk.stage\ndef colourful(ctx):\n"
+        "    ctx.sh(\"printf '\\\\033[1;31mred\\\\033[0m plain\\\\n'\")\n"
+    )
+    code, out, err = _cli("run", "-f", str(tmp_path), "--log-format", "json")
+    assert code == 0, out + err
+    assert "\\u001b" not in out and "\x1b" not in out
+    assert '"line": "red plain"' in out
+    stored = next((tmp_path / ".pipekit" / "logs").rglob("colourful.log")).read_text()
+    assert "red plain" in stored and "\x1b" not in stored
