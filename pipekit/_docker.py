@@ -39,6 +39,8 @@ from pipekit._docker_engine import (
 from pipekit._docker_images import DockerImages
 from pipekit._util import slug
 from pipekit.backend import (
+    RUN_SCRIPT,
+    SCRIPT_VAR,
     CacheVolume,
     CommandResult,
     LineSink,
@@ -319,6 +321,7 @@ class DockerBackend(DockerImages):
         start = time.monotonic()
         try:
             script = shell_script(command, strict)
+            env = {**spec.secret_env, **env}
             code, stdout, stderr = self._exec_stream(self._container(handle), script, env, on_line, handle.workdir)
         except NotFound as e:
             raise StageFailed(
@@ -344,9 +347,8 @@ class DockerBackend(DockerImages):
         api = self.client.api
         out = LineSplitter("stdout", on_line)
         err = LineSplitter("stderr", on_line)
-        exec_id = api.exec_create(container, ["sh", "-c", command], environment=dict(env) or None, workdir=workdir)[
-            "Id"
-        ]
+        environment = {**env, SCRIPT_VAR: command}  # the command travels here, not on the command line
+        exec_id = api.exec_create(container, RUN_SCRIPT, environment=environment, workdir=workdir)["Id"]
         sock = api.exec_start(exec_id, socket=True)
         try:
             for stream_id, data in frames_iter(sock, tty=False):

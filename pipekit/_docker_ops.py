@@ -39,16 +39,19 @@ class DockerOps:
         self._on_line = on_line
 
     def _plain(self, what: str, values: Mapping[str, Any] | None) -> dict[str, str]:
+        """Build args and labels land in the image's history: no secret may go there, neither as a
+        pk.secret nor as a value that holds a secret's value (``ctx.secret(...)``)."""
         out = {}
         for key, value in (values or {}).items():
-            if isinstance(value, Secret):
+            text = None if isinstance(value, Secret) else str(value)
+            if text is None or self._secrets.masker.mask(text) != text:
                 raise StageFailed(
-                    f"Stage '{self._stage}': {what} '{key}' is a secret. {what.capitalize()}s land in the"
-                    " image's history; pass secrets with secrets={...} and read them in the Dockerfile with"
-                    " RUN --mount=type=secret,id=...",
+                    f"Stage '{self._stage}': {what} '{key}' holds a secret. {what.capitalize()}s land in the"
+                    " image's history (`docker history` shows them); pass secrets with secrets={...} and read"
+                    " them in the Dockerfile with RUN --mount=type=secret,id=...",
                     stage=self._stage,
                 )
-            out[str(key)] = str(value)
+            out[str(key)] = text
         return out
 
     def build(

@@ -189,7 +189,7 @@ class FakeBackend(_Recording):
     def exec(
         self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
     ) -> CommandResult:
-        return self._answer(str(handle.ref), handle.spec.stage, "sh", command, {**handle.spec.env, **env}, on_line)
+        return self._answer(str(handle.ref), handle.spec.stage, "sh", command, {**handle.spec.all_env, **env}, on_line)
 
     def release(self, handle: StageHandle) -> None:
         key = str(handle.ref)
@@ -318,7 +318,7 @@ class RecordingBackend(_Recording):
         self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
     ) -> CommandResult:
         result: CommandResult = self.inner.exec(handle, command, env, on_line, strict=strict)
-        self.record(Call(handle.spec.stage, "sh", command, {**handle.spec.env, **env}, exit_code=result.exit_code))
+        self.record(Call(handle.spec.stage, "sh", command, {**handle.spec.all_env, **env}, exit_code=result.exit_code))
         return result
 
     def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:

@@ -15,7 +15,16 @@ from pathlib import Path
 import attrs
 
 from pipekit._archive import pack, unpack
-from pipekit.backend import CommandResult, LineSink, LineSplitter, StageHandle, StageSpec, shell_script
+from pipekit.backend import (
+    RUN_SCRIPT,
+    SCRIPT_VAR,
+    CommandResult,
+    LineSink,
+    LineSplitter,
+    StageHandle,
+    StageSpec,
+    shell_script,
+)
 from pipekit.exceptions import StageFailed
 
 __all__ = ["HostBackend", "HostShell"]
@@ -32,19 +41,20 @@ class HostShell:
     def run(
         self,
         key: str,
-        command: str,
+        command: str | list[str],
         *,
         cwd: Path,
         env: Mapping[str, str],
         on_line: LineSink,
     ) -> CommandResult:
         start = time.monotonic()
+        shown = command if isinstance(command, str) else " ".join(command)
         full_env = {**os.environ, **env}
         with self._lock:
             if key in self._closed:
-                return CommandResult(command, 137, "", "", 0.0)
+                return CommandResult(shown, 137, "", "", 0.0)
             proc = subprocess.Popen(
-                ["sh", "-c", command],
+                ["sh", "-c", command] if isinstance(command, str) else command,
                 cwd=cwd,
                 env=full_env,
                 stdin=subprocess.DEVNULL,
@@ -81,7 +91,7 @@ class HostShell:
                 self._procs.get(key, set()).discard(proc)
         if code < 0:  # killed by a signal: report it the way a shell does
             code = 128 - code
-        return CommandResult(command, code, out, err, time.monotonic() - start)
+        return CommandResult(shown, code, out, err, time.monotonic() - start)
 
     def kill_prefix(self, prefix: str) -> None:
         """Kill the commands of every key that starts with ``prefix`` (a whole run)."""
@@ -133,7 +143,8 @@ class HostBackend:
         spec = handle.spec
         script = shell_script(command, strict)
         cwd = Path(handle.workdir or spec.workspace)
-        result = self._shell.run(str(handle.ref), script, cwd=cwd, env={**spec.env, **env}, on_line=on_line)
+        full_env = {**spec.all_env, **env, SCRIPT_VAR: script}
+        result = self._shell.run(str(handle.ref), RUN_SCRIPT, cwd=cwd, env=full_env, on_line=on_line)
         return attrs.evolve(result, command=command)
 
     def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 from pipekit._params import Param
 from pipekit._secrets import Secret
@@ -41,6 +44,30 @@ def _is_pipekit_file(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_PIPEKIT_DIR + os.sep)
 
 
+@contextlib.contextmanager
+def _exit_is_an_error() -> Iterator[None]:
+    """While a pipeline file imports, ``os._exit`` raises SystemExit instead of ending pipekit
+    with a false exit code."""
+    real = os._exit
+
+    def refuse(status: int) -> NoReturn:
+        raise SystemExit(status)
+
+    os._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
+def _text(e: BaseException) -> str:
+    """An exception's message, even when its __str__ raises."""
+    try:
+        return str(e)
+    except Exception as inner:
+        return f"(its message could not be shown: {type(inner).__name__} in __str__)"
+
+
 def load(path: str | os.PathLike[str] = "pipeline.py") -> Pipeline:
     """Import a pipeline file and return its :class:`Pipeline`.
 
@@ -65,13 +92,21 @@ def load(path: str | os.PathLike[str] = "pipeline.py") -> Pipeline:
     sys.path.insert(0, folder)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with _exit_is_an_error():
+            spec.loader.exec_module(module)
     except PipelineError:
         raise
+    except SystemExit as e:
+        raise PipelineLoadError(
+            f"Could not import {file}: it called sys.exit({e.code!r}) (or os._exit) while being imported."
+            " A pipeline file defines stages; it does not end the program",
+            path=str(file),
+            traceback=_user_traceback(e, file),
+        ) from None
     except Exception as e:
         tb = _user_traceback(e, file)
         raise PipelineLoadError(
-            f"Could not import {file}: {type(e).__name__}: {e}", path=str(file), traceback=tb
+            f"Could not import {file}: {type(e).__name__}: {_text(e)}", path=str(file), traceback=tb
         ) from e
     finally:
         sys.modules.pop(module_name, None)
@@ -79,7 +114,30 @@ def load(path: str | os.PathLike[str] = "pipeline.py") -> Pipeline:
             sys.path.remove(folder)
         except ValueError:
             pass
-    return pipeline_from_module(module, path=str(file))
+    pipeline = pipeline_from_module(module, path=str(file))
+    pipeline.secret_names |= _secret_literals(file)
+    return pipeline
+
+
+def _secret_literals(file: Path) -> set[str]:
+    """The names of every ``pk.secret("NAME")`` / ``ctx.secret("NAME")`` written in the file, so
+    that their values are masked from the run's first line, before a stage looks them up."""
+    import ast
+
+    try:
+        tree = ast.parse(file.read_text(), str(file))
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        fn = node.func
+        called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+        first = node.args[0]
+        if called == "secret" and isinstance(first, ast.Constant) and isinstance(first.value, str):
+            names.add(first.value)
+    return names
 
 
 def pipeline_from_module(module: ModuleType, *, path: str | None = None) -> Pipeline:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,23 @@ from pipekit.exceptions import SecretMissing, UsageError
 __all__ = ["Credentials", "MASK", "Masker", "Secret", "SecretStore", "parse_dotenv", "secret"]
 
 MASK = "***"
-MIN_FRAGMENT = 3  # lines of a multi-line secret shorter than this are not masked on their own
+MIN_LENGTH = 4  # shorter values are not masked (they would hide every "1" of the output), as GitLab refuses them
+MIN_FRAGMENT = 4  # lines of a multi-line secret shorter than this are not masked on their own
+
+
+def encoded_forms(value: str) -> set[str]:
+    """The forms a secret's value takes when a tool prints it encoded: base64 (standard and
+    URL-safe, with and without padding), URL-encoded, and escaped inside a JSON string."""
+    import base64
+    import json
+    from urllib.parse import quote, quote_plus
+
+    raw = value.encode()
+    forms = {quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        text = encode(raw).decode()
+        forms |= {text, text.rstrip("=")}
+    return {f for f in forms if f != value and len(f) >= MIN_LENGTH}
 
 
 @attrs.frozen
@@ -94,20 +110,22 @@ def parse_dotenv(path: Path) -> dict[str, str]:
 
 
 class Masker:
-    """Replaces every known secret value with ``***``; usable as a structlog processor."""
+    """Replaces every known secret value (and its encoded forms) with ``***``; usable as a structlog
+    processor. Values shorter than 4 characters are not masked: :meth:`add` returns False."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._needles: tuple[str, ...] = ()
 
-    def add(self, value: str) -> None:
-        if not value:
-            return
-        parts = {value}
+    def add(self, value: str) -> bool:
+        if len(value) < MIN_LENGTH:
+            return False
+        parts = {value} | encoded_forms(value)
         if "\n" in value or "\r" in value:
             parts |= {p.strip() for p in value.splitlines() if len(p.strip()) >= MIN_FRAGMENT}
         with self._lock:
             self._needles = tuple(sorted(set(self._needles) | parts, key=len, reverse=True))
+        return True
 
     def mask(self, text: str) -> str:
         for needle in self._needles:
@@ -145,8 +163,16 @@ class SecretStore:
         self.masker = masker or Masker()
         self._file = dict(file_values or {})
         self._environ = environ if environ is not None else os.environ
-        for value in self._file.values():
-            self.masker.add(value)
+        #: names of secrets too short to mask; the run warns about each once (``on_unmasked``)
+        self.unmasked: set[str] = set()
+        self.on_unmasked: Callable[[str], None] = lambda name: None
+        for name, value in self._file.items():
+            self._mask(name, value)
+
+    def _mask(self, name: str, value: str) -> None:
+        if value and not self.masker.add(value) and name not in self.unmasked:
+            self.unmasked.add(name)
+            self.on_unmasked(name)
 
     @classmethod
     def from_file(cls, path: str | Path | None, masker: Masker | None = None) -> SecretStore:
@@ -158,7 +184,7 @@ class SecretStore:
             value = self._environ.get(name)
         if value is None:
             raise SecretMissing(name, stage=stage)
-        self.masker.add(value)
+        self._mask(name, value)
         return value
 
     def has(self, name: str) -> bool:
@@ -170,7 +196,7 @@ class SecretStore:
         for name in names:
             value = self._file.get(name, self._environ.get(name))
             if value:
-                self.masker.add(value)
+                self._mask(name, value)
 
     def resolve(self, value: str | Secret, *, stage: str) -> str:
         return self.get(value.name, stage=stage) if isinstance(value, Secret) else value

@@ -171,7 +171,17 @@ class RunSetup:
         r = self.request
         # the masker runs first, so no processor or renderer ever sees a secret
         chain: list[Processor] = [self.secrets.masker, *r.log_processors, *processors]
-        return make_logger(r.log_format, file=r.log_file, level=10 if r.verbose else 20, processors=chain)
+        log = make_logger(r.log_format, file=r.log_file, level=10 if r.verbose else 20, processors=chain)
+
+        def unmasked(name: str) -> None:
+            log.warning(
+                "secret not masked", secret=name, reason="shorter than 4 characters: it would hide unrelated text"
+            )
+
+        for name in sorted(self.secrets.unmasked):
+            unmasked(name)
+        self.secrets.on_unmasked = unmasked
+        return log
 
     def execute(self, observers: Sequence[RunObserver] = ()) -> RunResult:
         from pipekit._runner import run_setup

@@ -24,6 +24,7 @@ from pipekit._posts import call_posts
 from pipekit._resolve import ResolvedStage
 from pipekit._results import StageResult, StageStatus
 from pipekit._run import Run
+from pipekit._secrets import Secret
 from pipekit._usercode import error_text
 from pipekit._workspace import WorkspaceSync
 from pipekit.backend import BuildSpec, Image, ServiceSpec, StageHandle, StageSpec
@@ -157,7 +158,7 @@ class StageRun:
             self._release()
             if delay and self.cancelled.wait(delay):
                 break
-        if self.cancelled.is_set() and last.status != S.SUCCEEDED:
+        if self.cancelled.is_set():  # stopped: even a stage that caught its stop did not succeed
             last.status = S.CANCELLED
         elif last.status == S.FAILED and s.allow_failure:
             last.status = S.ALLOWED_FAILURE
@@ -191,7 +192,9 @@ class StageRun:
             finally:
                 self._bring_back(sync, stop)
             attempt.status = S.SUCCEEDED
-        except Exception as e:
+        except (Exception, SystemExit, KeyboardInterrupt) as e:
+            # stage code that calls sys.exit() or raises KeyboardInterrupt fails its stage: it does
+            # not end the run with a false exit code (a real Ctrl-C reaches the scheduler's thread)
             attempt.error = error_text(self.name, e)
             attempt.exit_code = e.returncode if isinstance(e, StepFailed) else None
         if self.timed_out:
@@ -247,12 +250,15 @@ class StageRun:
             )
             for svc in self.r.services
         )
+        plain = {k: v for k, v in self.r.env.items() if not isinstance(v, Secret)}
+        hidden = {k: v for k, v in self.r.env.items() if isinstance(v, Secret)}
         return StageSpec(
             run_id=self.run.run_id,
             stage=self.name,
             image=self._image(),
             workspace=self.run.resolved.workspace,
-            env=secrets.resolve_env(self.r.env, stage=self.name),
+            env=secrets.resolve_env(plain, stage=self.name),
+            secret_env=secrets.resolve_env(hidden, stage=self.name),
             services=services,
             volumes=dict(self.r.volumes),
             workdir=self.r.stage.workdir,
@@ -267,7 +273,7 @@ class StageRun:
             stage=self.name,
             run_id=run.run_id,
             workspace=spec.workspace,
-            env={**os.environ, **spec.env} if self.r.on_host else spec.env,
+            env={**os.environ, **spec.all_env} if self.r.on_host else spec.all_env,
             log=self.log,
             images=run.images,
             params=run.params,

@@ -28,4 +28,13 @@ def error_text(stage: str, e: BaseException) -> str:
     """A pipekit error's own message; for anything else, the user's traceback."""
     if isinstance(e, PipekitError):
         return e.message
-    return StageCodeError(stage=stage, error=e, traceback=user_traceback(e)).message
+    if isinstance(e, SystemExit):
+        return (
+            f"Stage '{stage}' called sys.exit({e.code!r}). A stage ends by returning (success) or"
+            f" raising (failure); sys.exit does not end the run\n{user_traceback(e)}"
+        )
+    try:
+        return StageCodeError(stage=stage, error=e, traceback=user_traceback(e)).message
+    except Exception as inner:  # the exception's own __str__ raised
+        name = type(e).__name__
+        return f"Stage '{stage}' raised {name} (its message could not be shown: {type(inner).__name__})"

@@ -47,6 +47,8 @@ __all__ = [
     "ServiceSpec",
     "StageHandle",
     "StageSpec",
+    "RUN_SCRIPT",
+    "SCRIPT_VAR",
     "shell_script",
 ]
 
@@ -80,6 +82,13 @@ class StageSpec:
     volumes: Mapping[str, str] = attrs.field(factory=dict)  # named volume -> path in the container
     workdir: str | None = None  # where commands start: relative to the workspace, or absolute
     with_workspace: bool = True  # False: the stage's place gets no workspace at all
+    #: the stage's env variables whose values are secrets: given to each command, never to the
+    #: container itself (where `docker inspect` would show them)
+    secret_env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+    @property
+    def all_env(self) -> dict[str, str]:
+        return {**self.env, **self.secret_env}
 
 
 @attrs.frozen
@@ -269,10 +278,14 @@ class Backend(StageBackend, ImageBackend, Protocol):
 #: what a strict command starts with: errexit always, pipefail where the shell has it (bash, busybox
 #: ash; not dash), found out by trying it in a subshell rather than assumed
 STRICT_PREAMBLE = "set -e\nif (set -o pipefail) 2>/dev/null; then set -o pipefail; fi\n"
+#: the variable a command travels in, and the ``sh -c`` argument that runs it: a command (which may
+#: hold a secret) never appears on a process's command line, which every user can read in /proc
+SCRIPT_VAR = "PIPEKIT_SCRIPT"
+RUN_SCRIPT = ["sh", "-c", f's=${SCRIPT_VAR}; unset {SCRIPT_VAR}; eval "$s"']
 
 
 def shell_script(command: str, strict: bool = True) -> str:
-    """The script a backend hands to ``sh -c`` for ``command``."""
+    """The script a backend runs for ``command`` (through :data:`RUN_SCRIPT` and :data:`SCRIPT_VAR`)."""
     return STRICT_PREAMBLE + command if strict else command
 
 

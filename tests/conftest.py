@@ -167,7 +167,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
     if binary is None:
         pytest.fail("docker-registry is not installed (apt-get install docker-registry)", pytrace=False)
     folder = tmp_path_factory.mktemp("registry")
-    user, password = "pipekit", "s3cret-Pa55word-for-tests"
+    user, password = "ci-pusher-7f3a", "s3cret-Pa55word-for-tests"
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
     (folder / "htpasswd").write_text(f"{user}:{hashed}\n")
     with socket.socket() as s:

@@ -168,9 +168,9 @@ def test_a_secret_is_refused_as_build_arg_or_label(tmp_path: Path, run_on_docker
         ctx.docker.build(".", labels={"token": pk.secret("PIP_TOKEN")})
 
     result, _ = run_on_docker(p)
-    assert "build arg 'TOKEN' is a secret" in result["args"].error
+    assert "build arg 'TOKEN' holds a secret" in result["args"].error
     assert "secrets={...}" in result["args"].error
-    assert "label 'token' is a secret" in result["labels"].error
+    assert "label 'token' holds a secret" in result["labels"].error
 
 
 def test_docker_run_streams_returns_and_removes(run_on_docker: Any, busybox_image: str, docker_client: Any) -> None:
