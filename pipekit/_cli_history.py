@@ -159,10 +159,11 @@ def cmd_artifacts(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             print(f"run {run_id} archived no files", file=out)
             return 0
         dest = Path(args.dest or f"artifacts-{run_id}").resolve()
-        for a in arts:
-            target = (dest / a.path.lstrip("/")).resolve()
+        targets = [(a, (dest / a.path.lstrip("/")).resolve()) for a in arts]
+        for a, target in targets:  # every path is checked before anything is written
             if not target.is_relative_to(dest):
-                raise UsageError(f"artifact path {a.path} would leave {dest}")
+                raise UsageError(f"artifact path {a.path} would leave {dest}; nothing was copied")
+        for a, target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(history.artifact_file(a.sha256), target)
             print(f"{target}", file=out)

@@ -140,7 +140,14 @@ class RunInfo:
                     f"pk.changed needs a git base to compare with, and none was found in {self.workspace}."
                     " Give one with --changed-base REF"
                 )
-            out = _git(self.workspace, "diff", "--name-only", base)
+            if base.startswith("-") or not base.strip():
+                raise UsageError(f"--changed-base takes a git ref (a branch, tag or commit), got {base!r}")
+            if (
+                _git(self.workspace, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{base}^{{commit}}")
+                is None
+            ):
+                raise UsageError(f"--changed-base {base!r} is not a commit in {self.workspace}; check the ref")
+            out = _git(self.workspace, "diff", "--name-only", base, "--")
             if out is None:
                 raise UsageError(f"git diff against '{base}' failed in {self.workspace}; check --changed-base")
             top = _git(self.workspace, "rev-parse", "--show-prefix") or ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -168,8 +169,17 @@ class Context:
         relative = [p for p in patterns if not p.startswith("/")]
         if relative:
             self._sync()
+        root = os.path.realpath(self.workspace)
         for path in matching_files(self.workspace, relative):
-            found.append((path.relative_to(self.workspace).as_posix(), path.read_bytes()))
+            name = path.relative_to(self.workspace).as_posix()
+            real = os.path.realpath(path)
+            if not real.startswith(root + os.sep):  # a file that comes out of a stage is untrusted
+                raise StageFailed(
+                    f"Stage '{self.stage}': {name} is a link to {real}, outside the workspace; pipekit does"
+                    " not take files from outside it",
+                    stage=self.stage,
+                )
+            found.append((name, path.read_bytes()))
         for pattern in (p for p in patterns if p.startswith("/")):
             parts = pattern.split("/")
             fixed = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), parts))

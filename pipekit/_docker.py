@@ -204,8 +204,12 @@ class DockerBackend(DockerImages):
     def _create_stage_container(self, spec: StageSpec, network: str | None, workdir: str | None) -> str:
         api = self.client.api
         binds = {volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()}
+        tmpfs = {}
         if self.shares_workspace and spec.with_workspace:
             binds[str(spec.workspace)] = {"bind": WORKDIR, "mode": "rw"}
+            # pipekit's own state (history, logs, cache) is out of a stage's reach: an empty,
+            # read-only folder covers it in the container
+            tmpfs[f"{WORKDIR}/.pipekit"] = "ro,size=4k,mode=0555"
         container = api.create_container(
             spec.image,
             entrypoint=["sh"],
@@ -214,7 +218,7 @@ class DockerBackend(DockerImages):
             working_dir=workdir,
             labels=self._labels(spec),
             name=container_name(spec.run_id, spec.stage),
-            host_config=api.create_host_config(binds=binds, network_mode=network),
+            host_config=api.create_host_config(binds=binds, tmpfs=tmpfs, network_mode=network),
         )
         return str(container["Id"])
 

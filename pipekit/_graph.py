@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Plan", "find_errors", "plan"]
 
+MAX_NAME = 120
+
 
 def _nx() -> Any:
     """networkx, imported when a pipeline is first validated or planned (not by ``import pipekit``)."""
@@ -34,6 +36,15 @@ def _nx() -> Any:
 def _suggest(name: str, choices: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def _long_name(s: Stage) -> PipelineError:
+    return PipelineError(
+        f"Stage '{s.name[:40]}...' has a name {len(s.name)} characters long; keep stage names under"
+        f" {MAX_NAME} characters (they name log files and containers)",
+        stage=s.name[:40],
+        location=s.location,
+    )
 
 
 def find_errors(pipeline: Pipeline) -> list[PipelineError]:
@@ -60,6 +71,7 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
             )
         )
         return errors
+    errors += [_long_name(s) for s in by_name.values() if len(s.name) > MAX_NAME]
     for s in by_name.values():
         for p in s.parameters:
             if p.is_context or p.has_default or p.name in by_name:

@@ -91,6 +91,9 @@ class History:
                     raise
                 time.sleep(0.02)
         db.execute("PRAGMA synchronous = NORMAL")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.chmod(str(self.db_path) + suffix, 0o600)
         return db
 
     def _open(self) -> sqlite3.Connection:
@@ -245,14 +248,29 @@ class History:
             with self._lock:
                 f = self._logs.get((run_id, stage))
                 if f is None:
-                    path = self.log_path(run_id, stage)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    f = self._logs[(run_id, stage)] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+                    f = self._logs[(run_id, stage)] = self._private_file(self.log_path(run_id, stage), "a")
                 f.write(_strip_prefix(line) + "\n")
                 f.flush()
             return event
 
         return write
+
+    def _private_file(self, path: Path, mode: str) -> Any:
+        """Open one of pipekit's own files: owner-only, inside ``.pipekit/`` for real, and never
+        through a symbolic link (one a stage planted would make pipekit, as root, write elsewhere)."""
+        _make_private_dir(path.parent)
+        real_dir = os.path.realpath(self.dir)
+        if (
+            not os.path.realpath(path.parent).startswith(real_dir + os.sep)
+            and os.path.realpath(path.parent) != real_dir
+        ):
+            raise UsageError(f"{path.parent} leads out of {self.dir} (a symbolic link?); pipekit does not write there")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as e:
+            raise UsageError(f"Cannot write {path}: {e.strerror} (pipekit never writes through a link)") from e
+        return os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
 
     # -- artifacts and test reports -------------------------------------------------------
     def add_artifact(self, run_id: str, stage: str, path: str, data: bytes) -> str:
@@ -261,9 +279,9 @@ class History:
         digest = hashlib.sha256(data).hexdigest()
         target = self.dir / "artifacts" / digest
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(data)
+            with self._private_file(tmp, "wb") as f:
+                f.write(data)
             tmp.replace(target)
         with self._tx() as db:
             db.execute(
@@ -379,12 +397,19 @@ class History:
 
 
 def _make_private_dir(folder: Path) -> None:
-    """Create ``.pipekit/`` (owner only) with a ``.gitignore`` that keeps all of it out of git, as
-    pytest does for ``.pytest_cache``."""
+    """Create a folder of ``.pipekit/`` (owner only); ``.pipekit/`` itself gets a ``.gitignore`` that
+    keeps all of it out of git, as pytest does for ``.pytest_cache``."""
+    if folder.is_symlink():
+        raise UsageError(
+            f"{folder} is a symbolic link (to {os.readlink(folder)}); pipekit keeps its run history only"
+            " in a real folder. Remove the link"
+        )
     if not folder.is_dir():
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif folder.name == DIRNAME and folder.stat().st_mode & 0o077:
+        os.chmod(folder, 0o700)  # made by someone else (an engine's mount point): make it private
     ignore = folder / ".gitignore"
-    if not ignore.exists():
+    if folder.name == DIRNAME and not ignore.exists():
         ignore.write_text("# created by pipekit: its run history stays out of version control\n*\n")
 
 

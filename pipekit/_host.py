@@ -36,6 +36,9 @@ class HostShell:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._procs: dict[str, set[subprocess.Popen[bytes]]] = {}
+        #: every process group started under a key, also of commands that ended: what they left
+        #: running in the background (`server &`) ends with the stage
+        self._groups: dict[str, set[int]] = {}
         self._closed: set[str] = set()
 
     def run(
@@ -63,6 +66,7 @@ class HostShell:
                 start_new_session=True,
             )
             self._procs.setdefault(key, set()).add(proc)
+            self._groups.setdefault(key, set()).add(proc.pid)
         try:
             assert proc.stdout is not None and proc.stderr is not None
             splitters = {
@@ -96,7 +100,7 @@ class HostShell:
     def kill_prefix(self, prefix: str) -> None:
         """Kill the commands of every key that starts with ``prefix`` (a whole run)."""
         with self._lock:
-            keys = [k for k in self._procs if k.startswith(prefix)]
+            keys = [k for k in {*self._procs, *self._groups} if k.startswith(prefix)]
         for key in keys:
             self.kill(key)
 
@@ -105,10 +109,11 @@ class HostShell:
         it return at once."""
         with self._lock:
             self._closed.add(key)
-            procs = list(self._procs.pop(key, ()))
-        for proc in procs:
+            self._procs.pop(key, None)
+            groups = self._groups.pop(key, set())
+        for pgid in groups:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
 

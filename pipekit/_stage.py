@@ -211,6 +211,8 @@ def _make_stage(
 
     if image is not None and not isinstance(image, (str, Stage)):
         raise bad(f"image= takes an image name such as 'alpine:3.20' or a stage that returns a pk.Image, got {image!r}")
+    if isinstance(image, str) and not image.strip():
+        raise bad("image= is empty: give an image name, or leave image= out to run the stage on the host")
     unknown = sorted(set(control) - STAGE_OPTIONS)
     if unknown:
         import difflib
