@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from pipekit._cache import CacheInputs, inputs
     from pipekit._conditions import Condition, RunInfo, branch, changed, env, param_is
     from pipekit._context import Context
-    from pipekit._control import Outcome, Service
+    from pipekit._control import Outcome, Resources, Service
     from pipekit._graph import Plan, find_errors, plan
     from pipekit._loader import load
     from pipekit._matrix import MatrixOutputs
@@ -73,6 +73,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryError",
     "RegistryUnavailable",
+    "Resources",
     "RunInfo",
     "Service",
     "Secret",
@@ -150,6 +151,7 @@ _LAZY = {
     "RunResult": "pipekit._results",
     "Secret": "pipekit._secrets",
     "SecretMissing": "pipekit.exceptions",
+    "Resources": "pipekit._control",
     "Service": "pipekit._control",
     "Stage": "pipekit._stage",
     "StageCodeError": "pipekit.exceptions",

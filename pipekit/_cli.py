@@ -205,6 +205,15 @@ def cache(**values: Any) -> None:
     _dispatch(HISTORY_COMMANDS["cache"], **values)
 
 
+@cli.command(context_settings=CONTEXT, epilog="\b\nExamples:\n  pipekit cleanup last\n  pipekit cleanup --all")
+@click.argument("run", metavar="[RUN]", required=False)
+@_file_option
+@click.option("--all", "all", is_flag=True, help="Every run whose pipekit process is gone, of any workspace.")
+def cleanup(**values: Any) -> None:
+    """Remove the containers and networks a run left (after a kill -9, or an engine that was down)."""
+    _dispatch(HISTORY_COMMANDS["cleanup"], **values)
+
+
 COMPLETION_EPILOG = """\b
 Examples:
   pipekit completion bash > /etc/bash_completion.d/pipekit

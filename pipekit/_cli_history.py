@@ -9,7 +9,7 @@ from typing import IO
 
 from pipekit._history import History
 from pipekit._runner import container_backend, open_history
-from pipekit.backend import CacheVolume, CacheVolumes
+from pipekit.backend import CacheVolume, CacheVolumes, Sweeps
 from pipekit.exceptions import PipekitError, UsageError
 
 __all__ = ["HISTORY_COMMANDS", "print_error", "table"]
@@ -203,7 +203,38 @@ def cmd_cache(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
+def cmd_cleanup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Remove the containers and networks of runs that are no longer running."""
+    backend = container_backend()
+    if not isinstance(backend, Sweeps):
+        raise UsageError(f"the {backend.name} backend keeps nothing to clean up")
+    backend.check()
+    if args.all:
+        gone = backend.sweep()
+        print(f"removed what {len(gone)} run(s) left: {', '.join(gone)}" if gone else "nothing was left", file=out)
+        return 0
+    if not args.run:
+        raise UsageError("give a RUN to clean up after, or --all for every run that is no longer running")
+    run_id = args.run
+    folder = _workspace_of(args)
+    if (folder / ".pipekit" / "pipekit.db").is_file():
+        history = _history(folder, err)
+        try:
+            run_id = history.resolve(args.run)
+        except UsageError:
+            pass  # a run of another workspace: its id as given
+        finally:
+            history.close()
+    left = backend.leftovers()
+    if left.get(run_id):
+        raise UsageError(f"run {run_id} is still running; stop it first (Ctrl-C or kill its pipekit process)")
+    backend.cleanup(run_id)
+    print(f"removed what run {run_id} left" if run_id in left else f"run {run_id} left nothing", file=out)
+    return 0
+
+
 HISTORY_COMMANDS = {
+    "cleanup": cmd_cleanup,
     "runs": cmd_runs,
     "show": cmd_show,
     "logs": cmd_logs,

@@ -158,7 +158,7 @@ class Context:
                 command=command,
                 exit_code=result.exit_code,
                 output_tail=list(tail),
-                hint=_hint(result, self.image),
+                hint=_hint(result, self.image, self._handle.spec.memory),
             )
         return result
 
@@ -247,7 +247,10 @@ class Context:
         return f"<Context stage={self.stage!r} run_id={self.run_id!r}>"
 
 
-def _hint(result: CommandResult, image: str | None) -> str:
+def _hint(result: CommandResult, image: str | None, memory: int | None = None) -> str:
+    if result.oom_killed:
+        limit = _size(memory)
+        return f"killed: out of memory (limit {limit}); give the stage more with resources=pk.Resources(memory=...)"
     where = f"image '{image}'" if image else "this machine's PATH"
     if result.exit_code == 127:
         return f"A command was not found in {where} (exit code 127: 'not found')."
@@ -256,3 +259,12 @@ def _hint(result: CommandResult, image: str | None) -> str:
     if result.exit_code == 137:
         return "The command was killed (exit code 137: SIGKILL, out of memory or the stage was stopped)."
     return ""
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit, factor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n} bytes"

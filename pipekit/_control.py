@@ -63,6 +63,53 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+def parse_size(value: int | str, what: str = "memory") -> int:
+    """Bytes from ``512m``, ``4g``, ``1.5G`` or a number of bytes."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise PipelineError(f"{what} takes bytes or a size like '512m' or '4g', got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(value)
+        if not match:
+            raise PipelineError(f"{what} takes bytes or a size like '512m' or '4g', got {value!r}")
+        size = int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " "))
+    if size <= 0:
+        raise PipelineError(f"{what} must be positive, got {value!r}")
+    return size
+
+
+@attrs.frozen
+class Resources:
+    """What a stage may use: ``pk.Resources(cpus=2, memory="4g", pids=512)``.
+
+    On one engine they are the container's limits (``--cpus``, ``--memory``, ``--pids-limit``); a
+    stage without ``pids`` gets a limit of 4096 processes, so a fork bomb cannot take the machine.
+    """
+
+    cpus: float | None = attrs.field(default=None)
+    memory: int | str | None = None
+    pids: int | None = None
+
+    @cpus.validator
+    def _check_cpus(self, _attribute: Any, value: float | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise PipelineError(f"pk.Resources(cpus=...) takes a positive number of CPUs, got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.memory is not None:
+            parse_size(self.memory, "pk.Resources(memory=...)")
+        if self.pids is not None and (not isinstance(self.pids, int) or self.pids < 1):
+            raise PipelineError(f"pk.Resources(pids=...) takes a positive number of processes, got {self.pids!r}")
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return parse_size(self.memory) if self.memory is not None else None
+
+
 @attrs.frozen
 class Service:
     """A sidecar container for a stage (GitLab/GitHub ``services``), reachable by its name."""
@@ -134,6 +181,7 @@ def check_stage_options(
     cache_dirs: Sequence[str] = (),
     workdir: str | None = None,
     workspace: bool = True,
+    resources: Resources | None = None,
 ) -> dict[str, Any]:
     """Misuse of a stage option fails at decoration time, saying what was expected. Returns the
     options as the stage's fields."""
@@ -156,6 +204,8 @@ def check_stage_options(
         raise bad(f"workdir= takes a folder (relative to the workspace, or absolute), got {workdir!r}")
     if not isinstance(workspace, bool):
         raise bad(f"workspace= takes True or False, got {workspace!r}")
+    if resources is not None and not isinstance(resources, Resources):
+        raise bad(f"resources= takes pk.Resources(cpus=..., memory=...), got {resources!r}")
     try:
         seconds = parse_duration(timeout)
     except PipelineError as e:
@@ -172,4 +222,5 @@ def check_stage_options(
         "cache_dirs": tuple(cache_dirs),
         "workdir": workdir,
         "workspace": workspace,
+        "resources": resources,
     }

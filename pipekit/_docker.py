@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import attrs
 
 from pipekit._docker_engine import (
-    LABEL_CACHE,
     LABEL_MANAGED,
     LABEL_RUN,
     LABEL_SERVICE,
@@ -32,16 +31,17 @@ from pipekit._docker_engine import (
     container_name,
     docker_host,
     engine_is_local,
+    owner_label,
     probe_engine,
     reason,
     unreachable,
 )
+from pipekit._docker_housekeeping import DockerHousekeeping
 from pipekit._docker_images import DockerImages
 from pipekit._util import slug
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
-    CacheVolume,
     CommandResult,
     LineSink,
     LineSplitter,
@@ -66,6 +66,9 @@ def _workdir(spec: StageSpec) -> str | None:
     return WORKDIR if spec.with_workspace else None
 
 
+DEFAULT_PIDS_LIMIT = 4096  # processes per stage container: a fork bomb stops there
+
+
 @attrs.define
 class _Prepared:
     """What prepare made for a stage: its container, its services' containers, their network."""
@@ -75,7 +78,7 @@ class _Prepared:
     network: str | None = None
 
 
-class DockerBackend(DockerImages):
+class DockerBackend(DockerHousekeeping, DockerImages):
     """Runs stages in containers of one Docker engine (``DOCKER_HOST`` or the local socket).
 
     ``workspace``: ``"mount"`` binds the pipeline's folder into each container, ``"copy"``
@@ -218,7 +221,15 @@ class DockerBackend(DockerImages):
             working_dir=workdir,
             labels=self._labels(spec),
             name=container_name(spec.run_id, spec.stage),
-            host_config=api.create_host_config(binds=binds, tmpfs=tmpfs, network_mode=network),
+            host_config=api.create_host_config(
+                binds=binds,
+                tmpfs=tmpfs,
+                network_mode=network,
+                pids_limit=spec.pids or DEFAULT_PIDS_LIMIT,
+                mem_limit=spec.memory,
+                memswap_limit=spec.memory,  # no swap beyond the limit: over it, the kernel kills
+                nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+            ),
         )
         return str(container["Id"])
 
@@ -232,38 +243,14 @@ class DockerBackend(DockerImages):
             self._wait_healthy(spec, svc, cid)
         return network
 
-    def _ensure_cache_volume(self, name: str, spec: StageSpec) -> None:
-        """Cache volumes outlive runs on purpose; they carry the cache label, not the run's."""
-        from docker.errors import NotFound
-
-        try:
-            self.client.api.inspect_volume(name)
-        except NotFound:
-            self.client.api.create_volume(name, labels={LABEL_CACHE: "true", LABEL_STAGE: spec.stage})
-
-    def cache_volumes(self) -> list[CacheVolume]:
-        """The cache volumes in the engine."""
-        listing = self.client.api.volumes(filters={"label": LABEL_CACHE}) or {}
-        return [
-            CacheVolume(v["Name"], (v.get("Labels") or {}).get(LABEL_STAGE, "?"), v.get("CreatedAt", ""))
-            for v in listing.get("Volumes") or []
-        ]
-
-    def remove_volume(self, name: str) -> bool:
-        from docker.errors import APIError, NotFound
-
-        try:
-            self.client.api.remove_volume(name)
-            return True
-        except NotFound:
-            return False
-        except APIError as e:
-            if e.status_code == 409:
-                return False
-            raise
-
     def _labels(self, spec: StageSpec) -> dict[str, str]:
-        return {**spec.labels, LABEL_MANAGED: "true", LABEL_RUN: spec.run_id, LABEL_STAGE: spec.stage}
+        return {
+            **spec.labels,
+            LABEL_MANAGED: "true",
+            LABEL_RUN: spec.run_id,
+            LABEL_STAGE: spec.stage,
+            **owner_label(),
+        }
 
     def _start_service(self, spec: StageSpec, svc: ServiceSpec, network: str) -> str:
         api = self.client.api
@@ -341,7 +328,21 @@ class DockerBackend(DockerImages):
             ) from e
         if code is None:  # the container went away before the command finished
             code = 137
-        return CommandResult(command, int(code), stdout, stderr, time.monotonic() - start)
+        oom = code == 137 and spec.memory is not None and self._oom_killed(handle)
+        return CommandResult(command, int(code), stdout, stderr, time.monotonic() - start, oom_killed=oom)
+
+    def _oom_killed(self, handle: StageHandle) -> bool:
+        """Whether the kernel killed a process of the stage's container for memory (its cgroup's
+        oom_kill count; cgroup v1 or v2)."""
+        files = "/sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events"
+        try:
+            _code, out, _err = self._exec_stream(
+                self._container(handle), f"cat {files} 2>/dev/null; true", {}, lambda *_: None, None
+            )
+        except Exception:
+            return False
+        counts = [int(line.split()[1]) for line in out.splitlines() if line.startswith("oom_kill ")]
+        return any(counts)
 
     def _exec_stream(
         self, container: str, command: str, env: Mapping[str, str], on_line: LineSink, workdir: str | None

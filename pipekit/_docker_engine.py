@@ -23,6 +23,29 @@ LABEL_RUN = "io.pipekit.run"
 LABEL_STAGE = "io.pipekit.stage"
 LABEL_SERVICE = "io.pipekit.service"
 LABEL_CACHE = "io.pipekit.cache"
+LABEL_OWNER = "io.pipekit.owner"  # HOST:PID of the pipekit process: a run whose process is gone left it
+
+
+def owner_label() -> dict[str, str]:
+    return {LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the pipekit process that made a container still runs (unknown hosts count as alive)."""
+    if not owner or ":" not in owner:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 WORKDIR = "/workspace"
 #: how a stage gets the workspace: a bind mount, a copy in and out, or whichever fits the engine
 WORKSPACE_MODES = ("auto", "mount", "copy")

@@ -17,6 +17,7 @@ from pipekit._docker_engine import (
     STEP,
     close_stream,
     container_name,
+    owner_label,
     progress_line,
     reason,
     with_tag,
@@ -274,7 +275,7 @@ class DockerImages:
                 image,
                 command=command,
                 environment=dict(env),
-                labels={LABEL_MANAGED: "true", LABEL_RUN: run_id, LABEL_STAGE: stage},
+                labels={LABEL_MANAGED: "true", LABEL_RUN: run_id, LABEL_STAGE: stage, **owner_label()},
                 name=container_name(run_id, f"{stage}-run"),
             )["Id"]
         except APIError as e:

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from pipekit._conditions import RunInfo
-from pipekit._control import Service
+from pipekit._control import Resources, Service
 from pipekit._graph import Plan
 from pipekit._stage import EnvValue, Stage
 from pipekit._util import slug
@@ -38,6 +38,7 @@ class ResolvedStage:
     env: Mapping[str, EnvValue] = attrs.field(factory=dict, repr=False)
     services: tuple[Service, ...] = ()
     volumes: Mapping[str, str] = attrs.field(factory=dict)  # cache volume -> path in the container
+    resources: Resources | None = None
     skip: str | None = None
     restore: tuple[str, str] | None = attrs.field(default=None, repr=False)  # (run id, output JSON)
 
@@ -118,6 +119,7 @@ def _resolve_stage(plan: Plan, s: Stage, position: int, image_map: Mapping[str, 
         env=pipeline.env_for(s),
         services=services,
         volumes={cache_volume(plan, s, path): path for path in s.cache_dirs},
+        resources=s.resources or pipeline.resources,
     )
 
 

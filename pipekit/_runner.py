@@ -15,6 +15,7 @@ from pipekit._results import RunObserver, RunResult
 from pipekit._run import CacheLookup, Run
 from pipekit._scheduler import Scheduler
 from pipekit._session import RunSetup, container_backend, restorable
+from pipekit.backend import Sweeps
 from pipekit.exceptions import UsageError
 
 __all__ = ["container_backend", "open_history", "run_setup"]
@@ -97,6 +98,8 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
         resolved = setup.resolved(rec.restore)
         if resolved.needs_container_backend:
             backend.check()
+            if isinstance(backend, Sweeps):
+                backend.sweep()  # what lost runs left (a kill -9, an engine that was down) goes now
         check_images = r.check_images and resolved.needs_container_backend
         preflight(resolved, setup.secrets, backend if check_images else None)
         run = Run(

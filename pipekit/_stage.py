@@ -16,7 +16,7 @@ import attrs
 
 from pipekit._cache import CacheInputs
 from pipekit._conditions import Condition, to_condition
-from pipekit._control import PostAction, Service, check_stage_options, normalize_post
+from pipekit._control import PostAction, Resources, Service, check_stage_options, normalize_post
 from pipekit._matrix import validate_matrix
 from pipekit._params import Param
 from pipekit._secrets import Secret
@@ -119,6 +119,7 @@ class Stage:
     cache_dirs: tuple[str, ...] = ()
     workdir: str | None = None  # where commands start: relative to the workspace, or absolute
     workspace: bool = True  # False: no workspace in the container; commands start in the image's WORKDIR
+    resources: Resources | None = None  # limits (cpus, memory, pids); the pipeline's when None
     # set on the instances of a matrix stage:
     group: str | None = None
     matrix_values: Mapping[str, Any] | None = None
@@ -269,6 +270,7 @@ def stage(
     cache_dirs: Sequence[str] = (),
     workdir: str | None = None,
     workspace: bool = True,
+    resources: Resources | None = None,
 ) -> Callable[[F], Stage]: ...
 
 
@@ -340,9 +342,11 @@ class Pipeline:
         stages: Iterable[Stage] = (),
         params: Iterable[Param] = (),
         path: str | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.name = name
         self.image = image or None
+        self.resources = resources
         self.env: Mapping[str, EnvValue] = _freeze_env(env)
         self.path = path
         self._stages: list[Stage] = []

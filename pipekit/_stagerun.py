@@ -250,6 +250,7 @@ class StageRun:
             )
             for svc in self.r.services
         )
+        limits = self.r.resources
         plain = {k: v for k, v in self.r.env.items() if not isinstance(v, Secret)}
         hidden = {k: v for k, v in self.r.env.items() if isinstance(v, Secret)}
         return StageSpec(
@@ -263,6 +264,9 @@ class StageRun:
             volumes=dict(self.r.volumes),
             workdir=self.r.stage.workdir,
             with_workspace=self.r.stage.workspace,
+            cpus=limits.cpus if limits else None,
+            memory=limits.memory_bytes if limits else None,
+            pids=limits.pids if limits else None,
         )
 
     def _context(

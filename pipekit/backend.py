@@ -41,6 +41,7 @@ __all__ = [
     "ImageBackend",
     "Origin",
     "StageBackend",
+    "Sweeps",
     "CommandResult",
     "Image",
     "LineSink",
@@ -85,6 +86,10 @@ class StageSpec:
     #: the stage's env variables whose values are secrets: given to each command, never to the
     #: container itself (where `docker inspect` would show them)
     secret_env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    #: limits: ``cpus`` (float), ``memory`` (bytes), ``pids``; None: the backend's defaults
+    cpus: float | None = None
+    memory: int | None = None
+    pids: int | None = None
 
     @property
     def all_env(self) -> dict[str, str]:
@@ -128,6 +133,8 @@ class CommandResult:
     stdout: str = ""
     stderr: str = ""
     duration_s: float = 0.0
+    #: the kernel killed the command for using more memory than its stage may (``resources=``)
+    oom_killed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -268,6 +275,21 @@ class CacheVolumes(Protocol):
 
     def remove_volume(self, name: str) -> bool:
         """Remove one; False when it is gone or in use."""
+
+
+@runtime_checkable
+class Sweeps(Protocol):
+    """A backend that can find what runs left behind (``pipekit cleanup``)."""
+
+    def check(self) -> None: ...
+
+    def cleanup(self, run_id: str) -> None: ...
+
+    def leftovers(self) -> dict[str, bool]:
+        """Runs with objects left: run id -> whether the process that made them still runs."""
+
+    def sweep(self) -> list[str]:
+        """Remove the leftovers of runs whose process is gone; their ids."""
 
 
 @runtime_checkable

@@ -27,6 +27,7 @@ def test_all_is_pinned() -> None:
             "RegistryAuthError",
             "RegistryError",
             "RegistryUnavailable",
+            "Resources",
             "Secret",
             "SecretMissing",
             "TagNotFound",

@@ -1,0 +1,78 @@
+"""Threat model: nothing is left behind, even by a run whose process died or whose engine was down
+when it ended."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipekit._cli import main
+
+pytestmark = pytest.mark.docker
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    return main(list(argv), out=out, err=err), out.getvalue(), err.getvalue()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _leftover(docker_client: Any, image: str, run_id: str, pid: int) -> Any:
+    """A container as a pipekit run makes it, owned by the process ``pid``."""
+    labels = {
+        "io.pipekit.managed": "true",
+        "io.pipekit.run": run_id,
+        "io.pipekit.stage": "s",
+        "io.pipekit.owner": f"{socket.gethostname()}:{pid}",
+    }
+    return docker_client.containers.create(image, ["sleep", "300"], labels=labels)
+
+
+def test_cleanup_removes_what_lost_runs_left_and_spares_live_ones(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """`pipekit cleanup --all` removes leftovers of runs whose process is gone; a live run's are
+    kept, and `pipekit cleanup RUN` refuses to touch it."""
+    lost = _leftover(docker_client, busybox_image, "lostrun00001", _dead_pid())
+    live = _leftover(docker_client, busybox_image, "liverun00001", os.getpid())
+    try:
+        code, _, err = _cli("cleanup", "liverun00001", "-f", str(tmp_path))
+        assert code == 2 and "still running" in err
+        code, out, _ = _cli("cleanup", "--all")
+        assert code == 0 and "lostrun00001" in out and "liverun00001" not in out
+        names = {c.id for c in docker_client.containers.list(all=True)}
+        assert lost.id not in names and live.id in names
+    finally:
+        for c in (lost, live):
+            try:
+                c.remove(force=True)
+            except Exception:
+                pass
+
+
+def test_the_next_run_removes_what_a_lost_run_left(docker_client: Any, busybox_image: str, tmp_path: Path) -> None:
+    """A run that starts containers first sweeps away what runs whose process is gone left."""
+    lost = _leftover(docker_client, busybox_image, "lostrun00002", _dead_pid())
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n\n@pk.stage(image='busybox')\ndef a(ctx):\n    pass\n"
+    )
+    try:
+        code, out, err = _cli("run", "-f", str(tmp_path), "--image-map", f"busybox={busybox_image}")
+        assert code == 0, out + err
+        assert lost.id not in {c.id for c in docker_client.containers.list(all=True)}
+    finally:
+        try:
+            lost.remove(force=True)
+        except Exception:
+            pass
