@@ -335,8 +335,11 @@ def console_main() -> None:
     if "_PIPEKIT_COMPLETE" in os.environ:  # the shell asks for completions
         cli.main(prog_name="pipekit", complete_var="_PIPEKIT_COMPLETE")
     code = main()
-    if any(t.name.startswith("pipekit-stage") and t.is_alive() for t in threading.enumerate()):
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if others:
+        # a stage stuck in Python code, or a thread pipeline.py started, must not keep pipekit
+        # running after its work is done
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)  # a stage stuck in Python code must not keep the process alive
+        os._exit(code)
     raise SystemExit(code)

@@ -50,7 +50,7 @@ from pipekit.backend import (
     StageSpec,
     shell_script,
 )
-from pipekit.exceptions import BackendError, StageFailed, UsageError
+from pipekit.exceptions import BackendError, EngineUnavailable, StageFailed, UsageError
 
 if TYPE_CHECKING:
     import docker
@@ -176,6 +176,19 @@ class DockerBackend(DockerHousekeeping, DockerImages):
     def prepare(self, spec: StageSpec) -> StageHandle:
         if spec.image is None:
             raise StageFailed(f"Stage '{spec.stage}' has no image to run in", stage=spec.stage)
+        try:
+            return self._prepare(spec)
+        except OSError as e:  # requests' ConnectionError and friends: the engine is not there
+            raise self._gone(e) from e
+
+    def _gone(self, e: BaseException) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"The Docker engine at {self.host} went away ({reason(e)}); the stages that needed it failed. Start it"
+            " again (pipekit cleanup --all then removes what the run left)"
+        )
+
+    def _prepare(self, spec: StageSpec) -> StageHandle:
+        assert spec.image is not None
         from docker.errors import APIError
 
         self.ensure_image(spec.image)
@@ -321,7 +334,9 @@ class DockerBackend(DockerHousekeeping, DockerImages):
             ) from e
         except APIError as e:
             raise BackendError(f"Cannot run a command in stage '{spec.stage}': {reason(e)}") from e
-        except Exception as e:  # the stream broke: the container was removed under us
+        except Exception as e:  # the stream broke: the container was removed under us, or the engine left
+            if not self._answers():
+                raise self._gone(e) from e
             raise StageFailed(
                 f"Lost the container of stage '{spec.stage}' while `{command}` ran: {e}",
                 stage=spec.stage,
@@ -330,6 +345,17 @@ class DockerBackend(DockerHousekeeping, DockerImages):
             code = 137
         oom = code == 137 and spec.memory is not None and self._oom_killed(handle)
         return CommandResult(command, int(code), stdout, stderr, time.monotonic() - start, oom_killed=oom)
+
+    def _answers(self) -> bool:
+        """Whether the engine answers a ping within a few seconds."""
+        import docker
+
+        try:
+            probe = docker.DockerClient(base_url=self.host, timeout=3) if self._host else None
+            (probe or self.client).ping()
+            return True
+        except Exception:
+            return False
 
     def _oom_killed(self, handle: StageHandle) -> bool:
         """Whether the kernel killed a process of the stage's container for memory (its cgroup's
@@ -367,11 +393,14 @@ class DockerBackend(DockerHousekeeping, DockerImages):
         prepared = handle.ref
         if not isinstance(prepared, _Prepared):
             return
-        for cid in [prepared.container, *prepared.services]:
-            if cid:
-                self._remove(cid)
-        if prepared.network:
-            self._remove_network(prepared.network)
+        try:
+            for cid in [prepared.container, *prepared.services]:
+                if cid:
+                    self._remove(cid)
+            if prepared.network:
+                self._remove_network(prepared.network)
+        except OSError as e:
+            raise self._gone(e) from e
 
     def cleanup(self, run_id: str) -> None:
         from docker.errors import DockerException
@@ -382,8 +411,8 @@ class DockerBackend(DockerHousekeeping, DockerImages):
                 self._remove(c["Id"])
             for n in self.client.api.networks(filters=label):
                 self._remove_network(n["Id"])
-        except DockerException:
-            return
+        except (DockerException, OSError):
+            return  # the engine is gone: `pipekit cleanup`, or the next run, removes what is left
 
     def _remove_network(self, network_id: str) -> None:
         from docker.errors import APIError, NotFound

@@ -6,8 +6,8 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import IO, TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any
 
 from pipekit._buildkit import BuildProgress, buildkit_build
 from pipekit._docker_engine import (
@@ -24,7 +24,14 @@ from pipekit._docker_engine import (
 )
 from pipekit._registry import registry_error, registry_of
 from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, LineSplitter, Origin
-from pipekit.exceptions import BackendError, BuildKitUnavailable, ImageNotFound, RegistryError, UsageError
+from pipekit.exceptions import (
+    BackendError,
+    BuildKitUnavailable,
+    ImageNotFound,
+    RegistryError,
+    RegistryUnavailable,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     import docker
@@ -34,6 +41,45 @@ __all__ = ["DockerImages", "build_context"]
 BUILDER_ENV = "PIPEKIT_BUILDER"
 #: never sent to a build: pipekit's own state (history, logs, artifacts)
 ALWAYS_IGNORED = (".pipekit", ".pipekit/**")
+
+
+REGISTRY_TIMEOUT_ENV = "PIPEKIT_REGISTRY_TIMEOUT"
+REGISTRY_TIMEOUT_S = 120.0
+
+
+def watched(start: Callable[[], Iterator[Any]], ref: str, what: str) -> Iterator[Any]:
+    """The chunks of a push or pull, failing when the engine reports no progress for a while (a
+    registry that accepts connections and never answers would otherwise hang the run for ever)."""
+    import queue
+
+    timeout = float(os.environ.get(REGISTRY_TIMEOUT_ENV) or REGISTRY_TIMEOUT_S)
+    chunks: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for chunk in start():  # starting it waits for the engine too: both are watched
+                chunks.put(("chunk", chunk))
+            chunks.put(("end", None))
+        except BaseException as e:  # handed to the caller's thread
+            chunks.put(("error", e))
+
+    threading.Thread(target=pump, name="pipekit-registry", daemon=True).start()
+    while True:
+        try:
+            kind, item = chunks.get(timeout=timeout)
+        except queue.Empty:
+            registry = registry_of(ref)
+            raise RegistryUnavailable(
+                f"Could not {what} {registry}: no progress for {timeout:g}s while working on {ref}; the"
+                f" registry may be down or not answering. {REGISTRY_TIMEOUT_ENV}=SECONDS waits longer",
+                registry=registry,
+                reference=ref,
+            ) from None
+        if kind == "end":
+            return
+        if kind == "error":
+            raise item
+        yield item
 
 
 @contextlib.contextmanager
@@ -218,8 +264,12 @@ class DockerImages:
         repo, tag = parse_repository_tag(ref)
         digest = None
         try:
-            for chunk in self.client.api.push(
-                repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
+            for chunk in watched(
+                lambda: self.client.api.push(
+                    repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
+                ),
+                ref,
+                "push to",
             ):
                 if "error" in chunk:
                     raise registry_error(chunk["error"], ref, "push to")
@@ -241,8 +291,12 @@ class DockerImages:
 
         repo, tag = parse_repository_tag(ref)
         try:
-            for chunk in self.client.api.pull(
-                repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
+            for chunk in watched(
+                lambda: self.client.api.pull(
+                    repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
+                ),
+                ref,
+                "pull from",
             ):
                 if "error" in chunk:
                     raise registry_error(chunk["error"], ref, "pull from")

@@ -89,9 +89,13 @@ class RunResult:
     started: tuple[str, ...]
     duration_s: float
     warnings: tuple[str, ...] = ()
+    #: the engine went away during the run: its failures are the engine's, and the exit code is 3
+    engine_lost: bool = False
 
     @property
     def exit_code(self) -> int:
+        if self.engine_lost:
+            return 3
         return 0 if self.status == RunStatus.SUCCEEDED else 1
 
     def __getitem__(self, stage: str) -> StageResult:

@@ -44,6 +44,7 @@ class _Board:
         self.reported: set[str] = set()
         self.stop_reason: str | None = None
         self.warnings: list[str] = []
+        self.engine_lost = False
 
     def record(self, name: str, result: StageResult) -> None:
         """Keep a result, masked: the one place where stage results leave the stage."""
@@ -176,7 +177,9 @@ class Scheduler:
                     if stuck is not None:
                         finished.append((fut, stuck))
                 for fut, result in finished:
-                    self._settle(board, in_flight, in_flight.pop(fut).name, result)
+                    sr = in_flight.pop(fut)
+                    board.engine_lost = board.engine_lost or sr.engine_lost
+                    self._settle(board, in_flight, sr.name, result)
             pool.shutdown(wait=False)
         except BaseException:
             _cancel(in_flight.values())
@@ -271,7 +274,16 @@ class Scheduler:
             **({"warnings": list(board.warnings)} if board.warnings else {}),
         )
         pipeline = run.resolved.plan.pipeline.name
-        result = RunResult(run.run_id, pipeline, status, ordered, tuple(board.started), duration, tuple(board.warnings))
+        result = RunResult(
+            run.run_id,
+            pipeline,
+            status,
+            ordered,
+            tuple(board.started),
+            duration,
+            tuple(board.warnings),
+            board.engine_lost,
+        )
         for o in self.observers:
             o.run_finished(run.run_id, result)
         return result

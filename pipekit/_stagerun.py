@@ -28,7 +28,7 @@ from pipekit._secrets import Secret
 from pipekit._usercode import error_text
 from pipekit._workspace import WorkspaceSync
 from pipekit.backend import BuildSpec, Image, ServiceSpec, StageHandle, StageSpec
-from pipekit.exceptions import StageFailed, StepFailed
+from pipekit.exceptions import EngineUnavailable, StageFailed, StepFailed
 
 __all__ = ["ABANDON_GRACE_S", "StageRun"]
 
@@ -66,6 +66,7 @@ class StageRun:
         self.deadline: float | None = None
         self.timed_out = False
         self.expired_at: float | None = None
+        self.engine_lost = False  # the engine went away under this stage
         self._lock = threading.Lock()
 
     # -- control, from the scheduler's thread ---------------------------------------------
@@ -197,6 +198,7 @@ class StageRun:
             # not end the run with a false exit code (a real Ctrl-C reaches the scheduler's thread)
             attempt.error = error_text(self.name, e)
             attempt.exit_code = e.returncode if isinstance(e, StepFailed) else None
+            self.engine_lost = self.engine_lost or isinstance(e, EngineUnavailable)
         if self.timed_out:
             timeout = format_duration(self.r.stage.timeout or 0)
             attempt.status, attempt.error = S.FAILED, f"Stage '{self.name}' timed out after {timeout}"

@@ -19,10 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
-STATE = Path("/var/lib/pipekit-test-remote")
-EXEC = Path("/run/pipekit-test-remote")
-BRIDGE = "pkremote0"
-BRIDGE_ADDR = "10.213.77.1/24"
+NETS = {"remote": "10.213.77.1/24", "doomed": "10.213.78.1/24"}
 
 
 def _free_port() -> int:
@@ -38,11 +35,15 @@ def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class RemoteEngine:
     """Start with :meth:`start`, load images with :meth:`load`, end with :meth:`stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "remote") -> None:
+        self.state = Path(f"/var/lib/pipekit-test-{name}")
+        self.exec_root = Path(f"/run/pipekit-test-{name}")
+        self.bridge = f"pk{name}0"[:15]
+        self.bridge_addr = NETS[name]
         self.port = _free_port()
         self.host = f"tcp://127.0.0.1:{self.port}"
-        self.pidfile = EXEC / "dockerd.pid"
-        self.log = STATE / "dockerd.log"
+        self.pidfile = self.exec_root / "dockerd.pid"
+        self.log = self.state / "dockerd.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -53,18 +54,18 @@ class RemoteEngine:
 
     def start(self) -> None:
         self._stop_leftover()
-        shutil.rmtree(STATE, ignore_errors=True)
-        (STATE / "data").mkdir(parents=True)
-        EXEC.mkdir(parents=True, exist_ok=True)
-        if _sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
-            _sh("ip", "link", "add", BRIDGE, "type", "bridge")
-            _sh("ip", "addr", "add", BRIDGE_ADDR, "dev", BRIDGE)
-        _sh("ip", "link", "set", BRIDGE, "up")
+        shutil.rmtree(self.state, ignore_errors=True)
+        (self.state / "data").mkdir(parents=True)
+        self.exec_root.mkdir(parents=True, exist_ok=True)
+        if _sh("ip", "link", "show", self.bridge, check=False).returncode != 0:
+            _sh("ip", "link", "add", self.bridge, "type", "bridge")
+            _sh("ip", "addr", "add", self.bridge_addr, "dev", self.bridge)
+        _sh("ip", "link", "set", self.bridge, "up")
         dockerd = (
             f"mount -t tmpfs none {ROOT} && mount -t tmpfs none /tmp && exec dockerd"
-            f" --data-root {STATE / 'data'} --exec-root {EXEC / 'exec'} --pidfile {self.pidfile}"
-            f" -H unix://{EXEC / 'docker.sock'} -H {self.host} --tls=false"
-            f" --bridge {BRIDGE} --iptables=false --ip-masq=false"
+            f" --data-root {self.state / 'data'} --exec-root {self.exec_root / 'exec'} --pidfile {self.pidfile}"
+            f" -H unix://{self.exec_root / 'docker.sock'} -H {self.host} --tls=false"
+            f" --bridge {self.bridge} --iptables=false --ip-masq=false"
         )
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -94,8 +95,14 @@ class RemoteEngine:
         probe = self.docker("run", "--rm", "-v", f"{folder}:/probe", image, "ls", "/probe", check=False)
         return bool(probe.stdout.strip())
 
+    def terminate(self) -> None:
+        """Stop the engine the way an operator would (SIGTERM), while its clients are still busy."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
     def stop(self) -> None:
-        ids = self.docker("ps", "-aq", check=False).stdout.split()
+        ids = self.docker("ps", "-aq", check=False).stdout.split() if self.proc and self.proc.poll() is None else []
         if ids:
             self.docker("rm", "-f", *ids, check=False)
         if self.proc is not None:
@@ -124,6 +131,6 @@ class RemoteEngine:
         self._cleanup_files()
 
     def _cleanup_files(self) -> None:
-        _sh("ip", "link", "del", BRIDGE, check=False)
-        shutil.rmtree(STATE, ignore_errors=True)
-        shutil.rmtree(EXEC, ignore_errors=True)
+        _sh("ip", "link", "del", self.bridge, check=False)
+        shutil.rmtree(self.state, ignore_errors=True)
+        shutil.rmtree(self.exec_root, ignore_errors=True)
