@@ -24,15 +24,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipekit._history_fs import DIRNAME, HistoryUnwritable, corrupt, make_private_dir, why
 from pipekit._history_rows import ArtifactRow, CacheRow, RunRow, StageRow, TestRow
 from pipekit._logging import ConsoleRenderer
 from pipekit._reports import TestReport
 from pipekit._util import slug
 from pipekit.exceptions import UsageError
 
-__all__ = ["History"]
+__all__ = ["History", "HistoryUnwritable"]
 
-DIRNAME = ".pipekit"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, pipeline TEXT, path TEXT, branch TEXT, git_commit TEXT, argv TEXT,
@@ -66,7 +66,7 @@ class History:
                 f"There is no run history in {workspace}: pipekit looked for {self.db_path}, which a"
                 " `pipekit run` there creates. Point -f at the pipeline's folder"
             )
-        _make_private_dir(self.dir)
+        make_private_dir(self.dir)
         self._warn = warn or (lambda message: None)
         self._lock = threading.RLock()
         self._logs: dict[tuple[str, str], Any] = {}
@@ -104,6 +104,8 @@ class History:
         except sqlite3.DatabaseError as e:
             if _busy(e):
                 raise
+            if not corrupt(e):  # a full disk, a read-only folder: the database is fine, keep it
+                raise HistoryUnwritable(f"Cannot use the run history {self.db_path}: {why(e, self.dir)}") from e
             aside = self.db_path.with_name(f"pipekit.db.broken-{time.strftime('%Y%m%d-%H%M%S')}")
             for suffix in ("", "-wal", "-shm"):
                 src = Path(str(self.db_path) + suffix)
@@ -258,7 +260,7 @@ class History:
     def _private_file(self, path: Path, mode: str) -> Any:
         """Open one of pipekit's own files: owner-only, inside ``.pipekit/`` for real, and never
         through a symbolic link (one a stage planted would make pipekit, as root, write elsewhere)."""
-        _make_private_dir(path.parent)
+        make_private_dir(path.parent)
         real_dir = os.path.realpath(self.dir)
         if (
             not os.path.realpath(path.parent).startswith(real_dir + os.sep)
@@ -394,23 +396,6 @@ class History:
                 except Exception as e:  # the engine may be down; the record is still right
                     self._warn(f"could not remove what run {run_id} left behind: {e}")
         return dead
-
-
-def _make_private_dir(folder: Path) -> None:
-    """Create a folder of ``.pipekit/`` (owner only); ``.pipekit/`` itself gets a ``.gitignore`` that
-    keeps all of it out of git, as pytest does for ``.pytest_cache``."""
-    if folder.is_symlink():
-        raise UsageError(
-            f"{folder} is a symbolic link (to {os.readlink(folder)}); pipekit keeps its run history only"
-            " in a real folder. Remove the link"
-        )
-    if not folder.is_dir():
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    elif folder.name == DIRNAME and folder.stat().st_mode & 0o077:
-        os.chmod(folder, 0o700)  # made by someone else (an engine's mount point): make it private
-    ignore = folder / ".gitignore"
-    if folder.name == DIRNAME and not ignore.exists():
-        ignore.write_text("# created by pipekit: its run history stays out of version control\n*\n")
 
 
 def _busy(e: Exception) -> bool:

@@ -9,8 +9,9 @@ from typing import Any
 from pipekit._history import History
 from pipekit._reports import TestReport
 from pipekit._results import StageStatus
+from pipekit.exceptions import UsageError
 
-__all__ = ["HistoryRecorder", "redact_argv"]
+__all__ = ["HistoryRecorder", "Unfailing", "redact_argv"]
 
 
 def redact_argv(argv: list[str], mask: Callable[[str], str]) -> str:
@@ -78,3 +79,62 @@ def _git_commit(workspace: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+class Unfailing:
+    """Wraps the history's recorder and log writer so that a write error (a full disk) never
+    crashes the run nor turns its outcome: the first one is reported, every later record is still
+    tried (space may come back), and the run ends with its true exit code. The database is kept."""
+
+    def __init__(self, recorder: HistoryRecorder, warn: Callable[[str], None]) -> None:
+        self._recorder = recorder
+        self._warn = warn
+        self.broken: str | None = None
+
+    def _guard(self, write: Callable[[], Any], default: Any = None) -> Any:
+        import sqlite3
+
+        try:
+            return write()
+        except (OSError, sqlite3.Error, UsageError) as e:
+            if self.broken is not None:
+                return default
+            text = str(e)
+            full = "full" in text.lower() or getattr(e, "errno", None) == 28
+            self.broken = "the disk is full" if full else "a write failed"
+            self._warn(
+                f"the run history in {self._recorder.history.dir} could not be written ({self.broken}: {text});"
+                " the run goes on; what could not be written is missing from its record"
+            )
+            return default
+
+    def run_started(self, run_id: str, plan: Any) -> None:
+        self._guard(lambda: self._recorder.run_started(run_id, plan))
+
+    def stage_started(self, run_id: str, name: str, position: int) -> None:
+        self._guard(lambda: self._recorder.stage_started(run_id, name, position))
+
+    def stage_finished(self, run_id: str, result: Any, position: int) -> None:
+        self._guard(lambda: self._recorder.stage_finished(run_id, result, position))
+
+    def run_finished(self, run_id: str, result: Any) -> None:
+        self._guard(lambda: self._recorder.run_finished(run_id, result))
+
+    def add_artifact(self, stage: str, path: str, data: bytes) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+        stored: str = self._guard(lambda: self._recorder.add_artifact(stage, path, data), digest)
+        return stored
+
+    def add_tests(self, stage: str, report: TestReport) -> None:
+        self._guard(lambda: self._recorder.add_tests(stage, report))
+
+    def log_processor(self, run_id: str) -> Callable[[Any, str, Any], Any]:
+        write = self._recorder.history.log_processor(run_id)
+
+        def guarded(logger: Any, name: str, event: Any) -> Any:
+            self._guard(lambda: write(logger, name, dict(event)))
+            return event
+
+        return guarded

@@ -52,10 +52,17 @@ class _Recording:
 
 
 def _recording(setup: RunSetup, backend: Any) -> _Recording:
-    from pipekit._recorder import HistoryRecorder, redact_argv
+    from pipekit._history import HistoryUnwritable
+    from pipekit._recorder import HistoryRecorder, Unfailing, redact_argv
 
     r = setup.request
-    history = open_history(setup.workspace, backend, r.warn)
+    try:
+        history = open_history(setup.workspace, backend, r.warn)
+    except HistoryUnwritable as e:
+        if r.resume is not None:
+            raise  # --resume needs the history
+        (r.warn or (lambda message: None))(f"{e.message}; the run goes on without being recorded")
+        return _Recording()
     rec = _Recording(history=history)
     resumed_from = None
     if r.resume is not None:
@@ -64,15 +71,18 @@ def _recording(setup: RunSetup, backend: Any) -> _Recording:
             history.close()
             raise UsageError(f"--resume: no earlier run of {setup.pipeline.path} is recorded in {history.dir}")
         rec.restore = restorable(history.stages(resumed_from), setup.plan.order, resumed_from)
-    recorder = HistoryRecorder(
-        history,
-        argv=redact_argv(["pipekit", *r.argv], setup.secrets.masker.mask),
-        branch=setup.info.branch,
-        resumed_from=resumed_from,
+    recorder = Unfailing(
+        HistoryRecorder(
+            history,
+            argv=redact_argv(["pipekit", *r.argv], setup.secrets.masker.mask),
+            branch=setup.info.branch,
+            resumed_from=resumed_from,
+        ),
+        r.warn or (lambda message: None),
     )
     rec.observers.append(recorder)
     rec.records = recorder
-    rec.processors.append(history.log_processor(setup.run_id))
+    rec.processors.append(recorder.log_processor(setup.run_id))
     rec.cache = history.cache_get if r.use_cache else None
     return rec
 
