@@ -58,3 +58,11 @@ def test_changed_base_is_never_taken_as_a_git_option(tmp_path: Path) -> None:
     assert not planted.exists()
     code, _, err = _cli("run", "-f", str(tmp_path), "--dry-run", "--changed-base", "no-such-ref")
     assert code == 2 and "is not a commit" in err
+
+
+def test_a_secrets_file_that_never_ends_is_refused(tmp_path: Path) -> None:
+    """`--secrets-file /dev/zero` exits 2 with a message, not a MemoryError."""
+    (tmp_path / "pipeline.py").write_text("import pipekit as pk\n\n\n@pk.stage\ndef a(ctx):\n    pass\n")
+    code, _, err = _cli("run", "-f", str(tmp_path), "--secrets-file", "/dev/zero")
+    assert code == 2
+    assert "is not a regular file" in err
