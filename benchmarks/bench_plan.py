@@ -59,7 +59,7 @@ def main() -> int:
             baseline.append(time.perf_counter() - t)
             t = time.perf_counter()
             proc = subprocess.run(
-                [sys.executable, "-m", "pipekit", "run", "--dry-run", "-f", str(path)],
+                [sys.executable, "-m", "pipekit", "run", "--dry-run", "--no-image-check", "-f", str(path)],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -71,7 +71,7 @@ def main() -> int:
             inproc.append(time.perf_counter() - t)
             assert len(plan.order) == args.stages
             t = time.perf_counter()
-            assert cli_main(["run", "--dry-run", "-f", str(path)], out=io.StringIO()) == 0
+            assert cli_main(["run", "--dry-run", "--no-image-check", "-f", str(path)], out=io.StringIO()) == 0
             cli.append(time.perf_counter() - t)
     med = statistics.median
     print(f"stages: {args.stages}, rounds: {args.rounds}")

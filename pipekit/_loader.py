@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import itertools
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -119,25 +120,16 @@ def load(path: str | os.PathLike[str] = "pipeline.py") -> Pipeline:
     return pipeline
 
 
+_SECRET_CALL = re.compile(r"""\bsecret\(\s*(?:name\s*=\s*)?["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+
+
 def _secret_literals(file: Path) -> set[str]:
     """The names of every ``pk.secret("NAME")`` / ``ctx.secret("NAME")`` written in the file, so
     that their values are masked from the run's first line, before a stage looks them up."""
-    import ast
-
     try:
-        tree = ast.parse(file.read_text(), str(file))
-    except (OSError, SyntaxError, ValueError):
+        return set(_SECRET_CALL.findall(file.read_text()))
+    except (OSError, ValueError):
         return set()
-    names = set()
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or not node.args:
-            continue
-        fn = node.func
-        called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
-        first = node.args[0]
-        if called == "secret" and isinstance(first, ast.Constant) and isinstance(first.value, str):
-            names.add(first.value)
-    return names
 
 
 def pipeline_from_module(module: ModuleType, *, path: str | None = None) -> Pipeline:
