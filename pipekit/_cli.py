@@ -295,11 +295,10 @@ def _main(argv: Sequence[str] | None, out: IO[str], err: IO[str]) -> int:
     try:
         obj = {"out": out, "err": err, "argv": argv}
         default_map = {"run": run_defaults(Path.cwd())}
+        # every option without a variable of its own reads PIPEKIT_<COMMAND>_<OPTION> (PIPEKIT_RUNS_LIMIT);
         # click writes --help and --version to sys.stdout: send them where this call's output goes
-        with (
-            contextlib.redirect_stdout(out),
-            cli.make_context("pipekit", argv, obj=obj, default_map=default_map) as ctx,
-        ):
+        extra: dict[str, Any] = {"obj": obj, "default_map": default_map, "auto_envvar_prefix": "PIPEKIT"}
+        with contextlib.redirect_stdout(out), cli.make_context("pipekit", argv, **extra) as ctx:
             cli.invoke(ctx)
         return 0
     except click.exceptions.Exit as e:

@@ -189,6 +189,17 @@ def test_options_come_from_the_environment_and_the_project(monkeypatch: pytest.M
     assert code == 2 and "has no setting 'jbos'" in err
 
 
+def test_every_other_option_reads_a_command_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Options without a variable of their own read PIPEKIT_<COMMAND>_<OPTION>."""
+    monkeypatch.setenv("PIPEKIT_RUN_DRY_RUN", "1")
+    monkeypatch.setenv("PIPEKIT_NO_IMAGE_CHECK", "1")
+    code, out, _ = cli("run", "-f", str(HELLO))
+    assert code == 0 and "dry run: 3 of 3 stages would run" in out
+    monkeypatch.setenv("PIPEKIT_RUNS_LIMIT", "0")
+    code, _, err = cli("runs", "-f", str(tmp_path))
+    assert code == 2 and "'-n' / '--limit': 0 is not in the range" in err
+
+
 def test_shell_completion() -> None:
     """`pipekit completion bash` prints a script; the shell's request completes commands and options."""
     import os
