@@ -6,8 +6,10 @@ Made once by the run setup (``_session.py``) and handed to the scheduler and to 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import attrs
@@ -18,10 +20,34 @@ from pipekit._resolve import ResolvedPlan, ResolvedStage
 from pipekit._secrets import SecretStore
 from pipekit.backend import ImageBackend, StageBackend
 
-__all__ = ["CacheLookup", "Run"]
+__all__ = ["CacheLookup", "Releases", "Run"]
 
 #: Looks a cache key up: (the run that stored it, the stored output as JSON), or None.
 CacheLookup = Callable[[str], "tuple[str, str] | None"]
+
+
+class Releases:
+    """Removals of finished stages' containers, done off the critical path (a dependent stage
+    starts without waiting for them); the run waits for all of them before it ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+
+    def submit(self, release: Callable[[], None]) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pipekit-release")
+            self._pending.append(self._pool.submit(release))
+
+    def wait(self, timeout: float = 120.0) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            pool, self._pool = self._pool, None
+        wait(pending, timeout=timeout)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 @attrs.define
@@ -42,6 +68,7 @@ class Run:
     record_outputs: bool = False
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    releases: Releases = attrs.field(factory=Releases)
 
     def backend_for(self, r: ResolvedStage) -> StageBackend:
         """Where a stage runs: chosen by capability, never by type."""
@@ -53,7 +80,8 @@ class Run:
         return [self.backend] if self.host is self.backend else [self.backend, self.host]
 
     def cleanup(self) -> None:
-        """Remove whatever the run left on any backend."""
+        """Remove whatever the run left on any backend (after the removals under way)."""
+        self.releases.wait()
         for b in self.backends():
             try:
                 b.cleanup(self.run_id)

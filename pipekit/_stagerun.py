@@ -112,6 +112,13 @@ class StageRun:
             handle, self.handle = self.handle, None
         self._release_quietly(handle)
 
+    def _release_later(self) -> None:
+        """The stage is done: its container goes in the background, off the critical path."""
+        with self._lock:
+            handle, self.handle = self.handle, None
+        if handle is not None:
+            self.run.releases.submit(lambda: self._release_quietly(handle))
+
     # -- the stage's life, in a worker thread ------------------------------------------------
     def execute(self) -> StageResult:
         started = self.run.clock()
@@ -139,7 +146,7 @@ class StageRun:
         except _Stopped:
             last.status = S.CANCELLED
         finally:
-            self._release()
+            self._release_later()
             if lock is not None:
                 lock.release()
         return self._result(last, attempts, started, key, post_errors)
