@@ -88,6 +88,7 @@ class DockerBackend(DockerHousekeeping, DockerImages):
 
     name = "docker"
     runs_host_stages = False
+    prepares_ahead = True  # a container's start is worth taking off the critical path
 
     def __init__(
         self, client: docker.DockerClient | None = None, *, workspace: str | None = None, host: str | None = None

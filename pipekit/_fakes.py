@@ -295,6 +295,10 @@ class RecordingBackend(_Recording):
     def runs_host_stages(self) -> bool:
         return bool(self.inner.runs_host_stages)
 
+    @property
+    def prepares_ahead(self) -> bool:
+        return bool(getattr(self.inner, "prepares_ahead", False))
+
     def host(self) -> RecordingBackend:
         """The host backend, recorded in the same list."""
         from pipekit._host import HostBackend

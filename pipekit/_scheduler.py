@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from pipekit._ahead import Preparer
 from pipekit._control import format_duration
 from pipekit._outputs import restored_result
 from pipekit._posts import pipeline_posts
@@ -156,11 +157,13 @@ class Scheduler:
         # not a `with` block: leaving one waits for every worker, and a stage stuck in its own
         # Python code must not hold the run (or an interrupt) forever
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="pipekit-stage")
+        self.preparer = Preparer(self.run, self.jobs)
         in_flight: dict[Future[StageResult], StageRun] = {}
         deadline = start + self.timeout if self.timeout else None
         try:
             while board.ready or in_flight:
                 self._start_ready(board, pool, in_flight)
+                self.preparer.consider(board.started, board.results, board.stop_reason is not None)
                 if not in_flight:
                     break
                 done, _ = wait(in_flight, timeout=self._tick(in_flight, deadline), return_when=FIRST_COMPLETED)
@@ -181,7 +184,9 @@ class Scheduler:
                     board.engine_lost = board.engine_lost or sr.engine_lost
                     self._settle(board, in_flight, sr.name, result)
             pool.shutdown(wait=False)
+            self.preparer.close()
         except BaseException:
+            self.preparer.close()
             _cancel(in_flight.values())
             pool.shutdown(wait=False, cancel_futures=True)
             ended, _ = wait(in_flight, timeout=STOP_GRACE_S)  # post actions run meanwhile
@@ -202,7 +207,7 @@ class Scheduler:
             board.started.append(name)
             for o in self.observers:
                 o.stage_started(self.run.run_id, name, board.position[name])
-            sr = StageRun(self.run, self.run.resolved[name], dict(board.outputs))
+            sr = StageRun(self.run, self.run.resolved[name], dict(board.outputs), self.preparer.take(name))
             in_flight[pool.submit(sr.execute)] = sr
 
     def _settle(
@@ -220,8 +225,10 @@ class Scheduler:
         if result.status != S.FAILED:
             return
         board.skip_downstream(name, f"upstream '{name}' failed")
+        self.preparer.drop(set(board.results))
         if board.stop_reason is None:
             board.stop_reason = f"'{name}' failed"
+            self.preparer.drop()  # nothing new starts now
             if self.fail_fast:
                 _cancel(in_flight.values())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import attrs
@@ -50,10 +51,28 @@ class _Attempt:
     ctx: Context | None = None
 
 
+class Ahead:
+    """A stage's place being prepared (its container created and started) before the stage starts."""
+
+    def __init__(self, future: Future[StageHandle]) -> None:
+        self._future = future
+
+    def take(self) -> StageHandle | None:
+        """The prepared handle; None when preparing failed (the stage then prepares as usual and
+        meets the error itself)."""
+        try:
+            return self._future.result()
+        except Exception:
+            return None
+
+
 class StageRun:
     """Runs one stage of a run, from its cache lookup to its result."""
 
-    def __init__(self, run: Run, resolved: ResolvedStage, outputs: Mapping[str, Any]) -> None:
+    def __init__(
+        self, run: Run, resolved: ResolvedStage, outputs: Mapping[str, Any], ahead: Ahead | None = None
+    ) -> None:
+        self.ahead = ahead  # the stage's place, prepared while its upstream stages ran
         self.run = run
         self.r = resolved
         self.name = resolved.name
@@ -187,7 +206,7 @@ class StageRun:
         attempt = _Attempt(S.FAILED)
         try:
             attempt.spec = self._spec()
-            handle = self.backend.prepare(attempt.spec)
+            handle = self._take_ahead(attempt.spec) or self.backend.prepare(attempt.spec)
             with self._lock:
                 self.handle = handle
             if stop.is_set():
@@ -210,6 +229,17 @@ class StageRun:
             timeout = format_duration(self.r.stage.timeout or 0)
             attempt.status, attempt.error = S.FAILED, f"Stage '{self.name}' timed out after {timeout}"
         return attempt
+
+    def _take_ahead(self, spec: StageSpec) -> StageHandle | None:
+        """The handle prepared ahead, for the first attempt, when it was made for this very spec."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return None
+        handle = ahead.take()
+        if handle is not None and handle.spec != spec:  # it was made for something else: not ours
+            self.run.releases.submit(lambda: self._release_quietly(handle))
+            return None
+        return handle
 
     def _bring_back(self, sync: WorkspaceSync, stop: threading.Event) -> None:
         if stop.is_set():

@@ -284,3 +284,35 @@ def test_no_engine_image_left_to_chance(docker_client: Any, busybox_image: str) 
     """The shared test image really is the tiny busybox image (guards the fixtures themselves)."""
     out = docker_client.containers.run(busybox_image, ["sh", "-c", "echo ok"], remove=True)
     assert out == b"ok\n"
+
+
+def test_a_stage_container_is_ready_before_its_upstream_stage_ends(run_on_docker: Any, docker_client: Any) -> None:
+    """While `first` runs, the container of `second` (which needs it) is already created and
+    started; when `first` fails, that prepared container is removed with the rest."""
+    seen: dict[str, Any] = {}
+
+    def pipeline(fail: bool) -> pk.Pipeline:
+        p = pk.Pipeline(name="ahead", image="busybox")
+
+        @p.stage
+        def first(ctx):
+            ctx.sh("sleep 1")
+            found = docker_client.containers.list(
+                filters={"label": [f"io.pipekit.run={ctx.run_id}", "io.pipekit.stage=second"]}
+            )
+            seen["second"] = [c.status for c in found]
+            if fail:
+                raise RuntimeError("first fails")
+
+        @p.stage
+        def second(ctx, first):
+            ctx.sh("true")
+
+        return p
+
+    result, _ = run_on_docker(pipeline(fail=False))
+    assert result.status == "succeeded"
+    assert seen["second"] == ["running"]
+    result, _ = run_on_docker(pipeline(fail=True))  # the fixture checks nothing was left behind
+    assert result["second"].status == "skipped"
+    assert seen["second"] == ["running"]
