@@ -99,6 +99,7 @@ class DockerBackend(DockerHousekeeping, DockerImages):
         self.workspace_mode = mode
         self._client = client
         self._given_client = client is not None
+        self._answered = False
         self._host = host
         self._image_locks: dict[str, threading.Lock] = {}
         self._ready_images: set[str] = set()
@@ -142,12 +143,17 @@ class DockerBackend(DockerHousekeeping, DockerImages):
         return self._client
 
     def check(self) -> None:
+        """Raise EngineUnavailable unless the engine answers; asked once per backend (a run's setup
+        asks in more than one place, and an engine lost later is found where it is used)."""
         from docker.errors import DockerException
 
+        if self._answered:
+            return
         try:
             self.client.ping()
         except (DockerException, OSError) as e:  # OSError: requests' ConnectionError and friends
             raise unreachable(e, self.host) from e
+        self._answered = True
 
     # -- files ------------------------------------------------------------------------------
     def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
@@ -351,12 +357,16 @@ class DockerBackend(DockerHousekeeping, DockerImages):
         """Whether the engine answers a ping within a few seconds."""
         import docker
 
+        probe = None
         try:
             probe = docker.DockerClient(base_url=self.host, timeout=3) if self._host else None
             (probe or self.client).ping()
             return True
         except Exception:
             return False
+        finally:
+            if probe is not None:
+                probe.close()
 
     def _oom_killed(self, handle: StageHandle) -> bool:
         """Whether the kernel killed a process of the stage's container for memory (its cgroup's

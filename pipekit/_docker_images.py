@@ -82,6 +82,25 @@ def watched(start: Callable[[], Iterator[Any]], ref: str, what: str) -> Iterator
         yield item
 
 
+def _registry_chunks(
+    call: Callable[..., Iterator[Any]],
+    repo: str,
+    tag: str | None,
+    auth: Mapping[str, str] | None,
+    ref: str,
+    what: str,
+    on_line: LineSink,
+) -> Iterator[Any]:
+    """The progress of a push or pull (``call``: the SDK's), watched for stalls, its errors raised
+    as registry errors and its status lines logged."""
+    options = {"tag": tag or "latest", "stream": True, "decode": True, "auth_config": dict(auth) if auth else None}
+    for chunk in watched(lambda: call(repo, **options), ref, what):
+        if "error" in chunk:
+            raise registry_error(chunk["error"], ref, what)
+        progress_line(chunk, on_line)
+        yield chunk
+
+
 @contextlib.contextmanager
 def build_context(spec: BuildSpec) -> Iterator[IO[bytes]]:
     """The build context as a tar, as the docker CLI sends it: ``.dockerignore`` honoured, and
@@ -264,19 +283,11 @@ class DockerImages:
         repo, tag = parse_repository_tag(ref)
         digest = None
         try:
-            for chunk in watched(
-                lambda: self.client.api.push(
-                    repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
-                ),
-                ref,
-                "push to",
-            ):
-                if "error" in chunk:
-                    raise registry_error(chunk["error"], ref, "push to")
+            push = self.client.api.push
+            for chunk in _registry_chunks(push, repo, tag, auth, ref, "push to", on_line):
                 aux = chunk.get("aux")
                 if isinstance(aux, dict) and aux.get("Digest"):
                     digest = aux["Digest"]
-                progress_line(chunk, on_line)
         except (APIError, DockerException) as e:
             raise registry_error(reason(e), ref, "push to") from e
         if not digest:
@@ -291,16 +302,8 @@ class DockerImages:
 
         repo, tag = parse_repository_tag(ref)
         try:
-            for chunk in watched(
-                lambda: self.client.api.pull(
-                    repo, tag=tag or "latest", stream=True, decode=True, auth_config=dict(auth) if auth else None
-                ),
-                ref,
-                "pull from",
-            ):
-                if "error" in chunk:
-                    raise registry_error(chunk["error"], ref, "pull from")
-                progress_line(chunk, on_line)
+            for _chunk in _registry_chunks(self.client.api.pull, repo, tag, auth, ref, "pull from", on_line):
+                pass
             image = self.client.images.get(ref if tag else f"{ref}:latest")
         except (APIError, DockerException) as e:
             raise registry_error(reason(e), ref, "pull from") from e

@@ -67,7 +67,6 @@ class Run:
     cache: CacheLookup | None = None
     record_outputs: bool = False
     clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
     releases: Releases = attrs.field(factory=Releases)
 
     def backend_for(self, r: ResolvedStage) -> StageBackend:

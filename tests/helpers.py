@@ -13,7 +13,7 @@ from typing import Any
 class StartedRun:
     """A `pipekit run --log-format json` in a subprocess, read up to the point a test needs."""
 
-    def __init__(self, folder: Path, busybox_image: str, *args: str) -> None:
+    def __init__(self, folder: Path, busybox_image: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -31,6 +31,7 @@ class StartedRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         self.run_id: str | None = None
         self.events: list[dict[str, Any]] = []

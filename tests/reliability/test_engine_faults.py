@@ -4,12 +4,11 @@ exits 3, with no traceback."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import StartedRun
 
 pytestmark = pytest.mark.docker
 
@@ -53,41 +52,20 @@ def test_the_engine_going_away_mid_run_is_reported_and_recorded(
     """dockerd stopped while a stage runs: that stage fails with "the Docker engine ... went away",
     the run is recorded failed with every stage's real status, and pipekit exits 3."""
     (tmp_path / "pipeline.py").write_text(PIPELINE)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipekit",
-            "run",
-            "-f",
-            str(tmp_path),
-            "--log-format",
-            "json",
-            "--image-map",
-            f"busybox={busybox_image}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=doomed_engine.env(),
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event.get("event") == "output" and event.get("line") == "slow-started":
-            break
+    run = StartedRun(tmp_path, busybox_image, env=doomed_engine.env())
+    assert run.wait_for_lines("slow-started") == {"slow"}
     doomed_engine.terminate()
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 3, out[-2000:] + err
+    _rest, err = run.finish(timeout=120)
+    out = "\n".join(json.dumps(e) for e in run.events)
+    assert run.proc.returncode == 3, out[-2000:] + err
     assert "Traceback" not in err and "Traceback" not in out
-    events = [json.loads(line) for line in out.splitlines() if line.strip()]
-    [failed] = [e for e in events if e["event"] == "stage finished" and e["stage"] == "slow"]
+    [failed] = [e for e in run.events if e["event"] == "stage finished" and e["stage"] == "slow"]
     assert "went away" in failed["error"]
     from pipekit._history import History
 
     h = History(tmp_path)
-    run = h.run(h.resolve("last"))
-    statuses = {s.name: s.status for s in h.stages(run.id)}
+    recorded = h.run(h.resolve("last"))
+    statuses = {s.name: s.status for s in h.stages(recorded.id)}
     h.close()
-    assert run.status == "failed"
+    assert recorded.status == "failed"
     assert statuses == {"quick": "succeeded", "slow": "failed", "after": "skipped"}
