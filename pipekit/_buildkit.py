@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from pipekit.backend import BuildSpec, LineSink, LineSplitter
+from pipekit._streams import LineSplitter
+from pipekit.backend import BuildSpec, LineSink
 from pipekit.exceptions import BuildFailed, BuildKitUnavailable
 
 __all__ = ["BuildProgress", "buildkit_build", "find_buildkit_cli"]

@@ -140,12 +140,8 @@ class Context:
         if self._cancelled.is_set():
             raise StageFailed(f"Stage '{self.stage}' was stopped before `{command}`", stage=self.stage)
         call_env = self._secrets.resolve_env(env or {}, stage=self.stage)
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-
-        def on_line(stream: str, line: str) -> None:
-            tail.append(line)
-            self._log_line(stream, line)
-
+        on_line = _Output(self.log)
+        tail = on_line.tail
         self.log.info("command", command=command)
         exec_env = self._exec_env(call_env)
         result = self._backend.exec(self._handle, command, exec_env, on_line, strict=strict)
@@ -268,3 +264,25 @@ def _size(n: int | None) -> str:
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
     return f"{n} bytes"
+
+
+class _Output:
+    """Where a command's output goes: the stage's log (a batch at a time when the backend delivers
+    batches) and the last lines kept for the error message."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._batch = getattr(log, "output_lines", None)
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+    def __call__(self, stream: str, line: str) -> None:
+        self.tail.append(line)
+        self._log.info("output", line=line, stream=stream)
+
+    def batch_lines(self, stream: str, lines: list[str]) -> None:
+        self.tail.extend(lines[-TAIL_LINES:])
+        if self._batch is not None:
+            self._batch(stream, lines)
+            return
+        for line in lines:
+            self._log.info("output", line=line, stream=stream)

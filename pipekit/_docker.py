@@ -38,13 +38,13 @@ from pipekit._docker_engine import (
 )
 from pipekit._docker_housekeeping import DockerHousekeeping
 from pipekit._docker_images import DockerImages
+from pipekit._streams import Captured, LineSplitter
 from pipekit._util import slug
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
     CommandResult,
     LineSink,
-    LineSplitter,
     ServiceSpec,
     StageHandle,
     StageSpec,
@@ -378,12 +378,12 @@ class DockerBackend(DockerHousekeeping, DockerImages):
             )
         except Exception:
             return False
-        counts = [int(line.split()[1]) for line in out.splitlines() if line.startswith("oom_kill ")]
+        counts = [int(line.split()[1]) for line in out.text().splitlines() if line.startswith("oom_kill ")]
         return any(counts)
 
     def _exec_stream(
         self, container: str, command: str, env: Mapping[str, str], on_line: LineSink, workdir: str | None
-    ) -> tuple[int | None, str, str]:
+    ) -> tuple[int | None, Captured, Captured]:
         from docker.utils.socket import STDERR, frames_iter
 
         api = self.client.api

@@ -23,7 +23,8 @@ from pipekit._docker_engine import (
     with_tag,
 )
 from pipekit._registry import registry_error, registry_of
-from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, LineSplitter, Origin
+from pipekit._streams import LineSplitter
+from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin
 from pipekit.exceptions import (
     BackendError,
     BuildKitUnavailable,
@@ -350,7 +351,7 @@ class DockerImages:
         except APIError as e:
             why = reason(e)
             if "executable file not found" in why or "not found" in why:
-                return CommandResult(shown, 127, out.close(), err.close() + why + "\n", time.monotonic() - start)
+                return CommandResult(shown, 127, out.close(), err.close().text() + why + "\n", time.monotonic() - start)
             raise BackendError(f"Cannot run '{image}' in stage '{stage}': {why}") from e
         finally:
             self._remove(cid)

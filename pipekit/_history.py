@@ -239,23 +239,17 @@ class History:
     def log_path(self, run_id: str, stage: str) -> Path:
         return self.dir / "logs" / run_id / f"{slug(stage, keep='_.=,-')}.log"
 
-    def log_processor(self, run_id: str) -> Callable[[Any, str, Any], Any]:
-        """A structlog processor (after the masker) that appends each stage's events to its file."""
+    def log_processor(self, run_id: str) -> Any:
+        """A structlog processor (after the masker) that appends each stage's events to its file;
+        its ``lines`` form appends a batch of output lines in one write."""
+        return _LogFiles(self, run_id)
 
-        def write(_logger: Any, _name: str, event: Any) -> Any:
-            stage = event.get("stage")
-            if stage is None or event.get("event") == "run finished":
-                return event
-            line = self._renderer(None, _name, dict(event))
-            with self._lock:
-                f = self._logs.get((run_id, stage))
-                if f is None:
-                    f = self._logs[(run_id, stage)] = self._private_file(self.log_path(run_id, stage), "a")
-                f.write(_strip_prefix(line) + "\n")
-                f.flush()
-            return event
-
-        return write
+    def _log_file(self, run_id: str, stage: str) -> Any:
+        """The stage's open log file (call with the lock held)."""
+        f = self._logs.get((run_id, stage))
+        if f is None:
+            f = self._logs[(run_id, stage)] = self._private_file(self.log_path(run_id, stage), "a")
+        return f
 
     def _private_file(self, path: Path, mode: str) -> Any:
         """Open one of pipekit's own files: owner-only, inside ``.pipekit/`` for real, and never
@@ -418,6 +412,34 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
+
+
+class _LogFiles:
+    """The history's log processor: each stage's events rendered into the stage's log file."""
+
+    def __init__(self, history: History, run_id: str) -> None:
+        self._history = history
+        self._run_id = run_id
+
+    def __call__(self, _logger: Any, name: str, event: Any) -> Any:
+        stage = event.get("stage")
+        if stage is None or event.get("event") == "run finished":
+            return event
+        h = self._history
+        line = h._renderer(None, name, dict(event))
+        with h._lock:
+            f = h._log_file(self._run_id, stage)
+            f.write(_strip_prefix(line) + "\n")
+            f.flush()
+        return event
+
+    def batch_lines(self, stage: str, _stream: str, lines: list[str]) -> list[str]:
+        h = self._history
+        with h._lock:
+            f = h._log_file(self._run_id, stage)
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+        return lines
 
 
 def _strip_prefix(line: str) -> str:

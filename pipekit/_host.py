@@ -15,12 +15,12 @@ from pathlib import Path
 import attrs
 
 from pipekit._archive import pack, unpack
+from pipekit._streams import LineSplitter
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
     CommandResult,
     LineSink,
-    LineSplitter,
     StageHandle,
     StageSpec,
     shell_script,

@@ -11,14 +11,20 @@ Every event carries ``timestamp`` and ``level``.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, MutableMapping
+from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
 from typing import IO, Any
 
-import structlog
+from pipekit._imports import import_structlog
+
+structlog = import_structlog()
 
 __all__ = ["LOG_FORMATS", "make_logger"]
 
@@ -30,13 +36,22 @@ Processor = Callable[[Any, str, EventDict], EventDict]
 _ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 
 
-def strip_escapes(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
+class _StripEscapes:
     """Terminal escape codes (colours, cursor moves) out of every text field: a build's or a
     tool's colours never reach a JSON line, a stored log or a plain console."""
-    for key, value in event_dict.items():
-        if isinstance(value, str) and "\x1b" in value:
-            event_dict[key] = _ESCAPES.sub("", value)
-    return event_dict
+
+    def __call__(self, _logger: Any, _name: str, event_dict: EventDict) -> EventDict:
+        for key, value in event_dict.items():
+            if isinstance(value, str) and "\x1b" in value:
+                event_dict[key] = _ESCAPES.sub("", value)
+        return event_dict
+
+    def batch_lines(self, _stage: str, _stream: str, lines: list[str]) -> list[str]:
+        text = "\n".join(lines)
+        return _ESCAPES.sub("", text).split("\n") if "\x1b" in text else lines
+
+
+strip_escapes = _StripEscapes()
 
 
 def _status_mark(status: str) -> str:
@@ -129,6 +144,11 @@ class ConsoleRenderer:
     def _output(self, stage: str, ed: EventDict) -> str:
         return f"{self._prefix(stage)} {ed.get('line', '')}"
 
+    def batch_lines(self, stage: str, _stream: str, lines: list[str]) -> str:
+        """A batch of a stage's output lines, rendered as :meth:`_output` renders each."""
+        prefix = f"\n{self._prefix(stage)} "
+        return prefix[1:] + prefix.join(lines)
+
     def _command(self, stage: str, ed: EventDict) -> str:
         lines = str(ed.get("command", "")).splitlines() or [""]
         shown = [f"{self._prefix(stage)} $ {lines[0]}", *(f"{self._prefix(stage)}   {line}" for line in lines[1:])]
@@ -189,6 +209,56 @@ def _summary_table(ed: EventDict, paint: Callable[[str, str], str] = lambda text
     return "\n".join(lines)
 
 
+class JsonLines:
+    """The JSON renderer's batch form: the same line per output event as structlog's renderer gives
+    (keys in the same order, ASCII-escaped), with one timestamp per batch."""
+
+    def __call__(self, _logger: Any, _name: str, event_dict: EventDict) -> str:
+        return json.dumps(event_dict, default=str)
+
+    def batch_lines(self, stage: str, stream: str, lines: list[str]) -> str:
+        now = datetime.datetime.now(tz=datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+        head = f'{{"stage": {_quote(stage)}, "line": '
+        tail = f', "stream": {_quote(stream)}, "event": "output", "level": "info", "timestamp": "{now}"}}'
+        return "\n".join(head + _quote(line) + tail for line in lines)
+
+
+class _Writer:
+    """Where a run's log goes: one lock for the events structlog renders and for the batches of
+    output lines, so that neither cuts into the other."""
+
+    def __init__(self, file: IO[str], batches: list[Callable[[str, str, list[str]], Any]] | None) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+        #: the chain's batch forms (the renderer's last), or None when a processor has none
+        self.batches = batches
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._file.write(message + "\n")
+            self._file.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
+
+
+def _output_lines(self: Any, stream: str, lines: list[str]) -> None:
+    """Log a batch of a stage's output lines: one ``output`` event per line. When every processor
+    has a batch form (pipekit's own always do) the batch goes through the chain at once, in one
+    write; otherwise (a test collecting events) each line is an event of its own."""
+    writer = self._logger
+    batches = getattr(writer, "batches", None)
+    context = self._context
+    if batches is None or len(context) != 1 or "stage" not in context or not lines:
+        for line in lines:
+            self.info("output", line=line, stream=stream)
+        return
+    stage = context["stage"]
+    value: Any = lines
+    for step in batches:
+        value = step(stage, stream, value)
+    writer.msg(value)
+
+
 def make_logger(
     log_format: str = "console",
     *,
@@ -196,14 +266,20 @@ def make_logger(
     level: int = logging.INFO,
     processors: Iterable[Processor] = (),
 ) -> Any:
-    """A structlog logger for one run; ``processors`` run before rendering (masking, recording)."""
+    """A structlog logger for one run; ``processors`` run before rendering (masking, recording).
+
+    Its ``output_lines(stream, lines)`` logs a batch of output lines of the stage it is bound to.
+    """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {LOG_FORMATS}, got {log_format!r}")
-    renderer: Processor
+    renderer: Any
     if log_format == "json":
-        renderer = structlog.processors.JSONRenderer(default=str)  # type: ignore[assignment]
+        renderer = JsonLines()
     else:
-        renderer = ConsoleRenderer(colour=use_colour(file if file is not None else sys.stdout))  # type: ignore[assignment]
+        renderer = ConsoleRenderer(colour=use_colour(file if file is not None else sys.stdout))
+    processors = list(processors)
+    forms = [getattr(p, "batch_lines", None) for p in [strip_escapes, *processors, renderer]]
+    batches = forms if all(forms) else None
     chain: list[Any] = [
         strip_escapes,
         structlog.processors.add_log_level,
@@ -211,9 +287,11 @@ def make_logger(
         *processors,
         renderer,
     ]
+    base: Any = structlog.make_filtering_bound_logger(level)
+    wrapper = type("RunLogger", (base,), {"output_lines": _output_lines})
     return structlog.wrap_logger(
-        structlog.PrintLogger(file if file is not None else sys.stdout),  # type: ignore[arg-type]
+        _Writer(file if file is not None else sys.stdout, batches),  # type: ignore[arg-type]
         processors=chain,
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=wrapper,
         cache_logger_on_first_use=False,
     )

@@ -130,11 +130,21 @@ class Unfailing:
     def add_tests(self, stage: str, report: TestReport) -> None:
         self._guard(lambda: self._recorder.add_tests(stage, report))
 
-    def log_processor(self, run_id: str) -> Callable[[Any, str, Any], Any]:
-        write = self._recorder.history.log_processor(run_id)
+    def log_processor(self, run_id: str) -> Any:
+        return _GuardedProcessor(self, self._recorder.history.log_processor(run_id))
 
-        def guarded(logger: Any, name: str, event: Any) -> Any:
-            self._guard(lambda: write(logger, name, dict(event)))
-            return event
 
-        return guarded
+class _GuardedProcessor:
+    """The history's log processor, whose failures become one warning instead of the run's end."""
+
+    def __init__(self, owner: Unfailing, write: Any) -> None:
+        self._owner = owner
+        self._write = write
+
+    def __call__(self, logger: Any, name: str, event: Any) -> Any:
+        self._owner._guard(lambda: self._write(logger, name, dict(event)))
+        return event
+
+    def batch_lines(self, stage: str, stream: str, lines: list[str]) -> list[str]:
+        self._owner._guard(lambda: self._write.batch_lines(stage, stream, lines))
+        return lines

@@ -142,6 +142,14 @@ class Masker:
             return type(value)(self.mask_any(v) for v in value)
         return value
 
+    def batch_lines(self, _stage: str, _stream: str, lines: list[str]) -> list[str]:
+        """The batch form: a batch of output lines masked at once (a value that spans lines too)."""
+        if not self._needles:
+            return lines
+        text = "\n".join(lines)
+        masked = self.mask(text)
+        return lines if masked is text else masked.split("\n")
+
     def __call__(self, _logger: Any, _name: str, event_dict: Any) -> Any:
         if not self._needles:
             return event_dict

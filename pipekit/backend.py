@@ -33,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from pipekit._streams import Captured
+
 __all__ = [
     "Backend",
     "BuildSpec",
@@ -130,11 +132,23 @@ class CommandResult:
 
     command: str
     exit_code: int
-    stdout: str = ""
-    stderr: str = ""
+    _stdout: str | Captured = attrs.field(default="", repr=False)
+    _stderr: str | Captured = attrs.field(default="", repr=False)
     duration_s: float = 0.0
     #: the kernel killed the command for using more memory than its stage may (``resources=``)
     oom_killed: bool = False
+
+    @property
+    def stdout(self) -> str:
+        """Everything the command printed on stdout. Backends keep the first MiB in memory and the
+        rest in a temporary file, read back here: a command that prints gigabytes costs memory
+        only to a caller that asks for its text."""
+        return self._stdout if isinstance(self._stdout, str) else self._stdout.text()
+
+    @property
+    def stderr(self) -> str:
+        """Everything the command printed on stderr (kept as :attr:`stdout` is)."""
+        return self._stderr if isinstance(self._stderr, str) else self._stderr.text()
 
     @property
     def ok(self) -> bool:
@@ -309,30 +323,3 @@ RUN_SCRIPT = ["sh", "-c", f's=${SCRIPT_VAR}; unset {SCRIPT_VAR}; eval "$s"']
 def shell_script(command: str, strict: bool = True) -> str:
     """The script a backend runs for ``command`` (through :data:`RUN_SCRIPT` and :data:`SCRIPT_VAR`)."""
     return STRICT_PREAMBLE + command if strict else command
-
-
-class LineSplitter:
-    """Turns chunks of bytes into complete lines, keeping the text for the result."""
-
-    def __init__(self, stream: str, on_line: LineSink) -> None:
-        self.stream = stream
-        self._on_line = on_line
-        self._pending = b""
-        self._chunks: list[bytes] = []
-
-    def feed(self, data: bytes) -> None:
-        if not data:
-            return
-        self._chunks.append(data)
-        self._pending += data
-        if b"\n" not in data:
-            return
-        *lines, self._pending = self._pending.split(b"\n")
-        for raw in lines:
-            self._on_line(self.stream, raw.rstrip(b"\r").decode("utf-8", "replace"))
-
-    def close(self) -> str:
-        if self._pending:
-            self._on_line(self.stream, self._pending.rstrip(b"\r").decode("utf-8", "replace"))
-            self._pending = b""
-        return b"".join(self._chunks).decode("utf-8", "replace")
