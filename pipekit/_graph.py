@@ -10,6 +10,7 @@ import attrs
 
 from pipekit._matrix import combinations, instance_name
 from pipekit._stage import Pipeline, Stage
+from pipekit._util import gc_paused
 from pipekit.exceptions import (
     CycleError,
     DuplicateStageError,
@@ -102,7 +103,8 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
                 errors.append(CycleError([s.name], location=s.location))
     if not errors:
         graph = _build(by_name.values())
-        for cycle in _cycles(graph):
+        acyclic = _nx().is_directed_acyclic_graph(graph)
+        for cycle in [] if acyclic else _cycles(graph):
             errors.append(CycleError(cycle, location=by_name[cycle[0]].location))
     return errors
 
@@ -112,13 +114,14 @@ def _build(stages: Iterable[Stage], groups: Mapping[str, Sequence[str]] | None =
     stages = list(stages)
     groups = groups or {}
     names = {s.name for s in stages}
-    for s in stages:
-        graph.add_node(s.name, stage=s)
-    for s in stages:
-        for dep in s.upstream:
-            for node in groups.get(dep, (dep,)):
-                if node in names and node != s.name:
-                    graph.add_edge(node, s.name)
+    graph.add_nodes_from((s.name, {"stage": s}) for s in stages)
+    graph.add_edges_from(
+        (node, s.name)
+        for s in stages
+        for dep in s.upstream
+        for node in groups.get(dep, (dep,))
+        if node in names and node != s.name
+    )
     return graph
 
 
@@ -200,6 +203,11 @@ def plan(pipeline: Pipeline, targets: Sequence[str] = (), *, validated: bool = F
     Raises the first :class:`PipelineError` found; :func:`find_errors` lists them all
     (``validated=True`` when the caller has just checked that list is empty).
     """
+    with gc_paused():
+        return _plan(pipeline, targets, validated)
+
+
+def _plan(pipeline: Pipeline, targets: Sequence[str], validated: bool) -> Plan:
     errors = [] if validated else find_errors(pipeline)
     if errors:
         raise errors[0]

@@ -17,6 +17,7 @@ from typing import NoReturn
 from pipekit._params import Param
 from pipekit._secrets import Secret
 from pipekit._stage import MODULE_REGISTRY, POST_REGISTRY, Pipeline, Stage
+from pipekit._util import gc_paused
 from pipekit.exceptions import PipelineError, PipelineLoadError
 
 __all__ = ["load", "pipeline_from_module"]
@@ -93,7 +94,7 @@ def load(path: str | os.PathLike[str] = "pipeline.py") -> Pipeline:
     sys.path.insert(0, folder)
     sys.modules[module_name] = module
     try:
-        with _exit_is_an_error():
+        with _exit_is_an_error(), gc_paused():
             spec.loader.exec_module(module)
     except PipelineError:
         raise

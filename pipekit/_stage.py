@@ -20,13 +20,13 @@ from pipekit._control import PostAction, Resources, Service, check_stage_options
 from pipekit._matrix import validate_matrix
 from pipekit._params import Param
 from pipekit._secrets import Secret
-from pipekit.exceptions import PipelineError, StageSignatureError
+from pipekit._signature import Parameter, _parameters
+from pipekit.exceptions import PipelineError
 
 __all__ = ["Pipeline", "Stage", "post", "stage"]
 
 MODULE_REGISTRY = "__pipekit_stages__"
 POST_REGISTRY = "__pipekit_posts__"
-CONTEXT_PARAMETER_NAMES = ("ctx", "context")
 #: the options check_stage_options validates
 STAGE_OPTIONS = frozenset(inspect.signature(check_stage_options).parameters) - {"bad", "has_image"}
 
@@ -49,42 +49,6 @@ def _location(fn: Callable[..., Any]) -> str:
     if code is None:
         return "<unknown>"
     return f"{code.co_filename}:{code.co_firstlineno}"
-
-
-@attrs.frozen
-class Parameter:
-    """One parameter of a stage function and what fills it."""
-
-    name: str
-    is_context: bool
-    has_default: bool
-
-
-def _parameters(fn: Callable[..., Any], stage_name: str, location: str) -> tuple[Parameter, ...]:
-    params = []
-    for p in inspect.signature(fn).parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise StageSignatureError(
-                f"Stage '{stage_name}' takes *{p.name}; stage functions take `ctx` and the names of"
-                " the stages whose results they need, nothing variadic",
-                stage=stage_name,
-                location=location,
-            )
-        if p.kind is p.POSITIONAL_ONLY:
-            raise StageSignatureError(
-                f"Stage '{stage_name}' has a positional-only parameter '{p.name}'; pipekit passes"
-                " stage results by name",
-                stage=stage_name,
-                location=location,
-            )
-        annotation = p.annotation
-        is_ctx = (
-            p.name in CONTEXT_PARAMETER_NAMES
-            or (isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "Context")
-            or getattr(annotation, "__name__", None) == "Context"
-        )
-        params.append(Parameter(p.name, is_ctx, p.default is not p.empty))
-    return tuple(params)
 
 
 @attrs.frozen(eq=False)
