@@ -2,6 +2,9 @@
 
     python benchmarks/bench_logs.py [--mb 50] [--rounds 3] [--formats console,json]
 
+A run of 5 MB is measured too: pipekit's peak RSS must be the same (within 10 MiB) for it and for
+the large one.
+
 Each measurement is a separate process (so its peak RSS is its own): the floor creates a busybox
 container, execs the command, splits the output into lines and drops them, and removes the
 container; pipekit runs the same command as a one-stage pipeline (`python -m pipekit run`, output
@@ -12,13 +15,14 @@ to /dev/null, history recording on). Workloads: many 100-byte lines (`--mb` MB),
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_peers import peak_rss, peak_rss_argv
 
 IMAGE = "pipekit-local/busybox:latest"
 LINE = "pipekit log line 0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 ..."
@@ -67,12 +71,43 @@ def talk(ctx):
 def measure(argv: list[str], cwd: str) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(peak_rss_argv(Path(cwd), argv), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"{argv[:4]} failed: {proc.stderr.read().decode() if proc.stderr else status}")
-    return elapsed, usage.ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[:4]} failed: {proc.stderr.decode()}")
+    return elapsed, peak_rss(Path(cwd))
+
+
+def table(mb: float, rounds: int, formats: list[str], workloads: list[str], small_mb: float = 5) -> str:
+    """Markdown: each workload, floor and pipekit per format, interleaved rounds; and peak RSS for
+    a small and a large output (the memory must not grow with the output)."""
+    commands = {"lines": lines_command(mb), "long-line": long_line_command(10), "small": lines_command(small_mb)}
+    out = [
+        "| output | who | wall median (min–max) | speed / floor | peak RSS |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        floor = Path(d) / "floor.py"
+        floor.write_text(FLOOR)
+        for name in [*workloads, "small"]:
+            command = commands[name]
+            Path(d, "pipeline.py").write_text(PIPELINE.format(image=IMAGE, command=command))
+            rows: dict[str, list[tuple[float, float]]] = {}
+            for _ in range(rounds):
+                rows.setdefault("floor", []).append(measure([sys.executable, str(floor), IMAGE, command], d))
+                for fmt in formats:
+                    argv = [sys.executable, "-m", "pipekit", "run", "--log-format", fmt]
+                    rows.setdefault(f"pipekit, {fmt}", []).append(measure(argv, d))
+            base = statistics.median(t for t, _ in rows["floor"])
+            what = {"lines": f"{mb:g} MB of lines", "long-line": "one 10 MB line", "small": f"{small_mb:g} MB of lines"}
+            for who, got in rows.items():
+                times = [t for t, _ in got]
+                med = statistics.median(times)
+                out.append(
+                    f"| {what[name]} | {who} | {med:.2f} s ({min(times):.2f}–{max(times):.2f}) | {base / med:.2f} |"
+                    f" {max(r for _, r in got):.0f} MiB |"
+                )
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -82,29 +117,7 @@ def main() -> int:
     ap.add_argument("--formats", default="console,json")
     ap.add_argument("--workloads", default="lines,long-line")
     args = ap.parse_args()
-    workloads = {"lines": lines_command(args.mb), "long-line": long_line_command(10)}
-    with tempfile.TemporaryDirectory() as d:
-        floor = Path(d) / "floor.py"
-        floor.write_text(FLOOR)
-        for name in args.workloads.split(","):
-            command = workloads[name]
-            Path(d, "pipeline.py").write_text(PIPELINE.format(image=IMAGE, command=command))
-            rows: dict[str, list[tuple[float, float]]] = {}
-            for _ in range(args.rounds):
-                rows.setdefault("floor", []).append(measure([sys.executable, str(floor), IMAGE, command], d))
-                for fmt in args.formats.split(","):
-                    argv = [sys.executable, "-m", "pipekit", "run", "--log-format", fmt]
-                    rows.setdefault(f"pipekit {fmt}", []).append(measure(argv, d))
-            base = statistics.median(t for t, _ in rows["floor"])
-            print(f"\n{name}: {command}")
-            for who, got in rows.items():
-                times = [t for t, _ in got]
-                rss = max(r for _, r in got)
-                med = statistics.median(times)
-                print(
-                    f"  {who:16} median {med:6.2f}s (min {min(times):.2f}, max {max(times):.2f})"
-                    f"  speed vs floor {base / med:4.2f}  peak RSS {rss:5.0f} MiB"
-                )
+    print(table(args.mb, args.rounds, args.formats.split(","), args.workloads.split(",")))
     return 0
 
 

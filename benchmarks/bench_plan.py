@@ -80,7 +80,13 @@ def main() -> int:
     ap.add_argument("--stages", default="1000,10000,20000")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    sizes = [int(n) for n in args.stages.split(",")]
+    print(table([int(n) for n in args.stages.split(",")], args.rounds))
+    return 0
+
+
+def table(sizes: list[int], rounds: int) -> str:
+    """Markdown: load + validate + plan per size, and the whole dry-run process for the first."""
+    lines: list[str] = []
     med = statistics.median
     with tempfile.TemporaryDirectory() as d:
         files = {}
@@ -89,22 +95,23 @@ def main() -> int:
                 files[(kind, n)] = Path(d) / f"{kind[0]}{n}.py"
                 files[(kind, n)].write_text(make(n))
         times: dict[tuple[str, int], list[float]] = {key: [] for key in files}
-        for _ in range(args.rounds):  # interleaved: every size in every round
+        for _ in range(rounds):  # interleaved: every size in every round
             for key, path in files.items():
                 times[key].append(_in_process(path))
         results = {key: med(t) for key, t in times.items()}
-        print(f"rounds: {args.rounds}")
-        print("| pipeline | stages | load + validate + plan (median, min–max) | time / time of half the stages |")
-        print("| --- | --- | --- | --- |")
+        lines.append(
+            "| pipeline | stages | load + validate + plan (median, min–max) | time / time of half the stages |"
+        )
+        lines.append("| --- | --- | --- | --- |")
         for (kind, n), t in results.items():
             half = results.get((kind, n // 2))
             ratio = f"{t / half:.2f}" if half else "-"
             spread = f"{min(times[(kind, n)]):.3f}–{max(times[(kind, n)]):.3f}"
-            print(f"| {kind} | {n:,} | {t:.3f} s ({spread}) | {ratio} |")
+            lines.append(f"| {kind} | {n:,} | {t:.3f} s ({spread}) | {ratio} |")
         path = Path(d) / "pipeline.py"
         path.write_text(generate(sizes[0]))
         whole, baseline, cli = [], [], []
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             t = time.perf_counter()
             subprocess.run([sys.executable, "-c", "import pipekit"], check=True)
             baseline.append(time.perf_counter() - t)
@@ -116,9 +123,9 @@ def main() -> int:
             t = time.perf_counter()
             assert cli_main(argv, out=io.StringIO()) == 0
             cli.append(time.perf_counter() - t)
-    print(f"\n{sizes[0]:,} stages: `python -m pipekit run --dry-run` (whole process) median {med(whole):.3f}s;")
-    print(f"  baseline `python -c 'import pipekit'` {med(baseline):.3f}s; in-process dry run {med(cli):.3f}s")
-    return 0
+    lines.append(f"\n{sizes[0]:,} stages: `python -m pipekit run --dry-run` (whole process) median {med(whole):.3f}s;")
+    lines.append(f"  baseline `python -c 'import pipekit'` {med(baseline):.3f}s; in-process dry run {med(cli):.3f}s")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

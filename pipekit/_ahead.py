@@ -3,13 +3,16 @@ still run, so that a stage's container start is off the critical path.
 
 A stage is prepared ahead when it will run as far as can be known (no skip, no restore, no stage
 cache that might hit), its image is a named one (not built by the run), and every stage it depends
-on has started or succeeded. At most ``limit`` places are prepared and waiting at once. A place
+on has started or succeeded. Its preparation begins once the places of the stages it depends on
+are ready, so that it does not compete with them for the engine. At most ``limit`` places are
+prepared and waiting at once. A place
 whose stage ends up not running (an upstream failure, fail-fast, an interrupt) is removed like any
 other, in the background.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +20,7 @@ from pipekit._resolve import ResolvedStage
 from pipekit._results import StageResult
 from pipekit._run import Run
 from pipekit._stagerun import Ahead, StageRun
+from pipekit.backend import StageHandle
 
 __all__ = ["Preparer"]
 
@@ -43,28 +47,43 @@ class Preparer:
             and not s.dockerfile
         )
 
-    def consider(self, started: Sequence[str], results: Mapping[str, StageResult], stopped: bool) -> None:
-        """Prepare what can be prepared now."""
+    def consider(
+        self,
+        started: Sequence[str],
+        results: Mapping[str, StageResult],
+        stopped: bool,
+        running: Mapping[str, StageRun] | None = None,
+    ) -> None:
+        """Prepare what can be prepared now (``running``: the stages in flight, by name)."""
         if not self.enabled or stopped:
             return
-        resolved, graph = self.run.resolved, self.run.resolved.plan.graph
+        resolved = self.run.resolved
         begun = set(started)
         for name in resolved.order:
             if len(self._ahead) >= self.limit:
                 return
             if name in begun or name in results or name in self._ahead or not self._eligible(resolved[name]):
                 continue
-            if all(p in begun or (p in results and results[p].status.ok) for p in graph.predecessors(name)):
-                self._start(resolved[name])
+            upstream = resolved.plan.upstream(name)
+            if all(p in begun or (p in results and results[p].status.ok) for p in upstream):
+                flying = running or {}
+                self._start(resolved[name], [flying[p].placed for p in upstream if p in flying])
 
-    def _start(self, r: ResolvedStage) -> None:
+    def _start(self, r: ResolvedStage, after: list[threading.Event]) -> None:
         try:
             spec = StageRun(self.run, r, {})._spec()
         except Exception:
             return  # (a missing secret, ...): the stage meets it when it starts
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix="pipekit-prepare")
-        self._ahead[r.name] = Ahead(self._pool.submit(self.run.backend.prepare, spec))
+        backend = self.run.backend
+
+        def prepare() -> StageHandle:
+            for event in after:
+                event.wait()
+            return backend.prepare(spec)
+
+        self._ahead[r.name] = Ahead(self._pool.submit(prepare))
 
     def take(self, name: str) -> Ahead | None:
         """The place prepared for a stage that starts now."""

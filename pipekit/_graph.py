@@ -1,4 +1,4 @@
-"""The stage graph: a networkx DiGraph with an edge from each dependency to its dependent."""
+"""The stage graph: an edge from each dependency to its dependent; validation and the plan."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from pipekit._dag import Dag
 from pipekit._matrix import combinations, instance_name
 from pipekit._stage import Pipeline, Stage
 from pipekit._util import gc_paused
@@ -103,26 +104,25 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
                 errors.append(CycleError([s.name], location=s.location))
     if not errors:
         graph = _build(by_name.values())
-        acyclic = _nx().is_directed_acyclic_graph(graph)
-        for cycle in [] if acyclic else _cycles(graph):
+        position = {name: i for i, name in enumerate(by_name)}
+        _, on_cycles = graph.order(position)
+        for cycle in _cycles(graph.to_networkx()) if on_cycles else []:
             errors.append(CycleError(cycle, location=by_name[cycle[0]].location))
     return errors
 
 
-def _build(stages: Iterable[Stage], groups: Mapping[str, Sequence[str]] | None = None) -> nx.DiGraph:
-    graph = _nx().DiGraph()
+def _build(stages: Iterable[Stage], groups: Mapping[str, Sequence[str]] | None = None) -> Dag:
     stages = list(stages)
     groups = groups or {}
     names = {s.name for s in stages}
-    graph.add_nodes_from((s.name, {"stage": s}) for s in stages)
-    graph.add_edges_from(
+    edges = (
         (node, s.name)
         for s in stages
         for dep in s.upstream
         for node in groups.get(dep, (dep,))
         if node in names and node != s.name
     )
-    return graph
+    return Dag({s.name: s for s in stages}, edges)
 
 
 def expand(pipeline: Pipeline) -> tuple[list[Stage], dict[str, tuple[str, ...]]]:
@@ -179,21 +179,30 @@ class Plan:
     """
 
     pipeline: Pipeline
-    graph: nx.DiGraph = attrs.field(eq=False, repr=False)
+    dag: Dag = attrs.field(eq=False, repr=False)
     order: tuple[str, ...]
     groups: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The plan as a networkx ``DiGraph`` (made when asked: a run does not need networkx)."""
+        return self.dag.to_networkx()
+
     def stage(self, name: str) -> Stage:
-        s: Stage = self.graph.nodes[name]["stage"]
+        s: Stage = self.dag.nodes[name]
         return s
 
     def upstream(self, name: str) -> tuple[str, ...]:
         """The stages that must finish before ``name`` starts."""
-        return tuple(self.graph.predecessors(name))
+        return tuple(self.dag.predecessors(name))
+
+    def dependents(self, name: str) -> tuple[str, ...]:
+        """The stages that wait for ``name`` directly."""
+        return tuple(self.dag.successors(name))
 
     def downstream(self, name: str) -> set[str]:
         """Every stage that depends on ``name``, directly or not."""
-        return set(_nx().descendants(self.graph, name))
+        return self.dag.descendants(name)
 
 
 def plan(pipeline: Pipeline, targets: Sequence[str] = (), *, validated: bool = False) -> Plan:
@@ -211,7 +220,6 @@ def _plan(pipeline: Pipeline, targets: Sequence[str], validated: bool) -> Plan:
     errors = [] if validated else find_errors(pipeline)
     if errors:
         raise errors[0]
-    nx = _nx()
     stages, groups = expand(pipeline)
     graph = _build(stages, groups)
     if targets:
@@ -223,12 +231,11 @@ def _plan(pipeline: Pipeline, targets: Sequence[str], validated: bool) -> Plan:
                     raise UnknownStageError(
                         f"There is no stage '{t}' in {pipeline.path or pipeline.name}.",
                         name=t,
-                        suggestion=_suggest(t, [*graph.nodes, *groups]),
+                        suggestion=_suggest(t, [*graph, *groups]),
                     )
                 selected.add(node)
-                selected |= nx.ancestors(graph, node)
-        graph = graph.subgraph(selected).copy()
-    position = {s.name: i for i, s in enumerate(stages)}
-    order = tuple(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
+                selected |= graph.ancestors(node)
+        graph = graph.subgraph(selected)
+    order, _ = graph.order({s.name: i for i, s in enumerate(stages)})
     kept = {g: tuple(n for n in names if n in graph) for g, names in groups.items()}
-    return Plan(pipeline=pipeline, graph=graph, order=order, groups={g: n for g, n in kept.items() if n})
+    return Plan(pipeline=pipeline, dag=graph, order=tuple(order), groups={g: n for g, n in kept.items() if n})

@@ -35,9 +35,8 @@ class _Board:
         self.run = run
         self.observers = observers
         plan = run.resolved.plan
-        self.graph = plan.graph
         self.position = {n: i for i, n in enumerate(plan.order)}
-        self.waiting = {n: set(self.graph.predecessors(n)) for n in plan.order}
+        self.waiting = {n: set(plan.upstream(n)) for n in plan.order}
         self.ready: list[tuple[int, str]] = []
         self.results: dict[str, StageResult] = {}
         self.outputs: dict[str, Any] = {}
@@ -61,7 +60,7 @@ class _Board:
     def complete(self, name: str, result: StageResult) -> None:
         """A stage ended in a way its dependents can go on from."""
         self.record(name, result)
-        for child in self.graph.successors(name):
+        for child in self.run.resolved.plan.dependents(name):
             self.waiting[child].discard(name)
             if not self.waiting[child] and child not in self.results:
                 heapq.heappush(self.ready, (self.position[child], child))
@@ -163,7 +162,8 @@ class Scheduler:
         try:
             while board.ready or in_flight:
                 self._start_ready(board, pool, in_flight)
-                self.preparer.consider(board.started, board.results, board.stop_reason is not None)
+                running = {sr.name: sr for sr in in_flight.values()}
+                self.preparer.consider(board.started, board.results, board.stop_reason is not None, running)
                 if not in_flight:
                     break
                 done, _ = wait(in_flight, timeout=self._tick(in_flight, deadline), return_when=FIRST_COMPLETED)
@@ -251,7 +251,7 @@ class Scheduler:
             self._finish(board, start, RunStatus.INTERRUPTED)
 
     def _end(self, board: _Board, start: float) -> RunResult:
-        self.run.cleanup()
+        self.run.releases.wait()  # every stage's container is gone before the pipeline's posts
         reason = f"not started: {board.stop_reason}" if board.stop_reason else "not started"
         board.not_started(reason)
         failed = any(r.status in (S.FAILED, S.CANCELLED) for r in board.results.values())

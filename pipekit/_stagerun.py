@@ -82,6 +82,9 @@ class StageRun:
         self.cancelled = threading.Event()  # the whole stage is stopped
         self.attempt_stop = threading.Event()  # this attempt is stopped (also by its timeout)
         self.handle: StageHandle | None = None
+        #: set once the stage's place is ready (or the stage has ended): what waits to prepare a
+        #: downstream stage's place waits for this, so the two do not compete for the engine
+        self.placed = threading.Event()
         self.deadline: float | None = None
         self.timed_out = False
         self.expired_at: float | None = None
@@ -144,6 +147,7 @@ class StageRun:
         key = cache_key(self.run, self.r, self.outputs, self.log)
         hit = cached_result(self.run, self.name, key, started) if key else None
         if hit is not None:
+            self.placed.set()
             self.log.info("stage finished", status=S.CACHED, duration_s=0.0, reason=hit.reason)
             return hit
         self.log.info("stage started", status=S.RUNNING, image=self.r.describe_image())
@@ -165,6 +169,7 @@ class StageRun:
         except _Stopped:
             last.status = S.CANCELLED
         finally:
+            self.placed.set()
             self._release_later()
             if lock is not None:
                 lock.release()
@@ -209,6 +214,7 @@ class StageRun:
             handle = self._take_ahead(attempt.spec) or self.backend.prepare(attempt.spec)
             with self._lock:
                 self.handle = handle
+            self.placed.set()
             if stop.is_set():
                 raise StageFailed(f"Stage '{self.name}' was stopped", stage=self.name)
             sync = WorkspaceSync(self.backend, handle, self.run.resolved.workspace, self.log)

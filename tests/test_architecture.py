@@ -67,17 +67,19 @@ def test_the_pytest_plugin_costs_nothing_in_a_session_that_does_not_use_it() -> 
     assert after - before == {"pipekit"}
 
 
-def test_planning_loads_networkx_and_a_run_setup_does_not_load_docker_for_the_fake() -> None:
-    """networkx arrives with planning; the docker SDK only with the Docker backend."""
-    loaded = _modules_after(
+def test_a_run_of_a_valid_pipeline_loads_neither_networkx_nor_docker_for_the_fake() -> None:
+    """networkx arrives when asked for (``plan.graph``, a cycle to explain); the docker SDK only
+    with the Docker backend."""
+    run = (
         "import pipekit as pk\n"
         "from pipekit.testing import PipelineRunner\n"
         "p = pk.Pipeline(name='x', image='alpine')\n"
         "p.stage(name='a')(lambda ctx: None)\n"
-        "assert PipelineRunner().run(p).status == 'succeeded'"
+        "assert PipelineRunner().run(p).status == 'succeeded'\n"
     )
-    assert "networkx" in loaded
-    assert "docker" not in loaded
+    loaded = _modules_after(run)
+    assert "networkx" not in loaded and "docker" not in loaded
+    assert "networkx" in _modules_after(run + "assert len(pk.plan(p).graph) == 1")
 
 
 def test_the_module_table_in_the_architecture_page_matches_the_package() -> None:

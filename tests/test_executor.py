@@ -316,3 +316,35 @@ def test_a_stage_container_is_ready_before_its_upstream_stage_ends(run_on_docker
     result, _ = run_on_docker(pipeline(fail=True))  # the fixture checks nothing was left behind
     assert result["second"].status == "skipped"
     assert seen["second"] == ["running"]
+
+
+def test_a_stage_is_prepared_ahead_only_once_its_upstream_stage_has_its_container(
+    docker_client: Any, busybox_image: str
+) -> None:
+    """Preparing ahead does not compete with the upstream stage's own container start."""
+    import io
+    import threading
+    import time
+
+    from pipekit._docker import DockerBackend
+
+    marks: list[tuple[str, str, float]] = []
+    lock = threading.Lock()
+
+    class Timed(DockerBackend):
+        def prepare(self, spec: Any) -> Any:
+            with lock:
+                marks.append(("begin", spec.stage, time.monotonic()))
+            handle = super().prepare(spec)
+            with lock:
+                marks.append(("end", spec.stage, time.monotonic()))
+            return handle
+
+    p = pk.Pipeline(name="gated", image=busybox_image)
+    p.stage(name="first")(lambda ctx: ctx.sh("sleep 1"))
+    p.stage(name="second", needs=["first"])(lambda ctx: ctx.sh("true"))
+    result = pk.run(p, backend=Timed(docker_client), log_file=io.StringIO())
+    assert result.status == "succeeded"
+    at = {(kind, stage): t for kind, stage, t in marks}
+    assert at[("begin", "second")] >= at[("end", "first")]
+    assert [stage for kind, stage, _ in marks if kind == "begin"] == ["first", "second"]

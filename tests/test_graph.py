@@ -165,3 +165,26 @@ def test_every_cycle_is_reported(data: tuple[int, list[tuple[int, int]]]) -> Non
         names = [int(s[1:]) for s in e.cycle]
         for a, b in zip(names, names[1:] + names[:1], strict=True):
             assert (a, b) in edges
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_plans_order_is_networkx_lexicographical_topological_sort(seed: int) -> None:
+    """The run's own graph code orders stages exactly as networkx does, on random DAGs."""
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(2, 40)
+    edges = sorted({(rng.randrange(n), rng.randrange(n)) for _ in range(rng.randint(0, 3 * n))})
+    edges = [(u, v) for u, v in edges if u < v]
+    order = list(range(n))
+    rng.shuffle(order)  # definition order differs from the edge direction
+    p = pk.Pipeline(name="random")
+    for i in order:
+        p.stage(name=f"s{i}", needs=[f"s{u}" for u, v in edges if v == i])(lambda ctx: None)
+    plan = pk.plan(p)
+    position = {f"s{i}": k for k, i in enumerate(order)}
+    expected = list(nx.lexicographical_topological_sort(plan.graph, key=position.__getitem__))
+    assert list(plan.order) == expected
+    for name in plan.order:
+        assert plan.downstream(name) == nx.descendants(plan.graph, name)
+        assert set(plan.upstream(name)) == set(plan.graph.predecessors(name))
