@@ -22,6 +22,7 @@ from typing import IO, Any
 import click
 
 from pipekit import __version__
+from pipekit._cli_ci import register as register_ci_commands
 from pipekit._cli_commands import IMAGE_MAP_ENV, cmd_graph, cmd_list, cmd_run, cmd_validate
 from pipekit._cli_config import run_defaults
 from pipekit._cli_history import HISTORY_COMMANDS, print_error
@@ -67,6 +68,7 @@ Examples:
   pipekit run -f ci/ -j 8 --fail-fast --log-format json
   pipekit run --param registry=localhost:5000 --secrets-file .env.ci
   pipekit run --dry-run                       # what would run, and what is skipped and why
+  pipekit run --junit reports/pipekit.xml     # for the CI's test view (JUnit XML)
   DOCKER_HOST=ssh://ci@build-box pipekit run  # the workspace is copied to the remote engine
 
 \b
@@ -87,6 +89,14 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     "--log-format", type=click.Choice(LOG_FORMATS), default="console", show_default=True, envvar="PIPEKIT_LOG_FORMAT"
 )
 @click.option("-v", "--verbose", is_flag=True, envvar="PIPEKIT_VERBOSE", help="Also log debug events.")
+@click.option(
+    "--ci",
+    type=click.Choice(("github", "gitlab", "jenkins", "none")),
+    default=None,
+    envvar="PIPEKIT_CI",
+    help="Print the way this CI shows logs (default: detected from GITHUB_ACTIONS, GITLAB_CI, JENKINS_URL).",
+)
+@click.option("--junit", metavar="PATH", envvar="PIPEKIT_JUNIT", help="Write the run as a JUnit XML file.")
 @click.option("--branch", envvar="PIPEKIT_BRANCH", help="The branch for pk.branch (default: the CI's, else git's).")
 @click.option(
     "--changed-base", metavar="REF", envvar="PIPEKIT_CHANGED_BASE", help="The git ref pk.changed compares with."
@@ -214,6 +224,8 @@ def cleanup(**values: Any) -> None:
     """Remove the containers and networks a run left (after a kill -9, or an engine that was down)."""
     _dispatch(HISTORY_COMMANDS["cleanup"], **values)
 
+
+register_ci_commands(cli)
 
 COMPLETION_EPILOG = """\b
 Examples:

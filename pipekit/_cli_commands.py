@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
+from pipekit._ci import detect as detect_ci
 from pipekit._cli_history import print_error, table
 from pipekit._graph import plan
 from pipekit._loader import load
@@ -163,6 +164,8 @@ def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest
         log_format=args.log_format,
         log_file=out,
         verbose=args.verbose,
+        ci=args.ci or detect_ci(os.environ),
+        junit=args.junit,
         argv=args.argv,
         warn=lambda message: print_error(err, f"warning: {message}"),
     )

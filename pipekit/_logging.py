@@ -234,6 +234,8 @@ class _Writer:
         self.batches = batches
 
     def msg(self, message: str) -> None:
+        if not message:  # a renderer that keeps an event for later (a CI's group) prints nothing now
+            return
         with self._lock:
             self._file.write(message + "\n")
             self._file.flush()
@@ -259,14 +261,22 @@ def _output_lines(self: Any, stream: str, lines: list[str]) -> None:
     writer.msg(value)
 
 
+def _write_raw(self: Any, text: str) -> None:
+    """Text straight to the run's output, past every processor (a CI's own commands), under the
+    same lock as the log's lines."""
+    self._logger.msg(text)
+
+
 def make_logger(
     log_format: str = "console",
     *,
     file: IO[str] | None = None,
     level: int = logging.INFO,
     processors: Iterable[Processor] = (),
+    console: ConsoleRenderer | None = None,
 ) -> Any:
     """A structlog logger for one run; ``processors`` run before rendering (masking, recording).
+    ``console``: the renderer of the console format (a CI's); pipekit's own by default.
 
     Its ``output_lines(stream, lines)`` logs a batch of output lines of the stage it is bound to.
     """
@@ -276,7 +286,7 @@ def make_logger(
     if log_format == "json":
         renderer = JsonLines()
     else:
-        renderer = ConsoleRenderer(colour=use_colour(file if file is not None else sys.stdout))
+        renderer = console or ConsoleRenderer(colour=use_colour(file if file is not None else sys.stdout))
     processors = list(processors)
     forms = [getattr(p, "batch_lines", None) for p in [strip_escapes, *processors, renderer]]
     batches = forms if all(forms) else None
@@ -288,7 +298,7 @@ def make_logger(
         renderer,
     ]
     base: Any = structlog.make_filtering_bound_logger(level)
-    wrapper = type("RunLogger", (base,), {"output_lines": _output_lines})
+    wrapper = type("RunLogger", (base,), {"output_lines": _output_lines, "write_raw": _write_raw})
     return structlog.wrap_logger(
         _Writer(file if file is not None else sys.stdout, batches),  # type: ignore[arg-type]
         processors=chain,

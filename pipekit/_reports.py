@@ -8,7 +8,20 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["FailedTest", "TestReport", "parse_junit"]
+__all__ = ["FailedTest", "TestCase", "TestReport", "parse_junit"]
+
+
+@attrs.frozen
+class TestCase:
+    """One test of a report, as read (kept for the run's own JUnit file; not stored in the history)."""
+
+    suite: str
+    classname: str
+    name: str
+    time: float
+    outcome: str  # passed, failure, error or skipped
+    message: str = ""
+    text: str = ""
 
 
 @attrs.frozen
@@ -28,6 +41,8 @@ class TestReport:
     skipped: int = 0
     failed: tuple[FailedTest, ...] = ()
     files: tuple[str, ...] = ()
+    #: every test read, for `pipekit run --junit` (in memory for the run only)
+    cases: tuple[TestCase, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @property
     def passed(self) -> int:
@@ -44,14 +59,38 @@ class TestReport:
         )
 
 
-def _cases(root: ET.Element) -> Iterable[ET.Element]:
-    return root.iter("testcase")
+def _cases(root: ET.Element) -> Iterable[tuple[str, ET.Element]]:
+    for suite in list(root.iter("testsuite")) or [root]:
+        for case in suite.findall("testcase"):
+            yield suite.get("name") or "", case
+
+
+def _seconds(text: str | None) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0
+
+
+def _case(suite: str, case: ET.Element) -> TestCase:
+    for kind in ("failure", "error", "skipped"):
+        node = case.find(kind)
+        if node is not None:
+            text = (node.text or "").strip()
+            lines = text.splitlines()
+            message = node.get("message") or (lines[-1] if lines and kind != "skipped" else "")
+            outcome = kind
+            break
+    else:
+        outcome, message, text = "passed", "", ""
+    return TestCase(
+        suite, case.get("classname") or "", case.get("name") or "", _seconds(case.get("time")), outcome, message, text
+    )
 
 
 def parse_junit(paths: Iterable[Path], *, base: Path | None = None) -> TestReport:
     """Read JUnit XML files; a file that is not JUnit XML raises ValueError naming it."""
-    tests = failures = errors = skipped = 0
-    failed: list[FailedTest] = []
+    cases: list[TestCase] = []
     files = []
     for path in paths:
         try:
@@ -61,21 +100,13 @@ def parse_junit(paths: Iterable[Path], *, base: Path | None = None) -> TestRepor
         if root.tag not in ("testsuites", "testsuite"):
             raise ValueError(f"{path} is not a JUnit XML report (its root is <{root.tag}>)")
         files.append(str(path.relative_to(base)) if base and path.is_relative_to(base) else str(path))
-        for case in _cases(root):
-            tests += 1
-            name = ".".join(p for p in (case.get("classname"), case.get("name")) if p)
-            for kind in ("failure", "error"):
-                node = case.find(kind)
-                if node is not None:
-                    lines = (node.text or "").strip().splitlines()
-                    message = node.get("message") or (lines[-1] if lines else "")
-                    failed.append(FailedTest(name, str(message)[:500], kind))
-                    if kind == "failure":
-                        failures += 1
-                    else:
-                        errors += 1
-                    break
-            else:
-                if case.find("skipped") is not None:
-                    skipped += 1
-    return TestReport(tests, failures, errors, skipped, tuple(failed), tuple(files))
+        cases += [_case(suite, case) for suite, case in _cases(root)]
+    failed = [
+        FailedTest(".".join(p for p in (c.classname, c.name) if p), c.message[:500], c.outcome)
+        for c in cases
+        if c.outcome in ("failure", "error")
+    ]
+    count = {o: sum(1 for c in cases if c.outcome == o) for o in ("failure", "error", "skipped")}
+    return TestReport(
+        len(cases), count["failure"], count["error"], count["skipped"], tuple(failed), tuple(files), tuple(cases)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from pipekit._ci_report import CiReport, github_summary, junit_xml, write_junit
 from pipekit._context import MaskedRecords, MemoryRecords, StageRecords
 from pipekit._preflight import check as preflight
 from pipekit._results import RunObserver, RunResult
@@ -112,6 +114,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 backend.sweep()  # what lost runs left (a kill -9, an engine that was down) goes now
         check_images = r.check_images and resolved.needs_container_backend
         preflight(resolved, setup.secrets, backend if check_images else None)
+        report = CiReport(rec.records or r.records or MemoryRecords()) if r.junit or r.ci == "github" else None
         run = Run(
             run_id=setup.run_id,
             resolved=resolved,
@@ -120,16 +123,43 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             images=backend,
             secrets=setup.secrets,
             params=setup.params,
-            records=MaskedRecords(rec.records or r.records or MemoryRecords(), setup.secrets.masker),
+            records=MaskedRecords(report or rec.records or r.records or MemoryRecords(), setup.secrets.masker),
             log=setup.logger(rec.processors),
             cache=rec.cache,
             record_outputs=r.record or bool(observers),
             clock=r.clock or time.monotonic,
         )
+        extra = [report] if report is not None else []
         scheduler = Scheduler(
-            run, jobs=r.jobs, fail_fast=r.fail_fast, timeout=timeout, observers=[*rec.observers, *observers]
+            run, jobs=r.jobs, fail_fast=r.fail_fast, timeout=timeout, observers=[*rec.observers, *observers, *extra]
         )
-        return scheduler.execute()
+        result = None
+        try:
+            result = scheduler.execute()
+        finally:
+            if report is not None:
+                _ci_outputs(setup, report, result)
+        return result
     finally:
         if rec.history is not None:
             rec.history.close()
+
+
+def _ci_outputs(setup: RunSetup, report: CiReport, result: RunResult | None) -> None:
+    """The JUnit file and GitHub's job summary, also for a run that was interrupted (``result``
+    None: the stages that ended by then)."""
+    r = setup.request
+    name = setup.pipeline.name
+    if r.junit:
+        stages = result.stages if result is not None else report.stages
+        try:
+            write_junit(r.junit, junit_xml(name, setup.run_id, stages, report))
+        except OSError as e:
+            raise UsageError(f"Cannot write the JUnit file {r.junit}: {e.strerror}") from e
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if r.ci == "github" and summary and result is not None:
+        try:
+            with open(summary, "a", encoding="utf-8") as f:
+                f.write(github_summary(result, report))
+        except OSError as e:
+            (r.warn or (lambda message: None))(f"cannot write the job summary to {summary}: {e.strerror}")

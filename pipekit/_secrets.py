@@ -116,6 +116,14 @@ class Masker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._needles: tuple[str, ...] = ()
+        #: called with each value newly masked (and its encoded forms) before :meth:`add` returns:
+        #: a CI that masks on its side (GitHub's ``::add-mask::``) hears of it before any use
+        self.listeners: list[Callable[[list[str]], None]] = []
+
+    @property
+    def values(self) -> list[str]:
+        """Every text masked so far (values and their encoded forms)."""
+        return list(self._needles)
 
     def add(self, value: str) -> bool:
         if len(value) < MIN_LENGTH:
@@ -124,7 +132,11 @@ class Masker:
         if "\n" in value or "\r" in value:
             parts |= {p.strip() for p in value.splitlines() if len(p.strip()) >= MIN_FRAGMENT}
         with self._lock:
+            new = sorted(parts - set(self._needles))
             self._needles = tuple(sorted(set(self._needles) | parts, key=len, reverse=True))
+        if new:
+            for listener in list(self.listeners):
+                listener(new)
         return True
 
     def mask(self, text: str) -> str:

@@ -59,6 +59,8 @@ class RunRequest:
     use_cache: bool = True
     check_images: bool = True  # before the run, check that every image exists (locally or in its registry)
     log_format: str = "console"
+    ci: str = "none"  # github, gitlab or jenkins: print the way that CI shows logs (the CLI detects it)
+    junit: str | os.PathLike[str] | None = None  # write the run as a JUnit XML file here
     log_file: IO[str] | None = None
     verbose: bool = False
     log_processors: Sequence[Processor] = ()
@@ -171,7 +173,18 @@ class RunSetup:
         r = self.request
         # the masker runs first, so no processor or renderer ever sees a secret
         chain: list[Processor] = [self.secrets.masker, *r.log_processors, *processors]
-        log = make_logger(r.log_format, file=r.log_file, level=10 if r.verbose else 20, processors=chain)
+        console = None
+        if r.ci != "none" and r.log_format == "console":
+            from pipekit._ci import add_masks, renderer_for
+
+            console = renderer_for(r.ci, {n: self.plan.stage(n).location for n in self.plan.order})
+        log = make_logger(
+            r.log_format, file=r.log_file, level=10 if r.verbose else 20, processors=chain, console=console
+        )
+        if console is not None and r.ci == "github":  # the runner hides them: registered before any use
+            masker = self.secrets.masker
+            add_masks(log.write_raw, masker.values)
+            masker.listeners.append(lambda values: add_masks(log.write_raw, values))
 
         def unmasked(name: str) -> None:
             log.warning(

@@ -23,6 +23,14 @@ BUSYBOX_DOCKERFILE = ROOT / "scripts" / "images" / "busybox" / "Dockerfile"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 
+@pytest.fixture(autouse=True)
+def _not_in_a_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pipekit's own tests print pipekit's own console, whichever CI runs them (tests/test_ci.py
+    sets these variables where it means to)."""
+    for name in ("GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "GITHUB_STEP_SUMMARY", "PIPEKIT_CI"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Any:
     """A client of the engine. pipekit's own CI always starts one: no engine is a failure, not a skip."""

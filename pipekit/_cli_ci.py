@@ -1,0 +1,85 @@
+"""``pipekit ci init`` and ``pipekit import jenkinsfile``: moving a project's CI over."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from pipekit._cli_history import print_error
+
+__all__ = ["ci", "import_"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _streams() -> tuple[IO[str], IO[str]]:
+    obj = click.get_current_context().obj or {}
+    return obj.get("out") or click.get_text_stream("stdout"), obj.get("err") or click.get_text_stream("stderr")
+
+
+@click.group(context_settings=CONTEXT)
+def ci() -> None:
+    """Run this project's pipeline in the CI a team already has."""
+
+
+@ci.command(
+    context_settings=CONTEXT,
+    epilog="\b\nExamples:\n  pipekit ci init github\n  pipekit ci init gitlab --force\n"
+    "  pipekit ci init jenkins -f ci/",
+)
+@click.argument("system", type=click.Choice(("github", "gitlab", "jenkins")))
+@click.option(
+    "-f", "--file", default="pipeline.py", show_default=True, metavar="PATH", help="The pipeline the wrapper runs."
+)
+@click.option("--force", is_flag=True, help="Overwrite the CI's file if there is one.")
+def init(system: str, file: str, force: bool) -> None:
+    """Write the CI's file (.github/workflows/pipekit.yml, .gitlab-ci.yml or Jenkinsfile)."""
+    from pipekit._ci_init import write
+    from pipekit._loader import load
+    from pipekit.exceptions import PipelineError
+
+    out, err = _streams()
+    path = Path(file)
+    secrets: list[str] = []
+    try:
+        secrets = sorted(load(path).secret_names)
+    except PipelineError as e:
+        print_error(err, f"warning: {e}; the wrapper passes no secrets (add them by hand)")
+    root = Path.cwd()
+    shown = os.path.relpath(path.resolve() if not path.is_dir() else path.resolve() / "pipeline.py", root)
+    try:
+        target = write(system, root, secrets, shown, force)
+    except FileExistsError as e:
+        print_error(err, f"{e} exists; pipekit leaves it as it is (--force replaces it)")
+        raise click.exceptions.Exit(1) from None
+    print(f"wrote {os.path.relpath(target, root)}" + (f" (secrets: {', '.join(secrets)})" if secrets else ""), file=out)
+
+
+@click.group(name="import", context_settings=CONTEXT)
+def import_() -> None:
+    """Turn another CI's pipeline into a pipeline.py."""
+
+
+@import_.command(
+    context_settings=CONTEXT,
+    epilog="\b\nExamples:\n  pipekit import jenkinsfile Jenkinsfile\n"
+    "  pipekit import jenkinsfile ci/Jenkinsfile -o pipeline.py",
+)
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", metavar="PATH", help="Write pipeline.py here (default: print it).")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+def jenkinsfile(path: str, output: str | None, force: bool) -> None:
+    """Convert a declarative Jenkinsfile; exit 1 when some parts need hands (listed)."""
+    from pipekit._jenkins import convert_file
+
+    out, err = _streams()
+    code = convert_file(Path(path), Path(output) if output else None, force=force, out=out, err=err)
+    raise click.exceptions.Exit(code)
+
+
+def register(group: Any) -> None:
+    group.add_command(ci)
+    group.add_command(import_)
