@@ -91,6 +91,8 @@ class GroupedRenderer(ConsoleRenderer):
             return self._finished_block(stage, ed)
         if event == "output":
             return self._keep(stage, str(ed.get("line", "")))
+        if event == "command finished":
+            return ""
         if event == "command":
             return self._keep(stage, "$ " + "\n  ".join(str(ed.get("command", "")).splitlines()))
         ed = dict(ed)

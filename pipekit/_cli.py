@@ -26,6 +26,7 @@ from pipekit._cli_ci import register as register_ci_commands
 from pipekit._cli_commands import IMAGE_MAP_ENV, cmd_graph, cmd_list, cmd_run, cmd_validate
 from pipekit._cli_config import run_defaults
 from pipekit._cli_history import HISTORY_COMMANDS, print_error
+from pipekit._cli_views import register as register_view_commands
 from pipekit._logging import LOG_FORMATS
 from pipekit.exceptions import Interrupted, PipekitError, PipelineError
 
@@ -97,6 +98,12 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     help="Print the way this CI shows logs (default: detected from GITHUB_ACTIONS, GITLAB_CI, JENKINS_URL).",
 )
 @click.option("--junit", metavar="PATH", envvar="PIPEKIT_JUNIT", help="Write the run as a JUnit XML file.")
+@click.option(
+    "--report",
+    metavar="PATH",
+    envvar="PIPEKIT_REPORT",
+    help="Write the run as an HTML page at the end, whatever the outcome.",
+)
 @click.option("--branch", envvar="PIPEKIT_BRANCH", help="The branch for pk.branch (default: the CI's, else git's).")
 @click.option(
     "--changed-base", metavar="REF", envvar="PIPEKIT_CHANGED_BASE", help="The git ref pk.changed compares with."
@@ -226,6 +233,7 @@ def cleanup(**values: Any) -> None:
 
 
 register_ci_commands(cli)
+register_view_commands(cli)
 
 COMPLETION_EPILOG = """\b
 Examples:

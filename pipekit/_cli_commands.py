@@ -166,6 +166,7 @@ def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest
         verbose=args.verbose,
         ci=args.ci or detect_ci(os.environ),
         junit=args.junit,
+        report=args.report,
         argv=args.argv,
         warn=lambda message: print_error(err, f"warning: {message}"),
     )

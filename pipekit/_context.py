@@ -146,6 +146,9 @@ class Context:
         exec_env = self._exec_env(call_env)
         result = self._backend.exec(self._handle, command, exec_env, on_line, strict=strict)
         self.commands.append(result)
+        self.log.info(
+            "command finished", command=command, exit_code=result.exit_code, duration_s=round(result.duration_s, 3)
+        )
         if self._cancelled.is_set():
             raise StageFailed(f"Stage '{self.stage}' was stopped while `{command}` ran", stage=self.stage)
         if check and result.exit_code != 0:

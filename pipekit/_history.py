@@ -20,7 +20,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -236,13 +236,41 @@ class History:
                 self._logs.pop(key).close()
 
     # -- logs -----------------------------------------------------------------------------
+    def run_file(self, run_id: str, name: str) -> Path:
+        """A file of the run's own beside its logs (``plan.json``, ``commands.jsonl``)."""
+        return self.dir / "logs" / run_id / f"_{name}"
+
+    def write_plan(self, run_id: str, plan: Any, params: Mapping[str, Any]) -> None:
+        """The run's stages (what each needs, its image, where it is defined) and parameters, for
+        ``pipekit report``."""
+        stages = [
+            {
+                "name": n,
+                "needs": list(plan.upstream(n)),
+                "image": plan.pipeline.describe_image(plan.stage(n)),
+                "location": plan.stage(n).location,
+            }
+            for n in plan.order
+        ]
+        text = json.dumps({"stages": stages, "params": {k: str(v) for k, v in params.items()}})
+        with self._lock:
+            with self._private_file(self.run_file(run_id, "plan.json"), "w") as f:
+                f.write(text)
+
+    def append_run_file(self, run_id: str, name: str, line: str) -> None:
+        with self._lock:
+            with self._private_file(self.run_file(run_id, name), "a") as f:
+                f.write(line + "\n")
+
     def log_path(self, run_id: str, stage: str) -> Path:
         return self.dir / "logs" / run_id / f"{slug(stage, keep='_.=,-')}.log"
 
     def log_processor(self, run_id: str) -> Any:
         """A structlog processor (after the masker) that appends each stage's events to its file;
         its ``lines`` form appends a batch of output lines in one write."""
-        return _LogFiles(self, run_id)
+        from pipekit._history_logs import LogFiles
+
+        return LogFiles(self, run_id)
 
     def _log_file(self, run_id: str, stage: str) -> Any:
         """The stage's open log file (call with the lock held)."""
@@ -412,36 +440,3 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
-
-
-class _LogFiles:
-    """The history's log processor: each stage's events rendered into the stage's log file."""
-
-    def __init__(self, history: History, run_id: str) -> None:
-        self._history = history
-        self._run_id = run_id
-
-    def __call__(self, _logger: Any, name: str, event: Any) -> Any:
-        stage = event.get("stage")
-        if stage is None or event.get("event") == "run finished":
-            return event
-        h = self._history
-        line = h._renderer(None, name, dict(event))
-        with h._lock:
-            f = h._log_file(self._run_id, stage)
-            f.write(_strip_prefix(line) + "\n")
-            f.flush()
-        return event
-
-    def batch_lines(self, stage: str, _stream: str, lines: list[str]) -> list[str]:
-        h = self._history
-        with h._lock:
-            f = h._log_file(self._run_id, stage)
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-        return lines
-
-
-def _strip_prefix(line: str) -> str:
-    """Stage log files hold the stage's lines without the 'stage |' prefix of the console."""
-    return "\n".join(part.split(" | ", 1)[1] if " | " in part else part for part in line.split("\n"))

@@ -4,6 +4,7 @@ Event names (the documented set):
 
 ``run started`` (run_id, pipeline, stages, jobs), ``stage started`` (stage, status, image),
 ``command`` (stage, command: each ``ctx.sh`` before its output), ``output`` (stage, line, stream),
+``command finished`` (stage, command, exit_code, duration_s: not shown on the console),
 ``stage finished`` (stage, status, duration_s, error), ``run finished`` (run_id, status,
 duration_s, stages: a list of {stage, status, duration_s}).
 Every event carries ``timestamp`` and ``level``.
@@ -176,6 +177,7 @@ class ConsoleRenderer:
 
 
 _STAGE_EVENTS: dict[str, Callable[[ConsoleRenderer, str, EventDict], str]] = {
+    "command finished": lambda _self, _stage, _ed: "",  # for the history and JSON: the console has the output
     "output": ConsoleRenderer._output,
     "command": ConsoleRenderer._command,
     "stage started": ConsoleRenderer._started,

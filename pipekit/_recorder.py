@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,20 @@ def redact_argv(argv: list[str], mask: Callable[[str], str]) -> str:
 class HistoryRecorder:
     """Records a run into a :class:`History`: the executor's observer and its stage records."""
 
-    def __init__(self, history: History, *, argv: str, branch: str | None, resumed_from: str | None = None) -> None:
+    def __init__(
+        self,
+        history: History,
+        *,
+        argv: str,
+        branch: str | None,
+        resumed_from: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
         self.history = history
         self.argv = argv
         self.branch = branch
         self.resumed_from = resumed_from
+        self.params = dict(params or {})  # masked by the caller
         self.run_id = ""
 
     def run_started(self, run_id: str, plan: Any) -> None:
@@ -41,6 +50,7 @@ class HistoryRecorder:
             argv=self.argv,
             resumed_from=self.resumed_from,
         )
+        self.history.write_plan(run_id, plan, self.params)
 
     def stage_started(self, run_id: str, name: str, position: int) -> None:
         self.history.stage_started(run_id, name, position)

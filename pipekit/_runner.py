@@ -79,6 +79,7 @@ def _recording(setup: RunSetup, backend: Any) -> _Recording:
             argv=redact_argv(["pipekit", *r.argv], setup.secrets.masker.mask),
             branch=setup.info.branch,
             resumed_from=resumed_from,
+            params=setup.secrets.masker.mask_any({k: str(v) for k, v in setup.params.items()}),
         ),
         r.warn or (lambda message: None),
     )
@@ -142,7 +143,10 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
         return result
     finally:
         if rec.history is not None:
-            rec.history.close()
+            try:
+                _write_report(setup, rec.history)
+            finally:
+                rec.history.close()
 
 
 def _ci_outputs(setup: RunSetup, report: CiReport, result: RunResult | None) -> None:
@@ -163,3 +167,16 @@ def _ci_outputs(setup: RunSetup, report: CiReport, result: RunResult | None) -> 
                 f.write(github_summary(result, report))
         except OSError as e:
             (r.warn or (lambda message: None))(f"cannot write the job summary to {summary}: {e.strerror}")
+
+
+def _write_report(setup: RunSetup, history: Any) -> None:
+    """``--report``: the run's page, whatever its outcome (the history has every stage by now)."""
+    r = setup.request
+    if not r.report:
+        return
+    from pipekit._cli_views import write_report
+
+    try:
+        write_report(history, setup.run_id, r.report)
+    except Exception as e:  # a report that cannot be written never hides the run's own outcome
+        (r.warn or (lambda message: None))(f"the report was not written to {r.report}: {e}")

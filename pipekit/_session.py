@@ -61,6 +61,7 @@ class RunRequest:
     log_format: str = "console"
     ci: str = "none"  # github, gitlab or jenkins: print the way that CI shows logs (the CLI detects it)
     junit: str | os.PathLike[str] | None = None  # write the run as a JUnit XML file here
+    report: str | os.PathLike[str] | None = None  # write the run as an HTML page here (needs record=True)
     log_file: IO[str] | None = None
     verbose: bool = False
     log_processors: Sequence[Processor] = ()

@@ -1,0 +1,123 @@
+const data = JSON.parse(document.getElementById('pipekit-data').textContent);
+const FILL = %FILL%;
+const NS = 'http://www.w3.org/2000/svg';
+function el(tag, attrs, text) {
+  const e = tag.startsWith('svg:') ? document.createElementNS(NS, tag.slice(4)) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+function secs(v) { return v === null || v === undefined ? '-' : v.toFixed(2) + ' s'; }
+const run = data.run;
+document.getElementById('title').textContent = 'pipekit: ' + run.pipeline + ' ' + run.status;
+document.getElementById('meta').textContent = 'run ' + run.id + ' \u00b7 started ' + run.started +
+  ' by ' + run.user + ' \u00b7 ' + secs(run.duration) + ' \u00b7 branch ' + (run.branch || '-') +
+  ' at ' + (run.commit || '-') + ' \u00b7 ' + run.argv;
+const params = document.getElementById('params');
+for (const [k, v] of Object.entries(data.params)) {
+  const tr = el('tr'); tr.append(el('th', {}, k), el('td', {}, v)); params.append(tr);
+}
+if (!Object.keys(data.params).length) params.append(el('tr', {}, 'no parameters'));
+const byName = {};
+for (const s of data.stages) byName[s.name] = s;
+const W = 170, H = 34, GX = 60, GY = 16;
+function drawDag() {
+  const svg = document.getElementById('dag');
+  const layers = Math.max(0, ...data.stages.map(s => s.layer)) + 1;
+  const rows = Math.max(0, ...data.stages.map(s => s.row)) + 1;
+  svg.setAttribute('width', layers * (W + GX));
+  svg.setAttribute('height', rows * (H + GY) + GY);
+  const pos = s => [10 + s.layer * (W + GX), GY + s.row * (H + GY)];
+  for (const s of data.stages) for (const n of s.needs) {
+    const a = pos(byName[n]), b = pos(s);
+    svg.append(el('svg:line', {x1: a[0] + W, y1: a[1] + H / 2, x2: b[0], y2: b[1] + H / 2, stroke: '#8c959f'}));
+  }
+  for (const s of data.stages) {
+    const [x, y] = pos(s);
+    const g = el('svg:g', {class: 'node', 'data-stage': s.name, 'data-status': s.status});
+    g.append(el('svg:rect', {x: x, y: y, width: W, height: H, rx: 5, fill: FILL[s.status] || '#fff', stroke: '#57606a'}));
+    g.append(el('svg:text', {x: x + 8, y: y + 14}, s.name.length > 24 ? s.name.slice(0, 23) + '\u2026' : s.name));
+    g.append(el('svg:text', {x: x + 8, y: y + 28, class: s.status}, s.status + ' \u00b7 ' + secs(s.duration)));
+    g.addEventListener('click', () => select(s.name));
+    svg.append(g);
+  }
+}
+function drawTimeline() {
+  const svg = document.getElementById('timeline');
+  const ran = data.stages.filter(s => s.started !== null).sort((a, b) => a.started - b.started);
+  const end = Math.max(0.001, run.duration || 0, ...ran.map(s => s.started + (s.duration || 0)));
+  const X = 180, WIDTH = 700, ROW = 22;
+  svg.setAttribute('width', X + WIDTH + 120);
+  svg.setAttribute('height', ran.length * ROW + 10);
+  const sx = t => X + (t / end) * WIDTH;
+  ran.forEach((s, i) => {
+    const y = 5 + i * ROW;
+    const g = el('svg:g', {class: 'bar', 'data-stage': s.name});
+    g.append(el('svg:text', {x: 0, y: y + 13}, s.name));
+    if (s.ready !== null && s.ready < s.started)
+      g.append(el('svg:rect', {x: sx(s.ready), y: y + 4, width: Math.max(1, sx(s.started) - sx(s.ready)), height: 8, fill: '#d0d7de', class: 'wait'}));
+    g.append(el('svg:rect', {x: sx(s.started), y: y, width: Math.max(2, sx(s.started + (s.duration || 0)) - sx(s.started)), height: 16, fill: FILL[s.status] || '#ddd', stroke: '#57606a', class: 'run'}));
+    const note = secs(s.duration) + (s.attempts > 1 ? ' (' + s.attempts + ' attempts)' : '');
+    g.append(el('svg:text', {x: sx(s.started + (s.duration || 0)) + 6, y: y + 13}, note));
+    g.addEventListener('click', () => select(s.name));
+    svg.append(g);
+  });
+}
+function select(name) {
+  const s = byName[name];
+  document.querySelectorAll('.node').forEach(n => n.classList.toggle('selected', n.dataset.stage === name));
+  const box = document.getElementById('stage');
+  box.replaceChildren();
+  box.append(el('h2', {}, s.name), el('div', {class: 'status ' + s.status}, s.status + (s.reason ? ' (' + s.reason + ')' : '')));
+  const facts = el('table');
+  for (const [k, v] of [['image', s.image], ['defined at', s.location], ['duration', secs(s.duration)], ['attempts', s.attempts], ['exit code', s.exit_code]]) {
+    const tr = el('tr'); tr.append(el('th', {}, k), el('td', {}, v === null || v === undefined ? '-' : v)); facts.append(tr);
+  }
+  box.append(facts);
+  if (s.error) {
+    box.append(el('h2', {}, 'Error'), el('div', {class: 'error', id: 'stage-error'}, s.error));
+    box.append(el('h2', {}, 'Last lines'), el('pre', {id: 'stage-tail'}, s.tail.join('\n')));
+  }
+  if (s.commands.length) {
+    box.append(el('h2', {}, 'Commands'));
+    const t = el('table', {id: 'commands'});
+    for (const c of s.commands) { const tr = el('tr'); tr.append(el('td', {}, c.exit_code), el('td', {}, secs(c.duration_s)), el('td', {}, c.command)); t.append(tr); }
+    box.append(t);
+  }
+  for (const t of s.tests) {
+    box.append(el('h2', {}, 'Tests'), el('div', {}, t.tests + ' tests: ' + (t.tests - t.failures - t.errors - t.skipped) + ' passed, ' + t.failures + ' failed, ' + t.errors + ' errors, ' + t.skipped + ' skipped'));
+    for (const f of t.failed) { const d = el('details', {open: ''}); d.append(el('summary', {}, f.kind + ': ' + f.name), el('pre', {}, f.message)); box.append(d); }
+  }
+  if (s.artifacts.length) {
+    box.append(el('h2', {}, 'Artifacts'));
+    const t = el('table');
+    for (const a of s.artifacts) { const tr = el('tr'); tr.append(el('td', {}, a.path), el('td', {}, a.size + ' B'), el('td', {}, a.sha256.slice(0, 12))); t.append(tr); }
+    box.append(t);
+  }
+  const log = el('details', {id: 'stage-log'});
+  log.append(el('summary', {}, 'Log (' + s.lines + ' lines)'));
+  log.addEventListener('toggle', () => { if (log.open && log.children.length === 1) log.append(el('pre', {}, data.logs[s.name])); });
+  box.append(log);
+}
+function search(q) {
+  const hits = document.getElementById('hits');
+  hits.replaceChildren();
+  if (q.length < 2) return;
+  let count = 0;
+  for (const s of data.stages) {
+    const lines = (data.logs[s.name] || '').split('\n');
+    for (let i = 0; i < lines.length && count < 500; i++) {
+      if (lines[i].includes(q)) {
+        const d = el('div', {class: 'hit'}, s.name + ':' + (i + 1) + ': ' + lines[i]);
+        d.addEventListener('click', () => select(s.name));
+        hits.append(d); count++;
+      }
+    }
+  }
+  document.getElementById('hit-count').textContent = count + (count === 500 ? '+' : '') + ' lines';
+}
+document.getElementById('q').addEventListener('input', e => search(e.target.value));
+drawDag();
+drawTimeline();
+const first = data.stages.find(s => s.status === 'failed') || data.stages[0];
+if (first) select(first.name);
