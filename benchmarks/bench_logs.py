@@ -96,7 +96,8 @@ def table(mb: float, rounds: int, formats: list[str], workloads: list[str], smal
             for _ in range(rounds):
                 rows.setdefault("floor", []).append(measure([sys.executable, str(floor), IMAGE, command], d))
                 for fmt in formats:
-                    argv = [sys.executable, "-m", "pipekit", "run", "--log-format", fmt]
+                    view = ["--log-format", "console", "--progress", "live"] if fmt == "live" else ["--log-format", fmt]
+                    argv = [sys.executable, "-m", "pipekit", "run", *view]
                     rows.setdefault(f"pipekit, {fmt}", []).append(measure(argv, d))
             base = statistics.median(t for t, _ in rows["floor"])
             what = {"lines": f"{mb:g} MB of lines", "long-line": "one 10 MB line", "small": f"{small_mb:g} MB of lines"}

@@ -96,6 +96,10 @@ sys.exit(0 if ok else 1)
 """
 
 
+def pipekit_argv(folder: Path) -> list[str]:
+    return [sys.executable, "-m", "pipekit", "run", "-f", str(folder), "-j", str(JOBS)]
+
+
 def write_tools(folder: Path, command: str) -> dict[str, list[str]]:
     """Each tool's command line for a workload (the files it needs written into ``folder``)."""
     deps = dag()
@@ -113,7 +117,9 @@ def write_tools(folder: Path, command: str) -> dict[str, list[str]]:
     (folder / "luigi_dag.py").write_text(LUIGI.format(deps=deps, jobs=JOBS))
     tools = {
         "floor": [sys.executable, str(folder / "floor.py"), IMAGE, command, str(JOBS)],
-        "pipekit": [sys.executable, "-m", "pipekit", "run", "-f", str(folder), "-j", str(JOBS), "--log-format", "json"],
+        "pipekit": [*pipekit_argv(folder), "--log-format", "json"],
+        "pipekit-plain": [*pipekit_argv(folder), "--log-format", "console", "--progress", "plain"],
+        "pipekit-live": [*pipekit_argv(folder), "--log-format", "console", "--progress", "live"],
         "bash": ["bash", str(folder / "chains.sh")],
         "make": ["make", "-s", "-j", str(JOBS), "-f", str(folder / "Makefile"), "all"],
     }

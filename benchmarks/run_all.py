@@ -62,12 +62,19 @@ def main() -> int:
     parts = [f"Measured {machine()}.", "", TARGETS]
     tools = ["floor", "pipekit", "bash", "make", "luigi"]
     parts += ["", "### 20 container stages", bench_peers.compare(rounds, ["A", "B"], tools)]
+    parts += [
+        "",
+        "### The live view costs nothing",
+        "",
+        "The same 20 stages with pipekit's console output, plain and as the live view (both to a file):",
+        bench_peers.compare(rounds, ["A"], ["floor", "pipekit-plain", "pipekit-live"]),
+    ]
     mb = 10 if args.quick else 50
     parts += [
         "",
         "### A stage that prints a lot",
         "",
-        bench_logs.table(mb, max(3, rounds - 2), ["console", "json"], ["lines", "long-line"]),
+        bench_logs.table(mb, max(3, rounds - 2), ["console", "json", "live"], ["lines", "long-line"]),
     ]
     sizes = [1000, 5000, 10000] if args.quick else [1000, 10000, 20000]
     parts += ["", "### Planning", "", bench_plan.table(sizes, rounds)]

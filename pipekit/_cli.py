@@ -97,6 +97,14 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     envvar="PIPEKIT_CI",
     help="Print the way this CI shows logs (default: detected from GITHUB_ACTIONS, GITLAB_CI, JENKINS_URL).",
 )
+@click.option(
+    "--progress",
+    type=click.Choice(("auto", "live", "plain")),
+    default="auto",
+    show_default=True,
+    envvar="PIPEKIT_PROGRESS",
+    help="live: a live view of the stages; plain: every line as it comes (auto: live on a terminal, not in CI).",
+)
 @click.option("--junit", metavar="PATH", envvar="PIPEKIT_JUNIT", help="Write the run as a JUnit XML file.")
 @click.option(
     "--report",

@@ -167,6 +167,7 @@ def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest
         ci=args.ci or detect_ci(os.environ),
         junit=args.junit,
         report=args.report,
+        progress=args.progress,
         argv=args.argv,
         warn=lambda message: print_error(err, f"warning: {message}"),
     )

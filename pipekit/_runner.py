@@ -142,6 +142,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 _ci_outputs(setup, report, result)
         return result
     finally:
+        setup.close_view()
         if rec.history is not None:
             try:
                 _write_report(setup, rec.history)

@@ -9,6 +9,7 @@ the same way for all three.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -62,6 +63,7 @@ class RunRequest:
     ci: str = "none"  # github, gitlab or jenkins: print the way that CI shows logs (the CLI detects it)
     junit: str | os.PathLike[str] | None = None  # write the run as a JUnit XML file here
     report: str | os.PathLike[str] | None = None  # write the run as an HTML page here (needs record=True)
+    progress: str = "plain"  # live: the live view; auto: live on a terminal outside CI (the CLI's default)
     log_file: IO[str] | None = None
     verbose: bool = False
     log_processors: Sequence[Processor] = ()
@@ -89,6 +91,7 @@ class RunSetup:
     _params: Params | None = None
     _secrets: SecretStore | None = None
     _info: RunInfo | None = None
+    view: Any = None  # the live view of the run, when it has one
 
     @property
     def workspace(self) -> Path:
@@ -179,6 +182,11 @@ class RunSetup:
             from pipekit._ci import add_masks, renderer_for
 
             console = renderer_for(r.ci, {n: self.plan.stage(n).location for n in self.plan.order})
+        elif self._wants_live():
+            from pipekit._live import LiveRenderer
+
+            out = r.log_file if r.log_file is not None else sys.stdout
+            console = self.view = LiveRenderer(out, {n: list(self.plan.upstream(n)) for n in self.plan.order})
         log = make_logger(
             r.log_format, file=r.log_file, level=10 if r.verbose else 20, processors=chain, console=console
         )
@@ -196,6 +204,27 @@ class RunSetup:
             unmasked(name)
         self.secrets.on_unmasked = unmasked
         return log
+
+    def _wants_live(self) -> bool:
+        r = self.request
+        if r.log_format != "console" or r.progress == "plain":
+            return False
+        if r.progress == "live":
+            return True
+        out = r.log_file if r.log_file is not None else sys.stdout
+        isatty = getattr(out, "isatty", None)
+        try:
+            terminal = bool(isatty and isatty())
+        except (OSError, ValueError):
+            terminal = False
+        environ = r.environ if r.environ is not None else os.environ
+        return terminal and not environ.get("CI") and environ.get("TERM") != "dumb"
+
+    def close_view(self) -> None:
+        """Stop the live view, if the run had one (also when the run was interrupted)."""
+        view = getattr(self, "view", None)
+        if view is not None:
+            view.close()
 
     def execute(self, observers: Sequence[RunObserver] = ()) -> RunResult:
         from pipekit._runner import run_setup
