@@ -105,6 +105,12 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     envvar="PIPEKIT_PROGRESS",
     help="live: a live view of the stages; plain: every line as it comes (auto: live on a terminal, not in CI).",
 )
+@click.option(
+    "--keep-failed",
+    is_flag=True,
+    envvar="PIPEKIT_KEEP_FAILED",
+    help="Keep the container of a stage that fails, to look around in it (pipekit shell RUN STAGE).",
+)
 @click.option("--junit", metavar="PATH", envvar="PIPEKIT_JUNIT", help="Write the run as a JUnit XML file.")
 @click.option(
     "--report",
@@ -162,9 +168,14 @@ def list_(**values: Any) -> None:
     _dispatch(cmd_list, **values)
 
 
-@cli.command(context_settings=CONTEXT, epilog="\b\nExample:\n  pipekit graph --format dot | dot -Tsvg > graph.svg")
+@cli.command(
+    context_settings=CONTEXT,
+    epilog="\b\nExamples:\n  pipekit graph --format svg --run last > graph.svg\n"
+    "  pipekit graph --format dot | dot -Tpng > graph.png",
+)
 @_file_option
-@click.option("--format", type=click.Choice(("text", "dot", "mermaid")), default="text", show_default=True)
+@click.option("--format", type=click.Choice(("text", "dot", "mermaid", "svg")), default="text", show_default=True)
+@click.option("--run", metavar="RUN", help="Show the statuses of a recorded run (an id, a prefix, or 'last').")
 def graph(**values: Any) -> None:
     """Print the stage graph."""
     _dispatch(cmd_graph, **values)

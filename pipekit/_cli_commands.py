@@ -102,26 +102,19 @@ def cmd_list(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_graph(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from pipekit._graph_render import render
+
     p = plan(_load_valid(args.file))
-    edges = [(u, v) for v in p.order for u in p.upstream(v)]
-    if args.format == "dot":
-        print(f'digraph "{p.pipeline.name}" {{', file=out)
-        for n in p.order:
-            print(f'  "{n}";', file=out)
-        for u, v in edges:
-            print(f'  "{u}" -> "{v}";', file=out)
-        print("}", file=out)
-    elif args.format == "mermaid":
-        ids = {n: f"s{i}" for i, n in enumerate(p.order)}
-        print("graph LR", file=out)
-        for n in p.order:
-            print(f'  {ids[n]}["{n}"]', file=out)
-        for u, v in edges:
-            print(f"  {ids[u]} --> {ids[v]}", file=out)
-    else:
-        for n in p.order:
-            ups = p.upstream(n)
-            print(f"{n} <- {', '.join(ups)}" if ups else n, file=out)
+    statuses: dict[str, str] = {}
+    if args.run:
+        from pipekit._cli_history import _history, _workspace_of
+
+        history = _history(_workspace_of(args), err)
+        try:
+            statuses = {row.name: str(row.status) for row in history.stages(history.resolve(args.run))}
+        finally:
+            history.close()
+    render(p, args.format, out, statuses)
     return 0
 
 
@@ -168,6 +161,7 @@ def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest
         junit=args.junit,
         report=args.report,
         progress=args.progress,
+        keep_failed=args.keep_failed,
         argv=args.argv,
         warn=lambda message: print_error(err, f"warning: {message}"),
     )

@@ -59,8 +59,22 @@ def cmd_runs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     if len(rows) == 1:
         print("no runs recorded yet", file=out)
         return 0
+    kept = _kept_stages() if any(row[3] == "failed" for row in rows[1:]) else {}  # only failures keep any
+    if kept:
+        rows = [(*row, "KEPT" if i == 0 else ", ".join(kept.get(row[0], [])) or "-") for i, row in enumerate(rows)]
     table(rows, out)
     return 0
+
+
+def _kept_stages() -> dict[str, list[str]]:
+    """Runs whose failed stages' containers are kept (``--keep-failed``), when the engine answers."""
+    try:
+        backend = container_backend()
+        backend.check()
+        kept: dict[str, list[str]] = backend.kept()
+        return kept
+    except Exception:  # no engine: runs lists the history alone
+        return {}
 
 
 def cmd_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
@@ -229,7 +243,10 @@ def cmd_cleanup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     if left.get(run_id):
         raise UsageError(f"run {run_id} is still running; stop it first (Ctrl-C or kill its pipekit process)")
     backend.cleanup(run_id)
+    kept = backend.drop_kept(run_id) if hasattr(backend, "drop_kept") else 0
     print(f"removed what run {run_id} left" if run_id in left else f"run {run_id} left nothing", file=out)
+    if kept:
+        print(f"removed the {kept} container(s) kept for `pipekit shell`", file=out)
     return 0
 
 

@@ -88,6 +88,18 @@ class Dag:
                     heapq.heappush(free, (key[child], child))
         return out, set(self.nodes) - set(out)
 
+    def layout(self, order: list[str] | tuple[str, ...]) -> dict[str, tuple[int, int]]:
+        """Where each stage goes in a drawing: (column, row); the column is one more than the
+        deepest stage it needs, rows fill each column in ``order`` (a topological order)."""
+        depth: dict[str, int] = {}
+        rows: dict[int, int] = {}
+        out: dict[str, tuple[int, int]] = {}
+        for n in order:
+            depth[n] = 1 + max((depth.get(p, 0) for p in self._preds.get(n, ())), default=-1)
+            out[n] = (depth[n], rows.get(depth[n], 0))
+            rows[depth[n]] = out[n][1] + 1
+        return out
+
     def to_networkx(self) -> Any:
         """The same graph as a networkx ``DiGraph`` (each node's value as its ``stage`` attribute)."""
         import networkx

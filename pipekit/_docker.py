@@ -36,7 +36,7 @@ from pipekit._docker_engine import (
     reason,
     unreachable,
 )
-from pipekit._docker_housekeeping import DockerHousekeeping
+from pipekit._docker_housekeeping import DockerHousekeeping, is_kept
 from pipekit._docker_images import DockerImages
 from pipekit._streams import Captured, LineSplitter
 from pipekit._util import slug
@@ -418,8 +418,8 @@ class DockerBackend(DockerHousekeeping, DockerImages):
 
         label = {"label": f"{LABEL_RUN}={run_id}"}
         try:
-            for c in self.client.api.containers(all=True, filters=label):
-                self._remove(c["Id"])
+            for c in [c for c in self.client.api.containers(all=True, filters=label) if not is_kept(c)]:
+                self._remove(c["Id"])  # (a container kept after a failure goes with `pipekit cleanup RUN`)
             for n in self.client.api.networks(filters=label):
                 self._remove_network(n["Id"])
         except (DockerException, OSError):

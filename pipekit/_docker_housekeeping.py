@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipekit._docker_engine import LABEL_CACHE, LABEL_MANAGED, LABEL_OWNER, LABEL_RUN, LABEL_STAGE, owner_alive
-from pipekit.backend import CacheVolume, StageSpec
+from pipekit._docker_engine import (
+    LABEL_CACHE,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_RUN,
+    LABEL_SERVICE,
+    LABEL_STAGE,
+    owner_alive,
+)
+from pipekit.backend import CacheVolume, StageHandle, StageSpec
 
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["DockerHousekeeping"]
+__all__ = ["KEPT", "DockerHousekeeping", "is_kept"]
+
+#: the name suffix of a container kept after its stage failed (``--keep-failed``): the run's own
+#: cleanup and the sweep of lost runs leave it; ``pipekit cleanup RUN`` removes it
+KEPT = "-kept"
+
+
+def is_kept(container: dict) -> bool:  # type: ignore[type-arg]
+    return any(name.endswith(KEPT) for name in container.get("Names") or ())
 
 
 class DockerHousekeeping:
@@ -57,7 +73,8 @@ class DockerHousekeeping:
         """The runs that have containers or networks in the engine: run id -> whether the pipekit
         process that made them still runs."""
         managed = {"label": LABEL_MANAGED}
-        objects = [*self.client.api.containers(all=True, filters=managed), *self.client.api.networks(filters=managed)]
+        containers = [c for c in self.client.api.containers(all=True, filters=managed) if not is_kept(c)]
+        objects = [*containers, *self.client.api.networks(filters=managed)]
         runs: dict[str, bool] = {}
         for obj in objects:
             labels = obj.get("Labels") or {}
@@ -78,3 +95,50 @@ class DockerHousekeeping:
         for run_id in lost:
             self.cleanup(run_id)
         return lost
+
+    # -- containers kept after a failure ---------------------------------------------------
+    def keep(self, handle: StageHandle) -> list[str]:
+        """Keep a failed stage's container and its services (renamed ``...-kept``); their names."""
+        ref = handle.ref
+        ids = [c for c in [getattr(ref, "container", None), *getattr(ref, "services", ())] if c]
+        names = []
+        for cid in ids:
+            name = self.client.api.inspect_container(cid)["Name"].lstrip("/") + KEPT
+            self.client.api.rename(cid, name)
+            names.append(name)
+        return names
+
+    def kept(self) -> dict[str, list[str]]:
+        """Runs that hold kept containers: run id -> the stages kept."""
+        runs: dict[str, list[str]] = {}
+        for c in self.client.api.containers(all=True, filters={"label": LABEL_MANAGED}):
+            labels = c.get("Labels") or {}
+            if is_kept(c) and LABEL_SERVICE not in labels:
+                runs.setdefault(labels.get(LABEL_RUN, "?"), []).append(labels.get(LABEL_STAGE, "?"))
+        return runs
+
+    def drop_kept(self, run_id: str) -> int:
+        """Remove the kept containers of a run (and the networks they held); how many."""
+        from docker.errors import APIError, NotFound
+
+        found = self.client.api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+        kept = [c for c in found if is_kept(c)]
+        for c in kept:
+            try:
+                self.client.api.remove_container(c["Id"], force=True, v=True)
+            except NotFound:
+                pass
+        for n in self.client.api.networks(filters={"label": f"{LABEL_RUN}={run_id}"}):
+            try:
+                self.client.api.remove_network(n["Id"])
+            except (NotFound, APIError):
+                pass
+        return len([c for c in kept if LABEL_SERVICE not in (c.get("Labels") or {})])
+
+    def kept_container(self, run_id: str, stage: str) -> str | None:
+        """The id of a stage's kept container, if the run kept it."""
+        labels = [f"{LABEL_RUN}={run_id}", f"{LABEL_STAGE}={stage}"]
+        for c in self.client.api.containers(all=True, filters={"label": labels}):
+            if is_kept(c) and LABEL_SERVICE not in (c.get("Labels") or {}):
+                return str(c["Id"])
+        return None

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from pipekit._dag import Dag
 from pipekit._history import History
 
 __all__ = ["report_data"]
@@ -18,18 +19,6 @@ def _read(path: Any) -> str:
         return str(path.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return ""
-
-
-def _layers(stages: list[dict[str, Any]]) -> None:
-    """Each stage's column in the drawing: one more than the deepest stage it needs."""
-    depth: dict[str, int] = {}
-    for s in stages:  # in run order, so every stage comes after the stages it needs
-        depth[s["name"]] = 1 + max((depth.get(n, 0) for n in s["needs"]), default=-1)
-        s["layer"] = depth[s["name"]]
-    rows: dict[int, int] = {}
-    for s in stages:
-        s["row"] = rows.get(s["layer"], 0)
-        rows[s["layer"]] = s["row"] + 1
 
 
 def _by_stage(history: History, run_id: str) -> tuple[dict[str, list[Any]], ...]:
@@ -48,6 +37,13 @@ def _by_stage(history: History, run_id: str) -> tuple[dict[str, list[Any]], ...]
     for a in history.artifacts(run_id):
         artifacts.setdefault(a.stage, []).append({"path": a.path, "size": a.size, "sha256": a.sha256})
     return commands, tests, artifacts
+
+
+def _place(stages: list[dict[str, Any]]) -> None:
+    """Each stage's column and row in the drawing of the graph."""
+    dag = Dag({s["name"]: s for s in stages}, ((n, s["name"]) for s in stages for n in s["needs"]))
+    for name, (column, place) in dag.layout([s["name"] for s in stages]).items():
+        dag.nodes[name].update(layer=column, row=place)
 
 
 def report_data(history: History, run_id: str) -> dict[str, Any]:
@@ -92,7 +88,7 @@ def report_data(history: History, run_id: str) -> dict[str, Any]:
                 "tail": lines[:end][-TAIL:],  # the last lines before the stage's result
             }
         )
-    _layers(stages)
+    _place(stages)
     return {
         "run": {
             "id": run.id,

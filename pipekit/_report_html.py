@@ -10,18 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipekit._graph_render import FILLS
+
 __all__ = ["render_report"]
 
-FILL = {
-    "succeeded": "#dafbe1",
-    "cached": "#dafbe1",
-    "restored": "#dafbe1",
-    "failed": "#ffebe9",
-    "interrupted": "#ffebe9",
-    "allowed_failure": "#fff8c5",
-    "skipped": "#eaeef2",
-    "cancelled": "#eaeef2",
-}
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -50,6 +42,6 @@ def _asset(name: str) -> str:
 
 def render_report(data: dict[str, Any]) -> str:
     payload = json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    script = _asset("report.js").replace("%FILL%", json.dumps(FILL))
+    script = _asset("report.js").replace("%FILL%", json.dumps(FILLS))
     page = PAGE.replace("%CSS%", _asset("report.css")).replace("%JS%", script)
     return page.replace("%ID%", str(data["run"]["id"])).replace("%DATA%", payload)

@@ -68,6 +68,7 @@ class Run:
     record_outputs: bool = False
     clock: Callable[[], float] = time.monotonic
     releases: Releases = attrs.field(factory=Releases)
+    keep_failed: bool = False  # a failed stage's container stays, for `pipekit shell`
 
     def backend_for(self, r: ResolvedStage) -> StageBackend:
         """Where a stage runs: chosen by capability, never by type."""

@@ -129,6 +129,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             cache=rec.cache,
             record_outputs=r.record or bool(observers),
             clock=r.clock or time.monotonic,
+            keep_failed=r.keep_failed,
         )
         extra = [report] if report is not None else []
         scheduler = Scheduler(

@@ -63,6 +63,7 @@ class RunRequest:
     ci: str = "none"  # github, gitlab or jenkins: print the way that CI shows logs (the CLI detects it)
     junit: str | os.PathLike[str] | None = None  # write the run as a JUnit XML file here
     report: str | os.PathLike[str] | None = None  # write the run as an HTML page here (needs record=True)
+    keep_failed: bool = False  # keep the container of a stage that fails (pipekit shell RUN STAGE)
     progress: str = "plain"  # live: the live view; auto: live on a terminal outside CI (the CLI's default)
     log_file: IO[str] | None = None
     verbose: bool = False

@@ -134,6 +134,24 @@ class StageRun:
             handle, self.handle = self.handle, None
         self._release_quietly(handle)
 
+    def _keep_or_release(self, status: S) -> None:
+        """``--keep-failed``: a failed stage's container stays (``pipekit shell RUN STAGE``)."""
+        keep = getattr(self.backend, "keep", None)
+        if status == S.FAILED and self.run.keep_failed and keep is not None:
+            with self._lock:
+                handle, self.handle = self.handle, None
+            if handle is not None:
+                try:
+                    names = keep(handle)
+                    self.log.warning(
+                        "stage kept", container=names[0], enter=f"pipekit shell {self.run.run_id} {self.name}"
+                    )
+                except Exception as e:  # kept or not, the stage's own outcome is what counts
+                    self.log.warning("stage not kept", error=str(e))
+                    self._release_quietly(handle)
+                return
+        self._release_later()
+
     def _release_later(self) -> None:
         """The stage is done: its container goes in the background, off the critical path."""
         with self._lock:
@@ -170,7 +188,7 @@ class StageRun:
             last.status = S.CANCELLED
         finally:
             self.placed.set()
-            self._release_later()
+            self._keep_or_release(last.status)
             if lock is not None:
                 lock.release()
         return self._result(last, attempts, started, key, post_errors)

@@ -168,3 +168,27 @@ def test_report_of_a_recorded_run_from_the_command_line(report: tuple[Path, Path
     err = io.StringIO()
     assert main(["report", "nope", "-f", str(folder)], out=io.StringIO(), err=err) == 2
     assert "nope" in err.getvalue()
+
+
+def test_graph_shows_a_runs_statuses_as_text_dot_mermaid_and_svg(report: tuple[Path, Path]) -> None:
+    import xml.etree.ElementTree as ET
+
+    folder, _ = report
+    expected = {"build": "succeeded", "lint": "succeeded", "test": "failed", "deploy": "skipped"}
+
+    def graph(*args: str) -> str:
+        out = io.StringIO()
+        assert main(["graph", "-f", str(folder), "--run", "last", *args], out=out) == 0
+        return out.getvalue()
+
+    assert "test [failed] <- build, lint" in graph().splitlines()
+    assert '"test" [label="test\\nfailed", style=filled, fillcolor="#ffebe9"];' in graph("--format", "dot")
+    assert "classDef failed fill:#ffebe9" in graph("--format", "mermaid")
+    svg = ET.fromstring(graph("--format", "svg"))
+    ns = "{http://www.w3.org/2000/svg}"
+    drawn = {g.get("data-stage"): g.get("data-status") for g in svg.iter(f"{ns}g")}
+    assert drawn == expected
+    assert len(list(svg.iter(f"{ns}line"))) == 3  # build -> test, lint -> test, test -> deploy
+    plain = io.StringIO()
+    assert main(["graph", "-f", str(folder), "--format", "svg"], out=plain) == 0
+    assert {g.get("data-status") for g in ET.fromstring(plain.getvalue()).iter(f"{ns}g")} == {""}
