@@ -15,7 +15,7 @@ import attrs
 from pipekit._conditions import check_glob, glob_match
 from pipekit._secrets import Secret
 
-__all__ = ["CacheInputs", "inputs", "matching_files", "stage_key"]
+__all__ = ["CacheInputs", "changed", "inputs", "key_of", "matching_files", "stage_inputs", "stage_key"]
 
 
 @attrs.frozen
@@ -63,7 +63,11 @@ def _source(fn: Any) -> str:
         return repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
 
 
-def stage_key(
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_inputs(
     *,
     pipeline: str,
     stage: str,
@@ -76,28 +80,58 @@ def stage_key(
     workspace: Path,
     environ: Mapping[str, str],
     matrix: Mapping[str, Any] | None = None,
-) -> str:
-    """The cache key: a hash of everything the stage's result depends on.
+) -> dict[str, Any]:
+    """Everything a stage's result depends on, each part by its hash (no value is kept: the
+    history stores these to say what changed when the cache misses).
 
     ``image`` is the image id (not its name), ``upstream`` the serialized outputs of the stages
     it depends on, ``env`` the stage's environment with secrets by name (never by value).
     """
-    h = hashlib.sha256()
-
-    def part(label: str, value: Any) -> None:
-        h.update(label.encode() + b"\0" + json.dumps(value, sort_keys=True, default=str).encode() + b"\0")
-
-    part("v", 1)
-    part("pipeline", pipeline)
-    part("stage", stage)
-    part("source", _source(fn))
-    part("image", image)
-    part("env", {k: f"secret:{v.name}" if isinstance(v, Secret) else v for k, v in env.items()})
-    part("params", dict(params))
-    part("matrix", dict(matrix or {}))
-    part("upstream", dict(upstream))
-    part("environ", {name: environ.get(name) for name in spec.env})
+    files = {}
     for path in matching_files(workspace, spec.files):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        part("file", [path.relative_to(workspace).as_posix(), digest])
-    return h.hexdigest()
+        files[path.relative_to(workspace).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {
+        "pipeline": pipeline,
+        "stage": stage,
+        "source": _digest(_source(fn)),
+        "image": _digest(image),
+        "env": {k: _digest(f"secret:{v.name}" if isinstance(v, Secret) else v) for k, v in env.items()},
+        "params": {k: _digest(v) for k, v in params.items()},
+        "matrix": {k: _digest(v) for k, v in (matrix or {}).items()},
+        "upstream": {k: _digest(v) for k, v in upstream.items()},
+        "environ": {name: _digest(environ.get(name)) for name in spec.env},
+        "files": files,
+    }
+
+
+def key_of(inputs: Mapping[str, Any]) -> str:
+    """The cache key of a stage's inputs."""
+    return hashlib.sha256(json.dumps({"v": 2, **inputs}, sort_keys=True).encode()).hexdigest()
+
+
+def stage_key(**kwargs: Any) -> str:
+    """The cache key: a hash of everything the stage's result depends on (:func:`stage_inputs`)."""
+    return key_of(stage_inputs(**kwargs))
+
+
+def changed(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """What differs between two stage_inputs: the names of params, env, upstream stages... whose
+    hashes differ, and the files changed, new or gone."""
+    out: dict[str, Any] = {}
+    for part in ("source", "image"):
+        if before.get(part) != now.get(part):
+            out[part] = True
+    for part in ("env", "params", "matrix", "upstream", "environ"):
+        old, new = before.get(part) or {}, now.get(part) or {}
+        names = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+        if names:
+            out[part] = names
+    old_files, new_files = before.get("files") or {}, now.get("files") or {}
+    files = {
+        "changed": sorted(f for f in old_files if f in new_files and old_files[f] != new_files[f]),
+        "new": sorted(f for f in new_files if f not in old_files),
+        "gone": sorted(f for f in old_files if f not in new_files),
+    }
+    if any(files.values()):
+        out["files"] = {k: v for k, v in files.items() if v}
+    return out

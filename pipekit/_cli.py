@@ -23,7 +23,7 @@ import click
 
 from pipekit import __version__
 from pipekit._cli_ci import register as register_ci_commands
-from pipekit._cli_commands import IMAGE_MAP_ENV, cmd_graph, cmd_list, cmd_run, cmd_validate
+from pipekit._cli_commands import IMAGE_MAP_ENV, cmd_graph, cmd_list, cmd_plan, cmd_run, cmd_validate
 from pipekit._cli_config import run_defaults
 from pipekit._cli_history import HISTORY_COMMANDS, print_error
 from pipekit._cli_views import register as register_view_commands
@@ -159,6 +159,26 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
 def run(**values: Any) -> None:
     """Run the pipeline, or the named stages and everything they need."""
     _dispatch(cmd_run, **values)
+
+
+@cli.command(
+    context_settings=CONTEXT,
+    epilog="\b\nExamples:\n  pipekit plan\n  pipekit plan deploy --branch main -p deploy=yes\n"
+    "  pipekit plan --format json",
+)
+@click.argument("stages", nargs=-1, metavar="[STAGE]...")
+@_file_option
+@click.option("--format", type=click.Choice(("text", "json")), default="text", show_default=True)
+@click.option("-p", "--param", multiple=True, metavar="NAME=VALUE", help="Set a pk.param (repeatable).")
+@click.option("--secrets-file", metavar="PATH", help="A dotenv file of secrets.")
+@click.option("--image-map", multiple=True, metavar="IMAGE=LOCAL", help="Run stages that ask for IMAGE in LOCAL.")
+@click.option("--no-image-check", is_flag=True, help="Do not ask the engine about images.")
+@click.option("--branch", help="The branch for pk.branch (default: the CI's, else git's).")
+@click.option("--changed-base", metavar="REF", help="The git ref pk.changed compares with.")
+def plan(**values: Any) -> None:
+    """What a run would do with each stage, and why: run, skip, or take from the stage cache (and,
+    when the cache misses, what changed since the stage's last cached run)."""
+    _dispatch(cmd_plan, **values)
 
 
 @cli.command(name="list", context_settings=CONTEXT)

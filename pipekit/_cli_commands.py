@@ -20,7 +20,7 @@ from pipekit._params import parse_param_args
 from pipekit._resolve import ResolvedPlan
 from pipekit._session import RunRequest, setup
 from pipekit._stage import Pipeline
-from pipekit.exceptions import Interrupted, UsageError
+from pipekit.exceptions import Interrupted, PipekitError, UsageError
 
 __all__ = ["IMAGE_MAP_ENV", "cmd_graph", "cmd_list", "cmd_run", "cmd_validate"]
 
@@ -118,23 +118,69 @@ def cmd_graph(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def _print_plan(resolved: ResolvedPlan, out: IO[str], log_format: str) -> None:
-    log = make_logger(log_format, file=out) if log_format == "json" else None
-    skipped = 0
-    for i, name in enumerate(resolved.order, 1):
-        r = resolved[name]
-        needs = list(resolved.plan.upstream(name))
-        skipped += r.skip is not None
-        if log is not None:
-            fields = {"skip": r.skip} if r.skip else {}
-            log.info("stage planned", stage=name, position=i, image=r.describe_image(), needs=needs, **fields)
-        else:
-            after = f" after {', '.join(needs)}" if needs else ""
-            skip = f"  [skipped: {r.skip}]" if r.skip else ""
-            print(f"{i:>3}. {name} ({r.describe_image()}){after}{skip}", file=out)
-    if log is None:
-        total = len(resolved.order)
-        print(f"dry run: {total - skipped} of {total} stages would run, nothing started", file=out)
+def _decisions(run: Any, resolved: ResolvedPlan, err: IO[str]) -> list[Any]:
+    """What the run would do with each stage (the stage cache looked up in the history, image ids
+    asked of the engine when it answers)."""
+    from pipekit._history import History
+    from pipekit._planview import decide
+
+    images = run.image_engine(resolved)
+    history = None
+    if (run.workspace / ".pipekit" / "pipekit.db").is_file():
+        try:
+            history = History(run.workspace, create=False)
+        except PipekitError as e:
+            print_error(err, f"warning: the stage cache was not looked up: {e}")
+    try:
+        return decide(resolved, run.params, run.info, history, images)
+    finally:
+        if history is not None:
+            history.close()
+
+
+_MARKS = {"skip": "skipped", "cached": "cached", "restored": "restored", "run": "runs"}
+
+
+def _print_plan(decisions: list[Any], out: IO[str], log_format: str, head: str = "dry run") -> None:
+    if log_format == "json":
+        log = make_logger("json", file=out)
+        for i, d in enumerate(decisions, 1):
+            fields = {"skip": d.why} if d.decision == "skip" else {}
+            extra = {k: v for k, v in d.as_dict().items() if k in ("decision", "why", "changed")}
+            log.info("stage planned", stage=d.stage, position=i, image=d.image, needs=list(d.needs), **extra, **fields)
+        return
+    for i, d in enumerate(decisions, 1):
+        after = f" after {', '.join(d.needs)}" if d.needs else ""
+        note = f"  [{_MARKS[d.decision]}: {d.why}]" if d.why else ""
+        print(f"{i:>3}. {d.stage} ({d.image}){after}{note}", file=out)
+    count = {k: sum(1 for d in decisions if d.decision == k) for k in _MARKS}
+    more = "".join(
+        f", {count[k]} {label}"
+        for k, label in (("cached", "from the stage cache"), ("restored", "restored"))
+        if count[k]
+    )
+    print(f"{head}: {count['run']} of {len(decisions)} stages would run{more}, nothing started", file=out)
+
+
+def cmd_plan(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    request = RunRequest(
+        pipeline=args.file,
+        targets=args.stages,
+        params=parse_param_args(args.param),
+        secrets_file=args.secrets_file,
+        image_map=_image_map(args.image_map),
+        check_images=not args.no_image_check,
+        branch=args.branch,
+        changed_base=args.changed_base,
+    )
+    run = setup(request)
+    if run.errors:
+        for e in run.errors:
+            print_error(err, f"{type(e).__name__}: {e}")
+        return 2
+    resolved = run.dry_run()
+    _print_plan(_decisions(run, resolved, err), out, "json" if args.format == "json" else "console", head="plan")
+    return 0
 
 
 def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest:
@@ -177,7 +223,7 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     if args.dry_run:
         resolved = run.dry_run()
         run.preflight(resolved, lambda message: print_error(err, f"warning: {message}"))
-        _print_plan(resolved, out, args.log_format)
+        _print_plan(_decisions(run, resolved, err), out, args.log_format)
         return 0
     with _signals_raise():
         result = run.execute()

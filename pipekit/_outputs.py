@@ -10,15 +10,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pipekit._cache import stage_key
-from pipekit._resolve import ResolvedStage
+from pipekit._cache import key_of, stage_inputs
+from pipekit._resolve import ResolvedPlan, ResolvedStage
 from pipekit._results import StageResult, StageStatus
 from pipekit._run import Run
 from pipekit._serialize import NotSerializable, dumps, loads
 from pipekit.backend import Image, Origin
 from pipekit.exceptions import PipekitError
 
-__all__ = ["cache_key", "cached_result", "restored_result", "storable"]
+__all__ = ["cache_key", "cached_result", "inputs_of", "restored_result", "storable"]
 
 
 def _image_identity(run: Run, r: ResolvedStage, outputs: Mapping[str, Any]) -> str | None:
@@ -33,31 +33,39 @@ def _image_identity(run: Run, r: ResolvedStage, outputs: Mapping[str, Any]) -> s
     return run.images.image_id(Origin(run.run_id, s.name), r.image)
 
 
-def cache_key(run: Run, r: ResolvedStage, outputs: Mapping[str, Any], log: Any) -> str | None:
-    """The stage's cache key, or None when it has none or one cannot be made (it then just runs)."""
-    s = r.stage
-    if s.cache is None:
-        return None
-    plan = run.resolved.plan
-    try:
-        image = _image_identity(run, r, outputs)
-        upstream = {d: dumps(outputs.get(d)) for d in plan.upstream(s.name)}
-    except (NotSerializable, OSError, PipekitError) as e:
-        log.info("stage not cached", reason=str(e))
-        return None
-    return stage_key(
+def inputs_of(
+    resolved: ResolvedPlan, r: ResolvedStage, outputs: Mapping[str, Any], params: Mapping[str, Any], image: str | None
+) -> dict[str, Any]:
+    """A cached stage's inputs (:func:`pipekit._cache.stage_inputs`) given its image's identity and
+    its upstream stages' outputs; NotSerializable or OSError when one cannot be read."""
+    s, plan = r.stage, resolved.plan
+    assert s.cache is not None
+    return stage_inputs(
         pipeline=plan.pipeline.name,
         stage=s.name,
         fn=s.fn,
         image=image,
         env=r.env,
-        params=dict(run.params),
-        upstream=upstream,
+        params=dict(params),
+        upstream={d: dumps(outputs.get(d)) for d in plan.upstream(s.name)},
         spec=s.cache,
-        workspace=run.resolved.workspace,
+        workspace=resolved.workspace,
         environ=os.environ,
         matrix=s.matrix_values,
     )
+
+
+def cache_key(run: Run, r: ResolvedStage, outputs: Mapping[str, Any], log: Any) -> tuple[str, dict[str, Any]] | None:
+    """The stage's cache key and its inputs, or None when it has none or one cannot be made (it
+    then just runs)."""
+    if r.stage.cache is None:
+        return None
+    try:
+        inputs = inputs_of(run.resolved, r, outputs, run.params, _image_identity(run, r, outputs))
+    except (NotSerializable, OSError, PipekitError) as e:
+        log.info("stage not cached", reason=str(e))
+        return None
+    return key_of(inputs), inputs
 
 
 def cached_result(run: Run, name: str, key: str, started: float) -> StageResult | None:

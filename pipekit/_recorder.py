@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class HistoryRecorder:
             cache_key=result.cache_key,
             output=result.output_json,
         )
+        if result.cache_key and result.cache_inputs:
+            line = json.dumps({"stage": result.name, "key": result.cache_key, "inputs": result.cache_inputs})
+            self.history.append_run_file(run_id, "cache_inputs.jsonl", line)
 
     def run_finished(self, run_id: str, result: Any) -> None:
         self.history.finish_run(run_id, result.status)

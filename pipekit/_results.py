@@ -76,6 +76,8 @@ class StageResult:
     exit_code: int | None = None
     cache_key: str | None = attrs.field(default=None, repr=False)
     output_json: str | None = attrs.field(default=None, repr=False, eq=False)
+    #: the hashes the cache key was made of (what `pipekit plan` compares when the cache misses)
+    cache_inputs: Mapping[str, Any] | None = attrs.field(default=None, repr=False, eq=False)
 
 
 @attrs.frozen

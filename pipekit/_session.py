@@ -162,17 +162,23 @@ class RunSetup:
         """The checks before a run, for ``validate`` and ``--dry-run``: every missing secret and
         image at once (UsageError, exit 2). With no engine to ask, images are not checked (warned)."""
         from pipekit._preflight import check
+
+        check(resolved, self.secrets, self.image_engine(resolved, warn))
+
+    def image_engine(self, resolved: ResolvedPlan, warn: Callable[[str], None] | None = None) -> Any:
+        """The backend to ask about images before a run, when it answers (else None, warned)."""
         from pipekit.exceptions import BackendError
 
-        images = None
-        if self.request.check_images and resolved.needs_container_backend:
-            backend = self.request.backend or container_backend(self.request.workspace_mode)
-            try:
-                backend.check()
-                images = backend
-            except BackendError as e:
+        if not (self.request.check_images and resolved.needs_container_backend):
+            return None
+        backend = self.request.backend or container_backend(self.request.workspace_mode)
+        try:
+            backend.check()
+        except BackendError as e:
+            if warn is not None:
                 warn(f"images not checked: {e}")
-        check(resolved, self.secrets, images)
+            return None
+        return backend
 
     def logger(self, processors: Sequence[Processor] = ()) -> Any:
         r = self.request

@@ -85,6 +85,7 @@ class StageRun:
         #: set once the stage's place is ready (or the stage has ended): what waits to prepare a
         #: downstream stage's place waits for this, so the two do not compete for the engine
         self.placed = threading.Event()
+        self.cache_inputs: dict[str, Any] | None = None  # what the cache key was made of
         self.deadline: float | None = None
         self.timed_out = False
         self.expired_at: float | None = None
@@ -162,7 +163,8 @@ class StageRun:
     # -- the stage's life, in a worker thread ------------------------------------------------
     def execute(self) -> StageResult:
         started = self.run.clock()
-        key = cache_key(self.run, self.r, self.outputs, self.log)
+        keyed = cache_key(self.run, self.r, self.outputs, self.log)
+        key, self.cache_inputs = keyed if keyed else (None, None)
         hit = cached_result(self.run, self.name, key, started) if key else None
         if hit is not None:
             self.placed.set()
@@ -418,4 +420,5 @@ class StageRun:
             last.exit_code,
             key if ok else None,
             output_json,
+            self.cache_inputs if ok and key else None,
         )

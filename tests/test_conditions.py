@@ -132,10 +132,10 @@ def test_dry_run_shows_what_would_be_skipped_and_why(tmp_path: Path) -> None:
     out = io.StringIO()
     assert main(["run", "-f", str(tmp_path), "--dry-run", "--branch", "feature/x"], out=out) == 0
     lines = out.getvalue().splitlines()
-    assert lines[0] == "  1. build (host)  [skipped: condition not met: branch is 'main']"
+    assert lines[0] == "  1. build (host)  [skipped: condition not met: branch is 'main' (branch 'feature/x')]"
     assert lines[1] == "  2. test (host) after build  [skipped: needs the value of skipped stage 'build']"
     assert lines[2] == "  3. lint (host) after build"
-    assert "[skipped: condition not met: (branch is 'main' and not $DRY_RUN == '1')]" in lines[3]
+    assert "[skipped: condition not met: (branch is 'main' and not $DRY_RUN == '1') (branch 'feature/x')]" in lines[3]
     assert lines[-1] == "dry run: 1 of 4 stages would run, nothing started"
 
 
