@@ -23,6 +23,9 @@ class LogFiles:
         if stage is None or event.get("event") == "run finished":
             return event
         h = self._history
+        if event.get("event") == "stage attempt started":  # for the report's timeline
+            when = {"stage": stage, "attempt": event.get("attempt"), "timestamp": event.get("timestamp")}
+            h.append_run_file(self._run_id, "attempts.jsonl", json.dumps(when))
         if event.get("event") == "command finished":  # for the report: each command's exit code
             keep = {k: event.get(k) for k in ("command", "exit_code", "duration_s", "timestamp")}
             h.append_run_file(self._run_id, "commands.jsonl", json.dumps({"stage": stage, **keep}))

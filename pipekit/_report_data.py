@@ -21,6 +21,26 @@ def _read(path: Any) -> str:
         return ""
 
 
+def _epoch(timestamp: str | None) -> float | None:
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _retries(history: History, run_id: str, started: float) -> dict[str, list[float]]:
+    """When each stage's later attempts began, in seconds from the run's start."""
+    out: dict[str, list[float]] = {}
+    for line in _read(history.run_file(run_id, "attempts.jsonl")).splitlines():
+        a = json.loads(line)
+        when = _epoch(a.get("timestamp"))
+        if when is not None:
+            out.setdefault(a["stage"], []).append(when - started)
+    return out
+
+
 def _by_stage(history: History, run_id: str) -> tuple[dict[str, list[Any]], ...]:
     """Each stage's commands, test reports and artifacts."""
     commands: dict[str, list[Any]] = {}
@@ -46,12 +66,28 @@ def _place(stages: list[dict[str, Any]]) -> None:
         dag.nodes[name].update(layer=column, row=place)
 
 
+def _run_facts(run: Any) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "pipeline": run.pipeline,
+        "path": run.path,
+        "branch": run.branch,
+        "commit": run.git_commit,
+        "status": run.status,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started)),
+        "duration": run.duration_s,
+        "argv": run.argv,
+        "user": f"{run.user}@{run.host}",
+    }
+
+
 def report_data(history: History, run_id: str) -> dict[str, Any]:
     run = history.run(run_id)
     plan_text = _read(history.run_file(run_id, "plan.json"))
     plan = json.loads(plan_text) if plan_text else {"stages": [], "params": {}}
     planned = {s["name"]: s for s in plan["stages"]}
     commands, tests, artifacts = _by_stage(history, run_id)
+    retries = _retries(history, run_id, run.started)
     rows = {s.name: s for s in history.stages(run_id)}
     order = [n for n in planned if n in rows] + [n for n in rows if n not in planned]
     stages, logs = [], {}
@@ -82,6 +118,7 @@ def report_data(history: History, run_id: str) -> dict[str, Any]:
                 "image": p.get("image"),
                 "location": p.get("location"),
                 "commands": commands.get(name, []),
+                "retries": retries.get(name, []),
                 "tests": tests.get(name, []),
                 "artifacts": artifacts.get(name, []),
                 "lines": len(lines),
@@ -90,18 +127,7 @@ def report_data(history: History, run_id: str) -> dict[str, Any]:
         )
     _place(stages)
     return {
-        "run": {
-            "id": run.id,
-            "pipeline": run.pipeline,
-            "path": run.path,
-            "branch": run.branch,
-            "commit": run.git_commit,
-            "status": run.status,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started)),
-            "duration": run.duration_s,
-            "argv": run.argv,
-            "user": f"{run.user}@{run.host}",
-        },
+        "run": _run_facts(run),
         "params": plan.get("params", {}),
         "stages": stages,
         "logs": logs,

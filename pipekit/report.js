@@ -57,6 +57,8 @@ function drawTimeline() {
     if (s.ready !== null && s.ready < s.started)
       g.append(el('svg:rect', {x: sx(s.ready), y: y + 4, width: Math.max(1, sx(s.started) - sx(s.ready)), height: 8, fill: '#d0d7de', class: 'wait'}));
     g.append(el('svg:rect', {x: sx(s.started), y: y, width: Math.max(2, sx(s.started + (s.duration || 0)) - sx(s.started)), height: 16, fill: FILL[s.status] || '#ddd', stroke: '#57606a', class: 'run'}));
+    for (const t of s.retries || [])
+      g.append(el('svg:line', {x1: sx(t), y1: y - 2, x2: sx(t), y2: y + 18, stroke: '#cf222e', 'stroke-width': 2, class: 'retry'}));
     const note = secs(s.duration) + (s.attempts > 1 ? ' (' + s.attempts + ' attempts)' : '');
     g.append(el('svg:text', {x: sx(s.started + (s.duration || 0)) + 6, y: y + 13}, note));
     g.addEventListener('click', () => select(s.name));

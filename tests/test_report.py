@@ -192,3 +192,17 @@ def test_graph_shows_a_runs_statuses_as_text_dot_mermaid_and_svg(report: tuple[P
     plain = io.StringIO()
     assert main(["graph", "-f", str(folder), "--format", "svg"], out=plain) == 0
     assert {g.get("data-status") for g in ET.fromstring(plain.getvalue()).iter(f"{ns}g")} == {""}
+
+
+def test_the_timeline_marks_where_a_stage_was_retried(tmp_path: Path, busybox_image: str, browser: Any) -> None:
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n"
+        f"@pk.stage(image={busybox_image!r}, retries=2)\n"
+        "def flaky(ctx):\n"
+        "    ctx.sh('test -f .tried || { touch .tried; exit 1; }')\n"
+    )
+    assert main(["run", "-f", str(tmp_path), "--report", str(tmp_path / "r.html")], out=io.StringIO()) == 0
+    _open(browser, tmp_path / "r.html")
+    bar = browser.find_element("css selector", "#timeline .bar[data-stage='flaky']")
+    assert len(bar.find_elements("css selector", "line.retry")) == 1
+    assert "(2 attempts)" in bar.text
