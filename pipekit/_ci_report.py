@@ -8,11 +8,9 @@ read with ``ctx.junit``, so a CI's test view shows both. It follows the JUnit XM
 
 from __future__ import annotations
 
-import os
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from pipekit._reports import TestCase, TestReport
@@ -125,13 +123,6 @@ def junit_xml(pipeline: str, run_id: str, stages: Mapping[str, StageResult], rep
         root.set(key, str(value))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def write_junit(path: str | os.PathLike[str], xml: str) -> None:
-    target = Path(path)
-    if target.parent != Path():
-        target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(xml, encoding="utf-8")
 
 
 _ICONS = {"succeeded": "✅", "cached": "✅", "restored": "✅", "failed": "❌", "interrupted": "❌"}

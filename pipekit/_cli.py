@@ -25,7 +25,7 @@ from pipekit import __version__
 from pipekit._cli_ci import register as register_ci_commands
 from pipekit._cli_commands import IMAGE_MAP_ENV, cmd_graph, cmd_list, cmd_plan, cmd_run, cmd_validate
 from pipekit._cli_config import run_defaults
-from pipekit._cli_history import HISTORY_COMMANDS, print_error
+from pipekit._cli_history import CONTEXT, HISTORY_COMMANDS, print_error
 from pipekit._cli_views import register as register_view_commands
 from pipekit._logging import LOG_FORMATS
 from pipekit.exceptions import Interrupted, PipekitError, PipelineError
@@ -33,7 +33,6 @@ from pipekit.exceptions import Interrupted, PipekitError, PipelineError
 __all__ = ["cli", "main"]
 
 Command = Callable[[argparse.Namespace, IO[str], IO[str]], int]
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _dispatch(command: Command, **values: Any) -> None:

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 
-from pipekit._cli_history import print_error
+from pipekit._cli_history import CONTEXT, print_error, streams
 
 __all__ = ["ci", "import_"]
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _streams() -> tuple[IO[str], IO[str]]:
-    obj = click.get_current_context().obj or {}
-    return obj.get("out") or click.get_text_stream("stdout"), obj.get("err") or click.get_text_stream("stderr")
 
 
 @click.group(context_settings=CONTEXT)
@@ -41,7 +34,7 @@ def init(system: str, file: str, force: bool) -> None:
     from pipekit._loader import load
     from pipekit.exceptions import PipelineError
 
-    out, err = _streams()
+    out, err = streams()
     path = Path(file)
     secrets: list[str] = []
     try:
@@ -75,7 +68,7 @@ def jenkinsfile(path: str, output: str | None, force: bool) -> None:
     """Convert a declarative Jenkinsfile; exit 1 when some parts need hands (listed)."""
     from pipekit._jenkins import convert_file
 
-    out, err = _streams()
+    out, err = streams()
     code = convert_file(Path(path), Path(output) if output else None, force=force, out=out, err=err)
     raise click.exceptions.Exit(code)
 

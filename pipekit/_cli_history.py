@@ -12,7 +12,18 @@ from pipekit._runner import container_backend, open_history
 from pipekit.backend import CacheVolume, CacheVolumes, Sweeps
 from pipekit.exceptions import PipekitError, UsageError
 
-__all__ = ["HISTORY_COMMANDS", "print_error", "table"]
+__all__ = ["CONTEXT", "HISTORY_COMMANDS", "print_error", "streams", "table"]
+
+#: the click context settings of every command
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def streams() -> tuple[IO[str], IO[str]]:
+    """The output and error streams of the command being run (``main(out=, err=)``'s)."""
+    import click
+
+    obj = click.get_current_context().obj or {}
+    return obj.get("out") or click.get_text_stream("stdout"), obj.get("err") or click.get_text_stream("stderr")
 
 
 def print_error(err: IO[str], message: str) -> None:

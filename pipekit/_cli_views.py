@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import argparse
 from typing import IO, Any
 
 import click
 
-from pipekit._cli_history import print_error
+from pipekit._cli_history import CONTEXT, print_error, streams
 
-__all__ = ["register", "write_report"]
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def write_report(history: Any, run_id: str, target: str | os.PathLike[str]) -> Path:
-    """The run's HTML report, written to ``target``."""
-    from pipekit._report_data import report_data
-    from pipekit._report_html import render_report
-
-    path = Path(target)
-    if path.parent != Path():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(report_data(history, run_id)), encoding="utf-8")
-    return path
-
-
-def _streams() -> tuple[IO[str], IO[str]]:
-    obj = click.get_current_context().obj or {}
-    return obj.get("out") or click.get_text_stream("stdout"), obj.get("err") or click.get_text_stream("stderr")
+__all__ = ["register"]
 
 
 @click.command(
@@ -47,11 +27,12 @@ def report(run: str, output: str, file: str) -> None:
     RUN is a run id, a unique prefix of one, or 'last'.
     """
     from pipekit._cli_history import _history, _workspace_of
+    from pipekit._report_html import write_report
     from pipekit.exceptions import PipekitError
 
-    out, err = _streams()
+    out, err = streams()
     try:
-        history = _history(_workspace_of(type("Args", (), {"file": file})()), err)
+        history = _history(_workspace_of(argparse.Namespace(file=file)), err)
         try:
             path = write_report(history, history.resolve(run), output)
         finally:
@@ -85,9 +66,9 @@ def shell(run: str, stage: str, command: tuple[str, ...], file: str) -> None:
     from pipekit._runner import container_backend
     from pipekit.exceptions import PipekitError
 
-    out, err = _streams()
+    out, err = streams()
     try:
-        history = _history(_workspace_of(type("Args", (), {"file": file})()), err)
+        history = _history(_workspace_of(argparse.Namespace(file=file)), err)
         try:
             run_id = history.resolve(run)
         finally:
@@ -106,9 +87,8 @@ def shell(run: str, stage: str, command: tuple[str, ...], file: str) -> None:
         print_error(err, "the docker command is not installed; pipekit shell runs `docker exec -it` in the container")
         raise click.exceptions.Exit(2)
     interactive = not command and sys.stdin.isatty()
-    host = ["-H", backend.host] if getattr(backend, "_host", None) else []
     script = ["-c", " ".join(command)] if command else []
-    argv = [docker, *host, "exec", "-it" if interactive else "-i", cid, "sh", *script]
+    argv = [docker, "exec", "-it" if interactive else "-i", cid, "sh", *script]
     if not command:
         print(f"pipekit: a shell in stage '{stage}' of run {run_id} (exit to leave it)", file=err)
     # on a terminal the shell has it; called with another output (main(out=...)) it is captured there

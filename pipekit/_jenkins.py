@@ -54,8 +54,6 @@ def _image(agent: Call | None) -> tuple[str | None, str | None]:
     if docker is not None:
         image = docker.first() or docker.kw("image") or (_block(docker, "image") or Call("")).first()
         return (str(image) if image else None), None
-    if agent.block and agent.block[0] and isinstance(agent.block[0], Call) and agent.block[0].name == "docker":
-        return str(agent.block[0].first()), None
     dockerfile = _block(agent, "dockerfile")
     if dockerfile is not None:
         name = (_block(dockerfile, "filename") or Call("")).first() or "Dockerfile"

@@ -85,16 +85,20 @@ def _image_identity(resolved: ResolvedPlan, r: ResolvedStage, images: Any, run_i
 
 
 def _cache_decision(
-    resolved: ResolvedPlan, r: ResolvedStage, known: dict[str, Any], params: Mapping[str, Any], env: Any
+    resolved: ResolvedPlan,
+    r: ResolvedStage,
+    known: dict[str, Any],
+    params: Mapping[str, Any],
+    history: Any,
+    images: Any,
 ) -> tuple[str, str | None, Mapping[str, Any] | None]:
-    history, images, run_id = env
     waiting = [u for u in resolved.plan.upstream(r.name) if u not in known]
     if waiting:
         return "run", f"its cache is decided when {', '.join(waiting)} has run: upstream outputs are inputs", None
     if history is None:
         return "run", "no run history yet: nothing cached", None
     try:
-        inputs = inputs_of(resolved, r, known, params, _image_identity(resolved, r, images, run_id))
+        inputs = inputs_of(resolved, r, known, params, _image_identity(resolved, r, images, "plan"))
     except (LookupError, NotSerializable, OSError, PipekitError) as e:
         return "run", f"the cache is decided when the run starts: {e}", None
     hit = history.cache_get(key_of(inputs))
@@ -132,6 +136,6 @@ def decide(resolved: ResolvedPlan, params: Mapping[str, Any], info: Any, history
         elif r.stage.cache is None:
             out.append(Decision(**base, decision="run"))
         else:
-            decision, reason, diff = _cache_decision(resolved, r, known, params, (history, images, "plan"))
+            decision, reason, diff = _cache_decision(resolved, r, known, params, history, images)
             out.append(Decision(**base, decision=decision, why=reason, changed=diff))
     return out

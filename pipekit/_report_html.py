@@ -8,11 +8,14 @@ escaped, so no text of a log can end it), and the page's script builds every ele
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from pipekit._graph_render import FILLS
+from pipekit._util import write_file
 
-__all__ = ["render_report"]
+__all__ = ["render_report", "write_report"]
 
 
 PAGE = """<!DOCTYPE html>
@@ -45,3 +48,10 @@ def render_report(data: dict[str, Any]) -> str:
     script = _asset("report.js").replace("%FILL%", json.dumps(FILLS))
     page = PAGE.replace("%CSS%", _asset("report.css")).replace("%JS%", script)
     return page.replace("%ID%", str(data["run"]["id"])).replace("%DATA%", payload)
+
+
+def write_report(history: Any, run_id: str, target: str | os.PathLike[str]) -> Path:
+    """The run's page, written to ``target``."""
+    from pipekit._report_data import report_data
+
+    return write_file(target, render_report(report_data(history, run_id)))

@@ -10,13 +10,14 @@ from typing import Any
 
 import attrs
 
-from pipekit._ci_report import CiReport, github_summary, junit_xml, write_junit
+from pipekit._ci_report import CiReport, github_summary, junit_xml
 from pipekit._context import MaskedRecords, MemoryRecords, StageRecords
 from pipekit._preflight import check as preflight
 from pipekit._results import RunObserver, RunResult
 from pipekit._run import CacheLookup, Run
 from pipekit._scheduler import Scheduler
 from pipekit._session import RunSetup, container_backend, restorable
+from pipekit._util import write_file
 from pipekit.backend import Sweeps
 from pipekit.exceptions import UsageError
 
@@ -159,7 +160,7 @@ def _ci_outputs(setup: RunSetup, report: CiReport, result: RunResult | None) -> 
     if r.junit:
         stages = result.stages if result is not None else report.stages
         try:
-            write_junit(r.junit, junit_xml(name, setup.run_id, stages, report))
+            write_file(r.junit, junit_xml(name, setup.run_id, stages, report))
         except OSError as e:
             raise UsageError(f"Cannot write the JUnit file {r.junit}: {e.strerror}") from e
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -176,7 +177,7 @@ def _write_report(setup: RunSetup, history: Any) -> None:
     r = setup.request
     if not r.report:
         return
-    from pipekit._cli_views import write_report
+    from pipekit._report_html import write_report
 
     try:
         write_report(history, setup.run_id, r.report)
