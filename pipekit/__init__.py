@@ -197,7 +197,8 @@ def run(pipeline: Pipeline | str = "pipeline.py", *targets: str, **options: Any)
 
     ``options`` are those of the command line, by their long names: ``jobs``, ``fail_fast``,
     ``timeout``, ``params``, ``secrets_file``, ``secrets``, ``branch``, ``changed``,
-    ``changed_base``, ``image_map``, ``workspace_mode``, ``backend``, ``record`` (keep the run in
+    ``changed_base``, ``image_map``, ``workspace_mode``, ``backend`` (a backend, or ``"docker"`` or
+    ``"swarm"``), ``registry``, ``record`` (keep the run in
     the history, as ``pipekit run`` does), ``resume``, ``use_cache``, ``log_format``,
     ``log_file``, ``verbose``. An unknown option is a ``TypeError``.
     """

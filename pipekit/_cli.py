@@ -55,6 +55,16 @@ def _file_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def _backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--backend",
+        type=click.Choice(("docker", "swarm")),
+        default=None,
+        envvar="PIPEKIT_BACKEND",
+        help="Where container stages run: one Docker engine (the default) or the swarm DOCKER_HOST manages.",
+    )(f)
+
+
 @click.group(context_settings=CONTEXT, epilog="Run `pipekit COMMAND --help` for a command's options and examples.")
 @click.version_option(__version__, "--version", prog_name="pipekit", message="%(prog)s %(version)s")
 def cli() -> None:
@@ -138,6 +148,13 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     default=None,
     envvar="PIPEKIT_WORKSPACE",
     help="How container stages get the pipeline's folder (auto: mount for a local engine, copy for a remote one).",
+)
+@_backend_option
+@click.option(
+    "--registry",
+    metavar="HOST[:PORT]",
+    envvar="PIPEKIT_REGISTRY",
+    help="Where images the run builds travel to the swarm's nodes (login: PIPEKIT_REGISTRY_USER/_PASSWORD).",
 )
 @click.option(
     "-p", "--param", multiple=True, metavar="NAME=VALUE", envvar="PIPEKIT_PARAM", help="Set a pk.param (repeatable)."
@@ -265,6 +282,7 @@ def cache(**values: Any) -> None:
 @click.argument("run", metavar="[RUN]", required=False)
 @_file_option
 @click.option("--all", "all", is_flag=True, help="Every run whose pipekit process is gone, of any workspace.")
+@_backend_option
 def cleanup(**values: Any) -> None:
     """Remove the containers and networks a run left (after a kill -9, or an engine that was down)."""
     _dispatch(HISTORY_COMMANDS["cleanup"], **values)

@@ -196,6 +196,8 @@ def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest
         changed_base=args.changed_base,
         image_map=_image_map(args.image_map),
         workspace_mode=args.workspace,
+        backend=args.backend,
+        registry=args.registry,
         record=True,
         resume=args.resume,
         use_cache=not args.no_cache,

@@ -230,7 +230,7 @@ def cmd_cache(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 def cmd_cleanup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Remove the containers and networks of runs that are no longer running."""
-    backend = container_backend()
+    backend = container_backend(name=args.backend)
     if not isinstance(backend, Sweeps):
         raise UsageError(f"the {backend.name} backend keeps nothing to clean up")
     backend.check()

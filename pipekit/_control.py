@@ -182,6 +182,7 @@ def check_stage_options(
     workdir: str | None = None,
     workspace: bool = True,
     resources: Resources | None = None,
+    placement: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Misuse of a stage option fails at decoration time, saying what was expected. Returns the
     options as the stage's fields."""
@@ -223,4 +224,17 @@ def check_stage_options(
         "workdir": workdir,
         "workspace": workspace,
         "resources": resources,
+        "placement": check_placement(placement, bad),
     }
+
+
+def check_placement(placement: Sequence[str] | None, bad: Callable[[str], PipelineError]) -> tuple[str, ...]:
+    """``placement=``: Swarm constraints such as ``node.labels.gpu==true`` or ``node.role!=manager``."""
+    if placement is None:
+        return ()
+    if isinstance(placement, str) or not all(isinstance(c, str) for c in placement):
+        raise bad(f"placement= takes a list of constraints like ['node.labels.gpu==true'], got {placement!r}")
+    for c in placement:
+        if "==" not in c and "!=" not in c:
+            raise bad(f"placement= takes constraints of the form 'node.labels.NAME==VALUE' (or !=), got {c!r}")
+    return tuple(c.strip() for c in placement)

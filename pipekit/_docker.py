@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shlex
 import threading
 import time
-import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from pipekit._docker_engine import (
     LABEL_MANAGED,
     LABEL_RUN,
-    LABEL_SERVICE,
     LABEL_STAGE,
     WORKDIR,
     WORKSPACE_ENV,
@@ -38,14 +35,13 @@ from pipekit._docker_engine import (
 )
 from pipekit._docker_housekeeping import DockerHousekeeping, is_kept
 from pipekit._docker_images import DockerImages
+from pipekit._docker_services import DockerServices
 from pipekit._streams import Captured, LineSplitter
-from pipekit._util import slug
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
     CommandResult,
     LineSink,
-    ServiceSpec,
     StageHandle,
     StageSpec,
     shell_script,
@@ -76,9 +72,10 @@ class _Prepared:
     container: str = ""
     services: list[str] = attrs.field(factory=list)
     network: str | None = None
+    streams: set[Any] = attrs.field(factory=set)  # exec streams open now (closed by a backend that loses the engine)
 
 
-class DockerBackend(DockerHousekeeping, DockerImages):
+class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
     """Runs stages in containers of one Docker engine (``DOCKER_HOST`` or the local socket).
 
     ``workspace``: ``"mount"`` binds the pipeline's folder into each container, ``"copy"``
@@ -253,16 +250,6 @@ class DockerBackend(DockerHousekeeping, DockerImages):
         )
         return str(container["Id"])
 
-    def _start_services(self, spec: StageSpec, prepared: _Prepared) -> str:
-        api = self.client.api
-        network = f"pipekit-{spec.run_id}-{slug(spec.stage)[:30]}-{uuid.uuid4().hex[:6]}"
-        prepared.network = api.create_network(network, driver="bridge", labels=self._labels(spec))["Id"]
-        for svc in spec.services:
-            prepared.services.append(self._start_service(spec, svc, network))
-        for svc, cid in zip(spec.services, prepared.services, strict=True):
-            self._wait_healthy(spec, svc, cid)
-        return network
-
     def _labels(self, spec: StageSpec) -> dict[str, str]:
         return {
             **spec.labels,
@@ -271,57 +258,6 @@ class DockerBackend(DockerHousekeeping, DockerImages):
             LABEL_STAGE: spec.stage,
             **owner_label(),
         }
-
-    def _start_service(self, spec: StageSpec, svc: ServiceSpec, network: str) -> str:
-        api = self.client.api
-        self.ensure_image(svc.image)
-        command = shlex.split(svc.command) if isinstance(svc.command, str) else svc.command
-        cid: str = api.create_container(
-            svc.image,
-            command=list(command) if command else None,
-            environment=dict(svc.env),
-            labels={**self._labels(spec), LABEL_SERVICE: svc.name},
-            name=container_name(spec.run_id, f"{spec.stage}-{svc.name}"),
-            host_config=api.create_host_config(network_mode=network),
-            networking_config=api.create_networking_config({network: api.create_endpoint_config(aliases=[svc.name])}),
-        )["Id"]
-        api.start(cid)
-        return cid
-
-    def _wait_healthy(self, spec: StageSpec, svc: ServiceSpec, cid: str) -> None:
-        """Wait until the service's healthcheck passes (or, without one, until it runs)."""
-        api = self.client.api
-        deadline = time.monotonic() + svc.healthcheck_timeout
-        check = ["sh", "-c", svc.healthcheck] if isinstance(svc.healthcheck, str) else svc.healthcheck
-        while True:
-            state = api.inspect_container(cid)["State"]
-            if not state.get("Running"):
-                raise self._service_failed(spec, svc, cid, f"exited with code {state.get('ExitCode')}")
-            if check is None:
-                health = (state.get("Health") or {}).get("Status")
-                if health in (None, "healthy"):
-                    return
-            else:
-                exec_id = api.exec_create(cid, list(check))["Id"]
-                api.exec_start(exec_id)
-                if api.exec_inspect(exec_id).get("ExitCode") == 0:
-                    return
-            if time.monotonic() > deadline:
-                raise self._service_failed(
-                    spec, svc, cid, f"did not become healthy within {svc.healthcheck_timeout:g}s"
-                )
-            time.sleep(0.25)
-
-    def _service_failed(self, spec: StageSpec, svc: ServiceSpec, cid: str, what: str) -> StageFailed:
-        try:
-            logs = self.client.api.logs(cid, tail=30).decode("utf-8", "replace").rstrip()
-        except Exception:
-            logs = "(no logs)"
-        body = "\n".join(f"  {line}" for line in logs.splitlines()) or "  (no output)"
-        return StageFailed(
-            f"Service '{svc.name}' ({svc.image}) of stage '{spec.stage}' {what}. Its last log lines:\n{body}",
-            stage=spec.stage,
-        )
 
     def exec(
         self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
@@ -333,7 +269,9 @@ class DockerBackend(DockerHousekeeping, DockerImages):
         try:
             script = shell_script(command, strict)
             env = {**spec.secret_env, **env}
-            code, stdout, stderr = self._exec_stream(self._container(handle), script, env, on_line, handle.workdir)
+            code, stdout, stderr = self._exec_stream(
+                self._container(handle), script, env, on_line, handle.workdir, handle.ref.streams
+            )
         except NotFound as e:
             raise StageFailed(
                 f"The container of stage '{spec.stage}' is gone (removed while `{command}` ran)",
@@ -382,7 +320,13 @@ class DockerBackend(DockerHousekeeping, DockerImages):
         return any(counts)
 
     def _exec_stream(
-        self, container: str, command: str, env: Mapping[str, str], on_line: LineSink, workdir: str | None
+        self,
+        container: str,
+        command: str,
+        env: Mapping[str, str],
+        on_line: LineSink,
+        workdir: str | None,
+        streams: set[Any] | None = None,
     ) -> tuple[int | None, Captured, Captured]:
         from docker.utils.socket import STDERR, frames_iter
 
@@ -392,10 +336,13 @@ class DockerBackend(DockerHousekeeping, DockerImages):
         environment = {**env, SCRIPT_VAR: command}  # the command travels here, not on the command line
         exec_id = api.exec_create(container, RUN_SCRIPT, environment=environment, workdir=workdir)["Id"]
         sock = api.exec_start(exec_id, socket=True)
+        streams = streams if streams is not None else set()
+        streams.add(sock)
         try:
             for stream_id, data in frames_iter(sock, tty=False):
                 (err if stream_id == STDERR else out).feed(data)
         finally:
+            streams.discard(sock)
             close_stream(sock)
         stdout, stderr = out.close(), err.close()
         return api.exec_inspect(exec_id).get("ExitCode"), stdout, stderr

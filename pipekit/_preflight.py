@@ -8,6 +8,7 @@ registry: nothing is pulled). All problems are reported at once.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from pipekit._resolve import ResolvedPlan, ResolvedStage
 from pipekit._secrets import Secret, SecretStore
@@ -57,17 +58,33 @@ def _image_problems(resolved: ResolvedPlan, images: ImageBackend) -> list[str]:
     return found
 
 
-def problems(resolved: ResolvedPlan, secrets: SecretStore, images: ImageBackend | None) -> list[str]:
-    """Everything that would fail a stage for want of a secret or an image (images: when given)."""
-    found = _secret_problems(resolved, secrets)
+def _travel_problems(resolved: ResolvedPlan, backend: Any) -> list[str]:
+    """A backend whose stages run on other machines than the one that builds images (a swarm)
+    needs a registry for every stage that runs in an image the run builds."""
+    if not getattr(backend, "images_need_registry", False) or getattr(backend, "registry", None):
+        return []
+    return [
+        f"stage '{r.name}' runs in the {r.describe_image()}, which the {backend.name} backend's nodes can only"
+        " pull from a registry: give one with --registry HOST[:PORT] (or PIPEKIT_REGISTRY)"
+        for r in _running(resolved)
+        if not r.on_host and (r.stage.image_from or r.stage.dockerfile)
+    ]
+
+
+def problems(
+    resolved: ResolvedPlan, secrets: SecretStore, images: ImageBackend | None, backend: Any = None
+) -> list[str]:
+    """Everything that would fail a stage for want of a secret, an image (images: when given) or a
+    registry (for the backend, when given)."""
+    found = _secret_problems(resolved, secrets) + _travel_problems(resolved, backend)
     if images is not None:
         found += _image_problems(resolved, images)
     return found
 
 
-def check(resolved: ResolvedPlan, secrets: SecretStore, images: ImageBackend | None) -> None:
+def check(resolved: ResolvedPlan, secrets: SecretStore, images: ImageBackend | None, backend: Any = None) -> None:
     """Raise one UsageError (exit 2) listing every problem, when there is any."""
-    found = problems(resolved, secrets, images)
+    found = problems(resolved, secrets, images, backend)
     if found:
         lines = "\n".join(f"  - {p}" for p in found)
         raise UsageError(f"{len(found)} problem(s) found before the run; nothing was started:\n{lines}")

@@ -39,6 +39,7 @@ class ResolvedStage:
     services: tuple[Service, ...] = ()
     volumes: Mapping[str, str] = attrs.field(factory=dict)  # cache volume -> path in the container
     resources: Resources | None = None
+    placement: tuple[str, ...] = ()  # Swarm constraints; only a backend that places stages uses them
     skip: str | None = None
     restore: tuple[str, str] | None = attrs.field(default=None, repr=False)  # (run id, output JSON)
 
@@ -120,6 +121,7 @@ def _resolve_stage(plan: Plan, s: Stage, position: int, image_map: Mapping[str, 
         services=services,
         volumes={cache_volume(plan, s, path): path for path in s.cache_dirs},
         resources=s.resources or pipeline.resources,
+        placement=s.placement or pipeline.placement,
     )
 
 

@@ -104,7 +104,7 @@ def _host_backend(given: Any, backend: Any) -> Any:
 def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResult:
     """Run a set-up request to its end and return how it ended."""
     r = setup.request
-    backend = r.backend if r.backend is not None else container_backend(r.workspace_mode)
+    backend = setup.backend
     timeout = setup.timeout
     _ = setup.plan  # raises the first pipeline error, before anything is checked or recorded
     rec = _recording(setup, backend) if r.record else _Recording()
@@ -115,7 +115,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             if isinstance(backend, Sweeps):
                 backend.sweep()  # what lost runs left (a kill -9, an engine that was down) goes now
         check_images = r.check_images and resolved.needs_container_backend
-        preflight(resolved, setup.secrets, backend if check_images else None)
+        preflight(resolved, setup.secrets, backend if check_images else None, backend)
         report = CiReport(rec.records or r.records or MemoryRecords()) if r.junit or r.ci == "github" else None
         run = Run(
             run_id=setup.run_id,

@@ -29,7 +29,8 @@ def _encode(value: Any, where: str = "") -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Image):
-        return {"__pipekit__": "Image", "id": value.id, "tags": list(value.tags)}
+        image = {"__pipekit__": "Image", "id": value.id, "tags": list(value.tags)}
+        return {**image, "remote": value.remote} if value.remote else image
     if isinstance(value, CommandResult):
         return {
             "__pipekit__": "CommandResult",
@@ -65,7 +66,7 @@ def _decode(value: Any) -> Any:
         return value
     kind = value.get("__pipekit__")
     if kind == "Image":
-        return Image(id=value["id"], tags=tuple(value["tags"]))
+        return Image(id=value["id"], tags=tuple(value["tags"]), remote=value.get("remote"))
     if kind == "CommandResult":
         return CommandResult(
             value["command"], value["exit_code"], value["stdout"], value["stderr"], value["duration_s"]

@@ -52,7 +52,8 @@ class RunRequest:
     image_map: Mapping[str, str] = attrs.field(factory=dict)
     workspace: Path | None = None  # for a pipeline made in code (default: the current folder)
     workspace_mode: str | None = None  # auto, mount or copy: how the Docker backend gives stages the workspace
-    backend: Any = None  # a pipekit.backend.Backend; None: the Docker backend
+    backend: Any = None  # a pipekit.backend.Backend, or "docker" or "swarm"; None: PIPEKIT_BACKEND, else docker
+    registry: str | None = None  # where images built in the run travel to other machines (the swarm)
     host: Any = None  # the backend of stages without an image; None: this machine (or ``backend``
     # itself when it runs host stages)
     record: bool = False  # keep the run in the history (.pipekit/)
@@ -93,6 +94,7 @@ class RunSetup:
     _secrets: SecretStore | None = None
     _info: RunInfo | None = None
     view: Any = None  # the live view of the run, when it has one
+    _made_backend: Any = attrs.field(default=None, init=False, repr=False)
 
     @property
     def workspace(self) -> Path:
@@ -171,7 +173,7 @@ class RunSetup:
 
         if not (self.request.check_images and resolved.needs_container_backend):
             return None
-        backend = self.request.backend or container_backend(self.request.workspace_mode)
+        backend = self.backend
         try:
             backend.check()
         except BackendError as e:
@@ -179,6 +181,17 @@ class RunSetup:
                 warn(f"images not checked: {e}")
             return None
         return backend
+
+    @property
+    def backend(self) -> Any:
+        """The run's container backend: the request's own, or the one it names (made once)."""
+        made = self._made_backend
+        if made is None:
+            r = self.request
+            given = r.backend if r.backend is not None and not isinstance(r.backend, str) else None
+            made = given or container_backend(r.workspace_mode, r.backend, registry=r.registry, secrets=self.secrets)
+            self._made_backend = made
+        return made
 
     def logger(self, processors: Sequence[Processor] = ()) -> Any:
         r = self.request
@@ -239,8 +252,36 @@ class RunSetup:
         return run_setup(self, observers)
 
 
-def container_backend(workspace_mode: str | None = None) -> Any:
-    """The default backend: the Docker engine of ``DOCKER_HOST`` (or the local socket)."""
+BACKENDS = ("docker", "swarm")
+BACKEND_ENV = "PIPEKIT_BACKEND"
+
+
+def container_backend(
+    workspace_mode: str | None = None,
+    name: str | None = None,
+    *,
+    registry: str | None = None,
+    secrets: SecretStore | None = None,
+) -> Any:
+    """The backend of container stages: ``name`` (or ``PIPEKIT_BACKEND``), by default the Docker
+    engine of ``DOCKER_HOST`` (or the local socket); ``swarm``: the swarm it manages."""
+    name = name or os.environ.get(BACKEND_ENV) or "docker"
+    if name not in BACKENDS:
+        raise UsageError(f"the backend is one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "swarm":
+        if workspace_mode == "mount":
+            raise UsageError(
+                "the swarm backend copies the workspace to its nodes: --workspace mount needs one local engine"
+            )
+        from pipekit._swarm import REGISTRY_PASSWORD, REGISTRY_USER, SwarmBackend
+
+        def login() -> dict[str, str] | None:
+            if secrets is None or not secrets.has(REGISTRY_USER):
+                return None
+            user = secrets.get(REGISTRY_USER, stage="(registry)")
+            return {"username": user, "password": secrets.get(REGISTRY_PASSWORD, stage="(registry)")}
+
+        return SwarmBackend(registry=registry, registry_auth=login)
     from pipekit._docker import DockerBackend
 
     return DockerBackend(workspace=workspace_mode)

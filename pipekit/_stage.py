@@ -16,7 +16,7 @@ import attrs
 
 from pipekit._cache import CacheInputs
 from pipekit._conditions import Condition, to_condition
-from pipekit._control import PostAction, Resources, Service, check_stage_options, normalize_post
+from pipekit._control import PostAction, Resources, Service, check_placement, check_stage_options, normalize_post
 from pipekit._matrix import validate_matrix
 from pipekit._params import Param
 from pipekit._secrets import Secret
@@ -84,6 +84,7 @@ class Stage:
     workdir: str | None = None  # where commands start: relative to the workspace, or absolute
     workspace: bool = True  # False: no workspace in the container; commands start in the image's WORKDIR
     resources: Resources | None = None  # limits (cpus, memory, pids); the pipeline's when None
+    placement: tuple[str, ...] = ()  # Swarm constraints (node.labels.gpu==true); the pipeline's when empty
     # set on the instances of a matrix stage:
     group: str | None = None
     matrix_values: Mapping[str, Any] | None = None
@@ -235,6 +236,7 @@ def stage(
     workdir: str | None = None,
     workspace: bool = True,
     resources: Resources | None = None,
+    placement: Sequence[str] = (),
 ) -> Callable[[F], Stage]: ...
 
 
@@ -307,10 +309,12 @@ class Pipeline:
         params: Iterable[Param] = (),
         path: str | None = None,
         resources: Resources | None = None,
+        placement: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.image = image or None
         self.resources = resources
+        self.placement = check_placement(placement, lambda message: PipelineError(f"pk.Pipeline: {message}"))
         self.env: Mapping[str, EnvValue] = _freeze_env(env)
         self.path = path
         self._stages: list[Stage] = []

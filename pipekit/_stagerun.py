@@ -231,9 +231,13 @@ class StageRun:
         attempt = _Attempt(S.FAILED)
         try:
             attempt.spec = self._spec()
+            if attempt.spec.placement and not getattr(self.backend, "places_stages", False):
+                self.log.debug("placement ignored", placement=list(attempt.spec.placement), backend=self.backend.name)
             handle = self._take_ahead(attempt.spec) or self.backend.prepare(attempt.spec)
             with self._lock:
                 self.handle = handle
+            if getattr(self.backend, "places_stages", False):
+                self.log.info("stage placed", where=handle.where)  # on a swarm: which node
             self.placed.set()
             if stop.is_set():
                 raise StageFailed(f"Stage '{self.name}' was stopped", stage=self.name)
@@ -286,7 +290,7 @@ class StageRun:
                     f" {type(made).__name__}, not a pk.Image. Return ctx.docker.build(...) from '{s.image_from}'",
                     stage=s.name,
                 )
-            return made.id
+            return made.remote or made.id
         if s.dockerfile:
             tag = self.r.build_tag
             self.log.info("image build started", dockerfile=s.dockerfile, tag=tag)
@@ -299,7 +303,7 @@ class StageRun:
             )
             image = self.run.images.build(spec, lambda stream, line: self.log.info("output", line=line, stream=stream))
             self.log.info("image built", image=image.id, tags=list(image.tags))
-            return image.id
+            return image.remote or image.id
         return self.r.image
 
     def _spec(self) -> StageSpec:
@@ -332,6 +336,7 @@ class StageRun:
             cpus=limits.cpus if limits else None,
             memory=limits.memory_bytes if limits else None,
             pids=limits.pids if limits else None,
+            placement=self.r.placement,
         )
 
     def _context(

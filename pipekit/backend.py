@@ -92,6 +92,9 @@ class StageSpec:
     cpus: float | None = None
     memory: int | None = None
     pids: int | None = None
+    #: constraints on where the stage may run (``node.labels.gpu==true``), for a backend that
+    #: places stages on machines (``places_stages``); others ignore them
+    placement: tuple[str, ...] = ()
 
     @property
     def all_env(self) -> dict[str, str]:
@@ -166,6 +169,9 @@ class Image:
 
     id: str
     tags: tuple[str, ...] = ()
+    #: ``registry/repo@sha256:...`` when the backend pushed the image to the run's registry so
+    #: that other machines can pull it (the Swarm backend); stages run in it by this name
+    remote: str | None = None
 
     @property
     def ref(self) -> str:

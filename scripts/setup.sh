@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: the engine, a static busybox for the tiny test image, the
-# Distribution registry for push/pull tests, debootstrap for the local Python base image, and
-# Chromium with its WebDriver for the browser tests of the HTML run report.
+# Distribution registry for push/pull tests, debootstrap for the local Python base image,
+# Chromium with its WebDriver for the browser tests of the HTML run report, and iproute2 for the
+# three-node test swarm (tests/swarm_lab.py).
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || missing+=(busybox-static)
@@ -14,6 +15,9 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# the Swarm tests' nodes: network namespaces (ip) and namespaced engines (nsenter, unshare)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${missing[*]}" >&2

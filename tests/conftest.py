@@ -230,3 +230,19 @@ def remote_engine(busybox_image: str) -> Any:
         pytest.fail(f"could not start the remote test engine: {e}", pytrace=False)
     yield engine
     engine.stop()
+
+
+@pytest.fixture(scope="session")
+def swarm(busybox_image: str) -> Any:
+    """A three-node swarm on this machine (tests/swarm_lab.py), with the busybox image on every node."""
+    from swarm_lab import SwarmLab
+
+    lab = SwarmLab()
+    try:
+        lab.up()
+        lab.load(busybox_image)
+    except Exception as e:
+        lab.down()
+        pytest.fail(f"could not start the test swarm: {e}", pytrace=False)
+    yield lab
+    lab.down()

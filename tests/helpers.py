@@ -51,6 +51,21 @@ class StartedRun:
                 break
         return seen
 
+    def wait_for_events(self, name: str, count: int = 1, timeout: float = 60) -> list[dict[str, Any]]:
+        """Read events until ``count`` events named ``name`` came; returns them."""
+        assert self.proc.stdout is not None
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        for text in self.proc.stdout:
+            event = json.loads(text)
+            self.events.append(event)
+            self.run_id = event.get("run_id", self.run_id)
+            if event["event"] == name:
+                found.append(event)
+            if len(found) >= count or time.monotonic() > deadline:
+                break
+        return found
+
     def finish(self, timeout: float = 60) -> tuple[list[dict[str, Any]], str]:
         """Wait for the end; the remaining events and stderr."""
         out, err = self.proc.communicate(timeout=timeout)

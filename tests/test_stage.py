@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import re
+from typing import Any
+
 import pytest
 
 import pipekit as pk
@@ -130,3 +134,61 @@ def test_location_names_file_and_line() -> None:
     file, line = here.location.rsplit(":", 1)
     assert file == __file__
     assert int(line) > 0
+
+
+# -- placement= (the Swarm backend's constraints) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("placement", "message"),
+    [
+        ("node.labels.gpu==true", "placement= takes a list of constraints like ['node.labels.gpu==true']"),
+        (["gpu"], "placement= takes constraints of the form 'node.labels.NAME==VALUE' (or !=), got 'gpu'"),
+        ([1], "placement= takes a list of constraints"),
+    ],
+)
+def test_placement_misuse_fails_at_decoration(placement: Any, message: str) -> None:
+    with pytest.raises(pk.PipelineError, match=re.escape(message)):
+
+        @pk.stage(image="busybox", placement=placement)
+        def s(ctx):
+            pass
+
+    with pytest.raises(pk.PipelineError, match=re.escape(message)):
+        pk.Pipeline(placement=placement)
+
+
+def test_placement_reaches_the_backend_and_a_backend_that_does_not_place_says_it_ignores_it() -> None:
+    """The pipeline's placement is every stage's default; a stage's own replaces it. The fake
+    backend, like the Docker one, does not place stages: a debug line says so."""
+    from pipekit.testing import FakeBackend
+
+    seen: dict[str, tuple[str, ...]] = {}
+
+    class Capturing(FakeBackend):
+        def prepare(self, spec: Any) -> Any:
+            seen[spec.stage] = spec.placement
+            return super().prepare(spec)
+
+    p = pk.Pipeline(image="busybox", placement=["node.role==worker"])
+
+    @p.stage
+    def default(ctx):
+        pass
+
+    @p.stage(placement=["node.labels.gpu==true", "node.hostname!=old"])
+    def own(ctx):
+        pass
+
+    events: list[dict[str, Any]] = []
+
+    def keep(_logger: Any, _name: str, event: Any) -> Any:
+        events.append(dict(event))
+        return event
+
+    result = pk.run(p, backend=Capturing(), verbose=True, log_processors=[keep], log_file=io.StringIO())
+    assert result.exit_code == 0
+    assert seen == {"default": ("node.role==worker",), "own": ("node.labels.gpu==true", "node.hostname!=old")}
+    ignored = [e for e in events if e["event"] == "placement ignored"]
+    assert {e["stage"] for e in ignored} == {"default", "own"}
+    assert not [e for e in events if e["event"] == "stage placed"]
