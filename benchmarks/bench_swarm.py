@@ -133,7 +133,9 @@ def main() -> int:
         times = measure(args.rounds, lab.manager.host)
     finally:
         lab.down()
-    text = table(times, args.rounds)
+    import run_all
+
+    text = f"Ran on {run_all.machine()}\n\n" + table(times, args.rounds)
     print(text)
     if not args.no_write:
         write(text)

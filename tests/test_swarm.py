@@ -326,3 +326,54 @@ def test_a_worker_that_goes_down_fails_its_stage_naming_it(swarm: Any, tmp_path:
     proc = _cli(swarm, "cleanup", "--all", "--backend", "swarm")
     assert proc.returncode == 0, proc.stderr
     _no_leftovers(swarm)
+
+
+def test_the_stage_cache_artifacts_and_resume_work_unchanged(swarm: Any, tmp_path: Path) -> None:
+    """On a swarm: a cached stage starts no task on the re-run; a failed stage resumed runs alone,
+    and its upstream's output (and files) come back from the first run."""
+    folder = _pipeline(
+        tmp_path,
+        """
+@pk.stage(image="busybox", placement=["node.labels.lab==worker1"], cache=pk.inputs("src.txt"))
+def make(ctx):
+    ctx.sh("cat src.txt > made.txt")
+    ctx.archive("made.txt")
+    return ctx.sh("cat made.txt").stdout.strip()
+
+@pk.stage(image="busybox", placement=["node.labels.lab==worker2"])
+def use(ctx, make):
+    ctx.sh("test -f go")
+    return make + "+" + ctx.sh("cat made.txt").stdout.strip()
+""",
+    )
+    (folder / "src.txt").write_text("v1\n")
+    code, events, _ = _run(swarm, folder)
+    assert code == 1  # `use` fails: no file named go
+    first = events[0]["run_id"]
+    (folder / "go").write_text("")
+    code, events, err = _run(swarm, folder, "--resume")
+    assert code == 0, err
+    finished = {e["stage"]: e["status"] for e in events if e["event"] == "stage finished"}
+    assert finished.get("use") == "succeeded" and "make" not in {
+        e["stage"] for e in events if e["event"] == "stage placed"
+    }
+    (folder / "go").write_text("")
+    code, events, err = _run(swarm, folder)
+    assert code == 0, err
+    statuses = {e["stage"]: e["status"] for e in events if e["event"] == "stage finished"}
+    assert statuses == {"make": "cached", "use": "succeeded"}
+    assert [e["stage"] for e in events if e["event"] == "stage placed"] == ["use"]
+    proc = _cli(swarm, "artifacts", first, "-f", str(folder), "--dest", str(tmp_path / "got"))
+    assert proc.returncode == 0, proc.stderr
+    assert [p.read_text() for p in (tmp_path / "got").rglob("made.txt")] == ["v1\n"]
+    _no_leftovers(swarm)
+
+
+def test_an_unreachable_manager_exits_3(tmp_path: Path) -> None:
+    folder = _pipeline(tmp_path, '@pk.stage(image="busybox")\ndef s(ctx):\n    ctx.sh("true")\n')
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-manager.sock", "PIPEKIT_BACKEND": "swarm"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipekit", "run", "-f", str(folder)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 3
+    assert "Cannot reach a Docker engine at unix://" in proc.stderr and "Traceback" not in proc.stderr
