@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pipekit._results import RunResult, StageResult, StageStatus
     from pipekit._secrets import Credentials, Secret, secret
     from pipekit._stage import Pipeline, Stage, post, stage
+    from pipekit._triggers import Trigger, cron, on_push
     from pipekit.backend import CommandResult, Image
     from pipekit.exceptions import (
         BackendError,
@@ -82,6 +83,9 @@ __all__ = [
     "TestReport",
     "param",
     "secret",
+    "Trigger",
+    "cron",
+    "on_push",
     "CycleError",
     "DuplicateStageError",
     "EngineUnavailable",
@@ -162,6 +166,9 @@ _LAZY = {
     "StepFailed": "pipekit.exceptions",
     "TagNotFound": "pipekit.exceptions",
     "TestReport": "pipekit._reports",
+    "Trigger": "pipekit._triggers",
+    "cron": "pipekit._triggers",
+    "on_push": "pipekit._triggers",
     "UnknownStageError": "pipekit.exceptions",
     "UsageError": "pipekit.exceptions",
     "branch": "pipekit._conditions",

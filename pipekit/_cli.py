@@ -26,6 +26,7 @@ from pipekit._cli_ci import register as register_ci_commands
 from pipekit._cli_commands import IMAGE_MAP_ENV, cmd_graph, cmd_list, cmd_plan, cmd_run, cmd_validate
 from pipekit._cli_config import run_defaults
 from pipekit._cli_history import CONTEXT, HISTORY_COMMANDS, print_error
+from pipekit._cli_server import register as register_server_commands
 from pipekit._cli_views import register as register_view_commands
 from pipekit._logging import LOG_FORMATS
 from pipekit.exceptions import Interrupted, PipekitError, PipelineError
@@ -290,6 +291,7 @@ def cleanup(**values: Any) -> None:
 
 register_ci_commands(cli)
 register_view_commands(cli)
+register_server_commands(cli)
 
 COMPLETION_EPILOG = """\b
 Examples:

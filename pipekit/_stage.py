@@ -21,6 +21,7 @@ from pipekit._matrix import validate_matrix
 from pipekit._params import Param
 from pipekit._secrets import Secret
 from pipekit._signature import Parameter, _parameters
+from pipekit._triggers import Trigger, check_triggers
 from pipekit.exceptions import PipelineError
 
 __all__ = ["Pipeline", "Stage", "post", "stage"]
@@ -306,10 +307,10 @@ class Pipeline:
         image: str | None = None,
         env: Mapping[str, object] | None = None,
         stages: Iterable[Stage] = (),
-        params: Iterable[Param] = (),
         path: str | None = None,
         resources: Resources | None = None,
         placement: Sequence[str] = (),
+        triggers: Iterable[Trigger] = (),
     ) -> None:
         self.name = name
         self.image = image or None
@@ -319,7 +320,8 @@ class Pipeline:
         self.path = path
         self._stages: list[Stage] = []
         self._ids: set[int] = set()  # the stages' ids: adding one is O(1), also for 10,000 stages
-        self.params: dict[str, Param] = {p.name: p for p in params}
+        self.params: dict[str, Param] = {}  # the pk.param values of its module (pipekit.load collects them)
+        self.triggers = check_triggers(triggers)
         self.secret_names: set[str] = {v.name for v in self.env.values() if isinstance(v, Secret)}
         self.posts: list[PostHook] = []
         for s in stages:

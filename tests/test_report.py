@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,26 +54,6 @@ def report(tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> tupl
         del os.environ["API_TOKEN"]
     assert code == 1
     return folder, folder / "out" / "report.html"
-
-
-@pytest.fixture(scope="session")
-def browser() -> Any:
-    """Headless Chromium (Debian's chromium and chromium-driver, installed by scripts/setup.sh)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.fail("chromium and chromium-driver are not installed: run scripts/setup.sh", pytrace=False)
-    options = Options()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.binary_location = binary
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    chrome = webdriver.Chrome(service=Service(driver), options=options)
-    yield chrome
-    chrome.quit()
 
 
 def _open(browser: Any, page: Path) -> None:

@@ -1,0 +1,61 @@
+"""``pipekit serve`` and ``pipekit triggers``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from pipekit._cli_history import CONTEXT, print_error, streams
+
+__all__ = ["register"]
+
+
+@click.command(
+    context_settings=CONTEXT,
+    epilog="\b\nExamples:\n  PIPEKIT_SERVER_TOKEN=... pipekit serve --config pipekit-server.toml",
+)
+@click.option(
+    "--config",
+    "config",
+    metavar="PATH",
+    default="pipekit-server.toml",
+    show_default=True,
+    envvar="PIPEKIT_SERVER_CONFIG",
+    help="The server's configuration (docs/server.md).",
+)
+def serve(config: str) -> None:
+    """Run pipelines when code changes (webhooks, polling, cron) and show every run in a browser."""
+    from pipekit._server import serve as run_server
+    from pipekit.exceptions import PipekitError
+
+    _out, err = streams()
+    try:
+        code = run_server(config)
+    except PipekitError as e:
+        print_error(err, str(e))
+        raise click.exceptions.Exit(e.exit_code) from None
+    raise click.exceptions.Exit(code)
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-f", "--file", default="pipeline.py", show_default=True, metavar="PATH", help="The pipeline.")
+def triggers(file: str) -> None:
+    """Print what starts the pipeline under `pipekit serve` (its triggers=), as JSON."""
+    from pipekit._loader import load
+    from pipekit.exceptions import PipekitError
+
+    out, err = streams()
+    try:
+        pipeline = load(file)
+    except PipekitError as e:
+        print_error(err, str(e))
+        raise click.exceptions.Exit(2) from None
+    data: dict[str, Any] = {"pipeline": pipeline.name, "triggers": [t.to_json() for t in pipeline.triggers]}
+    print(json.dumps(data), file=out)
+
+
+def register(group: Any) -> None:
+    group.add_command(serve)
+    group.add_command(triggers)

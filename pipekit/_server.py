@@ -1,0 +1,68 @@
+"""``pipekit serve``: the server put together (store, git, queue, triggers, the web app) and run
+with uvicorn until SIGINT or SIGTERM, which interrupt the running runs cleanly (they are recorded
+as interrupted) and keep the queued ones for the next start."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from pipekit._server_config import ServerConfig, load_config
+from pipekit.exceptions import UsageError
+
+__all__ = ["serve"]
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pipekit serve: {message}", file=sys.stderr, flush=True)
+
+
+def _imports() -> Any:
+    try:
+        import croniter  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise UsageError(f"pipekit serve needs {e.name}: pip install 'pipekit[server]'") from None
+    return uvicorn
+
+
+def build(config: ServerConfig) -> tuple[Any, Any, Any]:
+    """The app and the parts that run beside it (the queue, the triggers)."""
+    from pipekit._server_app import make_app
+    from pipekit._server_git import Git
+    from pipekit._server_store import Store
+    from pipekit._server_triggers import Triggers
+    from pipekit._server_work import Work
+
+    _ = config.token  # a missing token is an error before anything starts
+    store = Store(config.state_dir)
+    git = Git(config.state_dir)
+    work = Work(config, store, git, _log, f"http://{config.listen}")
+    triggers = Triggers(config, store, git, work, _log)
+
+    def shutdown() -> None:
+        triggers.stop()
+        running = work.running()
+        if running:
+            _log(f"stopping: interrupting runs {', '.join(map(str, running))}; queued runs wait for the next start")
+        work.stop()
+
+    return make_app(config, store, work, triggers, shutdown), work, triggers
+
+
+def serve(config_path: str) -> int:
+    uvicorn = _imports()
+    config = load_config(config_path)
+    app, work, triggers = build(config)
+    work.start()
+    triggers.start()
+    names = ", ".join(p.name for p in config.projects) or "no projects"
+    _log(f"listening on http://{config.listen} ({names}; state in {config.state_dir})")
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3)
+    )
+    server.run()
+    _log("stopped")
+    return 0

@@ -1,0 +1,163 @@
+"""The server's own records: every run it queued, ran or refused, in SQLite in its state folder.
+
+The queue is the ``queued`` rows: a server that stops keeps them and its next start runs them. A
+run is ``queued``, ``running``, then ``succeeded``, ``failed``, ``cancelled``, ``interrupted`` (the
+server stopped while it ran) or ``error`` (it could not start: a checkout failed, a bad pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+__all__ = ["ServerRun", "Store"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    status TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    run_id TEXT,
+    workspace TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS heads (project TEXT, branch TEXT, sha TEXT, PRIMARY KEY (project, branch));
+"""
+
+ENDED = ("succeeded", "failed", "cancelled", "interrupted", "error")
+
+
+@attrs.frozen
+class ServerRun:
+    id: int
+    project: str
+    branch: str
+    commit: str
+    trigger: str
+    status: str
+    params: Mapping[str, str]
+    created: float
+    started: float | None
+    finished: float | None
+    run_id: str | None  # pipekit's run id, in the workspace's history
+    workspace: str | None
+    error: str | None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        return round((self.finished or time.time()) - self.started, 3)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "project": self.project,
+            "branch": self.branch,
+            "commit": self.commit,
+            "trigger": self.trigger,
+            "status": self.status,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "duration": self.duration,
+            "run_id": self.run_id,
+            "params": dict(self.params),
+            "error": self.error,
+        }
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(state_dir / "server.db", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[ServerRun]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM runs {sql}", args).fetchall()
+        return [ServerRun(*r[:6], json.loads(r[6]), *r[7:]) for r in rows]  # type: ignore[call-arg]
+
+    def add(self, project: str, branch: str, commit: str, trigger: str, params: Mapping[str, str] | None = None) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO runs (project, branch, commit_sha, trigger, status, params, created)"
+                " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                (project, branch, commit, trigger, json.dumps(dict(params or {})), time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def get(self, run: int) -> ServerRun | None:
+        found = self._rows("WHERE id = ?", (run,))
+        return found[0] if found else None
+
+    def runs(
+        self, project: str | None = None, branch: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[ServerRun]:
+        where, args = [], []
+        for column, value in (("project", project), ("branch", branch), ("status", status)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self._rows(f"{clause}ORDER BY id DESC LIMIT ?", (*args, limit))
+
+    def queued(self) -> list[ServerRun]:
+        return self._rows("WHERE status = 'queued' ORDER BY id")
+
+    def update(self, run: int, **fields: Any) -> None:
+        columns = {"commit": "commit_sha"}
+        sets = ", ".join(f"{columns.get(k, k)} = ?" for k in fields)
+        with self._lock:
+            self._db.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*fields.values(), run))
+
+    def claim(self, run: int, workspace: str) -> bool:
+        """Mark a queued run running (False: it was cancelled meanwhile)."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE runs SET status = 'running', started = ?, workspace = ? WHERE id = ? AND status = 'queued'",
+                (time.time(), workspace, run),
+            )
+            return cur.rowcount == 1
+
+    def recover(self) -> list[int]:
+        """At start: runs the last server left running (it was killed) are interrupted."""
+        lost = [r.id for r in self._rows("WHERE status = 'running'")]
+        for run in lost:
+            self.update(run, status="interrupted", finished=time.time(), error="the server stopped while it ran")
+        return lost
+
+    def head(self, project: str, branch: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sha FROM heads WHERE project = ? AND branch = ?", (project, branch)
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def heads(self, project: str) -> dict[str, str]:
+        with self._lock:
+            rows = self._db.execute("SELECT branch, sha FROM heads WHERE project = ?", (project,)).fetchall()
+        return {b: s for b, s in rows}
+
+    def set_head(self, project: str, branch: str, sha: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO heads VALUES (?, ?, ?)", (project, branch, sha))
+
+    def close(self) -> None:
+        self._db.close()
