@@ -59,7 +59,7 @@ class Node:
         (self.run / "exec" / "containerd" / "containerd.pid").unlink(missing_ok=True)
         self.pidfile.unlink(missing_ok=True)
         inner = (
-            f"hostname pk-{self.name} && mount -t tmpfs none /tmp && mount -t tmpfs none {ROOT} && exec dockerd"
+            f"hostname pk-{self.name} && mount -t tmpfs none {ROOT} && mount -t tmpfs none /tmp && exec dockerd"
             f" --data-root {self.state / 'data'} --exec-root {self.run / 'exec'} --pidfile {self.pidfile}"
             f" -H {self.host} --bridge none --iptables=false --ip-masq=false"
             f" --cgroup-parent /pk-{self.name} --insecure-registry {NET}.0/24"

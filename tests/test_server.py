@@ -258,9 +258,19 @@ def test_the_web_view_lists_runs_streams_a_running_log_and_cancels(
     _until(lambda: browser.find_element(By.ID, "title").text.endswith("cancelled"))
     frame = browser.find_element(By.ID, "report")
     assert frame.get_attribute("src").startswith(f"{srv.url}/runs/{run}/report")
+    browser.switch_to.frame(frame)
+    _until(lambda: "test line 3" in browser.page_source)  # the report: stages, timeline, logs
+    browser.switch_to.default_content()
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
     assert not docker_client.containers.list(all=True, filters={"label": "io.pipekit.managed"})
+
+
+def test_public_read_opens_reads_but_not_actions(make_server: Any) -> None:
+    srv, _ = make_server(server="public_read = true")
+    assert srv.request("GET", "/api/runs")[0] == 200
+    assert srv.request("POST", "/api/projects/app/runs", b"{}", {"Content-Type": "application/json"})[0] == 401
+    assert srv.runs() == []
 
 
 def test_a_form_post_without_the_csrf_token_is_refused(make_server: Any) -> None:
