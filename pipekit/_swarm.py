@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from pipekit._docker import DockerBackend, _Prepared, _workdir
+from pipekit._docker import DEFAULT_PIDS_LIMIT, DockerBackend, _Prepared, _workdir
 from pipekit._docker_engine import LABEL_CACHE, LABEL_MANAGED, LABEL_OWNER, LABEL_RUN, LABEL_STAGE, WORKDIR, owner_alive
 from pipekit._swarm_nodes import Nodes, Task, Watch, wait_running
 from pipekit._util import slug
@@ -162,11 +162,11 @@ class SwarmBackend(DockerBackend):
             mounts=mounts,
             stop_grace_period=STOP_GRACE_NS,
         )
+        resources = Resources(cpu_limit=cpus, cpu_reservation=cpus, mem_limit=spec.memory, mem_reservation=spec.memory)
+        resources.setdefault("Limits", {})["Pids"] = spec.pids or DEFAULT_PIDS_LIMIT  # API 1.41; docker-py has no field
         return TaskTemplate(
             container,
-            resources=Resources(
-                cpu_limit=cpus, cpu_reservation=cpus, mem_limit=spec.memory, mem_reservation=spec.memory
-            ),
+            resources=resources,
             restart_policy=RestartPolicy("none"),
             placement=Placement(constraints=self._constraints(spec.placement)),
             networks=[network] if network else None,

@@ -377,3 +377,18 @@ def test_an_unreachable_manager_exits_3(tmp_path: Path) -> None:
     )
     assert proc.returncode == 3
     assert "Cannot reach a Docker engine at unix://" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resources_become_the_tasks_limits(swarm: Any, tmp_path: Path) -> None:
+    """pk.Resources on a swarm: the memory and process limits of the stage's container."""
+    folder = _pipeline(
+        tmp_path,
+        """
+@pk.stage(image="busybox", resources=pk.Resources(memory="96m", pids=64))
+def limited(ctx):
+    ctx.sh("cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max")
+""",
+    )
+    code, events, err = _run(swarm, folder)
+    assert code == 0, err
+    assert [e["line"] for e in events if e["event"] == "output"] == [str(96 * 2**20), "64"]
