@@ -171,6 +171,8 @@ def test_a_manual_run_needs_the_token_and_takes_params(make_server: Any) -> None
     assert "bonjour" in text
     again = srv.api("POST", f"/api/runs/{run}/rerun")["run"]
     assert srv.wait(again, "succeeded")["params"] == {"greeting": "bonjour"}
+    assert [r["id"] for r in srv.runs(project="app", branch="main", status="succeeded")] == [again, run]
+    assert srv.runs(branch="elsewhere") == [] and srv.runs(status="failed") == []
 
 
 def test_a_newer_push_cancels_the_older_run_of_its_branch(make_server: Any, docker_client: Any) -> None:
