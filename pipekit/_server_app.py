@@ -126,7 +126,7 @@ class _Api:
         ref, sha = str(payload.get("ref", "")), str(payload.get("after") or payload.get("checkout_sha") or "")
         if event != "push" or not ref.startswith("refs/heads/") or not sha.strip("0"):
             return JSONResponse({"ignored": f"not a push to a branch ({event or 'no event'})"})
-        run, why = self.triggers.push(project, ref.removeprefix("refs/heads/"), sha)
+        run, why = await asyncio.to_thread(self.triggers.push, project, ref.removeprefix("refs/heads/"), sha)
         return JSONResponse({"run": run} if run else {"ignored": why}, status_code=202 if run else 200)
 
     async def github(self, request: Request) -> Response:
@@ -207,7 +207,7 @@ class _Api:
         branch = str(body.get("branch") or project.branches[0])
         params = {str(k): str(v) for k, v in (body.get("params") or {}).items()}
         try:
-            sha = str(body.get("commit") or self.work.git.heads(project).get(branch) or "")
+            sha = str(body.get("commit") or (await asyncio.to_thread(self.work.git.heads, project)).get(branch) or "")
         except Exception as e:
             return JSONResponse({"error": str(e)}, status_code=502)
         if not sha:

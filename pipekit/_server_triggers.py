@@ -18,6 +18,7 @@ from pipekit._server_config import Project, ServerConfig
 from pipekit._server_git import Git
 from pipekit._server_store import Store
 from pipekit._server_work import Work
+from pipekit.exceptions import UsageError
 
 __all__ = ["Triggers"]
 
@@ -37,8 +38,16 @@ class Triggers:
             self.log(f"{trigger} to {project.name} {branch} {sha[:12]} ignored: {why}")
             return None, why
         if branch == self._cron_branch(project):
-            self._load_schedules(project, sha)
-        wanted = [t for t in self.git.triggers(project, sha) if t["kind"] == "push"]
+            try:
+                self._load_schedules(project, sha)
+            except UsageError as e:
+                self.log(f"{project.name}: schedules not read: {e}")
+        try:
+            declared = self.git.triggers(project, sha)
+        except UsageError as e:  # a pipeline that does not load: its run fails and says why
+            self.log(f"{project.name} {sha[:12]}: {e}")
+            declared = []
+        wanted = [t for t in declared if t["kind"] == "push"]
         if wanted and not any(
             not t.get("branches") or any(glob_match(b, branch) for b in t["branches"]) for t in wanted
         ):

@@ -203,7 +203,7 @@ def _outcome(code: int, going: _Running, stderr: str) -> tuple[str, str | None]:
         return "succeeded", None
     if code == 1:
         return "failed", None
-    return "error", stderr.splitlines()[-1] if stderr else f"pipekit run exited with {code}"
+    return "error", stderr[-2000:] if stderr else f"pipekit run exited with {code}"
 
 
 def history_of(workspace: str | None) -> Any:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from pipekit._docker_engine import probe_engine
 from pipekit.exceptions import BackendError, StageFailed
 
 if TYPE_CHECKING:
@@ -120,10 +121,13 @@ class Nodes:
         self._engines: dict[str, tuple[str, DockerBackend]] = {}
         self._lock = threading.Lock()
         self.bad: dict[str, str] = {}  # node id -> its name, for nodes that went down during the run
+        self._own_id: str | None = None
 
     @property
     def own_id(self) -> str:
-        return str(self._manager.client.info()["Swarm"].get("NodeID") or "")
+        if self._own_id is None:
+            self._own_id = str(self._manager.client.info()["Swarm"].get("NodeID") or "")
+        return self._own_id
 
     def engine(self, node_id: str) -> tuple[str, DockerBackend]:
         """The node's name and a backend on its engine (the manager's own for the manager)."""
@@ -155,6 +159,7 @@ class Nodes:
         for node in self._manager.client.api.nodes():
             try:
                 name, backend = self.engine(node["ID"])
+                probe_engine(backend.host, timeout=3)  # a node that is down does not hold the cleanup up
                 backend.client.ping()
             except Exception:
                 continue

@@ -326,3 +326,13 @@ def test_a_bad_configuration_or_a_missing_token_exits_2_saying_what_to_fix(tmp_p
         proc = serve(config, **env)
         assert proc.returncode == 2, (config, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_push_of_a_pipeline_that_does_not_load_is_recorded_with_its_error(make_server: Any) -> None:
+    srv, remote = make_server()
+    sha = remote.push({"pipeline.py": "import pipekit as pk\n\n\ndef broken(:\n    pass\n"})
+    status, answer = srv.github_hook("main", sha)
+    assert status == 202, answer
+    run = srv.wait(answer["run"], "error")
+    assert "SyntaxError" in run["error"] and "pipeline.py" in run["error"], run
+    assert "cannot read the triggers of app" in srv.log.read_text()
