@@ -252,7 +252,7 @@ def {name}(ctx):
 """
 
 
-@pytest.mark.parametrize("how", ["sigint", "kill"])
+@pytest.mark.parametrize("how", ["sigint", "sigterm", "kill"])
 def test_nothing_stays_on_any_node_after_sigint_or_kill_and_cleanup(swarm: Any, tmp_path: Path, how: str) -> None:
     """Stages on all three nodes; SIGINT removes everything of the run everywhere. After a kill -9,
     `pipekit cleanup RUN --backend swarm` does."""
@@ -261,10 +261,10 @@ def test_nothing_stays_on_any_node_after_sigint_or_kill_and_cleanup(swarm: Any, 
     run = StartedRun(folder, BUSYBOX, env=swarm.env())
     assert run.wait_for_lines("up", stages=3) == {"on_manager", "on_worker1", "on_worker2"}
     assert sorted(swarm.where(f"io.pipekit.run={run.run_id}")) == ["manager", "worker1", "worker2"]
-    if how == "sigint":
-        run.proc.send_signal(signal.SIGINT)
+    if how in ("sigint", "sigterm"):
+        run.proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
         run.finish()
-        assert run.proc.returncode == 130
+        assert run.proc.returncode == (130 if how == "sigint" else 143)
     else:
         run.proc.kill()
         run.finish()
@@ -392,3 +392,24 @@ def limited(ctx):
     code, events, err = _run(swarm, folder)
     assert code == 0, err
     assert [e["line"] for e in events if e["event"] == "output"] == [str(96 * 2**20), "64"]
+
+
+def test_fail_fast_stops_the_stages_on_other_nodes_and_leaves_nothing(swarm: Any, tmp_path: Path) -> None:
+    folder = _pipeline(
+        tmp_path,
+        """
+@pk.stage(image="busybox", placement=["node.labels.lab==worker1"])
+def breaks(ctx):
+    ctx.sh("sleep 2; exit 3")
+
+@pk.stage(image="busybox", placement=["node.labels.lab==worker2"])
+def long(ctx):
+    ctx.sh("sleep 60")
+""",
+    )
+    started = time.monotonic()
+    code, events, err = _run(swarm, folder, "--fail-fast")
+    assert code == 1 and time.monotonic() - started < 40, err
+    statuses = {e["stage"]: e["status"] for e in events if e["event"] == "stage finished"}
+    assert statuses["breaks"] == "failed" and statuses["long"] in ("failed", "cancelled", "interrupted"), statuses
+    _no_leftovers(swarm)
