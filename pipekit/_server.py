@@ -52,6 +52,25 @@ def build(config: ServerConfig) -> tuple[Any, Any, Any]:
     return make_app(config, store, work, triggers, shutdown), work, triggers
 
 
+def _quiet_server(uvicorn: Any) -> Any:
+    """uvicorn's server, except that SIGINT and SIGTERM end it (runs interrupted and recorded, see
+    ``build``) and ``serve`` returns: uvicorn would re-raise the signal and the process die of it."""
+    import contextlib
+    import signal
+
+    class Server(uvicorn.Server):  # type: ignore[misc]
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+    return Server
+
+
 def serve(config_path: str) -> int:
     uvicorn = _imports()
     config = load_config(config_path)
@@ -60,7 +79,7 @@ def serve(config_path: str) -> int:
     triggers.start()
     names = ", ".join(p.name for p in config.projects) or "no projects"
     _log(f"listening on http://{config.listen} ({names}; state in {config.state_dir})")
-    server = uvicorn.Server(
+    server = _quiet_server(uvicorn)(
         uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=3)
     )
     server.run()
