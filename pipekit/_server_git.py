@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pipekit._history_fs import DIRNAME
 from pipekit._server_config import Project
 from pipekit.exceptions import UsageError
 
@@ -72,17 +73,21 @@ class Git:
                 git("fetch", "--quiet", "--prune", "origin", cwd=mirror)
         return mirror
 
-    def checkout(self, project: Project, commit: str, slot: int) -> Path:
-        """Workspace ``slot`` at exactly ``commit``, nothing else in it but ``.pipekit/``."""
+    def _at(self, project: Project, folder: Path, commit: str) -> Path:
+        """A clone of the project's mirror in ``folder``, at exactly ``commit``, nothing else in it
+        but ``.pipekit/``."""
         mirror = self.fetch(project)
-        ws = self.folder(project) / f"ws-{slot}"
-        if not (ws / ".git").exists():
-            git("clone", "--quiet", "--no-checkout", str(mirror), str(ws))
+        if not (folder / ".git").exists():
+            git("clone", "--quiet", "--no-checkout", str(mirror), str(folder))
         else:
-            git("fetch", "--quiet", "origin", cwd=ws)
-        git("checkout", "--quiet", "--force", "--detach", commit, cwd=ws)
-        git("clean", "-ffdxq", "-e", ".pipekit", cwd=ws)
-        return ws
+            git("fetch", "--quiet", "origin", cwd=folder)
+        git("checkout", "--quiet", "--force", "--detach", commit, cwd=folder)
+        git("clean", "-ffdxq", "-e", DIRNAME, cwd=folder)
+        return folder
+
+    def checkout(self, project: Project, commit: str, slot: int) -> Path:
+        """Workspace ``slot`` at ``commit`` (its run history stays)."""
+        return self._at(project, self.folder(project) / f"ws-{slot}", commit)
 
     def triggers(self, project: Project, commit: str) -> list[dict[str, Any]]:
         """The pipeline's ``triggers=`` at ``commit`` (read by ``pipekit triggers`` in a process of its
@@ -90,14 +95,8 @@ class Git:
         key = (project.name, commit)
         if key in self._triggers:
             return self._triggers[key]
-        mirror = self.fetch(project)
-        probe = self.folder(project) / "probe"
         with self._lock(f"{project.name}/probe"):
-            if not (probe / ".git").exists():
-                git("clone", "--quiet", "--no-checkout", str(mirror), str(probe))
-            else:
-                git("fetch", "--quiet", "origin", cwd=probe)
-            git("checkout", "--quiet", "--force", "--detach", commit, cwd=probe)
+            probe = self._at(project, self.folder(project) / "probe", commit)
             proc = subprocess.run(
                 [sys.executable, "-m", "pipekit", "triggers", "-f", str(probe / project.pipeline)],
                 capture_output=True,

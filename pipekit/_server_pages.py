@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from pipekit._history_fs import DIRNAME
 from pipekit._server_config import ServerConfig
 from pipekit._server_store import ENDED, ServerRun, Store
 from pipekit._server_work import history_of
@@ -102,7 +103,7 @@ async def follow(store: Store, run_id: int) -> AsyncIterator[str]:
             return
         sent = False
         if run.run_id and run.workspace:
-            folder = Path(run.workspace) / ".pipekit" / "logs" / run.run_id
+            folder = Path(run.workspace) / DIRNAME / "logs" / run.run_id  # History.log_path's folder
             for path in sorted(folder.glob("*.log")) if folder.is_dir() else []:
                 with open(path, "rb") as f:
                     f.seek(offsets.get(path, 0))

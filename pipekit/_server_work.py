@@ -209,7 +209,11 @@ def _outcome(code: int, going: _Running, stderr: str) -> tuple[str, str | None]:
 def history_of(workspace: str | None) -> Any:
     """The history of a run's workspace, or None."""
     from pipekit._history import History
+    from pipekit.exceptions import UsageError
 
-    if not workspace or not (Path(workspace) / ".pipekit" / "pipekit.db").is_file():
+    if not workspace:
         return None
-    return History(Path(workspace), create=False)
+    try:
+        return History(Path(workspace), create=False)
+    except UsageError:  # no run recorded there yet
+        return None

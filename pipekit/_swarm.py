@@ -21,7 +21,16 @@ from typing import Any
 import attrs
 
 from pipekit._docker import DEFAULT_PIDS_LIMIT, DockerBackend, _Prepared, _workdir
-from pipekit._docker_engine import LABEL_CACHE, LABEL_MANAGED, LABEL_OWNER, LABEL_RUN, LABEL_STAGE, WORKDIR, owner_alive
+from pipekit._docker_engine import (
+    LABEL_CACHE,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_RUN,
+    LABEL_SERVICE,
+    LABEL_STAGE,
+    WORKDIR,
+    owner_alive,
+)
 from pipekit._swarm_nodes import Nodes, Task, Watch, wait_running
 from pipekit._util import slug
 from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin, ServiceSpec, StageHandle, StageSpec
@@ -42,6 +51,11 @@ class _Placed:
     stage: Task | None = None
     services: list[Task] = attrs.field(factory=list)
     network: str | None = None
+
+
+def _limits(spec: StageSpec) -> tuple[int, int]:
+    """The stage's CPUs (nano-CPUs) and memory (bytes) as Swarm takes them; 0: no limit."""
+    return int(spec.cpus * 1e9) if spec.cpus else 0, spec.memory or 0
 
 
 def _service_name(spec: StageSpec, what: str) -> str:
@@ -98,8 +112,10 @@ class SwarmBackend(DockerBackend):
     def _login(self) -> None:
         """Log the manager in to the run's registry, so that services carry the login to the nodes
         that pull from it (docker-py adds it to each service it creates)."""
+        if self._logged_in:
+            return
         auth = self._auth()
-        if self._logged_in or auth is None:
+        if auth is None:
             return
         self.client.login(username=auth["username"], password=auth["password"], registry=self.registry)
         self._logged_in = True
@@ -111,8 +127,9 @@ class SwarmBackend(DockerBackend):
             return image
         origin = Origin(spec.run_id, spec.stage)
         repo = f"{self.registry}/pipekit/{slug(spec.stage, lower=True, keep='-')}"
-        super().tag(origin, image, f"{repo}:{slug(spec.run_id, lower=True, keep='-')}")
-        digest = self.push(origin, f"{repo}:{slug(spec.run_id, lower=True, keep='-')}", self._auth(), on_line)
+        ref = f"{repo}:{slug(spec.run_id, lower=True, keep='-')}"
+        self.tag(origin, image, ref)
+        digest = self.push(origin, ref, self._auth(), on_line)
         return attrs.evolve(image, remote=f"{repo}@{digest}")
 
     # -- the stage life cycle ----------------------------------------------------------------
@@ -130,11 +147,11 @@ class SwarmBackend(DockerBackend):
                 for svc in spec.services:
                     placed.services.append(self._create(spec, svc.name, self._service_task(spec, svc, placed.network)))
                 for svc, task in zip(spec.services, placed.services, strict=True):
-                    self._run(spec, task, ())
+                    self._run(spec, task)
                     assert task.engine is not None
                     task.engine._wait_healthy(spec, svc, task.container)
             placed.stage = self._create(spec, "", self._stage_task(spec, workdir, placed.network), job=True)
-            self._run(spec, placed.stage, spec.placement)
+            self._run(spec, placed.stage, spec.placement, _limits(spec))
             self._watch.add(placed.stage)
         except BaseException:
             self.release(handle)
@@ -147,7 +164,7 @@ class SwarmBackend(DockerBackend):
     def _stage_task(self, spec: StageSpec, workdir: str | None, network: str | None) -> Any:
         from docker.types import ContainerSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 
-        cpus = int(spec.cpus * 1e9) if spec.cpus else None
+        cpus, memory = _limits(spec)
         mounts = [
             Mount(path, volume, labels={LABEL_CACHE: "true", LABEL_STAGE: spec.stage})
             for volume, path in spec.volumes.items()
@@ -162,7 +179,12 @@ class SwarmBackend(DockerBackend):
             mounts=mounts,
             stop_grace_period=STOP_GRACE_NS,
         )
-        resources = Resources(cpu_limit=cpus, cpu_reservation=cpus, mem_limit=spec.memory, mem_reservation=spec.memory)
+        resources = Resources(
+            cpu_limit=cpus or None,
+            cpu_reservation=cpus or None,
+            mem_limit=memory or None,
+            mem_reservation=memory or None,
+        )
         resources.setdefault("Limits", {})["Pids"] = spec.pids or DEFAULT_PIDS_LIMIT  # API 1.41; docker-py has no field
         return TaskTemplate(
             container,
@@ -182,7 +204,7 @@ class SwarmBackend(DockerBackend):
             svc.image,
             args=list(command) if command else None,
             env=dict(svc.env),
-            labels={**self._labels(spec), "io.pipekit.service": svc.name},
+            labels={**self._labels(spec), LABEL_SERVICE: svc.name},
             stop_grace_period=STOP_GRACE_NS,
         )
         return TaskTemplate(
@@ -210,11 +232,11 @@ class SwarmBackend(DockerBackend):
         label = f"service '{what}' of stage '{spec.stage}'" if what else f"stage '{spec.stage}'"
         return Task(service=str(created["ID"]), name=label)
 
-    def _run(self, spec: StageSpec, task: Task, constraints: tuple[str, ...]) -> None:
+    def _run(
+        self, spec: StageSpec, task: Task, constraints: tuple[str, ...] = (), limits: tuple[int, int] = (0, 0)
+    ) -> None:
         """Wait for the task to run, then find its container and its node's engine."""
-        cpus = int(spec.cpus * 1e9) if spec.cpus and task.name.startswith("stage") else 0
-        memory = (spec.memory or 0) if task.name.startswith("stage") else 0
-        t = wait_running(self.client.api, task, spec.stage, constraints, self.nodes, (cpus, memory))
+        t = wait_running(self.client.api, task, spec.stage, constraints, self.nodes, limits)
         task.node_id = str(t["NodeID"])
         task.container = str(t["Status"]["ContainerStatus"]["ContainerID"])
         task.node, task.engine = self.nodes.engine(task.node_id)
@@ -273,9 +295,6 @@ class SwarmBackend(DockerBackend):
             handle, "gave back its files", lambda engine, inner: engine.get_files(inner, path)
         )
         return files
-
-    def _oom_killed(self, handle: StageHandle) -> bool:
-        return False  # asked of the node's engine by its own exec
 
     def keep(self, handle: StageHandle) -> list[str]:
         raise BackendError("--keep-failed keeps containers on one engine only; on a swarm the stage's task is removed")

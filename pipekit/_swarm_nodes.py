@@ -176,14 +176,6 @@ class Nodes:
             cpus, memory = max(cpus, res.get("NanoCPUs", 0)), max(memory, res.get("MemoryBytes", 0))
         return cpus, memory
 
-    def state(self, node_id: str) -> tuple[str, str]:
-        """A node's state (ready, down, ...) and availability (active, drain, pause)."""
-        try:
-            node = self._manager.client.api.inspect_node(node_id)
-        except Exception:
-            return "unknown", "unknown"
-        return str(node.get("Status", {}).get("State", "")), str(node.get("Spec", {}).get("Availability", ""))
-
 
 def placement_timeout() -> float:
     raw = os.environ.get(PLACEMENT_TIMEOUT_ENV)
