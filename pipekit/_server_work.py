@@ -9,6 +9,7 @@ containers go, the run is recorded as interrupted) and a server that stops sends
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -45,6 +46,8 @@ class Work:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._statuses: queue.Queue[tuple[Project, str, str, str, str]] = queue.Queue()
+        self._sender: threading.Thread | None = None
 
     # -- the queue -------------------------------------------------------------------------
     def start(self) -> None:
@@ -184,10 +187,17 @@ class Work:
                 known = True
 
     def _status(self, project: Project, commit: str, state: str, run: int, description: str) -> None:
-        url = f"{self.base_url}/runs/{run}"
-        threading.Thread(
-            target=report_status, args=(project, commit, state, url, description, self.log), daemon=True
-        ).start()
+        """Queue a commit status; one thread sends them in order (a forge shows the last one it got)."""
+        self._statuses.put((project, commit, state, f"{self.base_url}/runs/{run}", description))
+        with self._lock:
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send, name="pipekit-serve-statuses", daemon=True)
+                self._sender.start()
+
+    def _send(self) -> None:
+        while True:
+            project, commit, state, url, description = self._statuses.get()
+            report_status(project, commit, state, url, description, self.log)
 
     def running(self) -> list[int]:
         with self._lock:
