@@ -36,6 +36,7 @@ from pipekit._docker_engine import (
 from pipekit._docker_housekeeping import DockerHousekeeping, is_kept
 from pipekit._docker_images import DockerImages
 from pipekit._docker_services import DockerServices
+from pipekit._docker_shell import AttachedShell
 from pipekit._streams import Captured, LineSplitter
 from pipekit.backend import (
     RUN_SCRIPT,
@@ -73,6 +74,7 @@ class _Prepared:
     services: list[str] = attrs.field(factory=list)
     network: str | None = None
     streams: set[Any] = attrs.field(factory=set)  # exec streams open now (closed by a backend that loses the engine)
+    shell: AttachedShell | None = None  # the container's own shell, which runs its commands
 
 
 class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
@@ -137,6 +139,7 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
                     self._client = docker.from_env(use_ssh_client=ssh)
             except DockerException as e:
                 raise unreachable(e, self.host) from e
+            self._answered = True  # the client asked the engine for its API version: no ping needed
         return self._client
 
     def check(self) -> None:
@@ -144,10 +147,11 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
         asks in more than one place, and an engine lost later is found where it is used)."""
         from docker.errors import DockerException
 
-        if self._answered:
-            return
         try:
-            self.client.ping()
+            client = self.client
+            if self._answered:
+                return
+            client.ping()
         except (DockerException, OSError) as e:  # OSError: requests' ConnectionError and friends
             raise unreachable(e, self.host) from e
         self._answered = True
@@ -205,6 +209,8 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
         try:
             network = self._start_services(spec, prepared) if spec.services else None
             prepared.container = self._create_stage_container(spec, network, workdir)
+            if not self.host.startswith("ssh://"):  # (docker-py's ssh sockets do not take writes)
+                prepared.shell = AttachedShell(self.client.api, prepared.container)
             self.client.api.start(prepared.container)
         except APIError as e:
             self.release(handle)
@@ -222,6 +228,8 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
         return attrs.evolve(handle, where=f"container {prepared.container[:12]}")
 
     def _create_stage_container(self, spec: StageSpec, network: str | None, workdir: str | None) -> str:
+        from docker.utils import format_environment
+
         api = self.client.api
         binds = {volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()}
         tmpfs = {}
@@ -230,14 +238,19 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
             # pipekit's own state (history, logs, cache) is out of a stage's reach: an empty,
             # read-only folder covers it in the container
             tmpfs[f"{WORKDIR}/.pipekit"] = "ro,size=4k,mode=0555"
-        container = api.create_container(
+        proxies = getattr(
+            api, "_proxy_configs", None
+        )  # (the proxies of ~/.docker/config.json, as create_container adds)
+        env = format_environment(dict(spec.env))
+        env = proxies.inject_proxy_environment(env) if proxies else env
+        config = api.create_container_config(
             spec.image,
+            None,
             entrypoint=["sh"],
             stdin_open=True,
-            environment=dict(spec.env),
+            environment=env,
             working_dir=workdir,
             labels=self._labels(spec),
-            name=container_name(spec.run_id, spec.stage),
             host_config=api.create_host_config(
                 binds=binds,
                 tmpfs=tmpfs,
@@ -246,8 +259,13 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
                 mem_limit=spec.memory,
                 memswap_limit=spec.memory,  # no swap beyond the limit: over it, the kernel kills
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+                log_config={"type": "none"},  # the output goes to pipekit, not also to a log file of the engine
             ),
         )
+        # the shell's stdin stays open when pipekit lets go of it (docker-py would close it with
+        # the attach: a kept container's shell would end)
+        config["StdinOnce"] = False
+        container = api.create_container_from_config(config, container_name(spec.run_id, spec.stage))
         return str(container["Id"])
 
     def _labels(self, spec: StageSpec) -> dict[str, str]:
@@ -269,9 +287,13 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
         try:
             script = shell_script(command, strict)
             env = {**spec.secret_env, **env}
-            code, stdout, stderr = self._exec_stream(
-                self._container(handle), script, env, on_line, handle.workdir, handle.ref.streams
-            )
+            shell = handle.ref.shell
+            if shell is not None and shell.takes(env):
+                code, stdout, stderr = shell.run(script, env, handle.workdir, on_line)
+            else:
+                code, stdout, stderr = self._exec_stream(
+                    self._container(handle), script, env, on_line, handle.workdir, handle.ref.streams
+                )
         except NotFound as e:
             raise StageFailed(
                 f"The container of stage '{spec.stage}' is gone (removed while `{command}` ran)",
@@ -287,9 +309,28 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
                 stage=spec.stage,
             ) from e
         if code is None:  # the container went away before the command finished
-            code = 137
+            code = 137 if shell is None or shell.alive else self._shell_ended(handle)
         oom = code == 137 and spec.memory is not None and self._oom_killed(handle)
         return CommandResult(command, int(code), stdout, stderr, time.monotonic() - start, oom_killed=oom)
+
+    def _shell_ended(self, handle: StageHandle) -> int:
+        """A command's exit code when its container's shell went away under it: 137 when the
+        container was removed (the stage was stopped) or stopped by someone; EngineUnavailable when
+        the engine is stopping (it stops its containers first, then goes)."""
+        from docker.errors import DockerException, NotFound
+
+        if handle.ref.shell.released:
+            return 137
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                self.client.api.inspect_container(handle.ref.container)
+            except NotFound:
+                return 137
+            except (DockerException, OSError) as e:
+                raise self._gone(e) from e
+            time.sleep(0.2)
+        return 137
 
     def _answers(self) -> bool:
         """Whether the engine answers a ping within a few seconds."""
@@ -351,6 +392,8 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
         prepared = handle.ref
         if not isinstance(prepared, _Prepared):
             return
+        if prepared.shell is not None:
+            prepared.shell.released = True  # a command still running ends with 137, as it is killed
         try:
             for cid in [prepared.container, *prepared.services]:
                 if cid:
@@ -359,6 +402,9 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
                 self._remove_network(prepared.network)
         except OSError as e:
             raise self._gone(e) from e
+        finally:
+            if prepared.shell is not None:  # after the container: a command still running sees its end
+                prepared.shell.close()
 
     def cleanup(self, run_id: str) -> None:
         from docker.errors import DockerException

@@ -100,6 +100,8 @@ class DockerHousekeeping:
     def keep(self, handle: StageHandle) -> list[str]:
         """Keep a failed stage's container and its services (renamed ``...-kept``); their names."""
         ref = handle.ref
+        if getattr(ref, "shell", None) is not None:
+            ref.shell.close()  # the container's shell stays, waiting, for `pipekit shell`
         ids = [c for c in [getattr(ref, "container", None), *getattr(ref, "services", ())] if c]
         names = []
         for cid in ids:
