@@ -8,6 +8,8 @@ process start to the first container created and from the last container removed
 
     python benchmarks/bench_peers.py [--rounds 5] [--workloads A,B] [--tools floor,pipekit,bash,make,luigi]
     python benchmarks/bench_peers.py --install-luigi   # Luigi in benchmarks/.peers (its own virtualenv)
+    python benchmarks/bench_peers.py --ref /tmp/base   # also `pipekit-ref`: pipekit from another checkout
+                                                       # (git worktree add /tmp/base COMMIT), interleaved
 
 Prints a Markdown table; `benchmarks/run_all.py` puts it in docs/performance.md.
 """
@@ -29,6 +31,7 @@ IMAGE = "pipekit-local/busybox:latest"
 CHAINS, LENGTH, JOBS = 4, 5, 4
 WORKLOADS = {"A": "true", "B": "sleep 1"}
 PEERS_VENV = Path(__file__).resolve().parent / ".peers"
+REF: list[str] = []  # a checkout of pipekit to compare with (``--ref``): ``pipekit-ref`` runs it
 
 
 def dag() -> dict[str, list[str]]:
@@ -123,6 +126,8 @@ def write_tools(folder: Path, command: str) -> dict[str, list[str]]:
         "bash": ["bash", str(folder / "chains.sh")],
         "make": ["make", "-s", "-j", str(JOBS), "-f", str(folder / "Makefile"), "all"],
     }
+    if REF:
+        tools["pipekit-ref"] = ["env", f"PYTHONPATH={REF[0]}", *tools["pipekit"]]
     luigi_python = PEERS_VENV / "bin" / "python"
     if luigi_python.exists():
         tools["luigi"] = [str(luigi_python), str(folder / "luigi_dag.py"), IMAGE, command]
@@ -195,7 +200,17 @@ def _med(values: list[Any]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def compile_pipekit() -> None:
+    """Write pipekit's bytecode, as ``pip install`` does: a checkout run with PYTHONDONTWRITEBYTECODE
+    (set on these machines) would otherwise compile every module in every process, about 0.1 s."""
+    import pipekit
+
+    for folder in [Path(pipekit.__file__).parent, *(Path(ref) / "pipekit" for ref in REF)]:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(folder)], check=True)
+
+
 def compare(rounds: int, workloads: list[str], tools: list[str]) -> str:
+    compile_pipekit()
     events = EngineEvents()
     lines = []
     try:
@@ -233,8 +248,8 @@ def _table(workload: str, results: dict[str, list[dict[str, float | None]]], rou
         out.append(
             f"| {tool} | {_med(walls):.2f} s ({min(walls):.2f}–{max(walls):.2f}) | {statistics.median(ratios):.2f} |"
             f" {max(r['rss'] for r in rows):.0f} MiB |"  # type: ignore[type-var]
-            f" {'-' if first is None or tool not in ('floor', 'pipekit') else f'{first:.2f} s'} |"
-            f" {'-' if last is None or tool not in ('floor', 'pipekit') else f'{last:.2f} s'} |"
+            f" {'-' if first is None or not tool.startswith(('floor', 'pipekit')) else f'{first:.2f} s'} |"
+            f" {'-' if last is None or not tool.startswith(('floor', 'pipekit')) else f'{last:.2f} s'} |"
         )
     return out
 
@@ -250,7 +265,11 @@ def main() -> int:
     ap.add_argument("--workloads", default="A,B")
     ap.add_argument("--tools", default="floor,pipekit,bash,make,luigi")
     ap.add_argument("--install-luigi", action="store_true")
+    ap.add_argument("--ref", help="a checkout of pipekit to run alongside as `pipekit-ref`")
     args = ap.parse_args()
+    if args.ref:
+        REF.append(str(Path(args.ref).resolve()))
+        args.tools += ",pipekit-ref"
     if args.install_luigi:
         install_luigi()
         return 0

@@ -10,7 +10,6 @@ import hashlib
 import io
 import os
 import posixpath
-import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -40,6 +39,8 @@ class Member:
 def pack(path: Path) -> bytes:
     """``path`` (a file or a folder) as a tar archive whose members are named from its base name."""
     buf = io.BytesIO()
+    import tarfile
+
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(path), arcname=path.name)
     return buf.getvalue()
@@ -51,6 +52,8 @@ def pack_tree(root: Path, exclude: Iterable[str] = PRIVATE_DIRS) -> tuple[bytes,
     skip = set(exclude)
     manifest: dict[str, str] = {}
     buf = io.BytesIO()
+    import tarfile
+
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for folder, dirs, files in os.walk(root):
             rel_dir = os.path.relpath(folder, root)
@@ -76,6 +79,8 @@ def members(archive: bytes, *, strip: int = 1) -> Iterator[Member]:
     Members whose names would leave the folder (absolute, ``..``) and other kinds (devices,
     fifos, hard links) are left out.
     """
+    import tarfile
+
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         for info in tar:
             parts = [p for p in info.name.split("/") if p not in ("", ".")]

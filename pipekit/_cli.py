@@ -9,7 +9,6 @@ environment variable, and ``pipekit run``'s defaults from ``[tool.pipekit]`` in 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import os
@@ -17,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import IO, Any
 
 import click
@@ -29,18 +29,19 @@ from pipekit._cli_history import CONTEXT, HISTORY_COMMANDS, print_error
 from pipekit._cli_server import register as register_server_commands
 from pipekit._cli_views import register as register_view_commands
 from pipekit._logging import LOG_FORMATS
+from pipekit._util import collector_on
 from pipekit.exceptions import Interrupted, PipekitError, PipelineError
 
 __all__ = ["cli", "main"]
 
-Command = Callable[[argparse.Namespace, IO[str], IO[str]], int]
+Command = Callable[[SimpleNamespace, IO[str], IO[str]], int]
 
 
 def _dispatch(command: Command, **values: Any) -> None:
     """Run a command body with the parsed values; its exit code ends the program."""
     ctx = click.get_current_context()
     out, err = ctx.obj["out"], ctx.obj["err"]
-    args = argparse.Namespace(**values, argv=ctx.obj["argv"])
+    args = SimpleNamespace(**values, argv=ctx.obj["argv"])
     ctx.exit(command(args, out, err))
 
 
@@ -70,6 +71,8 @@ def _backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, "--version", prog_name="pipekit", message="%(prog)s %(version)s")
 def cli() -> None:
     """Run CI/CD pipelines written in Python."""
+    if click.get_current_context().invoked_subcommand != "run":
+        collector_on()  # (a run turns it on once its pipeline is loaded and planned)
 
 
 RUN_EPILOG = """\b

@@ -3,12 +3,12 @@ parsed arguments and the output streams (``_cli.py`` parses; these do the work).
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import IO, Any
 
 from pipekit._ci import detect as detect_ci
@@ -20,6 +20,7 @@ from pipekit._params import parse_param_args
 from pipekit._resolve import ResolvedPlan
 from pipekit._session import RunRequest, setup
 from pipekit._stage import Pipeline
+from pipekit._util import collector_on
 from pipekit.exceptions import Interrupted, PipekitError, UsageError
 
 __all__ = ["IMAGE_MAP_ENV", "cmd_graph", "cmd_list", "cmd_run", "cmd_validate"]
@@ -66,7 +67,7 @@ def _load_valid(path: str) -> Pipeline:
     return load(path)
 
 
-def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_validate(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     request = RunRequest(
         pipeline=args.file,
         params=parse_param_args(args.param),
@@ -85,7 +86,7 @@ def cmd_validate(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_list(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     p = plan(_load_valid(args.file))
     rows = [("STAGE", "IMAGE", "NEEDS", "DEFINED AT")]
     for name in p.order:
@@ -101,7 +102,7 @@ def cmd_list(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def cmd_graph(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_graph(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     from pipekit._graph_render import render
 
     p = plan(_load_valid(args.file))
@@ -162,7 +163,7 @@ def _print_plan(decisions: list[Any], out: IO[str], log_format: str, head: str =
     print(f"{head}: {count['run']} of {len(decisions)} stages would run{more}, nothing started", file=out)
 
 
-def cmd_plan(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_plan(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     request = RunRequest(
         pipeline=args.file,
         targets=args.stages,
@@ -183,7 +184,7 @@ def cmd_plan(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest:
+def _request(args: SimpleNamespace, out: IO[str], err: IO[str]) -> RunRequest:
     return RunRequest(
         pipeline=args.file,
         targets=args.stages,
@@ -215,7 +216,7 @@ def _request(args: argparse.Namespace, out: IO[str], err: IO[str]) -> RunRequest
     )
 
 
-def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     run = setup(_request(args, out, err))
     if run.errors:
         for e in run.errors:
@@ -228,5 +229,6 @@ def cmd_run(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         _print_plan(_decisions(run, resolved, err), out, args.log_format)
         return 0
     with _signals_raise():
+        collector_on()  # start-up is over (the pipeline is loaded and planned)
         result = run.execute()
     return result.exit_code

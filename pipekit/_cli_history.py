@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import IO
 
 from pipekit._history import History
@@ -45,7 +45,7 @@ def _history(workspace: Path, err: IO[str]) -> History:
     return history
 
 
-def _workspace_of(args: argparse.Namespace) -> Path:
+def _workspace_of(args: SimpleNamespace) -> Path:
     path = Path(args.file)
     folder = path if path.is_dir() else path.parent
     return folder.resolve()
@@ -61,7 +61,7 @@ def _secs(value: float | None) -> str:
     return f"{value:.2f}s" if value is not None else "-"
 
 
-def cmd_runs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_runs(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     history = _history(_workspace_of(args), err)
     rows: list[tuple[str, ...]] = [("RUN", "PIPELINE", "BRANCH", "STATUS", "STARTED", "DURATION")]
     for r in history.runs(args.limit):
@@ -88,7 +88,7 @@ def _kept_stages() -> dict[str, list[str]]:
         return {}
 
 
-def cmd_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_show(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     history = _history(_workspace_of(args), err)
     try:
         run = history.run(history.resolve(args.run))
@@ -138,7 +138,7 @@ def cmd_show(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def cmd_logs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_logs(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     import time as _time
 
     history = _history(_workspace_of(args), err)
@@ -173,7 +173,7 @@ def cmd_logs(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def cmd_artifacts(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_artifacts(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     import shutil
 
     history = _history(_workspace_of(args), err)
@@ -197,7 +197,7 @@ def cmd_artifacts(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def cmd_cache(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_cache(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     history = _history(_workspace_of(args), err)
     both = not args.results and not args.volumes
     try:
@@ -228,7 +228,7 @@ def cmd_cache(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def cmd_cleanup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+def cmd_cleanup(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     """Remove the containers and networks of runs that are no longer running."""
     backend = container_backend(name=args.backend)
     if not isinstance(backend, Sweeps):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from types import SimpleNamespace
 from typing import IO, Any
 
 import click
@@ -32,7 +32,7 @@ def report(run: str, output: str, file: str) -> None:
 
     out, err = streams()
     try:
-        history = _history(_workspace_of(argparse.Namespace(file=file)), err)
+        history = _history(_workspace_of(SimpleNamespace(file=file)), err)
         try:
             path = write_report(history, history.resolve(run), output)
         finally:
@@ -68,7 +68,7 @@ def shell(run: str, stage: str, command: tuple[str, ...], file: str) -> None:
 
     out, err = streams()
     try:
-        history = _history(_workspace_of(argparse.Namespace(file=file)), err)
+        history = _history(_workspace_of(SimpleNamespace(file=file)), err)
         try:
             run_id = history.resolve(run)
         finally:

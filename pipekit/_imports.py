@@ -1,8 +1,9 @@
 """Imports that cost less than they would by default.
 
 structlog imports rich (and with it pygments and asyncio: about 100 ms and 14 MiB here) whenever
-rich is installed, for its development console renderer and its rich tracebacks, neither of which
-pipekit uses: pipekit renders its own console lines. structlog makes rich optional (``rich = None``
+rich is installed, for its development console renderer and its rich tracebacks, and colorama
+(with ctypes: about 5 ms) for colours on Windows consoles, none of which pipekit uses: pipekit
+renders its own console lines. structlog makes rich optional (``rich = None``
 when the import fails), so pipekit imports structlog with rich hidden, and puts rich back at once:
 rich stays importable for pipekit's own live view and for anyone else in the process.
 """
@@ -15,7 +16,7 @@ from typing import Any
 __all__ = ["import_structlog"]
 
 #: what structlog imports only for features pipekit does not use
-_OPTIONAL = ("rich", "better_exceptions")
+_OPTIONAL = ("rich", "better_exceptions", "colorama")
 
 
 def import_structlog() -> Any:

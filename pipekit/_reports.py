@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 __all__ = ["FailedTest", "TestCase", "TestReport", "parse_junit"]
 
@@ -90,6 +93,8 @@ def _case(suite: str, case: ET.Element) -> TestCase:
 
 def parse_junit(paths: Iterable[Path], *, base: Path | None = None) -> TestReport:
     """Read JUnit XML files; a file that is not JUnit XML raises ValueError naming it."""
+    import xml.etree.ElementTree as ET
+
     cases: list[TestCase] = []
     files = []
     for path in paths:

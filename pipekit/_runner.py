@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,6 @@ from typing import Any
 
 import attrs
 
-from pipekit._ci_report import CiReport, github_summary, junit_xml
 from pipekit._context import MaskedRecords, MemoryRecords, StageRecords
 from pipekit._preflight import check as preflight
 from pipekit._results import RunObserver, RunResult
@@ -101,6 +101,23 @@ def _host_backend(given: Any, backend: Any) -> Any:
     return HostBackend()
 
 
+def _sweep(backend: Any) -> threading.Thread | None:
+    """Remove what lost runs left (a kill -9, an engine that was down), beside the run rather than
+    before its first container; the run waits for it before it ends."""
+    if not isinstance(backend, Sweeps):
+        return None
+
+    def sweep() -> None:
+        try:
+            backend.sweep()
+        except Exception:  # the engine went away: the run finds out where it uses it
+            pass
+
+    thread = threading.Thread(target=sweep, name="pipekit-sweep", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResult:
     """Run a set-up request to its end and return how it ended."""
     r = setup.request
@@ -108,15 +125,15 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
     timeout = setup.timeout
     _ = setup.plan  # raises the first pipeline error, before anything is checked or recorded
     rec = _recording(setup, backend) if r.record else _Recording()
+    sweep = None
     try:
         resolved = setup.resolved(rec.restore)
         if resolved.needs_container_backend:
             backend.check()
-            if isinstance(backend, Sweeps):
-                backend.sweep()  # what lost runs left (a kill -9, an engine that was down) goes now
+            sweep = _sweep(backend)
         check_images = r.check_images and resolved.needs_container_backend
         preflight(resolved, setup.secrets, backend if check_images else None, backend)
-        report = CiReport(rec.records or r.records or MemoryRecords()) if r.junit or r.ci == "github" else None
+        report = _ci_report(rec.records or r.records or MemoryRecords()) if r.junit or r.ci == "github" else None
         run = Run(
             run_id=setup.run_id,
             resolved=resolved,
@@ -144,6 +161,8 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 _ci_outputs(setup, report, result)
         return result
     finally:
+        if sweep is not None:
+            sweep.join()
         setup.close_view()
         if rec.history is not None:
             try:
@@ -152,9 +171,17 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 rec.history.close()
 
 
-def _ci_outputs(setup: RunSetup, report: CiReport, result: RunResult | None) -> None:
+def _ci_report(records: Any) -> Any:
+    from pipekit._ci_report import CiReport
+
+    return CiReport(records)
+
+
+def _ci_outputs(setup: RunSetup, report: Any, result: RunResult | None) -> None:
     """The JUnit file and GitHub's job summary, also for a run that was interrupted (``result``
     None: the stages that ended by then)."""
+    from pipekit._ci_report import github_summary, junit_xml
+
     r = setup.request
     name = setup.pipeline.name
     if r.junit:

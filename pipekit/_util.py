@@ -31,6 +31,16 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def collector_on() -> None:
+    """Turn the garbage collector back on when the command line's start-up is over (the
+    ``pipekit`` command holds it off until then): what start-up made lives as long as the process,
+    so it is frozen out of the collector's walks. No-op when the collector is on (``main()`` called
+    in-process)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def slug(text: str, *, lower: bool = False, keep: str = "_.-") -> str:
     """``text`` made safe for a container, network, volume or file name.
 

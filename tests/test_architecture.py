@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -80,6 +81,41 @@ def test_a_run_of_a_valid_pipeline_loads_neither_networkx_nor_docker_for_the_fak
     loaded = _modules_after(run)
     assert "networkx" not in loaded and "docker" not in loaded
     assert "networkx" in _modules_after(run + "assert len(pk.plan(p).graph) == 1")
+
+
+_FIRST_CREATE_PROBE = """
+import http.client, os, sys
+put = http.client.HTTPConnection.putrequest
+def spy(self, method, url, *a, **k):
+    if "/containers/create" in url and not os.path.exists(os.environ["MODULES"]):
+        with open(os.environ["MODULES"], "w") as f:
+            f.write(" ".join(sorted(sys.modules)))
+    return put(self, method, url, *a, **k)
+http.client.HTTPConnection.putrequest = spy
+from pipekit._cli import main
+sys.exit(main(["run", "--log-format", "json"]))
+"""
+
+
+@pytest.mark.docker
+def test_a_run_loads_nothing_before_its_first_container_that_it_needs_only_later(
+    tmp_path: Path, busybox_image: str
+) -> None:
+    """Start-up (issue 14): up to the first container's create, `pipekit run` loads only what
+    that needs; test reports, CI outputs, archives, suggestions, colorama and networkx come later
+    or never."""
+    stage = f"import pipekit as pk\n\n@pk.stage(image={busybox_image!r})\ndef one(ctx):\n    ctx.sh('true')\n"
+    (tmp_path / "pipeline.py").write_text(stage)
+    modules = tmp_path / "modules.txt"
+    env = {**os.environ, "MODULES": str(modules)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _FIRST_CREATE_PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(modules.read_text().split())
+    assert "docker" in loaded and "pipekit._docker_shell" in loaded  # the probe saw the create
+    later = {"networkx", "xml.etree.ElementTree", "argparse", "difflib", "colorama", "rich", "pipekit._ci_report"}
+    assert not loaded & later
 
 
 def test_the_module_table_in_the_architecture_page_matches_the_package() -> None:
