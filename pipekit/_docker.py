@@ -209,8 +209,7 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
         try:
             network = self._start_services(spec, prepared) if spec.services else None
             prepared.container = self._create_stage_container(spec, network, workdir)
-            if not self.host.startswith("ssh://"):  # (docker-py's ssh sockets do not take writes)
-                prepared.shell = AttachedShell(self.client.api, prepared.container)
+            prepared.shell = self._attach(prepared.container)
             self.client.api.start(prepared.container)
         except APIError as e:
             self.release(handle)
@@ -226,6 +225,12 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
             self.release(handle)
             raise
         return attrs.evolve(handle, where=f"container {prepared.container[:12]}")
+
+    def _attach(self, container: str) -> AttachedShell | None:
+        """The container's own shell, to run its commands (None: they go through exec)."""
+        if self.host.startswith("ssh://"):  # docker-py's ssh sockets do not take writes
+            return None
+        return AttachedShell(self.client.api, container)
 
     def _create_stage_container(self, spec: StageSpec, network: str | None, workdir: str | None) -> str:
         from docker.utils import format_environment

@@ -152,6 +152,8 @@ class SwarmBackend(DockerBackend):
                     task.engine._wait_healthy(spec, svc, task.container)
             placed.stage = self._create(spec, "", self._stage_task(spec, workdir, placed.network), job=True)
             self._run(spec, placed.stage, spec.placement, _limits(spec))
+            assert placed.stage.engine is not None
+            placed.stage.shell = placed.stage.engine._attach(placed.stage.container)  # (after start: sh waits)
             self._watch.add(placed.stage)
         except BaseException:
             self.release(handle)
@@ -252,7 +254,7 @@ class SwarmBackend(DockerBackend):
         """``call`` on the engine of the stage's node; a node lost meanwhile fails the stage naming it."""
         task = self._task(handle)
         assert task.engine is not None
-        inner = attrs.evolve(handle, ref=_Prepared(container=task.container, streams=task.streams))
+        inner = attrs.evolve(handle, ref=_Prepared(container=task.container, streams=task.streams, shell=task.shell))
         try:
             result = call(task.engine, inner)
         except (EngineUnavailable, OSError) as e:
@@ -306,6 +308,8 @@ class SwarmBackend(DockerBackend):
             return
         tasks = [t for t in [placed.stage, *placed.services] if t is not None]
         for task in tasks:
+            if task.shell is not None:
+                task.shell.released = True  # a command still running ends with 137, as it is killed
             self._watch.remove(task)
             self._remove_service(task.service)
         for task in tasks:
@@ -314,6 +318,8 @@ class SwarmBackend(DockerBackend):
                     task.engine._remove(task.container)
                 except Exception:
                     pass  # its node is gone: the swarm removes the task's container when it is back
+            if task.shell is not None:
+                task.shell.close()
         if placed.network:
             self._remove_overlay(placed.network)
 

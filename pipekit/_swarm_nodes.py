@@ -43,6 +43,7 @@ class Task:
     engine: DockerBackend | None = None
     lost: str | None = None  # "was drained", "went down": why its node took the task away
     streams: set[Any] = attrs.field(factory=set)  # the exec streams open in its container
+    shell: Any = None  # its container's own shell (pipekit/_docker_shell.py), once the task runs
 
 
 class Watch:
@@ -101,6 +102,8 @@ class Watch:
                 stream.close()
             except Exception:
                 pass
+        if task.shell is not None:
+            task.shell.close()
 
 
 def _node_client(url: str) -> Any:

@@ -67,6 +67,21 @@ def _pipeline(tmp_path: Path, code: str) -> Path:
     return folder
 
 
+def _execs(lab: Any, since: float) -> list[dict[str, Any]]:
+    """The exec events of every node's engine since ``since``."""
+    import docker
+
+    found = []
+    for node in lab.nodes:
+        client = docker.DockerClient(base_url=node.host)
+        try:
+            events = client.events(since=since, until=time.time(), decode=True, filters={"type": "container"})
+            found += [e for e in events if str(e.get("Action", "")).startswith("exec_create")]
+        finally:
+            client.close()
+    return found
+
+
 def _no_leftovers(lab: Any, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while (left := lab.leftovers()) and time.monotonic() < deadline:
@@ -91,9 +106,11 @@ def read(ctx):
     return ctx.sh("cat out/made.txt").stdout.strip()
 """,
     )
+    since = time.time() - 0.01
     code, events, err = _run(swarm, folder)
     assert code == 0, err
     assert _nodes_of(events) == {"write": "worker1", "read": "worker2"}
+    assert _execs(swarm, since) == []  # the commands went to each container's own shell
     assert [e["where"].split(",")[0] for e in events if e["event"] == "stage placed"] == [
         "node pk-worker1",
         "node pk-worker2",
