@@ -123,7 +123,11 @@ def test_search_finds_a_line_in_the_logs(browser: Any, report: tuple[Path, Path]
     assert all("needle-in" in h for h in hits)
     log = browser.find_element("id", "stage-log")
     log.find_element("css selector", "summary").click()
-    assert "needle-in-the-log" in log.find_element("css selector", "pre").text
+    # the whole log is added by the details' toggle event, which the browser fires after the click
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pre = WebDriverWait(browser, 10).until(lambda b: log.find_elements("css selector", "pre"))[0]
+    assert "needle-in-the-log" in pre.text
 
 
 def test_a_run_with_100k_log_lines_stays_usable(tmp_path: Path, busybox_image: str, browser: Any) -> None:
