@@ -38,9 +38,9 @@ class Member:
 
 def pack(path: Path) -> bytes:
     """``path`` (a file or a folder) as a tar archive whose members are named from its base name."""
-    buf = io.BytesIO()
     import tarfile
 
+    buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(path), arcname=path.name)
     return buf.getvalue()
@@ -51,9 +51,9 @@ def pack_tree(root: Path, exclude: Iterable[str] = PRIVATE_DIRS) -> tuple[bytes,
     regular file by relative name."""
     skip = set(exclude)
     manifest: dict[str, str] = {}
-    buf = io.BytesIO()
     import tarfile
 
+    buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for folder, dirs, files in os.walk(root):
             rel_dir = os.path.relpath(folder, root)

@@ -243,9 +243,8 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
             # pipekit's own state (history, logs, cache) is out of a stage's reach: an empty,
             # read-only folder covers it in the container
             tmpfs[f"{WORKDIR}/.pipekit"] = "ro,size=4k,mode=0555"
-        proxies = getattr(
-            api, "_proxy_configs", None
-        )  # (the proxies of ~/.docker/config.json, as create_container adds)
+        # the proxies of ~/.docker/config.json, as create_container adds them
+        proxies = getattr(api, "_proxy_configs", None)
         env = format_environment(dict(spec.env))
         env = proxies.inject_proxy_environment(env) if proxies else env
         config = api.create_container_config(

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -20,6 +20,9 @@ from pipekit._session import RunSetup, container_backend, restorable
 from pipekit._util import write_file
 from pipekit.backend import Sweeps
 from pipekit.exceptions import UsageError
+
+if TYPE_CHECKING:
+    from pipekit._ci_report import CiReport
 
 __all__ = ["container_backend", "open_history", "run_setup"]
 
@@ -171,13 +174,13 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 rec.history.close()
 
 
-def _ci_report(records: Any) -> Any:
+def _ci_report(records: Any) -> CiReport:
     from pipekit._ci_report import CiReport
 
     return CiReport(records)
 
 
-def _ci_outputs(setup: RunSetup, report: Any, result: RunResult | None) -> None:
+def _ci_outputs(setup: RunSetup, report: CiReport, result: RunResult | None) -> None:
     """The JUnit file and GitHub's job summary, also for a run that was interrupted (``result``
     None: the stages that ended by then)."""
     from pipekit._ci_report import github_summary, junit_xml

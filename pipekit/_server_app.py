@@ -144,8 +144,7 @@ class _Api:
         return JSONResponse([r.to_json() for r in rows])
 
     def _found(self, request: Request) -> Any:
-        run = self.store.get(int(request.path_params["id"]))
-        return run
+        return self.store.get(int(request.path_params["id"]))
 
     async def one_run(self, request: Request) -> Response:
         if not self.auth.may_read(request, self.config.public_read):

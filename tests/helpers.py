@@ -75,3 +75,10 @@ class StartedRun:
 
     def label(self) -> dict[str, str]:
         return {"label": f"io.pipekit.run={self.run_id}"}
+
+
+def exec_events(client: Any, since: float) -> list[dict[str, Any]]:
+    """The ``exec_create`` events of an engine (a docker SDK client) from ``since`` until now."""
+    time.sleep(0.3)  # events arrive a little after the fact
+    events = client.events(since=since, until=time.time(), decode=True, filters={"type": "container"})
+    return [e for e in events if str(e.get("Action", "")).startswith("exec_create")]

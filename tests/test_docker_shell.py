@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import exec_events
 
 import pipekit as pk
 
@@ -19,9 +20,7 @@ def _execs_during(docker_client: Any, work: Any) -> tuple[Any, list[dict[str, An
     """Run ``work()`` and return its result and the engine's exec events meanwhile."""
     since = time.time() - 0.01
     result = work()
-    time.sleep(0.3)  # events arrive a little after the fact
-    events = docker_client.events(since=since, until=time.time(), decode=True, filters={"type": "container"})
-    return result, [e for e in events if str(e.get("Action", "")).startswith("exec_create")]
+    return result, exec_events(docker_client, since)
 
 
 def test_commands_run_in_the_containers_own_shell_without_an_exec(run_on_docker: Any, docker_client: Any) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import StartedRun
+from helpers import StartedRun, exec_events
 
 pytestmark = pytest.mark.docker
 
@@ -75,8 +75,7 @@ def _execs(lab: Any, since: float) -> list[dict[str, Any]]:
     for node in lab.nodes:
         client = docker.DockerClient(base_url=node.host)
         try:
-            events = client.events(since=since, until=time.time(), decode=True, filters={"type": "container"})
-            found += [e for e in events if str(e.get("Action", "")).startswith("exec_create")]
+            found += exec_events(client, since)
         finally:
             client.close()
     return found
