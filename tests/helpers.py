@@ -100,12 +100,13 @@ def console_script() -> str:
     return found
 
 
-def console_env(**more: str) -> dict[str, str]:
-    """The environment of a console-script process: this checkout's package first on the path."""
+def console_env(base: dict[str, str] | None = None, **more: str) -> dict[str, str]:
+    """The environment of a console-script process (``base``, else this one's, and ``more``) with
+    this checkout's package first on the path."""
     import os
 
-    env = {**os.environ, **more}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**(os.environ if base is None else base), **more}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -124,12 +125,20 @@ def run_console(
     return subprocess.run(
         [console_script(), *args],
         cwd=cwd,
-        env=env if env is not None else console_env(),
+        env=console_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
         **kw,
     )
+
+
+def console_popen(
+    args: list[str], *, cwd: Path | str | None = None, env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.Popen[str]:
+    """Start `pipekit ARGS` (the installed console script) as a separate process and return it
+    (for long-running commands: `serve`, `logs --follow`)."""
+    return subprocess.Popen([console_script(), *args], cwd=cwd, env=console_env(env), text=True, **kw)
 
 
 class Terminal:
@@ -155,7 +164,7 @@ class Terminal:
         self.proc = subprocess.Popen(
             [console_script(), *args],
             cwd=cwd,
-            env=env if env is not None else console_env(TERM="xterm", COLUMNS=str(cols)),
+            env=console_env(env, TERM="xterm", COLUMNS=str(cols)),
             stdin=slave,
             stdout=slave,
             stderr=slave,
