@@ -77,10 +77,11 @@ def shell(run: str, stage: str, command: tuple[str, ...], file: str) -> None:
         print(f"pipekit: a shell in stage '{stage}' of run {run_id} (exit to leave it)", file=err)
     if _is_process_stream(out, 1) and _is_process_stream(err, 2):
         # the command line: docker takes over this process, with its terminal (or pipes) as they are;
-        # -t only when stdin is a terminal (docker refuses it otherwise)
+        # -t only on a terminal (docker refuses it for a stdin that is not; output redirected to a
+        # file must not get the terminal's line ends)
         out.flush()
         err.flush()
-        flags = ["-it"] if sys.stdin.isatty() else ["-i"]
+        flags = ["-it"] if sys.stdin.isatty() and sys.stdout.isatty() else ["-i"]
         os.execv(docker, [docker, "exec", *flags, cid, *(command or ("sh",))])
     # main(out=..., err=...): no terminal and no input; the output goes to those streams
     proc = subprocess.run(

@@ -335,3 +335,15 @@ def test_the_project_is_built_under_the_free_name() -> None:
     assert project["name"] == DISTRIBUTION
     assert f"{DISTRIBUTION}[server]" in project["optional-dependencies"]["test"]  # the extra names itself
     assert project["scripts"] == {"pipekit": "pipekit.__main__:console_main"}  # the command keeps its name
+
+
+def test_serve_without_its_extra_names_the_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from pipekit._server import _imports
+    from pipekit.exceptions import UsageError
+
+    monkeypatch.setitem(sys.modules, "croniter", None)  # as if the [server] extra were not installed
+    with pytest.raises(UsageError) as caught:
+        _imports()
+    assert str(caught.value) == f"pipekit serve needs croniter: pip install '{DISTRIBUTION}[server]'"

@@ -144,3 +144,32 @@ def test_shell_says_what_is_wrong(kept: tuple[str, str]) -> None:
     other = run_console(["shell", run_id, "ok", "-f", folder])
     assert other.returncode == 2 and "kept no container of stage 'ok'" in other.stderr
     assert "Traceback" not in missing.stderr + builtin.stderr + other.stderr
+
+
+def test_shell_typed_on_a_terminal_with_its_output_to_a_file(kept: tuple[str, str], tmp_path: Path) -> None:
+    """`pipekit shell RUN STAGE -- CMD > file` typed at a terminal: the file gets the command's
+    output as it is (no terminal line ends, no stderr mixed in)."""
+    import os
+    import pty
+    import subprocess
+
+    from helpers import console_env, console_script
+
+    folder, run_id = kept
+    _master, slave = pty.openpty()
+    try:
+        with open(tmp_path / "out.txt", "w") as target:
+            command = ["sh", "-c", "echo 'a  b'; echo to-stderr >&2"]
+            proc = subprocess.run(
+                [console_script(), "shell", run_id, "broken", "-f", folder, "--", *command],
+                stdin=slave,
+                stdout=target,
+                stderr=subprocess.PIPE,
+                env=console_env(),
+                timeout=60,
+            )
+    finally:
+        os.close(slave)
+        os.close(_master)
+    assert proc.returncode == 0 and proc.stderr == b"to-stderr\n"
+    assert (tmp_path / "out.txt").read_bytes() == b"a  b\n"
