@@ -16,7 +16,6 @@ import signal
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -156,13 +155,10 @@ def _html(path: Path) -> _Html:
 
 
 @pytest.fixture
-def project(tmp_path: Path, busybox_image: str, docker_client: Any) -> Iterator[Path]:
+def project(tmp_path: Path, busybox_image: str) -> Path:
     (tmp_path / "pipeline.py").write_text(PIPELINE.format(image=busybox_image))
     (tmp_path / "input.txt").write_text("one\n")
-    yield tmp_path
-    for c in docker_client.containers.list(all=True, filters={"label": "io.pipekit.stage=make"}):
-        if str(tmp_path) in json.dumps(c.attrs.get("Mounts", [])):
-            pytest.fail(f"a container of this test was left: {c.name}")
+    return tmp_path
 
 
 def run_console_ok(args: list[str], cwd: Path, **kw: Any) -> str:
@@ -172,7 +168,7 @@ def run_console_ok(args: list[str], cwd: Path, **kw: Any) -> str:
     return done.stdout
 
 
-def test_a_project_from_validate_to_cleanup(project: Path) -> None:
+def test_a_project_from_validate_to_cleanup(project: Path, docker_client: Any) -> None:
     assert "2 stages, valid" in run_console_ok(["validate"], project)
     listed = run_console_ok(["list"], project)
     assert listed.splitlines()[0].split() == ["STAGE", "IMAGE", "NEEDS", "DEFINED", "AT"] and "greeting" in listed
@@ -186,6 +182,7 @@ def test_a_project_from_validate_to_cleanup(project: Path) -> None:
         project,
     )
     run_id = ran.rsplit("run ", 1)[1].split()[0]
+    assert docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"}) == []
     from junitparser import JUnitXml  # how CI test views read it
 
     junit = JUnitXml.fromfile(str(project / "out/j.xml"))
