@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,16 @@ def test_shell_on_a_terminal_is_a_shell_you_type_in(kept: tuple[str, str]) -> No
         term.expect(f"a shell in stage 'broken' of run {run_id}")
         term.send("cat /what-happened.txt\r")
         term.expect("evidence")
-        term.send("echo $((6*7)); ls out\r")  # the typed line echoes; its output does not repeat it
-        term.expect("42")
+        term.send("echo $((6*7*1001)); ls out\r")  # the typed line echoes; its output does not repeat it
+        term.expect("42042")
         term.expect("file.txt")
         term.send("ls /no-such-place\r")  # what goes to stderr reaches the terminal too
         term.expect("No such file or directory")
+        term.send("sleep 30\r")
+        time.sleep(0.5)
+        term.send("\x03")  # Ctrl-C stops what runs in the shell, not the shell or pipekit
+        term.send("echo after-$((1+1))\r")
+        term.expect("after-2", timeout=20)
         term.send("exit 3\r")
         assert term.wait() == 3
     finally:
