@@ -73,6 +73,7 @@ def _github(text: str) -> dict[str, Any]:
             assert set(step) <= GITHUB_STEP_KEYS, step
             assert ("uses" in step) != ("run" in step), step  # exactly one of them
             assert all(isinstance(v, str) for v in (step.get("uses"), step.get("run")) if v is not None)
+            assert "uses" not in step or re.fullmatch(r"[\w.-]+/[\w./-]+@[\w.-]+", step["uses"]), step  # OWNER/REPO@REF
             assert isinstance(step.get("with", {}), dict) and isinstance(step.get("env", {}), dict)
     return workflow  # type: ignore[no-any-return]
 
@@ -88,6 +89,8 @@ def _gitlab(text: str) -> dict[str, Any]:
             assert key not in job or all(isinstance(line, str) for line in job[key])
         assert job["script"] and isinstance(job.get("image", ""), str)
         assert set(job.get("artifacts", {})) <= GITLAB_ARTIFACTS_KEYS
+        assert all(isinstance(v, str) for v in job.get("services", []))
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in job.get("variables", {}).items())
     return document  # type: ignore[no-any-return]
 
 
