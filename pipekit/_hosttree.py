@@ -249,7 +249,9 @@ def _remove_tree(parent_fd: int, base: str, name: str) -> None:
     inside stops it (TreeRefused)."""
     fd = os.open(base, _DIR_FLAGS, dir_fd=parent_fd)
     try:
-        for entry in os.scandir(fd):
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+        for entry in entries:
             if entry.name in PRIVATE_NAMES:
                 raise TreeRefused(f"{name}/{entry.name} would be deleted (a stage made {name} a file or a link)")
             if entry.is_dir(follow_symlinks=False):
