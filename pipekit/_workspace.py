@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from pipekit._archive import PRIVATE_DIRS, TreeStream
 from pipekit._hosttree import CHUNK, HostTree, TreeRefused, is_private
+from pipekit._util import slug
 from pipekit.backend import StageBackend, StageHandle
 from pipekit.exceptions import StageFailed
 
@@ -64,6 +65,9 @@ class WorkspaceSync:
         #: relative name -> what the stage last had there (see TreeStream.manifest)
         self._known: dict[str, str] = {}
         self._hidden = hidden_names(root, handle.spec.hidden)
+        # mount mode: a container stage that makes a .git where there was none is refused (git on
+        # this machine would run the hooks and config in it at the next command)
+        self._watch_git = handle.spec.image is not None and not os.path.lexists(root / ".git")
 
     @property
     def active(self) -> bool:
@@ -87,6 +91,7 @@ class WorkspaceSync:
         """Write what the stage created or changed into the pipeline's folder, and delete what it
         deleted. Raises StageFailed, naming the path, when that cannot be done."""
         if not self.active:
+            self._check_git()
             return
         stage = self._handle.spec.stage
         with _folder_lock(self._root):
@@ -109,6 +114,22 @@ class WorkspaceSync:
                 apply.tree.close()
             self._known = apply.now
             self._log.debug("workspace copied back", changed=apply.changed)
+
+    def _check_git(self) -> None:
+        """Mount mode: a .git a container stage made where there was none is moved aside, out of
+        git's way, and fails the stage."""
+        if not self._watch_git or not os.path.lexists(self._root / ".git"):
+            return
+        stage = self._handle.spec.stage
+        aside = self._root / ".pipekit" / "refused" / f"git-made-by-{slug(stage)}-{os.urandom(3).hex()}"
+        aside.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.rename(self._root / ".git", aside)  # (the name itself: a link is moved, not followed)
+        raise StageFailed(
+            f"Stage '{stage}' made a .git in the workspace, which had none: git on this machine would run the"
+            f" hooks and config a stage wrote there. pipekit moved it to {aside.relative_to(self._root)}. Make"
+            " repositories outside /workspace (or use --workspace copy, which never brings a .git back)",
+            stage=stage,
+        )
 
     def _open(self) -> IO[bytes] | None:
         path = str(self._handle.workspace_dir)

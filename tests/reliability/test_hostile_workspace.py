@@ -107,6 +107,32 @@ def test_a_stage_cannot_plant_git_hooks_or_config(tmp_path: Path, busybox_image:
     assert not mark.exists(), "a hook or the fsmonitor a stage planted ran on the host"
 
 
+NEW_REPO = """
+@pk.stage(image="busybox")
+def make_repo(ctx):
+    ctx.sh("mkdir -p .git/objects .git/refs && echo 'ref: refs/heads/main' > .git/HEAD")
+    ctx.sh("printf '[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = touch {mark}\\n' > .git/config")
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_stage_cannot_make_a_repository_where_there_was_none(tmp_path: Path, busybox_image: str, mode: str) -> None:
+    """The pipeline's folder is a subfolder of a repository (no .git of its own): a stage that makes
+    one there (with an fsmonitor) leaves none behind; in mount mode the stage fails saying so."""
+    mark = tmp_path / "fsmonitor-ran"
+    folder = _folder(tmp_path, NEW_REPO.format(mark=mark))
+    _git_repo(tmp_path)
+    done = _pipekit(folder, busybox_image, mode)
+    if mode == "mount":
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "made a .git in the workspace" in done.stdout + done.stderr
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert not (folder / ".git").exists()
+    subprocess.run([*GIT, "-C", str(folder), "status", "--short"], check=True, capture_output=True)
+    assert not mark.exists(), "the fsmonitor a stage planted ran on the host"
+
+
 PIPEKIT_ATTACK = """
 @pk.stage(image="busybox")
 def link(ctx):
