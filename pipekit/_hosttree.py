@@ -119,7 +119,7 @@ class HostTree:
                 return False
             if st is not None:
                 os.unlink(base, dir_fd=fd)
-            os.mkdir(base, mode & 0o7777 or 0o755, dir_fd=fd)
+            os.mkdir(base, mode & 0o777 or 0o755, dir_fd=fd)  # never setuid, setgid or sticky
             return True
         finally:
             os.close(fd)
@@ -137,7 +137,7 @@ class HostTree:
                 os.unlink(tmp, dir_fd=fd)
                 return digest, False
             try:
-                os.chmod(tmp, mode & 0o7777 or 0o644, dir_fd=fd)
+                os.chmod(tmp, mode & 0o777 or 0o644, dir_fd=fd)  # a stage's setuid bit stays there
                 self._clear(fd, base, name)
                 os.replace(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)
             except BaseException:
@@ -227,7 +227,7 @@ class HostTree:
 
 
 def _temp_name(base: str) -> str:
-    return f".{base[:200]}.pipekit-{os.urandom(4).hex()}"
+    return f".pipekit-tmp-{os.urandom(6).hex()}"
 
 
 def _lstat_at(fd: int, base: str) -> os.stat_result | None:

@@ -112,7 +112,14 @@ def test_nothing_is_written_when_the_content_is_the_same_or_unchanged(tree: Host
         tree, "other.txt", b"as the stage got it\n", unchanged=_write(tree, "t", b"as the stage got it\n")[0]
     )[1]
     assert (ws / "other.txt").read_bytes() == b"changed here by someone else\n"
-    assert not [p for p in ws.iterdir() if ".pipekit-" in p.name]  # no temporary file left
+    assert not [p for p in ws.iterdir() if p.name.startswith(".pipekit-tmp-")]  # no temporary file left
+
+
+def test_a_stages_setuid_bit_stays_in_the_stage(tree: HostTree, ws: Path) -> None:
+    tree.write_file("suid", io.BytesIO(b"#!/bin/sh\n"), 10, 0o4755, None)
+    tree.make_dir("sgid", 0o2777)
+    assert (ws / "suid").stat().st_mode & 0o7777 == 0o755
+    assert not (ws / "sgid").stat().st_mode & 0o7000
 
 
 def test_runs_of_zeros_stay_holes(tree: HostTree, ws: Path) -> None:
@@ -137,7 +144,7 @@ def test_a_folder_holding_a_git_is_not_removed_to_make_room(tree: HostTree, ws: 
     with pytest.raises(TreeRefused, match=r"vendor/\.git would be deleted"):
         _write(tree, "vendor", b"a file\n")
     assert (ws / "vendor" / ".git").is_dir()
-    assert not [p for p in ws.iterdir() if ".pipekit-" in p.name]
+    assert not [p for p in ws.iterdir() if p.name.startswith(".pipekit-tmp-")]
 
 
 def test_private_names() -> None:

@@ -319,7 +319,7 @@ def test_a_copy_back_that_does_not_fit_fails_the_stage(small_disk: Path, busybox
     failed = [e for e in events if e["event"] == "stage finished" and e.get("status") == "failed"]
     assert [e["stage"] for e in failed] == ["fill"], text
     assert "too-big.bin" in failed[0]["error"] and "full" in failed[0]["error"], failed[0]
-    assert not list(small_disk.glob(".too-big.bin.pipekit-*")), "the temporary file was left behind"
+    assert not list(small_disk.glob(".pipekit-tmp-*")), "the temporary file was left behind"
 
 
 SECRETS = """
