@@ -32,6 +32,8 @@ def workspace_covers(spec: StageSpec) -> list[Any]:
     if os.path.lexists(git):  # a folder, or a worktree's file (the folder it names is not mounted)
         mounts.append(Mount(f"{WORKDIR}/.git", str(git.resolve()), type="bind", read_only=True))
     for name in hidden_names(spec.workspace, spec.hidden):
+        if not os.path.isfile(spec.workspace / name):
+            continue  # (a mount over a missing file would make an empty one here)
         mounts.append(Mount(f"{WORKDIR}/{name}", os.devnull, type="bind", read_only=True))
     return mounts
 
