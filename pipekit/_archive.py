@@ -56,9 +56,11 @@ class TreeStream:
     relative name -> the sha256 of a regular file, ``/`` for a folder, ``->TARGET`` for a link.
     ``exclude``: relative names left out with everything under them."""
 
-    def __init__(self, root: Path, exclude: Collection[str] = PRIVATE_DIRS) -> None:
+    def __init__(self, root: Path, exclude: Collection[str] = PRIVATE_DIRS, hidden: Collection[str] = ()) -> None:
         self.root = root
         self.exclude = frozenset(exclude)
+        #: files left out wherever they are, also under another name (a hard link): the secrets file
+        self.hidden = {(st.st_dev, st.st_ino) for st in map(_stat, hidden) if st is not None}
         self.manifest: dict[str, str] = {}
         self.size = 0
         self._inodes: dict[tuple[int, int], str] = {}
@@ -86,6 +88,8 @@ class TreeStream:
         elif stat.S_ISLNK(st.st_mode):
             info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
             self.manifest[rel] = "->" + info.linkname
+        elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in self.hidden:
+            return
         elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in self._inodes:
             first = self._inodes[(st.st_dev, st.st_ino)]
             info.type, info.linkname = tarfile.LNKTYPE, first
@@ -116,6 +120,13 @@ class TreeStream:
         self.manifest[rel] = digest.hexdigest()
         if info.size % tarfile.BLOCKSIZE:
             yield bytes(tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 class ChunkReader(io.RawIOBase):

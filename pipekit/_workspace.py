@@ -77,7 +77,7 @@ class WorkspaceSync:
         """Copy the pipeline's folder (without .pipekit/ and the secrets file) into the stage's place."""
         if not self.active:
             return
-        stream = TreeStream(self._root, exclude={*PRIVATE_DIRS, *self._hidden})
+        stream = TreeStream(self._root, exclude={*PRIVATE_DIRS, *self._hidden}, hidden=self._handle.spec.hidden)
         dest = str(self._handle.workspace_dir)
         put = getattr(self._backend, "put_stream", None)
         if put is not None:

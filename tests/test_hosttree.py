@@ -153,3 +153,26 @@ def test_private_names() -> None:
         "ci/deploy.env.example", ("ci/deploy.env",)
     )
     assert not is_private("src/.gitignore") and not is_private(".github/workflows/ci.yml")
+
+
+def test_the_tree_stream_keeps_hard_links_and_leaves_the_secrets_file_out(ws: Path) -> None:
+    """What copy mode ships: hard-linked files as a hard link to the first name, the secrets file
+    left out under any name it has, .pipekit/ left out; a streamed, valid tar."""
+    import tarfile
+
+    from pipekit._archive import PRIVATE_DIRS, TreeStream
+
+    (ws / "a.txt").write_text("a\n")
+    os.link(ws / "a.txt", ws / "sub" / "b.txt")
+    (ws / ".env.ci").write_text("TOKEN=secret-value\n")
+    os.link(ws / ".env.ci", ws / "sub" / "copy.env")
+    (ws / ".pipekit" / "pipekit.db").write_text("history\n")
+    stream = TreeStream(ws, exclude={*PRIVATE_DIRS, ".env.ci"}, hidden=(str(ws / ".env.ci"),))
+    data = b"".join(stream)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar}
+    assert ".env.ci" not in members and "sub/copy.env" not in members
+    assert not [n for n in members if n.startswith(".pipekit")]
+    assert members["a.txt"].isreg() and members["sub/b.txt"].islnk() and members["sub/b.txt"].linkname == "a.txt"
+    assert stream.manifest["sub/b.txt"] == stream.manifest["a.txt"] and stream.manifest["sub"] == "/"
+    assert b"secret-value" not in data
