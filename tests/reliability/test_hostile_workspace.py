@@ -136,13 +136,16 @@ def test_a_stage_cannot_make_a_repository_where_there_was_none(tmp_path: Path, b
 PIPEKIT_ATTACK = """
 @pk.stage(image="busybox")
 def link(ctx):
+    ctx.sh("echo genuine > report.txt")
+    ctx.archive("report.txt")
     ctx.sh("ln -s .pipekit x && ln -s .pipekit/logs y")
 
 
 @pk.stage(image="busybox")
 def write(ctx, link):
-    ctx.sh("rm -f x y && mkdir -p x/logs y && echo forged > x/forged.txt && echo forged > x/pipekit.db")
+    ctx.sh("rm -f x y && mkdir -p x/logs x/artifacts y && echo forged > x/forged.txt && echo forged > x/pipekit.db")
     ctx.sh("echo forged > y/forged.log && echo forged > x/logs/forged.log")
+    ctx.sh("echo forged > x/artifacts/$(sha256sum report.txt | cut -d' ' -f1)")
 """
 
 
@@ -158,6 +161,8 @@ def test_a_link_to_pipekit_then_a_folder_cannot_write_into_pipekit(
     state = folder / ".pipekit"
     assert not [p for p in state.rglob("*") if "forged" in p.name]
     assert (state / "pipekit.db").read_bytes()[:15] == b"SQLite format 3"
+    artifact = state / "artifacts" / hashlib.sha256(b"genuine\n").hexdigest()
+    assert artifact.read_bytes() == b"genuine\n"  # what `pipekit artifacts` hands out
     assert not (folder / "x").is_symlink() and not (folder / "y").is_symlink()
     shown = subprocess.run(
         [shutil.which("pipekit") or "pipekit", "runs"], cwd=folder, env=_env(), capture_output=True, text=True
