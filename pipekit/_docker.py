@@ -225,7 +225,8 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
         if self.shares_workspace and spec.with_workspace:
             binds[str(spec.workspace)] = {"bind": WORKDIR, "mode": "rw"}
             # pipekit's own state (history, logs, cache) is out of a stage's reach: an empty,
-            # read-only folder covers it in the container; .git and the secrets file too
+            # read-only folder covers it in the container; .git is read-only and the secrets file
+            # covered too (workspace_covers)
             tmpfs[f"{WORKDIR}/.pipekit"] = "ro,size=4k,mode=0555"
             mounts = workspace_covers(spec)
         # the proxies of ~/.docker/config.json, as create_container adds them
