@@ -98,7 +98,12 @@ class WorkspaceSync:
             source = self._open()
             if source is None:
                 return
-            apply = _Apply(HostTree(str(self._root)), self._known, self._hidden, self._log)
+            try:
+                tree = HostTree(str(self._root))
+            except OSError as e:
+                source.close()
+                raise StageFailed(_failure(stage, "", e), stage=stage) from e
+            apply = _Apply(tree, self._known, self._hidden, self._log)
             try:
                 with source, tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK) as tar:
                     apply.run(tar)
