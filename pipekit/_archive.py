@@ -10,14 +10,19 @@ import hashlib
 import io
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+import stat
+import tarfile
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 
-__all__ = ["Member", "members", "pack", "pack_tree", "regular_files", "unpack"]
+from pipekit._hosttree import CHUNK
 
-#: never shipped into a stage, never written back from one: pipekit's own state
+__all__ = ["ChunkReader", "Member", "TreeStream", "members", "pack", "regular_files", "unpack"]
+
+#: never shipped into a stage: pipekit's own state (nothing private is brought back: see _hosttree)
 PRIVATE_DIRS = frozenset({".pipekit"})
 
 
@@ -38,39 +43,112 @@ class Member:
 
 def pack(path: Path) -> bytes:
     """``path`` (a file or a folder) as a tar archive whose members are named from its base name."""
-    import tarfile
-
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(path), arcname=path.name)
     return buf.getvalue()
 
 
-def pack_tree(root: Path, exclude: Iterable[str] = PRIVATE_DIRS) -> tuple[bytes, dict[str, str]]:
-    """The contents of ``root`` as a tar archive (members relative to it), and the sha256 of each
-    regular file by relative name."""
-    skip = set(exclude)
-    manifest: dict[str, str] = {}
-    import tarfile
+class TreeStream:
+    """The contents of ``root`` as a tar stream, in pieces (members relative to it): iterate it
+    once. Files are read a piece at a time, so memory stays flat whatever their size; a file
+    hard-linked to one already sent travels as a hard link. ``manifest`` is filled on the way:
+    relative name -> the sha256 of a regular file, ``/`` for a folder, ``->TARGET`` for a link.
+    ``exclude``: relative names left out with everything under them."""
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for folder, dirs, files in os.walk(root):
-            rel_dir = os.path.relpath(folder, root)
-            dirs[:] = sorted(d for d in dirs if not (rel_dir == "." and d in skip))
+    def __init__(self, root: Path, exclude: Collection[str] = PRIVATE_DIRS, hidden: Collection[str] = ()) -> None:
+        self.root = root
+        self.exclude = frozenset(exclude)
+        #: files left out wherever they are, also under another name (a hard link): the secrets file
+        self.hidden = {(st.st_dev, st.st_ino) for st in map(_stat, hidden) if st is not None}
+        self.manifest: dict[str, str] = {}
+        self.size = 0
+        self._inodes: dict[tuple[int, int], str] = {}
+
+    def __iter__(self) -> Iterator[bytes]:
+        for folder, dirs, files in os.walk(self.root):
+            rel_dir = os.path.relpath(folder, self.root)
+            names = [os.path.normpath(os.path.join(rel_dir, d)) for d in dirs]
+            dirs[:] = sorted(d for d, rel in zip(dirs, names, strict=True) if rel not in self.exclude)
             for name in [*dirs, *sorted(files)]:
-                full = os.path.join(folder, name)
                 rel = os.path.normpath(os.path.join(rel_dir, name))
-                info = tar.gettarinfo(full, arcname=rel)
-                if info.isreg():
-                    with open(full, "rb") as f:
-                        data = f.read()
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                    manifest[rel] = hashlib.sha256(data).hexdigest()
-                elif info.isdir() or info.issym():
-                    tar.addfile(info)
-    return buf.getvalue(), manifest
+                if rel not in self.exclude:
+                    for piece in self._member(os.path.join(folder, name), rel):
+                        self.size += len(piece)
+                        yield piece
+        yield bytes(2 * tarfile.BLOCKSIZE)
+
+    def _member(self, full: str, rel: str) -> Iterator[bytes]:
+        st = os.lstat(full)
+        info = tarfile.TarInfo(rel)
+        info.mode, info.mtime, info.uid, info.gid = st.st_mode & 0o7777, int(st.st_mtime), st.st_uid, st.st_gid
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+            self.manifest[rel] = "/"
+        elif stat.S_ISLNK(st.st_mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
+            self.manifest[rel] = "->" + info.linkname
+        elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in self.hidden:
+            return
+        elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in self._inodes:
+            first = self._inodes[(st.st_dev, st.st_ino)]
+            info.type, info.linkname = tarfile.LNKTYPE, first
+            self.manifest[rel] = self.manifest[first]
+        elif stat.S_ISREG(st.st_mode):
+            yield from self._file(full, rel, info)
+            if st.st_nlink > 1:
+                self._inodes[(st.st_dev, st.st_ino)] = rel
+            return
+        else:
+            return  # devices, sockets, fifos stay here
+        yield info.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+    def _file(self, full: str, rel: str, info: tarfile.TarInfo) -> Iterator[bytes]:
+        try:
+            f = open(os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+        except OSError:
+            return  # replaced by a link or gone since it was listed
+        with f:
+            info.size = left = os.fstat(f.fileno()).st_size
+            yield info.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape")
+            digest = hashlib.sha256()
+            while left > 0:
+                chunk = f.read(min(CHUNK, left)) or bytes(min(CHUNK, left))  # a file that shrank: zeros
+                digest.update(chunk)
+                left -= len(chunk)
+                yield chunk
+        self.manifest[rel] = digest.hexdigest()
+        if info.size % tarfile.BLOCKSIZE:
+            yield bytes(tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+class ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte strings (an HTTP response's pieces)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            try:
+                self._left = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
 
 
 def members(archive: bytes, *, strip: int = 1) -> Iterator[Member]:
@@ -79,8 +157,6 @@ def members(archive: bytes, *, strip: int = 1) -> Iterator[Member]:
     Members whose names would leave the folder (absolute, ``..``) and other kinds (devices,
     fifos, hard links) are left out.
     """
-    import tarfile
-
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         for info in tar:
             parts = [p for p in info.name.split("/") if p not in ("", ".")]

@@ -33,6 +33,7 @@ from pipekit._docker_engine import (
     reason,
     unreachable,
 )
+from pipekit._docker_files import DockerFiles, workspace_covers
 from pipekit._docker_housekeeping import DockerHousekeeping, is_kept
 from pipekit._docker_images import DockerImages
 from pipekit._docker_services import DockerServices
@@ -77,7 +78,7 @@ class _Prepared:
     shell: AttachedShell | None = None  # the container's own shell, which runs its commands
 
 
-class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
+class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerServices):
     """Runs stages in containers of one Docker engine (``DOCKER_HOST`` or the local socket).
 
     ``workspace``: ``"mount"`` binds the pipeline's folder into each container, ``"copy"``
@@ -156,24 +157,6 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
             raise unreachable(e, self.host) from e
         self._answered = True
 
-    # -- files ------------------------------------------------------------------------------
-    def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
-        from docker.errors import APIError
-
-        try:
-            self.client.api.put_archive(self._container(handle), dest, archive)
-        except APIError as e:
-            raise BackendError(f"Cannot copy files into stage '{handle.spec.stage}' ({dest}): {reason(e)}") from e
-
-    def get_files(self, handle: StageHandle, path: str) -> bytes | None:
-        from docker.errors import NotFound
-
-        try:
-            stream, _stat = self.client.api.get_archive(self._container(handle), path)
-        except NotFound:
-            return None
-        return b"".join(stream)
-
     def _container(self, handle: StageHandle) -> str:
         prepared = handle.ref
         if not isinstance(prepared, _Prepared) or not prepared.container:
@@ -238,11 +221,14 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
         api = self.client.api
         binds = {volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()}
         tmpfs = {}
+        mounts = []
         if self.shares_workspace and spec.with_workspace:
             binds[str(spec.workspace)] = {"bind": WORKDIR, "mode": "rw"}
             # pipekit's own state (history, logs, cache) is out of a stage's reach: an empty,
-            # read-only folder covers it in the container
+            # read-only folder covers it in the container; .git is read-only and the secrets file
+            # covered too (workspace_covers)
             tmpfs[f"{WORKDIR}/.pipekit"] = "ro,size=4k,mode=0555"
+            mounts = workspace_covers(spec)
         # the proxies of ~/.docker/config.json, as create_container adds them
         proxies = getattr(api, "_proxy_configs", None)
         env = format_environment(dict(spec.env))
@@ -258,6 +244,7 @@ class DockerBackend(DockerHousekeeping, DockerImages, DockerServices):
             host_config=api.create_host_config(
                 binds=binds,
                 tmpfs=tmpfs,
+                mounts=mounts,
                 network_mode=network,
                 pids_limit=spec.pids or DEFAULT_PIDS_LIMIT,
                 mem_limit=spec.memory,

@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 from pipekit._buildkit import BuildProgress, buildkit_build
@@ -102,10 +102,24 @@ def _registry_chunks(
         yield chunk
 
 
+def _inode(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _inodes(paths: Iterable[str]) -> set[tuple[int, int]]:
+    """The files that never go into a build context (the secrets file), by inode."""
+    return {inode for inode in map(_inode, paths) if inode is not None}
+
+
 @contextlib.contextmanager
 def build_context(spec: BuildSpec) -> Iterator[IO[bytes]]:
     """The build context as a tar, as the docker CLI sends it: ``.dockerignore`` honoured, and
-    ``.pipekit/`` always left out (it would break the layer cache on every run)."""
+    ``.pipekit/`` always left out (it would break the layer cache on every run), and so is the
+    secrets file (``spec.hidden``), wherever it lies in the context."""
     import tarfile
     import tempfile
 
@@ -121,7 +135,10 @@ def build_context(spec: BuildSpec) -> Iterator[IO[bytes]]:
         # GNU format, as the docker CLI writes: its archive check reads only the first 512 bytes,
         # which a PAX header (Python's default) does not fit in
         with tarfile.open(fileobj=context, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            secret = _inodes(spec.hidden)
             for name in sorted(exclude_paths(str(root), [*patterns, *ALWAYS_IGNORED], dockerfile=spec.dockerfile)):
+                if secret and _inode(root / name) in secret:  # the secrets file (or a hard link to it)
+                    continue
                 info = tar.gettarinfo(str(root / name), arcname=name)
                 info.mtime = int(info.mtime)
                 info.uid = info.gid = 0

@@ -83,6 +83,7 @@ class DockerOps:
             target=target,
             labels=self._plain("label", labels),
             secrets={str(k): self._secrets.resolve(v, stage=self._stage) for k, v in (secrets or {}).items()},
+            hidden=self._secrets.files,
         )
         self._log.info("image build started", context=str(folder), dockerfile=dockerfile, tag=tag)
         image = self._backend.build(spec, self._on_line)

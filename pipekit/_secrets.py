@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +179,12 @@ class SecretStore:
         *,
         file_values: Mapping[str, str] | None = None,
         environ: Mapping[str, str] | None = None,
+        files: Sequence[str] = (),
     ) -> None:
         self.masker = masker or Masker()
         self._file = dict(file_values or {})
+        #: the secrets files read (absolute): kept out of build contexts and stages' workspaces
+        self.files = tuple(os.path.abspath(f) for f in files)
         self._environ = environ if environ is not None else os.environ
         #: names of secrets too short to mask; the run warns about each once (``on_unmasked``)
         self.unmasked: set[str] = set()
@@ -196,7 +199,7 @@ class SecretStore:
 
     @classmethod
     def from_file(cls, path: str | Path | None, masker: Masker | None = None) -> SecretStore:
-        return cls(masker, file_values=parse_dotenv(Path(path)) if path else {})
+        return cls(masker, file_values=parse_dotenv(Path(path)) if path else {}, files=(str(path),) if path else ())
 
     def get(self, name: str, *, stage: str) -> str:
         value = self._file.get(name)

@@ -123,7 +123,8 @@ class RunSetup:
             r = self.request
             values = dict(parse_dotenv(Path(r.secrets_file)) if r.secrets_file else {})
             values.update(r.secrets or {})
-            self._secrets = SecretStore(file_values=values, environ=r.environ)
+            files = (str(r.secrets_file),) if r.secrets_file else ()
+            self._secrets = SecretStore(file_values=values, environ=r.environ, files=files)
             self._secrets.preload(self.pipeline.secret_names)
         return self._secrets
 

@@ -246,8 +246,10 @@ class StageRun:
             attempt.ctx = self._context(attempt.spec, handle, stop, sync)
             try:
                 attempt.value = self.r.stage.fn(**self._kwargs(attempt.ctx))
-            finally:
-                self._bring_back(sync, stop)
+            except BaseException:
+                self._bring_back(sync, stop, failed=True)
+                raise
+            self._bring_back(sync, stop)  # a copy-back that fails fails the stage
             attempt.status = S.SUCCEEDED
         except (Exception, SystemExit, KeyboardInterrupt) as e:
             # stage code that calls sys.exit() or raises KeyboardInterrupt fails its stage: it does
@@ -271,10 +273,13 @@ class StageRun:
             return None
         return handle
 
-    def _bring_back(self, sync: WorkspaceSync, stop: threading.Event) -> None:
+    def _bring_back(self, sync: WorkspaceSync, stop: threading.Event, *, failed: bool = False) -> None:
         if stop.is_set():
             return  # the stage's place is gone
-        try:
+        if not failed:
+            sync.bring_back()
+            return
+        try:  # the stage failed already: its own error is the one to tell
             sync.bring_back()
         except Exception as e:
             self.log.warning("workspace not copied back", error=str(e))
@@ -300,6 +305,7 @@ class StageRun:
                 context=self.run.resolved.workspace,
                 dockerfile=s.dockerfile,
                 tag=tag,
+                hidden=self.run.secrets.files,
             )
             image = self.run.images.build(spec, lambda stream, line: self.log.info("output", line=line, stream=stream))
             self.log.info("image built", image=image.id, tags=list(image.tags))
@@ -337,6 +343,7 @@ class StageRun:
             memory=limits.memory_bytes if limits else None,
             pids=limits.pids if limits else None,
             placement=self.r.placement,
+            hidden=secrets.files,
         )
 
     def _context(

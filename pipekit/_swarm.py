@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any
 
 import attrs
 
@@ -289,6 +289,17 @@ class SwarmBackend(DockerBackend):
 
     def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
         self._on_node(handle, "got its files", lambda engine, inner: engine.put_files(inner, archive, dest))
+
+    def put_stream(self, handle: StageHandle, chunks: Iterable[bytes], dest: str) -> None:
+        self._on_node(handle, "got its files", lambda engine, inner: engine.put_stream(inner, chunks, dest))
+
+    def get_stream(self, handle: StageHandle, path: str) -> IO[bytes] | None:
+        if self._task(handle).lost:
+            return None  # what the stage changed was lost with its node; the stage fails
+        stream: IO[bytes] | None = self._on_node(
+            handle, "gave back its files", lambda engine, inner: engine.get_stream(inner, path)
+        )
+        return stream
 
     def get_files(self, handle: StageHandle, path: str) -> bytes | None:
         if self._task(handle).lost:

@@ -95,6 +95,8 @@ class StageSpec:
     #: constraints on where the stage may run (``node.labels.gpu==true``), for a backend that
     #: places stages on machines (``places_stages``); others ignore them
     placement: tuple[str, ...] = ()
+    #: files (absolute paths: the secrets file) the stage must not see where they lie in its workspace
+    hidden: tuple[str, ...] = ()
 
     @property
     def all_env(self) -> dict[str, str]:
@@ -195,6 +197,8 @@ class BuildSpec:
     target: str | None = None
     labels: Mapping[str, str] = attrs.field(factory=dict)
     secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    #: files (absolute paths: the secrets file) never sent with the context
+    hidden: tuple[str, ...] = ()
 
 
 @runtime_checkable
