@@ -148,6 +148,6 @@ def write(ci: str, root: Path, secrets: Sequence[str], pipeline: str, force: boo
     target = root / relative
     if target.exists() and not force:
         raise FileExistsError(str(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    return target
+    from pipekit._safefile import write_file
+
+    return write_file(target, text, root=root)

@@ -63,6 +63,7 @@ class _Response:
     stdout: str
     stderr: str
     delay: float
+    files: Mapping[str, bytes] = attrs.field(factory=dict, repr=False)
 
 
 @attrs.frozen
@@ -77,6 +78,26 @@ class _BuildRule:
     fail_at: str | None
     error: str
     output: str
+
+
+def _scripted_files(files: Mapping[str, str | bytes] | None) -> dict[str, bytes]:
+    """``respond(files=...)`` checked: paths relative to the workspace (or absolute, in the
+    stage's container), contents as text (UTF-8) or bytes."""
+    out: dict[str, bytes] = {}
+    for path, content in (files or {}).items():
+        parts = str(path).split("/")
+        if not isinstance(path, str) or not path.strip("/") or ".." in parts:
+            raise ValueError(f"respond(files=...) takes paths such as 'reports/junit.xml', got {path!r}")
+        if not isinstance(content, (str, bytes)):
+            raise TypeError(f"respond(files=...): the content of {path} is {type(content).__name__}, not str or bytes")
+        out[path] = content.encode("utf-8") if isinstance(content, str) else content
+    return out
+
+
+FILES_HINT = (
+    "Under the test runner, ctx.junit and ctx.archive read only the files that scripted commands"
+    " write: runner.respond('pytest*', files={'reports/junit.xml': '<testsuite>...</testsuite>'})"
+)
 
 
 def _fake_id(*parts: str) -> str:
@@ -105,6 +126,8 @@ class FakeBackend(_Recording):
     name = "fake"
     shares_workspace = True  # nothing runs anywhere: there is nothing to copy
     runs_host_stages = True  # host stages are recorded here too
+    #: what ctx.junit and ctx.archive say when a file is missing
+    files_hint = FILES_HINT
 
     def __init__(self, *, strict: bool = False) -> None:
         super().__init__()
@@ -115,6 +138,8 @@ class FakeBackend(_Recording):
         self._pull_refusals: list[_Refusal] = []
         self._released: dict[str, threading.Event] = {}
         self.open_handles: set[str] = set()
+        self._views: dict[str, Path] = {}  # each stage's workspace: the files responses wrote
+        self._absolute: dict[str, dict[str, bytes]] = {}  # absolute paths responses wrote, per stage
 
     # -- scripting ------------------------------------------------------------------------
     def respond(
@@ -126,12 +151,11 @@ class FakeBackend(_Recording):
         stderr: str = "",
         stage: Pattern | None = None,
         delay: float = 0.0,
+        files: Mapping[str, str | bytes] | None = None,
     ) -> None:
-        self._responses.append(
-            _Response(
-                _matcher(pattern), _matcher(stage) if stage is not None else None, exit_code, stdout, stderr, delay
-            )
-        )
+        stage_matcher = _matcher(stage) if stage is not None else None
+        scripted = _scripted_files(files)
+        self._responses.append(_Response(_matcher(pattern), stage_matcher, exit_code, stdout, stderr, delay, scripted))
 
     def respond_build(
         self, tag: Pattern = "*", *, fail_at: str | None = None, error: str = "", output: str = ""
@@ -179,12 +203,37 @@ class FakeBackend(_Recording):
             released = self._released.get(handle_key or "")
             if released is not None and released.wait(response.delay):
                 exit_code, stdout, stderr = 137, "", ""
+        if response is not None and response.files and handle_key:
+            self._write_files(handle_key, response.files)
         for line in stdout.splitlines():
             on_line("stdout", line)
         for line in stderr.splitlines():
             on_line("stderr", line)
         self.record(Call(stage, kind, text, dict(env), exit_code=exit_code))
         return CommandResult(text, exit_code, stdout, stderr, time.monotonic() - start)
+
+    def _write_files(self, key: str, files: Mapping[str, bytes]) -> None:
+        from pipekit._safefile import write_file
+
+        view = self._view(key)
+        for path, data in files.items():
+            if path.startswith("/"):
+                self._absolute.setdefault(key, {})[path] = data
+            else:
+                write_file(view / path, data, root=view)
+
+    def _view(self, key: str) -> Path:
+        with self._lock:
+            if key not in self._views:
+                import tempfile
+
+                self._views[key] = Path(tempfile.mkdtemp(prefix="pipekit-fake-workspace-"))
+            return self._views[key]
+
+    def workspace_view(self, handle: StageHandle) -> Path:
+        """The stage's workspace as ctx.junit and ctx.archive read it: empty but for the files
+        its scripted commands wrote (``respond(files=...)``), never the real folder."""
+        return self._view(str(handle.ref))
 
     def exec(
         self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
@@ -196,6 +245,12 @@ class FakeBackend(_Recording):
         if key in self._released:
             self._released[key].set()
         self.open_handles.discard(key)
+        self._absolute.pop(key, None)
+        view = self._views.pop(key, None)
+        if view is not None:
+            import shutil
+
+            shutil.rmtree(view, ignore_errors=True)
 
     def cleanup(self, run_id: str) -> None:
         return None
@@ -210,7 +265,13 @@ class FakeBackend(_Recording):
         return None
 
     def get_files(self, handle: StageHandle, path: str) -> bytes | None:
-        """A host stage's files are this machine's own; a container stage's do not exist."""
+        """The absolute files scripted commands wrote (``respond(files={"/out/x.log": ...})``); else
+        a host stage's files are this machine's own, and a container stage's do not exist."""
+        scripted = self._absolute.get(str(handle.ref), {})
+        base = path.rstrip("/") or "/"
+        inside = {p: d for p, d in scripted.items() if p == base or p.startswith(base.rstrip("/") + "/")}
+        if inside:
+            return _tar(base, inside)
         if handle.spec.image is None and os.path.lexists(path):
             return pack(Path(path))
         return None
@@ -271,6 +332,23 @@ class FakeBackend(_Recording):
     ) -> CommandResult:
         text = " ".join(command) if command else "(the image's command)"
         return self._answer(None, origin.stage, "run", text, env, on_line)
+
+
+def _tar(base: str, files: Mapping[str, bytes]) -> bytes:
+    """Files as the engine archives ``base``: members named from its base name."""
+    import io
+    import posixpath
+    import tarfile
+
+    top = posixpath.basename(base) or "root"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in sorted(files.items()):
+            rel = posixpath.relpath(path, base)
+            info = tarfile.TarInfo(top if rel == "." else f"{top}/{rel}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 class RecordingBackend(_Recording):

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-__all__ = ["gc_paused", "new_run_id", "slug", "write_file"]
+__all__ = ["gc_paused", "new_run_id", "slug"]
 
 
 @contextlib.contextmanager
@@ -57,11 +55,3 @@ def slug(text: str, *, lower: bool = False, keep: str = "_.-") -> str:
 def new_run_id() -> str:
     """A fresh run id: 12 hex digits."""
     return uuid.uuid4().hex[:12]
-
-
-def write_file(target: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``target`` (UTF-8), making its folder first; the path written."""
-    path = Path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
