@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from pipekit._archive import pack
+from pipekit._fake_files import FILES_HINT, ScriptedFiles, checked
 from pipekit._registry import registry_error
 from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin, StageHandle, StageSpec
 from pipekit.exceptions import BuildFailed, StageFailed
@@ -80,26 +81,6 @@ class _BuildRule:
     output: str
 
 
-def _scripted_files(files: Mapping[str, str | bytes] | None) -> dict[str, bytes]:
-    """``respond(files=...)`` checked: paths relative to the workspace (or absolute, in the
-    stage's container), contents as text (UTF-8) or bytes."""
-    out: dict[str, bytes] = {}
-    for path, content in (files or {}).items():
-        parts = str(path).split("/")
-        if not isinstance(path, str) or not path.strip("/") or ".." in parts:
-            raise ValueError(f"respond(files=...) takes paths such as 'reports/junit.xml', got {path!r}")
-        if not isinstance(content, (str, bytes)):
-            raise TypeError(f"respond(files=...): the content of {path} is {type(content).__name__}, not str or bytes")
-        out[path] = content.encode("utf-8") if isinstance(content, str) else content
-    return out
-
-
-FILES_HINT = (
-    "Under the test runner, ctx.junit and ctx.archive read only the files that scripted commands"
-    " write: runner.respond('pytest*', files={'reports/junit.xml': '<testsuite>...</testsuite>'})"
-)
-
-
 def _fake_id(*parts: str) -> str:
     return "sha256:" + hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -138,8 +119,7 @@ class FakeBackend(_Recording):
         self._pull_refusals: list[_Refusal] = []
         self._released: dict[str, threading.Event] = {}
         self.open_handles: set[str] = set()
-        self._views: dict[str, Path] = {}  # each stage's workspace: the files responses wrote
-        self._absolute: dict[str, dict[str, bytes]] = {}  # absolute paths responses wrote, per stage
+        self._files = ScriptedFiles()  # each stage's workspace: the files responses wrote
 
     # -- scripting ------------------------------------------------------------------------
     def respond(
@@ -154,7 +134,7 @@ class FakeBackend(_Recording):
         files: Mapping[str, str | bytes] | None = None,
     ) -> None:
         stage_matcher = _matcher(stage) if stage is not None else None
-        scripted = _scripted_files(files)
+        scripted = checked(files)
         self._responses.append(_Response(_matcher(pattern), stage_matcher, exit_code, stdout, stderr, delay, scripted))
 
     def respond_build(
@@ -204,7 +184,7 @@ class FakeBackend(_Recording):
             if released is not None and released.wait(response.delay):
                 exit_code, stdout, stderr = 137, "", ""
         if response is not None and response.files and handle_key:
-            self._write_files(handle_key, response.files)
+            self._files.write(handle_key, response.files)
         for line in stdout.splitlines():
             on_line("stdout", line)
         for line in stderr.splitlines():
@@ -212,28 +192,10 @@ class FakeBackend(_Recording):
         self.record(Call(stage, kind, text, dict(env), exit_code=exit_code))
         return CommandResult(text, exit_code, stdout, stderr, time.monotonic() - start)
 
-    def _write_files(self, key: str, files: Mapping[str, bytes]) -> None:
-        from pipekit._safefile import write_file
-
-        view = self._view(key)
-        for path, data in files.items():
-            if path.startswith("/"):
-                self._absolute.setdefault(key, {})[path] = data
-            else:
-                write_file(view / path, data, root=view)
-
-    def _view(self, key: str) -> Path:
-        with self._lock:
-            if key not in self._views:
-                import tempfile
-
-                self._views[key] = Path(tempfile.mkdtemp(prefix="pipekit-fake-workspace-"))
-            return self._views[key]
-
     def workspace_view(self, handle: StageHandle) -> Path:
         """The stage's workspace as ctx.junit and ctx.archive read it: empty but for the files
         its scripted commands wrote (``respond(files=...)``), never the real folder."""
-        return self._view(str(handle.ref))
+        return self._files.view(str(handle.ref))
 
     def exec(
         self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
@@ -245,12 +207,7 @@ class FakeBackend(_Recording):
         if key in self._released:
             self._released[key].set()
         self.open_handles.discard(key)
-        self._absolute.pop(key, None)
-        view = self._views.pop(key, None)
-        if view is not None:
-            import shutil
-
-            shutil.rmtree(view, ignore_errors=True)
+        self._files.release(key)
 
     def cleanup(self, run_id: str) -> None:
         return None
@@ -267,11 +224,9 @@ class FakeBackend(_Recording):
     def get_files(self, handle: StageHandle, path: str) -> bytes | None:
         """The absolute files scripted commands wrote (``respond(files={"/out/x.log": ...})``); else
         a host stage's files are this machine's own, and a container stage's do not exist."""
-        scripted = self._absolute.get(str(handle.ref), {})
-        base = path.rstrip("/") or "/"
-        inside = {p: d for p, d in scripted.items() if p == base or p.startswith(base.rstrip("/") + "/")}
-        if inside:
-            return _tar(base, inside)
+        scripted = self._files.archive(str(handle.ref), path)
+        if scripted is not None:
+            return scripted
         if handle.spec.image is None and os.path.lexists(path):
             return pack(Path(path))
         return None
@@ -332,23 +287,6 @@ class FakeBackend(_Recording):
     ) -> CommandResult:
         text = " ".join(command) if command else "(the image's command)"
         return self._answer(None, origin.stage, "run", text, env, on_line)
-
-
-def _tar(base: str, files: Mapping[str, bytes]) -> bytes:
-    """Files as the engine archives ``base``: members named from its base name."""
-    import io
-    import posixpath
-    import tarfile
-
-    top = posixpath.basename(base) or "root"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path, data in sorted(files.items()):
-            rel = posixpath.relpath(path, base)
-            info = tarfile.TarInfo(top if rel == "." else f"{top}/{rel}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 class RecordingBackend(_Recording):
