@@ -188,7 +188,7 @@ class Context:
             base = "/".join(fixed) or "/"
             for rel, data in regular_files(self._backend.get_files(self._handle, base)):
                 full = f"{base.rstrip('/')}/{rel}" if rel else base
-                if self._private_path(full):
+                if self._private_path(full) is not None:
                     continue  # .pipekit/ and .git/ are left out of a folder or glob, as in the workspace
                 if full == pattern or glob_match(pattern, full):
                     found.append((full, data))
@@ -231,19 +231,24 @@ class Context:
             )
         return found
 
-    def _private_path(self, path: str) -> bool:
-        """Whether an absolute path is in pipekit's own state or git's, in a container or here."""
+    def _private_path(self, path: str) -> str | None:
+        """``.pipekit`` or ``.git`` when an absolute path is in pipekit's own state or git's (in a
+        container, or here for a stage without an image); None otherwise."""
         norm = posixpath.normpath(path)
         roots = {WORKDIR, os.path.abspath(self.workspace), os.path.realpath(self.workspace)}
         real = os.path.realpath(norm) if self._handle.spec.image is None else norm
-        return any(p == f"{r}/{d}" or p.startswith(f"{r}/{d}/") for r in roots for d in PRIVATE for p in (norm, real))
+        for root, name, p in itertools.product(roots, PRIVATE, (norm, real)):
+            if p.lower() == f"{root}/{name}" or p.lower().startswith(f"{root}/{name}/"):
+                return name
+        return None
 
     def _refuse_private(self, pattern: str, shown: str) -> None:
         first = posixpath.normpath(pattern).split("/")[0].lower()
-        if first in PRIVATE or (pattern.startswith("/") and self._private_path(pattern)):
+        private = self._private_path(pattern) if pattern.startswith("/") else first if first in PRIVATE else None
+        if private is not None:
             raise StageFailed(
-                f"Stage '{self.stage}': {shown} is under {first if first in PRIVATE else 'pipekit/git state'},"
-                " which pipekit never hands to a stage (ctx.archive and ctx.junit refuse it)",
+                f"Stage '{self.stage}': {shown} is under {private}/, which pipekit never hands to a stage"
+                " (ctx.archive and ctx.junit refuse it)",
                 stage=self.stage,
             )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import stat
 import uuid
 from collections.abc import Iterator
@@ -136,6 +137,7 @@ class Beneath:
         """Names (relative to the root) of the files and links under the folder ``rel``, walked
         through descriptors without entering links; folders named in ``skip`` and pipekit's own
         state are left out. What a name is gets decided when it is opened."""
+        rel = "" if posixpath.normpath(rel or ".") == "." else posixpath.normpath(rel)
         fd = self.open(rel) if rel else os.dup(self.fd)
         yield from self._walk(fd, rel, skip)
 

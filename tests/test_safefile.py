@@ -114,6 +114,16 @@ def test_pipekits_state_and_git_are_refused_whatever_the_route(ws: Path) -> None
     assert "x" in walked  # a link is listed; what it is gets decided when it is opened
 
 
+def test_a_walk_lists_the_same_files_each_time_and_from_dot(ws: Path) -> None:
+    (ws / "a").mkdir()
+    (ws / "a" / "one.txt").write_text("1")
+    (ws / "two.txt").write_text("2")
+    (ws / ".git").write_text("gitdir: elsewhere")  # a worktree's .git is a file
+    with Beneath(ws) as tree:
+        first, second, dot = list(tree.walk()), list(tree.walk()), list(tree.walk("."))
+    assert first == second == dot == ["a/one.txt", "two.txt"]
+
+
 def test_a_fifo_is_not_a_file_and_does_not_hang(ws: Path) -> None:
     os.mkfifo(ws / "report.xml")
     done = threading.Event()
