@@ -17,10 +17,12 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import shutil
 import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["PRIVATE", "Beneath", "UnsafePath", "read_regular", "write_file"]
 
@@ -242,9 +244,10 @@ def _parent(target: str, root: tuple[int, int]) -> int:
 
 
 def write_file(
-    target: str | os.PathLike[str], content: str | bytes, *, root: str | os.PathLike[str] | None = None
+    target: str | os.PathLike[str], content: str | bytes | BinaryIO, *, root: str | os.PathLike[str] | None = None
 ) -> Path:
-    """Write ``content`` (text as UTF-8) to ``target``, making its folders; the path written.
+    """Write ``content`` (text as UTF-8, bytes, or a binary file copied in chunks) to ``target``,
+    making its folders; the path written.
 
     ``root`` is the workspace (default: the current folder): below it, no folder on the way may
     be a link. The file is written to a temporary file in its folder (``O_EXCL|O_NOFOLLOW``) and
@@ -267,7 +270,10 @@ def write_file(
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if isinstance(data, bytes):
+                    f.write(data)
+                else:
+                    shutil.copyfileobj(data, f)
             os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
             try:

@@ -276,3 +276,36 @@ def test_a_stale_report_does_not_turn_a_broken_test_command_green(
     assert "the report reports/junit.xml is stale" in output
     assert time.strftime("%Y-%m-%d %H:%M", time.localtime(earlier)) in output
     assert "4 passed" not in output
+
+
+FETCH_TRAP = """
+import pipekit as pk
+
+@pk.stage(image="busybox")
+def trap(ctx):
+    ctx.sh("echo evil > app.py")
+    ctx.archive("app.py")
+    ctx.sh(f"ln -s src artifacts-{{ctx.run_id}}")
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pipekit_artifacts_does_not_write_through_a_link_planted_at_its_destination(
+    tmp_path: Path, busybox_image: str, mode: str
+) -> None:
+    """A stage knows its run id, so it can plant a link where `pipekit artifacts RUN` writes
+    (artifacts-RUN/ in the project folder by default): `artifacts-RUN -> src` made the fetched
+    app.py overwrite the project's src/app.py."""
+    folder = _project(tmp_path, FETCH_TRAP)
+    assert _run(folder, busybox_image, mode).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    exe = shutil.which("pipekit")
+    assert exe is not None
+    fetch = subprocess.run([exe, "artifacts", "last"], cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in fetch.stdout + fetch.stderr
+    assert (folder / "src" / "app.py").read_text() == "print('app')\n"
+    if any(p.is_symlink() for p in folder.glob("artifacts-*")):  # brought back (mount mode: made there)
+        assert fetch.returncode == 2, fetch.stdout + fetch.stderr
+        assert "is a link inside the workspace" in fetch.stderr
+    else:
+        assert fetch.returncode == 0 and [p.read_text() for p in folder.glob("artifacts-*/app.py")] == ["evil\n"]
