@@ -309,3 +309,35 @@ def test_pipekit_artifacts_does_not_write_through_a_link_planted_at_its_destinat
         assert "is a link inside the workspace" in fetch.stderr
     else:
         assert fetch.returncode == 0 and [p.read_text() for p in folder.glob("artifacts-*/app.py")] == ["evil\n"]
+
+
+CI_TRAP = """
+import pipekit as pk
+
+@pk.stage(image="busybox")
+def trap(ctx):
+    ctx.sh("mkdir -p .github/workflows && ln -s " + {victim} + " .github/workflows/pipekit.yml")
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ci_init_force_replaces_a_planted_link_instead_of_writing_through_it(
+    tmp_path: Path, busybox_image: str, mode: str
+) -> None:
+    import yaml
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    folder = _project(tmp_path, CI_TRAP, victim=victim)
+    assert _run(folder, busybox_image, mode).returncode == 0
+    exe = shutil.which("pipekit")
+    assert exe is not None
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    init = subprocess.run(
+        [exe, "ci", "init", "github", "--force"], cwd=folder, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert victim.read_text() == "precious\n"
+    workflow = folder / ".github" / "workflows" / "pipekit.yml"
+    assert not workflow.is_symlink()
+    assert "jobs" in yaml.safe_load(workflow.read_text())
