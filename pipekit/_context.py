@@ -82,11 +82,11 @@ class StageScope:
     log: Any = attrs.field(repr=False)
     images: ImageBackend = attrs.field(repr=False)
     params: Params = attrs.field(factory=lambda: Params({}), repr=False)
+    #: when the stage's attempt started (``time.time()``); None: when the context is made
+    started_at: float | None = None
     secrets: SecretStore = attrs.field(factory=SecretStore, repr=False)
     records: StageRecords = attrs.field(factory=lambda: MemoryRecords(), repr=False)
     matrix: Mapping[str, Any] = attrs.field(factory=dict)
-    #: when the stage's attempt started (``time.time()``); None: when the context is made
-    started_at: float | None = None
 
 
 TAIL_LINES = 20

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipekit._graph_render import FILLS
-from pipekit._safefile import write_file
+from pipekit._util import write_file
 
 __all__ = ["render_report", "write_report"]
 

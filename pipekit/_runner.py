@@ -15,9 +15,9 @@ from pipekit._context import MaskedRecords, MemoryRecords, StageRecords
 from pipekit._preflight import check as preflight
 from pipekit._results import RunObserver, RunResult
 from pipekit._run import CacheLookup, Run
-from pipekit._safefile import write_file
 from pipekit._scheduler import Scheduler
 from pipekit._session import RunSetup, container_backend, restorable
+from pipekit._util import write_file
 from pipekit.backend import Sweeps
 from pipekit.exceptions import UsageError
 

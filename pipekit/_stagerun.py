@@ -353,11 +353,11 @@ class StageRun:
             env={**os.environ, **spec.all_env} if self.r.on_host else spec.all_env,
             log=self.log,
             images=run.images,
+            started_at=self.attempt_started_at,
             params=run.params,
             secrets=run.secrets,
             records=run.records,
             matrix=self.r.stage.matrix_values or {},
-            started_at=self.attempt_started_at,
         )
         return Context(scope, self.backend, handle, stop, sync.bring_back if sync and sync.active else None)
 

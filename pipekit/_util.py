@@ -1,14 +1,16 @@
-"""Small helpers shared by several modules (no pipekit imports)."""
+"""Small helpers shared by several modules (no pipekit imports at module level)."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
-__all__ = ["gc_paused", "new_run_id", "slug"]
+__all__ = ["gc_paused", "new_run_id", "slug", "write_file"]
 
 
 @contextlib.contextmanager
@@ -55,3 +57,13 @@ def slug(text: str, *, lower: bool = False, keep: str = "_.-") -> str:
 def new_run_id() -> str:
     """A fresh run id: 12 hex digits."""
     return uuid.uuid4().hex[:12]
+
+
+def write_file(
+    target: str | os.PathLike[str], content: str | bytes, *, root: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write ``content`` to ``target`` never through a link a stage left in the workspace ``root``
+    (default: the current folder), atomically: :func:`pipekit._safefile.write_file`."""
+    from pipekit._safefile import write_file as safe_write
+
+    return safe_write(target, content, root=root)
