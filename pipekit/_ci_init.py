@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipekit import __version__
+from pipekit.exceptions import UsageError
 
 __all__ = ["TARGETS", "wrapper"]
 
@@ -148,6 +149,9 @@ def write(ci: str, root: Path, secrets: Sequence[str], pipeline: str, force: boo
     target = root / relative
     if target.exists() and not force:
         raise FileExistsError(str(target))
-    from pipekit._safefile import write_file
+    from pipekit._util import write_file
 
-    return write_file(target, text, root=root)
+    try:  # never through a link a stage left on the way (pipekit._safefile)
+        return write_file(target, text, root=root)
+    except OSError as e:
+        raise UsageError(f"Cannot write {target}: {e.strerror}") from e

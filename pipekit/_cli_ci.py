@@ -48,9 +48,6 @@ def init(system: str, file: str, force: bool) -> None:
     except FileExistsError as e:
         print_error(err, f"{e} exists; pipekit leaves it as it is (--force replaces it)")
         raise click.exceptions.Exit(1) from None
-    except OSError as e:  # a folder on the way that is a link (pipekit._safefile), a read-only disk
-        print_error(err, f"cannot write the CI's file: {e.strerror}")
-        raise click.exceptions.Exit(2) from None
     print(f"wrote {os.path.relpath(target, root)}" + (f" (secrets: {', '.join(secrets)})" if secrets else ""), file=out)
 
 

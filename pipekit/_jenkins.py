@@ -273,13 +273,7 @@ def convert_file(path: Path, output: Path | None, *, force: bool, out: IO[str], 
         print(f"pipekit: {output} exists; pipekit leaves it as it is (--force replaces it)", file=err)
         return 2
     else:
-        from pipekit._safefile import write_file
-
-        try:
-            write_file(output, result.text)
-        except OSError as e:
-            print(f"pipekit: cannot write {output}: {e.strerror}", file=err)
-            return 2
+        output.write_text(result.text)
         print(f"wrote {output}", file=err)
     _report(result.todos, path, err)
     return 1 if result.todos else 0

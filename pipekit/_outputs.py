@@ -14,7 +14,6 @@ from pipekit._cache import key_of, stage_inputs
 from pipekit._resolve import ResolvedPlan, ResolvedStage
 from pipekit._results import StageResult, StageStatus
 from pipekit._run import Run
-from pipekit._safefile import read_regular
 from pipekit._serialize import NotSerializable, dumps, loads
 from pipekit.backend import Image, Origin
 from pipekit.exceptions import PipekitError
@@ -28,8 +27,7 @@ def _image_identity(run: Run, r: ResolvedStage, outputs: Mapping[str, Any]) -> s
         made = outputs.get(s.image_from)
         return made.id if isinstance(made, Image) else None
     if s.dockerfile:
-        # read without following a link or waiting on a FIFO a stage may have left in its place
-        return "dockerfile:" + read_regular(run.resolved.workspace / s.dockerfile).decode("utf-8", "replace")
+        return "dockerfile:" + (run.resolved.workspace / s.dockerfile).read_text()
     if r.image is None:
         return None
     return run.images.image_id(Origin(run.run_id, s.name), r.image)
