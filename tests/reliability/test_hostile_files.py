@@ -24,14 +24,19 @@ MODES = ("mount", "copy")
 SECRET = "host only: never archived\n"
 
 
-def _run(folder: Path, image: str, mode: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _pipekit(folder: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The installed console script, in the project folder, importing this checkout."""
     exe = shutil.which("pipekit")
     assert exe is not None, "the pipekit console script is not installed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [exe, "run", "-f", str(folder), "--workspace", mode, "--image-map", f"busybox={image}", *args]
-    proc = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([exe, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     return proc
+
+
+def _run(folder: Path, image: str, mode: str, *args: str) -> subprocess.CompletedProcess[str]:
+    run = ("run", "-f", str(folder), "--workspace", mode, "--image-map", f"busybox={image}")
+    return _pipekit(folder, *run, *args, timeout=300)
 
 
 def _project(tmp_path: Path, pipeline: str, **values: Any) -> Path:
@@ -298,11 +303,7 @@ def test_pipekit_artifacts_does_not_write_through_a_link_planted_at_its_destinat
     app.py overwrite the project's src/app.py."""
     folder = _project(tmp_path, FETCH_TRAP)
     assert _run(folder, busybox_image, mode).returncode == 0
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    exe = shutil.which("pipekit")
-    assert exe is not None
-    fetch = subprocess.run([exe, "artifacts", "last"], cwd=folder, env=env, capture_output=True, text=True, timeout=60)
-    assert "Traceback" not in fetch.stdout + fetch.stderr
+    fetch = _pipekit(folder, "artifacts", "last")
     assert (folder / "src" / "app.py").read_text() == "print('app')\n"
     if any(p.is_symlink() for p in folder.glob("artifacts-*")):  # brought back (mount mode: made there)
         assert fetch.returncode == 2, fetch.stdout + fetch.stderr
@@ -330,14 +331,31 @@ def test_ci_init_force_replaces_a_planted_link_instead_of_writing_through_it(
     victim.write_text("precious\n")
     folder = _project(tmp_path, CI_TRAP, victim=victim)
     assert _run(folder, busybox_image, mode).returncode == 0
-    exe = shutil.which("pipekit")
-    assert exe is not None
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    init = subprocess.run(
-        [exe, "ci", "init", "github", "--force"], cwd=folder, env=env, capture_output=True, text=True, timeout=60
-    )
+    init = _pipekit(folder, "ci", "init", "github", "--force")
     assert init.returncode == 0, init.stdout + init.stderr
     assert victim.read_text() == "precious\n"
     workflow = folder / ".github" / "workflows" / "pipekit.yml"
     assert not workflow.is_symlink()
     assert "jobs" in yaml.safe_load(workflow.read_text())
+
+
+CI_FOLDER_TRAP = """
+import pipekit as pk
+
+@pk.stage(image="busybox")
+def trap(ctx):
+    ctx.sh("mkdir -p .github && ln -s ../src .github/workflows")
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ci_init_refuses_a_folder_link_on_the_way(tmp_path: Path, busybox_image: str, mode: str) -> None:
+    folder = _project(tmp_path, CI_FOLDER_TRAP)
+    assert _run(folder, busybox_image, mode).returncode == 0
+    init = _pipekit(folder, "ci", "init", "github")
+    assert not (folder / "src" / "pipekit.yml").exists()
+    if (folder / ".github" / "workflows").is_symlink():  # brought back (mount mode: made there)
+        assert init.returncode == 2, init.stdout + init.stderr
+        assert "workflows (on the way to" in init.stderr and "is a link inside the workspace" in init.stderr
+    else:
+        assert init.returncode == 0 and (folder / ".github" / "workflows" / "pipekit.yml").is_file()
