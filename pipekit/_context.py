@@ -202,7 +202,8 @@ class Context:
         found: list[tuple[str, bytes]] = []
         stale: list[tuple[str, float]] = []
         try:
-            with Beneath(root) as tree:
+            # the secrets files read for the run (SecretStore.files) are never handed out either
+            with Beneath(root, hidden=getattr(self._secrets, "files", ())) as tree:
                 for name in _matching(tree, patterns, self._refuse_private):
                     data, st = tree.read(name)
                     if fresh and st.st_mtime < self.started_at - STALE_SLACK_S:
@@ -212,7 +213,7 @@ class Context:
         except UnsafePath as e:  # a file that comes out of a stage is untrusted
             raise StageFailed(
                 f"Stage '{self.stage}': {e}; pipekit does not take files from outside the workspace, nor"
-                " from .pipekit/ or .git/",
+                " from .pipekit/, .git/ or the secrets file",
                 stage=self.stage,
             ) from e
         except OSError as e:

@@ -20,7 +20,7 @@ import posixpath
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -47,16 +47,25 @@ class UnsafePath(OSError):
 class Beneath:
     """A folder (the workspace) open once; files under it read without leaving it."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], hidden: Iterable[str | os.PathLike[str]] = ()) -> None:
+        """``hidden``: files never handed out either (the secrets file), by identity, so no link
+        or hard link leads to them."""
         self.root = Path(root)
         self.fd = os.open(self.root, _DIR)
-        self._private: set[tuple[int, int]] = set()
+        #: (device, inode) of what is never read, and what to call it
+        self._private: dict[tuple[int, int], str] = {}
         for name in PRIVATE:
             try:
                 st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
             except OSError:
                 continue
-            self._private.add((st.st_dev, st.st_ino))
+            self._private[(st.st_dev, st.st_ino)] = f"under {name}/"
+        for path in hidden:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            self._private[(st.st_dev, st.st_ino)] = "the secrets file"
 
     def close(self) -> None:
         os.close(self.fd)
@@ -69,10 +78,12 @@ class Beneath:
 
     def _check_private(self, shown: str, name: str, fd: int, top: bool) -> None:
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) in self._private or (top and name.lower() in PRIVATE):
+        what = self._private.get((st.st_dev, st.st_ino))
+        if what is None and top and name.lower() in PRIVATE:
+            what = f"under {name.lower()}/"
+        if what is not None:
             os.close(fd)
-            where = next((p for p in PRIVATE if p == name.lower()), "pipekit's own state or git")
-            raise UnsafePath(f"{shown} is under {where}/, which pipekit never hands to a stage")
+            raise UnsafePath(f"{shown} is {what}, which pipekit never hands to a stage")
 
     def open(self, rel: str, flags: int = os.O_RDONLY) -> int:
         """A descriptor for ``rel`` (relative to the root), every component opened with
@@ -151,6 +162,12 @@ class Beneath:
                 name = f"{prefix}/{e.name}" if prefix else e.name
                 if not prefix and e.name.lower() in PRIVATE:
                     continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone while walked
+                if (st.st_dev, st.st_ino) in self._private:
+                    continue  # left out of a walk; a link to it is refused when opened
                 if e.is_dir(follow_symlinks=False):
                     if e.name in skip:
                         continue
@@ -158,10 +175,9 @@ class Beneath:
                         sub = _open_nofollow(name, e.name, _DIR, fd)
                     except (UnsafePath, OSError):
                         continue  # changed while walked: not taken
-                    st = os.fstat(sub)
-                    if (st.st_dev, st.st_ino) in self._private:
+                    if not os.path.samestat(os.fstat(sub), st):
                         os.close(sub)
-                        continue
+                        continue  # changed while walked: not taken
                     yield from self._walk(sub, name, skip)
                 elif e.is_file(follow_symlinks=False) or e.is_symlink():
                     yield name

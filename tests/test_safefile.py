@@ -124,6 +124,21 @@ def test_a_walk_lists_the_same_files_each_time_and_from_dot(ws: Path) -> None:
     assert first == second == dot == ["a/one.txt", "two.txt"]
 
 
+def test_the_secrets_file_is_refused_by_identity_and_left_out_of_walks(ws: Path) -> None:
+    (ws / ".env.ci").write_text("TOKEN=s3cr3t\n")
+    (ws / "dist").mkdir()
+    (ws / "dist" / "app.whl").write_text("wheel")
+    (ws / "dist" / "env").symlink_to("../.env.ci")
+    os.link(ws / ".env.ci", ws / "dist" / "hard")
+    with Beneath(ws, hidden=[ws / ".env.ci"]) as tree:
+        for route in (".env.ci", "dist/env", "dist/hard"):
+            with pytest.raises(UnsafePath, match="is the secrets file"):
+                tree.read(route)
+        assert list(tree.walk()) == ["dist/app.whl", "dist/env"]  # the link is listed, and refused when read
+    with Beneath(ws) as tree:
+        assert tree.read("dist/env")[0] == b"TOKEN=s3cr3t\n"  # not a secrets file of this run: a file
+
+
 def test_a_fifo_is_not_a_file_and_does_not_hang(ws: Path) -> None:
     os.mkfifo(ws / "report.xml")
     done = threading.Event()

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from pipekit._secrets import SecretStore
+
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("mount", "copy")
@@ -359,3 +361,45 @@ def test_ci_init_refuses_a_folder_link_on_the_way(tmp_path: Path, busybox_image:
         assert "workflows (on the way to" in init.stderr and "is a link inside the workspace" in init.stderr
     else:
         assert init.returncode == 0 and (folder / ".github" / "workflows" / "pipekit.yml").is_file()
+
+
+SECRETS_TRAP = """
+import json
+import pipekit as pk
+
+RESULT = {result}
+
+
+@pk.stage(image="busybox")
+def trap(ctx):
+    ctx.sh("mkdir -p dist && echo wheel > dist/app.whl && ln -s ../.env.ci dist/env")
+    results = {{}}
+    for pattern in (".env.ci", "dist/env", "dist/*"):
+        try:
+            results[pattern] = ["read", ctx.archive(pattern)]
+        except pk.StageFailed as e:
+            results[pattern] = ["refused", str(e)]
+    with open(RESULT, "w") as f:
+        json.dump(results, f)
+"""
+
+
+@pytest.mark.skipif(not hasattr(SecretStore(), "files"), reason="needs SecretStore.files (issue 22 item 6)")
+@pytest.mark.parametrize("mode", MODES)
+def test_the_secrets_file_is_never_archived_whatever_route(tmp_path: Path, busybox_image: str, mode: str) -> None:
+    """`--secrets-file .env.ci` in the project folder: ctx.archive refuses it, and a link a stage
+    made to it (covered in containers, the link still resolves on this machine)."""
+    result = tmp_path / "result.json"
+    folder = _project(tmp_path, SECRETS_TRAP, result=result)
+    secrets = "API_TOKEN=s3cr3t-token-value\n"
+    (folder / ".env.ci").write_text(secrets)
+    proc = _run(folder, busybox_image, mode, "--secrets-file", ".env.ci")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(result.read_text())
+    assert not _stored(folder, secrets)
+    assert results[".env.ci"][0] == "refused" and "is the secrets file" in results[".env.ci"][1]
+    if (folder / "dist" / "env").is_symlink():  # brought back (mount mode: made there)
+        for pattern in ("dist/env", "dist/*"):
+            assert results[pattern][0] == "refused" and "is the secrets file" in results[pattern][1], results
+    else:
+        assert results["dist/env"] == ["read", []] and results["dist/*"] == ["read", ["dist/app.whl"]], results
