@@ -204,7 +204,9 @@ class Context:
         try:
             # the secrets files read for the run (SecretStore.files) are never handed out either
             with Beneath(root, hidden=getattr(self._secrets, "files", ())) as tree:
-                for name in _matching(tree, patterns, self._refuse_private):
+                for pattern in patterns:
+                    self._refuse_private(pattern, pattern)
+                for name in tree.matching(patterns, glob_match):
                     data, st = tree.read(name)
                     if fresh and st.st_mtime < self.started_at - STALE_SLACK_S:
                         stale.append((name, st.st_mtime))
@@ -311,23 +313,6 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<Context stage={self.stage!r} run_id={self.run_id!r}>"
-
-
-def _matching(tree: Beneath, patterns: list[str], refuse: Callable[[str, str], None]) -> list[str]:
-    """The regular files (names relative to the workspace) that ``patterns`` match: a path names a
-    file or a folder (every file under it); a glob is matched against every file, leaving out
-    ``.git/``, ``.pipekit/`` and ``__pycache__/``. Links resolve inside the workspace only."""
-    found: set[str] = set()
-    for pattern in patterns:
-        refuse(pattern, pattern)
-        if any(c in pattern for c in "*?["):
-            names = [n for n in tree.walk("", skip=(*PRIVATE, "__pycache__")) if glob_match(pattern, n)]
-        else:
-            name = posixpath.normpath(pattern)
-            kind = tree.kind(name)
-            names = [name] if kind == "file" else list(tree.walk(name)) if kind == "dir" else []
-        found |= {n for n in names if tree.kind(n) == "file"}
-    return sorted(found)
 
 
 def _clock(t: float) -> str:

@@ -20,7 +20,7 @@ import posixpath
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -145,6 +145,22 @@ class Beneath:
         finally:
             os.close(fd)
         return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+    def matching(self, patterns: Iterable[str], match: Callable[[str, str], bool]) -> list[str]:
+        """The regular files (names relative to the root) that ``patterns`` select: a path names a
+        file or a folder (every file under it); a glob (``match(pattern, name)``) is matched against
+        every file, leaving out ``.git/``, ``.pipekit/`` and ``__pycache__/``. Links count only when
+        they resolve inside (UnsafePath otherwise); FIFOs and devices never count."""
+        found: set[str] = set()
+        for pattern in patterns:
+            if any(c in pattern for c in "*?["):
+                names = [n for n in self.walk("", skip=(*PRIVATE, "__pycache__")) if match(pattern, n)]
+            else:
+                name = posixpath.normpath(pattern)
+                kind = self.kind(name)
+                names = [name] if kind == "file" else list(self.walk(name)) if kind == "dir" else []
+            found |= {n for n in names if self.kind(n) == "file"}
+        return sorted(found)
 
     def walk(self, rel: str = "", skip: tuple[str, ...] = ()) -> Iterator[str]:
         """Names (relative to the root) of the files and links under the folder ``rel``, walked

@@ -403,3 +403,36 @@ def test_the_secrets_file_is_never_archived_whatever_route(tmp_path: Path, busyb
             assert results[pattern][0] == "refused" and "is the secrets file" in results[pattern][1], results
     else:
         assert results["dist/env"] == ["read", []] and results["dist/*"] == ["read", ["dist/app.whl"]], results
+
+
+CACHE_TRAP = """
+import pipekit as pk
+
+@pk.stage(image="busybox")
+def plant(ctx):
+    ctx.sh("mkdir -p src && echo code > src/app.txt && mkfifo src/pipe && ln -s " + {victim} + " src/link")
+
+
+@pk.stage(image="busybox", cache=pk.inputs("src/**"))
+def build(ctx, plant):
+    ctx.sh("cat src/app.txt")
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_fifo_or_a_link_out_among_a_cached_stages_input_files_neither_hangs_nor_reads_the_host(
+    tmp_path: Path, busybox_image: str, mode: str
+) -> None:
+    """`pk.inputs("src/**")` hashes the files a stage before it could plant: a FIFO used to block the
+    run forever, a link out made the host file part of the key."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("host file\n")
+    folder = _project(tmp_path, CACHE_TRAP, victim=victim)
+    started = time.monotonic()
+    proc = _run(folder, busybox_image, mode, "--log-format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 120
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    reasons = [e.get("reason", "") for e in events if e.get("event") == "stage not cached"]
+    if (folder / "src" / "link").is_symlink():  # mount mode: the link is where the key is made
+        assert any("src/link is a link to" in r and "outside the workspace" in r for r in reasons), reasons
