@@ -5,17 +5,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from pipekit._conditions import check_glob, glob_match
+from pipekit._safefile import Beneath
 from pipekit._secrets import Secret
 
-__all__ = ["CacheInputs", "changed", "inputs", "key_of", "matching_files", "stage_inputs", "stage_key"]
+__all__ = ["CacheInputs", "changed", "inputs", "key_of", "stage_inputs", "stage_key"]
 
 
 @attrs.frozen
@@ -34,25 +34,6 @@ def inputs(*files: str, env: Sequence[str] = ()) -> CacheInputs:
     if isinstance(env, str):
         env = [env]
     return CacheInputs(tuple(files), tuple(env))
-
-
-def matching_files(workspace: Path, patterns: Iterable[str]) -> list[Path]:
-    found: set[Path] = set()
-    for pattern in patterns:
-        if not any(c in pattern for c in "*?["):
-            path = workspace / pattern
-            if path.is_file():
-                found.add(path)
-            elif path.is_dir():
-                found |= {p for p in path.rglob("*") if p.is_file()}
-            continue
-        for root, dirs, names in os.walk(workspace):
-            dirs[:] = [d for d in dirs if d not in (".git", ".pipekit", "__pycache__")]
-            for name in names:
-                path = Path(root) / name
-                if glob_match(pattern, path.relative_to(workspace).as_posix()):
-                    found.add(path)
-    return sorted(found)
 
 
 def _source(fn: Any) -> str:
@@ -88,8 +69,10 @@ def stage_inputs(
     it depends on, ``env`` the stage's environment with secrets by name (never by value).
     """
     files = {}
-    for path in matching_files(workspace, spec.files):
-        files[path.relative_to(workspace).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    if spec.files:  # read as ctx.archive reads: no link out of the workspace, no FIFO (pipekit._safefile)
+        with Beneath(workspace) as tree:
+            for name in tree.matching(spec.files, glob_match):
+                files[name] = hashlib.sha256(tree.read(name)[0]).hexdigest()
     return {
         "pipeline": pipeline,
         "stage": stage,

@@ -212,6 +212,9 @@ def write(ci: str, root: Path, secrets: Sequence[str], pipeline: str, force: boo
     target = root / relative
     if target.exists() and not force:
         raise FileExistsError(str(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    return target
+    from pipekit._util import write_file
+
+    try:  # never through a link a stage left on the way (pipekit._safefile)
+        return write_file(target, text, root=root)
+    except OSError as e:
+        raise UsageError(f"Cannot write {target}: {e.strerror}") from e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -174,7 +175,7 @@ def cmd_logs(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_artifacts(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
-    import shutil
+    from pipekit._safefile import write_file
 
     history = _history(_workspace_of(args), err)
     try:
@@ -183,14 +184,18 @@ def cmd_artifacts(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         if not arts:
             print(f"run {run_id} archived no files", file=out)
             return 0
-        dest = Path(args.dest or f"artifacts-{run_id}").resolve()
-        targets = [(a, (dest / a.path.lstrip("/")).resolve()) for a in arts]
+        # lexical paths: a link a stage left on the way is refused by write_file, not resolved away
+        dest = Path(os.path.abspath(args.dest or f"artifacts-{run_id}"))
+        targets = [(a, Path(os.path.normpath(dest / a.path.lstrip("/")))) for a in arts]
         for a, target in targets:  # every path is checked before anything is written
             if not target.is_relative_to(dest):
                 raise UsageError(f"artifact path {a.path} would leave {dest}; nothing was copied")
         for a, target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(history.artifact_file(a.sha256), target)
+            try:
+                with open(history.artifact_file(a.sha256), "rb") as f:
+                    write_file(target, f, root=_workspace_of(args))
+            except OSError as e:
+                raise UsageError(f"cannot write {target}: {e.strerror}; copying stopped there") from e
             print(f"{target}", file=out)
     finally:
         history.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import posixpath
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,11 +15,12 @@ from typing import Any, Protocol
 import attrs
 
 from pipekit._archive import regular_files
-from pipekit._cache import matching_files
 from pipekit._conditions import glob_match
+from pipekit._docker_engine import WORKDIR
 from pipekit._docker_ops import DockerOps
 from pipekit._params import Params
-from pipekit._reports import TestReport, parse_junit
+from pipekit._reports import TestReport, parse_junit_data
+from pipekit._safefile import PRIVATE, Beneath, UnsafePath
 from pipekit._secrets import Masker, Secret, SecretStore
 from pipekit.backend import CommandResult, ImageBackend, StageBackend, StageHandle
 from pipekit.exceptions import StageFailed, StepFailed
@@ -79,12 +82,17 @@ class StageScope:
     log: Any = attrs.field(repr=False)
     images: ImageBackend = attrs.field(repr=False)
     params: Params = attrs.field(factory=lambda: Params({}), repr=False)
+    #: when the stage's attempt started (``time.time()``); None: when the context is made
+    started_at: float | None = None
     secrets: SecretStore = attrs.field(factory=SecretStore, repr=False)
     records: StageRecords = attrs.field(factory=lambda: MemoryRecords(), repr=False)
     matrix: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 TAIL_LINES = 20
+#: a report this much older than the stage's start is still its own (file systems and archives
+#: that keep whole seconds, a remote engine's clock a little off)
+STALE_SLACK_S = 2.0
 
 
 class Context:
@@ -115,6 +123,8 @@ class Context:
         self._cancelled = cancelled or threading.Event()
         self._sync = sync or (lambda: None)
         self.commands: list[CommandResult] = []
+        #: when the stage (this attempt) started, wall clock: ctx.junit reads no older report
+        self.started_at = scope.started_at if scope.started_at is not None else time.time()
         self.docker = DockerOps(scope, on_line=self._log_line, sync=self._sync)
 
     def _log_line(self, stream: str, line: str) -> None:
@@ -161,69 +171,124 @@ class Context:
             )
         return result
 
-    def _files(self, patterns: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    def _files(self, patterns: tuple[str, ...], fresh: bool = False) -> list[tuple[str, bytes]]:
         """Files matching globs: relative to the workspace (read in the pipeline's folder, brought
-        up to date first when the stage works on a copy), or absolute paths where the stage runs."""
+        up to date first when the stage works on a copy; under the test runner, the fake backend's
+        files), or absolute paths where the stage runs. ``fresh``: only files written since the
+        stage started."""
         found: list[tuple[str, bytes]] = []
         relative = [p for p in patterns if not p.startswith("/")]
         if relative:
             self._sync()
-        root = os.path.realpath(self.workspace)
-        for path in matching_files(self.workspace, relative):
-            name = path.relative_to(self.workspace).as_posix()
-            real = os.path.realpath(path)
-            if not real.startswith(root + os.sep):  # a file that comes out of a stage is untrusted
-                raise StageFailed(
-                    f"Stage '{self.stage}': {name} is a link to {real}, outside the workspace; pipekit does"
-                    " not take files from outside it",
-                    stage=self.stage,
-                )
-            found.append((name, path.read_bytes()))
+            found += self._workspace_files(relative, fresh)
         for pattern in (p for p in patterns if p.startswith("/")):
+            self._refuse_private(pattern, pattern)
             parts = pattern.split("/")
             fixed = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), parts))
             base = "/".join(fixed) or "/"
             for rel, data in regular_files(self._backend.get_files(self._handle, base)):
                 full = f"{base.rstrip('/')}/{rel}" if rel else base
+                if self._private_path(full) is not None:
+                    continue  # .pipekit/ and .git/ are left out of a folder or glob, as in the workspace
                 if full == pattern or glob_match(pattern, full):
                     found.append((full, data))
         return found
 
+    def _workspace_files(self, patterns: list[str], fresh: bool) -> list[tuple[str, bytes]]:
+        """Each file read once from a descriptor opened without following a link out of the
+        workspace (:class:`pipekit._safefile.Beneath`): a stage cannot swap in a link in between."""
+        view = getattr(self._backend, "workspace_view", None)
+        root = view(self._handle) if view is not None else self.workspace
+        found: list[tuple[str, bytes]] = []
+        stale: list[tuple[str, float]] = []
+        try:
+            # the secrets files read for the run (SecretStore.files) are never handed out either
+            with Beneath(root, hidden=getattr(self._secrets, "files", ())) as tree:
+                for pattern in patterns:
+                    self._refuse_private(pattern, pattern)
+                for name in tree.matching(patterns, glob_match):
+                    data, st = tree.read(name)
+                    if fresh and st.st_mtime < self.started_at - STALE_SLACK_S:
+                        stale.append((name, st.st_mtime))
+                        continue
+                    found.append((name, data))
+        except UnsafePath as e:  # a file that comes out of a stage is untrusted
+            raise StageFailed(
+                f"Stage '{self.stage}': {e}; pipekit does not take files from outside the workspace, nor"
+                " from .pipekit/, .git/ or the secrets file",
+                stage=self.stage,
+            ) from e
+        except OSError as e:
+            where = e.filename or root
+            raise StageFailed(f"Stage '{self.stage}': cannot read {where}: {e.strerror}", stage=self.stage) from e
+        for name, mtime in stale:
+            started = _clock(self.started_at)
+            self.log.warning("stale report not read", path=name, written=_clock(mtime), stage_started=started)
+        if stale and not found:
+            name, mtime = stale[0]
+            raise StageFailed(
+                f"Stage '{self.stage}': the report {name} is stale: it was written at {_clock(mtime)}, before this"
+                f" stage started at {_clock(self.started_at)} (a report of an earlier run?). ctx.junit reads only"
+                " reports written by the stage's own commands: did the test command run and write it?",
+                stage=self.stage,
+            )
+        return found
+
+    def _private_path(self, path: str) -> str | None:
+        """``.pipekit`` or ``.git`` when an absolute path is in pipekit's own state or git's (in a
+        container, or here for a stage without an image); None otherwise."""
+        norm = posixpath.normpath(path)
+        roots = {WORKDIR, os.path.abspath(self.workspace), os.path.realpath(self.workspace)}
+        real = os.path.realpath(norm) if self._handle.spec.image is None else norm
+        for root, name, p in itertools.product(roots, PRIVATE, (norm, real)):
+            if p.lower() == f"{root}/{name}" or p.lower().startswith(f"{root}/{name}/"):
+                return name
+        return None
+
+    def _refuse_private(self, pattern: str, shown: str) -> None:
+        first = posixpath.normpath(pattern).split("/")[0].lower()
+        private = self._private_path(pattern) if pattern.startswith("/") else first if first in PRIVATE else None
+        if private is not None:
+            raise StageFailed(
+                f"Stage '{self.stage}': {shown} is under {private}/, which pipekit never hands to a stage"
+                " (ctx.archive and ctx.junit refuse it)",
+                stage=self.stage,
+            )
+
     def archive(self, *patterns: str) -> list[str]:
         """Keep files as the run's artifacts (``pipekit artifacts RUN`` fetches them): globs relative
-        to the workspace, or absolute paths in the stage's container. Returns the paths archived."""
+        to the workspace, or absolute paths in the stage's container. Returns the paths archived.
+        Nothing under ``.pipekit/`` or ``.git/`` is archived, and links are followed only inside the
+        workspace."""
         archived = []
         for path, data in self._files(patterns):
             digest = self._records.add_artifact(self.stage, path, data)
             self.log.info("artifact archived", path=path, size=len(data), sha256=digest[:12])
             archived.append(path)
+        if not archived and self._fake_hint():  # a test that forgot to script the files
+            raise StageFailed(
+                f"Stage '{self.stage}': ctx.archive found no file matching {', '.join(patterns)}.{self._fake_hint()}",
+                stage=self.stage,
+            )
         if not archived:
             self.log.warning("no artifacts", patterns=list(patterns), reason="no file matched")
         return archived
 
     def junit(self, *patterns: str, fail_on_failure: bool = True) -> TestReport:
         """Read JUnit XML reports, keep their counts and failed tests in the run's record, print a
-        summary, and (by default) fail the stage when tests failed, whatever the exit code was."""
-        files = self._files(patterns)
+        summary, and (by default) fail the stage when tests failed, whatever the exit code was.
+        Reports written before the stage started are stale and not read."""
+        files = self._files(patterns, fresh=True)
         if not files:
             raise StageFailed(
                 f"Stage '{self.stage}': no JUnit report matches {', '.join(patterns)}. Did the test command"
-                " write one (pytest --junitxml=reports/junit.xml)?",
+                " write one (pytest --junitxml=reports/junit.xml)?" + self._fake_hint(),
                 stage=self.stage,
             )
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="pipekit-junit-") as tmp:
-            paths = []
-            for i, (_name, data) in enumerate(files):
-                p = Path(tmp) / f"{i}.xml"
-                p.write_bytes(data)
-                paths.append(p)
-            try:
-                report = parse_junit(paths)
-            except ValueError as e:
-                raise StageFailed(f"Stage '{self.stage}': {e}", stage=self.stage) from e
-        report = attrs.evolve(report, files=tuple(name for name, _ in files))
+        try:
+            report = parse_junit_data(files)
+        except ValueError as e:
+            raise StageFailed(f"Stage '{self.stage}': {e}", stage=self.stage) from e
         self._records.add_tests(self.stage, report)
         self.log.info("tests", summary=report.summary())
         for failed in report.failed:
@@ -236,6 +301,10 @@ class Context:
             )
         return report
 
+    def _fake_hint(self) -> str:
+        hint = getattr(self._backend, "files_hint", None)
+        return f" {hint}" if isinstance(hint, str) else ""
+
     def _exec_env(self, call_env: Mapping[str, str]) -> dict[str, str]:
         """What a command needs on top of the stage's environment (which the backend applies):
         the changes made to ``ctx.env`` during the stage, then the call's ``env=``."""
@@ -244,6 +313,10 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<Context stage={self.stage!r} run_id={self.run_id!r}>"
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def _hint(result: CommandResult, image: str | None, memory: int | None = None) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from pipekit._archive import pack
+from pipekit._fake_files import FILES_HINT, ScriptedFiles, checked
 from pipekit._registry import registry_error
 from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin, StageHandle, StageSpec
 from pipekit.exceptions import BuildFailed, StageFailed
@@ -63,6 +64,7 @@ class _Response:
     stdout: str
     stderr: str
     delay: float
+    files: Mapping[str, bytes] = attrs.field(factory=dict, repr=False)
 
 
 @attrs.frozen
@@ -105,6 +107,8 @@ class FakeBackend(_Recording):
     name = "fake"
     shares_workspace = True  # nothing runs anywhere: there is nothing to copy
     runs_host_stages = True  # host stages are recorded here too
+    #: what ctx.junit and ctx.archive say when a file is missing
+    files_hint = FILES_HINT
 
     def __init__(self, *, strict: bool = False) -> None:
         super().__init__()
@@ -115,6 +119,7 @@ class FakeBackend(_Recording):
         self._pull_refusals: list[_Refusal] = []
         self._released: dict[str, threading.Event] = {}
         self.open_handles: set[str] = set()
+        self._files = ScriptedFiles()  # each stage's workspace: the files responses wrote
 
     # -- scripting ------------------------------------------------------------------------
     def respond(
@@ -126,12 +131,11 @@ class FakeBackend(_Recording):
         stderr: str = "",
         stage: Pattern | None = None,
         delay: float = 0.0,
+        files: Mapping[str, str | bytes] | None = None,
     ) -> None:
-        self._responses.append(
-            _Response(
-                _matcher(pattern), _matcher(stage) if stage is not None else None, exit_code, stdout, stderr, delay
-            )
-        )
+        stage_matcher = _matcher(stage) if stage is not None else None
+        scripted = checked(files)
+        self._responses.append(_Response(_matcher(pattern), stage_matcher, exit_code, stdout, stderr, delay, scripted))
 
     def respond_build(
         self, tag: Pattern = "*", *, fail_at: str | None = None, error: str = "", output: str = ""
@@ -179,12 +183,19 @@ class FakeBackend(_Recording):
             released = self._released.get(handle_key or "")
             if released is not None and released.wait(response.delay):
                 exit_code, stdout, stderr = 137, "", ""
+        if response is not None and response.files and handle_key:
+            self._files.write(handle_key, response.files)
         for line in stdout.splitlines():
             on_line("stdout", line)
         for line in stderr.splitlines():
             on_line("stderr", line)
         self.record(Call(stage, kind, text, dict(env), exit_code=exit_code))
         return CommandResult(text, exit_code, stdout, stderr, time.monotonic() - start)
+
+    def workspace_view(self, handle: StageHandle) -> Path:
+        """The stage's workspace as ctx.junit and ctx.archive read it: empty but for the files
+        its scripted commands wrote (``respond(files=...)``), never the real folder."""
+        return self._files.view(str(handle.ref))
 
     def exec(
         self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
@@ -196,6 +207,7 @@ class FakeBackend(_Recording):
         if key in self._released:
             self._released[key].set()
         self.open_handles.discard(key)
+        self._files.release(key)
 
     def cleanup(self, run_id: str) -> None:
         return None
@@ -210,7 +222,11 @@ class FakeBackend(_Recording):
         return None
 
     def get_files(self, handle: StageHandle, path: str) -> bytes | None:
-        """A host stage's files are this machine's own; a container stage's do not exist."""
+        """The absolute files scripted commands wrote (``respond(files={"/out/x.log": ...})``); else
+        a host stage's files are this machine's own, and a container stage's do not exist."""
+        scripted = self._files.archive(str(handle.ref), path)
+        if scripted is not None:
+            return scripted
         if handle.spec.image is None and os.path.lexists(path):
             return pack(Path(path))
         return None

@@ -51,7 +51,10 @@ def render_report(data: dict[str, Any]) -> str:
 
 
 def write_report(history: Any, run_id: str, target: str | os.PathLike[str]) -> Path:
-    """The run's page, written to ``target``."""
+    """The run's page, written to ``target`` (never through a link a stage left in the workspace:
+    :func:`pipekit._safefile.write_file`, the workspace being the history's folder)."""
     from pipekit._report_data import report_data
 
-    return write_file(target, render_report(report_data(history, run_id)))
+    folder = getattr(history, "dir", None)
+    root = Path(folder).parent if folder is not None else None
+    return write_file(target, render_report(report_data(history, run_id)), root=root)

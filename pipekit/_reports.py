@@ -11,7 +11,7 @@ import attrs
 if TYPE_CHECKING:
     import xml.etree.ElementTree as ET
 
-__all__ = ["FailedTest", "TestCase", "TestReport", "parse_junit"]
+__all__ = ["FailedTest", "TestCase", "TestReport", "parse_junit", "parse_junit_data"]
 
 
 @attrs.frozen
@@ -93,18 +93,31 @@ def _case(suite: str, case: ET.Element) -> TestCase:
 
 def parse_junit(paths: Iterable[Path], *, base: Path | None = None) -> TestReport:
     """Read JUnit XML files; a file that is not JUnit XML raises ValueError naming it."""
-    import xml.etree.ElementTree as ET
-
-    cases: list[TestCase] = []
     files = []
     for path in paths:
         try:
-            root = ET.parse(path).getroot()
-        except (ET.ParseError, OSError) as e:
-            raise ValueError(f"{path} is not a readable JUnit XML report: {e}") from e
+            data = path.read_bytes()
+        except OSError as e:
+            raise ValueError(f"{path} is not a readable JUnit XML report: {e.strerror}") from e
+        files.append((str(path.relative_to(base)) if base and path.is_relative_to(base) else str(path), data))
+    return parse_junit_data(files)
+
+
+def parse_junit_data(files: Iterable[tuple[str, bytes]]) -> TestReport:
+    """Read JUnit XML reports given as (name, content), as read once by ``ctx.junit``; a report
+    that is not JUnit XML raises ValueError naming it."""
+    import xml.etree.ElementTree as ET
+
+    cases: list[TestCase] = []
+    names = []
+    for name, data in files:
+        try:
+            root = ET.fromstring(data)
+        except ET.ParseError as e:
+            raise ValueError(f"{name} is not a readable JUnit XML report: {e}") from e
         if root.tag not in ("testsuites", "testsuite"):
-            raise ValueError(f"{path} is not a JUnit XML report (its root is <{root.tag}>)")
-        files.append(str(path.relative_to(base)) if base and path.is_relative_to(base) else str(path))
+            raise ValueError(f"{name} is not a JUnit XML report (its root is <{root.tag}>)")
+        names.append(name)
         cases += [_case(suite, case) for suite, case in _cases(root)]
     failed = [
         FailedTest(".".join(p for p in (c.classname, c.name) if p), c.message[:500], c.outcome)
@@ -113,5 +126,5 @@ def parse_junit(paths: Iterable[Path], *, base: Path | None = None) -> TestRepor
     ]
     count = {o: sum(1 for c in cases if c.outcome == o) for o in ("failure", "error", "skipped")}
     return TestReport(
-        len(cases), count["failure"], count["error"], count["skipped"], tuple(failed), tuple(files), tuple(cases)
+        len(cases), count["failure"], count["error"], count["skipped"], tuple(failed), tuple(names), tuple(cases)
     )

@@ -190,8 +190,8 @@ def _ci_outputs(setup: RunSetup, report: CiReport, result: RunResult | None) -> 
     if r.junit:
         stages = result.stages if result is not None else report.stages
         try:
-            write_file(r.junit, junit_xml(name, setup.run_id, stages, report))
-        except OSError as e:
+            write_file(r.junit, junit_xml(name, setup.run_id, stages, report), root=setup.workspace)
+        except OSError as e:  # a link a stage left on the way (UnsafePath) says so in its strerror
             raise UsageError(f"Cannot write the JUnit file {r.junit}: {e.strerror}") from e
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if r.ci == "github" and summary and result is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -87,6 +88,7 @@ class StageRun:
         self.placed = threading.Event()
         self.cache_inputs: dict[str, Any] | None = None  # what the cache key was made of
         self.deadline: float | None = None
+        self.attempt_started_at: float | None = None
         self.timed_out = False
         self.expired_at: float | None = None
         self.engine_lost = False  # the engine went away under this stage
@@ -228,6 +230,7 @@ class StageRun:
 
     def _attempt(self) -> _Attempt:
         stop = self._new_attempt()
+        self.attempt_started_at = time.time()  # ctx.junit reads no report older than this
         attempt = _Attempt(S.FAILED)
         try:
             attempt.spec = self._spec()
@@ -357,6 +360,7 @@ class StageRun:
             env={**os.environ, **spec.all_env} if self.r.on_host else spec.all_env,
             log=self.log,
             images=run.images,
+            started_at=self.attempt_started_at,
             params=run.params,
             secrets=run.secrets,
             records=run.records,

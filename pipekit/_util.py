@@ -1,4 +1,4 @@
-"""Small helpers shared by several modules (no pipekit imports)."""
+"""Small helpers shared by several modules (no pipekit imports at module level)."""
 
 from __future__ import annotations
 
@@ -59,9 +59,11 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def write_file(target: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``target`` (UTF-8), making its folder first; the path written."""
-    path = Path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+def write_file(
+    target: str | os.PathLike[str], content: str | bytes, *, root: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write ``content`` to ``target`` never through a link a stage left in the workspace ``root``
+    (default: the current folder), atomically: :func:`pipekit._safefile.write_file`."""
+    from pipekit._safefile import write_file as safe_write
+
+    return safe_write(target, content, root=root)

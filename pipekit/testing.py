@@ -229,9 +229,17 @@ class PipelineRunner:
         stderr: str = "",
         stage: Pattern | None = None,
         delay: float = 0.0,
+        files: Mapping[str, str | bytes] | None = None,
     ) -> PipelineRunner:
-        """Script what a command returns. ``pattern``: exact text, a glob, or ``re.compile(...)``."""
-        self.fake.respond(pattern, exit_code=exit_code, stdout=stdout, stderr=stderr, stage=stage, delay=delay)
+        """Script what a command returns. ``pattern``: exact text, a glob, or ``re.compile(...)``.
+
+        ``files``: what the command writes, ``{"reports/junit.xml": "<testsuite>...", ...}`` (paths
+        relative to the workspace, or absolute in the stage's container; text or bytes), put in the
+        stage's own view of the workspace when the command runs. ``ctx.junit`` and ``ctx.archive``
+        read only those files under the test runner, never the real folder."""
+        self.fake.respond(
+            pattern, exit_code=exit_code, stdout=stdout, stderr=stderr, stage=stage, delay=delay, files=files
+        )
         return self
 
     def respond_build(

@@ -105,13 +105,14 @@ def test_jenkins_prints_plain_lines_with_the_stage_in_brackets() -> None:
     ]
 
 
+JUNIT = (
+    '<testsuite name="unit" tests="3"><testcase classname="t" name="ok" time="0.5"/>'
+    '<testcase classname="t" name="bad"><failure message="assert 1 == 2">trace</failure></testcase>'
+    '<testcase classname="t" name="later"><skipped message="not today"/></testcase></testsuite>'
+)
+
+
 def _pipeline(tmp_path: Path) -> Path:
-    (tmp_path / "reports").mkdir()
-    (tmp_path / "reports" / "junit.xml").write_text(
-        '<testsuite name="unit" tests="3"><testcase classname="t" name="ok" time="0.5"/>'
-        '<testcase classname="t" name="bad"><failure message="assert 1 == 2">trace</failure></testcase>'
-        '<testcase classname="t" name="later"><skipped message="not today"/></testcase></testsuite>'
-    )
     (tmp_path / "pipeline.py").write_text(
         "import pipekit as pk\n\n"
         "@pk.stage(image='busybox')\n"
@@ -121,6 +122,7 @@ def _pipeline(tmp_path: Path) -> Path:
         "    ctx.sh(f'echo {token}')\n\n"
         "@pk.stage(image='busybox')\n"
         "def test(ctx, build):\n"
+        "    ctx.sh('pytest --junitxml=reports/junit.xml', check=False)\n"
         "    ctx.junit('reports/*.xml', fail_on_failure=False)\n"
         "    raise RuntimeError('boom')\n\n"
         "@pk.stage(image='busybox')\n"
@@ -133,6 +135,7 @@ def _pipeline(tmp_path: Path) -> Path:
 def _run(path: Path, ci: str, **options: Any) -> tuple[Any, str]:
     backend = FakeBackend()
     backend.respond("echo *", stdout="the token is s3cr3t-token-value\n")
+    backend.respond("pytest *", files={"reports/junit.xml": JUNIT})
     out = io.StringIO()
     result = pk.run(path, backend=backend, ci=ci, log_file=out, secrets={"API_TOKEN": "s3cr3t-token-value"}, **options)
     return result, out.getvalue()

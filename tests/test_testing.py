@@ -352,28 +352,35 @@ def test_each_example_ships_passing_pipeline_tests(example: str) -> None:
 
 
 def test_archive_and_junit_on_the_fake(tmp_path: Path) -> None:
-    """ctx.archive reads workspace and absolute host paths; ctx.junit records; both show in the result."""
+    """ctx.archive reads the files scripted commands wrote (workspace and absolute paths), never
+    the real folder; ctx.junit records; both show in the result."""
     (tmp_path / "dist").mkdir()
-    (tmp_path / "dist" / "app.whl").write_text("wheel")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "build.log").write_text("log")
-    (tmp_path / "junit.xml").write_text(
-        '<testsuite><testcase classname="t" name="a"/><testcase classname="t" name="b">'
-        '<failure message="boom"/></testcase></testsuite>'
-    )
+    (tmp_path / "dist" / "real.whl").write_text("the real folder's file")
     p = pk.Pipeline(name="records")
 
     @p.stage
     def package(ctx):
-        return ctx.archive("dist/*.whl", f"{outside}/*.log", f"{outside}/build.log")
+        ctx.sh("make dist")
+        return ctx.archive("dist/*.whl", "/out/*.log", "/out/build.log")
 
     @p.stage
     def test(ctx):
+        ctx.sh("pytest --junitxml=junit.xml")
         return ctx.junit("junit.xml", fail_on_failure=False).summary()
 
-    result = PipelineRunner(base_dir=tmp_path).run(p)
-    assert result.stages["package"].output == ["dist/app.whl", f"{outside}/build.log", f"{outside}/build.log"]
+    runner = PipelineRunner(base_dir=tmp_path)
+    runner.respond("make dist", files={"dist/app.whl": "wheel", "/out/build.log": b"log"})
+    runner.respond(
+        "pytest*",
+        files={
+            "junit.xml": '<testsuite><testcase classname="t" name="a"/><testcase classname="t" name="b">'
+            '<failure message="boom"/></testcase></testsuite>'
+        },
+    )
+    result = runner.run(p)
+    assert result.stages["package"].output == ["dist/app.whl", "/out/build.log", "/out/build.log"]
     assert result.artifacts[("package", "dist/app.whl")] == b"wheel"
+    assert result.artifacts[("package", "/out/build.log")] == b"log"
+    assert ("package", "dist/real.whl") not in result.artifacts
     assert result.stages["test"].output == "2 tests: 1 passed, 1 failed, 0 errors, 0 skipped"
     assert result.test_reports["test"].failed[0].message == "boom"
