@@ -136,7 +136,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             sweep = _sweep(backend)
         check_images = r.check_images and resolved.needs_container_backend
         preflight(resolved, setup.secrets, backend if check_images else None, backend)
-        report = _ci_report(rec.records or r.records or MemoryRecords()) if r.junit or r.ci == "github" else None
+        report = _ci_report(rec.records or r.records or MemoryRecords(), setup) if r.junit or r.ci == "github" else None
         run = Run(
             run_id=setup.run_id,
             resolved=resolved,
@@ -174,10 +174,10 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 rec.history.close()
 
 
-def _ci_report(records: Any) -> CiReport:
+def _ci_report(records: Any, setup: RunSetup) -> CiReport:
     from pipekit._ci_report import CiReport
 
-    return CiReport(records)
+    return CiReport(records, setup.secrets.masker.mask)
 
 
 def _ci_outputs(setup: RunSetup, report: CiReport, result: RunResult | None) -> None:
