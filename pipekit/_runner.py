@@ -16,7 +16,7 @@ from pipekit._preflight import check as preflight
 from pipekit._results import RunObserver, RunResult
 from pipekit._run import CacheLookup, Run
 from pipekit._scheduler import Scheduler
-from pipekit._session import RunSetup, container_backend, restorable
+from pipekit._session import RunSetup, container_backend
 from pipekit._util import write_file
 from pipekit.backend import Sweeps
 from pipekit.exceptions import UsageError
@@ -70,13 +70,11 @@ def _recording(setup: RunSetup, backend: Any) -> _Recording:
         (r.warn or (lambda message: None))(f"{e.message}; the run goes on without being recorded")
         return _Recording()
     rec = _Recording(history=history)
-    resumed_from = None
-    if r.resume is not None:
-        resumed_from = history.resolve(r.resume) if r.resume else history.last_run_of(setup.pipeline.path or "")
-        if resumed_from is None:
-            history.close()
-            raise UsageError(f"--resume: no earlier run of {setup.pipeline.path} is recorded in {history.dir}")
-        rec.restore = restorable(history.stages(resumed_from), setup.plan.order, resumed_from)
+    try:
+        resumed_from, rec.restore = setup.resumed(history)
+    except BaseException:
+        history.close()
+        raise
     recorder = Unfailing(
         HistoryRecorder(
             history,
