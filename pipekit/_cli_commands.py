@@ -132,6 +132,7 @@ _MARKS = {
     "restored": "restored",
     "run": "runs",
     "maybe-cached": "cached or runs",
+    "fail": "fails",
 }
 
 
@@ -154,6 +155,7 @@ def _print_plan(decisions: list[Any], out: IO[str], log_format: str, head: str =
             ("cached", "from the stage cache"),
             ("restored", "restored"),
             ("maybe-cached", "cached or run, decided as the run goes"),
+            ("fail", "fail before anything starts"),
         )
         if count[k]
     )
@@ -183,8 +185,9 @@ def cmd_plan(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         for e in run.errors:
             print_error(err, f"{type(e).__name__}: {e}")
         return 2
-    _print_plan(_decisions(run, err), out, "json" if args.format == "json" else "console", head="plan")
-    return 0
+    decisions = _decisions(run, err)
+    _print_plan(decisions, out, "json" if args.format == "json" else "console", head="plan")
+    return 1 if any(d.decision == "fail" for d in decisions) else 0  # the run's exit code: a stage fails
 
 
 def _request(args: SimpleNamespace, out: IO[str], err: IO[str]) -> RunRequest:
@@ -218,8 +221,9 @@ def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         print_error(err, "nothing was run")
         return 2
     if args.dry_run:
-        _print_plan(_decisions(run, err, preflight=True), out, args.log_format)
-        return 0
+        decisions = _decisions(run, err, preflight=True)
+        _print_plan(decisions, out, args.log_format)
+        return 1 if any(d.decision == "fail" for d in decisions) else 0
     with _signals_raise():
         collector_on()  # start-up is over (the pipeline is loaded and planned)
         result = run.execute()

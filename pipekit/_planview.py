@@ -7,7 +7,8 @@ inputs are all known before the run, its upstream stages cached or restored too)
 cached if that output is what it was). For a cached stage that misses, the plan says what
 changed since the stage's last cached run: the inputs whose hashes differ (files changed, new
 or gone; params; environment; image; upstream outputs; the stage's code), or that an image its
-stored result names is no longer in the engine.
+stored result names is no longer in the engine. **fail**: its condition raised; the run fails
+it (and skips what needs it) before anything starts.
 
 The decisions are made by the run's own functions (:mod:`pipekit._outputs`), with the run's own
 request (params from the command line, ``PIPEKIT_PARAM`` and ``[tool.pipekit]``; ``--resume``;
@@ -41,7 +42,9 @@ class Decision:
     stage: str
     image: str
     needs: tuple[str, ...]
-    decision: str  # run, skip, cached, restored, maybe-cached (its key needs the output of a stage that runs)
+    #: run, skip, cached, restored, maybe-cached (its key needs the output of a stage that runs),
+    #: fail (its condition raised: the run fails it before anything starts)
+    decision: str
     why: str | None = None
     changed: Mapping[str, Any] | None = None
 
@@ -136,11 +139,20 @@ def decide(lookup: PlanLookup, info: Any, history: Any) -> list[Decision]:
     take_cached) with what is known before the run: restored and cached upstream outputs."""
     resolved = lookup.resolved
     known: dict[str, Any] = {}  # outputs known before the run: restored and cached stages
+    failing = resolved.condition_errors  # the run fails these first, and skips what needs them
+    doomed = {d: name for name in failing for d in resolved.plan.downstream(name)}
+    stopped = f"not started: '{list(failing)[-1]}' failed" if failing else None  # nothing else starts
     out = []
     for name in resolved.order:
         r = resolved[name]
         needs = tuple(resolved.plan.upstream(name))
         base: dict[str, Any] = {"stage": name, "image": r.describe_image(), "needs": needs}
+        if name in failing:
+            out.append(Decision(**base, decision="fail", why=failing[name]))
+            continue
+        if name in doomed:
+            out.append(Decision(**base, decision="skip", why=f"upstream '{doomed[name]}' failed"))
+            continue
         if r.skip is not None:
             out.append(Decision(**base, decision="skip", why=_skip_why(r, lookup.params, info)))
             continue
@@ -152,6 +164,9 @@ def decide(lookup: PlanLookup, info: Any, history: Any) -> list[Decision]:
                 out.append(Decision(**base, decision="restored", why=f"the result of run {taken.from_run} (--resume)"))
                 continue
             not_restored = taken.why
+        if stopped is not None:
+            out.append(Decision(**base, decision="skip", why=stopped))
+            continue
         if r.stage.cache is None:
             out.append(Decision(**base, decision="run", why=not_restored))
             continue
@@ -176,7 +191,7 @@ def plan_decisions(setup: RunSetup, warn: Callable[[str], None], *, preflight: b
             warn(f"the stage cache was not looked up: {e}")
     try:
         _, restore = setup.resumed(history)
-        resolved = setup.dry_run(restore)
+        resolved = setup.resolved(restore)
         if preflight:
             setup.preflight(resolved, warn)
         images = setup.image_engine(resolved, warn, restoring=bool(restore))

@@ -110,15 +110,22 @@ def _pipekit(folder: Path, *args: str, env: dict[str, str] | None = None) -> sub
 
 def _decisions(folder: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
     proc = _pipekit(folder, "plan", "--format", "json", *args, env=env)
-    assert proc.returncode == 0, proc.stderr
-    return {e["stage"]: (e["decision"], e.get("why", "")) for e in map(json.loads, proc.stdout.splitlines())}
+    decisions = {e["stage"]: (e["decision"], e.get("why", "")) for e in map(json.loads, proc.stdout.splitlines())}
+    fails = any(decision == "fail" for decision, _ in decisions.values())
+    assert proc.returncode == (1 if fails else 0), proc.stderr  # 1: a stage is certain to fail
+    return decisions
 
 
 def _outcomes(folder: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
     proc = _pipekit(folder, "run", "--log-format", "json", "--progress", "plain", *args, env=env)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     [end] = [e for e in events if e["event"] == "run finished"]
+    skipped = {e["stage"]: e.get("reason") for e in events if e["event"] == "stage finished" and "reason" in e}
+    SKIP_REASONS.update((k, v) for k, v in skipped.items() if v)
     return proc.returncode, {s["stage"]: s["status"] for s in end["stages"]}
+
+
+SKIP_REASONS: dict[str, str] = {}  # the reason the last run gave for each stage it skipped
 
 
 # what a stage's decision in the plan means for its status at the end of the run
@@ -128,6 +135,7 @@ MEANS = {
     "cached": {"cached"},
     "restored": {"restored"},
     "maybe-cached": {"succeeded", "failed", "cached"},  # its key needs an output the run makes first
+    "fail": {"failed"},
 }
 
 EQUAL = """\
@@ -162,11 +170,14 @@ def deploy(ctx, unit):
 def _agree(folder: Path, *args: str, env: dict[str, str] | None = None, code: int = 0) -> dict[str, tuple[str, str]]:
     """The plan's decisions, then the run's outcomes with the same options: they agree."""
     planned = _decisions(folder, *args, env=env)
+    SKIP_REASONS.clear()
     exit_code, outcomes = _outcomes(folder, *args, env=env)
     assert exit_code == code, outcomes
     assert set(planned) == set(outcomes)
     for stage, (decision, why) in planned.items():
         assert outcomes[stage] in MEANS[decision], (stage, decision, why, outcomes[stage])
+        if decision == "skip":  # for the same reason (the plan adds the branch and params it saw)
+            assert why.startswith(SKIP_REASONS[stage]), (why, SKIP_REASONS[stage])
     return planned
 
 
@@ -298,3 +309,43 @@ def test_a_cached_or_restored_image_the_engine_lost_makes_the_stage_run_again(
                 docker_client.images.remove(image, force=True)
             except Exception:
                 pass
+
+
+RAISES = """\
+import pipekit as pk
+
+
+def broken(info):
+    raise KeyError("no such setting")
+
+
+@pk.stage
+def lint(ctx):
+    ctx.sh("true")
+
+
+@pk.stage(when=broken)
+def package(ctx, lint):
+    ctx.sh("true")
+
+
+@pk.stage
+def publish(ctx, package):
+    ctx.sh("true")
+"""
+
+
+def test_a_condition_that_raises_is_planned_as_the_run_ends(tmp_path: Path) -> None:
+    """The run fails a stage whose condition raises and skips what needs it (exit 1): the plan
+    and the dry run say so, with the same exit code, instead of a usage error."""
+    (tmp_path / "pipeline.py").write_text(RAISES)
+    planned = _agree(tmp_path, code=1)
+    assert planned["package"][0] == "fail" and "KeyError" in planned["package"][1]
+    assert planned["publish"] == ("skip", "upstream 'package' failed")
+    assert planned["lint"] == ("skip", "not started: 'package' failed")  # the run starts nothing more
+    for command in (("plan",), ("run", "--dry-run")):
+        proc = _pipekit(tmp_path, *command)
+        assert proc.returncode == 1, proc.stderr
+        assert "  2. package (host) after lint  [fails: Stage 'package': its condition raised KeyError" in proc.stdout
+        last = proc.stdout.splitlines()[-1]
+        assert last.endswith("0 of 3 stages would run, 1 fail before anything starts, nothing started")
