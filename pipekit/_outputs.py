@@ -78,12 +78,17 @@ def gone_image(images: ImageBackend | None, output: Any) -> str | None:
     if images is None:
         return None
     for image in _images_in(output):
-        if images.image_problem(image.id) is None:
-            continue
-        if image.remote and images.image_problem(image.remote) is None:
+        if _usable(images, image.id) or (image.remote and _usable(images, image.remote)):
             continue
         return image.id
     return None
+
+
+def _usable(images: ImageBackend, ref: str) -> bool:
+    try:
+        return images.image_problem(ref) is None
+    except PipekitError:  # the engine cannot be asked: the result is not trusted, the stage runs
+        return False
 
 
 def take_restored(lookup: Lookup, r: ResolvedStage) -> Taken:
