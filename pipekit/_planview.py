@@ -154,6 +154,7 @@ def decide(lookup: PlanLookup, info: Any, history: Any) -> list[Decision]:
             out.append(Decision(**base, decision="skip", why=f"upstream '{doomed[name]}' failed"))
             continue
         if r.skip is not None:
+            known[name] = None  # as in the run: a skipped stage's output is None to what comes after
             out.append(Decision(**base, decision="skip", why=_skip_why(r, lookup.params, info)))
             continue
         not_restored = None

@@ -164,6 +164,11 @@ def lint(ctx):
 @pk.stage(when=pk.param_is("target", "production"))
 def deploy(ctx, unit):
     ctx.sh("echo deploying")
+
+
+@pk.stage(needs=["deploy"], cache=pk.inputs("src/**"))
+def notify(ctx):
+    ctx.sh("echo notified")
 """
 
 
@@ -210,8 +215,9 @@ def test_the_plan_says_what_the_run_then_does(tmp_path: Path) -> None:
     assert resumed["build"][0] == "restored" and resumed["lint"][0] == "restored"
     assert resumed["unit"][0] in ("run", "maybe-cached")
 
-    no_cache = _agree(tmp_path, "--no-image-check", env=env)  # --no-image-check changes nothing here
-    assert no_cache["build"][0] == "cached"
+    no_check = _agree(tmp_path, "--no-image-check", env=env)  # --no-image-check changes nothing here
+    assert no_check["build"][0] == "cached"
+    assert no_check["notify"][0] == "cached"  # after a skipped stage: its output is None, known before
 
 
 def test_plan_and_dry_run_refuse_a_resume_the_run_refuses(tmp_path: Path) -> None:
@@ -230,7 +236,7 @@ def test_plan_and_dry_run_refuse_a_resume_the_run_refuses(tmp_path: Path) -> Non
         assert proc.returncode == 2 and "No run matches 'zzzz'" in proc.stderr, (args, proc.stderr)
     proc = _pipekit(tmp_path, "plan", "--resume")
     assert proc.returncode == 0, proc.stderr
-    assert "plan: 0 of 4 stages would run, 3 restored" in proc.stdout, proc.stdout
+    assert "plan: 0 of 5 stages would run, 4 restored" in proc.stdout, proc.stdout
 
 
 IMAGES = """\
