@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import subprocess
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +257,19 @@ def check(ctx):
 """
 
 
+def _lose(docker_client: Any, image: str) -> None:
+    """Remove an image as a fresh runner would not have it: once no container of the runs uses it
+    any more, and until the engine says it is gone."""
+    import docker
+
+    deadline = time.monotonic() + 30
+    while docker_client.containers.list(all=True, filters={"ancestor": image}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    docker_client.images.remove(image, force=True)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(image)
+
+
 def _image_of(folder: Path, stage: str) -> str:
     from pipekit._history import History
 
@@ -276,7 +291,8 @@ def test_a_cached_or_restored_image_the_engine_lost_makes_the_stage_run_again(
     made is gone. The plan says "cache miss: image sha256:… is no longer in the engine", and the
     run builds it again (no advice to pull an image id) and the stage in it runs."""
     (tmp_path / "pipeline.py").write_text(IMAGES)
-    (tmp_path / "Dockerfile").write_text(f"FROM {busybox_image}\nRUN echo {tmp_path.name} > /made-by-build\n")
+    unique = uuid.uuid4().hex  # an image of its own, whatever else the engine builds meanwhile
+    (tmp_path / "Dockerfile").write_text(f"FROM {busybox_image}\nRUN echo {unique} > /made-by-build\n")
     made: list[str] = []
     try:
         assert _outcomes(tmp_path) == (0, {"build": "succeeded", "check": "succeeded"})
@@ -284,7 +300,7 @@ def test_a_cached_or_restored_image_the_engine_lost_makes_the_stage_run_again(
         assert _decisions(tmp_path)["build"] == ("cached", _decisions(tmp_path)["build"][1])
         assert _outcomes(tmp_path)[1]["build"] == "cached"  # the image is still there: a hit
 
-        docker_client.images.remove(made[-1], force=True)
+        _lose(docker_client, made[-1])
         planned = _decisions(tmp_path)
         assert planned["build"] == ("run", f"cache miss: image {made[-1]} is no longer in the engine")
         code, outcomes = _outcomes(tmp_path)
@@ -294,7 +310,7 @@ def test_a_cached_or_restored_image_the_engine_lost_makes_the_stage_run_again(
         (tmp_path / "fail-check").write_text("")
         assert _outcomes(tmp_path)[1] == {"build": "cached", "check": "failed"}
         (tmp_path / "fail-check").unlink()
-        docker_client.images.remove(made[-1], force=True)
+        _lose(docker_client, made[-1])
         planned = _decisions(tmp_path, "--resume")
         assert planned["build"] == (
             "run",
