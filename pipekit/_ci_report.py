@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipekit._reports import TestCase, TestReport
@@ -23,10 +23,14 @@ S = StageStatus
 
 class CiReport:
     """Collects a run's stage results, test reports and artifacts as they come: a run observer,
-    and a tee in front of the run's records (behind the masking, so it holds no secret)."""
+    and a tee in front of the run's records (behind the masking, so it holds no secret).
 
-    def __init__(self, inner: Any) -> None:
+    ``mask`` is the run's masker: what is written from here is masked again as it is written,
+    with every value known by then (a secret first read after a report was)."""
+
+    def __init__(self, inner: Any, mask: Callable[[str], str] = lambda text: text) -> None:
         self.inner = inner
+        self.mask = mask
         self._lock = threading.Lock()
         self.tests: dict[str, list[TestReport]] = {}
         self.artifacts: list[tuple[str, str, int, str]] = []  # stage, path, size, sha256
@@ -99,6 +103,15 @@ def _report_suite(root: ET.Element, stage: str, name: str, cases: list[TestCase]
             ET.SubElement(case, "skipped", message=c.message)
 
 
+def _mask_tree(root: ET.Element, mask: Callable[[str], str]) -> None:
+    """Every attribute and text of the document masked, before XML escaping changes their form."""
+    for node in root.iter():
+        for key, value in node.attrib.items():
+            node.set(key, mask(value))
+        if node.text:
+            node.text = mask(node.text)
+
+
 def junit_xml(pipeline: str, run_id: str, stages: Mapping[str, StageResult], report: CiReport) -> str:
     """The run as a JUnit XML document."""
     root = ET.Element("testsuites", name=f"pipekit {pipeline}")
@@ -121,6 +134,7 @@ def junit_xml(pipeline: str, run_id: str, stages: Mapping[str, StageResult], rep
     totals = {k: sum(int(s.get(k, "0")) for s in root) for k in ("tests", "failures", "errors", "skipped")}
     for key, value in totals.items():
         root.set(key, str(value))
+    _mask_tree(root, report.mask)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -156,4 +170,4 @@ def github_summary(result: RunResult, report: CiReport) -> str:
         for stage, path, size, digest in report.artifacts:
             out.append(f"| {_cell(stage)} | `{_cell(path)}` | {size} B | `{digest[:12]}` |")
     out.append(f"\nRun `{result.run_id}` in {result.duration_s:.2f} s.")
-    return "\n".join(out) + "\n"
+    return report.mask("\n".join(out) + "\n")

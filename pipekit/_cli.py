@@ -189,12 +189,23 @@ def run(**values: Any) -> None:
 @click.argument("stages", nargs=-1, metavar="[STAGE]...")
 @_file_option
 @click.option("--format", type=click.Choice(("text", "json")), default="text", show_default=True)
-@click.option("-p", "--param", multiple=True, metavar="NAME=VALUE", help="Set a pk.param (repeatable).")
-@click.option("--secrets-file", metavar="PATH", help="A dotenv file of secrets.")
+@click.option(
+    "-p", "--param", multiple=True, metavar="NAME=VALUE", envvar="PIPEKIT_PARAM", help="Set a pk.param (repeatable)."
+)
+@click.option("--secrets-file", metavar="PATH", envvar="PIPEKIT_SECRETS_FILE", help="A dotenv file of secrets.")
 @click.option("--image-map", multiple=True, metavar="IMAGE=LOCAL", help="Run stages that ask for IMAGE in LOCAL.")
 @click.option("--no-image-check", is_flag=True, help="Do not ask the engine about images.")
 @click.option("--branch", help="The branch for pk.branch (default: the CI's, else git's).")
 @click.option("--changed-base", metavar="REF", help="The git ref pk.changed compares with.")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[RUN]",
+    envvar="PIPEKIT_RESUME",
+    help="Plan the resumed run: what RUN's results restore (default: the last run).",
+)
 def plan(**values: Any) -> None:
     """What a run would do with each stage, and why: run, skip, or take from the stage cache (and,
     when the cache misses, what changed since the stage's last cached run)."""
@@ -376,7 +387,8 @@ def _main(argv: Sequence[str] | None, out: IO[str], err: IO[str]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         obj = {"out": out, "err": err, "argv": argv}
-        default_map = {"run": run_defaults(Path.cwd())}
+        defaults = run_defaults(Path.cwd())
+        default_map = {"run": defaults, "plan": defaults}  # the plan decides with the run's own defaults
         # every option without a variable of its own reads PIPEKIT_<COMMAND>_<OPTION> (PIPEKIT_RUNS_LIMIT);
         # click writes --help and --version to sys.stdout: send them where this call's output goes
         extra: dict[str, Any] = {"obj": obj, "default_map": default_map, "auto_envvar_prefix": "PIPEKIT"}

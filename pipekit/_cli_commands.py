@@ -17,11 +17,10 @@ from pipekit._graph import plan
 from pipekit._loader import load
 from pipekit._logging import make_logger
 from pipekit._params import parse_param_args
-from pipekit._resolve import ResolvedPlan
 from pipekit._session import RunRequest, setup
 from pipekit._stage import Pipeline
 from pipekit._util import collector_on
-from pipekit.exceptions import Interrupted, PipekitError, UsageError
+from pipekit.exceptions import Interrupted, UsageError
 
 __all__ = ["IMAGE_MAP_ENV", "cmd_graph", "cmd_list", "cmd_run", "cmd_validate"]
 
@@ -119,27 +118,22 @@ def cmd_graph(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def _decisions(run: Any, resolved: ResolvedPlan, err: IO[str]) -> list[Any]:
-    """What the run would do with each stage (the stage cache looked up in the history, image ids
-    asked of the engine when it answers)."""
-    from pipekit._history import History
-    from pipekit._planview import decide
+def _decisions(run: Any, err: IO[str], *, preflight: bool = False) -> list[Any]:
+    """What the run would do with each stage, decided as the run decides (:mod:`pipekit._planview`);
+    ``preflight``: first the run's own checks (secrets, images)."""
+    from pipekit._planview import plan_decisions
 
-    images = run.image_engine(resolved)
-    history = None
-    if (run.workspace / ".pipekit" / "pipekit.db").is_file():
-        try:
-            history = History(run.workspace, create=False)
-        except PipekitError as e:
-            print_error(err, f"warning: the stage cache was not looked up: {e}")
-    try:
-        return decide(resolved, run.params, run.info, history, images)
-    finally:
-        if history is not None:
-            history.close()
+    return plan_decisions(run, lambda message: print_error(err, f"warning: {message}"), preflight=preflight)
 
 
-_MARKS = {"skip": "skipped", "cached": "cached", "restored": "restored", "run": "runs"}
+_MARKS = {
+    "skip": "skipped",
+    "cached": "cached",
+    "restored": "restored",
+    "run": "runs",
+    "maybe-cached": "cached or runs",
+    "fail": "fails",
+}
 
 
 def _print_plan(decisions: list[Any], out: IO[str], log_format: str, head: str = "dry run") -> None:
@@ -157,52 +151,55 @@ def _print_plan(decisions: list[Any], out: IO[str], log_format: str, head: str =
     count = {k: sum(1 for d in decisions if d.decision == k) for k in _MARKS}
     more = "".join(
         f", {count[k]} {label}"
-        for k, label in (("cached", "from the stage cache"), ("restored", "restored"))
+        for k, label in (
+            ("cached", "from the stage cache"),
+            ("restored", "restored"),
+            ("maybe-cached", "cached or run, decided as the run goes"),
+            ("fail", "fail before anything starts"),
+        )
         if count[k]
     )
     print(f"{head}: {count['run']} of {len(decisions)} stages would run{more}, nothing started", file=out)
 
 
-def cmd_plan(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
-    request = RunRequest(
+def _shared(args: SimpleNamespace) -> dict[str, Any]:
+    """The request's fields that `run`, `run --dry-run` and `plan` take alike: what decides
+    which stages run (params, branch, changed files, image map, --resume, the cache)."""
+    return dict(
         pipeline=args.file,
         targets=args.stages,
         params=parse_param_args(args.param),
         secrets_file=args.secrets_file,
-        image_map=_image_map(args.image_map),
-        check_images=not args.no_image_check,
         branch=args.branch,
         changed_base=args.changed_base,
+        image_map=_image_map(args.image_map),
+        resume=args.resume,
+        use_cache=not getattr(args, "no_cache", False),
+        check_images=not args.no_image_check,
     )
-    run = setup(request)
+
+
+def cmd_plan(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    run = setup(RunRequest(**_shared(args)))
     if run.errors:
         for e in run.errors:
             print_error(err, f"{type(e).__name__}: {e}")
         return 2
-    resolved = run.dry_run()
-    _print_plan(_decisions(run, resolved, err), out, "json" if args.format == "json" else "console", head="plan")
-    return 0
+    decisions = _decisions(run, err)
+    _print_plan(decisions, out, "json" if args.format == "json" else "console", head="plan")
+    return 1 if any(d.decision == "fail" for d in decisions) else 0  # the run's exit code: a stage fails
 
 
 def _request(args: SimpleNamespace, out: IO[str], err: IO[str]) -> RunRequest:
     return RunRequest(
-        pipeline=args.file,
-        targets=args.stages,
+        **_shared(args),
         jobs=args.jobs,
         fail_fast=args.fail_fast,
         timeout=args.timeout,
-        params=parse_param_args(args.param),
-        secrets_file=args.secrets_file,
-        branch=args.branch,
-        changed_base=args.changed_base,
-        image_map=_image_map(args.image_map),
         workspace_mode=args.workspace,
         backend=args.backend,
         registry=args.registry,
         record=True,
-        resume=args.resume,
-        use_cache=not args.no_cache,
-        check_images=not args.no_image_check,
         log_format=args.log_format,
         log_file=out,
         verbose=args.verbose,
@@ -224,10 +221,9 @@ def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         print_error(err, "nothing was run")
         return 2
     if args.dry_run:
-        resolved = run.dry_run()
-        run.preflight(resolved, lambda message: print_error(err, f"warning: {message}"))
-        _print_plan(_decisions(run, resolved, err), out, args.log_format)
-        return 0
+        decisions = _decisions(run, err, preflight=True)
+        _print_plan(decisions, out, args.log_format)
+        return 1 if any(d.decision == "fail" for d in decisions) else 0
     with _signals_raise():
         collector_on()  # start-up is over (the pipeline is loaded and planned)
         result = run.execute()

@@ -67,8 +67,21 @@ class MaskedRecords:
         return self.inner.add_artifact(stage, self._mask(path), data)
 
     def add_tests(self, stage: str, report: TestReport) -> None:
-        failed = tuple(attrs.evolve(f, name=self._mask(f.name), message=self._mask(f.message)) for f in report.failed)
-        self.inner.add_tests(stage, attrs.evolve(report, failed=failed))
+        mask = self._mask
+        failed = tuple(attrs.evolve(f, name=mask(f.name), message=mask(f.message)) for f in report.failed)
+        cases = tuple(
+            attrs.evolve(
+                c,
+                suite=mask(c.suite),
+                classname=mask(c.classname),
+                name=mask(c.name),
+                message=mask(c.message),
+                text=mask(c.text),
+            )
+            for c in report.cases
+        )
+        files = tuple(mask(f) for f in report.files)
+        self.inner.add_tests(stage, attrs.evolve(report, failed=failed, cases=cases, files=files))
 
 
 @attrs.frozen

@@ -1,36 +1,118 @@
-"""Stage outputs: the cache key a result is stored under, cache hits, and what may be stored.
+"""Stage outputs: whether a stage's result is taken from an earlier run, and what may be stored.
 
-An output is stored (for ``--resume`` and the stage cache) only when it serialises to JSON and
-holds no secret.
+One code path decides, for the run and for the plan that predicts it (``pipekit plan``,
+``run --dry-run``): a stage is restored by ``--resume``, or taken from the stage cache under the
+key of its inputs, unless a ``pk.Image`` the stored result names is no longer in the engine and
+cannot be pulled by its registry digest (every fresh CI runner with a restored ``.pipekit``):
+then it runs again. An output is stored only when it serialises to JSON and holds no secret.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
+
+import attrs
 
 from pipekit._cache import key_of, stage_inputs
+from pipekit._matrix import MatrixOutputs
 from pipekit._resolve import ResolvedPlan, ResolvedStage
 from pipekit._results import StageResult, StageStatus
-from pipekit._run import Run
+from pipekit._run import CacheLookup, Run
 from pipekit._serialize import NotSerializable, dumps, loads
-from pipekit.backend import Image, Origin
+from pipekit.backend import Image, ImageBackend, Origin
 from pipekit.exceptions import PipekitError
 
-__all__ = ["cache_key", "cached_result", "inputs_of", "restored_result", "storable"]
+__all__ = ["Lookup", "Taken", "gone_image", "inputs_of", "storable", "take_cached", "take_restored", "taken_result"]
 
 
-def _image_identity(run: Run, r: ResolvedStage, outputs: Mapping[str, Any]) -> str | None:
+class Lookup(Protocol):
+    """What deciding whether a stage's result is taken from an earlier run needs: the run has it
+    (:class:`pipekit._run.Run`), and so does the plan that predicts the run."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def resolved(self) -> ResolvedPlan: ...
+
+    @property
+    def params(self) -> Mapping[str, Any]: ...
+
+    @property
+    def images(self) -> ImageBackend | None: ...  # None: images are not checked (a plan without an engine)
+
+    @property
+    def cache(self) -> CacheLookup | None: ...  # None: no stage cache (--no-cache, no history)
+
+
+@attrs.frozen
+class Taken:
+    """A stage's result taken from an earlier run (``status`` cached or restored), or why the stage
+    runs (``status`` None, ``why``). ``key`` and ``inputs``: the stage's cache key, when it has one."""
+
+    status: StageStatus | None
+    why: str | None = None
+    from_run: str | None = None
+    output_json: str | None = None
+    key: str | None = None
+    inputs: dict[str, Any] | None = attrs.field(default=None, repr=False)
+
+
+def _images_in(value: Any) -> list[Image]:
+    if isinstance(value, Image):
+        return [value]
+    if isinstance(value, MatrixOutputs):
+        value = [value[k] for k in value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [image for v in value for image in _images_in(v)]
+    return []
+
+
+def gone_image(images: ImageBackend | None, output: Any) -> str | None:
+    """The id of the first ``pk.Image`` of a stored output that the engine no longer has and that
+    cannot be pulled by its registry digest; None when every one is usable (or nothing is checked)."""
+    if images is None:
+        return None
+    for image in _images_in(output):
+        if _usable(images, image.id) or (image.remote and _usable(images, image.remote)):
+            continue
+        return image.id
+    return None
+
+
+def _usable(images: ImageBackend, ref: str) -> bool:
+    try:
+        return images.image_problem(ref) is None
+    except PipekitError:  # the engine cannot be asked: the result is not trusted, the stage runs
+        return False
+
+
+def take_restored(lookup: Lookup, r: ResolvedStage) -> Taken:
+    """``--resume``: the stage's stored result, unless an image it names is gone (then it runs)."""
+    assert r.restore is not None
+    from_run, stored = r.restore
+    gone = gone_image(lookup.images, loads(stored))
+    if gone is not None:
+        return Taken(None, f"not restored: image {gone} is no longer in the engine")
+    return Taken(StageStatus.RESTORED, f"restored from run {from_run}", from_run, stored)
+
+
+def _image_identity(lookup: Lookup, r: ResolvedStage, outputs: Mapping[str, Any]) -> str | None:
     s = r.stage
     if s.image_from:
         made = outputs.get(s.image_from)
         return made.id if isinstance(made, Image) else None
     if s.dockerfile:
-        return "dockerfile:" + (run.resolved.workspace / s.dockerfile).read_text()
+        return "dockerfile:" + (lookup.resolved.workspace / s.dockerfile).read_text()
     if r.image is None:
         return None
-    return run.images.image_id(Origin(run.run_id, s.name), r.image)
+    if lookup.images is None:
+        raise LookupError("its image is not checked here (no engine, or --no-image-check)")
+    return lookup.images.image_id(Origin(lookup.run_id, s.name), r.image)
 
 
 def inputs_of(
@@ -55,49 +137,39 @@ def inputs_of(
     )
 
 
-def cache_key(run: Run, r: ResolvedStage, outputs: Mapping[str, Any], log: Any) -> tuple[str, dict[str, Any]] | None:
-    """The stage's cache key and its inputs, or None when it has none or one cannot be made (it
-    then just runs)."""
+def take_cached(lookup: Lookup, r: ResolvedStage, outputs: Mapping[str, Any]) -> Taken:
+    """The stage cache: the stored result for the stage's key, unless the key cannot be made, it
+    misses, or an image the result names is gone. ``outputs``: its upstream stages' outputs."""
     if r.stage.cache is None:
-        return None
+        return Taken(None)
     try:
-        inputs = inputs_of(run.resolved, r, outputs, run.params, _image_identity(run, r, outputs))
-    except (NotSerializable, OSError, PipekitError) as e:
-        log.info("stage not cached", reason=str(e))
-        return None
-    return key_of(inputs), inputs
-
-
-def cached_result(run: Run, name: str, key: str, started: float) -> StageResult | None:
-    """The stored result for ``key``, as this stage's result; None on a miss."""
-    if run.cache is None:
-        return None
-    hit = run.cache(key)
+        inputs = inputs_of(lookup.resolved, r, outputs, lookup.params, _image_identity(lookup, r, outputs))
+    except (LookupError, NotSerializable, OSError, PipekitError) as e:
+        return Taken(None, f"not cached: {e}")
+    key = key_of(inputs)
+    hit = lookup.cache(key) if lookup.cache is not None else None
     if hit is None:
-        return None
+        return Taken(None, "cache miss", key=key, inputs=inputs)
     from_run, stored = hit
+    gone = gone_image(lookup.images, loads(stored))
+    if gone is not None:
+        return Taken(None, f"cache miss: image {gone} is no longer in the engine", key=key, inputs=inputs)
+    return Taken(StageStatus.CACHED, f"cache hit: result of run {from_run}", from_run, stored, key, inputs)
+
+
+def taken_result(name: str, taken: Taken, started: float | None = None, finished: float | None = None) -> StageResult:
+    """A taken result as the stage's result."""
+    assert taken.status is not None and taken.output_json is not None
     return StageResult(
         name,
-        StageStatus.CACHED,
+        taken.status,
         0.0,
         started,
-        run.clock(),
-        reason=f"cache hit: result of run {from_run}",
-        output=loads(stored),
-        cache_key=key,
-        output_json=stored,
-    )
-
-
-def restored_result(name: str, restore: tuple[str, str]) -> StageResult:
-    from_run, stored = restore
-    return StageResult(
-        name,
-        StageStatus.RESTORED,
-        0.0,
-        reason=f"restored from run {from_run}",
-        output=loads(stored),
-        output_json=stored,
+        finished,
+        reason=taken.why,
+        output=loads(taken.output_json),
+        cache_key=taken.key,
+        output_json=taken.output_json,
     )
 
 

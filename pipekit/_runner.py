@@ -16,7 +16,7 @@ from pipekit._preflight import check as preflight
 from pipekit._results import RunObserver, RunResult
 from pipekit._run import CacheLookup, Run
 from pipekit._scheduler import Scheduler
-from pipekit._session import RunSetup, container_backend, restorable
+from pipekit._session import RunSetup, container_backend
 from pipekit._util import write_file
 from pipekit.backend import Sweeps
 from pipekit.exceptions import UsageError
@@ -70,13 +70,11 @@ def _recording(setup: RunSetup, backend: Any) -> _Recording:
         (r.warn or (lambda message: None))(f"{e.message}; the run goes on without being recorded")
         return _Recording()
     rec = _Recording(history=history)
-    resumed_from = None
-    if r.resume is not None:
-        resumed_from = history.resolve(r.resume) if r.resume else history.last_run_of(setup.pipeline.path or "")
-        if resumed_from is None:
-            history.close()
-            raise UsageError(f"--resume: no earlier run of {setup.pipeline.path} is recorded in {history.dir}")
-        rec.restore = restorable(history.stages(resumed_from), setup.plan.order, resumed_from)
+    try:
+        resumed_from, rec.restore = setup.resumed(history)
+    except BaseException:
+        history.close()
+        raise
     recorder = Unfailing(
         HistoryRecorder(
             history,
@@ -136,7 +134,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             sweep = _sweep(backend)
         check_images = r.check_images and resolved.needs_container_backend
         preflight(resolved, setup.secrets, backend if check_images else None, backend)
-        report = _ci_report(rec.records or r.records or MemoryRecords()) if r.junit or r.ci == "github" else None
+        report = _ci_report(rec.records or r.records or MemoryRecords(), setup) if r.junit or r.ci == "github" else None
         run = Run(
             run_id=setup.run_id,
             resolved=resolved,
@@ -174,10 +172,10 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 rec.history.close()
 
 
-def _ci_report(records: Any) -> CiReport:
+def _ci_report(records: Any, setup: RunSetup) -> CiReport:
     from pipekit._ci_report import CiReport
 
-    return CiReport(records)
+    return CiReport(records, setup.secrets.masker.mask)
 
 
 def _ci_outputs(setup: RunSetup, report: CiReport, result: RunResult | None) -> None:

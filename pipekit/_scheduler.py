@@ -16,7 +16,7 @@ from typing import Any
 
 from pipekit._ahead import Preparer
 from pipekit._control import format_duration
-from pipekit._outputs import restored_result
+from pipekit._outputs import take_restored, taken_result
 from pipekit._posts import pipeline_posts
 from pipekit._results import RunObserver, RunResult, RunStatus, StageResult, StageStatus, masked
 from pipekit._run import Run
@@ -145,7 +145,11 @@ class Scheduler:
                 self.run.log.info("stage finished", stage=name, status=S.SKIPPED, reason=r.skip)
                 board.complete(name, StageResult(name, S.SKIPPED, reason=r.skip))
             elif r.restore is not None:
-                result = restored_result(name, r.restore)
+                taken = take_restored(self.run, r)
+                if taken.status is None:  # an image it made is gone: it runs again
+                    self.run.log.info("stage not restored", stage=name, reason=taken.why)
+                    continue
+                result = taken_result(name, taken)
                 self.run.log.info("stage finished", stage=name, status=S.RESTORED, reason=result.reason)
                 board.outputs[name] = result.output
                 board.complete(name, result)

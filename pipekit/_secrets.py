@@ -28,13 +28,20 @@ MIN_FRAGMENT = 4  # lines of a multi-line secret shorter than this are not maske
 
 def encoded_forms(value: str) -> set[str]:
     """The forms a secret's value takes when a tool prints it encoded: base64 (standard and
-    URL-safe, with and without padding), URL-encoded, and escaped inside a JSON string."""
+    URL-safe, with and without padding); URL-encoded (``quote`` with and without ``/`` kept,
+    ``quote_plus``, upper- and lower-case hex); escaped inside a JSON string (``\\uXXXX`` escapes
+    in either case, or raw UTF-8 as ``ensure_ascii=False`` writes it; ``/`` plain or as ``\\/``)."""
     import base64
     import json
     from urllib.parse import quote, quote_plus
 
     raw = value.encode()
-    forms = {quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+    urls = {quote(value, safe=""), quote(value), quote_plus(value), quote_plus(value, safe="/")}
+    urls |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), u) for u in urls}
+    jsons = {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    jsons |= {j.replace("/", "\\/") for j in jsons}
+    jsons |= {re.sub(r"\\u[0-9a-f]{4}", lambda m: "\\u" + m.group()[2:].upper(), j) for j in jsons}
+    forms = urls | jsons
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         text = encode(raw).decode()
         forms |= {text, text.rstrip("=")}

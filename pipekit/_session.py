@@ -155,11 +155,30 @@ class RunSetup:
             self.plan, workspace=self.workspace, info=self.info, image_map=self.request.image_map, restore=restore
         )
 
-    def dry_run(self) -> ResolvedPlan:
-        resolved = self.resolved()
+    def dry_run(self, restore: Mapping[str, tuple[str, str]] | None = None) -> ResolvedPlan:
+        resolved = self.resolved(restore)
         for message in resolved.condition_errors.values():
             raise UsageError(message)
         return resolved
+
+    def resumed(self, history: Any) -> tuple[str | None, dict[str, tuple[str, str]]]:
+        """``--resume``: the run it resumes and what it restores from it, for the run and its plan
+        alike (UsageError when there is no such run; ``history`` None: there is no history)."""
+        r = self.request
+        if r.resume is None:
+            return None, {}
+        folder = self.workspace / ".pipekit"
+        if history is None:
+            if r.resume == "last":
+                raise UsageError(f"No runs are recorded in {folder} yet")
+            if r.resume:
+                raise UsageError(f"No run matches '{r.resume}' in {folder}; `pipekit runs` lists them")
+            resumed_from = None
+        else:
+            resumed_from = history.resolve(r.resume) if r.resume else history.last_run_of(self.pipeline.path or "")
+        if resumed_from is None:
+            raise UsageError(f"--resume: no earlier run of {self.pipeline.path} is recorded in {folder}")
+        return resumed_from, restorable(history.stages(resumed_from), self.plan.order, resumed_from)
 
     def preflight(self, resolved: ResolvedPlan, warn: Callable[[str], None]) -> None:
         """The checks before a run, for ``validate`` and ``--dry-run``: every missing secret and
@@ -168,11 +187,14 @@ class RunSetup:
 
         check(resolved, self.secrets, self.image_engine(resolved, warn))
 
-    def image_engine(self, resolved: ResolvedPlan, warn: Callable[[str], None] | None = None) -> Any:
-        """The backend to ask about images before a run, when it answers (else None, warned)."""
+    def image_engine(
+        self, resolved: ResolvedPlan, warn: Callable[[str], None] | None = None, *, restoring: bool = False
+    ) -> Any:
+        """The backend to ask about images before a run, when it answers (else None, warned).
+        ``restoring``: asked also when no stage needs it to run (restored results name images)."""
         from pipekit.exceptions import BackendError
 
-        if not (self.request.check_images and resolved.needs_container_backend):
+        if not (self.request.check_images and (resolved.needs_container_backend or restoring)):
             return None
         backend = self.backend
         try:

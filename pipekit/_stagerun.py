@@ -21,7 +21,7 @@ from pipekit._context import Context, StageScope
 from pipekit._control import Outcome, format_duration
 from pipekit._locks import ResourceLock
 from pipekit._matrix import MatrixOutputs, combination_key
-from pipekit._outputs import cache_key, cached_result, storable
+from pipekit._outputs import storable, take_cached, taken_result
 from pipekit._posts import call_posts
 from pipekit._resolve import ResolvedStage
 from pipekit._results import StageResult, StageStatus
@@ -165,13 +165,14 @@ class StageRun:
     # -- the stage's life, in a worker thread ------------------------------------------------
     def execute(self) -> StageResult:
         started = self.run.clock()
-        keyed = cache_key(self.run, self.r, self.outputs, self.log)
-        key, self.cache_inputs = keyed if keyed else (None, None)
-        hit = cached_result(self.run, self.name, key, started) if key else None
-        if hit is not None:
+        taken = take_cached(self.run, self.r, self.outputs)
+        key, self.cache_inputs = taken.key, taken.inputs
+        if taken.status is not None:
             self.placed.set()
-            self.log.info("stage finished", status=S.CACHED, duration_s=0.0, reason=hit.reason)
-            return hit
+            self.log.info("stage finished", status=S.CACHED, duration_s=0.0, reason=taken.why)
+            return taken_result(self.name, taken, started, self.run.clock())
+        if taken.why and taken.why != "cache miss":
+            self.log.info("stage not cached", reason=taken.why)
         self.log.info("stage started", status=S.RUNNING, image=self.r.describe_image())
         s = self.r.stage
         lock = ResourceLock(s.resource) if s.resource else None

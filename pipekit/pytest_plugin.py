@@ -75,7 +75,12 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
     """`assert result.stages["deploy"].status == "succeeded"` fails naming the stage, its error
-    and its commands, not just `'failed' == 'succeeded'`."""
+    and its commands, not just `'failed' == 'succeeded'`; `assert result.status == "succeeded"`
+    names every stage that did not end well."""
+    if op in ("==", "!="):
+        explained = _run_outcome(op, left, right)
+        if explained is not None:
+            return explained
     if op != "==" or not _current or _current[-1].stash.get(_RESULTS, None) is None:
         return None
     from pipekit._results import StageStatus
@@ -90,6 +95,20 @@ def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str]
             if r.status == status and len(lines) < 40:
                 lines += result.describe(name)
     return lines
+
+
+def _run_outcome(op: str, left: object, right: object) -> list[str] | None:
+    import sys
+
+    testing = sys.modules.get("pipekit.testing")
+    if testing is None:  # no run was made in this session
+        return None
+    outcome = left if isinstance(left, testing.RunOutcome) else right if isinstance(right, testing.RunOutcome) else None
+    if outcome is None:
+        return None
+    other = right if outcome is left else left
+    explained: list[str] = outcome.explain()
+    return [f"run status {str(outcome)!r} {op} {other!r}", *explained]
 
 
 def _update(request: pytest.FixtureRequest) -> bool:

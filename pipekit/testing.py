@@ -32,6 +32,7 @@ __all__ = [
     "PipelineResult",
     "PipelineRunner",
     "RecordingBackend",
+    "RunOutcome",
     "SNAPSHOT_ENV",
 ]
 
@@ -46,6 +47,39 @@ def _collect(events: list[dict[str, Any]]) -> Any:
         return event
 
     return record
+
+
+class RunOutcome(str):
+    """A run's status (``succeeded``, ``failed``, ``interrupted``): a plain string that knows its
+    run, so that a failed ``assert result.status == "succeeded"`` names the stages that failed,
+    their errors and their commands (through pipekit's pytest plugin)."""
+
+    result: PipelineResult | None
+
+    def __new__(cls, value: str, result: PipelineResult | None = None) -> RunOutcome:
+        outcome = super().__new__(cls, str(value))
+        outcome.result = result
+        return outcome
+
+    def explain(self) -> list[str]:
+        """Each stage's status, then each stage that did not end well in a line (its error's first
+        line) with its failed commands, then their whole errors (pytest shows the first lines
+        unless run with ``-vv``)."""
+        r = self.result
+        if r is None:
+            return []
+        bad = [n for n, s in r.stages.items() if s.status in ("failed", "interrupted", "cancelled", "allowed_failure")]
+        lines = ["stages: " + ", ".join(f"{n}={s.status}" for n, s in r.stages.items())]
+        for name in bad:
+            stage = r.stages[name]
+            first = next((line for line in (stage.error or stage.reason or "").splitlines() if line.strip()), "")
+            lines.append(f"stage '{name}' {stage.status}" + (f": {first}" if first else ""))
+            lines += [f"  {c.kind}: {c.text} -> exit {c.exit_code}" for c in r.calls(name) if c.exit_code]
+        if bad:
+            lines.append("in full:")
+            for name in bad:
+                lines += r.describe(name)
+        return lines[:60]
 
 
 class PipelineResult:
@@ -72,9 +106,9 @@ class PipelineResult:
         self.test_reports: dict[str, TestReport] = {}
 
     @property
-    def status(self) -> str:
-        """``succeeded``, ``failed`` or ``interrupted``."""
-        return self.run.status
+    def status(self) -> RunOutcome:
+        """``succeeded``, ``failed`` or ``interrupted`` (a ``str``; see :class:`RunOutcome`)."""
+        return RunOutcome(self.run.status, self)
 
     @property
     def exit_code(self) -> int:
@@ -138,10 +172,12 @@ class PipelineResult:
                 lines.append(f"{'    ' if last else '|   '}{branch} {prefix}{c.text}{code}")
         return "\n".join(lines) + "\n"
 
-    def assert_call_tree(self, name: str | Path) -> None:
+    def assert_call_tree(self, name: str | Path, *, allow_failed: bool = False) -> None:
         """Compare :meth:`call_tree` with a stored snapshot; write it when updating
         (``pytest --pipekit-update-snapshots`` or ``PIPEKIT_UPDATE_SNAPSHOTS=1``) or when it is
-        missing, except under CI (``CI`` set), where a missing snapshot fails the test."""
+        missing, except under CI (``CI`` set), where a missing snapshot fails the test. A run
+        that did not succeed is not recorded (the test fails, naming what failed) unless
+        ``allow_failed=True`` says that the failure is what the snapshot is about."""
         __tracebackhide__ = True
         path = Path(name)
         if not path.is_absolute():
@@ -155,6 +191,12 @@ class PipelineResult:
                 " --pipekit-update-snapshots where you develop and commit the file"
             )
         if self._update or not path.exists():
+            if self.run.status != "succeeded" and not allow_failed:
+                explained = "\n".join(f"  {line}" for line in self.status.explain())
+                raise AssertionError(
+                    f"The run {self.run.status}, so its call tree was not recorded as the snapshot {path}:\n"
+                    f"{explained}\nFix the run, or pass allow_failed=True to record a run that fails on purpose"
+                )
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(tree)
             return

@@ -53,6 +53,7 @@ def test_testing_all_is_pinned() -> None:
         "PipelineResult",
         "PipelineRunner",
         "RecordingBackend",
+        "RunOutcome",
         "SNAPSHOT_ENV",
     ]
 
@@ -194,8 +195,12 @@ def test_call_tree_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     path = _write(tmp_path)
     secrets = {"TOKEN": "t0ken-value"}
     runner = PipelineRunner(base_dir=tmp_path, update_snapshots=False).respond("exit 4", exit_code=4)
-    runner.run(path, secrets=secrets).assert_call_tree("run")
     snap = tmp_path / "snapshots" / "run.txt"
+    failed = runner.run(path, secrets=secrets)
+    with pytest.raises(AssertionError, match=r"(?s)The run failed, so its call tree was not recorded.*stage 'check'"):
+        failed.assert_call_tree("run")  # a first snapshot of a failed run is not a reference
+    assert not snap.exists()
+    failed.assert_call_tree("run", allow_failed=True)
     assert snap.read_text() == (
         f"pipeline {tmp_path.name}: failed (exit code 1)\n"
         "|-- greet: succeeded\n"
@@ -384,3 +389,86 @@ def test_archive_and_junit_on_the_fake(tmp_path: Path) -> None:
     assert ("package", "dist/real.whl") not in result.artifacts
     assert result.stages["test"].output == "2 tests: 1 passed, 1 failed, 0 errors, 0 skipped"
     assert result.test_reports["test"].failed[0].message == "boom"
+
+
+def test_a_failed_run_is_never_recorded_as_a_snapshot(pytester: pytest.Pytester) -> None:
+    """The first `assert_call_tree` of a failing run fails the test, naming the stage, its error and
+    its command, and writes nothing; with --pipekit-update-snapshots too."""
+    pytester.makepyfile(
+        pipeline="""
+import pipekit as pk
+
+@pk.stage
+def unit(ctx):
+    ctx.sh("pytest -q tests/")
+""",
+        test_it="""
+def test_first_snapshot(pipekit_runner, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    pipekit_runner.respond("pytest*", exit_code=2, stdout="E   assert 1 == 2")
+    pipekit_runner.run("pipeline.py").assert_call_tree("first")
+""",
+    )
+    for options in ((), ("--pipekit-update-snapshots",)):
+        result = pytester.runpytest("-p", "no:cacheprovider", *options)
+        result.assert_outcomes(failed=1)
+        out = result.stdout.str()
+        assert "The run failed, so its call tree was not recorded" in out
+        assert "stage 'unit' failed" in out and "sh: pytest -q tests/ -> exit 2" in out
+        assert "allow_failed=True" in out
+        assert not (pytester.path / "snapshots" / "first.txt").exists()
+
+
+def test_a_wrong_run_status_names_the_failed_stages(pytester: pytest.Pytester) -> None:
+    """`assert result.status == "succeeded"` in a user's test names each failed stage, its error
+    and its commands, with the plain runner too (not only the fixture's)."""
+    pytester.makepyfile(
+        pipeline="""
+import pipekit as pk
+
+@pk.stage
+def lint(ctx):
+    ctx.sh("ruff check .")
+
+@pk.stage
+def unit(ctx):
+    ctx.sh("pytest -q tests/")
+
+@pk.stage
+def docs(ctx):
+    ctx.sh("mkdocs build")
+""",
+        test_it="""
+from pathlib import Path
+from pipekit.testing import PipelineRunner
+
+def test_fixture(pipekit_runner):
+    pipekit_runner.respond("pytest*", exit_code=2, stdout="E   assert 1 == 2")
+    pipekit_runner.respond("mkdocs*", exit_code=1, stderr="config not found")
+    result = pipekit_runner.run("pipeline.py")
+    assert result.status == "succeeded"
+
+def test_plain_runner():
+    runner = PipelineRunner(base_dir=Path(__file__).parent).respond("ruff*", exit_code=1)
+    result = runner.run("pipeline.py")
+    assert "succeeded" == result.status
+
+def test_still_a_string(pipekit_runner):
+    result = pipekit_runner.run("pipeline.py")
+    assert result.status == "succeeded" and f"{result.status}" == "succeeded" and result.status.upper() == "SUCCEEDED"
+    assert {result.status: 1} == {"succeeded": 1}
+""",
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2, passed=1)
+    out = result.stdout.str()
+    assert "run status 'failed' == 'succeeded'" in out
+    assert "stages: lint=succeeded, unit=failed, docs=failed" in out
+    assert "stage 'unit' failed: Command exited with code 2 in stage 'unit': pytest -q tests/" in out
+    assert "sh: pytest -q tests/ -> exit 2" in out
+    assert "stage 'docs' failed: Command exited with code 1 in stage 'docs': mkdocs build" in out
+    assert "sh: mkdocs build -> exit 1" in out
+    assert "stage 'lint' failed: Command exited with code 1 in stage 'lint': ruff check ." in out  # plain runner
+    assert "sh: ruff check . -> exit 1" in out
+    verbose = pytester.runpytest("-p", "no:cacheprovider", "-vv").stdout.str()
+    assert "E   assert 1 == 2" in verbose and "config not found" in verbose  # the whole errors, with -vv
