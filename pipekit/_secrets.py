@@ -90,6 +90,8 @@ def parse_dotenv(path: Path) -> dict[str, str]:
     from dotenv.parser import parse_stream
 
     try:
+        if not os.path.lexists(path):
+            raise UsageError(f"The secrets file {path} does not exist; give a dotenv file of KEY=VALUE lines")
         if not path.is_file() or path.stat().st_size > MAX_SECRETS_FILE:
             what = "is not a regular file" if not path.is_file() else "is larger than 1 MiB"
             raise UsageError(f"The secrets file {path} {what}; give a dotenv file of KEY=VALUE lines")

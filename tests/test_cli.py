@@ -110,7 +110,7 @@ def test_unknown_target_stage() -> None:
     ("argv", "message"),
     [
         (["run", "--jobs", "0", "-f", str(HELLO)], "--jobs must be 1 or more"),
-        (["run", "--image-map", "nonsense", "-f", str(HELLO)], "--image-map takes IMAGE=LOCAL_IMAGE"),
+        (["run", "--image-map", "nonsense", "-f", str(HELLO)], "'--image-map': takes IMAGE=LOCAL_IMAGE"),
         (["run", "--log-format", "xml"], "'xml' is not one of 'console', 'json'"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["run", "--jbos", "2"], "No such option '--jbos'. (Did you mean one of: '--jobs'"),
