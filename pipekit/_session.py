@@ -217,12 +217,13 @@ class RunSetup:
 
         def unmasked(name: str) -> None:
             log.warning(
-                "secret not masked", secret=name, reason="shorter than 4 characters: it would hide unrelated text"
+                "secret not masked",
+                secret=name,
+                reason="shorter than 4 characters: it would hide unrelated text"
+                f" (a value that is not secret: pk.secret({name!r}, mask=False))",
             )
 
-        for name in sorted(self.secrets.unmasked):
-            unmasked(name)
-        self.secrets.on_unmasked = unmasked
+        self.secrets.on_unmasked = unmasked  # when a stage first uses one: after the run's first line
         return log
 
     def _wants_live(self) -> bool:
