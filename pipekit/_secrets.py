@@ -41,7 +41,7 @@ def encoded_forms(value: str) -> set[str]:
     return {f for f in forms if f != value and len(f) >= MIN_LENGTH}
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Secret:
     """A reference to a secret value, resolved at run time. It refuses to become text."""
 
@@ -58,6 +58,9 @@ class Secret:
 
     def __format__(self, spec: str) -> str:
         return self.__str__()
+
+    def __repr__(self) -> str:
+        return f"Secret(name={self.name!r}{'' if self.mask else ', mask=False'})"
 
 
 def secret(name: str, *, mask: bool = True) -> Secret:
