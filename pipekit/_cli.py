@@ -69,7 +69,7 @@ def _backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-class _ImageMapping(click.ParamType):
+class _ImageMapping(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
     """One ``IMAGE=LOCAL`` of ``--image-map``; its environment variable lists them with commas."""
 
     name = "IMAGE=LOCAL"

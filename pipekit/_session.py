@@ -165,7 +165,7 @@ class RunSetup:
         image at once (UsageError, exit 2). With no engine to ask, images are not checked (warned)."""
         from pipekit._preflight import check
 
-        check(resolved, self.secrets, self.image_engine(resolved, warn))
+        check(resolved, self.secrets, self.image_engine(resolved, warn), warn=warn)
 
     def image_engine(self, resolved: ResolvedPlan, warn: Callable[[str], None] | None = None) -> Any:
         """The backend to ask about images before a run, when it answers (else None, warned)."""

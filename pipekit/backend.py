@@ -195,6 +195,8 @@ class BuildSpec:
     target: str | None = None
     labels: Mapping[str, str] = attrs.field(factory=dict)
     secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    #: ``--image-map``: a FROM line naming a key builds from its value instead
+    image_map: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @runtime_checkable
