@@ -267,8 +267,8 @@ def cmd_cleanup(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     kept = backend.drop_kept(run_id) if hasattr(backend, "drop_kept") else 0
     said = [f"removed what run {run_id} left"] if run_id in left else []
     if kept:
-        said.append(f"removed the {kept} container(s) run {run_id} kept for `pipekit shell`")
-    print("; ".join(said) if said else f"run {run_id} left nothing", file=out)
+        said.append(f"removed the {kept} container(s) kept for `pipekit shell`")
+    print(f"run {run_id}: {'; '.join(said)}" if said else f"run {run_id} left nothing", file=out)
     return 0
 
 

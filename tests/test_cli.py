@@ -396,7 +396,7 @@ def test_cleanup_of_a_run_with_a_kept_container_says_what_it_removed(
     try:
         cleaned = pipekit("cleanup", run_id, cwd=tmp_path)
         assert cleaned.returncode == 0, cleaned.stderr
-        assert cleaned.stdout.strip() == f"removed the 1 container(s) run {run_id} kept for `pipekit shell`"
+        assert cleaned.stdout.strip() == f"run {run_id}: removed the 1 container(s) kept for `pipekit shell`"
         assert docker_client.containers.list(all=True, filters=label) == []
     finally:
         for c in docker_client.containers.list(all=True, filters=label):
