@@ -51,6 +51,9 @@ class _ImageMapping(click.ParamType):  # type: ignore[type-arg]  # (generic from
     name = "IMAGE=LOCAL"
     envvar_list_splitter = ","
 
+    def split_envvar_value(self, rv: str) -> list[str]:
+        return [item for item in (rv or "").split(",") if item.strip()]  # (a trailing comma is no entry)
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip()
         src, sep, dst = text.partition("=")

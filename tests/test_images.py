@@ -116,43 +116,31 @@ def test_wrong_password_fails_deploy_with_an_auth_message(registry: Any, python_
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-def test_missing_secret_fails_only_the_stage_that_uses_it(python_base_image: str, registry: Any) -> None:
-    """Without REGISTRY_PASSWORD, build and test succeed and deploy fails naming the secret."""
+def test_missing_registry_secrets_stop_the_run_before_it_starts(python_base_image: str, registry: Any) -> None:
+    """Without REGISTRY_USER and REGISTRY_PASSWORD (a pk.Credentials in deploy's code), the run on
+    main stops before anything starts, naming both; on another branch deploy is skipped and the
+    run needs neither."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_USER", "REGISTRY_PASSWORD")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipekit",
-            "run",
-            "-f",
-            str(SEED),
-            "--branch",
-            "main",
-            "--log-format",
-            "json",
-            "--param",
-            f"registry={registry.address}",
-            "--param",
-            f"base_image={python_base_image}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 1
-    [summary] = [e for e in _events(proc.stdout) if e["event"] == "run finished"]
-    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [
-        ("build", "succeeded"),
-        ("test", "succeeded"),
-        ("smoke", "succeeded"),  # ran in the built image, without the checkout (workspace=False)
-        ("deploy", "failed"),
-    ]
-    [failed] = [e for e in _events(proc.stdout) if e["event"] == "stage finished" and e["stage"] == "deploy"]
-    assert "needs the secret 'REGISTRY_USER', which is not set" in failed["error"]
+
+    def run(branch: str) -> subprocess.CompletedProcess[str]:
+        argv = ["run", "-f", str(SEED), "--branch", branch, "--log-format", "json"]
+        argv += ["--param", f"registry={registry.address}", "--param", f"base_image={python_base_image}"]
+        return subprocess.run(
+            [sys.executable, "-m", "pipekit", *argv], capture_output=True, text=True, timeout=600, env=env
+        )
+
+    on_main = run("main")
+    assert on_main.returncode == 2, on_main.stdout + on_main.stderr
+    assert on_main.stdout == ""  # not even the run's first line: nothing started
+    for name in ("REGISTRY_USER", "REGISTRY_PASSWORD"):
+        assert f"stage 'deploy' needs the secret '{name}', which is not set" in on_main.stderr
+    assert "2 problem(s) found before the run; nothing was started" in on_main.stderr
+    elsewhere = run("feature")
+    assert elsewhere.returncode == 0, elsewhere.stdout[-3000:] + elsewhere.stderr
+    [summary] = [e for e in _events(elsewhere.stdout) if e["event"] == "run finished"]
+    assert [(s["stage"], s["status"]) for s in summary["stages"]][-1] == ("deploy", "skipped")
 
 
 def test_unreachable_registry(python_base_image: str, tmp_path: Path, run_on_docker: Any) -> None:
