@@ -21,20 +21,33 @@ def ci() -> None:
 @ci.command(
     context_settings=CONTEXT,
     epilog="\b\nExamples:\n  pipekit ci init github\n  pipekit ci init gitlab --force\n"
-    "  pipekit ci init jenkins -f ci/",
+    "  pipekit ci init jenkins -f ci/\n  pipekit ci init github --install 0.2.0\n"
+    "  pipekit ci init github --install git+https://github.com/ORG/pipekit.git@v0.2.0\n"
+    "  pipekit ci init gitlab --install https://files.example/pipekit_ci-0.2.0-py3-none-any.whl",
 )
 @click.argument("system", type=click.Choice(("github", "gitlab", "jenkins")))
 @click.option(
     "-f", "--file", default="pipeline.py", show_default=True, metavar="PATH", help="The pipeline the wrapper runs."
 )
 @click.option("--force", is_flag=True, help="Overwrite the CI's file if there is one.")
-def init(system: str, file: str, force: bool) -> None:
+@click.option(
+    "--install",
+    metavar="SPEC",
+    help="How the CI installs pipekit: a version, a version specifier, a wheel or archive URL or path, or a git URL"
+    " (default: pipekit-ci at this pipekit's version, from the package index).",
+)
+def init(system: str, file: str, force: bool, install: str | None) -> None:
     """Write the CI's file (.github/workflows/pipekit.yml, .gitlab-ci.yml or Jenkinsfile)."""
-    from pipekit._ci_init import write
+    from pipekit._ci_init import install_spec, write
     from pipekit._loader import load
-    from pipekit.exceptions import PipelineError
+    from pipekit.exceptions import PipelineError, UsageError
 
     out, err = streams()
+    try:
+        spec = install_spec(install)
+    except UsageError as e:
+        print_error(err, str(e))
+        raise click.exceptions.Exit(2) from None
     path = Path(file)
     secrets: list[str] = []
     try:
@@ -44,11 +57,12 @@ def init(system: str, file: str, force: bool) -> None:
     root = Path.cwd()
     shown = os.path.relpath(path.resolve() if not path.is_dir() else path.resolve() / "pipeline.py", root)
     try:
-        target = write(system, root, secrets, shown, force)
+        target = write(system, root, secrets, shown, force, install)
     except FileExistsError as e:
         print_error(err, f"{e} exists; pipekit leaves it as it is (--force replaces it)")
         raise click.exceptions.Exit(1) from None
-    print(f"wrote {os.path.relpath(target, root)}" + (f" (secrets: {', '.join(secrets)})" if secrets else ""), file=out)
+    more = [f"installs {spec}"] + ([f"secrets: {', '.join(secrets)}"] if secrets else [])
+    print(f"wrote {os.path.relpath(target, root)} ({'; '.join(more)})", file=out)
 
 
 @click.group(name="import", context_settings=CONTEXT)

@@ -1,7 +1,11 @@
-"""Commands that show a run: ``pipekit report``."""
+"""Commands that show a run: ``pipekit report`` and ``pipekit shell``."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 from typing import IO, Any
 
@@ -46,27 +50,54 @@ def report(run: str, output: str, file: str) -> None:
     print(f"wrote {path}", file=out)
 
 
-@click.command(
-    context_settings=CONTEXT,
-    epilog="\b\nExamples:\n  pipekit run --keep-failed\n  pipekit shell last test\n  pipekit shell last test -- ls -la",
-)
+SHELL_EPILOG = """\b
+Examples:
+  pipekit run --keep-failed
+  pipekit shell last test                       # a shell in the stage's container
+  pipekit shell last test -- ls -la out/        # one command (its arguments as given)
+  pipekit shell last test -- sh -c 'cat a; ls'  # a script
+"""
+
+
+@click.command(context_settings=CONTEXT, epilog=SHELL_EPILOG)
 @click.argument("run", metavar="RUN")
 @click.argument("stage")
-@click.argument("command", nargs=-1)
+@click.argument("command", nargs=-1, metavar="[-- COMMAND [ARG]...]")
 @click.option(
     "-f", "--file", default="pipeline.py", show_default=True, metavar="PATH", help="The pipeline whose runs to read."
 )
 def shell(run: str, stage: str, command: tuple[str, ...], file: str) -> None:
-    """Open a shell in the container a failed stage left (`run --keep-failed`), or run COMMAND there."""
-    import shutil
-    import subprocess
-    import sys
+    """Open a shell in the container a failed stage left (`run --keep-failed`), or run COMMAND there
+    (as an argument list, like `docker exec`: use `sh -c '...'` for a script)."""
+    out, err = streams()
+    docker, cid, run_id = _kept(run, stage, file, err)
+    if command:
+        _check_command(docker, cid, command[0], f"the container of stage '{stage}' (run {run_id})", err)
+    else:
+        print(f"pipekit: a shell in stage '{stage}' of run {run_id} (exit to leave it)", file=err)
+    if _is_process_stream(out, 1) and _is_process_stream(err, 2):
+        # the command line: docker takes over this process, with its terminal (or pipes) as they are;
+        # -t only on a terminal (docker refuses it for a stdin that is not; output redirected to a
+        # file must not get the terminal's line ends)
+        out.flush()
+        err.flush()
+        flags = ["-it"] if sys.stdin.isatty() and sys.stdout.isatty() else ["-i"]
+        os.execv(docker, [docker, "exec", *flags, cid, *(command or ("sh",))])
+    # main(out=..., err=...): no terminal and no input; the output goes to those streams
+    proc = subprocess.run(
+        [docker, "exec", cid, *(command or ("sh",))], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    out.write(proc.stdout)
+    err.write(proc.stderr)
+    raise click.exceptions.Exit(proc.returncode)
 
+
+def _kept(run: str, stage: str, file: str, err: IO[str]) -> tuple[str, str, str]:
+    """The docker command, the id of the stage's kept container and the run's id (else exit 2)."""
     from pipekit._cli_history import _history, _workspace_of
     from pipekit._runner import container_backend
     from pipekit.exceptions import PipekitError
 
-    out, err = streams()
     try:
         history = _history(_workspace_of(SimpleNamespace(file=file)), err)
         try:
@@ -84,24 +115,42 @@ def shell(run: str, stage: str, command: tuple[str, ...], file: str) -> None:
         raise click.exceptions.Exit(2)
     docker = shutil.which("docker")
     if docker is None:
-        print_error(err, "the docker command is not installed; pipekit shell runs `docker exec -it` in the container")
+        print_error(err, "the docker command is not installed; pipekit shell runs `docker exec` in the container")
         raise click.exceptions.Exit(2)
-    interactive = not command and sys.stdin.isatty()
-    script = ["-c", " ".join(command)] if command else []
-    argv = [docker, "exec", "-it" if interactive else "-i", cid, "sh", *script]
-    if not command:
-        print(f"pipekit: a shell in stage '{stage}' of run {run_id} (exit to leave it)", file=err)
-    # on a terminal the shell has it; called with another output (main(out=...)) it is captured there
-    code = subprocess.call(argv) if out is sys.__stdout__ else _captured(argv, out)
-    raise click.exceptions.Exit(code)
+    return docker, cid, run_id
 
 
-def _captured(argv: list[str], out: IO[str]) -> int:
-    import subprocess
+def _is_process_stream(stream: IO[str], fd: int) -> bool:
+    """Whether ``stream`` writes to this process's descriptor ``fd`` (the console), not to a buffer."""
+    try:
+        return stream.fileno() == fd
+    except (OSError, ValueError, AttributeError):
+        return False
 
-    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    out.write(proc.stdout)
-    return proc.returncode
+
+#: exit 0 when $1 is a program docker exec can start (a path, or a file on the PATH), 3 when it is
+#: only something of the shell's (a builtin, or a busybox applet without a link), else 1
+_PROBE = """case $1 in */*) test -f "$1" && test -x "$1" && exit 0; exit 1;; esac
+IFS=:
+for d in $PATH; do test -f "${d:-.}/$1" && test -x "${d:-.}/$1" && exit 0; done
+command -v "$1" >/dev/null && exit 3
+exit 1"""
+
+
+def _check_command(docker: str, cid: str, name: str, where: str, err: IO[str]) -> None:
+    """Exit 127 when the container has no program ``name``, rather than with docker's OCI error;
+    exit 2 when docker cannot run anything there."""
+    proc = subprocess.run(
+        [docker, "exec", cid, "sh", "-c", _PROBE, "sh", name], stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
+    if proc.returncode == 0:
+        return
+    if proc.stderr.strip():  # docker's own answer (the container is not running, ...)
+        print_error(err, f"cannot run a command in {where}: {proc.stderr.strip()}")
+        raise click.exceptions.Exit(2)
+    builtin = " (a shell builtin: run it with sh -c '...')" if proc.returncode == 3 else ""
+    print_error(err, f"no command {name!r} in {where}{builtin}")
+    raise click.exceptions.Exit(127)
 
 
 def register(group: Any) -> None:

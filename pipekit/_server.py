@@ -24,7 +24,9 @@ def _imports() -> Any:
         import starlette  # noqa: F401
         import uvicorn
     except ImportError as e:
-        raise UsageError(f"pipekit serve needs {e.name}: pip install 'pipekit[server]'") from None
+        from pipekit._ci_init import DISTRIBUTION
+
+        raise UsageError(f"pipekit serve needs {e.name}: pip install '{DISTRIBUTION}[server]'") from None
     return uvicorn
 
 

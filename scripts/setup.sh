@@ -28,6 +28,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# The distribution is pipekit-ci (`pipekit` on the package index is another project): an install
+# of this very checkout under the old name `pipekit` goes first (it would keep the `pipekit` command).
+if python3 -m pip show pipekit 2>/dev/null | grep -qxF "Editable project location: $PWD"; then
+  python3 -m pip uninstall --quiet --yes --root-user-action=ignore pipekit
+fi
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 bash scripts/start-engine.sh
 bash scripts/local-images.sh
