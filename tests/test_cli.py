@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
+from helpers import run_console
 
 from pipekit._cli import main
 
@@ -230,18 +230,15 @@ def test_python_dash_m_and_console_script_agree() -> None:
 
 # -- the pipekit console script, as a user runs it ---------------------------------------------------
 
-ROOT = Path(__file__).parent.parent
 #: variables of the developer's or the CI's environment that would change what the command does
 _OUTSIDE = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL")
 
 
 def pipekit(*argv: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 180) -> CompletedProcess[str]:
-    """The installed `pipekit` console script in a process of its own (importing this checkout)."""
-    script = shutil.which("pipekit")
-    assert script is not None, "the pipekit console script is installed"
+    """The installed `pipekit` console script in a process of its own (importing this checkout),
+    without the PIPEKIT_* and CI variables of the environment the tests run in."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PIPEKIT_") and k not in _OUTSIDE}
-    full = {**base, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([script, *argv], cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
+    return run_console(list(argv), cwd=cwd, env={**base, **(env or {})}, timeout=timeout)
 
 
 SHARED_PIPELINE = """\

@@ -221,16 +221,15 @@ def test_push_without_credentials_uses_the_docker_config(
     docker_client.images.remove(ref)
 
 
-def _console(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The installed `pipekit` console script in a process of its own (importing this checkout)."""
+def _console(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """The installed `pipekit` console script in a process of its own (importing this checkout),
+    without the PIPEKIT_* and CI variables of the environment the tests run in."""
     import os
-    import shutil
 
-    script = shutil.which("pipekit")
-    assert script is not None, "the pipekit console script is installed"
+    from helpers import run_console
+
     base = {k: v for k, v in os.environ.items() if not k.startswith("PIPEKIT_") and k not in ("CI", "GITHUB_ACTIONS")}
-    env = {**base, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([script, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run_console(argv, cwd=cwd, env={**base, **(env or {})}, timeout=600)
 
 
 FROM_PIPELINE = """\

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from helpers import Terminal
+
 from pipekit._live import LiveRenderer
 from pipekit._session import RunRequest, setup
 
@@ -178,52 +180,15 @@ def test_buildkit_bookkeeping_and_blank_lines_are_never_a_stage_last_line() -> N
     assert first.rstrip().endswith("#10 [2/3] RUN make") and "sha256" not in first
 
 
-class _Terminal:
-    """A command on a pseudo-terminal of its own (what a user's terminal is to it); everything it
-    printed, as the terminal received it."""
-
-    def __init__(self, argv: list[str], cwd: Path, cols: int = 100) -> None:
-        import fcntl
-        import pty
-        import struct
-        import termios
-
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, cols, 0, 0))
-        env = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL")}
-        env.update(TERM="xterm", COLUMNS=str(cols), PYTHONPATH=str(Path(__file__).parent.parent))
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave)
-        os.close(slave)
-        self.fd = master
-
-    def finish(self, timeout: float = 120) -> list[str]:
-        """Read until the command ends; the lines the terminal showed (each redraw of the live
-        area gives its lines again), escape codes removed."""
-        import select
-
-        seen, deadline = b"", time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.fd], [], [], 0.5)
-            if ready:
-                try:
-                    data = os.read(self.fd, 65536)
-                except OSError:  # EIO: the command and its children are gone
-                    break
-                if not data:
-                    break
-                seen += data
-            elif self.proc.poll() is not None:
-                break
-        self.proc.wait(timeout=10)
-        os.close(self.fd)
-        return [line for line in re.split(r"[\r\n]+", ANSI.sub("", seen.decode())) if line.strip()]
+def _terminal_lines(term: Terminal) -> list[str]:
+    """The lines the terminal showed (each redraw of the live area gives its lines again), escape
+    codes removed."""
+    return [line for line in re.split(r"[\r\n]+", ANSI.sub("", term.text())) if line.strip()]
 
 
 def test_the_live_view_on_a_real_terminal(tmp_path: Path, busybox_image: str, docker_client: Any) -> None:
     """`pipekit run` on a terminal: aligned columns, no BuildKit digest as a last line, a free slot
     awaited only with -j 1, and one line of counts at the end instead of a table."""
-    import shutil
-
     token = os.urandom(6).hex()  # a step no earlier build cached
     (tmp_path / "Dockerfile").write_text(f"FROM {busybox_image}\nRUN echo {token} && sleep 2\n")
     (tmp_path / "pipeline.py").write_text(
@@ -233,11 +198,13 @@ def test_the_live_view_on_a_real_terminal(tmp_path: Path, busybox_image: str, do
         f"@pk.stage(image={busybox_image!r})\ndef lint(ctx):\n    ctx.sh('echo linting; sleep 1')\n\n"
         f"@pk.stage(image={busybox_image!r}, needs=[lint])\ndef test(ctx):\n    ctx.sh('echo testing')\n"
     )
-    script = shutil.which("pipekit")
-    assert script is not None, "the pipekit console script is installed"
+    outside = {k: v for k, v in os.environ.items() if k not in ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL")}
+    term = Terminal(["run", "-j", "1", "--no-cache"], cwd=tmp_path, env=outside)
     try:
-        lines = _Terminal([script, "run", "-j", "1", "--no-cache"], tmp_path).finish()
+        assert term.wait(timeout=180) == 0, term.text()
+        lines = _terminal_lines(term)
     finally:
+        term.close()
         docker_client.images.remove("pipekit-test/live-view:dev", force=True)
     text = "\n".join(lines)
     assert not any("sha256:" in line for line in lines), text

@@ -78,17 +78,15 @@ def test_stage_reads_params(tmp_path: Path, run_on_docker: Any) -> None:
     assert result["show"].output == ("localhost:5000", True, 2)
 
 
-def _console(argv: list[str], cwd: Path, env: dict[str, str]) -> Any:
-    """The installed `pipekit` console script in a process of its own (importing this checkout)."""
+def _console(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """The installed `pipekit` console script in a process of its own (importing this checkout),
+    without the PIPEKIT_* and CI variables of the environment the tests run in."""
     import os
-    import shutil
-    import subprocess
 
-    script = shutil.which("pipekit")
-    assert script is not None, "the pipekit console script is installed"
+    from helpers import run_console
+
     base = {k: v for k, v in os.environ.items() if not k.startswith("PIPEKIT_") and k not in ("CI", "GITHUB_ACTIONS")}
-    full = {**base, "PYTHONPATH": str(Path(__file__).parent.parent), **env}
-    return subprocess.run([script, *argv], cwd=cwd, env=full, capture_output=True, text=True, timeout=180)
+    return run_console(argv, cwd=cwd, env={**base, **(env or {})}, timeout=600)
 
 
 def test_a_short_secret_is_warned_about_in_the_run_log_and_a_value_declared_not_secret_is_not(
