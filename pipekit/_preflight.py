@@ -197,11 +197,14 @@ def builds(resolved: ResolvedPlan, names: Iterable[str]) -> tuple[list[_Build], 
 
     found: list[_Build] = []
     made: set[str] = set()
+    by_code: dict[int, tuple[list[tuple[str, str]], set[str]]] = {}  # a matrix's stages share one function
     for name in names:
         r = resolved[name]
         files = [r.stage.dockerfile] if r.stage.dockerfile else []
         made |= {r.build_tag} if r.build_tag else set()
-        calls, tags = code_builds(r.stage.fn)
+        if id(r.stage.fn) not in by_code:
+            by_code[id(r.stage.fn)] = code_builds(r.stage.fn)
+        calls, tags = by_code[id(r.stage.fn)]
         made |= tags
         files += [os.path.normpath(os.path.join(context, dockerfile)) for context, dockerfile in calls]
         for file in dict.fromkeys(files):
