@@ -113,12 +113,12 @@ class LiveRenderer(ConsoleRenderer):
             self._last[stage] = line
             self._tails.setdefault(stage, collections.deque(maxlen=TAIL)).append(line)
 
-    def _row(self, mark: Any, stage: str, took: str, text: Any, dim: bool = False) -> Any:
+    def _row(self, mark: Any, stage: str, took: str, text: Any) -> Any:
         """One line of the view, in the columns every kind of line shares: mark, stage, time, text."""
         from rich.text import Text
 
         name = stage if len(stage) <= self._width else stage[: self._width - 1] + "~"
-        row = Text.assemble(mark, " ", (name.ljust(self._width), "dim" if dim else "bold"), " ")
+        row = Text.assemble(mark, " ", (name.ljust(self._width), "bold"), " ")
         row.append(took.rjust(TIME_WIDTH), "dim")
         return row.append(" ").append_text(text if isinstance(text, Text) else Text(str(text)))
 
