@@ -252,9 +252,13 @@ def in_dockerfile(ctx):
 """
 
 
-def test_image_map_reaches_the_from_lines_of_builds(tmp_path: Path, busybox_image: str, docker_client: Any) -> None:
+@pytest.mark.parametrize("builder", ["buildkit", "classic"])
+def test_image_map_reaches_the_from_lines_of_builds(
+    builder: str, tmp_path: Path, busybox_image: str, docker_client: Any
+) -> None:
     """`FROM alpine:3.20`, built with `--image-map alpine:3.20=pipekit-local/busybox:latest`, builds
-    from the local image (ctx.docker.build and dockerfile= alike); the user's Dockerfile is unchanged."""
+    from the local image (ctx.docker.build and dockerfile= alike, with either builder); the user's
+    Dockerfile is unchanged."""
     import os
 
     token = os.urandom(4).hex()
@@ -266,7 +270,8 @@ def test_image_map_reaches_the_from_lines_of_builds(tmp_path: Path, busybox_imag
     (tmp_path / "pipeline.py").write_text(FROM_PIPELINE.format(busybox=busybox_image, token=token))
     tags = [f"pipekit-test/from-map:{token}", f"pipekit-dockerfile/{tmp_path.name.lower()}-in-dockerfile:latest"]
     try:
-        done = _console(["run", "--progress", "plain", "--image-map", f"alpine:3.20={busybox_image}"], tmp_path)
+        argv = ["run", "--progress", "plain", "--image-map", f"alpine:3.20={busybox_image}"]
+        done = _console(argv, tmp_path, {"PIPEKIT_BUILDER": builder})
         assert done.returncode == 0, done.stdout + done.stderr
         assert re.search(rf"^check +\| built-{token}$", done.stdout, re.MULTILINE), done.stdout
         assert re.search(rf"^in_dockerfile +\| other-{token}$", done.stdout, re.MULTILINE), done.stdout
