@@ -398,3 +398,25 @@ def test_cleanup_of_a_run_with_a_kept_container_says_what_it_removed(
     finally:
         for c in docker_client.containers.list(all=True, filters=label):
             c.remove(force=True)
+
+
+def test_a_shared_option_has_one_definition_in_every_command() -> None:
+    """--param, --secrets-file, --image-map, --no-image-check, --branch and --changed-base read the
+    same variable, with the same help, in every command that takes them."""
+    from pipekit._cli import cli as group
+
+    seen: dict[str, set[tuple[Any, ...]]] = {}
+    for command in ("run", "plan", "validate"):
+        for p in group.commands[command].params:
+            if p.name in ("param", "secrets_file", "image_map", "no_image_check", "branch", "changed_base"):
+                seen.setdefault(str(p.name), set()).add((p.envvar, getattr(p, "help", None), p.multiple, p.opts[-1]))
+    assert set(seen) == {"param", "secrets_file", "image_map", "no_image_check", "branch", "changed_base"}
+    assert all(len(definitions) == 1 for definitions in seen.values()), seen
+    assert {name: next(iter(d))[0] for name, d in seen.items()} == {
+        "param": "PIPEKIT_PARAM",
+        "secrets_file": "PIPEKIT_SECRETS_FILE",
+        "image_map": "PIPEKIT_IMAGE_MAP",
+        "no_image_check": "PIPEKIT_NO_IMAGE_CHECK",
+        "branch": "PIPEKIT_BRANCH",
+        "changed_base": "PIPEKIT_CHANGED_BASE",
+    }
