@@ -71,6 +71,7 @@ class LiveRenderer(ConsoleRenderer):
         self._live: Any = None
         self._header = ""
         self._jobs = 0  # stages at once (from the run's first event); 0: not known
+        self._spinners: dict[str, Any] = {}  # one per running stage, kept so that it turns
         self._width = min(NAME_WIDTH, max((len(n) for n in needs), default=0))
 
     # -- events -----------------------------------------------------------------------------
@@ -134,6 +135,7 @@ class LiveRenderer(ConsoleRenderer):
         text = self._row(Text(symbol, style), stage, f"{took:.2f}s" if isinstance(took, (int, float)) else "", what)
         with self._lock:
             self._running.pop(stage, None)
+            self._spinners.pop(stage, None)
             self._done[stage] = status
             tail = list(self._tails.pop(stage, ()))
             self._last.pop(stage, None)
@@ -187,7 +189,8 @@ class LiveRenderer(ConsoleRenderer):
             done = set(self._done)
         for stage, since in running:
             line = Text(last.get(stage, ""), "dim")
-            table.add_row(Spinner("dots", style="cyan"), Text(stage, "bold"), f"{now - since:.1f}s", line)
+            spinner = self._spinners.setdefault(stage, Spinner("dots", style="cyan"))
+            table.add_row(spinner, Text(stage, "bold"), f"{now - since:.1f}s", line)
         started = {stage for stage, _ in running}
         waiting = [s for s in self._order if s not in done and s not in started]
         full = bool(self._jobs) and len(running) >= self._jobs
