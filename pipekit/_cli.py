@@ -20,12 +20,23 @@ from types import SimpleNamespace
 from typing import IO, Any
 
 import click
+from click.core import ParameterSource
 
 from pipekit import __version__
 from pipekit._cli_ci import register as register_ci_commands
-from pipekit._cli_commands import IMAGE_MAP_ENV, cmd_graph, cmd_list, cmd_plan, cmd_run, cmd_validate
-from pipekit._cli_config import run_defaults
+from pipekit._cli_commands import cmd_graph, cmd_list, cmd_plan, cmd_run, cmd_validate
+from pipekit._cli_config import command_defaults
 from pipekit._cli_history import CONTEXT, HISTORY_COMMANDS, print_error
+from pipekit._cli_options import (
+    BRANCH_OPTION,
+    CHANGED_BASE_OPTION,
+    IMAGE_MAP_OPTION,
+    NO_IMAGE_CHECK_OPTION,
+    PARAM_OPTION,
+    SECRETS_FILE_OPTION,
+)
+from pipekit._cli_options import backend_option as _backend_option
+from pipekit._cli_options import file_option as _file_option
 from pipekit._cli_server import register as register_server_commands
 from pipekit._cli_views import register as register_view_commands
 from pipekit._logging import LOG_FORMATS
@@ -41,30 +52,9 @@ def _dispatch(command: Command, **values: Any) -> None:
     """Run a command body with the parsed values; its exit code ends the program."""
     ctx = click.get_current_context()
     out, err = ctx.obj["out"], ctx.obj["err"]
-    args = SimpleNamespace(**values, argv=ctx.obj["argv"])
+    from_config = {name for name in values if ctx.get_parameter_source(name) is ParameterSource.DEFAULT_MAP}
+    args = SimpleNamespace(**values, argv=ctx.obj["argv"], from_config=from_config)
     ctx.exit(command(args, out, err))
-
-
-def _file_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "-f",
-        "--file",
-        default="pipeline.py",
-        show_default=True,
-        envvar="PIPEKIT_FILE",
-        metavar="PATH",
-        help="The pipeline file, or a folder holding pipeline.py.",
-    )(f)
-
-
-def _backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--backend",
-        type=click.Choice(("docker", "swarm")),
-        default=None,
-        envvar="PIPEKIT_BACKEND",
-        help="Where container stages run: one Docker engine (the default) or the swarm DOCKER_HOST manages.",
-    )(f)
 
 
 @click.group(context_settings=CONTEXT, epilog="Run `pipekit COMMAND --help` for a command's options and examples.")
@@ -131,10 +121,8 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     envvar="PIPEKIT_REPORT",
     help="Write the run as an HTML page at the end, whatever the outcome.",
 )
-@click.option("--branch", envvar="PIPEKIT_BRANCH", help="The branch for pk.branch (default: the CI's, else git's).")
-@click.option(
-    "--changed-base", metavar="REF", envvar="PIPEKIT_CHANGED_BASE", help="The git ref pk.changed compares with."
-)
+@BRANCH_OPTION
+@CHANGED_BASE_OPTION
 @click.option("--timeout", metavar="DURATION", envvar="PIPEKIT_TIMEOUT", help="Fail the run after this long ('30m').")
 @click.option(
     "--resume",
@@ -160,22 +148,10 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     envvar="PIPEKIT_REGISTRY",
     help="Where images the run builds travel to the swarm's nodes (login: PIPEKIT_REGISTRY_USER/_PASSWORD).",
 )
-@click.option(
-    "-p", "--param", multiple=True, metavar="NAME=VALUE", envvar="PIPEKIT_PARAM", help="Set a pk.param (repeatable)."
-)
-@click.option("--secrets-file", metavar="PATH", envvar="PIPEKIT_SECRETS_FILE", help="A dotenv file of secrets.")
-@click.option(
-    "--image-map",
-    multiple=True,
-    metavar="IMAGE=LOCAL",
-    help=f"Run stages that ask for IMAGE in LOCAL instead (repeatable; also ${IMAGE_MAP_ENV}=A=B,C=D).",
-)
-@click.option(
-    "--no-image-check",
-    is_flag=True,
-    envvar="PIPEKIT_NO_IMAGE_CHECK",
-    help="Do not check before the run that every image exists (air-gapped planning).",
-)
+@PARAM_OPTION
+@SECRETS_FILE_OPTION
+@IMAGE_MAP_OPTION
+@NO_IMAGE_CHECK_OPTION
 def run(**values: Any) -> None:
     """Run the pipeline, or the named stages and everything they need."""
     _dispatch(cmd_run, **values)
@@ -189,14 +165,12 @@ def run(**values: Any) -> None:
 @click.argument("stages", nargs=-1, metavar="[STAGE]...")
 @_file_option
 @click.option("--format", type=click.Choice(("text", "json")), default="text", show_default=True)
-@click.option(
-    "-p", "--param", multiple=True, metavar="NAME=VALUE", envvar="PIPEKIT_PARAM", help="Set a pk.param (repeatable)."
-)
-@click.option("--secrets-file", metavar="PATH", envvar="PIPEKIT_SECRETS_FILE", help="A dotenv file of secrets.")
-@click.option("--image-map", multiple=True, metavar="IMAGE=LOCAL", help="Run stages that ask for IMAGE in LOCAL.")
-@click.option("--no-image-check", is_flag=True, help="Do not ask the engine about images.")
-@click.option("--branch", help="The branch for pk.branch (default: the CI's, else git's).")
-@click.option("--changed-base", metavar="REF", help="The git ref pk.changed compares with.")
+@PARAM_OPTION
+@SECRETS_FILE_OPTION
+@IMAGE_MAP_OPTION
+@NO_IMAGE_CHECK_OPTION
+@BRANCH_OPTION
+@CHANGED_BASE_OPTION
 @click.option(
     "--resume",
     is_flag=False,
@@ -234,10 +208,10 @@ def graph(**values: Any) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @_file_option
-@click.option("-p", "--param", multiple=True, metavar="NAME=VALUE", help="Set a pk.param (repeatable).")
-@click.option("--secrets-file", metavar="PATH", envvar="PIPEKIT_SECRETS_FILE", help="A dotenv file of secrets.")
-@click.option("--image-map", multiple=True, metavar="IMAGE=LOCAL", help="Check LOCAL where a stage asks for IMAGE.")
-@click.option("--no-image-check", is_flag=True, envvar="PIPEKIT_NO_IMAGE_CHECK", help="Do not check the images.")
+@PARAM_OPTION
+@SECRETS_FILE_OPTION
+@IMAGE_MAP_OPTION
+@NO_IMAGE_CHECK_OPTION
 def validate(**values: Any) -> None:
     """Check the pipeline and report every problem: its definition, the secrets its stages declare,
     and the images they run in (present, or known to their registry; nothing is pulled)."""
@@ -387,8 +361,8 @@ def _main(argv: Sequence[str] | None, out: IO[str], err: IO[str]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         obj = {"out": out, "err": err, "argv": argv}
-        defaults = run_defaults(Path.cwd())
-        default_map = {"run": defaults, "plan": defaults}  # the plan decides with the run's own defaults
+        default_map = command_defaults(Path.cwd())
+        default_map["plan"] = dict(default_map["run"])  # the plan decides with the run's own defaults
         # every option without a variable of its own reads PIPEKIT_<COMMAND>_<OPTION> (PIPEKIT_RUNS_LIMIT);
         # click writes --help and --version to sys.stdout: send them where this call's output goes
         extra: dict[str, Any] = {"obj": obj, "default_map": default_map, "auto_envvar_prefix": "PIPEKIT"}

@@ -28,15 +28,30 @@ IMAGE_MAP_ENV = "PIPEKIT_IMAGE_MAP"
 
 
 def _image_map(values: Sequence[str]) -> dict[str, str]:
-    items = [v for v in os.environ.get(IMAGE_MAP_ENV, "").split(",") if v.strip()]
-    items += list(values)
+    """The ``--image-map`` values (command line, ``PIPEKIT_IMAGE_MAP`` or [tool.pipekit], in that
+    order of precedence: click picks one source) as a mapping."""
     mapping = {}
-    for item in items:
+    for item in values:
         src, sep, dst = item.strip().partition("=")
-        if not sep or not src or not dst:
+        if not sep or not src.strip() or not dst.strip():
             raise UsageError(f"--image-map takes IMAGE=LOCAL_IMAGE, got {item!r}")
-        mapping[src] = dst
+        mapping[src.strip()] = dst.strip()
     return mapping
+
+
+def _secrets_file(args: SimpleNamespace, err: IO[str]) -> str | None:
+    """The secrets file to read. One named on the command line (or PIPEKIT_SECRETS_FILE) must
+    exist; the project's default from [tool.pipekit] may be missing (a CI keeps its secrets in the
+    environment): then the environment alone serves, said once."""
+    path = args.secrets_file
+    if not path:
+        return None
+    if not os.path.lexists(path):
+        if "secrets_file" in getattr(args, "from_config", ()):
+            print_error(err, f"secrets file {path} does not exist; secrets come from the environment")
+            return None
+        raise UsageError(f"The secrets file {path} does not exist (--secrets-file or PIPEKIT_SECRETS_FILE)")
+    return str(path)
 
 
 @contextmanager
@@ -70,7 +85,7 @@ def cmd_validate(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     request = RunRequest(
         pipeline=args.file,
         params=parse_param_args(args.param),
-        secrets_file=args.secrets_file,
+        secrets_file=_secrets_file(args, err),
         image_map=_image_map(args.image_map),
         check_images=not args.no_image_check,
     )
@@ -162,14 +177,14 @@ def _print_plan(decisions: list[Any], out: IO[str], log_format: str, head: str =
     print(f"{head}: {count['run']} of {len(decisions)} stages would run{more}, nothing started", file=out)
 
 
-def _shared(args: SimpleNamespace) -> dict[str, Any]:
+def _shared(args: SimpleNamespace, err: IO[str]) -> dict[str, Any]:
     """The request's fields that `run`, `run --dry-run` and `plan` take alike: what decides
     which stages run (params, branch, changed files, image map, --resume, the cache)."""
     return dict(
         pipeline=args.file,
         targets=args.stages,
         params=parse_param_args(args.param),
-        secrets_file=args.secrets_file,
+        secrets_file=_secrets_file(args, err),
         branch=args.branch,
         changed_base=args.changed_base,
         image_map=_image_map(args.image_map),
@@ -180,7 +195,7 @@ def _shared(args: SimpleNamespace) -> dict[str, Any]:
 
 
 def cmd_plan(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
-    run = setup(RunRequest(**_shared(args)))
+    run = setup(RunRequest(**_shared(args, err)))
     if run.errors:
         for e in run.errors:
             print_error(err, f"{type(e).__name__}: {e}")
@@ -192,7 +207,7 @@ def cmd_plan(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
 
 def _request(args: SimpleNamespace, out: IO[str], err: IO[str]) -> RunRequest:
     return RunRequest(
-        **_shared(args),
+        **_shared(args, err),
         jobs=args.jobs,
         fail_fast=args.fail_fast,
         timeout=args.timeout,

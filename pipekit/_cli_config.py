@@ -23,7 +23,7 @@ from typing import Any
 
 from pipekit.exceptions import UsageError
 
-__all__ = ["KNOWN_KEYS", "find_pyproject", "run_defaults"]
+__all__ = ["KNOWN_KEYS", "command_defaults", "find_pyproject", "run_defaults"]
 
 #: [tool.pipekit] key -> the `run` option it sets by default
 KNOWN_KEYS = {
@@ -79,5 +79,19 @@ def run_defaults(start: Path) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise UsageError(f"{path}: [tool.pipekit] {key} must be a table of NAME = VALUE")
             value = [f"{k}={v}" for k, v in value.items()]
+        if option == "secrets_file" and isinstance(value, str) and path.parent.resolve() != start.resolve():
+            value = str(path.parent / value)  # relative to the pyproject.toml that names it
         defaults[option] = value
     return defaults
+
+
+#: the [tool.pipekit] defaults that `plan` and `validate` take too (the options they share with `run`)
+SHARED = ("param", "secrets_file", "image_map")
+
+
+def command_defaults(start: Path) -> dict[str, dict[str, Any]]:
+    """click's ``default_map`` of every command: `run`'s defaults, and the shared ones for `plan`
+    and `validate`, so that the three read the same project settings."""
+    run = run_defaults(start)
+    shared = {k: v for k, v in run.items() if k in SHARED}
+    return {"run": run, "plan": dict(shared), "validate": dict(shared)}

@@ -38,6 +38,12 @@ def table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
         print("  ".join([*(c.ljust(widths[i]) for i, c in enumerate(r[:-1])), r[-1]]).rstrip(), file=out)
 
 
+def _indented(text: str, first: str, rest: str, out: IO[str]) -> None:
+    """A message of one or more lines, its first line after ``first``, every other after ``rest``."""
+    for i, line in enumerate(text.rstrip().splitlines() or [""]):
+        print(f"{first if i == 0 else rest}{line}", file=out)
+
+
 def _history(workspace: Path, err: IO[str]) -> History:
     """The workspace's run history (never created by a command that only reads it), with runs
     whose process died marked interrupted (and cleaned up)."""
@@ -104,7 +110,9 @@ def cmd_show(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         rows: list[tuple[str, ...]] = [("STAGE", "STATUS", "ATTEMPTS", "DURATION", "EXIT", "NOTE")]
         stages = history.stages(run.id)
         for st in stages:
-            note = st.reason or ("cache hit" if st.cache_hit else "")
+            note = (st.reason or ("cache hit" if st.cache_hit else "")).strip()
+            if "\n" in note:  # the table keeps one line per stage: the rest is shown below it
+                note = note.splitlines()[0] + " (more below)"
             rows.append(
                 (
                     st.name,
@@ -117,10 +125,12 @@ def cmd_show(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
             )
         table(rows, out)
         for st in stages:
+            if st.reason and "\n" in st.reason.strip():
+                print(f"\nnote on {st.name}:", file=out)
+                _indented(st.reason, "  ", "  ", out)
             if st.error:
                 print(f"\nerror in {st.name}:", file=out)
-                for line in st.error.splitlines():
-                    print(f"  {line}", file=out)
+                _indented(st.error, "  ", "  ", out)
         arts = history.artifacts(run.id)
         if arts:
             print("\nartifacts:", file=out)
@@ -133,7 +143,7 @@ def cmd_show(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
                 file=out,
             )
             for f in t.failed:
-                print(f"  {f.kind}: {f.name}: {f.message}", file=out)
+                _indented(f"{f.kind}: {f.name}: {f.message}", "  ", "    ", out)
     finally:
         history.close()
     return 0
@@ -260,9 +270,10 @@ def cmd_cleanup(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         raise UsageError(f"run {run_id} is still running; stop it first (Ctrl-C or kill its pipekit process)")
     backend.cleanup(run_id)
     kept = backend.drop_kept(run_id) if hasattr(backend, "drop_kept") else 0
-    print(f"removed what run {run_id} left" if run_id in left else f"run {run_id} left nothing", file=out)
+    said = [f"removed what run {run_id} left"] if run_id in left else []
     if kept:
-        print(f"removed the {kept} container(s) kept for `pipekit shell`", file=out)
+        said.append(f"removed the {kept} container(s) kept for `pipekit shell`")
+    print(f"run {run_id}: {'; '.join(said)}" if said else f"run {run_id} left nothing", file=out)
     return 0
 
 

@@ -100,6 +100,7 @@ class StageScope:
     secrets: SecretStore = attrs.field(factory=SecretStore, repr=False)
     records: StageRecords = attrs.field(factory=lambda: MemoryRecords(), repr=False)
     matrix: Mapping[str, Any] = attrs.field(factory=dict)
+    image_map: Mapping[str, str] = attrs.field(factory=dict)  # --image-map, for the FROM lines of builds
 
 
 TAIL_LINES = 20

@@ -115,11 +115,31 @@ def _inodes(paths: Iterable[str]) -> set[tuple[int, int]]:
     return {inode for inode in map(_inode, paths) if inode is not None}
 
 
+def _mapped_dockerfile(spec: BuildSpec, on_line: LineSink | None) -> bytes | None:
+    """The Dockerfile with ``--image-map`` applied to its FROM lines, when it names a mapped image
+    (each replacement said in the build's log); None when it is sent as it is."""
+    from pipekit._dockerfile import map_from
+
+    if not spec.image_map:
+        return None
+    try:
+        text = (spec.context / spec.dockerfile).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None  # the build says what is wrong with it
+    mapped, used = map_from(text, spec.image_map)
+    for image, local in used.items():
+        if on_line is not None:
+            on_line("stdout", f"--image-map: FROM {image} builds from {local}")
+    return mapped.encode() if used else None
+
+
 @contextlib.contextmanager
-def build_context(spec: BuildSpec) -> Iterator[IO[bytes]]:
-    """The build context as a tar, as the docker CLI sends it: ``.dockerignore`` honoured, and
+def build_context(spec: BuildSpec, on_line: LineSink | None = None) -> Iterator[IO[bytes]]:
+    """The build context as a tar, as the docker CLI sends it: ``.dockerignore`` honoured,
     ``.pipekit/`` always left out (it would break the layer cache on every run), and so is the
-    secrets file (``spec.hidden``), wherever it lies in the context."""
+    secrets file (``spec.hidden``), wherever it lies in the context; the Dockerfile's FROM lines
+    mapped with ``--image-map`` (in the tar only)."""
+    import io
     import tarfile
     import tempfile
 
@@ -131,6 +151,8 @@ def build_context(spec: BuildSpec) -> Iterator[IO[bytes]]:
     if ignore_file.is_file():
         lines = [line.strip() for line in ignore_file.read_text().splitlines()]
         patterns = [line for line in lines if line and not line.startswith("#")]
+    dockerfile = os.path.normpath(spec.dockerfile)
+    mapped = _mapped_dockerfile(spec, on_line)
     with tempfile.TemporaryFile(prefix="pipekit-context-") as context:
         # GNU format, as the docker CLI writes: its archive check reads only the first 512 bytes,
         # which a PAX header (Python's default) does not fit in
@@ -143,7 +165,10 @@ def build_context(spec: BuildSpec) -> Iterator[IO[bytes]]:
                 info.mtime = int(info.mtime)
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
-                if info.isreg():
+                if info.isreg() and mapped is not None and os.path.normpath(name) == dockerfile:
+                    info.size = len(mapped)
+                    tar.addfile(info, io.BytesIO(mapped))
+                elif info.isreg():
                     with open(root / name, "rb") as f:
                         tar.addfile(info, f)
                 else:
@@ -240,7 +265,7 @@ class DockerImages:
                 f"Build secrets need BuildKit, and {BUILDER_ENV}=classic asks for the classic builder;"
                 " pipekit does not fall back to build args, which would leak the secret"
             )
-        with build_context(spec) as context:
+        with build_context(spec, on_line) as context:
             if builder == "classic":
                 image_id = self._build_classic(spec, context, on_line)
             else:

@@ -37,6 +37,7 @@ class DockerOps:
         self._secrets = scope.secrets
         self._log = scope.log
         self._on_line = on_line
+        self._image_map = scope.image_map
 
     def _plain(self, what: str, values: Mapping[str, Any] | None) -> dict[str, str]:
         """Build args and labels land in the image's history: no secret may go there, neither as a
@@ -84,6 +85,7 @@ class DockerOps:
             labels=self._plain("label", labels),
             secrets={str(k): self._secrets.resolve(v, stage=self._stage) for k, v in (secrets or {}).items()},
             hidden=self._secrets.files,
+            image_map=self._image_map,
         )
         self._log.info("image build started", context=str(folder), dockerfile=dockerfile, tag=tag)
         image = self._backend.build(spec, self._on_line)

@@ -10,17 +10,26 @@ keeps its last lines on screen. The full log still goes to the history.
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from pipekit._logging import ConsoleRenderer, EventDict, _summary_table
+from pipekit._logging import ConsoleRenderer, EventDict
 
 __all__ = ["LiveRenderer"]
 
 TAIL = 8  # a failed stage's last lines kept on screen
 WAITING_SHOWN = 12  # waiting stages listed; the rest are counted
+NAME_WIDTH = 40  # the stage column: as wide as the run's longest name, at most this
+TIME_WIDTH = 8  # the time column: '1234.56s'
+#: lines that say nothing about where a stage is: blank lines, and BuildKit's bookkeeping (layer
+#: digests, DONE/CACHED marks, export steps); never shown as a stage's last line
+NOISE = re.compile(
+    r"^\s*$|^#\d+ (?:sha256:[0-9a-f]+|DONE [\d.]+s|CACHED|extracting sha256:|resolve |exporting layers"
+    r"|writing image|naming to|\.\.\.)"
+)
 SYMBOLS = {
     "succeeded": ("✔", "green"),
     "cached": ("✔", "green"),
@@ -61,6 +70,9 @@ class LiveRenderer(ConsoleRenderer):
         self._done: dict[str, str] = {}
         self._live: Any = None
         self._header = ""
+        self._jobs = 0  # stages at once (from the run's first event); 0: not known
+        self._spinners: dict[str, Any] = {}  # one per running stage, kept so that it turns
+        self._width = min(NAME_WIDTH, max((len(n) for n in needs), default=0))
 
     # -- events -----------------------------------------------------------------------------
     def __call__(self, logger: Any, name: str, ed: EventDict) -> str:
@@ -68,10 +80,12 @@ class LiveRenderer(ConsoleRenderer):
         if event == "run started":
             self._header = super().__call__(logger, name, dict(ed))
             self._order = list(ed.get("stages", self._order))
+            self._width = min(NAME_WIDTH, max((len(n) for n in self._order), default=self._width))
+            self._jobs = int(ed.get("jobs") or 0)
             self._start()
         elif event == "run finished":
             self.close()
-            self.console.print(_summary_table(dict(ed)), markup=False, highlight=False, soft_wrap=True)
+            self._summary(ed)
         elif stage is not None and event == "stage started":
             with self._lock:
                 self._running[stage] = self.clock()
@@ -86,16 +100,28 @@ class LiveRenderer(ConsoleRenderer):
         return ""  # nothing for the writer: the view draws itself
 
     def batch_lines(self, stage: str, _stream: str, lines: list[str]) -> str:
-        if lines:
+        shown = [line for line in lines[-4 * TAIL :] if not NOISE.match(line)][-TAIL:]
+        if shown:
             with self._lock:
-                self._last[stage] = lines[-1]
-                self._tails.setdefault(stage, collections.deque(maxlen=TAIL)).extend(lines[-TAIL:])
+                self._last[stage] = shown[-1]
+                self._tails.setdefault(stage, collections.deque(maxlen=TAIL)).extend(shown)
         return ""
 
     def _line(self, stage: str, line: str) -> None:
+        if NOISE.match(line):
+            return
         with self._lock:
             self._last[stage] = line
             self._tails.setdefault(stage, collections.deque(maxlen=TAIL)).append(line)
+
+    def _row(self, mark: Any, stage: str, took: str, text: Any) -> Any:
+        """One line of the view, in the columns every kind of line shares: mark, stage, time, text."""
+        from rich.text import Text
+
+        name = stage if len(stage) <= self._width else stage[: self._width - 1] + "~"
+        row = Text.assemble(mark, " ", (name.ljust(self._width), "bold"), " ")
+        row.append(took.rjust(TIME_WIDTH), "dim")
+        return row.append(" ").append_text(text if isinstance(text, Text) else Text(str(text)))
 
     def _finished_line(self, stage: str, ed: EventDict) -> None:
         from rich.text import Text
@@ -103,21 +129,22 @@ class LiveRenderer(ConsoleRenderer):
         status = str(ed.get("status", ""))
         symbol, style = SYMBOLS.get(status, ("·", ""))
         took = ed.get("duration_s")
-        text = Text.assemble((f"{symbol} ", style), (stage, "bold"), f"  {status}")
-        if isinstance(took, (int, float)):
-            text.append(f"  {took:.2f}s", "dim")
+        what = Text(status, style)
         if ed.get("reason"):
-            text.append(f"  ({ed['reason']})", "dim")
+            what.append(f"  ({str(ed['reason']).splitlines()[0]})", "dim")
+        text = self._row(Text(symbol, style), stage, f"{took:.2f}s" if isinstance(took, (int, float)) else "", what)
         with self._lock:
             self._running.pop(stage, None)
+            self._spinners.pop(stage, None)
             self._done[stage] = status
             tail = list(self._tails.pop(stage, ()))
             self._last.pop(stage, None)
         lines: list[Any] = [text]
         if status in ("failed", "interrupted"):
             error = str(ed.get("error") or "").splitlines()
-            lines += [Text(f"    {line}", "red") for line in error[:1]]
-            lines += [Text(f"    │ {line}", "dim") for line in tail]
+            under = " " * (self._width + TIME_WIDTH + 4)  # the text column of :meth:`_row`
+            lines += [Text(f"{under}{line}", "red") for line in error[:1]]
+            lines += [Text(f"{under}│ {line}", "dim") for line in tail]
         for line in lines:
             self.console.print(line, highlight=False)
 
@@ -150,10 +177,10 @@ class LiveRenderer(ConsoleRenderer):
         from rich.table import Table
         from rich.text import Text
 
-        table = Table.grid(padding=(0, 1))
-        table.add_column(width=2)
-        table.add_column(no_wrap=True)
-        table.add_column(justify="right", no_wrap=True)
+        table = Table.grid(padding=(0, 1))  # the columns of :meth:`_row`
+        table.add_column(width=1, no_wrap=True)
+        table.add_column(width=self._width, no_wrap=True, overflow="ellipsis")
+        table.add_column(width=TIME_WIDTH, justify="right", no_wrap=True)
         table.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
         now = self.clock()
         with self._lock:
@@ -162,13 +189,33 @@ class LiveRenderer(ConsoleRenderer):
             done = set(self._done)
         for stage, since in running:
             line = Text(last.get(stage, ""), "dim")
-            table.add_row(Spinner("dots", style="cyan"), Text(stage, "bold"), f"{now - since:.1f}s", line)
+            spinner = self._spinners.setdefault(stage, Spinner("dots", style="cyan"))
+            table.add_row(spinner, Text(stage, "bold"), f"{now - since:.1f}s", line)
         started = {stage for stage, _ in running}
         waiting = [s for s in self._order if s not in done and s not in started]
+        full = bool(self._jobs) and len(running) >= self._jobs
         for stage in waiting[:WAITING_SHOWN]:
             blocked = [n for n in self.needs.get(stage, []) if n not in done]
-            why = f"waits for {', '.join(blocked)}" if blocked else "ready, waits for a free slot"
+            why = (
+                f"waits for {', '.join(blocked)}" if blocked else "ready, waits for a free slot" if full else "starting"
+            )
             table.add_row(Text("·", "dim"), Text(stage, "dim"), "", Text(why, "dim"))
         if len(waiting) > WAITING_SHOWN:
             table.add_row("", Text(f"… {len(waiting) - WAITING_SHOWN} more waiting", "dim"), "", "")
         return table
+
+    def _summary(self, ed: EventDict) -> None:
+        """The run's end: stages not shown yet (one line each, as above), then one line of counts
+        (the finished stages are on screen already: no table repeats them)."""
+        stages = list(ed.get("stages", []))
+        for s in stages:
+            if s.get("stage") not in self._done:
+                self._finished_line(str(s.get("stage")), {"status": s.get("status"), "duration_s": s.get("duration_s")})
+        counts = collections.Counter(str(s.get("status")) for s in stages)
+        status, total = str(ed.get("status")), ed.get("duration_s")
+        took = f" in {total:.2f}s" if isinstance(total, (int, float)) else ""
+        lines = [f"warning: {w}" for w in ed.get("warnings", [])]
+        tally = ", ".join(f"{n} {what}" for what, n in counts.items())
+        lines.append(f"run {ed.get('run_id')} {status}{took}" + (f": {tally}" if tally else ""))
+        for line in lines:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -121,7 +121,9 @@ def load(path: str | os.PathLike[str] = "pipeline.py") -> Pipeline:
     return pipeline
 
 
-_SECRET_CALL = re.compile(r"""\bsecret\(\s*(?:name\s*=\s*)?["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+_SECRET_CALL = re.compile(
+    r"""\bsecret\(\s*(?:name\s*=\s*)?["']([A-Za-z_][A-Za-z0-9_]*)["'](?!\s*,\s*mask\s*=\s*False)"""
+)
 
 
 def _secret_literals(file: Path) -> set[str]:
@@ -166,7 +168,7 @@ def pipeline_from_module(module: ModuleType, *, path: str | None = None) -> Pipe
                     f"{path or module.__name__} declares the parameter '{value.name}' twice; declare it once"
                 )
             pipeline.params[value.name] = value
-        elif isinstance(value, Secret):
+        elif isinstance(value, Secret) and value.mask:
             pipeline.secret_names.add(value.name)
     return pipeline
 

@@ -126,7 +126,7 @@ class ConsoleRenderer:
         ed.pop("timestamp", None)
         level = ed.pop("level", "info")
         if stage is not None and event in _STAGE_EVENTS:
-            return _STAGE_EVENTS[event](self, stage, ed)
+            return self._continued(stage, _STAGE_EVENTS[event](self, stage, ed))
         if event == "run finished":
             return _summary_table(ed, self._paint)
         if event == "run started":
@@ -140,7 +140,17 @@ class ConsoleRenderer:
         rest = " ".join(f"{k}={v}" for k, v in ed.items())
         where = f"{self._prefix(stage)} " if stage else ""
         marker = "" if level == "info" else f"[{level}] "
-        return f"{where}{marker}{event}{' ' + rest if rest else ''}"
+        text = f"{where}{marker}{event}{' ' + rest if rest else ''}"
+        return self._continued(stage, text) if stage else text
+
+    def _continued(self, stage: str, text: str) -> str:
+        """Every line of a multi-line message keeps the stage's prefix (a continuation line is
+        indented under the first)."""
+        if "\n" not in text:
+            return text
+        prefix = self._prefix(stage)
+        first, *rest = text.split("\n")
+        return "\n".join([first, *(line if line.startswith(prefix) else f"{prefix}   {line}" for line in rest)])
 
     def _output(self, stage: str, ed: EventDict) -> str:
         return f"{self._prefix(stage)} {ed.get('line', '')}"

@@ -64,6 +64,7 @@ class ResolvedPlan:
     workspace: Path
     stages: Mapping[str, ResolvedStage]
     condition_errors: Mapping[str, str] = attrs.field(factory=dict)
+    image_map: Mapping[str, str] = attrs.field(factory=dict)  # --image-map: also for builds' FROM lines
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -169,4 +170,10 @@ def resolve(
     for position, name in enumerate(plan.order):
         r = _resolve_stage(plan, plan.stage(name), position, image_map or {})
         stages[name] = attrs.evolve(r, skip=skip.get(name), restore=restore.get(name) if name not in skip else None)
-    return ResolvedPlan(plan=plan, workspace=workspace, stages=stages, condition_errors=condition_errors)
+    return ResolvedPlan(
+        plan=plan,
+        workspace=workspace,
+        stages=stages,
+        condition_errors=condition_errors,
+        image_map=dict(image_map or {}),
+    )

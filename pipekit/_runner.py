@@ -133,7 +133,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             backend.check()
             sweep = _sweep(backend)
         check_images = r.check_images and resolved.needs_container_backend
-        preflight(resolved, setup.secrets, backend if check_images else None, backend)
+        preflight(resolved, setup.secrets, backend if check_images else None, backend, r.warn)
         report = _ci_report(rec.records or r.records or MemoryRecords(), setup) if r.junit or r.ci == "github" else None
         run = Run(
             run_id=setup.run_id,

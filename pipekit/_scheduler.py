@@ -66,7 +66,7 @@ class _Board:
                 heapq.heappush(self.ready, (self.position[child], child))
 
     def skip_downstream(self, name: str, reason: str) -> None:
-        for child in self.run.resolved.plan.downstream(name):
+        for child in sorted(self.run.resolved.plan.downstream(name), key=self.position.__getitem__):  # plan order
             if child not in self.results:
                 self.results[child] = StageResult(child, S.SKIPPED, reason=reason)
                 self.run.log.info("stage finished", stage=child, status=S.SKIPPED, reason=reason)

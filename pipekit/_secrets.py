@@ -48,11 +48,13 @@ def encoded_forms(value: str) -> set[str]:
     return {f for f in forms if f != value and len(f) >= MIN_LENGTH}
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Secret:
     """A reference to a secret value, resolved at run time. It refuses to become text."""
 
     name: str
+    #: False: the value is not secret (a user name): it is not masked, and never warned about
+    mask: bool = attrs.field(default=True, kw_only=True)
 
     def __str__(self) -> str:
         raise TypeError(
@@ -64,12 +66,19 @@ class Secret:
     def __format__(self, spec: str) -> str:
         return self.__str__()
 
+    def __repr__(self) -> str:
+        return f"Secret(name={self.name!r}{'' if self.mask else ', mask=False'})"
 
-def secret(name: str) -> Secret:
-    """Refer to a secret by name: read at run time from the environment or ``--secrets-file``."""
+
+def secret(name: str, *, mask: bool = True) -> Secret:
+    """Refer to a secret by name: read at run time from the environment or ``--secrets-file``.
+    ``mask=False`` declares a value that is not secret (a registry user name): it is read the same
+    way, but not masked in logs (and not warned about when it is too short to mask)."""
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"a secret's name is an environment variable name, got {name!r}")
-    return Secret(name)
+    if not isinstance(mask, bool):
+        raise ValueError(f"pk.secret({name!r}, mask=...) takes True or False, got {mask!r}")
+    return Secret(name, mask=mask)
 
 
 @attrs.frozen(repr=False)
@@ -97,6 +106,8 @@ def parse_dotenv(path: Path) -> dict[str, str]:
     from dotenv.parser import parse_stream
 
     try:
+        if not os.path.lexists(path):
+            raise UsageError(f"The secrets file {path} does not exist; give a dotenv file of KEY=VALUE lines")
         if not path.is_file() or path.stat().st_size > MAX_SECRETS_FILE:
             what = "is not a regular file" if not path.is_file() else "is larger than 1 MiB"
             raise UsageError(f"The secrets file {path} {what}; give a dotenv file of KEY=VALUE lines")
@@ -193,28 +204,36 @@ class SecretStore:
         #: the secrets files read (absolute): kept out of build contexts and stages' workspaces
         self.files = tuple(os.path.abspath(f) for f in files)
         self._environ = environ if environ is not None else os.environ
-        #: names of secrets too short to mask; the run warns about each once (``on_unmasked``)
+        #: names of secrets too short to mask; the run warns about each once, when a stage first
+        #: uses it (``on_unmasked``: after the run's first line, in the run's log)
         self.unmasked: set[str] = set()
+        self._warned: set[str] = set()
         self.on_unmasked: Callable[[str], None] = lambda name: None
         for name, value in self._file.items():
             self._mask(name, value)
 
     def _mask(self, name: str, value: str) -> None:
-        if value and not self.masker.add(value) and name not in self.unmasked:
+        if value and not self.masker.add(value):
             self.unmasked.add(name)
+
+    def _warn_unmasked(self, name: str) -> None:
+        if name in self.unmasked and name not in self._warned:
+            self._warned.add(name)
             self.on_unmasked(name)
 
     @classmethod
     def from_file(cls, path: str | Path | None, masker: Masker | None = None) -> SecretStore:
         return cls(masker, file_values=parse_dotenv(Path(path)) if path else {}, files=(str(path),) if path else ())
 
-    def get(self, name: str, *, stage: str) -> str:
+    def get(self, name: str, *, stage: str, mask: bool = True) -> str:
         value = self._file.get(name)
         if value is None:
             value = self._environ.get(name)
         if value is None:
             raise SecretMissing(name, stage=stage)
-        self._mask(name, value)
+        if mask:
+            self._mask(name, value)
+            self._warn_unmasked(name)
         return value
 
     def has(self, name: str) -> bool:
@@ -229,7 +248,7 @@ class SecretStore:
                 self._mask(name, value)
 
     def resolve(self, value: str | Secret, *, stage: str) -> str:
-        return self.get(value.name, stage=stage) if isinstance(value, Secret) else value
+        return self.get(value.name, stage=stage, mask=value.mask) if isinstance(value, Secret) else value
 
     def resolve_env(self, env: Mapping[str, Any], *, stage: str) -> dict[str, str]:
         return {str(k): self.resolve(v, stage=stage) if isinstance(v, Secret) else str(v) for k, v in env.items()}

@@ -185,7 +185,7 @@ class RunSetup:
         image at once (UsageError, exit 2). With no engine to ask, images are not checked (warned)."""
         from pipekit._preflight import check
 
-        check(resolved, self.secrets, self.image_engine(resolved, warn))
+        check(resolved, self.secrets, self.image_engine(resolved, warn), warn=warn)
 
     def image_engine(
         self, resolved: ResolvedPlan, warn: Callable[[str], None] | None = None, *, restoring: bool = False
@@ -240,12 +240,13 @@ class RunSetup:
 
         def unmasked(name: str) -> None:
             log.warning(
-                "secret not masked", secret=name, reason="shorter than 4 characters: it would hide unrelated text"
+                "secret not masked",
+                secret=name,
+                reason="shorter than 4 characters: it would hide unrelated text"
+                f" (a value that is not secret: pk.secret({name!r}, mask=False))",
             )
 
-        for name in sorted(self.secrets.unmasked):
-            unmasked(name)
-        self.secrets.on_unmasked = unmasked
+        self.secrets.on_unmasked = unmasked  # when a stage first uses one: after the run's first line
         return log
 
     def _wants_live(self) -> bool:

@@ -322,7 +322,7 @@ class Pipeline:
         self._ids: set[int] = set()  # the stages' ids: adding one is O(1), also for 10,000 stages
         self.params: dict[str, Param] = {}  # the pk.param values of its module (pipekit.load collects them)
         self.triggers = check_triggers(triggers)
-        self.secret_names: set[str] = {v.name for v in self.env.values() if isinstance(v, Secret)}
+        self.secret_names: set[str] = {v.name for v in self.env.values() if isinstance(v, Secret) and v.mask}
         self.posts: list[PostHook] = []
         for s in stages:
             self.add(s)
@@ -336,9 +336,9 @@ class Pipeline:
         if id(s) not in self._ids:
             self._ids.add(id(s))
             self._stages.append(s)
-            self.secret_names |= {v.name for v in s.env.values() if isinstance(v, Secret)}
+            self.secret_names |= {v.name for v in s.env.values() if isinstance(v, Secret) and v.mask}
             for svc in s.services:
-                self.secret_names |= {v.name for v in svc.env.values() if isinstance(v, Secret)}
+                self.secret_names |= {v.name for v in svc.env.values() if isinstance(v, Secret) and v.mask}
         return s
 
     def add_post(self, hook: PostHook) -> None:

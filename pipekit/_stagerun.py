@@ -310,6 +310,7 @@ class StageRun:
                 dockerfile=s.dockerfile,
                 tag=tag,
                 hidden=self.run.secrets.files,
+                image_map=self.run.resolved.image_map,
             )
             image = self.run.images.build(spec, lambda stream, line: self.log.info("output", line=line, stream=stream))
             self.log.info("image built", image=image.id, tags=list(image.tags))
@@ -366,6 +367,7 @@ class StageRun:
             secrets=run.secrets,
             records=run.records,
             matrix=self.r.stage.matrix_values or {},
+            image_map=run.resolved.image_map,
         )
         return Context(scope, self.backend, handle, stop, sync.bring_back if sync and sync.active else None)
 

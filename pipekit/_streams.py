@@ -11,11 +11,12 @@ one go; and it writes every byte to a :class:`Captured`, which keeps the first
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Captured", "LineSplitter", "MAX_LINE", "MEMORY_LIMIT"]
+__all__ = ["Captured", "LineSplitter", "MAX_LINE", "MEMORY_LIMIT", "plain_shell_message"]
 
 #: bytes of a command's stdout (and of its stderr) kept in memory; the rest goes to a temporary file
 MEMORY_LIMIT = 1 << 20
@@ -80,6 +81,23 @@ class Captured:
         return f"<output of {self.size} bytes>"
 
 
+#: a shell's message about the script pipekit runs through ``eval`` (dash: ``sh: 3: eval: X``;
+#: busybox and bash: ``sh: eval: line 3: X``): the user wrote no eval, and the line number counts
+#: pipekit's own first lines
+_EVAL = re.compile(r"^(?P<shell>[\w./-]*sh): (?:\d+: )?eval: (?:line \d+: )?(?P<rest>.+)$")
+_NOT_FOUND = re.compile(r"^(?P<command>[^:]+): (?:command )?not found$")
+
+
+def plain_shell_message(line: str) -> str:
+    """A shell's error line without pipekit's mechanism in it: ``command not found: NAME``, or the
+    shell's own message without ``eval`` and the line number."""
+    match = _EVAL.match(line) if "eval: " in line else None
+    if match is None:
+        return line
+    missing = _NOT_FOUND.match(match["rest"])
+    return f"command not found: {missing['command']}" if missing else f"{match['shell']}: {match['rest']}"
+
+
 def _safe_cut(data: bytes, at: int) -> int:
     """``at``, moved back so that it does not cut a UTF-8 character in two."""
     if at >= len(data):
@@ -134,6 +152,8 @@ class LineSplitter:
         self._emit(pieces)
 
     def _emit(self, lines: list[str]) -> None:
+        if self.stream == "stderr":
+            lines = [plain_shell_message(line) for line in lines]
         if self._batch is not None:
             self._batch(self.stream, lines)
             return

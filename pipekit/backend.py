@@ -199,6 +199,8 @@ class BuildSpec:
     secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     #: files (absolute paths: the secrets file) never sent with the context
     hidden: tuple[str, ...] = ()
+    #: ``--image-map``: a FROM line naming a key builds from its value instead
+    image_map: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @runtime_checkable

@@ -1,14 +1,19 @@
-"""The command line, in-process through pipekit._cli.main (and once through python -m)."""
+"""The command line, in-process through pipekit._cli.main, and as users run it: the installed
+`pipekit` console script in a process of its own, against the real engine."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
 
 import pytest
+from helpers import run_console
 
 from pipekit._cli import main
 
@@ -110,7 +115,7 @@ def test_unknown_target_stage() -> None:
     ("argv", "message"),
     [
         (["run", "--jobs", "0", "-f", str(HELLO)], "--jobs must be 1 or more"),
-        (["run", "--image-map", "nonsense", "-f", str(HELLO)], "--image-map takes IMAGE=LOCAL_IMAGE"),
+        (["run", "--image-map", "nonsense", "-f", str(HELLO)], "'--image-map': takes IMAGE=LOCAL_IMAGE"),
         (["run", "--log-format", "xml"], "'xml' is not one of 'console', 'json'"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["run", "--jbos", "2"], "No such option '--jbos'. (Did you mean one of: '--jobs'"),
@@ -221,3 +226,197 @@ def test_python_dash_m_and_console_script_agree() -> None:
     assert a.stdout.splitlines()[-1] == "package <- lint, version"
     b = subprocess.run([sys.executable, "-m", "pipekit", "--version"], capture_output=True, text=True)
     assert b.stdout.startswith("pipekit ")
+
+
+# -- the pipekit console script, as a user runs it ---------------------------------------------------
+
+#: variables of the developer's or the CI's environment that would change what the command does
+_OUTSIDE = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL")
+
+
+def pipekit(*argv: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 180) -> CompletedProcess[str]:
+    """The installed `pipekit` console script in a process of its own (importing this checkout),
+    without the PIPEKIT_* and CI variables of the environment the tests run in."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PIPEKIT_") and k not in _OUTSIDE}
+    return run_console(list(argv), cwd=cwd, env={**base, **(env or {})}, timeout=timeout)
+
+
+SHARED_PIPELINE = """\
+import pipekit as pk
+
+WHO = pk.param("who", default="nobody")
+
+
+@pk.stage(image="busybox", env={"TOKEN": pk.secret("SHARED_TOKEN")})
+def build(ctx):
+    ctx.sh("echo building")
+
+
+@pk.stage(image="busybox", needs=[build], when=pk.branch("main"))
+def deploy(ctx):
+    ctx.sh("echo deploying")
+"""
+
+
+@pytest.mark.parametrize("command", [["run", "--dry-run"], ["plan"], ["validate"]])
+def test_shared_options_read_the_same_environment_variables_in_run_plan_and_validate(
+    command: list[str], tmp_path: Path, busybox_image: str
+) -> None:
+    """PIPEKIT_IMAGE_MAP, PIPEKIT_SECRETS_FILE, PIPEKIT_PARAM (and PIPEKIT_BRANCH where the command
+    takes a branch) mean the same to `run`, `plan` and `validate`."""
+    (tmp_path / "pipeline.py").write_text(SHARED_PIPELINE)
+    (tmp_path / "ci.env").write_text("SHARED_TOKEN=from-the-secrets-file\n")
+    env = {"PIPEKIT_IMAGE_MAP": f"busybox={busybox_image}", "PIPEKIT_SECRETS_FILE": "ci.env", "PIPEKIT_BRANCH": "main"}
+    done = pipekit(*command, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr  # the image was mapped, the secret found
+    if command[0] != "validate":
+        assert f"deploy ({busybox_image})" in done.stdout, done.stdout  # mapped, and not skipped: the branch is main
+        assert "skipped" not in done.stdout, done.stdout
+    missing = pipekit(*command, cwd=tmp_path, env={**env, "PIPEKIT_SECRETS_FILE": "nope.env"})
+    assert missing.returncode == 2 and "The secrets file nope.env does not exist" in missing.stderr
+    wrong = pipekit(*command, cwd=tmp_path, env={**env, "PIPEKIT_PARAM": "whom=x"})
+    assert wrong.returncode == 2 and "--param whom: no such parameter" in wrong.stderr, wrong.stderr
+    if command[0] != "plan":  # (plan does not check images)
+        unmapped = pipekit(*command, cwd=tmp_path, env={**env, "PIPEKIT_IMAGE_MAP": "alpine:3.20=busybox"})
+        assert unmapped.returncode == 2 and "runs in 'busybox'" in unmapped.stderr, unmapped.stderr
+        assert "--image-map alpine:3.20=busybox matches nothing" in unmapped.stderr
+
+
+def test_a_missing_default_secrets_file_lets_the_environment_serve(tmp_path: Path, busybox_image: str) -> None:
+    """[tool.pipekit] secrets-file that does not exist (a CI with its secrets in the environment):
+    the run goes on, saying so once; the same file named on the command line is an error."""
+    (tmp_path / "pyproject.toml").write_text('[tool.pipekit]\nsecrets-file = ".env.ci"\n')
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n"
+        f"@pk.stage(image={busybox_image!r}, env={{'TOKEN': pk.secret('DEPLOY_TOKEN')}})\n"
+        "def build(ctx):\n    ctx.sh('echo token has ${#TOKEN} characters')\n"
+    )
+    done = pipekit("run", "--progress", "plain", cwd=tmp_path, env={"DEPLOY_TOKEN": "s3cret-value"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "token has 12 characters" in done.stdout
+    note = "secrets file .env.ci does not exist; secrets come from the environment"
+    assert done.stderr.count(note) == 1, done.stderr
+    for how in (["--secrets-file", ".env.ci"], []):
+        env = {"DEPLOY_TOKEN": "s3cret-value", **({} if how else {"PIPEKIT_SECRETS_FILE": ".env.ci"})}
+        named = pipekit("run", *how, cwd=tmp_path, env=env)
+        assert named.returncode == 2, named.stdout + named.stderr
+        assert "The secrets file .env.ci does not exist" in named.stderr and "Traceback" not in named.stderr
+
+
+def test_module_level_credentials_are_checked_before_the_first_container(tmp_path: Path, busybox_image: str) -> None:
+    """Secrets a stage reaches through a module-level pk.Credentials (and a literal ctx.secret) are
+    missing: the run stops before anything starts, naming every one of them."""
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n"
+        "REGISTRY = pk.Credentials(pk.secret('REG_USER'), pk.secret('REG_PASSWORD'), registry='127.0.0.1:1')\n\n\n"
+        "def push_with_login(ctx, image):\n"
+        "    return ctx.docker.push(image, '127.0.0.1:1/app:1', credentials=REGISTRY)\n\n\n"
+        f"@pk.stage(image={busybox_image!r})\ndef build(ctx):\n    ctx.sh('touch built-marker; sleep 1')\n\n\n"
+        f"@pk.stage(image={busybox_image!r}, needs=[build])\ndef push(ctx):\n"
+        "    ctx.log.info('webhook', token=ctx.secret('WEBHOOK_TOKEN'))\n    push_with_login(ctx, 'app')\n"
+    )
+    done = pipekit("run", cwd=tmp_path, env={"REG_USER": "ci-user"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "needs the secret 'REG_PASSWORD', which is not set (used for the registry login REGISTRY" in done.stderr
+    assert "needs the secret 'WEBHOOK_TOKEN', which is not set (used in its code" in done.stderr
+    assert "REG_USER'" not in done.stderr  # it is set
+    assert "2 problem(s) found before the run; nothing was started" in done.stderr
+    assert not (tmp_path / "built-marker").exists()  # no container ran
+
+
+def test_a_command_that_is_not_found_says_so_without_pipekit_machinery(tmp_path: Path, busybox_image: str) -> None:
+    """`sh: 3: eval: pyinstaller: not found` becomes `command not found: pyinstaller`, in the log
+    and in the error, and a multi-line message keeps its stage prefix on every line."""
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n"
+        f"@pk.stage(image={busybox_image!r})\ndef package(ctx):\n"
+        "    ctx.log.warning('first line\\nsecond line')\n    ctx.sh('echo packing\\npyinstaller --onefile app.py')\n"
+    )
+    done = pipekit("run", "--progress", "plain", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "package      | command not found: pyinstaller" in done.stdout
+    assert "package      |     command not found: pyinstaller" in done.stdout  # the error's last lines
+    assert "eval" not in done.stdout + done.stderr
+    assert "package      | [warning] first line\npackage      |   second line\n" in done.stdout
+    logs = pipekit("logs", "last", "package", cwd=tmp_path)
+    assert "[warning] first line\n  second line\n" in logs.stdout and "command not found: pyinstaller" in logs.stdout
+
+
+def test_stages_skipped_after_a_failure_are_printed_in_the_plan_order(tmp_path: Path, busybox_image: str) -> None:
+    """Twelve stages that need one that fails are reported skipped in the order of the plan."""
+    names = [f"step_{c}" for c in "qwertyuiopas"]
+    stages = "".join(
+        f"@pk.stage(image={busybox_image!r}, needs=[root])\ndef {name}(ctx):\n    pass\n\n\n" for name in names
+    )
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n\n"
+        f"@pk.stage(image={busybox_image!r})\ndef root(ctx):\n    ctx.sh('exit 3')\n\n\n{stages}"
+    )
+    done = pipekit("run", "--progress", "plain", cwd=tmp_path)
+    assert done.returncode == 1
+    skipped = [line.split("|")[0].strip() for line in done.stdout.splitlines() if "| = skipped" in line]
+    assert skipped == names
+
+
+def test_show_keeps_the_indent_of_multi_line_test_messages(tmp_path: Path, busybox_image: str) -> None:
+    """`pipekit show` prints a failed test's message of several lines under its test."""
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n"
+        f"@pk.stage(image={busybox_image!r})\ndef test(ctx):\n"
+        "    ctx.sh('mkdir -p reports && cat > reports/junit.xml <<EOF\\n"
+        '<testsuite name=\\"s\\" tests=\\"1\\" failures=\\"1\\"><testcase classname=\\"t\\" name=\\"test_sum\\">'
+        '<failure message=\\"assert 1 == 2&#10;where 1 = one()\\">trace</failure></testcase></testsuite>\\nEOF\')\n'
+        "    ctx.junit('reports/junit.xml', fail_on_failure=False)\n"
+    )
+    done = pipekit("run", "--progress", "plain", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = pipekit("show", "last", cwd=tmp_path)
+    assert shown.returncode == 0
+    lines = shown.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if "test_sum" in line)
+    assert lines[at].startswith("  failure: ")
+    following = lines[at + 1 : at + 3]
+    assert following and all(line.startswith("    ") for line in following if line.strip()), shown.stdout
+
+
+def test_cleanup_of_a_run_with_a_kept_container_says_what_it_removed(
+    tmp_path: Path, busybox_image: str, docker_client: Any
+) -> None:
+    """`pipekit cleanup RUN` of a run whose failed stage was kept: one line that says it removed it."""
+    (tmp_path / "pipeline.py").write_text(
+        f"import pipekit as pk\n\n@pk.stage(image={busybox_image!r})\ndef broken(ctx):\n    ctx.sh('exit 1')\n"
+    )
+    done = pipekit("run", "--keep-failed", "--progress", "plain", cwd=tmp_path)
+    assert done.returncode == 1
+    run_id = done.stdout.split(", run ")[1].split(")")[0]
+    label = {"label": f"io.pipekit.run={run_id}"}
+    try:
+        cleaned = pipekit("cleanup", run_id, cwd=tmp_path)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert cleaned.stdout.strip() == f"run {run_id}: removed the 1 container(s) kept for `pipekit shell`"
+        assert docker_client.containers.list(all=True, filters=label) == []
+    finally:
+        for c in docker_client.containers.list(all=True, filters=label):
+            c.remove(force=True)
+
+
+def test_a_shared_option_has_one_definition_in_every_command() -> None:
+    """--param, --secrets-file, --image-map, --no-image-check, --branch and --changed-base read the
+    same variable, with the same help, in every command that takes them."""
+    from pipekit._cli import cli as group
+
+    seen: dict[str, set[tuple[Any, ...]]] = {}
+    for command in ("run", "plan", "validate"):
+        for p in group.commands[command].params:
+            if p.name in ("param", "secrets_file", "image_map", "no_image_check", "branch", "changed_base"):
+                seen.setdefault(str(p.name), set()).add((p.envvar, getattr(p, "help", None), p.multiple, p.opts[-1]))
+    assert set(seen) == {"param", "secrets_file", "image_map", "no_image_check", "branch", "changed_base"}
+    assert all(len(definitions) == 1 for definitions in seen.values()), seen
+    assert {name: next(iter(d))[0] for name, d in seen.items()} == {
+        "param": "PIPEKIT_PARAM",
+        "secrets_file": "PIPEKIT_SECRETS_FILE",
+        "image_map": "PIPEKIT_IMAGE_MAP",
+        "no_image_check": "PIPEKIT_NO_IMAGE_CHECK",
+        "branch": "PIPEKIT_BRANCH",
+        "changed_base": "PIPEKIT_CHANGED_BASE",
+    }

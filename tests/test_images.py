@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,43 +116,31 @@ def test_wrong_password_fails_deploy_with_an_auth_message(registry: Any, python_
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-def test_missing_secret_fails_only_the_stage_that_uses_it(python_base_image: str, registry: Any) -> None:
-    """Without REGISTRY_PASSWORD, build and test succeed and deploy fails naming the secret."""
+def test_missing_registry_secrets_stop_the_run_before_it_starts(python_base_image: str, registry: Any) -> None:
+    """Without REGISTRY_USER and REGISTRY_PASSWORD (a pk.Credentials in deploy's code), the run on
+    main stops before anything starts, naming both; on another branch deploy is skipped and the
+    run needs neither."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_USER", "REGISTRY_PASSWORD")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipekit",
-            "run",
-            "-f",
-            str(SEED),
-            "--branch",
-            "main",
-            "--log-format",
-            "json",
-            "--param",
-            f"registry={registry.address}",
-            "--param",
-            f"base_image={python_base_image}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 1
-    [summary] = [e for e in _events(proc.stdout) if e["event"] == "run finished"]
-    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [
-        ("build", "succeeded"),
-        ("test", "succeeded"),
-        ("smoke", "succeeded"),  # ran in the built image, without the checkout (workspace=False)
-        ("deploy", "failed"),
-    ]
-    [failed] = [e for e in _events(proc.stdout) if e["event"] == "stage finished" and e["stage"] == "deploy"]
-    assert "needs the secret 'REGISTRY_USER', which is not set" in failed["error"]
+
+    def run(branch: str) -> subprocess.CompletedProcess[str]:
+        argv = ["run", "-f", str(SEED), "--branch", branch, "--log-format", "json"]
+        argv += ["--param", f"registry={registry.address}", "--param", f"base_image={python_base_image}"]
+        return subprocess.run(
+            [sys.executable, "-m", "pipekit", *argv], capture_output=True, text=True, timeout=600, env=env
+        )
+
+    on_main = run("main")
+    assert on_main.returncode == 2, on_main.stdout + on_main.stderr
+    assert on_main.stdout == ""  # not even the run's first line: nothing started
+    for name in ("REGISTRY_USER", "REGISTRY_PASSWORD"):
+        assert f"stage 'deploy' needs the secret '{name}', which is not set" in on_main.stderr
+    assert "2 problem(s) found before the run; nothing was started" in on_main.stderr
+    elsewhere = run("feature")
+    assert elsewhere.returncode == 0, elsewhere.stdout[-3000:] + elsewhere.stderr
+    [summary] = [e for e in _events(elsewhere.stdout) if e["event"] == "run finished"]
+    assert [(s["stage"], s["status"]) for s in summary["stages"]][-1] == ("deploy", "skipped")
 
 
 def test_unreachable_registry(python_base_image: str, tmp_path: Path, run_on_docker: Any) -> None:
@@ -230,3 +219,110 @@ def test_push_without_credentials_uses_the_docker_config(
     [pushed] = [e for e in _events(proc.stdout) if e["event"] == "image pushed"]
     assert pushed["ref"] == ref and pushed["digest"].startswith("sha256:")
     docker_client.images.remove(ref)
+
+
+def _console(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """The installed `pipekit` console script in a process of its own (importing this checkout),
+    without the PIPEKIT_* and CI variables of the environment the tests run in."""
+    import os
+
+    from helpers import run_console
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PIPEKIT_") and k not in ("CI", "GITHUB_ACTIONS")}
+    return run_console(argv, cwd=cwd, env={**base, **(env or {})}, timeout=600)
+
+
+FROM_PIPELINE = """\
+import pipekit as pk
+
+
+@pk.stage(image={busybox!r})
+def image(ctx):
+    return ctx.docker.build(".", tag="pipekit-test/from-map:{token}")
+
+
+@pk.stage(image=image)
+def check(ctx):
+    ctx.sh("cat /marker")
+
+
+@pk.stage(dockerfile="base.Dockerfile")
+def in_dockerfile(ctx):
+    ctx.sh("cat /marker")
+"""
+
+
+@pytest.mark.parametrize("builder", ["buildkit", "classic"])
+def test_image_map_reaches_the_from_lines_of_builds(
+    builder: str, tmp_path: Path, busybox_image: str, docker_client: Any
+) -> None:
+    """`FROM alpine:3.20`, built with `--image-map alpine:3.20=pipekit-local/busybox:latest`, builds
+    from the local image (ctx.docker.build and dockerfile= alike, with either builder); the user's
+    Dockerfile is unchanged."""
+    import os
+
+    token = os.urandom(4).hex()
+    dockerfile = f"FROM alpine:3.20 AS base\nRUN echo built-{token} > /marker\nFROM base\n"
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    (tmp_path / "base.Dockerfile").write_text(
+        f"FROM --platform=linux/amd64 alpine:3.20\nRUN echo other-{token} > /marker\n"
+    )
+    (tmp_path / "pipeline.py").write_text(FROM_PIPELINE.format(busybox=busybox_image, token=token))
+    tags = [f"pipekit-test/from-map:{token}", f"pipekit-dockerfile/{tmp_path.name.lower()}-in-dockerfile:latest"]
+    try:
+        argv = ["run", "--progress", "plain", "--image-map", f"alpine:3.20={busybox_image}"]
+        done = _console(argv, tmp_path, {"PIPEKIT_BUILDER": builder})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert re.search(rf"^check +\| built-{token}$", done.stdout, re.MULTILINE), done.stdout
+        assert re.search(rf"^in_dockerfile +\| other-{token}$", done.stdout, re.MULTILINE), done.stdout
+        assert f"--image-map: FROM alpine:3.20 builds from {busybox_image}" in done.stdout
+        assert (tmp_path / "Dockerfile").read_text() == dockerfile
+    finally:
+        for tag in tags:
+            try:
+                docker_client.images.remove(tag, force=True)
+            except Exception:  # not built
+                pass
+
+
+def test_from_images_are_in_the_check_before_the_run_and_a_mapping_that_matches_nothing_is_warned(
+    tmp_path: Path, busybox_image: str
+) -> None:
+    """A FROM image the engine does not have stops the run before anything starts; a mapping of an
+    image no stage, service or FROM line names is warned about."""
+    (tmp_path / "Dockerfile").write_text("FROM pipekit-test/no-such-base:never\nRUN true\n")
+    (tmp_path / "pipeline.py").write_text(FROM_PIPELINE.format(busybox=busybox_image, token="never"))
+    (tmp_path / "base.Dockerfile").write_text(f"FROM {busybox_image}\n")
+    done = _console(["run", "--image-map", f"alpine:3.21={busybox_image}"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "stage 'image' builds Dockerfile FROM 'pipekit-test/no-such-base:never'" in done.stderr
+    assert "1 problem(s) found before the run; nothing was started" in done.stderr
+    assert f"--image-map alpine:3.21={busybox_image} matches nothing" in done.stderr
+    mapped = _console(["validate", "--image-map", f"pipekit-test/no-such-base:never={busybox_image}"], tmp_path)
+    assert mapped.returncode == 0, mapped.stdout + mapped.stderr
+    assert "matches nothing" not in mapped.stderr
+
+
+def test_from_lines_are_mapped_and_only_from_lines_that_name_an_image() -> None:
+    """Stage names, scratch, $ARG images and lines that continue another instruction are left alone."""
+    from pipekit._dockerfile import from_images, map_from
+
+    text = (
+        "# syntax=docker/dockerfile:1\n"
+        "ARG BASE=alpine:3.20\n"
+        "from alpine:3.20 as build\n"
+        "RUN echo \\\\\n"
+        "  FROM alpine:3.20\n"
+        "FROM --platform=$BUILDPLATFORM python:3.12-slim AS test\n"
+        "FROM build\n"
+        "FROM ${BASE}\n"
+        "FROM scratch\n"
+        "COPY --from=build /x /x\n"
+    )
+    assert from_images(text) == ["alpine:3.20", "python:3.12-slim"]
+    mapped, used = map_from(text, {"alpine:3.20": "local/alpine:1", "build": "nope", "ruby:3": "local/ruby"})
+    assert used == {"alpine:3.20": "local/alpine:1"}
+    lines = mapped.split("\n")
+    assert lines[2] == "from local/alpine:1 as build"
+    assert lines[4] == "  FROM alpine:3.20"  # inside a RUN that goes on over two lines
+    assert lines[6:9] == ["FROM build", "FROM ${BASE}", "FROM scratch"]

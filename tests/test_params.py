@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,43 @@ def test_stage_reads_params(tmp_path: Path, run_on_docker: Any) -> None:
     p = pk.load(tmp_path / "pipeline.py")
     result, _ = run_on_docker(p, params={"deploy": "true"})
     assert result["show"].output == ("localhost:5000", True, 2)
+
+
+def _console(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """The installed `pipekit` console script in a process of its own (importing this checkout),
+    without the PIPEKIT_* and CI variables of the environment the tests run in."""
+    import os
+
+    from helpers import run_console
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PIPEKIT_") and k not in ("CI", "GITHUB_ACTIONS")}
+    return run_console(argv, cwd=cwd, env={**base, **(env or {})}, timeout=600)
+
+
+def test_a_short_secret_is_warned_about_in_the_run_log_and_a_value_declared_not_secret_is_not(
+    tmp_path: Path, busybox_image: str
+) -> None:
+    """The warning about a secret too short to mask comes after the run's first line, in its log's
+    format, once; ``pk.secret(NAME, mask=False)`` is read the same way, shown as it is, never warned about."""
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\n"
+        f"@pk.stage(image={busybox_image!r}, env={{'PIN': pk.secret('SHORT_PIN'),"
+        " 'WHO': pk.secret('DEPLOY_USER', mask=False), 'WHO2': pk.secret('TINY_USER', mask=False)})\n"
+        "def deploy(ctx):\n    ctx.sh('echo user=$WHO/$WHO2 pin=$PIN')\n\n"
+        f"@pk.stage(image={busybox_image!r}, env={{'PIN': pk.secret('SHORT_PIN')}}, needs=[deploy])\n"
+        "def again(ctx):\n    ctx.sh('echo again')\n"
+    )
+    env = {"SHORT_PIN": "42", "DEPLOY_USER": "deploy-bot", "TINY_USER": "ci"}
+    done = _console(["run", "--progress", "plain"], tmp_path, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("pipekit: running "), done.stdout  # the banner comes first
+    warnings = [line for line in lines if "secret not masked" in line]
+    assert len(warnings) == 1 and "secret=SHORT_PIN" in warnings[0] and warnings[0].startswith("[warning] ")
+    assert "mask=False" in warnings[0]  # it says how to declare a value that is not secret
+    assert "user=deploy-bot/ci pin=42" in done.stdout  # not masked: declared not secret, and too short
+    assert "secret not masked" not in done.stderr
+    as_json = _console(["run", "--log-format", "json"], tmp_path, env)
+    events = [json.loads(line) for line in as_json.stdout.splitlines() if line.strip()]
+    assert events[0]["event"] == "run started"
+    assert [e["secret"] for e in events if e["event"] == "secret not masked"] == ["SHORT_PIN"]
