@@ -200,11 +200,13 @@ def test_sigterm_interrupts_the_running_run_and_a_restart_runs_the_queued_one(
     srv.wait(running, "running")
     time.sleep(3)
     assert srv.api("GET", f"/api/runs/{queued}")["status"] == "queued"
+    run_id = srv.api("GET", f"/api/runs/{running}")["run_id"]
+    assert run_id
     assert srv.stop(signal.SIGTERM) == 0
     assert "interrupting runs" in srv.log.read_text() and srv.log.read_text().rstrip().endswith(
         "pipekit serve: stopped"
     )
-    assert not docker_client.containers.list(all=True, filters={"label": "io.pipekit.managed"})
+    assert not docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"})
     srv.start(busybox_image)
     stopped = srv.api("GET", f"/api/runs/{running}")
     assert stopped["status"] == "interrupted"
