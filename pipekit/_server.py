@@ -75,7 +75,7 @@ def serve(config_path: str) -> int:
     import os
     from pathlib import Path
 
-    from pipekit._server_env import hide_and_reexec
+    from pipekit._server_env import hide_and_reexec, not_dumpable
 
     uvicorn = _imports()
     config = load_config(config_path)
@@ -85,6 +85,7 @@ def serve(config_path: str) -> int:
     hide_and_reexec(config.hidden_env(), ["serve", "--config", str(Path(config_path).resolve())])
     for name in config.hidden_env():
         os.environ.pop(name, None)
+    not_dumpable()  # its memory holds them still: no same-user ptrace or /proc/PID/mem
     app, work, triggers = build(config)
     work.start()
     triggers.start()

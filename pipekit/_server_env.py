@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 
-__all__ = ["BASE", "child_env", "git_env", "hide_and_reexec", "received_secrets"]
+__all__ = ["BASE", "child_env", "git_env", "hide_and_reexec", "not_dumpable", "received_secrets"]
 
 BASE = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR")
 FETCH = (
@@ -98,3 +98,18 @@ def received_secrets() -> dict[str, str]:
     except (OSError, ValueError):
         return {}
     return {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
+
+
+def not_dumpable() -> bool:
+    """Linux: make this process non-dumpable, so that a process of the same user (a host stage) can
+    neither ``ptrace`` it nor read its ``/proc/PID/mem`` or ``environ`` (children start dumpable
+    again). False where that is not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(4, 0, 0, 0, 0) == 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        return False
