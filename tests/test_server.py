@@ -185,7 +185,9 @@ def test_a_newer_push_cancels_the_older_run_of_its_branch(make_server: Any, dock
     second = srv.github_hook("main", remote.push({"version.txt": "b\n", "pipeline.py": pipeline()}))[1]["run"]
     assert srv.wait(first, "cancelled")["error"].startswith("superseded by a newer commit of main")
     assert srv.wait(second, "succeeded")["status"] == "succeeded"
-    assert not docker_client.containers.list(all=True, filters={"label": "io.pipekit.managed"})
+    for run in (first, second):  # other tests' containers may come and go meanwhile: this run's only
+        run_id = srv.api("GET", f"/api/runs/{run}")["run_id"]
+        assert run_id and not docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"})
 
 
 def test_sigterm_interrupts_the_running_run_and_a_restart_runs_the_queued_one(
@@ -270,7 +272,8 @@ def test_the_web_view_lists_runs_streams_a_running_log_and_cancels(
     browser.switch_to.default_content()
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
-    assert not docker_client.containers.list(all=True, filters={"label": "io.pipekit.managed"})
+    run_id = srv.api("GET", f"/api/runs/{run}")["run_id"]
+    assert run_id and not docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"})
 
 
 def test_public_read_opens_reads_but_not_actions(make_server: Any) -> None:
