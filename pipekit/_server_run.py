@@ -38,8 +38,12 @@ def _refuse_host_stages() -> None:
     _session._load = checked  # type: ignore[assignment]
 
 
-def main(argv: Sequence[str]) -> int:
-    from pipekit._cli import main as cli
+def main(argv: Sequence[str]) -> None:
+    """``pipekit run`` exactly as the ``pipekit`` command runs it (its exit code ends the process)."""
+    import gc
+
+    gc.disable()  # as the pipekit command: start-up objects are frozen out of the collector later
+    from pipekit._cli import console_main
 
     args = list(argv)
     if args[:1] == ["--no-host-stages"]:
@@ -47,8 +51,9 @@ def main(argv: Sequence[str]) -> int:
         args = args[1:]
     if args[:1] == ["--"]:
         args = args[1:]
-    return cli(["run", *args])
+    sys.argv = ["pipekit", "run", *args]
+    console_main()
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

@@ -335,3 +335,33 @@ def test_the_session_cookie_is_secure_behind_https_expires_and_dies_at_logout(ma
     assert srv.raw("GET", "/api/runs", [("Cookie", session.encode())])[0] == 401  # dead on the server, not just unset
     assert srv.raw("POST", "/login", form, b"token=wrong-token-000000")[1].get("set-cookie") is None
     assert os.environ.get("PIPEKIT_SERVER_TOKEN") != TOKEN  # the test process never held it
+
+
+def test_pipekit_triggers_output_is_apart_from_what_the_pipeline_prints_and_never_follows_a_link(
+    tmp_path: Path,
+) -> None:
+    import shutil
+    import subprocess
+
+    (tmp_path / "pipeline.py").write_text(
+        'import pipekit as pk\n\nprint("{not json")\n'
+        'pipeline = pk.Pipeline(name="app", triggers=[pk.cron("0 3 * * *")])\n'
+        "\n\n@pipeline.stage\ndef a(ctx):\n    pass\n"
+    )
+    pipekit = shutil.which("pipekit")
+    assert pipekit is not None
+
+    def triggers(output: Path) -> subprocess.CompletedProcess[str]:
+        command = [pipekit, "triggers", "-f", str(tmp_path / "pipeline.py"), "--output", str(output)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    proc = triggers(tmp_path / "answer.json")
+    assert proc.returncode == 0 and "{not json" in proc.stdout, proc.stderr
+    answer = json.loads((tmp_path / "answer.json").read_text())
+    assert answer == {"pipeline": "app", "triggers": [{"kind": "cron", "schedule": "0 3 * * *"}]}
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "planted.json").symlink_to(victim)
+    proc = triggers(tmp_path / "planted.json")
+    assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    assert victim.read_text() == "keep"
