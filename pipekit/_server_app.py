@@ -144,6 +144,8 @@ class _Api:
         ref, sha = str(payload.get("ref", "")), str(payload.get("after") or payload.get("checkout_sha") or "")
         if event != "push" or not ref.startswith("refs/heads/") or not sha.strip("0"):
             return JSONResponse({"ignored": f"not a push to a branch ({event or 'no event'})"})
+        if any(ord(c) < 32 or c == "\x7f" for c in ref):
+            return JSONResponse({"error": "the pushed ref has control characters"}, status_code=400)
         if len(sha) not in (40, 64) or not sha.isascii() or not all(c in "0123456789abcdef" for c in sha):
             return JSONResponse({"error": f"the pushed commit is not a hex object name: {sha[:80]!r}"}, status_code=400)
         keys = [f"{kind}:{project.name}:body:{hashlib.sha256(body).hexdigest()}"]

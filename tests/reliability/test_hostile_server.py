@@ -289,6 +289,11 @@ def test_hostile_headers_bodies_ids_and_commits_answer_4xx_never_500(make_server
 
     sig = "sha256=" + hmac.new(HOOK_SECRET.encode(), evil, hashlib.sha256).hexdigest()
     assert srv.raw("POST", "/hooks/github?project=app", [*hook, ("X-Hub-Signature-256", sig.encode())], evil)[0] == 400
+    forged = json.dumps({"ref": "refs/heads/main\nrun 99 succeeded", "after": "a" * 40}).encode()
+    sig = "sha256=" + hmac.new(HOOK_SECRET.encode(), forged, hashlib.sha256).hexdigest()
+    assert (
+        srv.raw("POST", "/hooks/github?project=app", [*hook, ("X-Hub-Signature-256", sig.encode())], forged)[0] == 400
+    )
     assert srv.runs() == [] and "Traceback" not in srv.log.read_text()
     # a hex commit that is not in the repository: a run recorded with why
     status, _, answer = srv.raw("POST", "/api/projects/app/runs", json_bearer, b'{"commit": "abcdef1234"}')
