@@ -329,6 +329,14 @@ def test_a_bad_configuration_or_a_missing_token_exits_2_saying_what_to_fix(tmp_p
         ('[[project]]\nname = "app"\nrepo = "x"\nbranch = ["main"]\n', ok_token, "[[project]] app has no key 'branch'"),
         ('[[project]]\nname = "app"\nrepo = "x"\npoll = "often"\n', ok_token, "poll"),
         ("[server]\n", {"PIPEKIT_SERVER_TOKEN": "short"}, "set PIPEKIT_SERVER_TOKEN to a token of 16 or more"),
+        ('[server]\nmax_webhook_body = "lots"\n', ok_token, "[server].max_webhook_body takes a size in bytes"),
+        ('[server]\nsession_lifetime = "forever"\n', ok_token, "session_lifetime"),
+        ('[[project]]\nname = "app"\nrepo = "x"\nhost_stages = "no"\n', ok_token, "host_stages takes a bool"),
+        (
+            '[[project]]\nname = "app"\nrepo = "x"\npass_env = ["A B"]\n',
+            ok_token,
+            "pass_env takes names of environment",
+        ),
     ]
     for config, env, message in cases:
         proc = serve(config, **env)
