@@ -28,6 +28,7 @@ from pipekit._server_http import MAX_ID, BodyLimit, bounded, same
 from pipekit._server_store import Store
 from pipekit._server_triggers import Triggers
 from pipekit._server_work import Work, history_of
+from pipekit.exceptions import UsageError
 
 __all__ = ["make_app"]
 
@@ -239,10 +240,16 @@ class _Api:
         if isinstance(asked, Response):
             return asked
         branch, params, commit = asked
-        try:
-            sha = commit or (await asyncio.to_thread(self.work.git.heads, project)).get(branch) or ""
-        except Exception as e:
-            return JSONResponse({"error": str(e)}, status_code=502)
+        if commit:  # the full name, as statuses and PIPEKIT_COMMIT need it
+            try:
+                sha = await asyncio.to_thread(self.work.git.resolve, project, commit)
+            except UsageError as e:
+                return JSONResponse({"error": str(e)}, status_code=404)
+        else:
+            try:
+                sha = (await asyncio.to_thread(self.work.git.heads, project)).get(branch) or ""
+            except Exception as e:
+                return JSONResponse({"error": str(e)}, status_code=502)
         if not sha:
             return JSONResponse({"error": f"{project.name} has no branch {branch}"}, status_code=404)
         return JSONResponse({"run": self.work.submit(project, branch, sha, "manual", params)}, status_code=202)
@@ -256,17 +263,18 @@ async def _manual(request: Request, project: Project) -> tuple[str, dict[str, st
             body = json.loads(await request.body() or b"{}")
         except ValueError:
             return JSONResponse({"error": "the body is not JSON"}, status_code=400)
-    params = body.get("params") or {} if isinstance(body, dict) else None
+    params = (body.get("params") or {}) if isinstance(body, dict) else None
     if not isinstance(body, dict) or not isinstance(params, dict):
         return JSONResponse({"error": 'the body is a JSON object: {"branch", "params": {...}, "commit"}'}, 400)
     branch = str(body.get("branch") or project.branches[0])
     commit = str(body.get("commit") or "")
     if branch.startswith("-") or any(ord(c) < 32 for c in branch):
         return JSONResponse({"error": f"not a branch name: {branch[:80]!r}"}, status_code=400)
-    try:
-        check_commit(commit) if commit else None
-    except Exception as e:
-        return JSONResponse({"error": str(e)}, status_code=400)
+    if commit:
+        try:
+            check_commit(commit)
+        except UsageError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
     return branch, {str(k): str(v) for k, v in params.items()}, commit
 
 

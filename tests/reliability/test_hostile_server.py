@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_helpers import HOOK_SECRET, STATUS_TOKEN, TOKEN, Remote, Server
+from server_helpers import HOOK_SECRET, STATUS_TOKEN, TOKEN, Remote, Server, git
 
 SECRETS = (TOKEN, HOOK_SECRET, STATUS_TOKEN)
 PROJECT = """name = "app"
@@ -253,7 +253,7 @@ def test_a_pipeline_that_prints_at_import_still_runs_and_a_failed_probe_is_a_rec
 
 
 def test_hostile_headers_bodies_ids_and_commits_answer_4xx_never_500(make_server: Any) -> None:
-    srv, _ = make_server({"pipeline.py": PRINTING.format(word="x")})
+    srv, remote = make_server({"pipeline.py": PRINTING.format(word="x")})
     hook = [("Content-Type", b"application/json"), ("X-GitHub-Event", b"push")]
     push = json.dumps({"ref": "refs/heads/main", "after": "a" * 40}).encode()
     cases = [
@@ -295,10 +295,14 @@ def test_hostile_headers_bodies_ids_and_commits_answer_4xx_never_500(make_server
         srv.raw("POST", "/hooks/github?project=app", [*hook, ("X-Hub-Signature-256", sig.encode())], forged)[0] == 400
     )
     assert srv.runs() == [] and "Traceback" not in srv.log.read_text()
-    # a hex commit that is not in the repository: a run recorded with why
+    # a hex commit that is not in the repository: said at once, nothing queued
     status, _, answer = srv.raw("POST", "/api/projects/app/runs", json_bearer, b'{"commit": "abcdef1234"}')
-    assert status == 202
-    assert "has no commit abcdef1234" in srv.wait(json.loads(answer)["run"], "error")["error"]
+    assert status == 404 and b"has no commit abcdef1234" in answer and srv.runs() == []
+    head = git("rev-parse", "HEAD", cwd=remote.work)  # an abbreviated one is resolved to its full name
+    status, _, answer = srv.raw(
+        "POST", "/api/projects/app/runs", json_bearer, json.dumps({"commit": head[:9]}).encode()
+    )
+    assert status == 202 and srv.wait(json.loads(answer)["run"], "succeeded")["commit"] == head
 
 
 def test_a_replayed_webhook_starts_no_second_run(make_server: Any) -> None:
