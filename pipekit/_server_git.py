@@ -13,6 +13,7 @@ the server runs gets a scrubbed environment (``_server_env.git_env``), ``-c core
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -60,15 +61,25 @@ def _remove(path: Path) -> None:
     read-only."""
     if not os.path.lexists(path):
         return
-    if path.is_dir() and not path.is_symlink():
-
-        def retry(function: Any, name: str, _exc: Any) -> None:
-            os.chmod(os.path.dirname(name), 0o700)
-            function(name)
-
-        shutil.rmtree(path, onerror=retry)
-    else:
+    if not path.is_dir() or path.is_symlink():
         path.unlink()
+        return
+    try:
+        shutil.rmtree(path)
+    except OSError:  # folders a stage made unreadable or read-only: opened up (never through a link), again
+        _opened_up(path)
+        shutil.rmtree(path)
+
+
+def _opened_up(root: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.chmod(root, 0o700)
+    for top, dirs, _files in os.walk(root):
+        for name in dirs:
+            folder = os.path.join(top, name)
+            if not os.path.islink(folder):
+                with contextlib.suppress(OSError):
+                    os.chmod(folder, 0o700)
 
 
 def empty(folder: Path, keep: str | None = DIRNAME) -> None:
