@@ -379,3 +379,23 @@ def test_pipekit_triggers_output_is_apart_from_what_the_pipeline_prints_and_neve
     proc = triggers(tmp_path / "planted.json")
     assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
     assert victim.read_text() == "keep"
+
+
+def test_emptying_a_workspace_never_follows_what_a_stage_planted(tmp_path: Path) -> None:
+    from pipekit._server_git import empty
+
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "precious").write_text("keep")
+    ws = tmp_path / "ws"
+    (ws / "sub" / "nested" / ".git").mkdir(parents=True)
+    (ws / "link-to-folder").symlink_to(outside)
+    (ws / "sub" / "link-to-file").symlink_to(outside / "deep" / "precious")
+    (ws / ".pipekit").symlink_to(outside / "deep")  # a history that is a link is not kept
+    empty(ws)
+    assert list(ws.iterdir()) == [] and (outside / "deep" / "precious").read_text() == "keep"
+    (ws / ".pipekit").mkdir()
+    (ws / ".pipekit" / "history.db").write_text("runs")
+    (ws / ".git").mkdir()
+    empty(ws)
+    assert [p.name for p in ws.iterdir()] == [".pipekit"] and (ws / ".pipekit" / "history.db").exists()
