@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
@@ -41,7 +42,13 @@ def serve(config: str) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.option("-f", "--file", default="pipeline.py", show_default=True, metavar="PATH", help="The pipeline.")
-def triggers(file: str) -> None:
+@click.option(
+    "--output",
+    metavar="PATH",
+    help="Write the JSON to this file (created, never through a link), not to standard output:"
+    " what the pipeline prints while it loads cannot mix with it.",
+)
+def triggers(file: str, output: str | None) -> None:
     """Print what starts the pipeline under `pipekit serve` (its triggers=), as JSON."""
     from pipekit._loader import load
     from pipekit.exceptions import PipekitError
@@ -53,7 +60,16 @@ def triggers(file: str) -> None:
         print_error(err, str(e))
         raise click.exceptions.Exit(2) from None
     data: dict[str, Any] = {"pipeline": pipeline.name, "triggers": [t.to_json() for t in pipeline.triggers]}
-    print(json.dumps(data), file=out)
+    if output is None:
+        print(json.dumps(data), file=out)
+        return
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data))
+    except OSError as e:
+        print_error(err, f"cannot write {output}: {e.strerror}")
+        raise click.exceptions.Exit(2) from None
 
 
 def register(group: Any) -> None:

@@ -74,8 +74,20 @@ def _quiet_server(uvicorn: Any) -> Any:
 
 
 def serve(config_path: str) -> int:
+    import os
+    from pathlib import Path
+
+    from pipekit._server_env import hide_and_reexec, not_dumpable
+
     uvicorn = _imports()
     config = load_config(config_path)
+    _ = config.token  # a missing token is an error before anything starts
+    # the secrets are in ``config.values`` now: out of this process's environment (and its
+    # /proc/PID/environ, which the re-executed image starts without), so no child inherits them
+    hide_and_reexec(config.hidden_env(), ["serve", "--config", str(Path(config_path).resolve())])
+    for name in config.hidden_env():
+        os.environ.pop(name, None)
+    not_dumpable()  # its memory holds them still: no same-user ptrace or /proc/PID/mem
     app, work, triggers = build(config)
     work.start()
     triggers.start()

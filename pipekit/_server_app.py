@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,35 +23,50 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from pipekit._server_config import Project, ServerConfig
+from pipekit._server_git import check_commit
+from pipekit._server_http import MAX_ID, BodyLimit, bounded, same
 from pipekit._server_store import Store
 from pipekit._server_triggers import Triggers
 from pipekit._server_work import Work, history_of
+from pipekit.exceptions import UsageError
 
 __all__ = ["make_app"]
 
 COOKIE = "pipekit_session"
+_URL_KEYS = ("clone_url", "ssh_url", "html_url", "git_http_url", "git_ssh_url", "url")
 
 
 class Auth:
-    def __init__(self, token: str) -> None:
+    """The token, and logins: a session cookie is ``NONCE.MAC``, valid while the server's store has
+    it (a logout or its expiry removes it)."""
+
+    def __init__(self, token: str, store: Store, lifetime: float) -> None:
         self._token = token.encode()
+        self.store, self.lifetime = store, lifetime
 
     def _mac(self, text: str) -> str:
         return hmac.new(self._token, text.encode(), hashlib.sha256).hexdigest()
 
     def new_session(self) -> str:
         nonce = secrets.token_hex(16)
+        self.store.add_session(self._mac("alive:" + nonce), time.time() + self.lifetime)
         return f"{nonce}.{self._mac('session:' + nonce)}"
 
     def session_ok(self, cookie: str | None) -> bool:
         nonce, _, mac = (cookie or "").partition(".")
-        return bool(nonce) and hmac.compare_digest(mac, self._mac("session:" + nonce))
+        if not nonce or not nonce.isascii() or not same(mac, self._mac("session:" + nonce)):
+            return False
+        return self.store.session_alive(self._mac("alive:" + nonce))
+
+    def end_session(self, cookie: str | None) -> None:
+        if self.session_ok(cookie):
+            self.store.drop_session(self._mac("alive:" + (cookie or "").partition(".")[0]))
 
     def csrf(self, cookie: str) -> str:
         return self._mac("csrf:" + cookie)
 
     def token_ok(self, given: str) -> bool:
-        return hmac.compare_digest(given.encode(), self._token)
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._token)
 
     def bearer_ok(self, request: Any) -> bool:
         header = request.headers.get("authorization", "")
@@ -69,7 +85,7 @@ class Auth:
         given = request.headers.get("x-csrf-token")
         if given is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             given = (await form(request)).get("csrf")
-        return isinstance(given, str) and hmac.compare_digest(given, self.csrf(cookie))
+        return isinstance(given, str) and same(given, self.csrf(cookie))
 
 
 async def form(request: Any) -> dict[str, str]:
@@ -95,7 +111,7 @@ class _Api:
         from pipekit import _server_pages as pages
 
         self.config, self.store, self.work, self.triggers = config, store, work, triggers
-        self.auth = Auth(config.token)
+        self.auth = Auth(config.token, store, config.session_lifetime)
         self.pages = pages
 
     def denied(self) -> Response:
@@ -104,28 +120,40 @@ class _Api:
     async def hook(self, request: Request, kind: str) -> Response:
         body = await request.body()
         try:
-            payload = json.loads(body or b"{}")
+            payload = await asyncio.to_thread(json.loads, body or b"{}")
         except ValueError:
             payload = {}
+        if not isinstance(payload, dict):
+            return JSONResponse({"error": "a webhook's body is a JSON object"}, status_code=400)
         repo = payload.get("repository") or payload.get("project") or {}
-        urls = [repo.get(k, "") for k in ("clone_url", "ssh_url", "html_url", "git_http_url", "git_ssh_url", "url")]
+        urls = [str(repo.get(k) or "") for k in _URL_KEYS] if isinstance(repo, dict) else []
         project = _project_of(self.config, request, urls)
         secret = project.secret(project.webhook_secret_env) if project else None
         if project is None or not secret:
             return JSONResponse({"error": "no project with a webhook secret matches this hook"}, status_code=401)
         if kind == "github":
             mac = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-            ok = hmac.compare_digest(request.headers.get("x-hub-signature-256", ""), mac)
-            event = request.headers.get("x-github-event", "")
+            ok = same(request.headers.get("x-hub-signature-256"), mac)
+            event, delivery = request.headers.get("x-github-event", ""), request.headers.get("x-github-delivery")
         else:
-            ok = hmac.compare_digest(request.headers.get("x-gitlab-token", ""), secret)
+            ok = same(request.headers.get("x-gitlab-token"), secret)
             event = "push" if request.headers.get("x-gitlab-event", "") == "Push Hook" else ""
+            delivery = request.headers.get("x-gitlab-event-uuid") or request.headers.get("x-gitlab-webhook-uuid")
         if not ok:
             self.work.log(f"{kind} webhook for {project.name} refused: bad signature")
             return JSONResponse({"error": "bad signature"}, status_code=401)
         ref, sha = str(payload.get("ref", "")), str(payload.get("after") or payload.get("checkout_sha") or "")
         if event != "push" or not ref.startswith("refs/heads/") or not sha.strip("0"):
             return JSONResponse({"ignored": f"not a push to a branch ({event or 'no event'})"})
+        if any(ord(c) < 32 or c == "\x7f" for c in ref):
+            return JSONResponse({"error": "the pushed ref has control characters"}, status_code=400)
+        if len(sha) not in (40, 64) or not sha.isascii() or not all(c in "0123456789abcdef" for c in sha):
+            return JSONResponse({"error": f"the pushed commit is not a hex object name: {sha[:80]!r}"}, status_code=400)
+        keys = [f"{kind}:{project.name}:body:{hashlib.sha256(body).hexdigest()}"]
+        keys += [f"{kind}:{project.name}:delivery:{delivery[:200]}"] if delivery else []
+        if not self.store.first_delivery(keys):
+            self.work.log(f"{kind} webhook for {project.name} ignored: delivery {delivery or '(body)'} seen before")
+            return JSONResponse({"ignored": "this delivery was received before (a replay starts nothing)"})
         run, why = await asyncio.to_thread(self.triggers.push, project, ref.removeprefix("refs/heads/"), sha)
         return JSONResponse({"run": run} if run else {"ignored": why}, status_code=202 if run else 200)
 
@@ -139,12 +167,15 @@ class _Api:
         if not self.auth.may_read(request, self.config.public_read):
             return self.denied()
         q = request.query_params
-        limit = int(q.get("limit", "100")) if q.get("limit", "100").isdigit() else 100
+        limit = bounded(q.get("limit"), 100, 1, 1000)
+        if limit is None:
+            return JSONResponse({"error": "limit takes a whole number from 1 to 1000"}, status_code=400)
         rows = self.store.runs(q.get("project"), q.get("branch"), q.get("status"), limit)
         return JSONResponse([r.to_json() for r in rows])
 
     def _found(self, request: Request) -> Any:
-        return self.store.get(int(request.path_params["id"]))
+        run = int(request.path_params["id"])
+        return self.store.get(run) if 0 < run <= MAX_ID else None
 
     async def one_run(self, request: Request) -> Response:
         if not self.auth.may_read(request, self.config.public_read):
@@ -183,8 +214,11 @@ class _Api:
     async def cancel(self, request: Request) -> Response:
         if not await self.auth.may_act(request):
             return self.denied()
-        ok = self.work.cancel(int(request.path_params["id"]), why="cancelled by a user")
-        return self.pages.after_action(request, {"cancelled": ok}, int(request.path_params["id"]))
+        run = self._found(request)
+        if run is None:
+            return JSONResponse({"error": "no such run"}, status_code=404)
+        ok = self.work.cancel(run.id, why="cancelled by a user")
+        return self.pages.after_action(request, {"cancelled": ok}, run.id)
 
     async def rerun(self, request: Request) -> Response:
         if not await self.auth.may_act(request):
@@ -202,16 +236,46 @@ class _Api:
         project = self.config.project(request.path_params["name"])
         if project is None:
             return JSONResponse({"error": "no such project"}, status_code=404)
-        body = await request.json() if request.headers.get("content-type", "").startswith("application/json") else {}
-        branch = str(body.get("branch") or project.branches[0])
-        params = {str(k): str(v) for k, v in (body.get("params") or {}).items()}
-        try:
-            sha = str(body.get("commit") or (await asyncio.to_thread(self.work.git.heads, project)).get(branch) or "")
-        except Exception as e:
-            return JSONResponse({"error": str(e)}, status_code=502)
+        asked = await _manual(request, project)
+        if isinstance(asked, Response):
+            return asked
+        branch, params, commit = asked
+        if commit:  # the full name, as statuses and PIPEKIT_COMMIT need it
+            try:
+                sha = await asyncio.to_thread(self.work.git.resolve, project, commit)
+            except UsageError as e:
+                return JSONResponse({"error": str(e)}, status_code=404)
+        else:
+            try:
+                sha = (await asyncio.to_thread(self.work.git.heads, project)).get(branch) or ""
+            except Exception as e:
+                return JSONResponse({"error": str(e)}, status_code=502)
         if not sha:
             return JSONResponse({"error": f"{project.name} has no branch {branch}"}, status_code=404)
         return JSONResponse({"run": self.work.submit(project, branch, sha, "manual", params)}, status_code=202)
+
+
+async def _manual(request: Request, project: Project) -> tuple[str, dict[str, str], str] | Response:
+    """A manual run's branch, params and commit from its JSON body, or the 400 that says what is wrong."""
+    body: Any = {}
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+    params = (body.get("params") or {}) if isinstance(body, dict) else None
+    if not isinstance(body, dict) or not isinstance(params, dict):
+        return JSONResponse({"error": 'the body is a JSON object: {"branch", "params": {...}, "commit"}'}, 400)
+    branch = str(body.get("branch") or project.branches[0])
+    commit = str(body.get("commit") or "")
+    if branch.startswith("-") or any(ord(c) < 32 for c in branch):
+        return JSONResponse({"error": f"not a branch name: {branch[:80]!r}"}, status_code=400)
+    if commit:
+        try:
+            check_commit(commit)
+        except UsageError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+    return branch, {str(k): str(v) for k, v in params.items()}, commit
 
 
 def make_app(config: ServerConfig, store: Store, work: Work, triggers: Triggers, on_shutdown: Any) -> Any:
@@ -237,7 +301,7 @@ def make_app(config: ServerConfig, store: Store, work: Work, triggers: Triggers,
         yield
         await asyncio.to_thread(on_shutdown)
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return BodyLimit(Starlette(routes=routes, lifespan=lifespan), config.max_webhook_body)
 
 
 def _read(path: Any) -> str:

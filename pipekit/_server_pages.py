@@ -160,7 +160,8 @@ class _Pages:
 
         if not self.auth.may_read(request, self.config.public_read):
             return PlainTextResponse("log in first", status_code=401)
-        run = self.store.get(int(request.path_params["id"]))
+        number = int(request.path_params["id"])
+        run = self.store.get(number) if 0 < number <= 2**63 - 1 else None
         history = history_of(run.workspace) if run and run.run_id else None
         if history is None or run is None or run.run_id is None:
             return PlainTextResponse("this run has no report yet", status_code=404)
@@ -180,12 +181,17 @@ class _Pages:
             await asyncio.sleep(0.5)  # a guess costs time
             return RedirectResponse(f"{target}?login=failed", status_code=303)
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, self.auth.new_session(), httponly=True, samesite="strict", path="/")
+        lifetime = int(self.auth.lifetime)
+        response.set_cookie(
+            COOKIE, self.auth.new_session(), max_age=lifetime, httponly=True, samesite="strict", path="/",
+            secure=_https(request),
+        )  # fmt: skip
         return response
 
     async def logout(self, request: Request) -> Response:
+        self.auth.end_session(request.cookies.get(COOKIE))  # the cookie is dead on the server too
         response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(COOKIE, path="/")
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=_https(request))
         return response
 
     async def asset(self, request: Request) -> Response:
@@ -196,6 +202,14 @@ class _Pages:
             return PlainTextResponse("", status_code=404)
         kind = "text/javascript" if name.endswith(".js") else "text/css"
         return Response(files("pipekit").joinpath(name).read_text(encoding="utf-8"), media_type=kind)
+
+
+def _https(request: Request) -> bool:
+    """Served over HTTPS, or behind a proxy that says the browser's request was (``X-Forwarded-Proto``,
+    ``Forwarded: proto=https``): the session cookie is then ``Secure``."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    proto = "proto=https" in request.headers.get("forwarded", "").lower()
+    return request.url.scheme == "https" or forwarded == "https" or proto
 
 
 def routes(config: ServerConfig, store: Store, auth: Any) -> list[Any]:

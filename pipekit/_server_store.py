@@ -36,7 +36,10 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT
 );
 CREATE TABLE IF NOT EXISTS heads (project TEXT, branch TEXT, sha TEXT, PRIMARY KEY (project, branch));
+CREATE TABLE IF NOT EXISTS sessions (digest TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (key TEXT PRIMARY KEY, received REAL NOT NULL);
 """
+DELIVERIES_KEPT = 90 * 86400  # seconds a webhook delivery is remembered (a replay within them is refused)
 
 ENDED = ("succeeded", "failed", "cancelled", "interrupted", "error")
 
@@ -158,6 +161,34 @@ class Store:
     def set_head(self, project: str, branch: str, sha: str) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO heads VALUES (?, ?, ?)", (project, branch, sha))
+
+    # -- logins: a session is valid while its row is there and not expired; logout deletes it ----
+    def add_session(self, digest: str, expires: float) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
+            self._db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?)", (digest, expires))
+
+    def session_alive(self, digest: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT expires FROM sessions WHERE digest = ?", (digest,)).fetchone()
+        return row is not None and float(row[0]) > time.time()
+
+    def drop_session(self, digest: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE digest = ?", (digest,))
+
+    # -- webhook deliveries: each is taken once ---------------------------------------------
+    def first_delivery(self, keys: list[str]) -> bool:
+        """Remember ``keys`` (a delivery id, the digest of the signed body); False when one of them
+        was seen before (a replay)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("DELETE FROM deliveries WHERE received < ?", (now - DELIVERIES_KEPT,))
+            marks = ",".join("?" * len(keys))
+            if self._db.execute(f"SELECT 1 FROM deliveries WHERE key IN ({marks})", keys).fetchone():
+                return False
+            self._db.executemany("INSERT INTO deliveries VALUES (?, ?)", [(k, now) for k in keys])
+        return True
 
     def close(self) -> None:
         self._db.close()

@@ -44,9 +44,9 @@ class Triggers:
                 self.log(f"{project.name}: schedules not read: {e}")
         try:
             declared = self.git.triggers(project, sha)
-        except UsageError as e:  # a pipeline that does not load: its run fails and says why
+        except Exception as e:  # a pipeline that does not load: a run recorded with why, never a lost push
             self.log(f"{project.name} {sha[:12]}: {e}")
-            declared = []
+            return self.work.refused(project, branch, sha, trigger, str(e) or type(e).__name__), "error"
         wanted = [t for t in declared if t["kind"] == "push"]
         if wanted and not any(
             not t.get("branches") or any(glob_match(b, branch) for b in t["branches"]) for t in wanted

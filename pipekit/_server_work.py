@@ -8,7 +8,6 @@ containers go, the run is recorded as interrupted) and a server that stops sends
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipekit._server_config import Project, ServerConfig
+from pipekit._server_env import child_env
 from pipekit._server_git import Git
 from pipekit._server_status import report_status
 from pipekit._server_store import ServerRun, Store
@@ -68,6 +68,14 @@ class Work:
         self.log(f"run {run} queued: {project.name} {branch} {commit[:12]} ({trigger})")
         self._status(project, commit, "pending", run, "queued")
         self._wake.set()
+        return run
+
+    def refused(self, project: Project, branch: str, commit: str, trigger: str, error: str) -> int:
+        """Record a run that cannot start (its pipeline's triggers could not be read): an error, with why."""
+        run = self.store.add(project.name, branch, commit, trigger)
+        self.store.update(run, status="error", started=time.time(), finished=time.time(), error=error)
+        self.log(f"run {run} error: {error}")
+        self._status(project, commit, "error", run, error)
         return run
 
     def cancel(self, run: int, why: str = "cancelled") -> bool:
@@ -147,15 +155,15 @@ class Work:
     def _run(self, project: Project, going: _Running) -> tuple[str, str | None]:
         run = going.run
         ws = self.git.checkout(project, run.commit, going.slot)
+        refuse = [] if project.host_stages else ["--no-host-stages"]
         command = [
-            sys.executable, "-m", "pipekit", "run", "-f", str(ws / project.pipeline), "--branch", run.branch,
-            "--log-format", "json", "--progress", "plain", "--ci", "none", *project.args,
+            sys.executable, "-m", "pipekit._server_run", *refuse, "--", "-f", str(ws / project.pipeline),
+            f"--branch={run.branch}", "--log-format", "json", "--progress", "plain", "--ci", "none", *project.args,
         ]  # fmt: skip
-        for name, value in run.params.items():
-            command += ["--param", f"{name}={value}"]
+        command += [f"--param={name}={value}" for name, value in run.params.items()]
         if project.secrets_file:
-            command += ["--secrets-file", project.secrets_file]
-        env = {k: v for k, v in os.environ.items() if k not in self.config.hidden_env()}
+            command += [f"--secrets-file={project.secrets_file}"]
+        env = child_env(self.config.hidden_env(), project.passed())
         env.update(PIPEKIT_COMMIT=run.commit, PIPEKIT_TRIGGER=run.trigger, PIPEKIT_SERVER_RUN=str(run.id))
         if going.stopping or going.cancelled:
             return ("interrupted", "the server stopped") if going.stopping else ("cancelled", going.cancelled)

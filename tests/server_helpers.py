@@ -104,6 +104,7 @@ class Server:
         )
         self.proc: subprocess.Popen[str] | None = None
         self.log = root / "server.log"
+        self.extra_env: dict[str, str] = {}
 
     def env(self, busybox: str) -> dict[str, str]:
         return {
@@ -112,6 +113,7 @@ class Server:
             "APP_HOOK_SECRET": HOOK_SECRET,
             "APP_STATUS_TOKEN": STATUS_TOKEN,
             "PIPEKIT_IMAGE_MAP": f"busybox={busybox}",
+            **self.extra_env,
         }
 
     def start(self, busybox: str) -> Server:
@@ -171,6 +173,27 @@ class Server:
         sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sig, "Content-Type": "application/json"}
         return self.request("POST", "/hooks/github?project=app", body, headers)
+
+    def raw(
+        self, method: str, path: str, headers: list[tuple[str, bytes]], body: bytes = b""
+    ) -> tuple[int, Any, bytes]:
+        """A request with headers as bytes (any characters) and no redirect followed: status, headers, body."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.putrequest(method, path)
+            for name, value in headers:
+                conn.putheader(name, value)
+            if not any(n.lower() in ("content-length", "transfer-encoding") for n, _ in headers):
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders()
+            if body:
+                conn.send(body)
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
 
     def gitlab_hook(self, branch: str, sha: str, secret: str = HOOK_SECRET) -> tuple[int, Any]:
         body = json.dumps({"ref": f"refs/heads/{branch}", "checkout_sha": sha, "after": sha}).encode()

@@ -185,7 +185,9 @@ def test_a_newer_push_cancels_the_older_run_of_its_branch(make_server: Any, dock
     second = srv.github_hook("main", remote.push({"version.txt": "b\n", "pipeline.py": pipeline()}))[1]["run"]
     assert srv.wait(first, "cancelled")["error"].startswith("superseded by a newer commit of main")
     assert srv.wait(second, "succeeded")["status"] == "succeeded"
-    assert not docker_client.containers.list(all=True, filters={"label": "io.pipekit.managed"})
+    for run in (first, second):  # other tests' containers may come and go meanwhile: this run's only
+        run_id = srv.api("GET", f"/api/runs/{run}")["run_id"]
+        assert run_id and not docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"})
 
 
 def test_sigterm_interrupts_the_running_run_and_a_restart_runs_the_queued_one(
@@ -200,11 +202,13 @@ def test_sigterm_interrupts_the_running_run_and_a_restart_runs_the_queued_one(
     srv.wait(running, "running")
     time.sleep(3)
     assert srv.api("GET", f"/api/runs/{queued}")["status"] == "queued"
+    run_id = srv.api("GET", f"/api/runs/{running}")["run_id"]
+    assert run_id
     assert srv.stop(signal.SIGTERM) == 0
     assert "interrupting runs" in srv.log.read_text() and srv.log.read_text().rstrip().endswith(
         "pipekit serve: stopped"
     )
-    assert not docker_client.containers.list(all=True, filters={"label": "io.pipekit.managed"})
+    assert not docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"})
     srv.start(busybox_image)
     stopped = srv.api("GET", f"/api/runs/{running}")
     assert stopped["status"] == "interrupted"
@@ -268,7 +272,8 @@ def test_the_web_view_lists_runs_streams_a_running_log_and_cancels(
     browser.switch_to.default_content()
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
-    assert not docker_client.containers.list(all=True, filters={"label": "io.pipekit.managed"})
+    run_id = srv.api("GET", f"/api/runs/{run}")["run_id"]
+    assert run_id and not docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"})
 
 
 def test_public_read_opens_reads_but_not_actions(make_server: Any) -> None:
@@ -324,6 +329,14 @@ def test_a_bad_configuration_or_a_missing_token_exits_2_saying_what_to_fix(tmp_p
         ('[[project]]\nname = "app"\nrepo = "x"\nbranch = ["main"]\n', ok_token, "[[project]] app has no key 'branch'"),
         ('[[project]]\nname = "app"\nrepo = "x"\npoll = "often"\n', ok_token, "poll"),
         ("[server]\n", {"PIPEKIT_SERVER_TOKEN": "short"}, "set PIPEKIT_SERVER_TOKEN to a token of 16 or more"),
+        ('[server]\nmax_webhook_body = "lots"\n', ok_token, "[server].max_webhook_body takes a size in bytes"),
+        ('[server]\nsession_lifetime = "forever"\n', ok_token, "session_lifetime"),
+        ('[[project]]\nname = "app"\nrepo = "x"\nhost_stages = "no"\n', ok_token, "host_stages takes a bool"),
+        (
+            '[[project]]\nname = "app"\nrepo = "x"\npass_env = ["A B"]\n',
+            ok_token,
+            "pass_env takes names of environment",
+        ),
     ]
     for config, env, message in cases:
         proc = serve(config, **env)
