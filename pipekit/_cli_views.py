@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, Any
 
@@ -47,7 +48,8 @@ def report(run: str, output: str, file: str) -> None:
     except OSError as e:
         print_error(err, f"cannot write {output}: {e.strerror}")
         raise click.exceptions.Exit(2) from None
-    print(f"wrote {path}", file=out)
+    shown = os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else path
+    print(f"wrote {shown}", file=out)
 
 
 SHELL_EPILOG = """\b
