@@ -66,7 +66,7 @@ def import_() -> None:
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def jenkinsfile(path: str, output: str | None, force: bool) -> None:
     """Convert a declarative Jenkinsfile; exit 1 when some parts need hands (listed)."""
-    from pipekit._jenkins import convert_file
+    from pipekit._jenkins_check import convert_file
 
     out, err = streams()
     code = convert_file(Path(path), Path(output) if output else None, force=force, out=out, err=err)

@@ -14,7 +14,8 @@ import pipekit as pk
 from pipekit._cli import main
 from pipekit._graph import find_errors
 from pipekit._jenkins import convert
-from pipekit._jenkins_parse import Call, GString, ParseError, Raw, parse, tokenize
+from pipekit._jenkins_lex import tokenize
+from pipekit._jenkins_parse import Call, GString, ParseError, Raw, parse
 from pipekit.testing import FakeBackend, PipelineRunner
 
 FILES = Path(__file__).parent / "jenkinsfiles"
@@ -85,8 +86,8 @@ def test_parameters_environment_and_conditions_become_their_pipekit_forms(tmp_pa
     assert 'f"mkdir -p ${{OUT_DIR}} && echo {ctx.params.GREETING} ${{APP}} > ${{OUT_DIR}}/greeting.txt"' in text
     _, when = _convert(FILES / "06-when.Jenkinsfile", tmp_path)
     assert 'when=pk.branch("main")' in when.text
-    assert 'when=~(pk.branch("release/*"))' in when.text
-    assert '(pk.env("FORCE_DEPLOY", "yes")) | ((pk.branch("main")) & (pk.param_is("DEPLOY", True)))' in when.text
+    assert 'when=~pk.branch("release/*")' in when.text
+    assert 'pk.env("FORCE_DEPLOY", "yes") | pk.branch("main") & pk.param_is("DEPLOY", True)' in when.text
     run = PipelineRunner().run(pk.load(tmp_path / "pipeline.py"), branch="release/1.0")
     assert run.stages["not_a_release"].status == "skipped" and run.stages["main_only"].status == "skipped"
     assert run.stages["build"].status == "succeeded"
@@ -112,7 +113,8 @@ def test_what_cannot_be_converted_is_kept_as_a_comment_at_its_line_and_listed(tm
         assert f"line {line}: " in listed
     text = (tmp_path / "pipeline.py").read_text()
     assert "#     input message: 'Deploy?', ok: 'Yes'" in text
-    assert "# TODO(Jenkinsfile:18): when { expression { currentBuild.previousBuild == null } }" in text
+    assert "# TODO(Jenkinsfile:18): a Groovy `when { expression }`: write it as a pk condition:" in text
+    assert "#     expression { currentBuild.previousBuild == null }" in text
     assert main(["import", "jenkinsfile", str(path), "-o", str(tmp_path / "pipeline.py")], out=out, err=err) == 2
     assert "--force" in err.getvalue()
 
