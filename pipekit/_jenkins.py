@@ -198,12 +198,12 @@ class _Converter:
                 here.notes.append(self.notes.todo(getattr(branch, "line", 0), "not a stage", _raw(branch)))
         return ends
 
-    def group(self, node: Call, inherited: _Inherited) -> _Inherited:
+    def group(self, node: Call, inherited: _Inherited, axes: tuple[str, ...] = ()) -> _Inherited:
         """What a stage that holds stages passes on to them: its when, agent, environment."""
         notes = inherited.notes
         when = block(node, "when")
         cond = condition(when, self.notes, notes) if when is not None else None
-        found = agent(block(node, "agent"), self.notes)
+        found = agent(block(node, "agent"), self.notes, axes)
         notes += found.notes
         env = self.environment(block(node, "environment"), notes)
         for n in node.block or ():
@@ -227,7 +227,7 @@ class _Converter:
             return self.sequence(inner, before, inherited) if inner is not None else before
         axes, excludes = shape
         rest = tuple(n for n in m.block or () if getattr(n, "name", "") not in ("axes", "excludes"))
-        here = self.group(Call("matrix", block=rest), inherited)
+        here = self.group(Call("matrix", block=rest), inherited, tuple(axes))
         here.parents = inherited.parents + (_label(node),)
         count = sum(1 for n in inner.block or () if isinstance(n, Call) and n.name == "stage")
         if count > 1:

@@ -51,7 +51,7 @@ def _safe(line: str) -> str:
 def comment(text: str, *more: str) -> Comment:
     lines: list[str] = []
     for part in (text, *more):
-        lines += [_safe(line) for line in (part.splitlines() or [""])]
+        lines += [_safe(line) for line in part.replace("\r\n", "\n").split("\n")]
     return Comment(tuple(lines))
 
 

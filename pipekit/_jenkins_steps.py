@@ -44,7 +44,7 @@ class Notes:
     def todo(self, line: int, why: str, original: str = "") -> Comment:
         self.todos.append((line, why))
         head = f"TODO(Jenkinsfile:{line}): {why}" + (":" if original else "")
-        return comment(head, *("    " + t for t in textwrap.dedent(original).strip("\n").splitlines()))
+        return comment(head, *("    " + t for t in textwrap.dedent(original).strip("\n").split("\n") if original))
 
 
 @attrs.define
