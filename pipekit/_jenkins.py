@@ -22,8 +22,7 @@ from typing import Any
 import attrs
 
 from pipekit import __version__
-from pipekit._jenkins_directives import agent, block, condition, matrix_axes, options, parameters, triggers
-from pipekit._jenkins_directives import env_secret
+from pipekit._jenkins_directives import agent, block, condition, env_secret, matrix_axes, options, parameters, triggers
 from pipekit._jenkins_emit import Comment, Def, Module, call, comment, name, value
 from pipekit._jenkins_parse import Assign, Call, GString, Jenkinsfile, ParseError, Raw, parse_file
 from pipekit._jenkins_steps import IDENT, Notes, Scope, StepWriter, identifier
@@ -105,14 +104,16 @@ class _Converter:
             top += self.section(section, made)
         if made:
             kwargs["triggers"] = ast.List(made, ast.Load())
-        pipeline = ast.Assign([ast.Name("pipeline", ast.Store())], call("pk.Pipeline", pipeline_name, **kwargs), lineno=0)
+        pipeline = ast.Assign(
+            [ast.Name("pipeline", ast.Store())], call("pk.Pipeline", pipeline_name, **kwargs), lineno=0
+        )
         self.stages()
         self.posts(block(self.root, "post"), None, self.defs)
         doc = f"Converted from a Jenkinsfile by `pipekit import jenkinsfile` (pipekit {__version__})."
         if self.notes.todos:
             doc += "\n\nSearch for TODO: those parts of the Jenkinsfile need converting by hand.\n"
-        imports = [ast.Import([ast.alias("pipekit", "pk")])]
-        return Module(doc, [imports, params, [pipeline, *top], list(self.defs)])
+        imports: list[Any] = [ast.Import([ast.alias("pipekit", "pk")])]
+        return Module(doc, [imports, list(params), [pipeline, *top], list(self.defs)])
 
     def section(self, node: Any, made: list[ast.expr]) -> list[Any]:
         """A pipeline-level section other than the ones run() reads."""
@@ -138,7 +139,11 @@ class _Converter:
         items: list[tuple[str, ast.expr]] = []
         for a in node.block or () if node is not None else ():
             if not isinstance(a, Assign) or not IDENT.match(a.name):
-                why = "a value computed in Groovy: set it by hand" if isinstance(a, Raw) else "not an environment variable"
+                why = (
+                    "a value computed in Groovy: set it by hand"
+                    if isinstance(a, Raw)
+                    else "not an environment variable"
+                )
                 notes.append(self.notes.todo(getattr(a, "line", 0), why, _raw(a)))
                 continue
             self.env_names.add(a.name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import itertools
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -53,12 +54,20 @@ def agent(node: Call | None, notes: Notes, axes: tuple[str, ...] = ()) -> Agent:
     if docker is not None:
         spec = docker.first() or docker.kw("image") or (block(docker, "image") or Call("")).first()
         image = _image_text(spec, axes)
-        todo = [notes.todo(docker.line, "the agent's image is computed: set image= by hand", docker.raw)] if image is None else []
-        extra = [n for n in docker.block or () if not (isinstance(n, Call) and n.name in ("image", "label", "reuseNode"))]
+        todo = (
+            [notes.todo(docker.line, "the agent's image is computed: set image= by hand", docker.raw)]
+            if image is None
+            else []
+        )
+        extra = [
+            n for n in docker.block or () if not (isinstance(n, Call) and n.name in ("image", "label", "reuseNode"))
+        ]
         extra += [Call(k, line=docker.line, raw=f"{k}: {v!r}") for k, v in docker.kwargs if k not in ("image", "label")]
         for n in extra:
             why = "this docker agent setting is not converted (volumes, user: the stage's own options)"
-            todo.append(notes.todo(getattr(n, "line", docker.line), why, getattr(n, "raw", "") or getattr(n, "text", "")))
+            todo.append(
+                notes.todo(getattr(n, "line", docker.line), why, getattr(n, "raw", "") or getattr(n, "text", ""))
+            )
         return Agent(image=image, notes=tuple(todo))
     if dockerfile is not None:
         filename = (block(dockerfile, "filename") or Call("")).first() or "Dockerfile"
@@ -113,7 +122,7 @@ def _simple(node: Call, notes: Notes, out: list[Any]) -> ast.expr | None:
     return None
 
 
-_EXPRESSIONS = [
+_EXPRESSIONS: list[tuple[str, Callable[[re.Match[str]], ast.expr]]] = [
     (r"!\s*params\.(\w+)", lambda m: ast.UnaryOp(ast.Invert(), call("pk.param_is", m[1], True))),
     (r"params\.(\w+)(?:\s*==\s*true|\.toBoolean\(\))?", lambda m: call("pk.param_is", m[1], True)),
     (r"params\.(\w+)\s*==\s*false", lambda m: call("pk.param_is", m[1], False)),
@@ -153,7 +162,7 @@ def parameters(node: Call | None, notes: Notes) -> list[ast.stmt | Comment]:
             why = "a parameter whose name is not a Python name is not converted"
             out.append(notes.todo(getattr(p, "line", 0), why, getattr(p, "raw", "") or getattr(p, "text", "")))
             continue
-        target = [ast.Name(pname.upper(), ast.Store())]
+        target: list[ast.expr] = [ast.Name(pname.upper(), ast.Store())]
         help_text = p.kw("description", "")
         help_text = help_text if isinstance(help_text, str) else ""
         default = p.kw("defaultValue")
@@ -270,4 +279,3 @@ def env_secret(v: Call, notes: Notes, line: int, raw: str) -> ast.expr | Comment
     if not isinstance(cred, str) or not cred:
         return notes.todo(line, "credentials() with an id that is not a plain string", raw)
     return call("pk.secret", secret_name(cred))
-

@@ -115,7 +115,9 @@ def _triple(node: ast.expr) -> str | None:
         chunks: list[tuple[str, Any]] = [("text", node.value)]
         prefix = ""
     elif isinstance(node, ast.JoinedStr):
-        chunks = [("text", v.value) if isinstance(v, ast.Constant) else ("py", v.value) for v in node.values]
+        chunks = [
+            ("text", v.value) if isinstance(v, ast.Constant) else ("py", getattr(v, "value", v)) for v in node.values
+        ]
         prefix = "f"
     else:
         return None
@@ -148,7 +150,7 @@ class _Writer:
         self.prefix = f"__pk{n}_"
         self.literals: dict[str, str] = {}
 
-    def stmt(self, node: ast.stmt | Comment, indent: str) -> list[str]:
+    def stmt(self, node: Any, indent: str) -> list[str]:
         if isinstance(node, Comment):
             return [f"{indent}# {line}".rstrip() if line else f"{indent}#" for line in node.lines]
         node = self._multiline(node)

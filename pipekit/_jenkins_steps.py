@@ -187,7 +187,9 @@ class StepWriter:
             return self.assign(node, scope)
         if not isinstance(node, Call):
             return [self.notes.todo(0, f"an unknown statement: {node!r}")]
-        handler: Callable[[Call, Scope], list[Item]] | None = getattr(self, f"_step_{node.name.replace('.', '_')}", None)
+        handler: Callable[[Call, Scope], list[Item]] | None = getattr(
+            self, f"_step_{node.name.replace('.', '_')}", None
+        )
         if handler is not None:
             return handler(node, scope)
         if node.name in JENKINS_ONLY:
@@ -195,7 +197,10 @@ class StepWriter:
         if node.name.endswith(".push") and not node.name.startswith("docker."):
             return self._push(node, scope, None, "")
         if node.block is not None and not node.kwargs and node.name in HARMLESS_WRAPPERS:
-            return [comment(f"{node.name} {{ }}: Jenkins only (Jenkinsfile:{node.line})"), *self.steps(node.block, scope)]
+            return [
+                comment(f"{node.name} {{ }}: Jenkins only (Jenkinsfile:{node.line})"),
+                *self.steps(node.block, scope),
+            ]
         if node.block is not None:
             why = f"`{node.name}` around these steps is not converted (its steps are, below)"
             return [self.notes.todo(node.line, why, node.raw.split("{", 1)[0]), *self.steps(node.block, scope)]
@@ -340,13 +345,17 @@ class StepWriter:
             why = f"`{node.name}`: the image is not built in this stage: build it here with ctx.docker.build"
             return [self.notes.todo(node.line, why, node.raw)]
         base = ast.Call(
-            ast.Attribute(ast.Subscript(name(f"{image}.tags"), value(0)), "rsplit", ast.Load()), [value(":"), value(1)], []
+            ast.Attribute(ast.Subscript(name(f"{image}.tags"), value(0)), "rsplit", ast.Load()),
+            [value(":"), value(1)],
+            [],
         )
         tag = node.first()
         ref: ast.expr = ast.Subscript(name(f"{image}.tags"), value(0))
         if tag is not None:
             ref = ast.BinOp(
-                ast.Subscript(base, value(0)), ast.Add(), text([("text", ":"), *self.parts(tag, node.line, scope, shell=False)])
+                ast.Subscript(base, value(0)),
+                ast.Add(),
+                text([("text", ":"), *self.parts(tag, node.line, scope, shell=False)]),
             )
         if registry:
             ref = ast.BinOp(value(registry + "/"), ast.Add(), ref)

@@ -263,7 +263,9 @@ def test_the_corpus_score_and_the_generated_code_is_formatted_and_valid_for_pyth
     assert counts[3] == 0 and counts[2] == len(REFUSED)
     ruff = [sys.executable, "-m", "ruff"]
     formatted = subprocess.run(
-        [*ruff, "format", "--check", "--isolated", "--line-length", "100", str(tmp_path)], capture_output=True, text=True
+        [*ruff, "format", "--check", "--isolated", "--line-length", "100", str(tmp_path)],
+        capture_output=True,
+        text=True,
     )
     assert formatted.returncode == 0, formatted.stdout
     syntax = subprocess.run(
@@ -293,7 +295,9 @@ def test_the_console_script_imports_a_real_jenkinsfile_and_checks_its_claim(tmp_
     _said(proc.returncode, proc.stderr)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    check = subprocess.run(["pipekit", "validate", "--no-image-check"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    check = subprocess.run(
+        ["pipekit", "validate", "--no-image-check"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
 
 
@@ -311,7 +315,8 @@ def _minimal(tmp_path: Path, source: str) -> tuple[int, str, str]:
 
 
 def _stage(body: str, pre: str = "") -> str:
-    return f"{pre}pipeline {{\n  agent any\n  stages {{\n    stage('a') {{\n      steps {{\n{body}\n      }}\n    }}\n  }}\n}}\n"
+    head = f"{pre}pipeline {{\n  agent any\n  stages {{\n    stage('a') {{\n      steps {{\n"
+    return head + f"{body}\n      }}\n    }}\n  }}\n}}\n"
 
 
 def test_1_multi_line_tools_triggers_and_libraries_are_one_todo_each_with_their_text(tmp_path: Path) -> None:
@@ -364,7 +369,9 @@ def test_5_slashy_strings_and_regex_operators_are_read(tmp_path: Path) -> None:
         "        script {\n          if (env.GIT_BRANCH ==~ /^test.*$/) { echo 'x' }\n"
         "          def m = ('v1.2' =~ $/v(\\d+)/$)\n        }\n        sh 'make'",
         "",
-    ).replace("    stage('a') {\n", "    stage('a') {\n      when { expression { env.BRANCH_NAME ==~ /(main|release)/ } }\n")
+    ).replace(
+        "    stage('a') {\n", "    stage('a') {\n      when { expression { env.BRANCH_NAME ==~ /(main|release)/ } }\n"
+    )
     code, err, text = _minimal(tmp_path, source)
     assert 'when=pk.branch("main", "release")' in text
     assert "#     if (env.GIT_BRANCH ==~ /^test.*$/) { echo 'x' }" in text
@@ -384,7 +391,9 @@ def test_7_the_same_stage_name_in_two_branches_gives_two_functions_and_needs_fol
     branch = "        stage('{0}') {{ stages {{\n          stage('Print info') {{ steps {{ sh 'uname -m' }} }}\n"
     branch += "          stage('Build') {{ steps {{ sh 'make {0}' }} }}\n        }} }}\n"
     source = "pipeline {\n  agent any\n  stages {\n    stage('Platforms') { parallel {\n"
-    source += branch.format("amd64") + branch.format("arm64") + "    } }\n    stage('Done') { steps { echo 'ok' } }\n  }\n}\n"
+    source += (
+        branch.format("amd64") + branch.format("arm64") + "    } }\n    stage('Done') { steps { echo 'ok' } }\n  }\n}\n"
+    )
     _, _, text = _minimal(tmp_path, source)
     plan = pk.plan(pk.load(tmp_path / "pipeline.py"))
     assert set(plan.upstream("build_arm64")) == {"print_info_arm64"}
@@ -395,7 +404,7 @@ def test_7_the_same_stage_name_in_two_branches_gives_two_functions_and_needs_fol
 def test_8_matrix_becomes_pipekits_matrix_with_its_excludes(tmp_path: Path) -> None:
     source = (
         "pipeline {\n  agent none\n  stages {\n    stage('Test') {\n      matrix {\n"
-        "        agent { docker { image \"python:${PY}\" } }\n"
+        '        agent { docker { image "python:${PY}" } }\n'
         "        axes {\n          axis { name 'PY'; values '3.11', '3.12' }\n"
         "          axis { name 'DB'; values 'pg', 'sqlite' }\n        }\n"
         "        excludes { exclude { axis { name 'PY'; values '3.11' }\n axis { name 'DB'; notValues 'pg' } } }\n"
@@ -404,7 +413,7 @@ def test_8_matrix_becomes_pipekits_matrix_with_its_excludes(tmp_path: Path) -> N
     code, _, text = _minimal(tmp_path, source)
     assert code == 0, text
     order = pk.plan(pk.load(tmp_path / "pipeline.py")).order
-    assert "image=\"python:{PY}\"" in text
+    assert 'image="python:{PY}"' in text
     assert 'matrix={"PY": ["3.11", "3.12"], "DB": ["pg", "sqlite"]}' in text
     assert 'exclude=[{"PY": "3.11", "DB": "sqlite"}]' in text
     assert 'env={"PY": ctx.matrix["PY"], "DB": ctx.matrix["DB"]}' in text
@@ -427,7 +436,8 @@ def test_8_a_parent_when_applies_to_every_stage_inside_it(tmp_path: Path) -> Non
 def test_8_what_pipekit_lacks_is_a_todo_that_says_what_to_do_instead(tmp_path: Path) -> None:
     source = (
         "pipeline {\n  agent { kubernetes { yamlFile 'pod.yaml' } }\n  stages {\n"
-        "    stage('Build') {\n      tools { maven 'm3' }\n      steps { script { img = docker.build('org/app') } }\n    }\n"
+        "    stage('Build') {\n      tools { maven 'm3' }\n"
+        "      steps { script { img = docker.build('org/app') } }\n    }\n"
         "    stage('Push') {\n      input { message 'Ship it?' }\n      steps { script {\n"
         "        docker.withRegistry('', 'hub-creds') { img.push() }\n"
         "        withCredentials([string(credentialsId: \"${env.CRED}\", variable: 'T')]) { sh 'echo' }\n"
@@ -449,7 +459,9 @@ def test_8_what_pipekit_lacks_is_a_todo_that_says_what_to_do_instead(tmp_path: P
 
 def test_8_a_credentials_id_in_a_groovy_string_is_a_todo_not_a_name(tmp_path: Path) -> None:
     source = _stage("        sh 'make'").replace("  agent any\n", "  agent any\n  environment {\n")
-    source = source.replace("environment {\n", "environment {\n    TOKEN = credentials(\"${ID}\")\n    OK = credentials('api-key')\n  }\n")
+    source = source.replace(
+        "environment {\n", "environment {\n    TOKEN = credentials(\"${ID}\")\n    OK = credentials('api-key')\n  }\n"
+    )
     _, err, text = _minimal(tmp_path, source)
     assert "line 4: credentials() with an id that is not a plain string" in err
     assert 'env={"OK": pk.secret("API_KEY")}' in text
