@@ -73,7 +73,7 @@ class _Converter:
 
     def unique(self, wanted: str, parents: tuple[str, ...] = ()) -> str:
         """A function name no other has: the stage's, else with its parents', else numbered."""
-        candidates = [wanted] + [f"{wanted}_{identifier(p)}" for p in reversed(parents)]
+        candidates = [wanted] + [f"{wanted}_{identifier(p)}"[:100] for p in reversed(parents)]
         found = next((c for c in candidates if c not in self.taken), None)
         n = 2
         while found is None:
@@ -174,6 +174,8 @@ class _Converter:
         if stages is None:
             raise ParseError("the pipeline has no `stages` block", self.root.line)
         self.sequence(stages, [], _Inherited())
+        if not any(isinstance(d, Def) and d.args == ("ctx",) for d in self.defs):
+            raise ParseError("the pipeline has no stage that could be read (Jenkins needs one in `stages`)", stages.line)
 
     def sequence(self, stages: Call, before: list[str], inherited: _Inherited) -> list[str]:
         """The stages of a ``stages`` block, each needing the last ones before it; returns the

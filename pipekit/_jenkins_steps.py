@@ -62,7 +62,7 @@ class Scope:
 
 def identifier(label: str) -> str:
     """A Python name for a stage or function: 'Build & Test' -> build_test."""
-    ident = re.sub(r"[^0-9a-zA-Z]+", "_", label).strip("_").lower() or "stage"
+    ident = re.sub(r"[^0-9a-zA-Z]+", "_", label).strip("_").lower()[:60].strip("_") or "stage"
     return f"s_{ident}" if ident[0].isdigit() else ident
 
 
