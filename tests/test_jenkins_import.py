@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -506,3 +507,53 @@ def test_a_wrong_result_is_the_importers_error_exit_3_and_kept_beside(tmp_path: 
     monkeypatch.setattr(check_module, "convert", lambda source, name: Converted("import pipekit as pk\n", ()))
     code, err, _ = _import(jenkinsfile, tmp_path)
     assert code == 3 and "does not validate" in err or "does not load" in err
+
+
+def test_held_out_real_jenkinsfiles_never_give_a_wrong_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Jenkinsfiles kept aside while the importer was written: whatever the command says, its
+    result is valid, and its exit code is what it printed."""
+    held = sorted((FILES / "heldout").glob("*.Jenkinsfile"))
+    assert len(held) >= 10
+    counts = {0: 0, 1: 0, 2: 0, 3: 0}
+    for path in held:
+        folder = tmp_path / path.stem
+        folder.mkdir()
+        code, err, target = _import(path, folder)
+        _said(code, err)
+        counts[code] += 1
+        if code in (0, 1):
+            assert check_source(target.read_text()) is None
+            assert find_errors(pk.load(target)) == []
+    assert counts[3] == 0
+    with capsys.disabled():
+        print(f"\nheld-out Jenkinsfiles: {len(held)}: {counts[0]} complete, {counts[1]} partial, {counts[2]} refused")
+
+
+def test_mangled_jenkinsfiles_are_refused_or_converted_to_a_valid_file_never_worse() -> None:
+    """Real Jenkinsfiles with random characters put in, cut out and copied over: the importer says
+    it cannot read one (ParseError, exit 2) or writes a valid pipeline.py; nothing else."""
+    from pipekit._jenkins_check import check
+
+    rng = random.Random(24)
+    sources = [p.read_text(encoding="utf-8") for p in CORPUS[::3]]
+    pieces = list("{}()[]'\"$/\\\n ;:,=~*#@`\u2028é") + ["${", "$/", "/$", "stage(", '"""', "'''", "//", "/*", "*/"]
+    converted = 0
+    for _ in range(100):
+        source = rng.choice(sources)
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(source) + 1)
+            j = rng.randrange(len(source) + 1)
+            source = rng.choice(
+                [
+                    source[:i] + rng.choice(pieces) + source[i:],
+                    source[:i] + source[i + 20 :],
+                    source[:i] + source[j : j + 40] + source[i:],
+                ]
+            )
+        try:
+            result = convert(source)
+        except ParseError:
+            continue
+        assert check(result.text) is None, source
+        converted += 1
+    assert converted > 30  # the rest are refused: a brace or quote cut out leaves a block open
