@@ -86,6 +86,11 @@ class _Converter:
     def run(self, pipeline_name: str) -> Module:
         top: list[Any] = [self.notes.todo(r.line, _outside_why(r), r.text) for r in self.outside]
         params = parameters(block(self.root, "parameters"), self.notes)
+        self.steps.params = {
+            str(p.value.args[0].value)  # type: ignore[attr-defined]
+            for p in params
+            if isinstance(p, ast.Assign) and isinstance(p.value, ast.Call) and ast.unparse(p.value.func) == "pk.param"
+        }
         self.default_agent = agent(block(self.root, "agent"), self.notes)
         top += self.default_agent.notes
         env = self.environment(block(self.root, "environment"), top)
@@ -175,7 +180,9 @@ class _Converter:
             raise ParseError("the pipeline has no `stages` block", self.root.line)
         self.sequence(stages, [], _Inherited())
         if not any(isinstance(d, Def) and d.args == ("ctx",) for d in self.defs):
-            raise ParseError("the pipeline has no stage that could be read (Jenkins needs one in `stages`)", stages.line)
+            raise ParseError(
+                "the pipeline has no stage that could be read (Jenkins needs one in `stages`)", stages.line
+            )
 
     def sequence(self, stages: Call, before: list[str], inherited: _Inherited) -> list[str]:
         """The stages of a ``stages`` block, each needing the last ones before it; returns the

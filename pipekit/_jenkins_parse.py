@@ -29,7 +29,19 @@ import attrs
 
 from pipekit._jenkins_lex import GString, Token, tokenize
 
-__all__ = ["Assign", "Call", "Concat", "GString", "Jenkinsfile", "ParseError", "Raw", "Ref", "parse", "parse_file"]
+__all__ = [
+    "Assign",
+    "Call",
+    "Chain",
+    "Concat",
+    "GString",
+    "Jenkinsfile",
+    "ParseError",
+    "Raw",
+    "Ref",
+    "parse",
+    "parse_file",
+]
 
 
 class ParseError(Exception):
@@ -50,6 +62,14 @@ class Concat:
     """``a + b + ...``: strings and names joined."""
 
     parts: tuple[Any, ...]
+
+
+@attrs.frozen
+class Chain:
+    """``call(...).trim()``: a call and the methods without arguments called on its result."""
+
+    call: Call
+    methods: tuple[str, ...]
 
 
 @attrs.frozen
@@ -294,7 +314,14 @@ class _Parser:
             name = self.path()
             if self.is_op("(") or self.is_op("{"):
                 self.i = start
-                return self.call(t)
+                made = self.call(t)
+                methods: list[str] = []
+                while self.is_op(".") and self.peek().kind == "name" and self.peek(2).text == "(":
+                    if self.peek(3).text != ")":
+                        raise ParseError("a method call with arguments", t.line)
+                    methods.append(self.peek().text)
+                    self.i += 4
+                return Chain(made, tuple(methods)) if methods else made
             return Ref(name)
         raise ParseError(f"a value was expected, found '{t.text or t.kind}'", t.line)
 

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from pipekit._jenkins_emit import Comment, call, comment, name, text, value
-from pipekit._jenkins_parse import Assign, Call, Concat, GString, Raw, Ref
+from pipekit._jenkins_parse import Assign, Call, Chain, Concat, GString, Raw, Ref
 
 __all__ = ["Notes", "Scope", "StepWriter", "identifier", "secret_name"]
 
@@ -26,6 +26,8 @@ JENKINS_VARS = {
     "CHANGE_BRANCH", "CHANGE_URL", "CHANGE_AUTHOR", "CHANGE_TITLE", "TAG_NAME", "NODE_NAME", "EXECUTOR_NUMBER",
     "BUILD_DISPLAY_NAME", "GIT_AUTHOR_NAME", "GIT_COMMITTER_EMAIL", "BUILD_TIMESTAMP",
 }  # fmt: skip
+#: variables every shell has
+SYSTEM_VARS = {"PATH", "HOME", "USER", "PWD", "SHELL", "HOSTNAME", "LANG", "TMPDIR", "TERM", "UID"}
 #: steps that only matter to Jenkins itself: left out, with a note
 JENKINS_ONLY = {"cleanWs", "deleteDir", "checkout", "git", "milestone", "properties", "buildName", "buildDescription"}
 #: wrappers whose steps run as they are without them
@@ -117,6 +119,7 @@ class StepWriter:
         self.env_names = env_names  # names the environment blocks set
         self.env_values = env_values  # ... and their literal values (credentials ids in variables)
         self.pending: list[Comment] = []
+        self.params: set[str] = set()  # declared parameters: Jenkins also sets them as variables
 
     # -- strings ----------------------------------------------------------------------------
     def parts(self, v: Any, line: int, scope: Scope, *, shell: bool) -> list[tuple[str, Any]]:
@@ -148,18 +151,23 @@ class StepWriter:
         m = ENV.match(expr)
         if m is None or (not expr.startswith("env.") and not as_text and m.group(1) not in self.env_names):
             if m is not None and pyvar(m.group(1)) in scope.assigned:
-                return [("py", call("str", name(pyvar(m.group(1)))))]
+                return [("py", name(pyvar(m.group(1))))]
             self.pending.append(self.notes.todo(line, f"the Groovy expression `{expr}` is left as text"))
             return kept
         var = m.group(1)
+        if var in self.params:
+            return [("py", name(f"ctx.params.{var}"))]
         if var in BUILTINS:
             return [("py", name(BUILTINS[var]))]
         if var in scope.axes:
             return [("text", f"${{{var}}}")] if shell else [("py", ast.Subscript(name("ctx.matrix"), value(var)))]
         if pyvar(var) in scope.assigned and not expr.startswith("env."):
-            return [("py", call("str", name(pyvar(var))))]
+            return [("py", name(pyvar(var)))]
         if var in JENKINS_VARS:
             self.pending.append(self.notes.todo(line, f"Jenkins sets {var}; pipekit does not: set it or drop it"))
+        elif not expr.startswith("env.") and var not in self.env_names | set(scope.env) | SYSTEM_VARS:
+            why = f"`{var}` is not set in this pipeline (a Groovy variable, or set elsewhere): set it or drop it"
+            self.pending.append(self.notes.todo(line, why))
         if shell:
             return [("text", f"${{{var}}}")]
         return [("py", call("ctx.env.get", var, ""))]
@@ -321,6 +329,9 @@ class StepWriter:
     def assign(self, node: Assign, scope: Scope) -> list[Item]:
         v = node.value
         var = node.name
+        if IDENT.match(var) and (made := self._captured(v, node.line, scope)) is not None:
+            scope.assigned.add(pyvar(var))
+            return [ast.Assign([ast.Name(pyvar(var), ast.Store())], made, lineno=0)]
         if isinstance(v, Call) and v.name == "docker.build" and IDENT.match(var) and v.args:
             kwargs: dict[str, Any] = {"tag": self.string(v.first(), node.line, scope)}
             args: list[Any] = []
@@ -338,6 +349,20 @@ class StepWriter:
             target = ast.Name(pyvar(var), ast.Store())
             return [ast.Assign([target], call("ctx.docker.build", *args, **kwargs), lineno=0)]
         return [self.notes.todo(node.line, "Groovy code is not converted", node.raw)]
+
+    def _captured(self, v: Any, line: int, scope: Scope) -> ast.expr | None:
+        """``sh(script: ..., returnStdout: true)`` (``.trim()``) and ``returnStatus: true`` as a value."""
+        call_, methods = (v.call, v.methods) if isinstance(v, Chain) else (v, ())
+        if not isinstance(call_, Call) or call_.name != "sh" or set(methods) - {"trim"}:
+            return None
+        script = call_.first() if call_.args else call_.kw("script")
+        if script is None or not (call_.kw("returnStdout") is True or call_.kw("returnStatus") is True):
+            return None
+        command = text(_dedent(self.parts(script, line, scope, shell=True)))
+        if call_.kw("returnStatus") is True:
+            return ast.Attribute(self._sh(command, scope, check=False).value, "exit_code", ast.Load())  # type: ignore[attr-defined]
+        made: ast.expr = ast.Attribute(self._sh(command, scope).value, "stdout", ast.Load())  # type: ignore[attr-defined]
+        return ast.Call(ast.Attribute(made, "strip", ast.Load()), [], []) if methods else made
 
     def _push(self, node: Call, scope: Scope, credentials: ast.expr | None, registry: str) -> list[Item]:
         image = pyvar(node.name.rsplit(".", 1)[0])
