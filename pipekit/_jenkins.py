@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import builtins
 import keyword
+import re
 import subprocess
 import sys
 from typing import Any
@@ -24,11 +25,12 @@ import attrs
 from pipekit import __version__
 from pipekit._jenkins_directives import agent, block, condition, env_secret, matrix_axes, options, parameters, triggers
 from pipekit._jenkins_emit import Comment, Def, Module, call, comment, name, value
-from pipekit._jenkins_parse import Assign, Call, GString, Jenkinsfile, ParseError, Raw, parse_file
+from pipekit._jenkins_parse import Assign, Call, Concat, GString, Jenkinsfile, ParseError, Raw, Ref, parse_file
 from pipekit._jenkins_steps import IDENT, Notes, Scope, StepWriter, identifier
 
 __all__ = ["Converted", "convert"]
 
+_CONSTANT = re.compile(r"""\s*(?:final\s+)?(?:def|String)?\s*(\w+)\s*=\s*(?:'([^'\\\n]*)'|"([^"$\\\n]*)")\s*;?\s*$""")
 POSTS = {"always": "always", "success": "success", "failure": "failure", "cleanup": "cleanup"}
 POSTS_ALSO = {"unstable": "failure", "unsuccessful": "failure"}
 STAGE_DIRECTIVES = {"agent", "environment", "options", "when", "post", "steps", "parallel", "stages", "matrix"}
@@ -59,7 +61,8 @@ def _label(node: Call) -> str:
 
 
 class _Converter:
-    def __init__(self, jf: Jenkinsfile) -> None:
+    def __init__(self, jf: Jenkinsfile, source: str = "") -> None:
+        self.source = source
         self.root = jf.pipeline
         self.outside = jf.outside
         self.notes = Notes()
@@ -84,7 +87,7 @@ class _Converter:
 
     # -- the pipeline -----------------------------------------------------------------------
     def run(self, pipeline_name: str) -> Module:
-        top: list[Any] = [self.notes.todo(r.line, _outside_why(r), r.text) for r in self.outside]
+        top: list[Any] = [self.outside_statement(r) for r in self.outside]
         params = parameters(block(self.root, "parameters"), self.notes)
         self.steps.params = {
             str(p.value.args[0].value)  # type: ignore[attr-defined]
@@ -159,17 +162,47 @@ class _Converter:
                     notes.append(made)
                 else:
                     items.append((a.name, made))
+            elif (known := self.static(v)) is not None:
+                self.env_values[a.name] = known
+                items.append((a.name, value(known)))
             elif isinstance(v, GString):
                 why = f"{a.name} is computed in Groovy: set it by hand (the value below is the Groovy text)"
                 notes.append(self.notes.todo(a.line, why, a.raw))
                 items.append((a.name, value("".join(p if k == "text" else "${" + p + "}" for k, p in v.parts))))
-            elif isinstance(v, (str, int, float, bool)):
-                text = str(v).lower() if isinstance(v, bool) else str(v)
-                self.env_values[a.name] = text
-                items.append((a.name, value(text)))
             else:
                 notes.append(self.notes.todo(a.line, f"{a.name} is computed in Groovy: set it by hand", a.raw))
         return items
+
+    def static(self, v: Any) -> str | None:
+        """A value known before the run (literals, and the environment's and Groovy constants'
+        literal values it uses), as Jenkins computes it; None when it is not."""
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, (str, int, float)):
+            return str(v)
+        if isinstance(v, Ref) or isinstance(v, GString):
+            refs = [v.path] if isinstance(v, Ref) else [p for k, p in v.parts if k == "expr"]
+            known = {**self.steps.constants, **self.env_values}
+            found = {r: known.get(r.removeprefix("env.")) for r in refs}
+            if any(x is None for x in found.values()):
+                return None
+            if isinstance(v, Ref):
+                return found[v.path]
+            return "".join(p if k == "text" else str(found[p]) for k, p in v.parts)
+        if isinstance(v, Concat):
+            parts = [self.static(p) for p in v.parts]
+            return None if any(p is None for p in parts) else "".join(str(p) for p in parts)
+        return None
+
+    def outside_statement(self, node: Raw) -> Comment:
+        """A statement outside ``pipeline { }``: a Groovy constant (``def X = 'v'``) is kept for
+        the strings that use it; anything else is a TODO."""
+        m = _CONSTANT.match(node.text)
+        assigned = len(re.findall(rf"(?<![\w.]){re.escape(m[1])}\s*=(?!=)", self.source)) if m else 0
+        if m and IDENT.match(m[1]) and assigned == 1:  # set once: a constant
+            self.steps.constants[m[1]] = m[2] if m[2] is not None else m[3]
+            return comment(f"the Groovy constant {m[1]} (Jenkinsfile:{node.line}) is written out where it is used")
+        return self.notes.todo(node.line, _outside_why(node), node.text)
 
     # -- stages -----------------------------------------------------------------------------
     def stages(self) -> None:
@@ -346,7 +379,7 @@ def _outside_why(node: Raw) -> str:
 
 def convert(source: str, pipeline_name: str = "pipeline") -> Converted:
     """Convert a declarative Jenkinsfile; ParseError when it cannot be read at all."""
-    converter = _Converter(parse_file(source))
+    converter = _Converter(parse_file(source), source)
     module = converter.run(pipeline_name)
     return Converted(format_source(module.render(source)), tuple(converter.notes.todos))
 

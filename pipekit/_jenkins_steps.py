@@ -120,6 +120,7 @@ class StepWriter:
         self.env_values = env_values  # ... and their literal values (credentials ids in variables)
         self.pending: list[Comment] = []
         self.params: set[str] = set()  # declared parameters: Jenkins also sets them as variables
+        self.constants: dict[str, str] = {}  # Groovy constants outside the pipeline: written out
 
     # -- strings ----------------------------------------------------------------------------
     def parts(self, v: Any, line: int, scope: Scope, *, shell: bool) -> list[tuple[str, Any]]:
@@ -155,6 +156,8 @@ class StepWriter:
             self.pending.append(self.notes.todo(line, f"the Groovy expression `{expr}` is left as text"))
             return kept
         var = m.group(1)
+        if var in self.constants and not expr.startswith("env.") and var not in self.env_names:
+            return [("text", self.constants[var])]
         if var in self.params:
             return [("py", name(f"ctx.params.{var}"))]
         if var in BUILTINS:

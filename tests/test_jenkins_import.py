@@ -557,3 +557,19 @@ def test_mangled_jenkinsfiles_are_refused_or_converted_to_a_valid_file_never_wor
         assert check(result.text) is None, source
         converted += 1
     assert converted > 30  # the rest are refused: a brace or quote cut out leaves a block open
+
+
+def test_values_known_before_the_run_are_written_out_and_script_values_become_python(tmp_path: Path) -> None:
+    pre = "def JDK = 'jdk17'\ndef changing = 'a'\n"
+    body = (
+        "        script {\n          def v = sh(script: 'git describe', returnStdout: true).trim()\n"
+        "          changing = 'b'\n          sh \"build --jdk ${JDK} --version ${v} ${changing}\"\n        }"
+    )
+    source = _stage(body, pre).replace(
+        "  agent any\n", "  agent any\n  environment {\n    A = 'x'\n    B = \"${A}/y\"\n  }\n"
+    )
+    _, err, text = _minimal(tmp_path, source)
+    assert 'env={"A": "x", "B": "x/y"}' in text
+    assert 'v = ctx.sh("git describe").stdout.strip()' in text
+    assert 'ctx.sh(f"build --jdk jdk17 --version {v} ${{changing}}")' in text
+    assert "line 2: Groovy code outside" in err and "`changing` is not set in this pipeline" in err
