@@ -94,7 +94,7 @@ class _Converter:
             for p in params
             if isinstance(p, ast.Assign) and isinstance(p.value, ast.Call) and ast.unparse(p.value.func) == "pk.param"
         }
-        self.default_agent = agent(block(self.root, "agent"), self.notes)
+        self.default_agent = agent(block(self.root, "agent"), self.notes, (), self.static)
         top += self.default_agent.notes
         env = self.environment(block(self.root, "environment"), top)
         found = options(block(self.root, "options"), self.notes)
@@ -250,13 +250,19 @@ class _Converter:
         notes = inherited.notes
         when = block(node, "when")
         cond = condition(when, self.notes, notes) if when is not None else None
-        found = agent(block(node, "agent"), self.notes, axes)
+        found = agent(block(node, "agent"), self.notes, axes, self.static)
         notes += found.notes
         env = self.environment(block(node, "environment"), notes)
         for n in node.block or ():
-            if not (isinstance(n, Call) and n.name in ("when", "agent", "environment", "parallel", "stages", "matrix")):
-                why = "this part of a stage that holds stages is not converted"
-                notes.append(self.notes.todo(getattr(n, "line", 0), why, _raw(n)))
+            kind = n.name if isinstance(n, Call) else ""
+            if kind in ("when", "agent", "environment", "parallel", "stages", "matrix", "failFast"):
+                continue
+            why = {
+                "tools": "pipekit installs no tools: run the stages inside in an image that has these (image=)",
+                "post": "post actions of a stage that holds stages: put them on its last stages (post=)",
+                "options": "options of a stage that holds stages: set them on the stages inside (timeout=, retries=)",
+            }.get(kind, "this part of a stage that holds stages is not converted")
+            notes.append(self.notes.todo(getattr(n, "line", 0), why, _raw(n)))
         return _Inherited(
             when=inherited.when + ((cond,) if cond is not None else ()),
             agent=found if block(node, "agent") is not None else inherited.agent,
@@ -291,7 +297,7 @@ class _Converter:
         notes = list(inherited.notes)
         inherited.notes.clear()  # a parent's TODOs go before its first stage only
         axes = tuple(shape[0]) if shape else ()
-        own = agent(block(node, "agent"), self.notes, axes)
+        own = agent(block(node, "agent"), self.notes, axes, self.static)
         notes += own.notes
         use = own if block(node, "agent") is not None else inherited.agent
         kwargs: dict[str, Any] = {}

@@ -37,23 +37,27 @@ class Agent:
     notes: tuple[Comment, ...] = ()
 
 
-def _image_text(v: Any, axes: tuple[str, ...]) -> ast.expr | None:
+def _image_text(v: Any, axes: tuple[str, ...], resolve: Callable[[Any], str | None]) -> ast.expr | None:
     """An image name, with matrix values as pk's ``{axis}`` placeholders."""
     if isinstance(v, str):
         return value(v)
+    if resolve(v) is not None:
+        return value(resolve(v))
     if isinstance(v, GString) and all(kind == "text" or part in axes for kind, part in v.parts):
         return value("".join(part if kind == "text" else "{" + part + "}" for kind, part in v.parts))
     return None
 
 
-def agent(node: Call | None, notes: Notes, axes: tuple[str, ...] = ()) -> Agent:
+def agent(
+    node: Call | None, notes: Notes, axes: tuple[str, ...] = (), resolve: Callable[[Any], str | None] = lambda v: None
+) -> Agent:
     """The image (or Dockerfile) of an ``agent``, and TODOs for what is not converted."""
     if node is None:
         return Agent()
     docker, dockerfile, kube = block(node, "docker"), block(node, "dockerfile"), block(node, "kubernetes")
     if docker is not None:
         spec = docker.first() or docker.kw("image") or (block(docker, "image") or Call("")).first()
-        image = _image_text(spec, axes)
+        image = _image_text(spec, axes, resolve)
         todo = (
             [notes.todo(docker.line, "the agent's image is computed: set image= by hand", docker.raw)]
             if image is None
