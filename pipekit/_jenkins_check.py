@@ -8,6 +8,7 @@ written beside as ``pipeline.py.rejected`` for a bug report.
 
 from __future__ import annotations
 
+import ast
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,11 +35,33 @@ def check(text: str) -> str | None:
         path = Path(folder) / "pipeline.py"
         path.write_text(text, encoding="utf-8")
         try:
-            errors = find_errors(pk.load(path))
+            pipeline = pk.load(path)
+            errors = find_errors(pipeline)
         except (PipekitError, Exception) as e:  # noqa: BLE001 - whatever the file raises, it is the importer's bug
             return f"it does not load: {type(e).__name__}: {str(e).replace(folder, '.')}"
     if errors:
         return "it does not validate: " + "; ".join(str(e).replace(folder, ".") for e in errors)
+    return _lost(text, len(pipeline.stages), len(pipeline.params))
+
+
+def _lost(text: str, stages: int, params: int) -> str | None:
+    """Whether a stage or parameter written in ``text`` is missing from the loaded pipeline (a
+    name that hides another)."""
+    tree = ast.parse(text)
+    written = sum(
+        1
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and any(ast.unparse(d).startswith("pk.stage") for d in node.decorator_list)
+    )
+    declared = sum(
+        1
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and ast.unparse(node.value.func) == "pk.param"
+    )
+    if (written, declared) != (stages, params):
+        return f"it loses parts: {written} stages and {declared} parameters written, {stages} and {params} loaded"
     return None
 
 

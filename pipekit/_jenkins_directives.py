@@ -160,13 +160,19 @@ def _expression(node: Call, notes: Notes, out: list[Any]) -> ast.expr | None:
 # -- parameters, options, triggers --------------------------------------------------------------
 def parameters(node: Call | None, notes: Notes) -> list[ast.stmt | Comment]:
     out: list[ast.stmt | Comment] = []
+    used: set[str] = set()
     for p in node.block or () if node is not None else ():
         pname = p.kw("name") if isinstance(p, Call) else None
         if not isinstance(p, Call) or not isinstance(pname, str) or not IDENT.match(pname):
             why = "a parameter whose name is not a Python name is not converted"
             out.append(notes.todo(getattr(p, "line", 0), why, getattr(p, "raw", "") or getattr(p, "text", "")))
             continue
-        target: list[ast.expr] = [ast.Name(pname.upper(), ast.Store())]
+        constant = pname.upper()
+        n = 2
+        while constant in used:  # `name` and `NAME`: two parameters, two names
+            constant, n = f"{pname.upper()}_{n}", n + 1
+        used.add(constant)
+        target: list[ast.expr] = [ast.Name(constant, ast.Store())]
         help_text = p.kw("description", "")
         help_text = help_text if isinstance(help_text, str) else ""
         default = p.kw("defaultValue")

@@ -506,7 +506,11 @@ def test_a_wrong_result_is_the_importers_error_exit_3_and_kept_beside(tmp_path: 
     assert not target.exists() and (tmp_path / "pipeline.py.rejected").read_text() == "x = f'{a['b']}'\n"
     monkeypatch.setattr(check_module, "convert", lambda source, name: Converted("import pipekit as pk\n", ()))
     code, err, _ = _import(jenkinsfile, tmp_path)
-    assert code == 3 and "does not validate" in err or "does not load" in err
+    assert code == 3 and "does not validate" in err and "defines no stages" in err
+    hidden = 'import pipekit as pk\nA = pk.param("a")\nA = pk.param("b")\n\n\n@pk.stage\ndef s(ctx):\n    pass\n'
+    monkeypatch.setattr(check_module, "convert", lambda source, name: Converted(hidden, ()))
+    code, err, _ = _import(jenkinsfile, tmp_path)
+    assert code == 3 and "it loses parts: 1 stages and 2 parameters written, 1 and 1 loaded" in err
 
 
 def test_held_out_real_jenkinsfiles_never_give_a_wrong_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -573,3 +577,17 @@ def test_values_known_before_the_run_are_written_out_and_script_values_become_py
     assert 'v = ctx.sh("git describe").stdout.strip()' in text
     assert 'ctx.sh(f"build --jdk jdk17 --version {v} ${{changing}}")' in text
     assert "line 2: Groovy code outside" in err and "`changing` is not set in this pipeline" in err
+
+
+def test_names_never_clash_with_each_other_or_with_python(tmp_path: Path) -> None:
+    source = (
+        "pipeline {\n  agent any\n"
+        "  parameters { string(name: 'name', defaultValue: 'a'); string(name: 'NAME', defaultValue: 'b') }\n"
+        "  stages {\n    stage('pipeline') { steps { sh 'a' } }\n    stage('class') { steps { sh 'b' } }\n"
+        "    stage('pk') { steps { echo \"${params.name} ${NAME}\" } }\n  }\n}\n"
+    )
+    _, _, text = _minimal(tmp_path, source)
+    loaded = pk.load(tmp_path / "pipeline.py")
+    assert sorted(loaded.params) == ["NAME", "name"]
+    assert [s.name for s in loaded.stages] == ["pipeline_2", "class_2", "pk_2"]
+    assert 'ctx.log.info(f"{ctx.params.name} {ctx.params.NAME}")' in text
