@@ -91,20 +91,30 @@ def convert_file(path: Path, output: Path | None, *, force: bool, out: IO[str], 
     problem = check(text)
     if problem is not None:
         rejected = (output.parent if output is not None else Path.cwd()) / "pipeline.py.rejected"
-        rejected.write_text(text, encoding="utf-8")
+        kept = f"the result is in {rejected} for a bug report" if _write(rejected, text, err) else "nor kept"
         print(
             f"pipekit: internal error of the importer: the pipeline.py it made from {path} is wrong: {problem}."
-            f" Nothing was written as pipeline.py; the result is in {rejected} for a bug report.",
+            f" Nothing was written as pipeline.py; {kept}.",
             file=err,
         )
         return 3
     if output is None:
         out.write(text)
-    else:
-        output.write_text(text, encoding="utf-8")
+    elif _write(output, text, err):
         print(f"wrote {output}", file=err)
+    else:
+        return 2
     _report(result.todos, path, err)
     return 1 if result.todos else 0
+
+
+def _write(target: Path, text: str, err: IO[str]) -> bool:
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as e:
+        print(f"pipekit: cannot write {target}: {e.strerror or e}", file=err)
+        return False
+    return True
 
 
 def _report(todos: Sequence[tuple[int, str]], path: Path, err: IO[str]) -> None:

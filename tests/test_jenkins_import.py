@@ -591,3 +591,16 @@ def test_names_never_clash_with_each_other_or_with_python(tmp_path: Path) -> Non
     assert sorted(loaded.params) == ["NAME", "name"]
     assert [s.name for s in loaded.stages] == ["pipeline_2", "class_2", "pk_2"]
     assert 'ctx.log.info(f"{ctx.params.name} {ctx.params.NAME}")' in text
+
+
+def test_a_file_that_cannot_be_read_or_written_is_said_with_exit_2(tmp_path: Path) -> None:
+    jenkinsfile = tmp_path / "Jenkinsfile"
+    jenkinsfile.write_bytes(b"pipeline { stages { stage('\xff') { steps { sh 'x' } } } }")
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["import", "jenkinsfile", str(jenkinsfile)], out=out, err=err) == 2
+    assert f"pipekit: cannot read {jenkinsfile}" in err.getvalue()
+    jenkinsfile.write_text(_stage("        sh 'make'"))
+    target = tmp_path / "no" / "such" / "pipeline.py"
+    assert main(["import", "jenkinsfile", str(jenkinsfile), "-o", str(target)], out=out, err=err) == 2
+    assert f"pipekit: cannot write {target}: No such file or directory" in err.getvalue()
+    assert "Traceback" not in err.getvalue()
