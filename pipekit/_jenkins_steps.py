@@ -57,6 +57,7 @@ class Scope:
     cwd: str | None = None
     axes: tuple[str, ...] = ()
     assigned: set[str] = attrs.field(factory=set)
+    noted: set[str] = attrs.field(factory=set)  # notes already written in this function
 
     def inner(self, **changes: Any) -> Scope:
         return attrs.evolve(self, **changes)
@@ -303,8 +304,13 @@ class StepWriter:
         globs = self._globs(node, "testResults", scope)
         if not globs:
             return [self.notes.todo(node.line, "a `junit` step with computed paths", node.raw)]
-        note = comment("Jenkins marks failed tests unstable, not failed: fail_on_failure=True fails the stage")
-        return [note, ast.Expr(call("ctx.junit", *globs, fail_on_failure=False))]
+        made: list[Item] = [ast.Expr(call("ctx.junit", *globs, fail_on_failure=False))]
+        if "junit" not in scope.noted:
+            scope.noted.add("junit")
+            made.insert(
+                0, comment("Jenkins marks failed tests unstable, not failed: fail_on_failure=True fails the stage")
+            )
+        return made
 
     def _step_archiveArtifacts(self, node: Call, scope: Scope) -> list[Item]:  # noqa: N802
         globs = self._globs(node, "artifacts", scope)
