@@ -23,7 +23,17 @@ from typing import Any
 import attrs
 
 from pipekit import __version__
-from pipekit._jenkins_directives import agent, block, condition, env_secret, matrix_axes, options, parameters, triggers
+from pipekit._jenkins_directives import (
+    UNITS,
+    agent,
+    block,
+    condition,
+    env_secret,
+    matrix_axes,
+    options,
+    parameters,
+    triggers,
+)
 from pipekit._jenkins_emit import Comment, Def, Module, call, comment, name, value
 from pipekit._jenkins_parse import Assign, Call, Concat, GString, Jenkinsfile, ParseError, Raw, Ref, parse_file
 from pipekit._jenkins_steps import IDENT, Notes, Scope, StepWriter, identifier
@@ -310,7 +320,8 @@ class _Converter:
         if shape:
             kwargs["matrix"], kwargs["exclude"] = shape[0], shape[1] or None
         scope = Scope(axes=axes)
-        body = self.steps.steps((block(node, "steps") or Call("")).block, scope)
+        steps, unwrapped = _unwrap((block(node, "steps") or Call("")).block or (), kwargs)
+        body = unwrapped + self.steps.steps(steps, scope)
         decorator = call("pk.stage", **{k: v for k, v in kwargs.items() if v is not None})
         self.defs.append(Def((decorator,), fn, ("ctx",), (*notes, *body)))
         return fn
@@ -369,6 +380,25 @@ class _Converter:
             [value(k) for k in mapping],
             [name(v[0]) if len(v) == 1 else ast.List([name(f) for f in v], ast.Load()) for v in mapping.values()],
         )
+
+
+def _unwrap(steps: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any]]:
+    """``timeout(...) { }`` or ``retry(n) { }`` around all the steps of a stage: the stage's
+    ``timeout=``/``retries=``."""
+    notes: list[Any] = []
+    while len(steps) == 1 and isinstance(steps[0], Call) and steps[0].block is not None:
+        wrapper = steps[0]
+        amount = wrapper.kw("time", wrapper.first()) if wrapper.name == "timeout" else None
+        count = wrapper.first(wrapper.kw("count")) if wrapper.name == "retry" else None
+        if isinstance(amount, int) and not kwargs.get("timeout") and not wrapper.kw("activity"):
+            kwargs["timeout"] = f"{amount}{UNITS.get(str(wrapper.kw('unit', 'MINUTES')), 'm')}"
+        elif isinstance(count, int) and not kwargs.get("retries") and len(wrapper.kwargs) == (0 if wrapper.args else 1):
+            kwargs["retries"] = max(count - 1, 0) or None
+        else:
+            break
+        notes.append(comment(f"{wrapper.name} around all the steps (Jenkinsfile:{wrapper.line}): the stage's own"))
+        steps = wrapper.block or ()
+    return steps, notes
 
 
 def _raw(node: Any) -> str:

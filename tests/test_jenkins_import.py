@@ -604,3 +604,13 @@ def test_a_file_that_cannot_be_read_or_written_is_said_with_exit_2(tmp_path: Pat
     assert main(["import", "jenkinsfile", str(jenkinsfile), "-o", str(target)], out=out, err=err) == 2
     assert f"pipekit: cannot write {target}: No such file or directory" in err.getvalue()
     assert "Traceback" not in err.getvalue()
+
+
+def test_timeout_and_retry_around_all_the_steps_are_the_stages_own(tmp_path: Path) -> None:
+    body = "        timeout(time: 5, unit: 'MINUTES') {\n          retry(3) { sh 'make' }\n        }"
+    code, _, text = _minimal(tmp_path, _stage(body))
+    assert code == 0
+    assert '@pk.stage(timeout="5m", retries=2)\ndef a(ctx):' in text
+    (tmp_path / "again").mkdir()
+    code, err, _ = _minimal(tmp_path / "again", _stage("        timeout(5) { sh 'x' }\n        sh 'y'"))
+    assert code == 1 and "`timeout` around these steps" in err
