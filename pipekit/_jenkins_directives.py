@@ -13,10 +13,21 @@ from typing import Any
 import attrs
 
 from pipekit._jenkins_emit import Comment, call, comment, value
-from pipekit._jenkins_parse import Call, GString, Raw, Ref
-from pipekit._jenkins_steps import IDENT, Notes
+from pipekit._jenkins_parse import Call, GString, Raw
+from pipekit._jenkins_steps import IDENT, Notes, secret_name
 
-__all__ = ["Agent", "agent", "block", "condition", "matrix_axes", "options", "parameters", "triggers"]
+__all__ = [
+    "UNITS",
+    "Agent",
+    "agent",
+    "block",
+    "condition",
+    "env_secret",
+    "matrix_axes",
+    "options",
+    "parameters",
+    "triggers",
+]
 
 UNITS = {"SECONDS": "s", "MINUTES": "m", "HOURS": "h", "DAYS": "d"}
 IGNORED_OPTIONS = {
@@ -277,14 +288,8 @@ def matrix_axes(node: Call) -> tuple[dict[str, list[str]], list[dict[str, str]]]
     return (axes, excludes) if axes else None
 
 
-def ref_name(v: Any) -> str | None:
-    return v.path if isinstance(v, Ref) else None
-
-
 def env_secret(v: Call, notes: Notes, line: int, raw: str) -> ast.expr | Comment:
     """``credentials('id')``: pk.secret, or a TODO when the id is not a plain string."""
-    from pipekit._jenkins_steps import secret_name
-
     cred = v.first()
     if not isinstance(cred, str) or not cred:
         return notes.todo(line, "credentials() with an id that is not a plain string", raw)
