@@ -16,8 +16,6 @@ import ast
 import builtins
 import keyword
 import re
-import subprocess
-import sys
 from typing import Any
 
 import attrs
@@ -34,7 +32,7 @@ from pipekit._jenkins_directives import (
     parameters,
     triggers,
 )
-from pipekit._jenkins_emit import Comment, Def, Module, call, comment, name, value
+from pipekit._jenkins_emit import Comment, Def, Module, call, comment, format_source, name, value
 from pipekit._jenkins_parse import Assign, Call, Concat, GString, Jenkinsfile, ParseError, Raw, Ref, parse_file
 from pipekit._jenkins_steps import IDENT, Notes, Scope, StepWriter, identifier
 
@@ -127,6 +125,7 @@ class _Converter:
         )
         self.stages()
         self.posts(block(self.root, "post"), None, self.defs)
+        params += self.undeclared(self.steps.params)
         doc = f"Converted from a Jenkinsfile by `pipekit import jenkinsfile` (pipekit {__version__})."
         if self.notes.todos:
             doc += "\n\nSearch for TODO: those parts of the Jenkinsfile need converting by hand.\n"
@@ -203,6 +202,26 @@ class _Converter:
             parts = [self.static(p) for p in v.parts]
             return None if any(p is None for p in parts) else "".join(str(p) for p in parts)
         return None
+
+    def undeclared(self, declared: set[str]) -> list[Any]:
+        """Parameters the stages use but the Jenkinsfile does not declare (the job's configuration
+        or ``properties([parameters(...)])`` does): declared here, with a TODO, so that the stages run."""
+        used: dict[str, Any] = {}  # name: the default, of the type the conditions compare it with
+        for d in (d for d in self.defs if isinstance(d, Def)):
+            for node in (n for top in (*d.decorators, *d.body) if isinstance(top, ast.AST) for n in ast.walk(top)):
+                if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "ctx.params":
+                    used.setdefault(node.attr, "")
+                elif isinstance(node, ast.Call) and ast.unparse(node.func) == "pk.param_is":
+                    wanted = getattr(node.args[1], "value", "")
+                    used[str(getattr(node.args[0], "value", ""))] = False if isinstance(wanted, bool) else ""
+        out: list[Any] = []
+        for pname in sorted(set(used) - declared - {""}):
+            line = self.source[: max(self.source.find(f"params.{pname}"), 0)].count("\n") + 1
+            why = f"the parameter {pname} is not declared in the Jenkinsfile: declared here, check its default"
+            out.append(self.notes.todo(line, why))
+            target: list[ast.expr] = [ast.Name(f"{pname.upper()}_PARAM", ast.Store())]
+            out.append(ast.Assign(target, call("pk.param", pname, default=used[pname]), lineno=0))
+        return out
 
     def outside_statement(self, node: Raw) -> Comment:
         """A statement outside ``pipeline { }``: a Groovy constant (``def X = 'v'``) is kept for
@@ -418,19 +437,3 @@ def convert(source: str, pipeline_name: str = "pipeline") -> Converted:
     converter = _Converter(parse_file(source), source)
     module = converter.run(pipeline_name)
     return Converted(format_source(module.render(source)), tuple(converter.notes.todos))
-
-
-def format_source(text: str) -> str:
-    """ruff-formatted when ruff is installed (it is with pipekit's dev tools); as written otherwise."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "ruff", "format", "--isolated", "--line-length", "100"]
-            + ["--target-version", "py310", "-"],
-            input=text,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return text
-    return proc.stdout if proc.returncode == 0 and proc.stdout else text

@@ -13,12 +13,14 @@ from __future__ import annotations
 import ast
 import copy
 import re
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 
-__all__ = ["Comment", "Def", "Module", "call", "check_source", "comment", "name", "text", "value"]
+__all__ = ["Comment", "Def", "Module", "call", "check_source", "comment", "format_source", "name", "text", "value"]
 
 WIDTH = 100
 
@@ -256,3 +258,19 @@ def check_source(source: str, filename: str = "pipeline.py") -> str | None:
     except ValueError as e:  # a null byte
         return str(e)
     return next(iter(_fstring_problems(tree)), None)
+
+
+def format_source(text: str) -> str:
+    """ruff-formatted when ruff is installed (it is with pipekit's dev tools); as written otherwise."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ruff", "format", "--isolated", "--line-length", "100"]
+            + ["--target-version", "py310", "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return text
+    return proc.stdout if proc.returncode == 0 and proc.stdout else text

@@ -530,6 +530,9 @@ def test_held_out_real_jenkinsfiles_never_give_a_wrong_file(tmp_path: Path, caps
         if code in (0, 1):
             assert check_source(target.read_text()) is None
             assert find_errors(pk.load(target)) == []
+            secrets = {n: "s3cret" for n in re.findall(r'pk\.secret\("(\w+)"\)', target.read_text())}
+            run = PipelineRunner(backend=FakeBackend()).run(pk.load(target), secrets=secrets, branch="main")
+            assert not [s.error for s in run.stages.values() if " raised " in str(s.error or "")], path.name
     assert counts[3] == 0
     with capsys.disabled():
         print(f"\nheld-out Jenkinsfiles: {len(held)}: {counts[0]} complete, {counts[1]} partial, {counts[2]} refused")
@@ -637,3 +640,14 @@ def test_every_converted_real_pipeline_runs_on_the_fake_backend_without_a_python
             assert not any(" raised " in str(p) for p in problems), (path.name, name, problems)
         ran += sum(s.status == "succeeded" for s in run.stages.values())
     assert ran > 100
+
+
+def test_a_parameter_the_jenkinsfile_uses_but_does_not_declare_is_declared_with_a_todo(tmp_path: Path) -> None:
+    source = _stage('        sh "deploy ${params.TARGET}"').replace(
+        "stage('a') {\n", "stage('a') {\n      when { expression { params.GO } }\n"
+    )
+    code, err, text = _minimal(tmp_path, source)
+    assert code == 1 and "the parameter TARGET is not declared in the Jenkinsfile" in err and "parameter GO" in err
+    assert 'TARGET_PARAM = pk.param("TARGET", default="")' in text
+    run = PipelineRunner(backend=FakeBackend()).run(pk.load(tmp_path / "pipeline.py"), params={"GO": "true"})
+    assert run.stages["a"].status == "succeeded", run.stages["a"].error
