@@ -31,7 +31,7 @@ SYSTEM_VARS = {"PATH", "HOME", "USER", "PWD", "SHELL", "HOSTNAME", "LANG", "TMPD
 #: steps that only matter to Jenkins itself: left out, with a note
 JENKINS_ONLY = {"cleanWs", "deleteDir", "checkout", "git", "milestone", "properties", "buildName", "buildDescription"}
 #: wrappers whose steps run as they are without them
-HARMLESS_WRAPPERS = {"timestamps", "ansiColor", "wrap", "node", "ws"}
+HARMLESS_WRAPPERS = {"timestamps", "ansiColor", "wrap", "node"}
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 PARAM = re.compile(r"params\.([A-Za-z_][A-Za-z0-9_]*)$")
 ENV = re.compile(r"(?:env\.)?([A-Za-z_][A-Za-z0-9_]*)$")
