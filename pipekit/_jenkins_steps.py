@@ -31,7 +31,7 @@ SYSTEM_VARS = {"PATH", "HOME", "USER", "PWD", "SHELL", "HOSTNAME", "LANG", "TMPD
 #: steps that only matter to Jenkins itself: left out, with a note
 JENKINS_ONLY = {"cleanWs", "deleteDir", "checkout", "git", "milestone", "properties", "buildName", "buildDescription"}
 #: wrappers whose steps run as they are without them
-HARMLESS_WRAPPERS = {"timestamps", "ansiColor", "wrap", "node"}
+HARMLESS_WRAPPERS = {"timestamps", "ansiColor", "node"}
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 PARAM = re.compile(r"params\.([A-Za-z_][A-Za-z0-9_]*)$")
 ENV = re.compile(r"(?:env\.)?([A-Za-z_][A-Za-z0-9_]*)$")
@@ -208,7 +208,10 @@ class StepWriter:
             return [comment(f"{node.name}: Jenkins only, not needed (Jenkinsfile:{node.line})")]
         if node.name.endswith(".push") and not node.name.startswith("docker."):
             return self._push(node, scope, None, "")
-        if node.block is not None and not node.kwargs and node.name in HARMLESS_WRAPPERS:
+        harmless = node.name in HARMLESS_WRAPPERS or (
+            node.name == "wrap" and re.search(r"AnsiColor|Timestamper", node.raw)
+        )
+        if node.block is not None and not node.kwargs and harmless:
             return [
                 comment(f"{node.name} {{ }}: Jenkins only (Jenkinsfile:{node.line})"),
                 *self.steps(node.block, scope),
