@@ -79,8 +79,9 @@ def import_() -> None:
 @click.option("-o", "--output", metavar="PATH", help="Write pipeline.py here (default: print it).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def jenkinsfile(path: str, output: str | None, force: bool) -> None:
-    """Convert a declarative Jenkinsfile; exit 1 when some parts need hands (listed)."""
-    from pipekit._jenkins import convert_file
+    """Convert a declarative Jenkinsfile; exit 1 when some parts need hands (listed), 2 when it cannot be
+    read, 3 when the importer made a file that is not valid (kept as pipeline.py.rejected)."""
+    from pipekit._jenkins_check import convert_file
 
     out, err = streams()
     code = convert_file(Path(path), Path(output) if output else None, force=force, out=out, err=err)

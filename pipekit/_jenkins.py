@@ -1,32 +1,47 @@
 """``pipekit import jenkinsfile``: a declarative Jenkinsfile as a pipeline.py.
 
 The Jenkinsfile is parsed (``_jenkins_parse``), then each part becomes its pipekit form (the
-mapping is in docs/from-jenkins.md): the pipeline's agent image and environment become the
-``pk.Pipeline``'s, parameters become ``pk.param``, each stage a function (stages in sequence
-depend on the one before, parallel ones on the same), ``when`` a condition, ``options`` a timeout
-and retries, ``post`` post actions. What has no equivalent stays as a ``# TODO(Jenkinsfile:LINE)``
-comment where it was, and is listed: the command then exits 1.
+mapping is in docs/from-jenkins.md) as a Python syntax tree (``_jenkins_emit``): the pipeline's
+agent image and environment become the ``pk.Pipeline``'s, parameters become ``pk.param``, each
+stage a function (stages in sequence depend on the one before, parallel ones on the same), a
+``matrix`` pk's matrix, ``when`` a condition (a parent stage's applies to every stage inside it),
+``options`` a timeout and retries, ``post`` post actions. What has no equivalent stays as a
+``# TODO(Jenkinsfile:LINE)`` comment where it was, with its text, and is listed: the command then
+exits 1. The result is checked before the command says anything (``_jenkins_check``).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import IO, Any
+import ast
+import builtins
+import keyword
+import re
+from typing import Any
 
 import attrs
 
 from pipekit import __version__
-from pipekit._jenkins_parse import Assign, Call, GString, ParseError, parse
-from pipekit._jenkins_steps import Notes, StepWriter, condition, identifier, py_text, secret_name
+from pipekit._jenkins_directives import (
+    UNITS,
+    agent,
+    block,
+    condition,
+    env_secret,
+    matrix_axes,
+    options,
+    parameters,
+    triggers,
+)
+from pipekit._jenkins_emit import Comment, Def, Module, call, comment, format_source, name, value
+from pipekit._jenkins_parse import Assign, Call, Concat, GString, Jenkinsfile, ParseError, Raw, Ref, parse_file
+from pipekit._jenkins_steps import IDENT, Notes, Scope, StepWriter, identifier
 
-__all__ = ["Converted", "convert", "convert_file"]
+__all__ = ["Converted", "convert"]
 
-UNITS = {"SECONDS": "s", "MINUTES": "m", "HOURS": "h", "DAYS": "d"}
-POSTS = {"always": "always", "success": "success", "failure": "failure", "cleanup": "cleanup", "unstable": "failure"}
-IGNORED_OPTIONS = {"timestamps", "buildDiscarder", "disableConcurrentBuilds", "skipDefaultCheckout", "ansiColor"}
+_CONSTANT = re.compile(r"""\s*(?:final\s+)?(?:def|String)?\s*(\w+)\s*=\s*(?:'([^'\\\n]*)'|"([^"$\\\n]*)")\s*;?\s*$""")
+POSTS = {"always": "always", "success": "success", "failure": "failure", "cleanup": "cleanup"}
+POSTS_ALSO = {"unstable": "failure", "unsuccessful": "failure"}
+STAGE_DIRECTIVES = {"agent", "environment", "options", "when", "post", "steps", "parallel", "stages", "matrix"}
 
 
 @attrs.frozen
@@ -36,253 +51,389 @@ class Converted:
 
 
 @attrs.define
-class _Stage:
-    name: str
-    node: Call
-    needs: list[str]
+class _Inherited:
+    """What a stage takes from the stages around it."""
+
+    when: tuple[ast.expr, ...] = ()
+    agent: Any = None
+    env: tuple[tuple[str, ast.expr], ...] = ()
+    parents: tuple[str, ...] = ()
+    notes: list[Comment] = attrs.field(factory=list)  # TODOs of a parent, put before its first stage
 
 
-def _block(node: Call, name: str) -> Call | None:
-    return next((n for n in node.block or () if isinstance(n, Call) and n.name == name), None)
-
-
-def _image(agent: Call | None) -> tuple[str | None, str | None]:
-    """The image (or Dockerfile) of an ``agent``."""
-    if agent is None:
-        return None, None
-    docker = _block(agent, "docker")
-    if docker is not None:
-        image = docker.first() or docker.kw("image") or (_block(docker, "image") or Call("")).first()
-        return (str(image) if image else None), None
-    dockerfile = _block(agent, "dockerfile")
-    if dockerfile is not None:
-        name = (_block(dockerfile, "filename") or Call("")).first() or "Dockerfile"
-        return None, str(name)
-    return None, None
+def _label(node: Call) -> str:
+    first = node.first("stage")
+    if isinstance(first, GString):
+        return "".join(v for _, v in first.parts)
+    return str(first)
 
 
 class _Converter:
-    def __init__(self, root: Call) -> None:
-        self.root = root
+    def __init__(self, jf: Jenkinsfile, source: str = "") -> None:
+        self.source = source
+        self.root = jf.pipeline
+        self.outside = jf.outside
         self.notes = Notes()
         self.env_names: set[str] = set()
-        self.steps = StepWriter(self.notes, self.env_names)
-        self.head: list[str] = []
-        self.body: list[str] = []
+        self.env_values: dict[str, str] = {}
+        self.steps = StepWriter(self.notes, self.env_names, self.env_values)
+        self.taken: set[str] = {"pk", "pipeline", *keyword.kwlist, *dir(builtins)}
+        self.defs: list[Def | Comment] = []
+        self.retries = 0
+        self.default_agent: Any = None
+
+    def unique(self, wanted: str, parents: tuple[str, ...] = ()) -> str:
+        """A function name no other has: the stage's, else with its parents', else numbered."""
+        candidates = [wanted] + [f"{wanted}_{identifier(p)}"[:100] for p in reversed(parents)]
+        found = next((c for c in candidates if c not in self.taken), None)
+        n = 2
+        while found is None:
+            found = f"{wanted}_{n}" if f"{wanted}_{n}" not in self.taken else None
+            n += 1
+        self.taken.add(found)
+        return found
 
     # -- the pipeline -----------------------------------------------------------------------
-    def run(self, name: str) -> str:
-        image, dockerfile = _image(_block(self.root, "agent"))
-        params = self.parameters(_block(self.root, "parameters"))
-        env = self.environment(_block(self.root, "environment"))
-        timeout, retries = self.options(_block(self.root, "options"), pipeline=True)
+    def run(self, pipeline_name: str) -> Module:
+        top: list[Any] = [self.outside_statement(r) for r in self.outside]
+        params = parameters(block(self.root, "parameters"), self.notes)
+        self.steps.params = {
+            str(p.value.args[0].value)  # type: ignore[attr-defined]
+            for p in params
+            if isinstance(p, ast.Assign) and isinstance(p.value, ast.Call) and ast.unparse(p.value.func) == "pk.param"
+        }
+        self.default_agent = agent(block(self.root, "agent"), self.notes, (), self.static)
+        top += self.default_agent.notes
+        env = self.environment(block(self.root, "environment"), top)
+        found = options(block(self.root, "options"), self.notes)
+        top += found.notes
+        self.retries = found.retries
+        if found.timeout:
+            top.append(comment(f"Jenkins' timeout of the whole run: `pipekit run --timeout {found.timeout}`"))
+        kwargs: dict[str, Any] = {}
+        if self.default_agent.image is not None:
+            kwargs["image"] = self.default_agent.image
+        if env:
+            kwargs["env"] = ast.Dict([value(k) for k, _ in env], [v for _, v in env])
+        made: list[ast.expr] = []
         for section in self.root.block or ():
-            if isinstance(section, Call) and section.name in ("tools", "triggers", "libraries"):
-                self.body.append(self.notes.todo(section.line, f"`{section.name}` is not converted: {section.raw}"))
-        args = [f'"{name}"'] + ([f'image="{image}"'] if image else []) + ([f"env={env}"] if env != "{}" else [])
-        self.head.append(f"pipeline = pk.Pipeline({', '.join(args)})")
-        if timeout:
-            self.head.append(f"# Jenkins options.timeout of the whole run: `pipekit run --timeout {timeout}`")
-        stages = _block(self.root, "stages")
-        if stages is None:
-            raise ParseError("the pipeline has no `stages` block", self.root.line)
-        for s in self.flatten(stages, []):
-            self.stage(s, dockerfile, retries)
-        self.posts(_block(self.root, "post"), None)
-        doc = f'"""Converted from a Jenkinsfile by `pipekit import jenkinsfile` (pipekit {__version__}).'
+            top += self.section(section, made)
+        if made:
+            kwargs["triggers"] = ast.List(made, ast.Load())
+        pipeline = ast.Assign(
+            [ast.Name("pipeline", ast.Store())], call("pk.Pipeline", pipeline_name, **kwargs), lineno=0
+        )
+        self.stages()
+        self.posts(block(self.root, "post"), None, self.defs)
+        params += self.undeclared(self.steps.params)
+        doc = f"Converted from a Jenkinsfile by `pipekit import jenkinsfile` (pipekit {__version__})."
         if self.notes.todos:
-            doc += "\n\nSearch for TODO: those parts of the Jenkinsfile need converting by hand."
-        return "\n".join([doc + '\n"""', "", "import pipekit as pk", "", *params, "", *self.head, "", *self.body, ""])
+            doc += "\n\nSearch for TODO: those parts of the Jenkinsfile need converting by hand.\n"
+        imports: list[Any] = [ast.Import([ast.alias("pipekit", "pk")])]
+        return Module(doc, [imports, list(params), [pipeline, *top], list(self.defs)])
 
-    def parameters(self, node: Call | None) -> list[str]:
-        out = []
-        for p in node.block if node is not None and node.block else ():
-            if not isinstance(p, Call) or p.kw("name") is None:
-                continue
-            name, help_text = str(p.kw("name")), str(p.kw("description", "") or "")
-            if p.name in ("string", "text"):
-                default: Any = str(p.kw("defaultValue", "") or "")
-            elif p.name == "booleanParam":
-                default = bool(p.kw("defaultValue", False))
-            elif p.name == "choice":
-                choices = p.kw("choices", [])
-                choices = choices.splitlines() if isinstance(choices, str) else list(choices)
-                default = str(choices[0]) if choices else ""
-                help_text = f"{help_text} (one of: {', '.join(map(str, choices))})".strip()
-            elif p.name == "password":
-                out.append(f'{identifier(name).upper()} = pk.secret("{name}")  # a password parameter')
-                continue
-            else:
-                out.append(self.notes.todo(p.line, f"the parameter type `{p.name}` is not converted: {p.raw}"))
-                continue
-            out.append(f'{identifier(name).upper()} = pk.param("{name}", default={default!r}, help={help_text!r})')
-        return out
+    def section(self, node: Any, made: list[ast.expr]) -> list[Any]:
+        """A pipeline-level section other than the ones run() reads."""
+        if isinstance(node, Raw):
+            return [self.notes.todo(node.line, "Groovy code is not converted", node.text)]
+        if not isinstance(node, Call) or node.name in ("agent", "environment", "options", "parameters", "stages"):
+            return []
+        if node.name in ("post", "matrix"):
+            return []
+        if node.name == "triggers":
+            converted, todos = triggers(node, self.notes)
+            made += converted
+            return todos
+        if node.name == "tools":
+            why = "pipekit installs no tools: run the stages in an image that has these (image=)"
+            return [self.notes.todo(node.line, why, node.raw)]
+        if node.name == "libraries":
+            why = "a shared library: the steps it defines are not converted (TODOs where they are used)"
+            return [self.notes.todo(node.line, why, node.raw)]
+        return [self.notes.todo(node.line, f"the section `{node.name}` is not converted", node.raw)]
 
-    def environment(self, node: Call | None) -> str:
-        items = []
-        for a in node.block if node is not None and node.block else ():
-            if not isinstance(a, Assign):
+    def environment(self, node: Call | None, notes: list[Any]) -> list[tuple[str, ast.expr]]:
+        items: list[tuple[str, ast.expr]] = []
+        for a in node.block or () if node is not None else ():
+            if not isinstance(a, Assign) or not IDENT.match(a.name):
+                why = (
+                    "a value computed in Groovy: set it by hand"
+                    if isinstance(a, Raw)
+                    else "not an environment variable"
+                )
+                notes.append(self.notes.todo(getattr(a, "line", 0), why, _raw(a)))
                 continue
             self.env_names.add(a.name)
-            value = a.value
-            if isinstance(value, Call) and value.name == "credentials":
-                items.append(f'"{a.name}": pk.secret("{secret_name(str(value.first("")))}")')
-            elif isinstance(value, GString) and any(kind == "expr" for kind, _ in value.parts):
-                self.body.append(self.notes.todo(a.line, f"{a.name} is computed in Groovy ({a.raw}): set it by hand"))
-                text = "".join(v if k == "text" else "${" + v + "}" for k, v in value.parts)
-                items.append(f'"{a.name}": {py_text([("text", text)])}')
+            v = a.value
+            if isinstance(v, Call) and v.name == "credentials":
+                made = env_secret(v, self.notes, a.line, a.raw)
+                if isinstance(made, Comment):
+                    notes.append(made)
+                else:
+                    items.append((a.name, made))
+            elif (known := self.static(v)) is not None:
+                self.env_values[a.name] = known
+                items.append((a.name, value(known)))
+            elif isinstance(v, GString):
+                why = f"{a.name} is computed in Groovy: set it by hand (the value below is the Groovy text)"
+                notes.append(self.notes.todo(a.line, why, a.raw))
+                items.append((a.name, value("".join(p if k == "text" else "${" + p + "}" for k, p in v.parts))))
             else:
-                text = "".join(v for _, v in value.parts) if isinstance(value, GString) else str(value)
-                items.append(f'"{a.name}": {py_text([("text", text)])}')
-        return "{" + ", ".join(items) + "}"
+                notes.append(self.notes.todo(a.line, f"{a.name} is computed in Groovy: set it by hand", a.raw))
+        return items
 
-    def options(self, node: Call | None, pipeline: bool = False) -> tuple[str | None, int]:
-        timeout, retries = None, 0
-        for o in node.block if node is not None and node.block else ():
-            if not isinstance(o, Call):
-                continue
-            if o.name == "timeout":
-                amount = o.kw("time", o.first())
-                timeout = f"{amount}{UNITS.get(str(o.kw('unit', 'MINUTES')), 'm')}"
-            elif o.name == "retry":
-                retries = max(int(o.first(o.kw("count", 1)) or 1) - 1, 0)  # retry(3): three attempts
-            elif o.name not in IGNORED_OPTIONS:
-                self.body.append(self.notes.todo(o.line, f"the option `{o.name}` is not converted"))
-        return timeout, retries
+    def static(self, v: Any) -> str | None:
+        """A value known before the run (literals, and the environment's and Groovy constants'
+        literal values it uses), as Jenkins computes it; None when it is not."""
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, (str, int, float)):
+            return str(v)
+        if isinstance(v, Ref) or isinstance(v, GString):
+            refs = [v.path] if isinstance(v, Ref) else [p for k, p in v.parts if k == "expr"]
+            known = {**self.steps.constants, **self.env_values}
+            found = {r: known.get(r.removeprefix("env.")) for r in refs}
+            if any(x is None for x in found.values()):
+                return None
+            if isinstance(v, Ref):
+                return found[v.path]
+            return "".join(p if k == "text" else str(found[p]) for k, p in v.parts)
+        if isinstance(v, Concat):
+            parts = [self.static(p) for p in v.parts]
+            return None if any(p is None for p in parts) else "".join(str(p) for p in parts)
+        return None
 
-    # -- stages -----------------------------------------------------------------------------
-    def flatten(self, stages: Call, before: list[str]) -> list[_Stage]:
-        """Every stage that runs steps, with what it needs: each stage in a sequence needs the
-        last ones before it; the stages of a ``parallel`` block need the same."""
-        out: list[_Stage] = []
-        last = before
-        for node in stages.block or ():
-            if not isinstance(node, Call) or node.name != "stage":
-                continue
-            inner_parallel, inner_stages = _block(node, "parallel"), _block(node, "stages")
-            if inner_parallel is not None:
-                ends: list[str] = []
-                for branch in inner_parallel.block or ():
-                    if isinstance(branch, Call) and branch.name == "stage":
-                        group = self.flatten(Call("stages", block=(branch,)), last)
-                        out += group
-                        ends += [group[-1].name] if group else []
-                last = ends
-            elif inner_stages is not None:
-                group = self.flatten(inner_stages, last)
-                out += group
-                last = [group[-1].name] if group else last
-            else:
-                out.append(_Stage(identifier(str(node.first("stage"))), node, list(last)))
-                last = [out[-1].name]
+    def undeclared(self, declared: set[str]) -> list[Any]:
+        """Parameters the stages use but the Jenkinsfile does not declare (the job's configuration
+        or ``properties([parameters(...)])`` does): declared here, with a TODO, so that the stages run."""
+        used: dict[str, Any] = {}  # name: the default, of the type the conditions compare it with
+        for d in (d for d in self.defs if isinstance(d, Def)):
+            for node in (n for top in (*d.decorators, *d.body) if isinstance(top, ast.AST) for n in ast.walk(top)):
+                if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "ctx.params":
+                    used.setdefault(node.attr, "")
+                elif isinstance(node, ast.Call) and ast.unparse(node.func) == "pk.param_is":
+                    wanted = getattr(node.args[1], "value", "")
+                    used[str(getattr(node.args[0], "value", ""))] = False if isinstance(wanted, bool) else ""
+        out: list[Any] = []
+        for pname in sorted(set(used) - declared - {""}):
+            line = self.source[: max(self.source.find(f"params.{pname}"), 0)].count("\n") + 1
+            why = f"the parameter {pname} is not declared in the Jenkinsfile: declared here, check its default"
+            out.append(self.notes.todo(line, why))
+            target: list[ast.expr] = [ast.Name(f"{pname.upper()}_PARAM", ast.Store())]
+            out.append(ast.Assign(target, call("pk.param", pname, default=used[pname]), lineno=0))
         return out
 
-    def stage(self, s: _Stage, dockerfile: str | None, retries: int) -> None:
-        node = s.node
-        image, own_dockerfile = _image(_block(node, "agent"))
-        timeout, own_retries = self.options(_block(node, "options"))
-        env = self.environment(_block(node, "environment"))
-        args = [f'image="{image}"'] if image else []
-        if own_dockerfile or (dockerfile and not image):
-            args.append(f'dockerfile="{own_dockerfile or dockerfile}"')
-        args += [f"needs={s.needs!r}"] if s.needs else []
-        args += [f"env={env}"] if env != "{}" else []
-        when = _block(node, "when")
-        known = len(self.notes.todos)
-        cond = condition(when, self.notes) if when is not None else None
-        comments = [f"# TODO(Jenkinsfile:{line}): {text}" for line, text in self.notes.todos[known:]]
-        args += [f"when={cond}"] if cond else []
-        args += [f'timeout="{timeout}"'] if timeout else []
-        args += [f"retries={own_retries or retries}"] if own_retries or retries else []
-        posts = self.posts(_block(node, "post"), s.name)
-        args += [f"post={posts}"] if posts else []
-        steps = _block(node, "steps")
-        body = _body(self.steps.steps(steps.block if steps is not None else (), "    ", {}, None))
-        decorator = f"@pk.stage({', '.join(args)})" if args else "@pk.stage"
-        self.body += ["", "", *comments, decorator, f"def {s.name}(ctx):", *body]
+    def outside_statement(self, node: Raw) -> Comment:
+        """A statement outside ``pipeline { }``: a Groovy constant (``def X = 'v'``) is kept for
+        the strings that use it; anything else is a TODO."""
+        m = _CONSTANT.match(node.text)
+        assigned = len(re.findall(rf"(?<![\w.]){re.escape(m[1])}\s*=(?!=)", self.source)) if m else 0
+        if m and IDENT.match(m[1]) and assigned == 1:  # set once: a constant
+            self.steps.constants[m[1]] = m[2] if m[2] is not None else m[3]
+            return comment(f"the Groovy constant {m[1]} (Jenkinsfile:{node.line}) is written out where it is used")
+        return self.notes.todo(node.line, _outside_why(node), node.text)
 
-    def posts(self, node: Call | None, stage: str | None) -> str:
-        """Post actions: functions; for a stage, the ``post=`` mapping (empty for none)."""
+    # -- stages -----------------------------------------------------------------------------
+    def stages(self) -> None:
+        stages = block(self.root, "stages")
+        if stages is None and block(self.root, "matrix") is not None:  # a matrix right in the pipeline
+            stages = Call("stages", block=(Call("stage", ("matrix",), block=(block(self.root, "matrix"),)),))
+        if stages is None:
+            raise ParseError("the pipeline has no `stages` block", self.root.line)
+        self.sequence(stages, [], _Inherited())
+        if not any(isinstance(d, Def) and d.args == ("ctx",) for d in self.defs):
+            raise ParseError(
+                "the pipeline has no stage that could be read (Jenkins needs one in `stages`)", stages.line
+            )
+
+    def sequence(self, stages: Call, before: list[str], inherited: _Inherited) -> list[str]:
+        """The stages of a ``stages`` block, each needing the last ones before it; returns the
+        names of the last ones."""
+        last = before
+        for node in stages.block or ():
+            if isinstance(node, Call) and node.name == "stage":
+                last = self.stage(node, last, inherited) or last
+            else:
+                inherited.notes.append(self.notes.todo(getattr(node, "line", 0), "not a stage", _raw(node)))
+        return last
+
+    def stage(self, node: Call, before: list[str], inherited: _Inherited) -> list[str]:
+        inner = {k: block(node, k) for k in ("parallel", "stages", "matrix")}
+        if not any(inner.values()):
+            return [self.leaf(node, before, inherited)]
+        here = self.group(node, inherited)
+        if inner["matrix"] is not None:
+            return self.matrix(node, inner["matrix"], before, here)
+        if inner["stages"] is not None:
+            return self.sequence(inner["stages"], before, here)
+        ends: list[str] = []
+        for branch in inner["parallel"].block or ():  # type: ignore[union-attr]
+            if isinstance(branch, Call) and branch.name == "stage":
+                ends += self.stage(branch, before, here)
+            elif not (isinstance(branch, Call) and branch.name == "failFast"):
+                here.notes.append(self.notes.todo(getattr(branch, "line", 0), "not a stage", _raw(branch)))
+        return ends
+
+    def group(self, node: Call, inherited: _Inherited, axes: tuple[str, ...] = ()) -> _Inherited:
+        """What a stage that holds stages passes on to them: its when, agent, environment."""
+        notes = inherited.notes
+        when = block(node, "when")
+        cond = condition(when, self.notes, notes) if when is not None else None
+        found = agent(block(node, "agent"), self.notes, axes, self.static)
+        notes += found.notes
+        env = self.environment(block(node, "environment"), notes)
+        for n in node.block or ():
+            kind = n.name if isinstance(n, Call) else ""
+            if kind in ("when", "agent", "environment", "parallel", "stages", "matrix", "failFast"):
+                continue
+            why = {
+                "tools": "pipekit installs no tools: run the stages inside in an image that has these (image=)",
+                "post": "post actions of a stage that holds stages: put them on its last stages (post=)",
+                "options": "options of a stage that holds stages: set them on the stages inside (timeout=, retries=)",
+            }.get(kind, "this part of a stage that holds stages is not converted")
+            notes.append(self.notes.todo(getattr(n, "line", 0), why, _raw(n)))
+        return _Inherited(
+            when=inherited.when + ((cond,) if cond is not None else ()),
+            agent=found if block(node, "agent") is not None else inherited.agent,
+            env=inherited.env + tuple(env),
+            parents=inherited.parents + (_label(node),),
+            notes=notes,
+        )
+
+    def matrix(self, node: Call, m: Call, before: list[str], inherited: _Inherited) -> list[str]:
+        shape = matrix_axes(m)
+        inner = block(m, "stages")
+        if shape is None or inner is None:
+            why = "a matrix whose axes pipekit cannot take (computed values): its stages run once each, below"
+            inherited.notes.append(self.notes.todo(m.line, why, m.raw.split("stages", 1)[0]))
+            return self.sequence(inner, before, inherited) if inner is not None else before
+        axes, excludes = shape
+        rest = tuple(n for n in m.block or () if getattr(n, "name", "") not in ("axes", "excludes"))
+        here = self.group(Call("matrix", block=rest), inherited, tuple(axes))
+        here.parents = inherited.parents + (_label(node),)
+        count = sum(1 for n in inner.block or () if isinstance(n, Call) and n.name == "stage")
+        if count > 1:
+            here.notes.append(comment("Jenkins runs these stages in turn in each combination; here each stage"))
+            here.notes.append(comment("waits for every combination of the one before"))
+        last = before
+        for s in inner.block or ():
+            if isinstance(s, Call) and s.name == "stage":
+                last = [self.leaf(s, last, here, (axes, excludes))]
+        return last
+
+    def leaf(self, node: Call, needs: list[str], inherited: _Inherited, shape: Any = None) -> str:
+        fn = self.unique(identifier(_label(node)), inherited.parents)
+        notes = list(inherited.notes)
+        inherited.notes.clear()  # a parent's TODOs go before its first stage only
+        axes = tuple(shape[0]) if shape else ()
+        own = agent(block(node, "agent"), self.notes, axes, self.static)
+        notes += own.notes
+        use = own if block(node, "agent") is not None else inherited.agent
+        kwargs: dict[str, Any] = {}
+        if use is not None and use.image is not None:
+            kwargs["image"] = use.image
+        dockerfile = use.dockerfile if use is not None else None
+        if dockerfile or (self.default_agent.dockerfile and "image" not in kwargs):
+            kwargs["dockerfile"] = dockerfile or self.default_agent.dockerfile
+        kwargs.update(self.decorations(node, needs, inherited, notes, fn))
+        if shape:
+            kwargs["matrix"], kwargs["exclude"] = shape[0], shape[1] or None
+        scope = Scope(axes=axes)
+        steps, unwrapped = _unwrap((block(node, "steps") or Call("")).block or (), kwargs)
+        body = unwrapped + self.steps.steps(steps, scope)
+        decorator = call("pk.stage", **{k: v for k, v in kwargs.items() if v is not None})
+        self.defs.append(Def((decorator,), fn, ("ctx",), (*notes, *body)))
+        return fn
+
+    def decorations(
+        self, node: Call, needs: list[str], inherited: _Inherited, notes: list[Any], fn: str
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"needs": list(needs) or None}
+        env = list(inherited.env) + self.environment(block(node, "environment"), notes)
+        if env:
+            kwargs["env"] = ast.Dict([value(k) for k, _ in env], [v for _, v in env])
+        when = block(node, "when")
+        conds = list(inherited.when) + ([c] if when is not None and (c := condition(when, self.notes, notes)) else [])
+        if conds:
+            result = conds[0]
+            for c in conds[1:]:
+                result = ast.BinOp(result, ast.BitAnd(), c)
+            kwargs["when"] = result
+        found = options(block(node, "options"), self.notes)
+        notes += found.notes
+        kwargs["timeout"] = found.timeout
+        kwargs["retries"] = (found.retries or self.retries) or None
+        post = self.posts(block(node, "post"), fn, notes)
+        kwargs["post"] = post
+        for n in node.block or ():
+            if isinstance(n, Call) and n.name == "input":
+                why = "a manual approval (input): pipekit has no approval gate yet; a pk.param can ask before the run"
+                notes.append(self.notes.todo(n.line, why, n.raw))
+            elif isinstance(n, Call) and n.name == "tools":
+                why = "pipekit installs no tools: run this stage in an image that has these (image=)"
+                notes.append(self.notes.todo(n.line, why, n.raw))
+            elif not (isinstance(n, Call) and n.name in STAGE_DIRECTIVES | {"failFast"}):
+                notes.append(self.notes.todo(getattr(n, "line", 0), "this part of the stage is not converted", _raw(n)))
+        return kwargs
+
+    def posts(self, node: Call | None, stage: str | None, notes: list[Any]) -> ast.expr | None:
+        """Post actions: functions; for a stage, the ``post=`` mapping (None for none)."""
         mapping: dict[str, list[str]] = {}
-        for cond in node.block if node is not None and node.block else ():
-            if not isinstance(cond, Call):
-                continue
-            key = POSTS.get(cond.name)
+        for cond in node.block or () if node is not None else ():
+            key = POSTS.get(cond.name) or POSTS_ALSO.get(cond.name) if isinstance(cond, Call) else None
             if key is None:
-                self.body.append(self.notes.todo(cond.line, f"the post condition `{cond.name}` has no equivalent"))
+                why = "this post condition has no pipekit equivalent (always, success, failure, cleanup)"
+                notes.append(self.notes.todo(getattr(cond, "line", 0), why, _raw(cond)))
                 continue
-            fn = f"{stage or 'pipeline'}_{cond.name}"
-            lines = _body(self.steps.steps(cond.block, "    ", {}, None))
-            note = "  # Jenkins' unstable: failed tests" if cond.name == "unstable" else ""
-            decorator = [] if stage else [f'@pk.post("{key}"){note}']
-            self.body += ["", "", *decorator, f"def {fn}(ctx, outcome):", *lines]
+            fn = self.unique(f"{stage or 'pipeline'}_{cond.name}")
+            body: list[Any] = []
+            if cond.name in POSTS_ALSO:
+                body.append(comment(f"Jenkins' {cond.name}: pipekit has no unstable; this runs on failure"))
+            body += self.steps.steps(cond.block, Scope())
+            decorators = () if stage else (call("pk.post", key),)
+            self.defs.append(Def(decorators, fn, ("ctx", "outcome"), tuple(body)))
             mapping.setdefault(key, []).append(fn)
         if not mapping:
-            return ""
-        return (
-            "{"
-            + ", ".join(f'"{k}": {v[0] if len(v) == 1 else "[" + ", ".join(v) + "]"}' for k, v in mapping.items())
-            + "}"
+            return None
+        return ast.Dict(
+            [value(k) for k in mapping],
+            [name(v[0]) if len(v) == 1 else ast.List([name(f) for f in v], ast.Load()) for v in mapping.values()],
         )
 
 
-def _body(lines: list[str]) -> list[str]:
-    """A function body: ``pass`` after the comments when there is no statement."""
-    if all(line.strip().startswith("#") for line in lines):
-        return [*lines, "    pass"]
-    return lines
+def _unwrap(steps: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any]]:
+    """``timeout(...) { }`` or ``retry(n) { }`` around all the steps of a stage: the stage's
+    ``timeout=``/``retries=``."""
+    notes: list[Any] = []
+    while len(steps) == 1 and isinstance(steps[0], Call) and steps[0].block is not None:
+        wrapper = steps[0]
+        amount = wrapper.kw("time", wrapper.first()) if wrapper.name == "timeout" else None
+        count = wrapper.first(wrapper.kw("count")) if wrapper.name == "retry" else None
+        if isinstance(amount, int) and not kwargs.get("timeout") and not wrapper.kw("activity"):
+            kwargs["timeout"] = f"{amount}{UNITS.get(str(wrapper.kw('unit', 'MINUTES')), 'm')}"
+        elif isinstance(count, int) and not kwargs.get("retries") and len(wrapper.kwargs) == (0 if wrapper.args else 1):
+            kwargs["retries"] = max(count - 1, 0) or None
+        else:
+            break
+        notes.append(comment(f"{wrapper.name} around all the steps (Jenkinsfile:{wrapper.line}): the stage's own"))
+        steps = wrapper.block or ()
+    return steps, notes
 
 
-def convert(source: str, name: str = "pipeline") -> Converted:
+def _raw(node: Any) -> str:
+    return str(getattr(node, "raw", "") or getattr(node, "text", "") or node)
+
+
+def _outside_why(node: Raw) -> str:
+    if node.text.lstrip().startswith("@Library"):
+        return "a shared library: the steps it defines are not converted (TODOs where they are used)"
+    if node.text.lstrip().startswith("import "):
+        return "a Groovy import: not needed in Python"
+    return "Groovy code outside `pipeline { }` is not converted"
+
+
+def convert(source: str, pipeline_name: str = "pipeline") -> Converted:
     """Convert a declarative Jenkinsfile; ParseError when it cannot be read at all."""
-    converter = _Converter(parse(source))
-    text = converter.run(name)
-    return Converted(_format(text), tuple(sorted(set(converter.notes.todos))))
-
-
-def _format(text: str) -> str:
-    """ruff-formatted when ruff is installed (it is with pipekit's dev tools); as written otherwise."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "ruff", "format", "--line-length", "100", "-"],
-            input=text,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return text
-    return proc.stdout if proc.returncode == 0 and proc.stdout else text
-
-
-def convert_file(path: Path, output: Path | None, *, force: bool, out: IO[str], err: IO[str]) -> int:
-    """The command: 0 when the conversion is complete, 1 when parts need hands, 2 on an error."""
-    try:
-        source = path.read_text(encoding="utf-8")
-    except OSError as e:
-        print(f"pipekit: cannot read {path}: {e.strerror}", file=err)
-        return 2
-    try:
-        result = convert(source, identifier(path.resolve().parent.name or "pipeline").replace("_", "-"))
-    except ParseError as e:
-        print(f"pipekit: {path}: {e}", file=err)
-        return 2
-    if output is None:
-        out.write(result.text)
-    elif output.exists() and not force:
-        print(f"pipekit: {output} exists; pipekit leaves it as it is (--force replaces it)", file=err)
-        return 2
-    else:
-        output.write_text(result.text)
-        print(f"wrote {output}", file=err)
-    _report(result.todos, path, err)
-    return 1 if result.todos else 0
-
-
-def _report(todos: Sequence[tuple[int, str]], path: Path, err: IO[str]) -> None:
-    if not todos:
-        print(f"{path}: converted completely", file=err)
-        return
-    print(f"{path}: {len(todos)} part(s) need converting by hand (marked TODO in the result):", file=err)
-    for line, text in todos:
-        print(f"  line {line}: {text}", file=err)
+    converter = _Converter(parse_file(source), source)
+    module = converter.run(pipeline_name)
+    return Converted(format_source(module.render(source)), tuple(converter.notes.todos))

@@ -1,31 +1,47 @@
-"""A tokenizer and recursive-descent parser for the declarative Jenkinsfile subset.
+"""A recursive-descent parser for the declarative Jenkinsfile subset (tokens: ``_jenkins_lex``).
 
 The grammar is Groovy's command syntax as declarative pipelines use it::
 
     block     := '{' statement* '}'
     statement := NAME '=' value                      (environment { A = 'b' }, script: x = ...)
                | 'def' NAME '=' value
-               | path '(' args ')' block?            (stage('Build') { ... }, sh(script: '...'))
+               | path '(' args ')' block?            (stage('Build') { ... }, stage ('x') { ... }, sh(script: '...'))
                | path args? block?                   (agent any, sh 'make', junit 'x.xml', steps { ... })
     path      := NAME ('.' NAME)*
-    args      := arg (',' arg)*
+    args      := arg (',' arg)*                      (a newline may follow each comma)
     arg       := (NAME | STRING) ':' value | value
-    value     := STRING | NUMBER | true | false | null | list | map | path ('(' args ')')? block?
+    value     := term ('+' term)*
+    term      := STRING | NUMBER | true | false | null | list | map | path ('(' args ')')? block?
     list      := '[' (value (',' value)*)? ']'       map := '[' arg (',' arg)* ']' | '[:]'
 
-A statement that does not fit (Groovy code in a ``script`` block: ``if``, operators, closures) is
-kept as :class:`Raw` with its text and line; the converter turns those into comments. Every node
-knows its line in the Jenkinsfile.
+A block may open on the line after its statement (``stage('x')`` then ``{``). A statement that
+does not fit (Groovy code in a ``script`` block: ``if``/``else``, loops, method chains, closures)
+is kept as :class:`Raw` with its whole text, however many lines it spans, and its line; the
+converter turns those into comments. Everything outside ``pipeline { }`` (``@Library``, imports,
+functions) is kept the same way. Every node knows its line in the Jenkinsfile.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import attrs
 
-__all__ = ["Call", "Assign", "GString", "Raw", "Ref", "parse", "tokenize", "ParseError"]
+from pipekit._jenkins_lex import GString, Token, tokenize
+
+__all__ = [
+    "Assign",
+    "Call",
+    "Chain",
+    "Concat",
+    "GString",
+    "Jenkinsfile",
+    "ParseError",
+    "Raw",
+    "Ref",
+    "parse",
+    "parse_file",
+]
 
 
 class ParseError(Exception):
@@ -35,27 +51,25 @@ class ParseError(Exception):
 
 
 @attrs.frozen
-class Token:
-    kind: str  # name, string, gstring, number, op, nl, eof
-    text: str
-    line: int
-    start: int
-    end: int
-    value: Any = None
-
-
-@attrs.frozen
-class GString:
-    """A double-quoted Groovy string: literal parts and ``${expression}`` parts, in order."""
-
-    parts: tuple[tuple[str, str], ...]  # ("text", "...") or ("expr", "env.X")
-
-
-@attrs.frozen
 class Ref:
     """A name or dotted path used as a value (``any``, ``params.DEPLOY``, ``env.BRANCH_NAME``)."""
 
     path: str
+
+
+@attrs.frozen
+class Concat:
+    """``a + b + ...``: strings and names joined."""
+
+    parts: tuple[Any, ...]
+
+
+@attrs.frozen
+class Chain:
+    """``call(...).trim()``: a call and the methods without arguments called on its result."""
+
+    call: Call
+    methods: tuple[str, ...]
 
 
 @attrs.frozen
@@ -88,82 +102,18 @@ class Raw:
     line: int
 
 
-_OPS = ("==", "!=", "&&", "||", "<=", ">=", "->", "?:", "?.", "*.", "=~", "==~", "<<", "++", "--")
-_TOKEN = re.compile(
-    r"""(?P<ws>[ \t\r\f]+|\\\n)
-    |(?P<comment>//[^\n]*|/\*.*?\*/)
-    |(?P<nl>\n)
-    |(?P<tsq>'''.*?''')|(?P<tdq>\"\"\".*?(?<!\\)\"\"\")
-    |(?P<sq>'(?:\\.|[^'\\\n])*')|(?P<dq>"(?:\\.|[^"\\\n])*")
-    |(?P<number>\d+(?:\.\d+)?)
-    |(?P<name>[A-Za-z_$][A-Za-z0-9_$]*)
-    |(?P<op>==~|==|!=|&&|\|\||<=|>=|->|\?:|\?\.|\*\.|=~|<<|\+\+|--|[{}()\[\],:=.;!<>+\-*/%?&|])""",
-    re.S | re.X,
-)
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "$": "$", "\n": ""}
+@attrs.frozen
+class Jenkinsfile:
+    pipeline: Call
+    outside: tuple[Raw, ...]  # the statements before and after ``pipeline { }``
 
 
-def _unescape(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), "\\" + m.group(1)), text, flags=re.S)
-
-
-def _gstring(body: str) -> GString:
-    """Split a double-quoted string into text and ``${...}``/``$name`` parts."""
-    parts: list[tuple[str, str]] = []
-    i, text = 0, []
-    while i < len(body):
-        c = body[i]
-        if c == "\\" and i + 1 < len(body):
-            text.append(_ESCAPES.get(body[i + 1], "\\" + body[i + 1]))
-            i += 2
-        elif c == "$" and body[i + 1 : i + 2] == "{":
-            depth, j = 1, i + 2
-            while j < len(body) and depth:
-                depth += {"{": 1, "}": -1}.get(body[j], 0)
-                j += 1
-            parts += [("text", "".join(text))] if text else []
-            parts.append(("expr", body[i + 2 : j - 1].strip()))
-            text, i = [], j
-        elif c == "$" and re.match(r"[A-Za-z_]", body[i + 1 : i + 2]):
-            m = re.match(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", body[i + 1 :])
-            assert m is not None
-            parts += [("text", "".join(text))] if text else []
-            parts.append(("expr", m.group(0)))
-            text, i = [], i + 1 + m.end()
-        else:
-            text.append(c)
-            i += 1
-    if text:
-        parts.append(("text", "".join(text)))
-    return GString(tuple(parts))
-
-
-def tokenize(source: str) -> list[Token]:
-    tokens: list[Token] = []
-    pos, line = 0, 1
-    while pos < len(source):
-        m = _TOKEN.match(source, pos)
-        if m is None:
-            raise ParseError(f"unexpected character {source[pos]!r}", line)
-        kind, text = m.lastgroup or "", m.group(0)
-        if kind == "nl":
-            tokens.append(Token("nl", text, line, pos, m.end()))
-        elif kind in ("sq", "tsq"):
-            body = text[3:-3] if kind == "tsq" else text[1:-1]
-            tokens.append(Token("string", text, line, pos, m.end(), _unescape(body)))
-        elif kind in ("dq", "tdq"):
-            body = text[3:-3] if kind == "tdq" else text[1:-1]
-            value = _gstring(body)
-            if all(kind == "text" for kind, _ in value.parts):  # nothing to interpolate: a plain string
-                tokens.append(Token("string", text, line, pos, m.end(), "".join(v for _, v in value.parts)))
-            else:
-                tokens.append(Token("gstring", text, line, pos, m.end(), value))
-        elif kind in ("number", "name", "op"):
-            tokens.append(Token(kind, text, line, pos, m.end()))
-        line += text.count("\n")
-        pos = m.end()
-    tokens.append(Token("eof", "", line, pos, pos))
-    return tokens
+#: statements that are Groovy code, never steps
+_GROOVY_KEYWORDS = {"if", "else", "for", "while", "switch", "try", "catch", "finally", "return", "throw", "do", "new"}
+#: a statement goes on over the newline after one of these
+_CONTINUES_AFTER = {"+", "-", "*", "/", "&&", "||", ",", "=", "(", "[", ".", "?", ":", "==", "!=", "<", ">", "->", "?."}
+#: ... or before one of these
+_CONTINUES_BEFORE = {".", "?.", "&&", "||", "?", ":", "+", "*.", "else", "catch", "finally"}
 
 
 class _Parser:
@@ -197,6 +147,12 @@ class _Parser:
         while self.tok.kind == "nl" or self.is_op(";"):
             self.i += 1
 
+    def text(self, first: Token, last: Token) -> str:
+        """The source from ``first`` to ``last``, its first line indented as in the file."""
+        line_start = self.source.rfind("\n", 0, first.start) + 1
+        indent = self.source[line_start : first.start]
+        return (indent if not indent.strip() else "") + self.source[first.start : last.end]
+
     # -- blocks and statements --------------------------------------------------------------
     def block(self) -> tuple[Any, ...]:
         self.expect("{")
@@ -216,13 +172,26 @@ class _Parser:
             node = self._statement()
             if self.tok.kind not in ("nl", "eof") and not self.is_op("}") and not self.is_op(";"):
                 raise ParseError("more on the line than a statement", self.tok.line)
+            if self.tok.kind == "nl" and self._continues():
+                raise ParseError("the statement goes on", self.tok.line)
             return node
         except ParseError:
             self.i = start
-            return self._raw()
+            return self.raw()
 
-    def _raw(self) -> Raw:
-        """The rest of the statement as text (balanced braces, so a nested block goes with it)."""
+    def _continues(self) -> bool:
+        """Whether the statement goes on after the newline at the current token."""
+        before = self.tokens[self.i - 1] if self.i else None
+        if before is not None and before.kind == "op" and before.text in _CONTINUES_AFTER:
+            return True
+        j = self.i
+        while self.tokens[j].kind == "nl":
+            j += 1
+        after = self.tokens[j]
+        return after.kind in ("op", "name") and after.text in _CONTINUES_BEFORE
+
+    def raw(self) -> Raw:
+        """The whole statement as text: balanced brackets, and the lines it goes on over."""
         first = self.tok
         depth = 0
         while self.tok.kind != "eof":
@@ -232,24 +201,41 @@ class _Parser:
                 if depth == 0:
                     break
                 depth -= 1
-            elif self.tok.kind == "nl" and depth == 0:
+            elif (self.tok.kind == "nl" or self.is_op(";")) and depth == 0 and not self._continues():
                 break
             self.take()
-        end = self.tokens[self.i - 1].end if self.i > 0 else first.end
-        return Raw(self.source[first.start : end].strip(), first.line)
+        if self.i == 0 or self.tokens[self.i - 1].start < first.start:  # nothing taken: one token
+            self.take()
+        return Raw(self.text(first, self.tokens[self.i - 1]), first.line)
 
     def _statement(self) -> Any:
         t = self.tok
         if t.kind == "name" and t.text == "def" and self.peek().kind == "name":
             self.take()
-        if self.tok.kind == "name" and self.peek().kind == "op" and self.peek().text == "=":
-            name = self.take().text
-            self.take()
-            value = self.value()
-            return Assign(name, value, t.line, self.source[t.start : self.tokens[self.i - 1].end])
-        if self.tok.kind != "name":
+        if self.tok.kind == "name":
+            start = self.i
+            name = self.path()
+            if self.is_op("="):
+                self.take()
+                value = self.command() if self._command_call() else self.value()
+                return Assign(name, value, t.line, self.text(t, self.tokens[self.i - 1]))
+            self.i = start
+        if self.tok.kind != "name" or t.text == "def" or t.text in _GROOVY_KEYWORDS:
             raise ParseError(f"unexpected '{self.tok.text}'", self.tok.line)
         return self.call(t)
+
+    def _command_call(self) -> bool:
+        """Whether a call without parentheses starts here (``docker.build name + ":tag"``)."""
+        j = self.i
+        if self.tokens[j].kind != "name" or self.tokens[j].text in ("true", "false", "null", "new"):
+            return False
+        j += 1
+        while self.tokens[j].kind == "op" and self.tokens[j].text == "." and self.tokens[j + 1].kind == "name":
+            j += 2
+        return self.tokens[j].kind in ("string", "gstring", "name", "number")
+
+    def command(self) -> Call:
+        return self.call(self.tok)
 
     def path(self) -> str:
         parts = [self.take().text]
@@ -262,40 +248,62 @@ class _Parser:
         name = self.path()
         args: list[Any] = []
         kwargs: list[tuple[str, Any]] = []
-        if self.is_op("(") and self.tok.start == self.tokens[self.i - 1].end:  # name(...) with no space
+        if self.is_op("("):  # name(...) or name (...)
             self.take()
             self.skip_nl()
             if not self.is_op(")"):
                 self.arguments(args, kwargs, closing=")")
+            self.skip_nl()
             self.expect(")")
         elif self.tok.kind in ("string", "gstring", "number", "name") or self.is_op("["):
             self.arguments(args, kwargs, closing=None)
+        if self.tok.kind == "nl":  # a block that opens on the next line
+            j = self.i
+            while self.tokens[j].kind == "nl":
+                j += 1
+            if self.tokens[j].kind == "op" and self.tokens[j].text == "{":
+                self.i = j
         block = self.block() if self.is_op("{") else None
-        raw = self.source[first.start : self.tokens[self.i - 1].end]
-        return Call(name, tuple(args), tuple(kwargs), block, first.line, raw)
+        return Call(name, tuple(args), tuple(kwargs), block, first.line, self.text(first, self.tokens[self.i - 1]))
 
     def arguments(self, args: list[Any], kwargs: list[tuple[str, Any]], closing: str | None) -> None:
         while True:
             if self.tok.kind in ("name", "string") and self.peek().kind == "op" and self.peek().text == ":":
                 key = self.take()
                 self.take()
+                self.skip_nl()
                 kwargs.append((key.value if key.kind == "string" else key.text, self.value()))
             else:
                 args.append(self.value())
+            if closing is not None:
+                self.skip_nl()
             if not self.is_op(","):
                 return
             self.take()
-            if closing is not None:
-                self.skip_nl()
+            self.skip_nl()
+            if closing is not None and self.is_op(closing):  # a trailing comma
+                return
 
     def value(self) -> Any:
+        first = self.term()
+        if not self.is_op("+"):
+            return first
+        parts = [first]
+        while self.is_op("+"):
+            self.take()
+            self.skip_nl()
+            parts.append(self.term())
+        return Concat(tuple(parts))
+
+    def term(self) -> Any:
         t = self.tok
         if t.kind in ("string", "gstring"):
             self.take()
             return t.value
         if t.kind == "number":
             self.take()
-            return float(t.text) if "." in t.text else int(t.text)
+            number = t.text.rstrip("GgLlDdFf")
+            return float(number) if "." in number else int(number)
         if t.kind == "name" and t.text in ("true", "false", "null"):
             self.take()
             return {"true": True, "false": False, "null": None}[t.text]
@@ -306,7 +314,14 @@ class _Parser:
             name = self.path()
             if self.is_op("(") or self.is_op("{"):
                 self.i = start
-                return self.call(t)
+                made = self.call(t)
+                methods: list[str] = []
+                while self.is_op(".") and self.peek().kind == "name" and self.peek(2).text == "(":
+                    if self.peek(3).text != ")":
+                        raise ParseError("a method call with arguments", t.line)
+                    methods.append(self.peek().text)
+                    self.i += 4
+                return Chain(made, tuple(methods)) if methods else made
             return Ref(name)
         raise ParseError(f"a value was expected, found '{t.text or t.kind}'", t.line)
 
@@ -315,6 +330,7 @@ class _Parser:
         self.skip_nl()
         if self.is_op(":"):
             self.take()
+            self.skip_nl()
             self.expect("]")
             return {}
         if self.is_op("]"):
@@ -332,13 +348,36 @@ class _Parser:
         raise ParseError("a list mixes values and key: value pairs", self.tok.line)
 
 
-def parse(source: str) -> Call:
-    """The ``pipeline { ... }`` of a declarative Jenkinsfile, as a :class:`Call` tree."""
+def _is_pipeline(p: _Parser) -> bool:
+    if not (p.tok.kind == "name" and p.tok.text == "pipeline"):
+        return False
+    j = p.i + 1
+    while p.tokens[j].kind == "nl":
+        j += 1
+    return p.tokens[j].kind == "op" and p.tokens[j].text == "{"
+
+
+def parse_file(source: str) -> Jenkinsfile:
+    """A declarative Jenkinsfile: its ``pipeline { ... }`` as a :class:`Call` tree, and the
+    statements outside it as :class:`Raw`."""
     p = _Parser(source)
+    outside: list[Raw] = []
+    pipeline: Call | None = None
     while True:
         p.skip_nl()
         if p.tok.kind == "eof":
-            raise ParseError("no `pipeline { ... }` block: only declarative Jenkinsfiles are converted", p.tok.line)
-        if p.tok.kind == "name" and p.tok.text == "pipeline" and p.peek().kind == "op" and p.peek().text == "{":
-            return p.call(p.tok)  # errors inside it are the file's errors, with their line
-        p._raw()
+            break
+        if pipeline is None and _is_pipeline(p):
+            pipeline = p.call(p.tok)  # errors inside it are the file's errors, with their line
+        elif p.is_op("}") or p.is_op(")") or p.is_op("]"):
+            outside.append(Raw(p.take().text, p.tokens[p.i - 1].line))
+        else:
+            outside.append(p.raw())
+    if pipeline is None:
+        raise ParseError("no `pipeline { ... }` block: only declarative Jenkinsfiles are converted", p.tok.line)
+    return Jenkinsfile(pipeline, tuple(outside))
+
+
+def parse(source: str) -> Call:
+    """The ``pipeline { ... }`` of a declarative Jenkinsfile, as a :class:`Call` tree."""
+    return parse_file(source).pipeline
