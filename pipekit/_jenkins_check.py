@@ -109,8 +109,10 @@ def convert_file(path: Path, output: Path | None, *, force: bool, out: IO[str], 
 
 
 def _write(target: Path, text: str, err: IO[str]) -> bool:
+    from pipekit._util import write_file
+
     try:
-        target.write_text(text, encoding="utf-8")
+        write_file(target, text)  # never through a link left at the target, replaced atomically
     except OSError as e:
         print(f"pipekit: cannot write {target}: {e.strerror or e}", file=err)
         return False

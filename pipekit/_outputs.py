@@ -20,6 +20,7 @@ from pipekit._matrix import MatrixOutputs
 from pipekit._resolve import ResolvedPlan, ResolvedStage
 from pipekit._results import StageResult, StageStatus
 from pipekit._run import CacheLookup, Run
+from pipekit._safefile import read_regular
 from pipekit._serialize import NotSerializable, dumps, loads
 from pipekit.backend import Image, ImageBackend, Origin
 from pipekit.exceptions import PipekitError
@@ -107,7 +108,8 @@ def _image_identity(lookup: Lookup, r: ResolvedStage, outputs: Mapping[str, Any]
         made = outputs.get(s.image_from)
         return made.id if isinstance(made, Image) else None
     if s.dockerfile:
-        return "dockerfile:" + (lookup.resolved.workspace / s.dockerfile).read_text()
+        # read without following a link or waiting on a FIFO a stage may have left in its place
+        return "dockerfile:" + read_regular(lookup.resolved.workspace / s.dockerfile).decode("utf-8", "replace")
     if r.image is None:
         return None
     if lookup.images is None:
