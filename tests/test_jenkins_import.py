@@ -29,7 +29,8 @@ FILES = Path(__file__).parent / "jenkinsfiles"
 #: beside the checkout (as CI lays it), or in the folder PIPEKIT_JENKINS_CORPUS names.
 REAL = Path(os.environ.get("PIPEKIT_JENKINS_CORPUS") or Path(__file__).parent.parent.parent / "shared" / "jenkinsfiles")
 needs_corpus = pytest.mark.skipif(
-    not (REAL / "corpus").is_dir(), reason=f"no corpus of real Jenkinsfiles at {REAL} (see tests/jenkinsfiles/SOURCES.md)"
+    not (REAL / "corpus").is_dir(),
+    reason=f"no corpus of real Jenkinsfiles at {REAL} (see tests/jenkinsfiles/SOURCES.md)",
 )
 ALL = sorted(FILES.glob("*.Jenkinsfile"))
 NEEDS_HANDS = {"11-needs-hands"}
