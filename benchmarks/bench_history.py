@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 
 import pipekit as pk
-from pipekit._docker import DockerBackend
+from pipekit._backends.docker.backend import DockerBackend
 from pipekit.testing import FakeBackend
 
 sys.path.insert(0, str(Path(__file__).parent))

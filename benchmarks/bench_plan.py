@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipekit._cli import main as cli_main
+from pipekit._cli.main import main as cli_main
 
 WIDTH = 10
 

@@ -57,8 +57,8 @@ def timed(pipeline: pk.Pipeline, backend: object, jobs: int) -> float:
 def backends(manager: str) -> dict[str, object]:
     import docker
 
-    from pipekit._docker import DockerBackend
-    from pipekit._swarm import SwarmBackend
+    from pipekit._backends.docker.backend import DockerBackend
+    from pipekit._backends.swarm.backend import SwarmBackend
 
     return {
         "one engine": DockerBackend(docker.from_env()),

@@ -12,19 +12,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipekit._cache import CacheInputs, inputs
-    from pipekit._conditions import Condition, RunInfo, branch, changed, env, param_is
-    from pipekit._context import Context
-    from pipekit._control import Outcome, Resources, Service
-    from pipekit._graph import Plan, find_errors, plan
-    from pipekit._loader import load
-    from pipekit._matrix import MatrixOutputs
-    from pipekit._params import Param, Params, param
-    from pipekit._reports import FailedTest, TestReport
-    from pipekit._results import RunResult, StageResult, StageStatus
-    from pipekit._secrets import Credentials, Secret, secret
-    from pipekit._stage import Pipeline, Stage, post, stage
-    from pipekit._triggers import Trigger, cron, on_push
+    from pipekit._core.results import RunResult, StageResult, StageStatus
+    from pipekit._core.testreport import FailedTest, TestReport
+    from pipekit._dsl.cache import CacheInputs, inputs
+    from pipekit._dsl.conditions import Condition, RunInfo, branch, changed, env, param_is
+    from pipekit._dsl.control import Outcome, Resources, Service
+    from pipekit._dsl.loader import load
+    from pipekit._dsl.matrix import MatrixOutputs
+    from pipekit._dsl.params import Param, Params, param
+    from pipekit._dsl.secrets import Credentials, Secret, secret
+    from pipekit._dsl.stage import Pipeline, Stage, post, stage
+    from pipekit._dsl.triggers import Trigger, cron, on_push
+    from pipekit._plan.graph import Plan, find_errors, plan
+    from pipekit._run.context import Context
     from pipekit.backend import CommandResult, Image
     from pipekit.exceptions import (
         BackendError,
@@ -125,64 +125,64 @@ _LAZY = {
     "BackendError": "pipekit.exceptions",
     "BuildFailed": "pipekit.exceptions",
     "BuildKitUnavailable": "pipekit.exceptions",
-    "CacheInputs": "pipekit._cache",
+    "CacheInputs": "pipekit._dsl.cache",
     "CommandResult": "pipekit.backend",
-    "Condition": "pipekit._conditions",
-    "Context": "pipekit._context",
-    "Credentials": "pipekit._secrets",
+    "Condition": "pipekit._dsl.conditions",
+    "Context": "pipekit._run.context",
+    "Credentials": "pipekit._dsl.secrets",
     "CycleError": "pipekit.exceptions",
     "DuplicateStageError": "pipekit.exceptions",
     "EngineUnavailable": "pipekit.exceptions",
-    "FailedTest": "pipekit._reports",
+    "FailedTest": "pipekit._core.testreport",
     "Image": "pipekit.backend",
     "ImageNotFound": "pipekit.exceptions",
     "Interrupted": "pipekit.exceptions",
     "InvalidReference": "pipekit.exceptions",
-    "MatrixOutputs": "pipekit._matrix",
-    "Outcome": "pipekit._control",
-    "Param": "pipekit._params",
+    "MatrixOutputs": "pipekit._dsl.matrix",
+    "Outcome": "pipekit._dsl.control",
+    "Param": "pipekit._dsl.params",
     "ParameterError": "pipekit.exceptions",
-    "Params": "pipekit._params",
+    "Params": "pipekit._dsl.params",
     "PipekitError": "pipekit.exceptions",
-    "Pipeline": "pipekit._stage",
+    "Pipeline": "pipekit._dsl.stage",
     "PipelineError": "pipekit.exceptions",
     "PipelineLoadError": "pipekit.exceptions",
-    "Plan": "pipekit._graph",
+    "Plan": "pipekit._plan.graph",
     "RegistryAuthError": "pipekit.exceptions",
     "RegistryError": "pipekit.exceptions",
     "RegistryUnavailable": "pipekit.exceptions",
-    "RunInfo": "pipekit._conditions",
-    "RunResult": "pipekit._results",
-    "Secret": "pipekit._secrets",
+    "RunInfo": "pipekit._dsl.conditions",
+    "RunResult": "pipekit._core.results",
+    "Secret": "pipekit._dsl.secrets",
     "SecretMissing": "pipekit.exceptions",
-    "Resources": "pipekit._control",
-    "Service": "pipekit._control",
-    "Stage": "pipekit._stage",
+    "Resources": "pipekit._dsl.control",
+    "Service": "pipekit._dsl.control",
+    "Stage": "pipekit._dsl.stage",
     "StageCodeError": "pipekit.exceptions",
     "StageFailed": "pipekit.exceptions",
-    "StageResult": "pipekit._results",
+    "StageResult": "pipekit._core.results",
     "StageSignatureError": "pipekit.exceptions",
-    "StageStatus": "pipekit._results",
+    "StageStatus": "pipekit._core.results",
     "StepFailed": "pipekit.exceptions",
     "TagNotFound": "pipekit.exceptions",
-    "TestReport": "pipekit._reports",
-    "Trigger": "pipekit._triggers",
-    "cron": "pipekit._triggers",
-    "on_push": "pipekit._triggers",
+    "TestReport": "pipekit._core.testreport",
+    "Trigger": "pipekit._dsl.triggers",
+    "cron": "pipekit._dsl.triggers",
+    "on_push": "pipekit._dsl.triggers",
     "UnknownStageError": "pipekit.exceptions",
     "UsageError": "pipekit.exceptions",
-    "branch": "pipekit._conditions",
-    "changed": "pipekit._conditions",
-    "env": "pipekit._conditions",
-    "find_errors": "pipekit._graph",
-    "inputs": "pipekit._cache",
-    "load": "pipekit._loader",
-    "param": "pipekit._params",
-    "param_is": "pipekit._conditions",
-    "plan": "pipekit._graph",
-    "post": "pipekit._stage",
-    "secret": "pipekit._secrets",
-    "stage": "pipekit._stage",
+    "branch": "pipekit._dsl.conditions",
+    "changed": "pipekit._dsl.conditions",
+    "env": "pipekit._dsl.conditions",
+    "find_errors": "pipekit._plan.graph",
+    "inputs": "pipekit._dsl.cache",
+    "load": "pipekit._dsl.loader",
+    "param": "pipekit._dsl.params",
+    "param_is": "pipekit._dsl.conditions",
+    "plan": "pipekit._plan.graph",
+    "post": "pipekit._dsl.stage",
+    "secret": "pipekit._dsl.secrets",
+    "stage": "pipekit._dsl.stage",
 }
 
 
@@ -209,6 +209,6 @@ def run(pipeline: Pipeline | str = "pipeline.py", *targets: str, **options: Any)
     the history, as ``pipekit run`` does), ``resume``, ``use_cache``, ``log_format``,
     ``log_file``, ``verbose``. An unknown option is a ``TypeError``.
     """
-    from pipekit._session import RunRequest, execute
+    from pipekit._run.session import RunRequest, execute
 
     return execute(RunRequest(pipeline=pipeline, targets=targets, **options))

@@ -14,7 +14,7 @@ def console_main() -> None:
     starts its work, and then what start-up made is frozen out of it (:func:`collector_on`).
     """
     gc.disable()
-    from pipekit._cli import console_main as cli_main
+    from pipekit._cli.main import console_main as cli_main
 
     cli_main()
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from pipekit._streams import Captured
+from pipekit._core.streams import Captured
 
 __all__ = [
     "Backend",

@@ -43,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _engine_problem() -> str | None:
-    from pipekit._docker import DockerBackend
+    from pipekit._backends.docker.backend import DockerBackend
     from pipekit.exceptions import EngineUnavailable
 
     try:
@@ -83,7 +83,7 @@ def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str]
             return explained
     if op != "==" or not _current or _current[-1].stash.get(_RESULTS, None) is None:
         return None
-    from pipekit._results import StageStatus
+    from pipekit._core.results import StageStatus
 
     status = left if isinstance(left, StageStatus) else right if isinstance(right, StageStatus) else None
     if status is None:
@@ -131,7 +131,7 @@ def pipekit_docker_runner(request: pytest.FixtureRequest) -> Iterator[PipelineRu
     problem = _engine_problem()
     if problem:
         pytest.skip(f"pipekit_docker_runner: no Docker engine answers: {problem}")
-    from pipekit._docker import DockerBackend
+    from pipekit._backends.docker.backend import DockerBackend
     from pipekit.testing import PipelineRunner, RecordingBackend
 
     backend = RecordingBackend(DockerBackend())

@@ -21,10 +21,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipekit._fakes import Call, FakeBackend, Pattern, RecordingBackend
-from pipekit._reports import TestReport
-from pipekit._results import RunResult, StageResult
-from pipekit._stage import Pipeline
+from pipekit._backends.fake import Call, FakeBackend, Pattern, RecordingBackend
+from pipekit._core.results import RunResult, StageResult
+from pipekit._core.testreport import TestReport
+from pipekit._dsl.stage import Pipeline
 
 __all__ = [
     "Call",
@@ -301,7 +301,7 @@ class PipelineRunner:
         return self
 
     def _request(self, pipeline: Pipeline | Path, options: dict[str, Any]) -> Any:
-        from pipekit._session import RunRequest
+        from pipekit._run.session import RunRequest
 
         host = self.backend.host() if isinstance(self.backend, RecordingBackend) else None
         return RunRequest(pipeline=pipeline, workspace=self.base_dir, backend=self.backend, host=host, **options)
@@ -330,8 +330,8 @@ class PipelineRunner:
         ``env`` is the environment conditions and secrets see. Both start empty (no variables, no
         changed files; ``changed=None`` asks git), so tests do not depend on the machine they run on.
         """
-        from pipekit._context import MemoryRecords
-        from pipekit._session import setup
+        from pipekit._run.context import MemoryRecords
+        from pipekit._run.session import setup
 
         if not isinstance(pipeline, Pipeline):
             path = Path(pipeline)

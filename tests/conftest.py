@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._session import RunRequest, setup
+from pipekit._run.session import RunRequest, setup
 
 ROOT = Path(__file__).parent.parent
 PIPELINES = Path(__file__).parent / "pipelines"
@@ -100,7 +100,7 @@ class Events:
 
 @pytest.fixture
 def docker_backend(docker_client: Any) -> Any:
-    from pipekit._docker import DockerBackend
+    from pipekit._backends.docker.backend import DockerBackend
 
     return DockerBackend(docker_client)
 

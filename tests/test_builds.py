@@ -205,7 +205,7 @@ def test_buildkit_unavailable_says_so(
     tmp_path: Path, run_on_docker: Any, busybox_image: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no CLI that drives BuildKit, a build with secrets fails clearly instead of leaking."""
-    from pipekit import _buildkit
+    from pipekit._backends.docker import buildkit as _buildkit
 
     monkeypatch.setenv("PIPEKIT_DOCKER_CLI", str(tmp_path / "no-docker-here"))
     monkeypatch.setenv("PIP_TOKEN", SECRET_VALUE)

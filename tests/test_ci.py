@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._ci import GroupedRenderer, JenkinsRenderer, detect, gh_data, gh_property
-from pipekit._cli import main
+from pipekit._ci.output import GroupedRenderer, JenkinsRenderer, detect, gh_data, gh_property
+from pipekit._cli.main import main
 from pipekit.testing import FakeBackend
 
 ESC = "\x1b"

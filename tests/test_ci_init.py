@@ -14,7 +14,7 @@ from helpers import REPO, run_console
 from packaging.requirements import Requirement
 
 import pipekit
-from pipekit._jenkins_parse import Assign, Call, Raw, parse
+from pipekit._ci.jenkins.parse import Assign, Call, Raw, parse
 
 PIPELINE = """\
 import pipekit as pk
@@ -199,7 +199,10 @@ INSTALLS = [
         "https://files.example/pipekit_ci-0.2.0-py3-none-any.whl#sha256=0123abcd",
         f"{DISTRIBUTION} @ https://files.example/pipekit_ci-0.2.0-py3-none-any.whl#sha256=0123abcd",
     ),
-    ("git+https://github.com/org/pipekit.git@v0.2.0", f"{DISTRIBUTION} @ git+https://github.com/org/pipekit.git@v0.2.0"),
+    (
+        "git+https://github.com/org/pipekit.git@v0.2.0",
+        f"{DISTRIBUTION} @ git+https://github.com/org/pipekit.git@v0.2.0",
+    ),
     ("git+ssh://git@git.example/org/pipekit.git", f"{DISTRIBUTION} @ git+ssh://git@git.example/org/pipekit.git"),
     ("dist/pipekit_ci-0.2.0-py3-none-any.whl", "./dist/pipekit_ci-0.2.0-py3-none-any.whl"),
 ]
@@ -207,7 +210,7 @@ INSTALLS = [
 
 @pytest.mark.parametrize("system", ["github", "gitlab", "jenkins"])
 def test_install_says_how_the_ci_gets_pipekit(system: str, tmp_path: Path) -> None:
-    from pipekit._ci_init import wrapper
+    from pipekit._ci.wrappers import wrapper
 
     done = _init(tmp_path, system, "--install", "git+https://github.com/org/pipekit.git@v0.2.0")
     assert done.returncode == 0, done.stderr
@@ -246,7 +249,7 @@ def test_install_refuses_what_would_break_or_leak(tmp_path: Path) -> None:
     ],
 )
 def test_install_specs_that_are_refused(given: str, says: str) -> None:
-    from pipekit._ci_init import install_spec
+    from pipekit._ci.wrappers import install_spec
     from pipekit.exceptions import UsageError
 
     with pytest.raises(UsageError, match=re.escape(says)):
@@ -264,7 +267,7 @@ def test_an_existing_file_is_kept_unless_forced(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("system", ["github", "gitlab", "jenkins"])
 def test_the_wrappers_in_the_docs_are_what_ci_init_writes(system: str) -> None:
-    from pipekit._ci_init import wrapper
+    from pipekit._ci.wrappers import wrapper
 
     page = (REPO / "docs" / "ci.md").read_text()
     assert wrapper(system, ["API_TOKEN"])[1] in page
@@ -343,7 +346,7 @@ def test_the_project_is_built_under_the_free_name() -> None:
 def test_serve_without_its_extra_names_the_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from pipekit._server import _imports
+    from pipekit._server.serve import _imports
     from pipekit.exceptions import UsageError
 
     monkeypatch.setitem(sys.modules, "croniter", None)  # as if the [server] extra were not installed

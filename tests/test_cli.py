@@ -1,4 +1,4 @@
-"""The command line, in-process through pipekit._cli.main, and as users run it: the installed
+"""The command line, in-process through pipekit._cli.main.main, and as users run it: the installed
 `pipekit` console script in a process of its own, against the real engine."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from helpers import run_console
 
-from pipekit._cli import main
+from pipekit._cli.main import main
 
 PIPELINES = Path(__file__).parent / "pipelines"
 HELLO = Path(__file__).parent.parent / "examples" / "hello" / "pipeline.py"
@@ -403,7 +403,7 @@ def test_cleanup_of_a_run_with_a_kept_container_says_what_it_removed(
 def test_a_shared_option_has_one_definition_in_every_command() -> None:
     """--param, --secrets-file, --image-map, --no-image-check, --branch and --changed-base read the
     same variable, with the same help, in every command that takes them."""
-    from pipekit._cli import cli as group
+    from pipekit._cli.main import cli as group
 
     seen: dict[str, set[tuple[Any, ...]]] = {}
     for command in ("run", "plan", "validate"):

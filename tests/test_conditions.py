@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._cli import main
-from pipekit._conditions import RunInfo, detect_branch, glob_match
+from pipekit._cli.main import main
+from pipekit._dsl.conditions import RunInfo, detect_branch, glob_match
 
 
 def info(**kwargs: Any) -> RunInfo:

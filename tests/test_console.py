@@ -103,7 +103,7 @@ def _console_calls() -> list[tuple[str, str, list[str], set[str]]]:
 
 
 def test_every_command_is_run_as_users_run_it() -> None:
-    from pipekit._cli import cli
+    from pipekit._cli.main import cli
 
     commands = _leaf_commands(cli)
     assert {("run",), ("shell",), ("ci", "init"), ("import", "jenkinsfile")} <= set(commands)  # the walk works
@@ -120,7 +120,7 @@ def test_every_command_is_run_as_users_run_it() -> None:
 
 def test_the_scan_sees_a_command_without_a_test() -> None:
     """The check above can fail: a command added to the CLI, with no console test, is reported."""
-    from pipekit._cli import cli
+    from pipekit._cli.main import cli
 
     group = click.Group("pipekit", commands=dict(cli.commands))
     group.add_command(click.Command("brand-new", callback=lambda: None))

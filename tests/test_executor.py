@@ -326,7 +326,7 @@ def test_a_stage_is_prepared_ahead_only_once_its_upstream_stage_has_its_containe
     import threading
     import time
 
-    from pipekit._docker import DockerBackend
+    from pipekit._backends.docker.backend import DockerBackend
 
     marks: list[tuple[str, str, float]] = []
     lock = threading.Lock()

@@ -51,7 +51,7 @@ def test_a_failing_line_fails_a_host_stage(run_on_docker: Any) -> None:
 def _cli(*argv: str) -> tuple[int, str, str]:
     import io
 
-    from pipekit._cli import main
+    from pipekit._cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), out=out, err=err)
@@ -132,7 +132,7 @@ def test_workspace_false_needs_an_image(tmp_path: Path) -> None:
 
 def test_a_standard_dotenv_file_with_a_quoted_multi_line_value_is_read(tmp_path: Path) -> None:
     """Secrets files follow python-dotenv's rules: quotes, export, comments, multi-line values."""
-    from pipekit._secrets import parse_dotenv
+    from pipekit._dsl.secrets import parse_dotenv
 
     key = "-----BEGIN KEY-----\nabc\n-----END KEY-----"
     (tmp_path / ".env").write_text(
@@ -146,7 +146,7 @@ def test_a_standard_dotenv_file_with_a_quoted_multi_line_value_is_read(tmp_path:
 
 def test_a_secrets_file_that_is_not_a_small_file_is_refused() -> None:
     """--secrets-file /dev/zero is refused with a message, not a MemoryError."""
-    from pipekit._secrets import parse_dotenv
+    from pipekit._dsl.secrets import parse_dotenv
 
     with pytest.raises(pk.UsageError, match="is not a regular file"):
         parse_dotenv(Path("/dev/zero"))
@@ -154,7 +154,7 @@ def test_a_secrets_file_that_is_not_a_small_file_is_refused() -> None:
 
 def test_changed_understands_brace_patterns_and_refuses_broken_ones() -> None:
     """pk.changed("src/**/*.{py,toml}") matches; a pattern that cannot be read fails at load time."""
-    from pipekit._conditions import RunInfo
+    from pipekit._dsl.conditions import RunInfo
 
     cond = pk.changed("src/**/*.{py,toml}")
     info = RunInfo(workspace=Path("."), branch="main", changed_files=["src/pkg/mod.py", "README.md"])

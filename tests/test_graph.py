@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pipekit as pk
-from pipekit._stage import Parameter, Stage
+from pipekit._dsl.stage import Parameter, Stage
 
 PIPELINES = Path(__file__).parent / "pipelines"
 ROOT = Path(__file__).parent.parent

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from helpers import StartedRun
 
-from pipekit._cli import main
-from pipekit._history import History
+from pipekit._cli.main import main
+from pipekit._history.store import History
 
 pytestmark = pytest.mark.docker
 

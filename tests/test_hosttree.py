@@ -1,4 +1,4 @@
-"""The host side of copy mode's bring-back (pipekit._hosttree): nothing is ever written through a
+"""The host side of copy mode's bring-back (pipekit._workspace.hosttree): nothing is ever written through a
 link, links are resolved against the real tree, and private places stay out of reach."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipekit._hosttree import HostTree, TreeRefused, is_private
+from pipekit._workspace.hosttree import HostTree, TreeRefused, is_private
 
 
 @pytest.fixture
@@ -160,7 +160,7 @@ def test_the_tree_stream_keeps_hard_links_and_leaves_the_secrets_file_out(ws: Pa
     left out under any name it has, .pipekit/ left out; a streamed, valid tar."""
     import tarfile
 
-    from pipekit._archive import PRIVATE_DIRS, TreeStream
+    from pipekit._workspace.archive import PRIVATE_DIRS, TreeStream
 
     (ws / "a.txt").write_text("a\n")
     os.link(ws / "a.txt", ws / "sub" / "b.txt")

@@ -305,7 +305,7 @@ def test_from_images_are_in_the_check_before_the_run_and_a_mapping_that_matches_
 
 def test_from_lines_are_mapped_and_only_from_lines_that_name_an_image() -> None:
     """Stage names, scratch, $ARG images and lines that continue another instruction are left alone."""
-    from pipekit._dockerfile import from_images, map_from
+    from pipekit._backends.docker.dockerfile import from_images, map_from
 
     text = (
         "# syntax=docker/dockerfile:1\n"

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._cli import main
-from pipekit._graph import find_errors
-from pipekit._jenkins import convert
-from pipekit._jenkins_emit import check_source
-from pipekit._jenkins_lex import tokenize
-from pipekit._jenkins_parse import Call, GString, ParseError, Raw, parse
+from pipekit._ci.jenkins.convert import convert
+from pipekit._ci.jenkins.emit import check_source
+from pipekit._ci.jenkins.lex import tokenize
+from pipekit._ci.jenkins.parse import Call, GString, ParseError, Raw, parse
+from pipekit._cli.main import main
+from pipekit._plan.graph import find_errors
 from pipekit.testing import FakeBackend, PipelineRunner
 
 FILES = Path(__file__).parent / "jenkinsfiles"
@@ -510,8 +510,8 @@ def test_any_text_reaches_the_file_only_as_a_literal_that_reads_back_the_same(tm
 
 
 def test_a_wrong_result_is_the_importers_error_exit_3_and_kept_beside(tmp_path: Path, monkeypatch: Any) -> None:
-    import pipekit._jenkins_check as check_module
-    from pipekit._jenkins import Converted
+    import pipekit._ci.jenkins.check as check_module
+    from pipekit._ci.jenkins.convert import Converted
 
     monkeypatch.setattr(check_module, "convert", lambda source, name: Converted("x = f'{a['b']}'\n", ()))
     jenkinsfile = tmp_path / "Jenkinsfile"
@@ -555,7 +555,7 @@ def test_held_out_real_jenkinsfiles_never_give_a_wrong_file(tmp_path: Path, caps
 def test_mangled_jenkinsfiles_are_refused_or_converted_to_a_valid_file_never_worse() -> None:
     """Real Jenkinsfiles with random characters put in, cut out and copied over: the importer says
     it cannot read one (ParseError, exit 2) or writes a valid pipeline.py; nothing else."""
-    from pipekit._jenkins_check import check
+    from pipekit._ci.jenkins.check import check
 
     rng = random.Random(24)
     sources = [p.read_text(encoding="utf-8") for p in CORPUS[::3] or sorted(FILES.glob("*.Jenkinsfile"))]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from helpers import Terminal, run_console
 
-from pipekit._cli import main
+from pipekit._cli.main import main
 
 PIPELINE = """\
 import pipekit as pk

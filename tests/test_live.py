@@ -14,8 +14,8 @@ from typing import Any
 
 from helpers import Terminal
 
-from pipekit._live import LiveRenderer
-from pipekit._session import RunRequest, setup
+from pipekit._console.live import LiveRenderer
+from pipekit._run.session import RunRequest, setup
 
 
 class Clock:

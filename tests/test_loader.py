@@ -53,7 +53,7 @@ def test_syntax_error_is_reported_with_its_line() -> None:
     message = str(info.value)
     assert "SyntaxError" in message
     assert 'syntax_error.py", line 5' in message
-    assert "_loader.py" not in message
+    assert "_dsl/loader.py" not in message
     assert info.value.exit_code == 2
 
 

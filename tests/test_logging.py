@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from pipekit._logging import make_logger
+from pipekit._console.log import make_logger
 
 
 def test_json_lines_carry_timestamp_level_and_fields() -> None:

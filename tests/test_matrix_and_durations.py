@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import pipekit as pk
-from pipekit._control import format_duration, parse_duration
-from pipekit._matrix import combinations
+from pipekit._dsl.control import format_duration, parse_duration
+from pipekit._dsl.matrix import combinations
 
 
 def test_product_of_the_matrix_in_key_order() -> None:

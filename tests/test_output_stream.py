@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._logging import make_logger
-from pipekit._secrets import Masker
-from pipekit._streams import MAX_LINE, MEMORY_LIMIT, Captured, LineSplitter
+from pipekit._console.log import make_logger
+from pipekit._core.streams import MAX_LINE, MEMORY_LIMIT, Captured, LineSplitter
+from pipekit._dsl.secrets import Masker
 
 LINES = ["plain", "\x1b[31mred\x1b[0m text", 'quotes " and \\ and é ✓', "", "the token s3cr3t-value here"]
 

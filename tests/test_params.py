@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._cli import main
-from pipekit._params import resolve_params
+from pipekit._cli.main import main
+from pipekit._dsl.params import resolve_params
 
 PIPELINE = """
 import pipekit as pk

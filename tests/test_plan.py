@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pipekit._cli import main
+from pipekit._cli.main import main
 
 PIPELINE = """\
 import pipekit as pk
@@ -271,7 +271,7 @@ def _lose(docker_client: Any, image: str) -> None:
 
 
 def _image_of(folder: Path, stage: str) -> str:
-    from pipekit._history import History
+    from pipekit._history.store import History
 
     history = History(folder, create=False)
     try:

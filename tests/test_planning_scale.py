@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._signature import Parameter, _parameters, _plain_parameters
+from pipekit._dsl.signature import Parameter, _parameters, _plain_parameters
 from pipekit.exceptions import PipelineLoadError
 
 

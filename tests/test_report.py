@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from pipekit._cli import main
-from pipekit._history import History
+from pipekit._cli.main import main
+from pipekit._history.store import History
 
 SECRET = "sup3r-secret-tok"
 PIPELINE = """\

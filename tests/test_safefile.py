@@ -1,4 +1,4 @@
-"""pipekit._safefile: the workspace read and written without following the links a stage leaves."""
+"""pipekit._core.safefile: the workspace read and written without following the links a stage leaves."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipekit._safefile import Beneath, UnsafePath, read_regular, write_file
+from pipekit._core.safefile import Beneath, UnsafePath, read_regular, write_file
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._secrets import Masker, SecretStore, parse_dotenv
+from pipekit._dsl.secrets import Masker, SecretStore, parse_dotenv
 
 SECRET = "hunter2-Xy9-very-secret"
 

@@ -60,7 +60,7 @@ def test_testing_all_is_pinned() -> None:
 
 def test_fake_backend_implements_the_backend_protocol() -> None:
     """The fake is a pipekit.backend.Backend like the Docker one."""
-    from pipekit._docker import DockerBackend
+    from pipekit._backends.docker.backend import DockerBackend
     from pipekit.backend import Backend
 
     assert isinstance(FakeBackend(), Backend)
@@ -75,7 +75,7 @@ def _write(tmp_path: Path) -> Path:
 @pytest.mark.docker
 def test_same_statuses_and_order_on_the_fake_and_on_docker(tmp_path: Path, busybox_image: str) -> None:
     """One pipeline, run on the fake and on the real engine by the same executor, ends the same way."""
-    from pipekit._docker import DockerBackend
+    from pipekit._backends.docker.backend import DockerBackend
 
     path = _write(tmp_path)
     options: dict[str, Any] = dict(

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 import pipekit as pk
-from pipekit._docker import DockerBackend
-from pipekit._history import History
+from pipekit._backends.docker.backend import DockerBackend
+from pipekit._history.store import History
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).parent.parent

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import pipekit as pk
-from pipekit._cli import main
+from pipekit._cli.main import main
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:

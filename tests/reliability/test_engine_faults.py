@@ -61,7 +61,7 @@ def test_the_engine_going_away_mid_run_is_reported_and_recorded(
     assert "Traceback" not in err and "Traceback" not in out
     [failed] = [e for e in run.events if e["event"] == "stage finished" and e["stage"] == "slow"]
     assert "went away" in failed["error"]
-    from pipekit._history import History
+    from pipekit._history.store import History
 
     h = History(tmp_path)
     recorded = h.run(h.resolve("last"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import pipekit as pk
-from pipekit._cli import main
+from pipekit._cli.main import main
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:
@@ -57,7 +57,7 @@ def test_a_stage_cannot_reach_pipekits_own_state(tmp_path: Path, busybox_image: 
     assert _cli("run", "-f", str(tmp_path), "--image-map", f"busybox={busybox_image}")[0] == 0  # makes a history
     code, out, err = _cli("run", "-f", str(tmp_path), "--image-map", f"busybox={busybox_image}")
     assert code == 0, out + err
-    from pipekit._history import History
+    from pipekit._history.store import History
 
     h = History(tmp_path)
     run_id = h.resolve("last")
@@ -82,7 +82,7 @@ def test_pipekits_files_are_private(tmp_path: Path) -> None:
 
 def test_a_planted_link_in_the_log_folder_is_never_written_through(tmp_path: Path) -> None:
     """Were a link planted where a stage's log goes, pipekit refuses to write through it."""
-    from pipekit._history import History
+    from pipekit._history.store import History
 
     victim = tmp_path / "victim.txt"
     victim.write_text("untouched\n")
@@ -122,7 +122,7 @@ def test_archive_refuses_a_link_a_stage_made_to_a_host_file(tmp_path: Path, busy
     result = pk.run(p, image_map={"busybox": busybox_image}, log_file=io.StringIO(), record=True)
     assert result["package"].status == "failed"
     assert "dist/app.whl is a link to" in (result["package"].error or "")
-    from pipekit._history import History
+    from pipekit._history.store import History
 
     h = History(tmp_path)
     assert h.artifacts(result.run_id) == []
@@ -131,7 +131,7 @@ def test_archive_refuses_a_link_a_stage_made_to_a_host_file(tmp_path: Path, busy
 
 def test_artifacts_dest_checks_every_path_before_writing(tmp_path: Path) -> None:
     """A stored artifact whose path would leave --dest stops the copy before any file is written."""
-    from pipekit._history import History
+    from pipekit._history.store import History
 
     (tmp_path / "pipeline.py").write_text("import pipekit as pk\n")
     h = History(tmp_path)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pipekit._secrets import SecretStore
+from pipekit._dsl.secrets import SecretStore
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]

@@ -382,7 +382,7 @@ def test_pipekit_triggers_output_is_apart_from_what_the_pipeline_prints_and_neve
 
 
 def test_emptying_a_workspace_never_follows_what_a_stage_planted(tmp_path: Path) -> None:
-    from pipekit._server_git import empty
+    from pipekit._server.git import empty
 
     outside = tmp_path / "outside"
     (outside / "deep").mkdir(parents=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipekit._cli import main
+from pipekit._cli.main import main
 
 pytestmark = pytest.mark.docker
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import pipekit as pk
-from pipekit._cli import main
+from pipekit._cli.main import main
 from pipekit.testing import PipelineRunner
 
 

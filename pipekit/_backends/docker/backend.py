@@ -1,0 +1,433 @@
+"""The Docker backend: each stage with an image gets one container for its whole life.
+
+This is the only package of modules (``_docker*.py``) that imports the docker SDK, and it does so
+lazily so that ``import pipekit`` stays cheap. The workspace reaches the container as a bind
+mount when the engine is on this machine, or as a copy (``put_files``/``get_files``) when it is
+not (``DOCKER_HOST=tcp://...`` or ``ssh://...``): see ``workspace=`` and ``PIPEKIT_WORKSPACE``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from pipekit._backends.docker.engine import (
+    LABEL_MANAGED,
+    LABEL_RUN,
+    LABEL_STAGE,
+    WORKDIR,
+    WORKSPACE_ENV,
+    WORKSPACE_MODES,
+    close_stream,
+    container_name,
+    docker_host,
+    engine_is_local,
+    owner_label,
+    probe_engine,
+    reason,
+    unreachable,
+)
+from pipekit._backends.docker.files import DockerFiles, workspace_covers
+from pipekit._backends.docker.housekeeping import DockerHousekeeping, is_kept
+from pipekit._backends.docker.images import DockerImages
+from pipekit._backends.docker.services import DockerServices
+from pipekit._backends.docker.shell import AttachedShell
+from pipekit._core.streams import Captured, LineSplitter
+from pipekit.backend import (
+    RUN_SCRIPT,
+    SCRIPT_VAR,
+    CommandResult,
+    LineSink,
+    StageHandle,
+    StageSpec,
+    shell_script,
+)
+from pipekit.exceptions import BackendError, EngineUnavailable, StageFailed, UsageError
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = ["DockerBackend", "LABEL_RUN", "LABEL_STAGE"]
+
+
+def _workdir(spec: StageSpec) -> str | None:
+    """Where a stage's commands start in its container: ``workdir`` (relative to the workspace),
+    the workspace, or (with no workspace) the image's own working directory."""
+    if spec.workdir:
+        return posixpath.join(WORKDIR, spec.workdir)  # an absolute workdir stays as it is
+    return WORKDIR if spec.with_workspace else None
+
+
+DEFAULT_PIDS_LIMIT = 4096  # processes per stage container: a fork bomb stops there
+
+
+@attrs.define
+class _Prepared:
+    """What prepare made for a stage: its container, its services' containers, their network."""
+
+    container: str = ""
+    services: list[str] = attrs.field(factory=list)
+    network: str | None = None
+    streams: set[Any] = attrs.field(factory=set)  # exec streams open now (closed by a backend that loses the engine)
+    shell: AttachedShell | None = None  # the container's own shell, which runs its commands
+
+
+class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerServices):
+    """Runs stages in containers of one Docker engine (``DOCKER_HOST`` or the local socket).
+
+    ``workspace``: ``"mount"`` binds the pipeline's folder into each container, ``"copy"``
+    copies it in and the changes back, ``"auto"`` (the default, or ``PIPEKIT_WORKSPACE``) mounts
+    for an engine on this machine and copies for a remote one.
+    """
+
+    name = "docker"
+    runs_host_stages = False
+    prepares_ahead = True  # a container's start is worth taking off the critical path
+
+    def __init__(
+        self, client: docker.DockerClient | None = None, *, workspace: str | None = None, host: str | None = None
+    ) -> None:
+        mode = workspace or os.environ.get(WORKSPACE_ENV) or "auto"
+        if mode not in WORKSPACE_MODES:
+            raise UsageError(f"the workspace mode is one of {', '.join(WORKSPACE_MODES)}, got {mode!r}")
+        self.workspace_mode = mode
+        self._client = client
+        self._given_client = client is not None
+        self._answered = False
+        self._host = host
+        self._image_locks: dict[str, threading.Lock] = {}
+        self._ready_images: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------------------------
+    @property
+    def host(self) -> str:
+        """The engine's address."""
+        if self._host is not None:
+            return self._host
+        if self._given_client and self._client is not None:
+            base = str(self._client.api.base_url)
+            if base in ("http+docker://localhost", "http+docker://localnpipe"):
+                return "unix://"
+            return base.replace("http://", "tcp://", 1)
+        return docker_host()
+
+    @property
+    def shares_workspace(self) -> bool:
+        if self.workspace_mode == "auto":
+            return engine_is_local(self.host)
+        return self.workspace_mode == "mount"
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            import docker
+            from docker.errors import DockerException
+
+            host = self.host
+            probe_engine(host)
+            ssh = host.startswith("ssh://")  # through the system's ssh client, as the docker CLI does
+            try:
+                if self._host:
+                    self._client = docker.DockerClient(base_url=host, use_ssh_client=ssh)
+                else:
+                    self._client = docker.from_env(use_ssh_client=ssh)
+            except DockerException as e:
+                raise unreachable(e, self.host) from e
+            self._answered = True  # the client asked the engine for its API version: no ping needed
+        return self._client
+
+    def check(self) -> None:
+        """Raise EngineUnavailable unless the engine answers; asked once per backend (a run's setup
+        asks in more than one place, and an engine lost later is found where it is used)."""
+        from docker.errors import DockerException
+
+        try:
+            client = self.client
+            if self._answered:
+                return
+            client.ping()
+        except (DockerException, OSError) as e:  # OSError: requests' ConnectionError and friends
+            raise unreachable(e, self.host) from e
+        self._answered = True
+
+    def _container(self, handle: StageHandle) -> str:
+        prepared = handle.ref
+        if not isinstance(prepared, _Prepared) or not prepared.container:
+            raise StageFailed(f"Stage '{handle.spec.stage}' has no container", stage=handle.spec.stage)
+        return prepared.container
+
+    # -- the stage life cycle --------------------------------------------------------------
+    def prepare(self, spec: StageSpec) -> StageHandle:
+        if spec.image is None:
+            raise StageFailed(f"Stage '{spec.stage}' has no image to run in", stage=spec.stage)
+        try:
+            return self._prepare(spec)
+        except OSError as e:  # requests' ConnectionError and friends: the engine is not there
+            raise self._gone(e) from e
+
+    def _gone(self, e: BaseException) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"The Docker engine at {self.host} went away ({reason(e)}); the stages that needed it failed. Start it"
+            " again (pipekit cleanup --all then removes what the run left)"
+        )
+
+    def _prepare(self, spec: StageSpec) -> StageHandle:
+        assert spec.image is not None
+        from docker.errors import APIError
+
+        self.ensure_image(spec.image)
+        for volume in spec.volumes:
+            self._ensure_cache_volume(volume, spec)
+        prepared = _Prepared()
+        workdir = _workdir(spec)
+        workspace_dir = WORKDIR if spec.with_workspace else None
+        handle = StageHandle(spec=spec, ref=prepared, where="", workdir=workdir, workspace_dir=workspace_dir)
+        try:
+            network = self._start_services(spec, prepared) if spec.services else None
+            prepared.container = self._create_stage_container(spec, network, workdir)
+            prepared.shell = self._attach(prepared.container)
+            self.client.api.start(prepared.container)
+        except APIError as e:
+            self.release(handle)
+            why = reason(e)
+            if "executable file not found" in why or "no such file" in why.lower():
+                raise StageFailed(
+                    f"Image '{spec.image}' has no shell `sh`, which pipekit needs to run stage"
+                    f" '{spec.stage}' commands in it. Use an image with a shell ({why})",
+                    stage=spec.stage,
+                ) from e
+            raise BackendError(f"Cannot start the container of stage '{spec.stage}' ({spec.image}): {why}") from e
+        except BaseException:
+            self.release(handle)
+            raise
+        return attrs.evolve(handle, where=f"container {prepared.container[:12]}")
+
+    def _attach(self, container: str) -> AttachedShell | None:
+        """The container's own shell, to run its commands (None: they go through exec)."""
+        if self.host.startswith("ssh://"):  # docker-py's ssh sockets do not take writes
+            return None
+        return AttachedShell(self.client.api, container)
+
+    def _create_stage_container(self, spec: StageSpec, network: str | None, workdir: str | None) -> str:
+        from docker.utils import format_environment
+
+        api = self.client.api
+        binds = {volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()}
+        tmpfs = {}
+        mounts = []
+        if self.shares_workspace and spec.with_workspace:
+            binds[str(spec.workspace)] = {"bind": WORKDIR, "mode": "rw"}
+            # pipekit's own state (history, logs, cache) is out of a stage's reach: an empty,
+            # read-only folder covers it in the container; .git is read-only and the secrets file
+            # covered too (workspace_covers)
+            tmpfs[f"{WORKDIR}/.pipekit"] = "ro,size=4k,mode=0555"
+            mounts = workspace_covers(spec)
+        # the proxies of ~/.docker/config.json, as create_container adds them
+        proxies = getattr(api, "_proxy_configs", None)
+        env = format_environment(dict(spec.env))
+        env = proxies.inject_proxy_environment(env) if proxies else env
+        config = api.create_container_config(
+            spec.image,
+            None,
+            entrypoint=["sh"],
+            stdin_open=True,
+            environment=env,
+            working_dir=workdir,
+            labels=self._labels(spec),
+            host_config=api.create_host_config(
+                binds=binds,
+                tmpfs=tmpfs,
+                mounts=mounts,
+                network_mode=network,
+                pids_limit=spec.pids or DEFAULT_PIDS_LIMIT,
+                mem_limit=spec.memory,
+                memswap_limit=spec.memory,  # no swap beyond the limit: over it, the kernel kills
+                nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+                log_config={"type": "none"},  # the output goes to pipekit, not also to a log file of the engine
+            ),
+        )
+        # the shell's stdin stays open when pipekit lets go of it (docker-py would close it with
+        # the attach: a kept container's shell would end)
+        config["StdinOnce"] = False
+        container = api.create_container_from_config(config, container_name(spec.run_id, spec.stage))
+        return str(container["Id"])
+
+    def _labels(self, spec: StageSpec) -> dict[str, str]:
+        return {
+            **spec.labels,
+            LABEL_MANAGED: "true",
+            LABEL_RUN: spec.run_id,
+            LABEL_STAGE: spec.stage,
+            **owner_label(),
+        }
+
+    def exec(
+        self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
+    ) -> CommandResult:
+        from docker.errors import APIError, NotFound
+
+        spec = handle.spec
+        start = time.monotonic()
+        try:
+            script = shell_script(command, strict)
+            env = {**spec.secret_env, **env}
+            shell = handle.ref.shell
+            if shell is not None and shell.takes(env):
+                code, stdout, stderr = shell.run(script, env, handle.workdir, on_line)
+            else:
+                code, stdout, stderr = self._exec_stream(
+                    self._container(handle), script, env, on_line, handle.workdir, handle.ref.streams
+                )
+        except NotFound as e:
+            raise StageFailed(
+                f"The container of stage '{spec.stage}' is gone (removed while `{command}` ran)",
+                stage=spec.stage,
+            ) from e
+        except APIError as e:
+            raise BackendError(f"Cannot run a command in stage '{spec.stage}': {reason(e)}") from e
+        except Exception as e:  # the stream broke: the container was removed under us, or the engine left
+            if not self._answers():
+                raise self._gone(e) from e
+            raise StageFailed(
+                f"Lost the container of stage '{spec.stage}' while `{command}` ran: {e}",
+                stage=spec.stage,
+            ) from e
+        if code is None:  # the container went away before the command finished
+            code = 137 if shell is None or shell.alive else self._shell_ended(handle)
+        oom = code == 137 and spec.memory is not None and self._oom_killed(handle)
+        return CommandResult(command, int(code), stdout, stderr, time.monotonic() - start, oom_killed=oom)
+
+    def _shell_ended(self, handle: StageHandle) -> int:
+        """A command's exit code when its container's shell went away under it: 137 when the
+        container was removed (the stage was stopped) or stopped by someone; EngineUnavailable when
+        the engine is stopping (it stops its containers first, then goes)."""
+        from docker.errors import DockerException, NotFound
+
+        if handle.ref.shell.released:
+            return 137
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                self.client.api.inspect_container(handle.ref.container)
+            except NotFound:
+                return 137
+            except (DockerException, OSError) as e:
+                raise self._gone(e) from e
+            time.sleep(0.2)
+        return 137
+
+    def _answers(self) -> bool:
+        """Whether the engine answers a ping within a few seconds."""
+        import docker
+
+        probe = None
+        try:
+            probe = docker.DockerClient(base_url=self.host, timeout=3) if self._host else None
+            (probe or self.client).ping()
+            return True
+        except Exception:
+            return False
+        finally:
+            if probe is not None:
+                probe.close()
+
+    def _oom_killed(self, handle: StageHandle) -> bool:
+        """Whether the kernel killed a process of the stage's container for memory (its cgroup's
+        oom_kill count; cgroup v1 or v2)."""
+        files = "/sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events"
+        try:
+            _code, out, _err = self._exec_stream(
+                self._container(handle), f"cat {files} 2>/dev/null; true", {}, lambda *_: None, None
+            )
+        except Exception:
+            return False
+        counts = [int(line.split()[1]) for line in out.text().splitlines() if line.startswith("oom_kill ")]
+        return any(counts)
+
+    def _exec_stream(
+        self,
+        container: str,
+        command: str,
+        env: Mapping[str, str],
+        on_line: LineSink,
+        workdir: str | None,
+        streams: set[Any] | None = None,
+    ) -> tuple[int | None, Captured, Captured]:
+        from docker.utils.socket import STDERR, frames_iter
+
+        api = self.client.api
+        out = LineSplitter("stdout", on_line)
+        err = LineSplitter("stderr", on_line)
+        environment = {**env, SCRIPT_VAR: command}  # the command travels here, not on the command line
+        exec_id = api.exec_create(container, RUN_SCRIPT, environment=environment, workdir=workdir)["Id"]
+        sock = api.exec_start(exec_id, socket=True)
+        streams = streams if streams is not None else set()
+        streams.add(sock)
+        try:
+            for stream_id, data in frames_iter(sock, tty=False):
+                (err if stream_id == STDERR else out).feed(data)
+        finally:
+            streams.discard(sock)
+            close_stream(sock)
+        stdout, stderr = out.close(), err.close()
+        return api.exec_inspect(exec_id).get("ExitCode"), stdout, stderr
+
+    def release(self, handle: StageHandle) -> None:
+        prepared = handle.ref
+        if not isinstance(prepared, _Prepared):
+            return
+        if prepared.shell is not None:
+            prepared.shell.released = True  # a command still running ends with 137, as it is killed
+        try:
+            for cid in [prepared.container, *prepared.services]:
+                if cid:
+                    self._remove(cid)
+            if prepared.network:
+                self._remove_network(prepared.network)
+        except OSError as e:
+            raise self._gone(e) from e
+        finally:
+            if prepared.shell is not None:  # after the container: a command still running sees its end
+                prepared.shell.close()
+
+    def cleanup(self, run_id: str) -> None:
+        from docker.errors import DockerException
+
+        label = {"label": f"{LABEL_RUN}={run_id}"}
+        try:
+            for c in [c for c in self.client.api.containers(all=True, filters=label) if not is_kept(c)]:
+                self._remove(c["Id"])  # (a container kept after a failure goes with `pipekit cleanup RUN`)
+            for n in self.client.api.networks(filters=label):
+                self._remove_network(n["Id"])
+        except (DockerException, OSError):
+            return  # the engine is gone: `pipekit cleanup`, or the next run, removes what is left
+
+    def _remove_network(self, network_id: str) -> None:
+        from docker.errors import APIError, NotFound
+
+        try:
+            self.client.api.remove_network(network_id)
+        except NotFound:
+            pass
+        except APIError as e:
+            if e.status_code != 409:
+                raise
+
+    def _remove(self, container_id: str) -> None:
+        from docker.errors import APIError, NotFound
+
+        try:
+            self.client.api.remove_container(container_id, force=True, v=True)
+        except NotFound:
+            pass
+        except APIError as e:
+            if e.status_code == 409:  # removal already in progress
+                return
+            raise

@@ -1,0 +1,130 @@
+"""Talking to a Docker engine: where it is, reaching it, and turning its errors into ours.
+
+Shared by the Docker backend's modules; imports no docker SDK at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from pipekit._core.util import slug
+from pipekit.backend import LineSink
+from pipekit.exceptions import EngineUnavailable
+
+__all__ = ["LABEL_RUN", "LABEL_STAGE", "WORKDIR", "WORKSPACE_MODES", "container_name", "engine_is_local"]
+
+LABEL_MANAGED = "io.pipekit.managed"
+LABEL_RUN = "io.pipekit.run"
+LABEL_STAGE = "io.pipekit.stage"
+LABEL_SERVICE = "io.pipekit.service"
+LABEL_CACHE = "io.pipekit.cache"
+LABEL_OWNER = "io.pipekit.owner"  # HOST:PID of the pipekit process: a run whose process is gone left it
+
+
+def owner_label() -> dict[str, str]:
+    return {LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the pipekit process that made a container still runs (unknown hosts count as alive)."""
+    if not owner or ":" not in owner:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+WORKDIR = "/workspace"
+#: how a stage gets the workspace: a bind mount, a copy in and out, or whichever fits the engine
+WORKSPACE_MODES = ("auto", "mount", "copy")
+WORKSPACE_ENV = "PIPEKIT_WORKSPACE"
+
+ENGINE_HINT = (
+    "Start a Docker engine (`sudo systemctl start docker`, or `dockerd &` where there is no"
+    " systemd) or point DOCKER_HOST at a running one"
+)
+
+
+def container_name(run_id: str, stage: str) -> str:
+    return f"pipekit-{run_id}-{slug(stage)[:40]}-{uuid.uuid4().hex[:6]}"
+
+
+def engine_is_local(host: str) -> bool:
+    """Whether an engine address is on this machine (a unix socket or a named pipe)."""
+    return host.startswith(("unix://", "npipe://", "/"))
+
+
+STEP = re.compile(r"^Step \d+/\d+ : (.+)$")
+
+
+def progress_line(chunk: Mapping[str, Any], on_line: LineSink) -> None:
+    """Log the meaningful status lines of a push or pull, not the progress bars."""
+    status = chunk.get("status")
+    if not status or chunk.get("progressDetail") or chunk.get("progress"):
+        return
+    layer = chunk.get("id")
+    on_line("stdout", f"{layer}: {status}" if layer else str(status))
+
+
+def with_tag(image: str) -> str:
+    """docker-py pulls every tag of a repository when none is given; the CLI pulls :latest."""
+    has_tag = ":" in image.rsplit("/", 1)[-1] or "@" in image
+    return image if has_tag else f"{image}:latest"
+
+
+def close_stream(sock: Any) -> None:
+    """Close an exec stream's socket completely (docker-py leaves it to the garbage collector)."""
+    response = getattr(sock, "_response", None)
+    raw = getattr(sock, "_sock", None)
+    try:
+        if response is not None:
+            response.close()
+    except (OSError, ValueError):
+        pass
+    sock.close()
+    if raw is not None:
+        raw.close()
+
+
+def docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def probe_engine(host: str, timeout: float = 5.0) -> None:
+    """Connect to the engine's socket ourselves first, for a clear error and no leaked socket."""
+    try:
+        if host.startswith("unix://"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(host[len("unix://") :])
+        elif host.startswith(("tcp://", "http://", "https://")):
+            hostport = host.split("://", 1)[1].split("/", 1)[0]
+            name, _, port = hostport.rpartition(":")
+            with socket.create_connection((name or hostport, int(port or 2375)), timeout=timeout):
+                pass
+    except (OSError, ValueError) as e:
+        detail = getattr(e, "strerror", None) or str(e)
+        raise EngineUnavailable(f"Cannot reach a Docker engine at {host} ({detail}). {ENGINE_HINT}.") from e
+
+
+def unreachable(e: BaseException, host: str) -> EngineUnavailable:
+    return EngineUnavailable(f"Cannot reach a Docker engine at {host} ({reason(e)}). {ENGINE_HINT}.")
+
+
+def reason(e: Any) -> str:
+    explanation = getattr(e, "explanation", None)
+    if explanation:
+        return str(explanation)
+    return str(e)

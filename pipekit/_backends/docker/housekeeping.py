@@ -1,0 +1,146 @@
+"""The Docker backend's housekeeping: cache volumes, and what lost runs left behind."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipekit._backends.docker.engine import (
+    LABEL_CACHE,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_RUN,
+    LABEL_SERVICE,
+    LABEL_STAGE,
+    owner_alive,
+)
+from pipekit.backend import CacheVolume, StageHandle, StageSpec
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = ["KEPT", "DockerHousekeeping", "is_kept"]
+
+#: the name suffix of a container kept after its stage failed (``--keep-failed``): the run's own
+#: cleanup and the sweep of lost runs leave it; ``pipekit cleanup RUN`` removes it
+KEPT = "-kept"
+
+
+def is_kept(container: dict) -> bool:  # type: ignore[type-arg]
+    return any(name.endswith(KEPT) for name in container.get("Names") or ())
+
+
+class DockerHousekeeping:
+    """A mixin of :class:`pipekit._backends.docker.backend.DockerBackend` (it needs ``client`` and ``cleanup``)."""
+
+    @property
+    def client(self) -> docker.DockerClient:
+        raise NotImplementedError
+
+    def cleanup(self, run_id: str) -> None:
+        raise NotImplementedError
+
+    def _ensure_cache_volume(self, name: str, spec: StageSpec) -> None:
+        """Cache volumes outlive runs on purpose; they carry the cache label, not the run's."""
+        from docker.errors import NotFound
+
+        try:
+            self.client.api.inspect_volume(name)
+        except NotFound:
+            self.client.api.create_volume(name, labels={LABEL_CACHE: "true", LABEL_STAGE: spec.stage})
+
+    def cache_volumes(self) -> list[CacheVolume]:
+        """The cache volumes in the engine."""
+        listing = self.client.api.volumes(filters={"label": LABEL_CACHE}) or {}
+        return [
+            CacheVolume(v["Name"], (v.get("Labels") or {}).get(LABEL_STAGE, "?"), v.get("CreatedAt", ""))
+            for v in listing.get("Volumes") or []
+        ]
+
+    def remove_volume(self, name: str) -> bool:
+        from docker.errors import APIError, NotFound
+
+        try:
+            self.client.api.remove_volume(name)
+            return True
+        except NotFound:
+            return False
+        except APIError as e:
+            if e.status_code == 409:
+                return False
+            raise
+
+    def leftovers(self) -> dict[str, bool]:
+        """The runs that have containers or networks in the engine: run id -> whether the pipekit
+        process that made them still runs."""
+        managed = {"label": LABEL_MANAGED}
+        containers = [c for c in self.client.api.containers(all=True, filters=managed) if not is_kept(c)]
+        objects = [*containers, *self.client.api.networks(filters=managed)]
+        runs: dict[str, bool] = {}
+        for obj in objects:
+            labels = obj.get("Labels") or {}
+            run_id = labels.get(LABEL_RUN)
+            if run_id:
+                runs[run_id] = runs.get(run_id, False) or owner_alive(labels.get(LABEL_OWNER))
+        return runs
+
+    def sweep(self) -> list[str]:
+        """Remove what runs whose process is gone left behind (a kill -9, an engine that was down
+        when the run ended); returns their ids. Runs still going are left alone."""
+        from docker.errors import DockerException
+
+        try:
+            lost = [run_id for run_id, alive in self.leftovers().items() if not alive]
+        except DockerException:
+            return []
+        for run_id in lost:
+            self.cleanup(run_id)
+        return lost
+
+    # -- containers kept after a failure ---------------------------------------------------
+    def keep(self, handle: StageHandle) -> list[str]:
+        """Keep a failed stage's container and its services (renamed ``...-kept``); their names."""
+        ref = handle.ref
+        if getattr(ref, "shell", None) is not None:
+            ref.shell.close()  # the container's shell stays, waiting, for `pipekit shell`
+        ids = [c for c in [getattr(ref, "container", None), *getattr(ref, "services", ())] if c]
+        names = []
+        for cid in ids:
+            name = self.client.api.inspect_container(cid)["Name"].lstrip("/") + KEPT
+            self.client.api.rename(cid, name)
+            names.append(name)
+        return names
+
+    def kept(self) -> dict[str, list[str]]:
+        """Runs that hold kept containers: run id -> the stages kept."""
+        runs: dict[str, list[str]] = {}
+        for c in self.client.api.containers(all=True, filters={"label": LABEL_MANAGED}):
+            labels = c.get("Labels") or {}
+            if is_kept(c) and LABEL_SERVICE not in labels:
+                runs.setdefault(labels.get(LABEL_RUN, "?"), []).append(labels.get(LABEL_STAGE, "?"))
+        return runs
+
+    def drop_kept(self, run_id: str) -> int:
+        """Remove the kept containers of a run (and the networks they held); how many."""
+        from docker.errors import APIError, NotFound
+
+        found = self.client.api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+        kept = [c for c in found if is_kept(c)]
+        for c in kept:
+            try:
+                self.client.api.remove_container(c["Id"], force=True, v=True)
+            except NotFound:
+                pass
+        for n in self.client.api.networks(filters={"label": f"{LABEL_RUN}={run_id}"}):
+            try:
+                self.client.api.remove_network(n["Id"])
+            except (NotFound, APIError):
+                pass
+        return len([c for c in kept if LABEL_SERVICE not in (c.get("Labels") or {})])
+
+    def kept_container(self, run_id: str, stage: str) -> str | None:
+        """The id of a stage's kept container, if the run kept it."""
+        labels = [f"{LABEL_RUN}={run_id}", f"{LABEL_STAGE}={stage}"]
+        for c in self.client.api.containers(all=True, filters={"label": labels}):
+            if is_kept(c) and LABEL_SERVICE not in (c.get("Labels") or {}):
+                return str(c["Id"])
+        return None

@@ -1,0 +1,287 @@
+"""The history commands: ``pipekit runs | show | logs | artifacts | cache``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import IO
+
+from pipekit._history.store import History
+from pipekit._run.runner import container_backend, open_history
+from pipekit.backend import CacheVolume, CacheVolumes, Sweeps
+from pipekit.exceptions import PipekitError, UsageError
+
+__all__ = ["CONTEXT", "HISTORY_COMMANDS", "print_error", "streams", "table"]
+
+#: the click context settings of every command
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def streams() -> tuple[IO[str], IO[str]]:
+    """The output and error streams of the command being run (``main(out=, err=)``'s)."""
+    import click
+
+    obj = click.get_current_context().obj or {}
+    return obj.get("out") or click.get_text_stream("stdout"), obj.get("err") or click.get_text_stream("stderr")
+
+
+def print_error(err: IO[str], message: str) -> None:
+    for line in message.rstrip().splitlines() or [""]:
+        print(f"pipekit: {line}", file=err)
+
+
+def table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join([*(c.ljust(widths[i]) for i, c in enumerate(r[:-1])), r[-1]]).rstrip(), file=out)
+
+
+def _indented(text: str, first: str, rest: str, out: IO[str]) -> None:
+    """A message of one or more lines, its first line after ``first``, every other after ``rest``."""
+    for i, line in enumerate(text.rstrip().splitlines() or [""]):
+        print(f"{first if i == 0 else rest}{line}", file=out)
+
+
+def _history(workspace: Path, err: IO[str]) -> History:
+    """The workspace's run history (never created by a command that only reads it), with runs
+    whose process died marked interrupted (and cleaned up)."""
+    warn = lambda message: print_error(err, f"warning: {message}")  # noqa: E731
+    history: History = open_history(workspace, warn=warn, create=False)
+    return history
+
+
+def _workspace_of(args: SimpleNamespace) -> Path:
+    path = Path(args.file)
+    folder = path if path.is_dir() else path.parent
+    return folder.resolve()
+
+
+def _when(ts: float | None) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(ts)) if ts else "-"
+
+
+def _secs(value: float | None) -> str:
+    return f"{value:.2f}s" if value is not None else "-"
+
+
+def cmd_runs(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    history = _history(_workspace_of(args), err)
+    rows: list[tuple[str, ...]] = [("RUN", "PIPELINE", "BRANCH", "STATUS", "STARTED", "DURATION")]
+    for r in history.runs(args.limit):
+        rows.append((r.id, r.pipeline, r.branch or "-", r.status, _when(r.started), _secs(r.duration_s)))
+    history.close()
+    if len(rows) == 1:
+        print("no runs recorded yet", file=out)
+        return 0
+    kept = _kept_stages() if any(row[3] == "failed" for row in rows[1:]) else {}  # only failures keep any
+    if kept:
+        rows = [(*row, "KEPT" if i == 0 else ", ".join(kept.get(row[0], [])) or "-") for i, row in enumerate(rows)]
+    table(rows, out)
+    return 0
+
+
+def _kept_stages() -> dict[str, list[str]]:
+    """Runs whose failed stages' containers are kept (``--keep-failed``), when the engine answers."""
+    try:
+        backend = container_backend()
+        backend.check()
+        kept: dict[str, list[str]] = backend.kept()
+        return kept
+    except Exception:  # no engine: runs lists the history alone
+        return {}
+
+
+def cmd_show(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    history = _history(_workspace_of(args), err)
+    try:
+        run = history.run(history.resolve(args.run))
+        print(f"run {run.id}: {run.status}", file=out)
+        print(f"  pipeline  {run.pipeline} ({run.path})", file=out)
+        print(f"  branch    {run.branch or '-'} at {run.git_commit or '-'}", file=out)
+        print(f"  started   {_when(run.started)} by {run.user}@{run.host}: {run.argv}", file=out)
+        print(f"  duration  {_secs(run.duration_s)}", file=out)
+        if run.resumed_from:
+            print(f"  resumed   from run {run.resumed_from}", file=out)
+        print("", file=out)
+        rows: list[tuple[str, ...]] = [("STAGE", "STATUS", "ATTEMPTS", "DURATION", "EXIT", "NOTE")]
+        stages = history.stages(run.id)
+        for st in stages:
+            note = (st.reason or ("cache hit" if st.cache_hit else "")).strip()
+            if "\n" in note:  # the table keeps one line per stage: the rest is shown below it
+                note = note.splitlines()[0] + " (more below)"
+            rows.append(
+                (
+                    st.name,
+                    st.status,
+                    str(st.attempts or "-"),
+                    _secs(st.duration_s),
+                    "-" if st.exit_code is None else str(st.exit_code),
+                    note or "-",
+                )
+            )
+        table(rows, out)
+        for st in stages:
+            if st.reason and "\n" in st.reason.strip():
+                print(f"\nnote on {st.name}:", file=out)
+                _indented(st.reason, "  ", "  ", out)
+            if st.error:
+                print(f"\nerror in {st.name}:", file=out)
+                _indented(st.error, "  ", "  ", out)
+        arts = history.artifacts(run.id)
+        if arts:
+            print("\nartifacts:", file=out)
+            for a in arts:
+                print(f"  {a.stage}: {a.path} ({a.size} bytes, sha256 {a.sha256[:12]})", file=out)
+        for t in history.tests(run.id):
+            print(
+                f"\ntests in {t.stage}: {t.tests} tests, {t.passed} passed, {t.failures} failed,"
+                f" {t.errors} errors, {t.skipped} skipped",
+                file=out,
+            )
+            for f in t.failed:
+                _indented(f"{f.kind}: {f.name}: {f.message}", "  ", "    ", out)
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_logs(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    import time as _time
+
+    history = _history(_workspace_of(args), err)
+    try:
+        run_id = history.resolve(args.run)
+        names = [args.stage] if args.stage else [st.name for st in history.stages(run_id)]
+        if args.stage and args.stage not in {st.name for st in history.stages(run_id)}:
+            raise UsageError(f"Run {run_id} has no stage '{args.stage}'")
+        offsets = {n: 0 for n in names}
+        while True:
+            for name in names:
+                path = history.log_path(run_id, name)
+                if not path.exists():
+                    continue
+                with open(path, encoding="utf-8") as f:
+                    f.seek(offsets[name])
+                    chunk = f.read()
+                    offsets[name] = f.tell()
+                for line in chunk.splitlines():
+                    print(f"{name} | {line}" if len(names) > 1 else line, file=out)
+            out.flush()
+            if not args.follow or history.run(run_id).status != "running":
+                break
+            _time.sleep(0.3)
+            if not args.stage:
+                for st in history.stages(run_id):
+                    if st.name not in offsets:
+                        names.append(st.name)
+                        offsets[st.name] = 0
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_artifacts(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    from pipekit._core.safefile import write_file
+
+    history = _history(_workspace_of(args), err)
+    try:
+        run_id = history.resolve(args.run)
+        arts = history.artifacts(run_id)
+        if not arts:
+            print(f"run {run_id} archived no files", file=out)
+            return 0
+        # lexical paths: a link a stage left on the way is refused by write_file, not resolved away
+        dest = Path(os.path.abspath(args.dest or f"artifacts-{run_id}"))
+        targets = [(a, Path(os.path.normpath(dest / a.path.lstrip("/")))) for a in arts]
+        for a, target in targets:  # every path is checked before anything is written
+            if not target.is_relative_to(dest):
+                raise UsageError(f"artifact path {a.path} would leave {dest}; nothing was copied")
+        for a, target in targets:
+            try:
+                with open(history.artifact_file(a.sha256), "rb") as f:
+                    write_file(target, f, root=_workspace_of(args))
+            except OSError as e:
+                raise UsageError(f"cannot write {target}: {e.strerror}; copying stopped there") from e
+            print(f"{target}", file=out)
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_cache(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    history = _history(_workspace_of(args), err)
+    both = not args.results and not args.volumes
+    try:
+        results = history.cache_entries()
+        backend: CacheVolumes | None = container_backend()
+        volumes: list[CacheVolume] = []
+        try:
+            assert isinstance(backend, CacheVolumes)
+            backend.check()
+            volumes = backend.cache_volumes()
+        except PipekitError:
+            backend = None
+        if args.action == "list":
+            print(f"{len(results)} cached stage results in {history.db_path}", file=out)
+            for r in results:
+                print(f"  {r.stage}  from run {r.run_id}  {_when(r.created)}", file=out)
+            print(f"{len(volumes)} cache volumes", file=out)
+            for v in volumes:
+                print(f"  {v.name}  stage {v.stage}  {v.created}", file=out)
+            return 0
+        if both or args.results:
+            print(f"removed {history.prune_cache()} cached stage results", file=out)
+        if (both or args.volumes) and backend is not None:
+            removed = sum(backend.remove_volume(v.name) for v in volumes)
+            print(f"removed {removed} cache volumes", file=out)
+    finally:
+        history.close()
+    return 0
+
+
+def cmd_cleanup(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    """Remove the containers and networks of runs that are no longer running."""
+    backend = container_backend(name=args.backend)
+    if not isinstance(backend, Sweeps):
+        raise UsageError(f"the {backend.name} backend keeps nothing to clean up")
+    backend.check()
+    if args.all:
+        gone = backend.sweep()
+        print(f"removed what {len(gone)} run(s) left: {', '.join(gone)}" if gone else "nothing was left", file=out)
+        return 0
+    if not args.run:
+        raise UsageError("give a RUN to clean up after, or --all for every run that is no longer running")
+    run_id = args.run
+    folder = _workspace_of(args)
+    if (folder / ".pipekit" / "pipekit.db").is_file():
+        history = _history(folder, err)
+        try:
+            run_id = history.resolve(args.run)
+        except UsageError:
+            pass  # a run of another workspace: its id as given
+        finally:
+            history.close()
+    left = backend.leftovers()
+    if left.get(run_id):
+        raise UsageError(f"run {run_id} is still running; stop it first (Ctrl-C or kill its pipekit process)")
+    backend.cleanup(run_id)
+    kept = backend.drop_kept(run_id) if hasattr(backend, "drop_kept") else 0
+    said = [f"removed what run {run_id} left"] if run_id in left else []
+    if kept:
+        said.append(f"removed the {kept} container(s) kept for `pipekit shell`")
+    print(f"run {run_id}: {'; '.join(said)}" if said else f"run {run_id} left nothing", file=out)
+    return 0
+
+
+HISTORY_COMMANDS = {
+    "cleanup": cmd_cleanup,
+    "runs": cmd_runs,
+    "show": cmd_show,
+    "logs": cmd_logs,
+    "artifacts": cmd_artifacts,
+    "cache": cmd_cache,
+}

@@ -1,0 +1,94 @@
+"""The options several commands take: one definition each, with one environment variable each
+(the same in `run`, `plan` and `validate`), documented in docs/cli.md. A command lists them as
+decorators; ``-f/--file`` and ``--backend`` too."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pipekit._cli.commands import IMAGE_MAP_ENV
+
+__all__ = [
+    "BRANCH_OPTION",
+    "CHANGED_BASE_OPTION",
+    "IMAGE_MAP_OPTION",
+    "NO_IMAGE_CHECK_OPTION",
+    "PARAM_OPTION",
+    "SECRETS_FILE_OPTION",
+    "backend_option",
+    "file_option",
+]
+
+
+def file_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-f",
+        "--file",
+        default="pipeline.py",
+        show_default=True,
+        envvar="PIPEKIT_FILE",
+        metavar="PATH",
+        help="The pipeline file, or a folder holding pipeline.py.",
+    )(f)
+
+
+def backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--backend",
+        type=click.Choice(("docker", "swarm")),
+        default=None,
+        envvar="PIPEKIT_BACKEND",
+        help="Where container stages run: one Docker engine (the default) or the swarm DOCKER_HOST manages.",
+    )(f)
+
+
+class _ImageMapping(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """One ``IMAGE=LOCAL`` of ``--image-map``; its environment variable lists them with commas."""
+
+    name = "IMAGE=LOCAL"
+    envvar_list_splitter = ","
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        return [item for item in (rv or "").split(",") if item.strip()]  # (a trailing comma is no entry)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        src, sep, dst = text.partition("=")
+        if not sep or not src.strip() or not dst.strip():
+            self.fail(f"takes IMAGE=LOCAL_IMAGE, got {text!r}", param, ctx)
+        return text
+
+
+PARAM_OPTION = click.option(
+    "-p", "--param", multiple=True, metavar="NAME=VALUE", envvar="PIPEKIT_PARAM", help="Set a pk.param (repeatable)."
+)
+SECRETS_FILE_OPTION = click.option(
+    "--secrets-file",
+    metavar="PATH",
+    envvar="PIPEKIT_SECRETS_FILE",
+    help="A dotenv file of secrets (it must exist; the [tool.pipekit] default may be missing).",
+)
+IMAGE_MAP_OPTION = click.option(
+    "--image-map",
+    multiple=True,
+    type=_ImageMapping(),
+    envvar=IMAGE_MAP_ENV,
+    metavar="IMAGE=LOCAL",
+    help=f"Use LOCAL where a stage, a service or a Dockerfile's FROM asks for IMAGE"
+    f" (repeatable; {IMAGE_MAP_ENV}=A=B,C=D).",
+)
+NO_IMAGE_CHECK_OPTION = click.option(
+    "--no-image-check",
+    is_flag=True,
+    envvar="PIPEKIT_NO_IMAGE_CHECK",
+    help="Do not check before the run that every image exists (air-gapped planning).",
+)
+BRANCH_OPTION = click.option(
+    "--branch", envvar="PIPEKIT_BRANCH", help="The branch for pk.branch (default: the CI's, else git's)."
+)
+CHANGED_BASE_OPTION = click.option(
+    "--changed-base", metavar="REF", envvar="PIPEKIT_CHANGED_BASE", help="The git ref pk.changed compares with."
+)

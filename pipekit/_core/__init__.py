@@ -1,0 +1,3 @@
+"""Values and helpers every layer uses: ``slug`` and friends, safe file writes, output streams, stage and run
+results, test reports.
+"""

@@ -1,0 +1,120 @@
+"""Stage caching: ``cache=pk.inputs(...)`` and the key a stage's result is stored under."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pipekit._core.safefile import Beneath
+from pipekit._dsl.conditions import check_glob, glob_match
+from pipekit._dsl.secrets import Secret
+
+__all__ = ["CacheInputs", "changed", "inputs", "key_of", "stage_inputs", "stage_key"]
+
+
+@attrs.frozen
+class CacheInputs:
+    """What a cached stage's result depends on besides its code, image, params and upstream outputs."""
+
+    files: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+
+
+def inputs(*files: str, env: Sequence[str] = ()) -> CacheInputs:
+    """``cache=pk.inputs("requirements.txt", "src/**", env=["PYTHON_VERSION"])``: file globs
+    (relative to the pipeline's folder) and environment variables the stage's result depends on."""
+    for f in files:
+        check_glob(f, "pk.inputs")
+    if isinstance(env, str):
+        env = [env]
+    return CacheInputs(tuple(files), tuple(env))
+
+
+def _source(fn: Any) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        return repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_inputs(
+    *,
+    pipeline: str,
+    stage: str,
+    fn: Any,
+    image: str | None,
+    env: Mapping[str, Any],
+    params: Mapping[str, Any],
+    upstream: Mapping[str, str],
+    spec: CacheInputs,
+    workspace: Path,
+    environ: Mapping[str, str],
+    matrix: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything a stage's result depends on, each part by its hash (no value is kept: the
+    history stores these to say what changed when the cache misses).
+
+    ``image`` is the image id (not its name), ``upstream`` the serialized outputs of the stages
+    it depends on, ``env`` the stage's environment with secrets by name (never by value).
+    """
+    files = {}
+    if spec.files:  # read as ctx.archive reads: no link out of the workspace, no FIFO (pipekit._core.safefile)
+        with Beneath(workspace) as tree:
+            for name in tree.matching(spec.files, glob_match):
+                files[name] = hashlib.sha256(tree.read(name)[0]).hexdigest()
+    return {
+        "pipeline": pipeline,
+        "stage": stage,
+        "source": _digest(_source(fn)),
+        "image": _digest(image),
+        "env": {k: _digest(f"secret:{v.name}" if isinstance(v, Secret) else v) for k, v in env.items()},
+        "params": {k: _digest(v) for k, v in params.items()},
+        "matrix": {k: _digest(v) for k, v in (matrix or {}).items()},
+        "upstream": {k: _digest(v) for k, v in upstream.items()},
+        "environ": {name: _digest(environ.get(name)) for name in spec.env},
+        "files": files,
+    }
+
+
+def key_of(inputs: Mapping[str, Any]) -> str:
+    """The cache key of a stage's inputs."""
+    return hashlib.sha256(json.dumps({"v": 2, **inputs}, sort_keys=True).encode()).hexdigest()
+
+
+def stage_key(**kwargs: Any) -> str:
+    """The cache key: a hash of everything the stage's result depends on (:func:`stage_inputs`)."""
+    return key_of(stage_inputs(**kwargs))
+
+
+def changed(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """What differs between two stage_inputs: the names of params, env, upstream stages... whose
+    hashes differ, and the files changed, new or gone."""
+    out: dict[str, Any] = {}
+    for part in ("source", "image"):
+        if before.get(part) != now.get(part):
+            out[part] = True
+    for part in ("env", "params", "matrix", "upstream", "environ"):
+        old, new = before.get(part) or {}, now.get(part) or {}
+        names = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+        if names:
+            out[part] = names
+    old_files, new_files = before.get("files") or {}, now.get("files") or {}
+    files = {
+        "changed": sorted(f for f in old_files if f in new_files and old_files[f] != new_files[f]),
+        "new": sorted(f for f in new_files if f not in old_files),
+        "gone": sorted(f for f in old_files if f not in new_files),
+    }
+    if any(files.values()):
+        out["files"] = {k: v for k, v in files.items() if v}
+    return out

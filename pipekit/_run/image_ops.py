@@ -1,0 +1,154 @@
+"""``ctx.docker``: build, tag, push, pull and run images from a stage."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipekit._backends.registry import registry_of
+from pipekit._dsl.secrets import Credentials, Secret
+from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin
+from pipekit.exceptions import StageFailed, StepFailed
+
+if TYPE_CHECKING:
+    from pipekit._run.context import StageScope
+
+__all__ = ["DockerOps"]
+
+
+def _auth_server(ref: str) -> str:
+    """The server address a login is for; Docker Hub's is its index URL, as in the CLI's config."""
+    registry = registry_of(ref)
+    return "https://index.docker.io/v1/" if registry == "docker.io" else registry
+
+
+class DockerOps:
+    """The image operations a stage can do, on the run's backend, with secrets kept out of sight."""
+
+    def __init__(self, scope: StageScope, *, on_line: LineSink, sync: Callable[[], None] | None = None) -> None:
+        self._sync = sync or (lambda: None)
+        self._backend = scope.images
+        self._origin = Origin(scope.run_id, scope.stage)
+        self._run_id = scope.run_id
+        self._stage = scope.stage
+        self._workspace = scope.workspace
+        self._secrets = scope.secrets
+        self._log = scope.log
+        self._on_line = on_line
+        self._image_map = scope.image_map
+
+    def _plain(self, what: str, values: Mapping[str, Any] | None) -> dict[str, str]:
+        """Build args and labels land in the image's history: no secret may go there, neither as a
+        pk.secret nor as a value that holds a secret's value (``ctx.secret(...)``)."""
+        out = {}
+        for key, value in (values or {}).items():
+            text = None if isinstance(value, Secret) else str(value)
+            if text is None or self._secrets.masker.mask(text) != text:
+                raise StageFailed(
+                    f"Stage '{self._stage}': {what} '{key}' holds a secret. {what.capitalize()}s land in the"
+                    " image's history (`docker history` shows them); pass secrets with secrets={...} and read"
+                    " them in the Dockerfile with RUN --mount=type=secret,id=...",
+                    stage=self._stage,
+                )
+            out[str(key)] = text
+        return out
+
+    def build(
+        self,
+        context: str | Path = ".",
+        dockerfile: str = "Dockerfile",
+        tag: str | None = None,
+        build_args: Mapping[str, Any] | None = None,
+        target: str | None = None,
+        labels: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, str | Secret] | None = None,
+    ) -> Image:
+        """Build an image from a Dockerfile (``.dockerignore`` honoured), streaming its log."""
+        self._sync()  # a stage working on a copy of the workspace builds what it has made
+        folder = (self._workspace / context).resolve()
+        if not folder.is_dir():
+            raise StageFailed(f"Stage '{self._stage}': the build context {folder} is not a folder", stage=self._stage)
+        if not (folder / dockerfile).is_file():
+            raise StageFailed(
+                f"Stage '{self._stage}': there is no {dockerfile} in the build context {folder}", stage=self._stage
+            )
+        spec = BuildSpec(
+            run_id=self._run_id,
+            stage=self._stage,
+            context=folder,
+            dockerfile=dockerfile,
+            tag=tag,
+            build_args=self._plain("build arg", build_args),
+            target=target,
+            labels=self._plain("label", labels),
+            secrets={str(k): self._secrets.resolve(v, stage=self._stage) for k, v in (secrets or {}).items()},
+            hidden=self._secrets.files,
+            image_map=self._image_map,
+        )
+        self._log.info("image build started", context=str(folder), dockerfile=dockerfile, tag=tag)
+        image = self._backend.build(spec, self._on_line)
+        self._log.info("image built", image=image.id, tags=list(image.tags))
+        return image
+
+    def tag(self, image: Image | str, ref: str) -> Image:
+        """Give an image another name; the returned Image lists the new name first."""
+        img = image if isinstance(image, Image) else Image(id=image, tags=(image,))
+        tagged = self._backend.tag(self._origin, img, ref)
+        self._log.info("image tagged", image=img.id, ref=ref)
+        return tagged
+
+    def _auth(self, credentials: Credentials | None, ref: str) -> dict[str, str] | None:
+        if credentials is None:
+            return None  # the user's Docker config (~/.docker/config.json, DOCKER_CONFIG), as the CLI does
+        return {
+            "username": self._secrets.resolve(credentials.username, stage=self._stage),
+            "password": self._secrets.resolve(credentials.password, stage=self._stage),
+            "serveraddress": credentials.registry or _auth_server(ref),
+        }
+
+    def push(self, image: Image | str, ref: str | None = None, credentials: Credentials | None = None) -> str:
+        """Tag ``image`` as ``ref`` (if given) and push it; returns the digest (``sha256:...``)."""
+        if ref is None:
+            if not isinstance(image, (Image, str)) or (isinstance(image, Image) and not image.tags):
+                raise StageFailed(f"Stage '{self._stage}': push needs a ref for an untagged image", stage=self._stage)
+            ref = image if isinstance(image, str) else image.tags[0]
+        else:
+            self.tag(image, ref)
+        auth = self._auth(credentials, ref)
+        self._log.info("image push started", ref=ref)
+        digest = self._backend.push(self._origin, ref, auth, self._on_line)
+        self._log.info("image pushed", ref=ref, digest=digest)
+        return digest
+
+    def pull(self, ref: str, credentials: Credentials | None = None) -> Image:
+        """Pull an image by tag or by digest (``name@sha256:...``)."""
+        image = self._backend.pull(self._origin, ref, self._auth(credentials, ref), self._on_line)
+        self._log.info("image pulled", ref=ref, image=image.id)
+        return image
+
+    def run(
+        self,
+        image: Image | str,
+        command: str | Sequence[str] | None = None,
+        env: Mapping[str, Any] | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run a one-shot container (like ``docker run --rm IMAGE COMMAND``), streaming its output."""
+        ref = image.ref if isinstance(image, Image) else image
+        if isinstance(image, Image) and not image.tags:
+            ref = image.id
+        argv = shlex.split(command) if isinstance(command, str) else (list(command) if command else None)
+        result = self._backend.run_once(
+            self._origin, ref, argv, self._secrets.resolve_env(env or {}, stage=self._stage), self._on_line
+        )
+        if check and result.exit_code != 0:
+            tail = (result.stdout + result.stderr).splitlines()[-20:]
+            raise StepFailed(
+                stage=self._stage,
+                command=f"docker run {ref} {result.command}",
+                exit_code=result.exit_code,
+                output_tail=tail,
+            )
+        return result

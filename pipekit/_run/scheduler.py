@@ -1,0 +1,314 @@
+"""The scheduler: starts each stage the moment its last dependency has succeeded.
+
+It keeps, per stage, the dependencies it still waits for; a stage with none is ready, and up to
+``jobs`` ready stages run at once, each a :class:`pipekit._run.stagerun.StageRun` in a worker thread.
+There is no layer barrier: a slow stage holds back only what depends on it. The scheduler's
+thread enforces the stages' and the run's deadlines, stops the running stages on fail-fast and on
+interrupts (``KeyboardInterrupt``, :class:`pipekit.Interrupted`), and removes what the run left.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from pipekit._core.results import RunObserver, RunResult, RunStatus, StageResult, StageStatus, masked
+from pipekit._dsl.control import format_duration
+from pipekit._run.ahead import Preparer
+from pipekit._run.outputs import take_restored, taken_result
+from pipekit._run.posts import pipeline_posts
+from pipekit._run.run import Run
+from pipekit._run.stagerun import StageRun
+
+__all__ = ["Scheduler"]
+
+STOP_GRACE_S = 10.0
+S = StageStatus
+
+
+class _Board:
+    """Where the run stands: results, outputs, what waits for what, what is ready."""
+
+    def __init__(self, run: Run, observers: Sequence[RunObserver]) -> None:
+        self.run = run
+        self.observers = observers
+        plan = run.resolved.plan
+        self.position = {n: i for i, n in enumerate(plan.order)}
+        self.waiting = {n: set(plan.upstream(n)) for n in plan.order}
+        self.ready: list[tuple[int, str]] = []
+        self.results: dict[str, StageResult] = {}
+        self.outputs: dict[str, Any] = {}
+        self.started: list[str] = []
+        self.reported: set[str] = set()
+        self.stop_reason: str | None = None
+        self.warnings: list[str] = []
+        self.engine_lost = False
+
+    def record(self, name: str, result: StageResult) -> None:
+        """Keep a result, masked: the one place where stage results leave the stage."""
+        self.results[name] = masked(result, self.run.secrets.masker.mask)
+        self.report(name)
+
+    def report(self, name: str) -> None:
+        if name not in self.reported and name in self.results:
+            self.reported.add(name)
+            for o in self.observers:
+                o.stage_finished(self.run.run_id, self.results[name], self.position[name])
+
+    def complete(self, name: str, result: StageResult) -> None:
+        """A stage ended in a way its dependents can go on from."""
+        self.record(name, result)
+        for child in self.run.resolved.plan.dependents(name):
+            self.waiting[child].discard(name)
+            if not self.waiting[child] and child not in self.results:
+                heapq.heappush(self.ready, (self.position[child], child))
+
+    def skip_downstream(self, name: str, reason: str) -> None:
+        for child in sorted(self.run.resolved.plan.downstream(name), key=self.position.__getitem__):  # plan order
+            if child not in self.results:
+                self.results[child] = StageResult(child, S.SKIPPED, reason=reason)
+                self.run.log.info("stage finished", stage=child, status=S.SKIPPED, reason=reason)
+
+    def not_started(self, reason: str, log: bool = True) -> None:
+        for name in self.run.resolved.order:
+            if name not in self.results:
+                self.results[name] = StageResult(name, S.SKIPPED, reason=reason)
+                if log:
+                    self.run.log.info("stage finished", stage=name, status=S.SKIPPED, reason=reason)
+
+
+class Scheduler:
+    """Runs a resolved plan: ``jobs`` stages at a time, stopping on ``fail_fast`` and ``timeout``."""
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        jobs: int = 4,
+        fail_fast: bool = False,
+        timeout: float | None = None,
+        observers: Sequence[RunObserver] = (),
+    ) -> None:
+        if jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        self.run = run
+        self.jobs = jobs
+        self.fail_fast = fail_fast
+        self.timeout = timeout
+        self.observers = list(observers)
+
+    def execute(self) -> RunResult:
+        """Run every stage; returns when all have ended, were skipped or cancelled.
+
+        On an interrupt every running stage is stopped, post actions run, and the run's
+        containers are removed before the exception propagates.
+        """
+        run = self.run
+        start = run.clock()
+        board = _Board(run, self.observers)
+        run.log.info(
+            "run started",
+            run_id=run.run_id,
+            pipeline=run.resolved.plan.pipeline.name,
+            stages=list(run.resolved.order),
+            jobs=self.jobs,
+            backend=run.backend.name,
+        )
+        for o in self.observers:
+            o.run_started(run.run_id, run.resolved.plan)
+        try:
+            self._settle_before_start(board)
+            self._loop(board, start)
+        except BaseException:
+            self._end_interrupted(board, start)
+            raise
+        return self._end(board, start)
+
+    def _settle_before_start(self, board: _Board) -> None:
+        """Conditions that could not be evaluated, skips and restored stages: all known up front."""
+        resolved = self.run.resolved
+        for name in resolved.order:
+            if not board.waiting[name] and resolved[name].skip is None:
+                heapq.heappush(board.ready, (board.position[name], name))
+        for name, message in resolved.condition_errors.items():
+            board.record(name, StageResult(name, S.FAILED, error=message))
+            self.run.log.error("stage finished", stage=name, status=S.FAILED, error=message)
+            board.stop_reason = f"'{name}' failed"
+            board.skip_downstream(name, f"upstream '{name}' failed")
+        for name in resolved.order:
+            r = resolved[name]
+            if name in board.results:
+                continue
+            if r.skip is not None:
+                self.run.log.info("stage finished", stage=name, status=S.SKIPPED, reason=r.skip)
+                board.complete(name, StageResult(name, S.SKIPPED, reason=r.skip))
+            elif r.restore is not None:
+                taken = take_restored(self.run, r)
+                if taken.status is None:  # an image it made is gone: it runs again
+                    self.run.log.info("stage not restored", stage=name, reason=taken.why)
+                    continue
+                result = taken_result(name, taken)
+                self.run.log.info("stage finished", stage=name, status=S.RESTORED, reason=result.reason)
+                board.outputs[name] = result.output
+                board.complete(name, result)
+        board.ready[:] = [(p, n) for p, n in board.ready if n not in board.results]
+        heapq.heapify(board.ready)
+
+    def _loop(self, board: _Board, start: float) -> None:
+        # not a `with` block: leaving one waits for every worker, and a stage stuck in its own
+        # Python code must not hold the run (or an interrupt) forever
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="pipekit-stage")
+        self.preparer = Preparer(self.run, self.jobs)
+        in_flight: dict[Future[StageResult], StageRun] = {}
+        deadline = start + self.timeout if self.timeout else None
+        try:
+            while board.ready or in_flight:
+                self._start_ready(board, pool, in_flight)
+                running = {sr.name: sr for sr in in_flight.values()}
+                self.preparer.consider(board.started, board.results, board.stop_reason is not None, running)
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, timeout=self._tick(in_flight, deadline), return_when=FIRST_COMPLETED)
+                now = self.run.clock()
+                if deadline is not None and now >= deadline and board.stop_reason is None:
+                    board.stop_reason = f"run timed out after {format_duration(self.timeout or 0)}"
+                    self.run.log.error("run timed out", after=format_duration(self.timeout or 0))
+                    _cancel(in_flight.values())
+                for sr in list(in_flight.values()):
+                    sr.expire_if_due(now)
+                finished = [(fut, fut.result()) for fut in done]
+                for fut, sr in in_flight.items():
+                    stuck = None if fut.done() else sr.stuck_result(now)
+                    if stuck is not None:
+                        finished.append((fut, stuck))
+                for fut, result in finished:
+                    sr = in_flight.pop(fut)
+                    board.engine_lost = board.engine_lost or sr.engine_lost
+                    self._settle(board, in_flight, sr.name, result)
+            pool.shutdown(wait=False)
+            self.preparer.close()
+        except BaseException:
+            self.preparer.close()
+            _cancel(in_flight.values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            ended, _ = wait(in_flight, timeout=STOP_GRACE_S)  # post actions run meanwhile
+            for fut, sr in in_flight.items():
+                ok = fut in ended and not fut.cancelled()
+                board.record(
+                    sr.name, fut.result() if ok else StageResult(sr.name, S.CANCELLED, reason="run interrupted")
+                )
+            raise
+
+    def _start_ready(
+        self, board: _Board, pool: ThreadPoolExecutor, in_flight: dict[Future[StageResult], StageRun]
+    ) -> None:
+        while board.ready and board.stop_reason is None and len(in_flight) < self.jobs:
+            _, name = heapq.heappop(board.ready)
+            if name in board.results:
+                continue
+            board.started.append(name)
+            for o in self.observers:
+                o.stage_started(self.run.run_id, name, board.position[name])
+            sr = StageRun(self.run, self.run.resolved[name], dict(board.outputs), self.preparer.take(name))
+            in_flight[pool.submit(sr.execute)] = sr
+
+    def _settle(
+        self, board: _Board, in_flight: Mapping[Future[StageResult], StageRun], name: str, result: StageResult
+    ) -> None:
+        if result.status.ok:
+            board.outputs[name] = result.output
+            board.complete(name, result)
+            return
+        if result.status == S.ALLOWED_FAILURE:
+            board.warnings.append(f"stage '{name}' failed and is allowed to fail")
+            board.complete(name, result)
+            return
+        board.record(name, result)
+        if result.status != S.FAILED:
+            return
+        board.skip_downstream(name, f"upstream '{name}' failed")
+        self.preparer.drop(set(board.results))
+        if board.stop_reason is None:
+            board.stop_reason = f"'{name}' failed"
+            self.preparer.drop()  # nothing new starts now
+            if self.fail_fast:
+                _cancel(in_flight.values())
+
+    def _tick(self, in_flight: Mapping[Any, StageRun], run_deadline: float | None) -> float:
+        now = self.run.clock()
+        deadlines = [sr.deadline for sr in in_flight.values() if sr.deadline is not None]
+        if run_deadline is not None:
+            deadlines.append(run_deadline)
+        nearest = min(deadlines, default=now + 0.5) - now
+        return max(0.01, min(0.5, nearest))
+
+    # -- the end -------------------------------------------------------------------------------
+    def _end_interrupted(self, board: _Board, start: float) -> None:
+        self.run.cleanup()
+        board.not_started("not started: run interrupted", log=False)
+        try:
+            pipeline_posts(self.run, RunStatus.INTERRUPTED, board.results)
+        finally:
+            self.run.cleanup()
+            self._finish(board, start, RunStatus.INTERRUPTED)
+
+    def _end(self, board: _Board, start: float) -> RunResult:
+        self.run.releases.wait()  # every stage's container is gone before the pipeline's posts
+        reason = f"not started: {board.stop_reason}" if board.stop_reason else "not started"
+        board.not_started(reason)
+        failed = any(r.status in (S.FAILED, S.CANCELLED) for r in board.results.values())
+        timed_out = bool(board.stop_reason and "timed out" in board.stop_reason)
+        status = RunStatus.FAILED if failed or timed_out else RunStatus.SUCCEEDED
+        if pipeline_posts(self.run, status, board.results):
+            status = RunStatus.FAILED
+        self.run.cleanup()
+        return self._finish(board, start, status)
+
+    def _finish(self, board: _Board, start: float, status: RunStatus) -> RunResult:
+        run = self.run
+        for name in run.resolved.order:
+            if name in board.results and name not in board.reported:
+                board.record(name, board.results[name])
+        duration = round(run.clock() - start, 3)
+        ordered = {n: board.results[n] for n in run.resolved.order if n in board.results}
+        for w in board.warnings:
+            run.log.warning("run warning", warning=w)
+        run.log.log(
+            20 if status == RunStatus.SUCCEEDED else 40,
+            "run finished",
+            run_id=run.run_id,
+            status=status,
+            duration_s=duration,
+            stages=[_summary_row(r) for r in ordered.values()],
+            **({"warnings": list(board.warnings)} if board.warnings else {}),
+        )
+        pipeline = run.resolved.plan.pipeline.name
+        result = RunResult(
+            run.run_id,
+            pipeline,
+            status,
+            ordered,
+            tuple(board.started),
+            duration,
+            tuple(board.warnings),
+            board.engine_lost,
+        )
+        for o in self.observers:
+            o.run_finished(run.run_id, result)
+        return result
+
+
+def _summary_row(r: StageResult) -> dict[str, Any]:
+    row: dict[str, Any] = {"stage": r.name, "status": r.status, "duration_s": r.duration_s}
+    if r.reason:
+        row["reason"] = r.reason
+    if r.attempts > 1:
+        row["attempts"] = r.attempts
+    return row
+
+
+def _cancel(stage_runs: Any) -> None:
+    for sr in list(stage_runs):
+        sr.cancel()
