@@ -112,6 +112,8 @@ def _write(target: Path, text: str, err: IO[str]) -> bool:
     from pipekit._core.util import write_file
 
     try:
+        if not target.parent.is_dir():  # -o names a folder that is not there: said, not made
+            raise FileNotFoundError(2, "No such file or directory", str(target.parent))
         write_file(target, text)  # never through a link left at the target, replaced atomically
     except OSError as e:
         print(f"pipekit: cannot write {target}: {e.strerror or e}", file=err)
