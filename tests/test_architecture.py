@@ -165,3 +165,21 @@ def test_the_import_contracts_catch_an_import_against_the_layers(tmp_path: Path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "pipekit._core.util -> pipekit._cli.main" in proc.stdout
     assert "pipekit._core.util -> docker" in proc.stdout
+
+
+#: ``getattr(backend, ...)``, ``getattr(self.run.backend, ...)``, ``getattr(self._backend, ...)``,
+#: ``getattr(self.inner, ...)``
+_BACKEND_GETATTR = re.compile(r"getattr\(\s*(?:[\w.]*\.)?_?(?:backend|inner|engine)\b")
+
+
+def test_backends_are_asked_their_declared_capabilities_never_probed_with_getattr() -> None:
+    """What a backend can do is its ``capabilities`` value, read by attribute: a capability read
+    with ``getattr(backend, "x", default)`` is one nobody declared."""
+    found = [
+        f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}"
+        for path in _modules()
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if _BACKEND_GETATTR.search(line)
+    ]
+    assert not found, found
+    assert _BACKEND_GETATTR.search('keep = getattr(self.backend, "keep", None)')  # the scan sees one

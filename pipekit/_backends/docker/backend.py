@@ -42,6 +42,7 @@ from pipekit._core.streams import Captured, LineSplitter
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
+    Capabilities,
     CommandResult,
     LineSink,
     StageHandle,
@@ -87,8 +88,6 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
     """
 
     name = "docker"
-    runs_host_stages = False
-    prepares_ahead = True  # a container's start is worth taking off the critical path
 
     def __init__(
         self, client: docker.DockerClient | None = None, *, workspace: str | None = None, host: str | None = None
@@ -123,6 +122,14 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
         if self.workspace_mode == "auto":
             return engine_is_local(self.host)
         return self.workspace_mode == "mount"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """A container's start is worth taking off the critical path (``prepares_ahead``); the
+        workspace is shared when it is mounted (``shares_workspace``)."""
+        return Capabilities(
+            shares_workspace=self.shares_workspace, prepares_ahead=True, keeps_failed=True, streams_files=True
+        )
 
     @property
     def client(self) -> docker.DockerClient:

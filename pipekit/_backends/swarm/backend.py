@@ -33,7 +33,17 @@ from pipekit._backends.docker.engine import (
 )
 from pipekit._backends.swarm.nodes import Nodes, Task, Watch, wait_running
 from pipekit._core.util import slug
-from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin, ServiceSpec, StageHandle, StageSpec
+from pipekit.backend import (
+    BuildSpec,
+    Capabilities,
+    CommandResult,
+    Image,
+    LineSink,
+    Origin,
+    ServiceSpec,
+    StageHandle,
+    StageSpec,
+)
 from pipekit.exceptions import BackendError, EngineUnavailable, StageFailed
 
 __all__ = ["REGISTRY_ENV", "SwarmBackend"]
@@ -69,8 +79,6 @@ class SwarmBackend(DockerBackend):
     """Runs stages as Swarm tasks; ``DOCKER_HOST`` points at a manager."""
 
     name = "swarm"
-    places_stages = True  # placement= means something here
-    images_need_registry = True  # an image built in the run must reach other nodes through a registry
 
     def __init__(
         self,
@@ -90,6 +98,18 @@ class SwarmBackend(DockerBackend):
     @property
     def shares_workspace(self) -> bool:
         return False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Swarm places stages (``placement=`` means something here); an image built in the run
+        reaches other nodes only through a registry; ``--keep-failed`` is refused with a reason."""
+        return Capabilities(
+            prepares_ahead=True,
+            places_stages=True,
+            keeps_failed=True,
+            images_need_registry=True,
+            streams_files=True,
+        )
 
     def check(self) -> None:
         if self._answered:
