@@ -1,7 +1,7 @@
 """The Docker backend: each stage with an image gets one container for its whole life.
 
-This is the only package of modules (``_docker*.py``) that imports the docker SDK, and it does so
-lazily so that ``import pipekit`` stays cheap. The workspace reaches the container as a bind
+This package (with ``_backends/swarm/``) is the only one that imports the docker SDK, and it does
+so lazily so that ``import pipekit`` stays cheap. The workspace reaches the container as a bind
 mount when the engine is on this machine, or as a copy (``put_files``/``get_files``) when it is
 not (``DOCKER_HOST=tcp://...`` or ``ssh://...``): see ``workspace=`` and ``PIPEKIT_WORKSPACE``.
 """
