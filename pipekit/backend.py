@@ -16,10 +16,11 @@ Every call says which run and stage it is for (a :class:`StageSpec` inside the h
 :class:`BuildSpec`, or an :class:`Origin`). :class:`Backend` is both: the Docker backend and
 :class:`pipekit.testing.FakeBackend` implement it; the host backend is a stage backend only.
 
-Backends differ by capability, which the scheduler asks about and never infers from types:
-``shares_workspace`` (the stage sees the pipeline's folder itself, so nothing is copied) and
-``runs_host_stages`` (the backend also takes stages that have no image; otherwise those go to
-the host backend).
+Backends differ by capability, which the scheduler asks about and never infers from types nor
+probes with ``getattr``: every backend declares one :class:`Capabilities` value, its
+``capabilities`` attribute (``backend.capabilities.shares_workspace``). A capability that comes
+with methods (``streams_files``, ``keeps_failed``, ``scripted_files``) names the protocol those
+methods belong to (:class:`FileStreams`, :class:`KeepsFailed`, :class:`ScriptedWorkspace`).
 
 ``release`` may be called from another thread while ``exec`` is running (fail-fast,
 interrupts): ``exec`` must then return or raise promptly.
@@ -27,9 +28,9 @@ interrupts): ``exec`` must then return or raise promptly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -40,6 +41,10 @@ __all__ = [
     "BuildSpec",
     "CacheVolume",
     "CacheVolumes",
+    "Capabilities",
+    "FileStreams",
+    "KeepsFailed",
+    "ScriptedWorkspace",
     "ImageBackend",
     "Origin",
     "StageBackend",
@@ -57,6 +62,32 @@ __all__ = [
 
 #: Called with ``("stdout" | "stderr", line)`` for each line as soon as it is printed.
 LineSink = Callable[[str, str], None]
+
+
+@attrs.frozen
+class Capabilities:
+    """What a backend can do, declared once (``backend.capabilities``); all False by default."""
+
+    #: the stage sees the pipeline's folder itself (a bind mount, the host); when False the
+    #: scheduler ships the workspace in with put_files and the changed files back with get_files
+    shares_workspace: bool = False
+    #: stages without an image run here too (the fake backend); otherwise on the host backend
+    runs_host_stages: bool = False
+    #: a stage's place is worth preparing while its upstream stages still run (a container's start)
+    prepares_ahead: bool = False
+    #: the backend places stages on machines: ``placement=`` means something, and where a stage
+    #: landed is worth a log line (a swarm)
+    places_stages: bool = False
+    #: ``--keep-failed`` is answered (:class:`KeepsFailed`): a failed stage's place stays for
+    #: ``pipekit shell``, or ``keep`` raises BackendError saying why it cannot (a swarm)
+    keeps_failed: bool = False
+    #: the images a run builds reach the machines that run stages only through a registry, named
+    #: by the backend's ``registry`` attribute (a swarm)
+    images_need_registry: bool = False
+    #: files travel in and out as streams, never whole in memory: :class:`FileStreams`
+    streams_files: bool = False
+    #: the stage's files are scripted, not real (the fake backend): :class:`ScriptedWorkspace`
+    scripted_files: bool = False
 
 
 @attrs.frozen
@@ -208,11 +239,8 @@ class StageBackend(Protocol):
     """Where stages run: the host, one Docker engine, a swarm."""
 
     name: str
-    #: the stage sees the pipeline's folder itself (a bind mount, the host); when False the
-    #: scheduler ships the workspace in with put_files and the changed files back with get_files
-    shares_workspace: bool
-    #: stages without an image run here too (the fake backend); otherwise on the host backend
-    runs_host_stages: bool
+    #: what it can do (a class attribute, or a property when it depends on the configuration)
+    capabilities: Capabilities
 
     def check(self) -> None:
         """Raise :class:`pipekit.exceptions.BackendError` when the backend cannot run stages."""
@@ -316,6 +344,33 @@ class Sweeps(Protocol):
 
     def sweep(self) -> list[str]:
         """Remove the leftovers of runs whose process is gone; their ids."""
+
+
+class FileStreams(Protocol):
+    """The file methods of a backend whose ``capabilities.streams_files`` is True."""
+
+    def put_stream(self, handle: StageHandle, chunks: Iterable[bytes], dest: str) -> None:
+        """Unpack a tar stream at ``dest``, sent as it is made (``chunks``)."""
+
+    def get_stream(self, handle: StageHandle, path: str) -> IO[bytes] | None:
+        """``path`` as a tar stream (named as ``get_files`` names it); None when it does not exist."""
+
+
+class KeepsFailed(Protocol):
+    """The method of a backend whose ``capabilities.keeps_failed`` is True."""
+
+    def keep(self, handle: StageHandle) -> list[str]:
+        """Keep a failed stage's place (instead of releasing it); the names of what was kept."""
+
+
+class ScriptedWorkspace(Protocol):
+    """What a backend whose ``capabilities.scripted_files`` is True gives ``ctx.junit``/``ctx.archive``."""
+
+    #: said when a file is missing
+    files_hint: str
+
+    def workspace_view(self, handle: StageHandle) -> Path:
+        """The folder the stage's files are read from instead of the pipeline's folder."""
 
 
 @runtime_checkable

@@ -165,3 +165,83 @@ def test_the_import_contracts_catch_an_import_against_the_layers(tmp_path: Path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "pipekit._core.util -> pipekit._cli.main" in proc.stdout
     assert "pipekit._core.util -> docker" in proc.stdout
+
+
+#: ``getattr(backend, ...)``, ``getattr(self.run.backend, ...)``, ``getattr(self._backend, ...)``,
+#: ``getattr(self.inner, ...)``
+_BACKEND_GETATTR = re.compile(r"getattr\(\s*(?:[\w.]*\.)?_?(?:backend|inner|engine)\b")
+
+
+def test_backends_are_asked_their_declared_capabilities_never_probed_with_getattr() -> None:
+    """What a backend can do is its ``capabilities`` value, read by attribute: a capability read
+    with ``getattr(backend, "x", default)`` is one nobody declared."""
+    found = [
+        f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}"
+        for path in _modules()
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if _BACKEND_GETATTR.search(line)
+    ]
+    assert not found, found
+    assert _BACKEND_GETATTR.search('keep = getattr(self.backend, "keep", None)')  # the scan sees one
+
+
+def _private_imports_from(package: str, code: str, where: str) -> list[str]:
+    return [
+        f"{where}:{node.lineno}: {node.module}.{alias.name}"
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.ImportFrom) and node.module and (node.module + ".").startswith(package + ".")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+
+
+def test_no_module_outside_the_docker_backend_imports_its_private_names() -> None:
+    """The Swarm backend (and everything else) uses the Docker backend through its public names."""
+    docker, package = PACKAGE / "_backends" / "docker", "pipekit._backends.docker"
+    found = [
+        hit
+        for path in _modules()
+        if docker not in path.parents
+        for hit in _private_imports_from(package, path.read_text(), str(path.relative_to(PACKAGE)))
+    ]
+    assert not found, found
+    seen = _private_imports_from(package, "from pipekit._backends.docker.backend import DockerBackend, _Prepared", "x")
+    assert seen == ["x:1: pipekit._backends.docker.backend._Prepared"]  # the scan sees one
+
+
+def _private_members(folder: Path) -> set[str]:
+    """The ``_``-prefixed functions, methods and ``self._x`` attributes defined in a package."""
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("_"):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and node.attr.startswith("_"):
+                names.add(node.attr)
+    return {n for n in names if not n.startswith("__")}
+
+
+def _reached_into(code: str, theirs: set[str], own: set[str]) -> list[str]:
+    """Uses of ``theirs`` private members: on any object, or on ``self`` unless also ``own``."""
+    return [
+        f"{node.lineno}: .{node.attr}"
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.Attribute) and node.attr in theirs
+        if not (isinstance(node.value, ast.Name) and node.value.id == "self" and node.attr in own)
+    ]
+
+
+def test_the_swarm_backend_uses_docker_engines_through_their_public_methods() -> None:
+    """No ``engine._remove(...)``, ``self._labels(...)`` of the Docker backend in the Swarm backend."""
+    backends = PACKAGE / "_backends"
+    theirs, own = _private_members(backends / "docker"), _private_members(backends / "swarm")
+    found = [
+        f"{path.relative_to(PACKAGE)}:{hit}"
+        for path in sorted((backends / "swarm").rglob("*.py"))
+        for hit in _reached_into(path.read_text(), theirs, own)
+    ]
+    assert not found, found
+    assert _reached_into("task.engine._attach(c)\nself._labels(s)\n", {"_attach", "_labels"}, set()) == [
+        "1: ._attach",
+        "2: ._labels",
+    ]  # the scan sees them

@@ -21,7 +21,7 @@ import attrs
 from pipekit._backends.fake_files import FILES_HINT, ScriptedFiles, checked
 from pipekit._backends.registry import registry_error
 from pipekit._workspace.archive import pack
-from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin, StageHandle, StageSpec
+from pipekit.backend import BuildSpec, Capabilities, CommandResult, Image, LineSink, Origin, StageHandle, StageSpec
 from pipekit.exceptions import BuildFailed, StageFailed
 
 __all__ = ["Call", "FakeBackend", "Pattern", "RecordingBackend"]
@@ -105,8 +105,9 @@ class FakeBackend(_Recording):
     """
 
     name = "fake"
-    shares_workspace = True  # nothing runs anywhere: there is nothing to copy
-    runs_host_stages = True  # host stages are recorded here too
+    #: nothing runs anywhere: there is nothing to copy; host stages are recorded here too; the
+    #: stages' files are the ones their scripted commands wrote (workspace_view)
+    capabilities = Capabilities(shares_workspace=True, runs_host_stages=True, scripted_files=True)
     #: what ctx.junit and ctx.archive say when a file is missing
     files_hint = FILES_HINT
 
@@ -304,16 +305,15 @@ class RecordingBackend(_Recording):
         self.run_ids: set[str] = set()
 
     @property
-    def shares_workspace(self) -> bool:
-        return bool(self.inner.shares_workspace)
-
-    @property
-    def runs_host_stages(self) -> bool:
-        return bool(self.inner.runs_host_stages)
-
-    @property
-    def prepares_ahead(self) -> bool:
-        return bool(getattr(self.inner, "prepares_ahead", False))
+    def capabilities(self) -> Capabilities:
+        """The wrapped backend's workspace and scheduling ones; the rest (streams, keeping,
+        placing, registries) are methods and attributes the recording does not pass on."""
+        caps: Capabilities = self.inner.capabilities
+        return Capabilities(
+            shares_workspace=caps.shares_workspace,
+            runs_host_stages=caps.runs_host_stages,
+            prepares_ahead=caps.prepares_ahead,
+        )
 
     def host(self) -> RecordingBackend:
         """The host backend, recorded in the same list."""

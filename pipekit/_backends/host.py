@@ -19,6 +19,7 @@ from pipekit._workspace.archive import pack, unpack
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
+    Capabilities,
     CommandResult,
     LineSink,
     StageHandle,
@@ -122,8 +123,7 @@ class HostBackend:
     """Runs a stage's commands with ``sh -c`` on this machine, in the pipeline's folder."""
 
     name = "host"
-    shares_workspace = True
-    runs_host_stages = True
+    capabilities = Capabilities(shares_workspace=True, runs_host_stages=True)
 
     def __init__(self) -> None:
         self._shell = HostShell()

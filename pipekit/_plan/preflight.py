@@ -131,7 +131,7 @@ def _secret_problems(resolved: ResolvedPlan, secrets: SecretStore) -> list[str]:
 
 def _registry_login_problems(backend: Any, secrets: SecretStore) -> list[str]:
     """A swarm's registry login (PIPEKIT_REGISTRY_USER and _PASSWORD) is both or neither."""
-    if not getattr(backend, "images_need_registry", False) or not getattr(backend, "registry", None):
+    if backend is None or not backend.capabilities.images_need_registry or not backend.registry:
         return []
     from pipekit._backends.swarm.backend import REGISTRY_PASSWORD, REGISTRY_USER
 
@@ -271,7 +271,7 @@ def unused_mappings(resolved: ResolvedPlan) -> list[str]:
 def _travel_problems(resolved: ResolvedPlan, backend: Any) -> list[str]:
     """A backend whose stages run on other machines than the one that builds images (a swarm)
     needs a registry for every stage that runs in an image the run builds."""
-    if not getattr(backend, "images_need_registry", False) or getattr(backend, "registry", None):
+    if backend is None or not backend.capabilities.images_need_registry or backend.registry:
         return []
     return [
         f"stage '{r.name}' runs in the {r.describe_image()}, which the {backend.name} backend's nodes can only"

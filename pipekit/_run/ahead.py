@@ -31,7 +31,7 @@ class Preparer:
     def __init__(self, run: Run, limit: int) -> None:
         self.run = run
         self.limit = limit
-        self.enabled = bool(getattr(run.backend, "prepares_ahead", False))
+        self.enabled = run.backend.capabilities.prepares_ahead
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[str, Ahead] = {}
 

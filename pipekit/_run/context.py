@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 
@@ -22,7 +22,7 @@ from pipekit._dsl.params import Params
 from pipekit._dsl.secrets import Masker, Secret, SecretStore
 from pipekit._run.image_ops import DockerOps
 from pipekit._workspace.archive import regular_files
-from pipekit.backend import CommandResult, ImageBackend, StageBackend, StageHandle
+from pipekit.backend import CommandResult, ImageBackend, ScriptedWorkspace, StageBackend, StageHandle
 from pipekit.exceptions import StageFailed, StepFailed
 
 __all__ = ["Context", "MaskedRecords", "MemoryRecords", "StageRecords", "StageScope"]
@@ -211,8 +211,8 @@ class Context:
     def _workspace_files(self, patterns: list[str], fresh: bool) -> list[tuple[str, bytes]]:
         """Each file read once from a descriptor opened without following a link out of the
         workspace (:class:`pipekit._core.safefile.Beneath`): a stage cannot swap in a link in between."""
-        view = getattr(self._backend, "workspace_view", None)
-        root = view(self._handle) if view is not None else self.workspace
+        scripted = self._backend.capabilities.scripted_files
+        root = cast(ScriptedWorkspace, self._backend).workspace_view(self._handle) if scripted else self.workspace
         found: list[tuple[str, bytes]] = []
         stale: list[tuple[str, float]] = []
         try:
@@ -316,8 +316,9 @@ class Context:
         return report
 
     def _fake_hint(self) -> str:
-        hint = getattr(self._backend, "files_hint", None)
-        return f" {hint}" if isinstance(hint, str) else ""
+        if not self._backend.capabilities.scripted_files:
+            return ""
+        return f" {cast(ScriptedWorkspace, self._backend).files_hint}"
 
     def _exec_env(self, call_env: Mapping[str, str]) -> dict[str, str]:
         """What a command needs on top of the stage's environment (which the backend applies):

@@ -72,7 +72,7 @@ class Run:
 
     def backend_for(self, r: ResolvedStage) -> StageBackend:
         """Where a stage runs: chosen by capability, never by type."""
-        if r.on_host and not self.backend.runs_host_stages:
+        if r.on_host and not self.backend.capabilities.runs_host_stages:
             return self.host
         return self.backend
 

@@ -95,7 +95,7 @@ def _recording(setup: RunSetup, backend: Any) -> _Recording:
 def _host_backend(given: Any, backend: Any) -> Any:
     if given is not None:
         return given
-    if backend.runs_host_stages:
+    if backend.capabilities.runs_host_stages:
         return backend
     from pipekit._backends.host import HostBackend
 

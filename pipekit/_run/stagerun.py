@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -29,7 +29,7 @@ from pipekit._run.posts import call_posts
 from pipekit._run.run import Run
 from pipekit._run.usercode import error_text
 from pipekit._workspace.sync import WorkspaceSync
-from pipekit.backend import BuildSpec, Image, ServiceSpec, StageHandle, StageSpec
+from pipekit.backend import BuildSpec, Image, KeepsFailed, ServiceSpec, StageHandle, StageSpec
 from pipekit.exceptions import EngineUnavailable, StageFailed, StepFailed
 
 __all__ = ["ABANDON_GRACE_S", "StageRun"]
@@ -139,13 +139,12 @@ class StageRun:
 
     def _keep_or_release(self, status: S) -> None:
         """``--keep-failed``: a failed stage's container stays (``pipekit shell RUN STAGE``)."""
-        keep = getattr(self.backend, "keep", None)
-        if status == S.FAILED and self.run.keep_failed and keep is not None:
+        if status == S.FAILED and self.run.keep_failed and self.backend.capabilities.keeps_failed:
             with self._lock:
                 handle, self.handle = self.handle, None
             if handle is not None:
                 try:
-                    names = keep(handle)
+                    names = cast(KeepsFailed, self.backend).keep(handle)
                     self.log.warning(
                         "stage kept", container=names[0], enter=f"pipekit shell {self.run.run_id} {self.name}"
                     )
@@ -235,12 +234,12 @@ class StageRun:
         attempt = _Attempt(S.FAILED)
         try:
             attempt.spec = self._spec()
-            if attempt.spec.placement and not getattr(self.backend, "places_stages", False):
+            if attempt.spec.placement and not self.backend.capabilities.places_stages:
                 self.log.debug("placement ignored", placement=list(attempt.spec.placement), backend=self.backend.name)
             handle = self._take_ahead(attempt.spec) or self.backend.prepare(attempt.spec)
             with self._lock:
                 self.handle = handle
-            if getattr(self.backend, "places_stages", False):
+            if self.backend.capabilities.places_stages:
                 self.log.info("stage placed", where=handle.where)  # on a swarm: which node
             self.placed.set()
             if stop.is_set():

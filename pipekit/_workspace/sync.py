@@ -23,12 +23,12 @@ import tarfile
 import threading
 from collections.abc import Collection
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pipekit._core.util import slug
 from pipekit._workspace.archive import PRIVATE_DIRS, TreeStream
 from pipekit._workspace.hosttree import CHUNK, HostTree, TreeRefused, is_private
-from pipekit.backend import StageBackend, StageHandle
+from pipekit.backend import FileStreams, StageBackend, StageHandle
 from pipekit.exceptions import StageFailed
 
 __all__ = ["WorkspaceSync", "hidden_names"]
@@ -71,7 +71,7 @@ class WorkspaceSync:
 
     @property
     def active(self) -> bool:
-        return not self._backend.shares_workspace and self._handle.workspace_dir is not None
+        return not self._backend.capabilities.shares_workspace and self._handle.workspace_dir is not None
 
     def ship(self) -> None:
         """Copy the pipeline's folder (without .pipekit/ and the secrets file) into the stage's place."""
@@ -79,9 +79,8 @@ class WorkspaceSync:
             return
         stream = TreeStream(self._root, exclude={*PRIVATE_DIRS, *self._hidden}, hidden=self._handle.spec.hidden)
         dest = str(self._handle.workspace_dir)
-        put = getattr(self._backend, "put_stream", None)
-        if put is not None:
-            put(self._handle, iter(stream), dest)
+        if self._backend.capabilities.streams_files:
+            cast(FileStreams, self._backend).put_stream(self._handle, iter(stream), dest)
         else:  # a backend that takes whole archives only
             self._backend.put_files(self._handle, b"".join(stream), dest)
         self._known = stream.manifest
@@ -138,10 +137,8 @@ class WorkspaceSync:
 
     def _open(self) -> IO[bytes] | None:
         path = str(self._handle.workspace_dir)
-        get = getattr(self._backend, "get_stream", None)
-        if get is not None:
-            stream: IO[bytes] | None = get(self._handle, path)
-            return stream
+        if self._backend.capabilities.streams_files:
+            return cast(FileStreams, self._backend).get_stream(self._handle, path)
         archive = self._backend.get_files(self._handle, path)
         return None if archive is None else io.BytesIO(archive)
 

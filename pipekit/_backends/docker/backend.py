@@ -1,7 +1,7 @@
 """The Docker backend: each stage with an image gets one container for its whole life.
 
-This is the only package of modules (``_docker*.py``) that imports the docker SDK, and it does so
-lazily so that ``import pipekit`` stays cheap. The workspace reaches the container as a bind
+This package (with ``_backends/swarm/``) is the only one that imports the docker SDK, and it does
+so lazily so that ``import pipekit`` stays cheap. The workspace reaches the container as a bind
 mount when the engine is on this machine, or as a copy (``put_files``/``get_files``) when it is
 not (``DOCKER_HOST=tcp://...`` or ``ssh://...``): see ``workspace=`` and ``PIPEKIT_WORKSPACE``.
 """
@@ -10,40 +10,48 @@ from __future__ import annotations
 
 import os
 import posixpath
-import threading
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
 from pipekit._backends.docker.engine import (
-    LABEL_MANAGED,
     LABEL_RUN,
     LABEL_STAGE,
     WORKDIR,
     WORKSPACE_ENV,
     WORKSPACE_MODES,
+    StageContainer,
     close_stream,
     container_name,
+    container_of,
     docker_host,
     engine_is_local,
-    owner_label,
     probe_engine,
     reason,
+    remove_container,
+    remove_network,
+    stage_labels,
     unreachable,
 )
-from pipekit._backends.docker.files import DockerFiles, workspace_covers
-from pipekit._backends.docker.housekeeping import DockerHousekeeping, is_kept
-from pipekit._backends.docker.images import DockerImages
-from pipekit._backends.docker.services import DockerServices
+from pipekit._backends.docker.files import Files, workspace_covers
+from pipekit._backends.docker.housekeeping import Housekeeping, is_kept, sweep_lost
+from pipekit._backends.docker.images import Images
+from pipekit._backends.docker.services import Services
 from pipekit._backends.docker.shell import AttachedShell
 from pipekit._core.streams import Captured, LineSplitter
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
+    BuildSpec,
+    CacheVolume,
+    Capabilities,
     CommandResult,
+    Image,
     LineSink,
+    Origin,
+    ServiceSpec,
     StageHandle,
     StageSpec,
     shell_script,
@@ -53,10 +61,10 @@ from pipekit.exceptions import BackendError, EngineUnavailable, StageFailed, Usa
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["DockerBackend", "LABEL_RUN", "LABEL_STAGE"]
+__all__ = ["DEFAULT_PIDS_LIMIT", "DockerBackend", "LABEL_RUN", "LABEL_STAGE", "StageContainer", "stage_workdir"]
 
 
-def _workdir(spec: StageSpec) -> str | None:
+def stage_workdir(spec: StageSpec) -> str | None:
     """Where a stage's commands start in its container: ``workdir`` (relative to the workspace),
     the workspace, or (with no workspace) the image's own working directory."""
     if spec.workdir:
@@ -67,28 +75,19 @@ def _workdir(spec: StageSpec) -> str | None:
 DEFAULT_PIDS_LIMIT = 4096  # processes per stage container: a fork bomb stops there
 
 
-@attrs.define
-class _Prepared:
-    """What prepare made for a stage: its container, its services' containers, their network."""
-
-    container: str = ""
-    services: list[str] = attrs.field(factory=list)
-    network: str | None = None
-    streams: set[Any] = attrs.field(factory=set)  # exec streams open now (closed by a backend that loses the engine)
-    shell: AttachedShell | None = None  # the container's own shell, which runs its commands
-
-
-class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerServices):
+class DockerBackend:
     """Runs stages in containers of one Docker engine (``DOCKER_HOST`` or the local socket).
 
     ``workspace``: ``"mount"`` binds the pipeline's folder into each container, ``"copy"``
     copies it in and the changes back, ``"auto"`` (the default, or ``PIPEKIT_WORKSPACE``) mounts
     for an engine on this machine and copies for a remote one.
+
+    The stage life cycle is here; ``images`` (:class:`Images`), ``services`` (:class:`Services`),
+    ``housekeeping`` (:class:`Housekeeping`) and ``files`` (:class:`Files`) share its one client,
+    and the protocol's methods of theirs are delegated to them.
     """
 
     name = "docker"
-    runs_host_stages = False
-    prepares_ahead = True  # a container's start is worth taking off the critical path
 
     def __init__(
         self, client: docker.DockerClient | None = None, *, workspace: str | None = None, host: str | None = None
@@ -101,9 +100,10 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
         self._given_client = client is not None
         self._answered = False
         self._host = host
-        self._image_locks: dict[str, threading.Lock] = {}
-        self._ready_images: set[str] = set()
-        self._lock = threading.Lock()
+        self.images = Images(lambda: self.client, lambda: self.host)
+        self.services = Services(lambda: self.client, self.images)
+        self.housekeeping = Housekeeping(lambda: self.client)
+        self.files = Files(lambda: self.client)
 
     # -- connection -------------------------------------------------------------------------
     @property
@@ -123,6 +123,14 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
         if self.workspace_mode == "auto":
             return engine_is_local(self.host)
         return self.workspace_mode == "mount"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """A container's start is worth taking off the critical path (``prepares_ahead``); the
+        workspace is shared when it is mounted (``shares_workspace``)."""
+        return Capabilities(
+            shares_workspace=self.shares_workspace, prepares_ahead=True, keeps_failed=True, streams_files=True
+        )
 
     @property
     def client(self) -> docker.DockerClient:
@@ -157,12 +165,6 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
             raise unreachable(e, self.host) from e
         self._answered = True
 
-    def _container(self, handle: StageHandle) -> str:
-        prepared = handle.ref
-        if not isinstance(prepared, _Prepared) or not prepared.container:
-            raise StageFailed(f"Stage '{handle.spec.stage}' has no container", stage=handle.spec.stage)
-        return prepared.container
-
     # -- the stage life cycle --------------------------------------------------------------
     def prepare(self, spec: StageSpec) -> StageHandle:
         if spec.image is None:
@@ -170,9 +172,10 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
         try:
             return self._prepare(spec)
         except OSError as e:  # requests' ConnectionError and friends: the engine is not there
-            raise self._gone(e) from e
+            raise self.engine_gone(e) from e
 
-    def _gone(self, e: BaseException) -> EngineUnavailable:
+    def engine_gone(self, e: BaseException) -> EngineUnavailable:
+        """The error of a stage whose engine went away (``e``) while it used it."""
         return EngineUnavailable(
             f"The Docker engine at {self.host} went away ({reason(e)}); the stages that needed it failed. Start it"
             " again (pipekit cleanup --all then removes what the run left)"
@@ -182,17 +185,17 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
         assert spec.image is not None
         from docker.errors import APIError
 
-        self.ensure_image(spec.image)
+        self.images.ensure_image(spec.image)
         for volume in spec.volumes:
-            self._ensure_cache_volume(volume, spec)
-        prepared = _Prepared()
-        workdir = _workdir(spec)
+            self.housekeeping.ensure_cache_volume(volume, spec)
+        prepared = StageContainer()
+        workdir = stage_workdir(spec)
         workspace_dir = WORKDIR if spec.with_workspace else None
         handle = StageHandle(spec=spec, ref=prepared, where="", workdir=workdir, workspace_dir=workspace_dir)
         try:
-            network = self._start_services(spec, prepared) if spec.services else None
+            network = self.services.start(spec, prepared) if spec.services else None
             prepared.container = self._create_stage_container(spec, network, workdir)
-            prepared.shell = self._attach(prepared.container)
+            prepared.shell = self.attach_shell(prepared.container)
             self.client.api.start(prepared.container)
         except APIError as e:
             self.release(handle)
@@ -209,8 +212,9 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
             raise
         return attrs.evolve(handle, where=f"container {prepared.container[:12]}")
 
-    def _attach(self, container: str) -> AttachedShell | None:
-        """The container's own shell, to run its commands (None: they go through exec)."""
+    def attach_shell(self, container: str) -> AttachedShell | None:
+        """The container's own shell, to run its commands (None: they go through exec); attach
+        before the container starts, or after (its ``sh`` waits on its open stdin)."""
         if self.host.startswith("ssh://"):  # docker-py's ssh sockets do not take writes
             return None
         return AttachedShell(self.client.api, container)
@@ -240,7 +244,7 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
             stdin_open=True,
             environment=env,
             working_dir=workdir,
-            labels=self._labels(spec),
+            labels=stage_labels(spec),
             host_config=api.create_host_config(
                 binds=binds,
                 tmpfs=tmpfs,
@@ -259,15 +263,6 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
         container = api.create_container_from_config(config, container_name(spec.run_id, spec.stage))
         return str(container["Id"])
 
-    def _labels(self, spec: StageSpec) -> dict[str, str]:
-        return {
-            **spec.labels,
-            LABEL_MANAGED: "true",
-            LABEL_RUN: spec.run_id,
-            LABEL_STAGE: spec.stage,
-            **owner_label(),
-        }
-
     def exec(
         self, handle: StageHandle, command: str, env: Mapping[str, str], on_line: LineSink, *, strict: bool = True
     ) -> CommandResult:
@@ -283,7 +278,7 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
                 code, stdout, stderr = shell.run(script, env, handle.workdir, on_line)
             else:
                 code, stdout, stderr = self._exec_stream(
-                    self._container(handle), script, env, on_line, handle.workdir, handle.ref.streams
+                    container_of(handle), script, env, on_line, handle.workdir, handle.ref.streams
                 )
         except NotFound as e:
             raise StageFailed(
@@ -294,7 +289,7 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
             raise BackendError(f"Cannot run a command in stage '{spec.stage}': {reason(e)}") from e
         except Exception as e:  # the stream broke: the container was removed under us, or the engine left
             if not self._answers():
-                raise self._gone(e) from e
+                raise self.engine_gone(e) from e
             raise StageFailed(
                 f"Lost the container of stage '{spec.stage}' while `{command}` ran: {e}",
                 stage=spec.stage,
@@ -319,7 +314,7 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
             except NotFound:
                 return 137
             except (DockerException, OSError) as e:
-                raise self._gone(e) from e
+                raise self.engine_gone(e) from e
             time.sleep(0.2)
         return 137
 
@@ -344,7 +339,7 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
         files = "/sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events"
         try:
             _code, out, _err = self._exec_stream(
-                self._container(handle), f"cat {files} 2>/dev/null; true", {}, lambda *_: None, None
+                container_of(handle), f"cat {files} 2>/dev/null; true", {}, lambda *_: None, None
             )
         except Exception:
             return False
@@ -381,18 +376,18 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
 
     def release(self, handle: StageHandle) -> None:
         prepared = handle.ref
-        if not isinstance(prepared, _Prepared):
+        if not isinstance(prepared, StageContainer):
             return
         if prepared.shell is not None:
             prepared.shell.released = True  # a command still running ends with 137, as it is killed
         try:
             for cid in [prepared.container, *prepared.services]:
                 if cid:
-                    self._remove(cid)
+                    self.remove_container(cid)
             if prepared.network:
-                self._remove_network(prepared.network)
+                remove_network(self.client.api, prepared.network)
         except OSError as e:
-            raise self._gone(e) from e
+            raise self.engine_gone(e) from e
         finally:
             if prepared.shell is not None:  # after the container: a command still running sees its end
                 prepared.shell.close()
@@ -403,31 +398,80 @@ class DockerBackend(DockerFiles, DockerHousekeeping, DockerImages, DockerService
         label = {"label": f"{LABEL_RUN}={run_id}"}
         try:
             for c in [c for c in self.client.api.containers(all=True, filters=label) if not is_kept(c)]:
-                self._remove(c["Id"])  # (a container kept after a failure goes with `pipekit cleanup RUN`)
+                self.remove_container(c["Id"])  # (a container kept after a failure goes with `pipekit cleanup RUN`)
             for n in self.client.api.networks(filters=label):
-                self._remove_network(n["Id"])
+                remove_network(self.client.api, n["Id"])
         except (DockerException, OSError):
             return  # the engine is gone: `pipekit cleanup`, or the next run, removes what is left
 
-    def _remove_network(self, network_id: str) -> None:
-        from docker.errors import APIError, NotFound
+    def remove_container(self, container_id: str) -> None:
+        """Remove a container of this engine (and its anonymous volumes); a gone one is fine."""
+        remove_container(self.client.api, container_id)
 
-        try:
-            self.client.api.remove_network(network_id)
-        except NotFound:
-            pass
-        except APIError as e:
-            if e.status_code != 409:
-                raise
+    def wait_healthy(self, spec: StageSpec, svc: ServiceSpec, container_id: str) -> None:
+        """Wait until the service ``svc`` of ``spec`` (its container in this engine) is healthy."""
+        self.services.wait_healthy(spec, svc, container_id)
 
-    def _remove(self, container_id: str) -> None:
-        from docker.errors import APIError, NotFound
+    # -- the protocol's methods of the parts ---------------------------------------------------
+    def ensure_image(self, image: str) -> None:
+        self.images.ensure_image(image)
 
-        try:
-            self.client.api.remove_container(container_id, force=True, v=True)
-        except NotFound:
-            pass
-        except APIError as e:
-            if e.status_code == 409:  # removal already in progress
-                return
-            raise
+    def image_problem(self, image: str) -> str | None:
+        return self.images.image_problem(image)
+
+    def image_id(self, origin: Origin, image: str) -> str:
+        return self.images.image_id(origin, image)
+
+    def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
+        return self.images.build(spec, on_line)
+
+    def tag(self, origin: Origin, image: Image, ref: str) -> Image:
+        return self.images.tag(origin, image, ref)
+
+    def push(self, origin: Origin, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> str:
+        return self.images.push(origin, ref, auth, on_line)
+
+    def pull(self, origin: Origin, ref: str, auth: Mapping[str, str] | None, on_line: LineSink) -> Image:
+        return self.images.pull(origin, ref, auth, on_line)
+
+    def run_once(
+        self, origin: Origin, image: str, command: list[str] | None, env: Mapping[str, str], on_line: LineSink
+    ) -> CommandResult:
+        return self.images.run_once(origin, image, command, env, on_line)
+
+    def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
+        self.files.put_files(handle, archive, dest)
+
+    def get_files(self, handle: StageHandle, path: str) -> bytes | None:
+        return self.files.get_files(handle, path)
+
+    def put_stream(self, handle: StageHandle, chunks: Iterable[bytes], dest: str) -> None:
+        self.files.put_stream(handle, chunks, dest)
+
+    def get_stream(self, handle: StageHandle, path: str) -> IO[bytes] | None:
+        return self.files.get_stream(handle, path)
+
+    def cache_volumes(self) -> list[CacheVolume]:
+        return self.housekeeping.cache_volumes()
+
+    def remove_volume(self, name: str) -> bool:
+        return self.housekeeping.remove_volume(name)
+
+    def leftovers(self) -> dict[str, bool]:
+        return self.housekeeping.leftovers()
+
+    def sweep(self) -> list[str]:
+        """Remove what runs whose process is gone left behind; their ids."""
+        return sweep_lost(self.leftovers, self.cleanup)
+
+    def keep(self, handle: StageHandle) -> list[str]:
+        return self.housekeeping.keep(handle)
+
+    def kept(self) -> dict[str, list[str]]:
+        return self.housekeeping.kept()
+
+    def drop_kept(self, run_id: str) -> int:
+        return self.housekeeping.drop_kept(run_id)
+
+    def kept_container(self, run_id: str, stage: str) -> str | None:
+        return self.housekeeping.kept_container(run_id, stage)

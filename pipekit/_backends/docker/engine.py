@@ -10,13 +10,32 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from pipekit._core.util import slug
-from pipekit.backend import LineSink
-from pipekit.exceptions import EngineUnavailable
+from pipekit.backend import LineSink, StageHandle, StageSpec
+from pipekit.exceptions import EngineUnavailable, StageFailed
 
-__all__ = ["LABEL_RUN", "LABEL_STAGE", "WORKDIR", "WORKSPACE_MODES", "container_name", "engine_is_local"]
+if TYPE_CHECKING:
+    from docker import APIClient
+
+    from pipekit._backends.docker.shell import AttachedShell
+
+__all__ = [
+    "LABEL_RUN",
+    "LABEL_STAGE",
+    "WORKDIR",
+    "WORKSPACE_MODES",
+    "StageContainer",
+    "container_name",
+    "container_of",
+    "engine_is_local",
+    "remove_container",
+    "remove_network",
+    "stage_labels",
+]
 
 LABEL_MANAGED = "io.pipekit.managed"
 LABEL_RUN = "io.pipekit.run"
@@ -47,6 +66,8 @@ def owner_alive(owner: str | None) -> bool:
 
 
 WORKDIR = "/workspace"
+#: the engine's answer to a removal already in progress, or to a network still in use
+CONFLICT = 409
 #: how a stage gets the workspace: a bind mount, a copy in and out, or whichever fits the engine
 WORKSPACE_MODES = ("auto", "mount", "copy")
 WORKSPACE_ENV = "PIPEKIT_WORKSPACE"
@@ -128,3 +149,55 @@ def reason(e: Any) -> str:
     if explanation:
         return str(explanation)
     return str(e)
+
+
+@attrs.define
+class StageContainer:
+    """What a stage has in an engine (the ``ref`` of its handle): its container, its services'
+    containers, their network, the exec streams open now (closed by a backend that loses the
+    engine) and the container's own shell, which runs its commands."""
+
+    container: str = ""
+    services: list[str] = attrs.field(factory=list)
+    network: str | None = None
+    streams: set[Any] = attrs.field(factory=set)
+    shell: AttachedShell | None = None
+
+
+def container_of(handle: StageHandle) -> str:
+    """The id of the stage's container; StageFailed when it has none."""
+    prepared = handle.ref
+    if not isinstance(prepared, StageContainer) or not prepared.container:
+        raise StageFailed(f"Stage '{handle.spec.stage}' has no container", stage=handle.spec.stage)
+    return prepared.container
+
+
+def stage_labels(spec: StageSpec) -> dict[str, str]:
+    """The labels of everything made for a stage: its own, then pipekit's (run, stage, owner)."""
+    return {**spec.labels, LABEL_MANAGED: "true", LABEL_RUN: spec.run_id, LABEL_STAGE: spec.stage, **owner_label()}
+
+
+def remove_container(api: APIClient, container_id: str) -> None:
+    """Remove a container and its anonymous volumes; one that is gone, or going, is fine."""
+    from docker.errors import APIError, NotFound
+
+    try:
+        api.remove_container(container_id, force=True, v=True)
+    except NotFound:
+        pass
+    except APIError as e:
+        if e.status_code != CONFLICT:  # its removal is already in progress
+            raise
+
+
+def remove_network(api: APIClient, network_id: str) -> None:
+    """Remove a network; one that is gone, or still in use (CONFLICT), is left."""
+    from docker.errors import APIError, NotFound
+
+    try:
+        api.remove_network(network_id)
+    except NotFound:
+        pass
+    except APIError as e:
+        if e.status_code != CONFLICT:
+            raise

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
-from pipekit._backends.docker.engine import WORKDIR, reason
+from pipekit._backends.docker.engine import WORKDIR, container_of, reason
 from pipekit._workspace.archive import ChunkReader
 from pipekit._workspace.hosttree import CHUNK
 from pipekit._workspace.sync import hidden_names
@@ -18,7 +18,7 @@ from pipekit.exceptions import BackendError
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["DockerFiles", "workspace_covers"]
+__all__ = ["Files", "workspace_covers"]
 
 
 def workspace_covers(spec: StageSpec) -> list[Any]:
@@ -38,21 +38,17 @@ def workspace_covers(spec: StageSpec) -> list[Any]:
     return mounts
 
 
-class DockerFiles:
-    """A mixin of :class:`pipekit._backends.docker.backend.DockerBackend` (it needs ``client`` and ``_container``)."""
+class Files:
+    """Files in and out of stages' containers, over the backend's client (``client()``)."""
 
-    @property
-    def client(self) -> docker.DockerClient:
-        raise NotImplementedError
-
-    def _container(self, handle: StageHandle) -> str:
-        raise NotImplementedError
+    def __init__(self, client: Callable[[], docker.DockerClient]) -> None:
+        self._client = client
 
     def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
         from docker.errors import APIError
 
         try:
-            self.client.api.put_archive(self._container(handle), dest, archive)
+            self._client().api.put_archive(container_of(handle), dest, archive)
         except APIError as e:
             raise BackendError(f"Cannot copy files into stage '{handle.spec.stage}' ({dest}): {reason(e)}") from e
 
@@ -60,7 +56,7 @@ class DockerFiles:
         from docker.errors import NotFound
 
         try:
-            stream, _stat = self.client.api.get_archive(self._container(handle), path)
+            stream, _stat = self._client().api.get_archive(container_of(handle), path)
         except NotFound:
             return None
         return b"".join(stream)
@@ -75,7 +71,7 @@ class DockerFiles:
         from docker.errors import NotFound
 
         try:
-            stream, _stat = self.client.api.get_archive(self._container(handle), path, chunk_size=CHUNK)
+            stream, _stat = self._client().api.get_archive(container_of(handle), path, chunk_size=CHUNK)
         except NotFound:
             return None
         return io.BufferedReader(ChunkReader(stream), CHUNK)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipekit._backends.docker.engine import (
@@ -11,14 +12,17 @@ from pipekit._backends.docker.engine import (
     LABEL_RUN,
     LABEL_SERVICE,
     LABEL_STAGE,
+    StageContainer,
     owner_alive,
+    remove_container,
+    remove_network,
 )
 from pipekit.backend import CacheVolume, StageHandle, StageSpec
 
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["KEPT", "DockerHousekeeping", "is_kept"]
+__all__ = ["KEPT", "Housekeeping", "is_kept", "sweep_lost"]
 
 #: the name suffix of a container kept after its stage failed (``--keep-failed``): the run's own
 #: cleanup and the sweep of lost runs leave it; ``pipekit cleanup RUN`` removes it
@@ -29,17 +33,33 @@ def is_kept(container: dict) -> bool:  # type: ignore[type-arg]
     return any(name.endswith(KEPT) for name in container.get("Names") or ())
 
 
-class DockerHousekeeping:
-    """A mixin of :class:`pipekit._backends.docker.backend.DockerBackend` (it needs ``client`` and ``cleanup``)."""
+def sweep_lost(leftovers: Callable[[], dict[str, bool]], cleanup: Callable[[str], None]) -> list[str]:
+    """Remove what runs whose process is gone left behind (a kill -9, an engine that was down
+    when the run ended), as ``leftovers`` finds them and ``cleanup`` removes them; their ids.
+    Runs still going are left alone."""
+    from docker.errors import DockerException
+
+    try:
+        lost = [run_id for run_id, alive in leftovers().items() if not alive]
+    except DockerException:
+        return []
+    for run_id in lost:
+        cleanup(run_id)
+    return lost
+
+
+class Housekeeping:
+    """Cache volumes, what lost runs left, and containers kept after a failure, over the
+    backend's client (``client()``)."""
+
+    def __init__(self, client: Callable[[], docker.DockerClient]) -> None:
+        self._client = client
 
     @property
     def client(self) -> docker.DockerClient:
-        raise NotImplementedError
+        return self._client()
 
-    def cleanup(self, run_id: str) -> None:
-        raise NotImplementedError
-
-    def _ensure_cache_volume(self, name: str, spec: StageSpec) -> None:
+    def ensure_cache_volume(self, name: str, spec: StageSpec) -> None:
         """Cache volumes outlive runs on purpose; they carry the cache label, not the run's."""
         from docker.errors import NotFound
 
@@ -83,26 +103,15 @@ class DockerHousekeeping:
                 runs[run_id] = runs.get(run_id, False) or owner_alive(labels.get(LABEL_OWNER))
         return runs
 
-    def sweep(self) -> list[str]:
-        """Remove what runs whose process is gone left behind (a kill -9, an engine that was down
-        when the run ended); returns their ids. Runs still going are left alone."""
-        from docker.errors import DockerException
-
-        try:
-            lost = [run_id for run_id, alive in self.leftovers().items() if not alive]
-        except DockerException:
-            return []
-        for run_id in lost:
-            self.cleanup(run_id)
-        return lost
-
     # -- containers kept after a failure ---------------------------------------------------
     def keep(self, handle: StageHandle) -> list[str]:
         """Keep a failed stage's container and its services (renamed ``...-kept``); their names."""
         ref = handle.ref
-        if getattr(ref, "shell", None) is not None:
+        if not isinstance(ref, StageContainer):
+            return []
+        if ref.shell is not None:
             ref.shell.close()  # the container's shell stays, waiting, for `pipekit shell`
-        ids = [c for c in [getattr(ref, "container", None), *getattr(ref, "services", ())] if c]
+        ids = [c for c in [ref.container, *ref.services] if c]
         names = []
         for cid in ids:
             name = self.client.api.inspect_container(cid)["Name"].lstrip("/") + KEPT
@@ -121,19 +130,16 @@ class DockerHousekeeping:
 
     def drop_kept(self, run_id: str) -> int:
         """Remove the kept containers of a run (and the networks they held); how many."""
-        from docker.errors import APIError, NotFound
+        from docker.errors import APIError
 
         found = self.client.api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
         kept = [c for c in found if is_kept(c)]
         for c in kept:
-            try:
-                self.client.api.remove_container(c["Id"], force=True, v=True)
-            except NotFound:
-                pass
+            remove_container(self.client.api, c["Id"])
         for n in self.client.api.networks(filters={"label": f"{LABEL_RUN}={run_id}"}):
             try:
-                self.client.api.remove_network(n["Id"])
-            except (NotFound, APIError):
+                remove_network(self.client.api, n["Id"])
+            except APIError:
                 pass
         return len([c for c in kept if LABEL_SERVICE not in (c.get("Labels") or {})])
 

@@ -20,6 +20,7 @@ from pipekit._backends.docker.engine import (
     owner_label,
     progress_line,
     reason,
+    remove_container,
     with_tag,
 )
 from pipekit._backends.registry import registry_error, registry_of
@@ -37,7 +38,7 @@ from pipekit.exceptions import (
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["DockerImages", "build_context"]
+__all__ = ["Images", "build_context"]
 
 BUILDER_ENV = "PIPEKIT_BUILDER"
 #: never sent to a build: pipekit's own state (history, logs, artifacts)
@@ -177,20 +178,20 @@ def build_context(spec: BuildSpec, on_line: LineSink | None = None) -> Iterator[
         yield context
 
 
-class DockerImages:
-    """The image half of :class:`pipekit._backends.docker.backend.DockerBackend` (a mixin: it needs ``client``
-    and ``_remove``)."""
+class Images:
+    """Images and registries over the backend's client (``client()``) and the engine's address
+    (``host()``, which BuildKit dials itself); each image is pulled at most once."""
 
-    _lock: threading.Lock
-    _image_locks: dict[str, threading.Lock]
-    _ready_images: set[str]
+    def __init__(self, client: Callable[[], docker.DockerClient], host: Callable[[], str]) -> None:
+        self._client = client
+        self._host = host
+        self._image_locks: dict[str, threading.Lock] = {}
+        self._ready_images: set[str] = set()
+        self._lock = threading.Lock()
 
     @property
     def client(self) -> docker.DockerClient:
-        raise NotImplementedError
-
-    def _remove(self, container_id: str) -> None:
-        raise NotImplementedError
+        return self._client()
 
     def ensure_image(self, image: str) -> None:
         """Make sure ``image`` is in the engine, pulling it once if it is not."""
@@ -250,10 +251,6 @@ class DockerImages:
         return str(self.client.images.get(image).id)
 
     # -- images and registries -------------------------------------------------------------
-    @property
-    def host(self) -> str:
-        raise NotImplementedError
-
     def build(self, spec: BuildSpec, on_line: LineSink) -> Image:
         """Build with BuildKit (cache mounts, secrets, targets); the classic builder only when
         ``PIPEKIT_BUILDER=classic`` asks for it. The context never holds ``.pipekit/``."""
@@ -269,7 +266,7 @@ class DockerImages:
             if builder == "classic":
                 image_id = self._build_classic(spec, context, on_line)
             else:
-                image_id = buildkit_build(spec, context, on_line, host=self.host)
+                image_id = buildkit_build(spec, context, on_line, host=self._host())
         return Image(id=image_id, tags=(spec.tag,) if spec.tag else ())
 
     def _build_classic(self, spec: BuildSpec, context: IO[bytes], on_line: LineSink) -> str:
@@ -396,5 +393,5 @@ class DockerImages:
                 return CommandResult(shown, 127, out.close(), err.close().text() + why + "\n", time.monotonic() - start)
             raise BackendError(f"Cannot run '{image}' in stage '{stage}': {why}") from e
         finally:
-            self._remove(cid)
+            remove_container(api, cid)
         return CommandResult(shown, int(code), out.close(), err.close(), time.monotonic() - start)

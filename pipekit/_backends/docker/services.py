@@ -6,9 +6,10 @@ from __future__ import annotations
 import shlex
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from pipekit._backends.docker.engine import LABEL_SERVICE, container_name
+from pipekit._backends.docker.engine import LABEL_SERVICE, StageContainer, container_name, stage_labels
 from pipekit._core.util import slug
 from pipekit.backend import ServiceSpec, StageSpec
 from pipekit.exceptions import StageFailed
@@ -16,42 +17,39 @@ from pipekit.exceptions import StageFailed
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["DockerServices"]
+    from pipekit._backends.docker.images import Images
+
+__all__ = ["Services"]
 
 
-class DockerServices:
-    """A mixin of :class:`pipekit._backends.docker.backend.DockerBackend` (it needs ``client``, ``ensure_image``
-    and ``_labels``)."""
+class Services:
+    """A stage's services, over the backend's client (``client()``) and its ``images``."""
 
-    @property
-    def client(self) -> docker.DockerClient:
-        raise NotImplementedError
+    def __init__(self, client: Callable[[], docker.DockerClient], images: Images) -> None:
+        self._client = client
+        self._images = images
 
-    def ensure_image(self, image: str) -> None:
-        raise NotImplementedError
-
-    def _labels(self, spec: StageSpec) -> dict[str, str]:
-        raise NotImplementedError
-
-    def _start_services(self, spec: StageSpec, prepared: Any) -> str:
-        api = self.client.api
+    def start(self, spec: StageSpec, prepared: StageContainer) -> str:
+        """Start the stage's services on a network of their own (noted in ``prepared``) and wait
+        until each is healthy; the network's name."""
+        api = self._client().api
         network = f"pipekit-{spec.run_id}-{slug(spec.stage)[:30]}-{uuid.uuid4().hex[:6]}"
-        prepared.network = api.create_network(network, driver="bridge", labels=self._labels(spec))["Id"]
+        prepared.network = api.create_network(network, driver="bridge", labels=stage_labels(spec))["Id"]
         for svc in spec.services:
-            prepared.services.append(self._start_service(spec, svc, network))
+            prepared.services.append(self._start_one(spec, svc, network))
         for svc, cid in zip(spec.services, prepared.services, strict=True):
-            self._wait_healthy(spec, svc, cid)
+            self.wait_healthy(spec, svc, cid)
         return network
 
-    def _start_service(self, spec: StageSpec, svc: ServiceSpec, network: str) -> str:
-        api = self.client.api
-        self.ensure_image(svc.image)
+    def _start_one(self, spec: StageSpec, svc: ServiceSpec, network: str) -> str:
+        api = self._client().api
+        self._images.ensure_image(svc.image)
         command = shlex.split(svc.command) if isinstance(svc.command, str) else svc.command
         cid: str = api.create_container(
             svc.image,
             command=list(command) if command else None,
             environment=dict(svc.env),
-            labels={**self._labels(spec), LABEL_SERVICE: svc.name},
+            labels={**stage_labels(spec), LABEL_SERVICE: svc.name},
             name=container_name(spec.run_id, f"{spec.stage}-{svc.name}"),
             host_config=api.create_host_config(network_mode=network),
             networking_config=api.create_networking_config({network: api.create_endpoint_config(aliases=[svc.name])}),
@@ -59,9 +57,9 @@ class DockerServices:
         api.start(cid)
         return cid
 
-    def _wait_healthy(self, spec: StageSpec, svc: ServiceSpec, cid: str) -> None:
+    def wait_healthy(self, spec: StageSpec, svc: ServiceSpec, cid: str) -> None:
         """Wait until the service's healthcheck passes (or, without one, until it runs)."""
-        api = self.client.api
+        api = self._client().api
         deadline = time.monotonic() + svc.healthcheck_timeout
         check = ["sh", "-c", svc.healthcheck] if isinstance(svc.healthcheck, str) else svc.healthcheck
         while True:
@@ -85,7 +83,7 @@ class DockerServices:
 
     def _service_failed(self, spec: StageSpec, svc: ServiceSpec, cid: str, what: str) -> StageFailed:
         try:
-            logs = self.client.api.logs(cid, tail=30).decode("utf-8", "replace").rstrip()
+            logs = self._client().api.logs(cid, tail=30).decode("utf-8", "replace").rstrip()
         except Exception:
             logs = "(no logs)"
         body = "\n".join(f"  {line}" for line in logs.splitlines()) or "  (no output)"

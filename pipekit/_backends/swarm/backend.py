@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import attrs
 
-from pipekit._backends.docker.backend import DEFAULT_PIDS_LIMIT, DockerBackend, _Prepared, _workdir
+from pipekit._backends.docker.backend import DEFAULT_PIDS_LIMIT, DockerBackend, StageContainer, stage_workdir
 from pipekit._backends.docker.engine import (
     LABEL_CACHE,
     LABEL_MANAGED,
@@ -30,10 +30,21 @@ from pipekit._backends.docker.engine import (
     LABEL_STAGE,
     WORKDIR,
     owner_alive,
+    stage_labels,
 )
 from pipekit._backends.swarm.nodes import Nodes, Task, Watch, wait_running
 from pipekit._core.util import slug
-from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin, ServiceSpec, StageHandle, StageSpec
+from pipekit.backend import (
+    BuildSpec,
+    Capabilities,
+    CommandResult,
+    Image,
+    LineSink,
+    Origin,
+    ServiceSpec,
+    StageHandle,
+    StageSpec,
+)
 from pipekit.exceptions import BackendError, EngineUnavailable, StageFailed
 
 __all__ = ["REGISTRY_ENV", "SwarmBackend"]
@@ -69,8 +80,6 @@ class SwarmBackend(DockerBackend):
     """Runs stages as Swarm tasks; ``DOCKER_HOST`` points at a manager."""
 
     name = "swarm"
-    places_stages = True  # placement= means something here
-    images_need_registry = True  # an image built in the run must reach other nodes through a registry
 
     def __init__(
         self,
@@ -84,6 +93,7 @@ class SwarmBackend(DockerBackend):
         self.registry = (registry or os.environ.get(REGISTRY_ENV) or "").rstrip("/") or None
         self._registry_auth = registry_auth or (lambda: None)
         self._logged_in = False
+        self._manager_checked = False
         self.nodes = Nodes(self)
         self._watch = Watch(self, self.nodes)
 
@@ -91,18 +101,31 @@ class SwarmBackend(DockerBackend):
     def shares_workspace(self) -> bool:
         return False
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """Swarm places stages (``placement=`` means something here); an image built in the run
+        reaches other nodes only through a registry; ``--keep-failed`` is refused with a reason."""
+        return Capabilities(
+            prepares_ahead=True,
+            places_stages=True,
+            keeps_failed=True,
+            images_need_registry=True,
+            streams_files=True,
+        )
+
     def check(self) -> None:
-        if self._answered:
+        """The engine answers and is a manager of its swarm; asked once per backend."""
+        if self._manager_checked:
             return
         super().check()
         swarm = self.client.info().get("Swarm") or {}
         if not swarm.get("ControlAvailable"):
-            self._answered = False
             state = swarm.get("LocalNodeState") or "inactive"
             raise EngineUnavailable(
                 f"The Docker engine at {self.host} is not a swarm manager (swarm: {state}). Run `docker swarm init`"
                 " there, or point DOCKER_HOST at a manager of the swarm; see docs/swarm.md"
             )
+        self._manager_checked = True
 
     # -- images travel through the registry ------------------------------------------------
     def _auth(self) -> Mapping[str, str] | None:
@@ -133,10 +156,19 @@ class SwarmBackend(DockerBackend):
         return attrs.evolve(image, remote=f"{repo}@{digest}")
 
     # -- the stage life cycle ----------------------------------------------------------------
-    def _prepare(self, spec: StageSpec) -> StageHandle:
-        assert spec.image is not None
+    def prepare(self, spec: StageSpec) -> StageHandle:
+        """Create the stage's service (and its services'), wait for its task to run, attach to its
+        container's shell through the engine of its node."""
+        if spec.image is None:
+            raise StageFailed(f"Stage '{spec.stage}' has no image to run in", stage=spec.stage)
+        try:
+            return self._place(spec)
+        except OSError as e:  # requests' ConnectionError and friends: the manager is not there
+            raise self.engine_gone(e) from e
+
+    def _place(self, spec: StageSpec) -> StageHandle:
         placed = _Placed()
-        workdir = _workdir(spec)
+        workdir = stage_workdir(spec)
         handle = StageHandle(
             spec=spec, ref=placed, where="", workdir=workdir, workspace_dir=WORKDIR if spec.with_workspace else None
         )
@@ -149,11 +181,11 @@ class SwarmBackend(DockerBackend):
                 for svc, task in zip(spec.services, placed.services, strict=True):
                     self._run(spec, task)
                     assert task.engine is not None
-                    task.engine._wait_healthy(spec, svc, task.container)
+                    task.engine.wait_healthy(spec, svc, task.container)
             placed.stage = self._create(spec, "", self._stage_task(spec, workdir, placed.network), job=True)
             self._run(spec, placed.stage, spec.placement, _limits(spec))
             assert placed.stage.engine is not None
-            placed.stage.shell = placed.stage.engine._attach(placed.stage.container)  # (after start: sh waits)
+            placed.stage.shell = placed.stage.engine.attach_shell(placed.stage.container)  # (after start: sh waits)
             self._watch.add(placed.stage)
         except BaseException:
             self.release(handle)
@@ -177,7 +209,7 @@ class SwarmBackend(DockerBackend):
             open_stdin=True,
             env=dict(spec.env),
             workdir=workdir,
-            labels=self._labels(spec),
+            labels=stage_labels(spec),
             mounts=mounts,
             stop_grace_period=STOP_GRACE_NS,
         )
@@ -206,7 +238,7 @@ class SwarmBackend(DockerBackend):
             svc.image,
             args=list(command) if command else None,
             env=dict(svc.env),
-            labels={**self._labels(spec), LABEL_SERVICE: svc.name},
+            labels={**stage_labels(spec), LABEL_SERVICE: svc.name},
             stop_grace_period=STOP_GRACE_NS,
         )
         return TaskTemplate(
@@ -219,7 +251,7 @@ class SwarmBackend(DockerBackend):
     def _network(self, spec: StageSpec) -> str:
         name = _service_name(spec, "net")
         return str(
-            self.client.api.create_network(name, driver="overlay", attachable=True, labels=self._labels(spec))["Id"]
+            self.client.api.create_network(name, driver="overlay", attachable=True, labels=stage_labels(spec))["Id"]
         )
 
     def _create(self, spec: StageSpec, what: str, template: Any, *, job: bool = False) -> Task:
@@ -229,7 +261,7 @@ class SwarmBackend(DockerBackend):
         endpoint = EndpointSpec(mode="dnsrr") if not job else None
         name = _service_name(spec, what)
         created = self.client.api.create_service(
-            template, name=name, labels=self._labels(spec), mode=mode, endpoint_spec=endpoint
+            template, name=name, labels=stage_labels(spec), mode=mode, endpoint_spec=endpoint
         )
         label = f"service '{what}' of stage '{spec.stage}'" if what else f"stage '{spec.stage}'"
         return Task(service=str(created["ID"]), name=label)
@@ -254,7 +286,9 @@ class SwarmBackend(DockerBackend):
         """``call`` on the engine of the stage's node; a node lost meanwhile fails the stage naming it."""
         task = self._task(handle)
         assert task.engine is not None
-        inner = attrs.evolve(handle, ref=_Prepared(container=task.container, streams=task.streams, shell=task.shell))
+        inner = attrs.evolve(
+            handle, ref=StageContainer(container=task.container, streams=task.streams, shell=task.shell)
+        )
         try:
             result = call(task.engine, inner)
         except (EngineUnavailable, OSError) as e:
@@ -326,7 +360,7 @@ class SwarmBackend(DockerBackend):
         for task in tasks:
             if task.engine is not None and task.container and task.node_id not in self.nodes.bad:
                 try:
-                    task.engine._remove(task.container)
+                    task.engine.remove_container(task.container)
                 except Exception:
                     pass  # its node is gone: the swarm removes the task's container when it is back
             if task.shell is not None:

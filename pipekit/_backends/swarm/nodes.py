@@ -94,7 +94,7 @@ class Watch:
         self.remove(task)
         try:
             if task.engine is not None:
-                task.engine._remove(task.container)  # ends its commands
+                task.engine.remove_container(task.container)  # ends its commands
         except Exception:
             pass
         for stream in list(task.streams):  # an engine that does not answer: end them here
