@@ -6,14 +6,17 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import IO
+from typing import IO, Any
 
+import click
+
+from pipekit._cli.options import backend_option, dispatch, file_option
 from pipekit._history.store import History
 from pipekit._run.runner import container_backend, open_history
 from pipekit.backend import CacheVolume, CacheVolumes, Sweeps
 from pipekit.exceptions import PipekitError, UsageError
 
-__all__ = ["CONTEXT", "HISTORY_COMMANDS", "print_error", "streams", "table"]
+__all__ = ["CONTEXT", "print_error", "register", "streams", "table"]
 
 #: the click context settings of every command
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -21,8 +24,6 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def streams() -> tuple[IO[str], IO[str]]:
     """The output and error streams of the command being run (``main(out=, err=)``'s)."""
-    import click
-
     obj = click.get_current_context().obj or {}
     return obj.get("out") or click.get_text_stream("stdout"), obj.get("err") or click.get_text_stream("stderr")
 
@@ -277,11 +278,65 @@ def cmd_cleanup(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-HISTORY_COMMANDS = {
-    "cleanup": cmd_cleanup,
-    "runs": cmd_runs,
-    "show": cmd_show,
-    "logs": cmd_logs,
-    "artifacts": cmd_artifacts,
-    "cache": cmd_cache,
-}
+RUN_REF = click.argument("run", metavar="RUN")
+RUN_HELP = "RUN is a run id, a unique prefix of one, or 'last'."
+
+
+@click.command(context_settings=CONTEXT)
+@file_option
+@click.option("-n", "--limit", type=click.IntRange(1, 1_000_000), default=20, show_default=True, help="How many.")
+def runs(**values: Any) -> None:
+    """List the recent runs of this workspace."""
+    dispatch(cmd_runs, **values)
+
+
+@click.command(context_settings=CONTEXT, epilog=RUN_HELP)
+@RUN_REF
+@file_option
+def show(**values: Any) -> None:
+    """Show a run: stages, durations, errors, artifacts, tests."""
+    dispatch(cmd_show, **values)
+
+
+@click.command(context_settings=CONTEXT, epilog=RUN_HELP)
+@RUN_REF
+@click.argument("stage", required=False)
+@file_option
+@click.option("--follow", is_flag=True, help="Keep printing until the run ends.")
+def logs(**values: Any) -> None:
+    """Print a run's logs (one stage's, or all)."""
+    dispatch(cmd_logs, **values)
+
+
+@click.command(context_settings=CONTEXT, epilog=RUN_HELP)
+@RUN_REF
+@file_option
+@click.option("--dest", metavar="DIR", help="Where to put them (default ./artifacts-RUN).")
+def artifacts(**values: Any) -> None:
+    """Copy a run's archived files out."""
+    dispatch(cmd_artifacts, **values)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("action", type=click.Choice(("list", "prune")))
+@file_option
+@click.option("--results", is_flag=True, help="Prune only the cached stage results.")
+@click.option("--volumes", is_flag=True, help="Prune only the cache volumes (cache_dirs=).")
+def cache(**values: Any) -> None:
+    """List or prune cached stage results and cache volumes."""
+    dispatch(cmd_cache, **values)
+
+
+@click.command(context_settings=CONTEXT, epilog="\b\nExamples:\n  pipekit cleanup last\n  pipekit cleanup --all")
+@click.argument("run", metavar="[RUN]", required=False)
+@file_option
+@click.option("--all", "all", is_flag=True, help="Every run whose pipekit process is gone, of any workspace.")
+@backend_option
+def cleanup(**values: Any) -> None:
+    """Remove the containers and networks a run left (after a kill -9, or an engine that was down)."""
+    dispatch(cmd_cleanup, **values)
+
+
+def register(group: click.Group) -> None:
+    for command in (runs, show, logs, artifacts, cache, cleanup):
+        group.add_command(command)
