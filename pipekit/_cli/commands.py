@@ -26,6 +26,7 @@ from pipekit._cli.options import (
     backend_option,
     dispatch,
     file_option,
+    resume_option,
 )
 from pipekit._console.log import LOG_FORMATS, make_logger
 from pipekit._core.util import collector_on
@@ -316,15 +317,7 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
 @BRANCH_OPTION
 @CHANGED_BASE_OPTION
 @click.option("--timeout", metavar="DURATION", envvar="PIPEKIT_TIMEOUT", help="Fail the run after this long ('30m').")
-@click.option(
-    "--resume",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[RUN]",
-    envvar="PIPEKIT_RESUME",
-    help="Run again only what failed or did not run in RUN (default: the last run).",
-)
+@resume_option("Run again only what failed or did not run in RUN (default: the last run).")
 @click.option("--no-cache", is_flag=True, envvar="PIPEKIT_NO_CACHE", help="Run every stage, ignoring cached results.")
 @click.option(
     "--workspace",
@@ -363,15 +356,7 @@ def run(**values: Any) -> None:
 @NO_IMAGE_CHECK_OPTION
 @BRANCH_OPTION
 @CHANGED_BASE_OPTION
-@click.option(
-    "--resume",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[RUN]",
-    envvar="PIPEKIT_RESUME",
-    help="Plan the resumed run: what RUN's results restore (default: the last run).",
-)
+@resume_option("Plan the resumed run: what RUN's results restore (default: the last run).")
 def plan(**values: Any) -> None:
     """What a run would do with each stage, and why: run, skip, or take from the stage cache (and,
     when the cache misses, what changed since the stage's last cached run)."""

@@ -24,6 +24,7 @@ __all__ = [
     "backend_option",
     "dispatch",
     "file_option",
+    "resume_option",
 ]
 
 IMAGE_MAP_ENV = "PIPEKIT_IMAGE_MAP"
@@ -61,6 +62,13 @@ def backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
         envvar="PIPEKIT_BACKEND",
         help="Where container stages run: one Docker engine (the default) or the swarm DOCKER_HOST manages.",
     )(f)
+
+
+def resume_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--resume [RUN]`` (PIPEKIT_RESUME): a bare ``--resume`` is the last run."""
+    return click.option(
+        "--resume", is_flag=False, flag_value="", default=None, metavar="[RUN]", envvar="PIPEKIT_RESUME", help=help
+    )
 
 
 class _ImageMapping(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
