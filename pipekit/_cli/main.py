@@ -24,7 +24,7 @@ from pipekit import __version__
 from pipekit._cli import ci, commands, history, server, views
 from pipekit._cli.config import command_defaults
 from pipekit._cli.history import CONTEXT, print_error
-from pipekit._core.util import collector_on
+from pipekit._core.util import EXIT_INTERRUPTED, collector_on
 from pipekit.exceptions import Interrupted, PipekitError, PipelineError
 
 __all__ = ["cli", "main"]
@@ -139,13 +139,13 @@ def _main(argv: Sequence[str] | None, out: IO[str], err: IO[str]) -> int:
         return _usage_error(e, err)
     except click.exceptions.Abort:
         print_error(err, "interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Interrupted as e:
         print_error(err, f"{e}; stopped every running stage and removed its containers")
         return e.exit_code
     except KeyboardInterrupt:
         print_error(err, "interrupted; stopped every running stage and removed its containers")
-        return 130
+        return EXIT_INTERRUPTED
     except PipelineError as e:
         print_error(err, f"{type(e).__name__}: {e}")
         return e.exit_code

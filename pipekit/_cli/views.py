@@ -14,6 +14,7 @@ import click
 
 from pipekit._cli.history import CONTEXT, print_error, streams
 from pipekit._cli.options import file_option
+from pipekit._core.util import EXIT_NOT_FOUND
 from pipekit.exceptions import UsageError
 
 __all__ = ["register"]
@@ -116,9 +117,6 @@ def _is_process_stream(stream: IO[str], fd: int) -> bool:
         return False
 
 
-#: the exit code of a shell asked for a command it does not find
-COMMAND_NOT_FOUND = 127
-
 #: exit 0 when $1 is a program docker exec can start (a path, or a file on the PATH), 3 when it is
 #: only something of the shell's (a builtin, or a busybox applet without a link), else 1
 _PROBE = """case $1 in */*) test -f "$1" && test -x "$1" && exit 0; exit 1;; esac
@@ -140,7 +138,7 @@ def _check_command(docker: str, cid: str, name: str, where: str, err: IO[str]) -
         raise UsageError(f"cannot run a command in {where}: {proc.stderr.strip()}")
     builtin = " (a shell builtin: run it with sh -c '...')" if proc.returncode == 3 else ""
     print_error(err, f"no command {name!r} in {where}{builtin}")
-    click.get_current_context().exit(COMMAND_NOT_FOUND)
+    click.get_current_context().exit(EXIT_NOT_FOUND)
 
 
 def register(group: click.Group) -> None:
