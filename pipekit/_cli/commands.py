@@ -135,13 +135,10 @@ def cmd_graph(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     p = plan_of(_load_valid(args.file))
     statuses: dict[str, str] = {}
     if args.run:
-        from pipekit._cli.history import _history, _workspace_of
+        from pipekit._cli.history import opened_history
 
-        history = _history(_workspace_of(args), err)
-        try:
+        with opened_history(args.file, err) as history:
             statuses = {row.name: str(row.status) for row in history.stages(history.resolve(args.run))}
-        finally:
-            history.close()
     render(p, args.format, out, statuses)
     return 0
 

@@ -7,12 +7,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import IO
 
 import click
 
-from pipekit._cli.history import CONTEXT, print_error, streams
+from pipekit._cli.history import CONTEXT, opened_history, print_error, streams
 from pipekit._cli.options import file_option
 from pipekit._core.util import EXIT_NOT_FOUND
 from pipekit.exceptions import UsageError
@@ -32,17 +31,14 @@ def report(run: str, output: str, file: str) -> None:
 
     RUN is a run id, a unique prefix of one, or 'last'.
     """
-    from pipekit._cli.history import _history, _workspace_of
     from pipekit._report.page import write_report
 
     out, err = streams()
-    history = _history(_workspace_of(SimpleNamespace(file=file)), err)
-    try:
-        path = write_report(history, history.resolve(run), output)
-    except OSError as e:
-        raise UsageError(f"cannot write {output}: {e.strerror}") from None
-    finally:
-        history.close()
+    with opened_history(file, err) as history:
+        try:
+            path = write_report(history, history.resolve(run), output)
+        except OSError as e:
+            raise UsageError(f"cannot write {output}: {e.strerror}") from None
     shown = os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else path
     print(f"wrote {shown}", file=out)
 
@@ -90,14 +86,10 @@ def shell(run: str, stage: str, command: tuple[str, ...], file: str) -> None:
 def _kept(run: str, stage: str, file: str, err: IO[str]) -> tuple[str, str, str]:
     """The docker command, the id of the stage's kept container and the run's id (else a UsageError,
     or the backend's error: EngineUnavailable when the engine is down)."""
-    from pipekit._cli.history import _history, _workspace_of
     from pipekit._run.runner import container_backend
 
-    history = _history(_workspace_of(SimpleNamespace(file=file)), err)
-    try:
+    with opened_history(file, err) as history:
         run_id = history.resolve(run)
-    finally:
-        history.close()
     backend = container_backend()
     backend.check()
     cid = backend.kept_container(run_id, stage)
