@@ -420,3 +420,49 @@ def test_a_shared_option_has_one_definition_in_every_command() -> None:
         "branch": "PIPEKIT_BRANCH",
         "changed_base": "PIPEKIT_CHANGED_BASE",
     }
+
+
+def _commands(group: Any) -> Any:
+    for command in group.commands.values():
+        yield command
+        if hasattr(command, "commands"):
+            yield from _commands(command)
+
+
+def test_every_command_takes_the_pipeline_file_one_way() -> None:
+    """-f/--file is one option: the same variable (PIPEKIT_FILE) and default in every command."""
+    from pipekit._cli.main import cli as group
+
+    files = {(p.envvar, p.default, p.help) for c in _commands(group) for p in c.params if p.name == "file"}
+    assert len(files) == 1 and next(iter(files))[:2] == ("PIPEKIT_FILE", "pipeline.py"), files
+
+
+def test_only_the_main_module_turns_errors_into_exit_codes() -> None:
+    """Commands raise PipekitError subclasses (or return their own code): no click Exit(...) of their
+    own, which once gave exit 2 for an unreachable engine (exit 3)."""
+    import pipekit._cli
+
+    folder = Path(pipekit._cli.__file__).parent
+    offenders = [
+        f"{path.name}:{n}"
+        for path in sorted(folder.glob("*.py"))
+        if path.name != "main.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "Exit(" in line or "sys.exit(" in line
+    ]
+    assert not offenders, offenders
+
+
+def test_shell_without_an_engine_exits_3(tmp_path: Path) -> None:
+    """`pipekit shell RUN STAGE` when the engine is down: the EngineUnavailable message and its exit
+    code 3 (the command used to turn every error into 2), from the console script."""
+    (tmp_path / "pipeline.py").write_text("import pipekit as pk\n\n\n@pk.stage\ndef hello(ctx):\n    ctx.sh('true')\n")
+    no_engine = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    ran = pipekit("run", cwd=tmp_path, env=no_engine)  # a host stage: a recorded run, no engine needed
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    proc = pipekit("shell", "last", "hello", cwd=tmp_path, env=no_engine)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"Cannot reach a Docker engine at unix://{tmp_path}/no-engine.sock" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    missing = pipekit("shell", "last", "nope", cwd=tmp_path)  # a usage error stays 2
+    assert missing.returncode == 2 and "kept no container of stage 'nope'" in missing.stderr, missing.stderr

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import click
 
 from pipekit._cli.history import CONTEXT, print_error, streams
+from pipekit._cli.options import file_option
+from pipekit.exceptions import PipekitError
 
-__all__ = ["ci", "import_"]
+__all__ = ["ci", "import_", "register"]
 
 
 @click.group(context_settings=CONTEXT)
@@ -26,9 +27,7 @@ def ci() -> None:
     "  pipekit ci init gitlab --install https://files.example/pipekit_ci-0.2.0-py3-none-any.whl",
 )
 @click.argument("system", type=click.Choice(("github", "gitlab", "jenkins")))
-@click.option(
-    "-f", "--file", default="pipeline.py", show_default=True, metavar="PATH", help="The pipeline the wrapper runs."
-)
+@file_option
 @click.option("--force", is_flag=True, help="Overwrite the CI's file if there is one.")
 @click.option(
     "--install",
@@ -40,14 +39,10 @@ def init(system: str, file: str, force: bool, install: str | None) -> None:
     """Write the CI's file (.github/workflows/pipekit.yml, .gitlab-ci.yml or Jenkinsfile)."""
     from pipekit._ci.wrappers import install_spec, write
     from pipekit._dsl.loader import load
-    from pipekit.exceptions import PipelineError, UsageError
+    from pipekit.exceptions import PipelineError
 
     out, err = streams()
-    try:
-        spec = install_spec(install)
-    except UsageError as e:
-        print_error(err, str(e))
-        raise click.exceptions.Exit(2) from None
+    spec = install_spec(install)
     path = Path(file)
     secrets: list[str] = []
     try:
@@ -59,8 +54,7 @@ def init(system: str, file: str, force: bool, install: str | None) -> None:
     try:
         target = write(system, root, secrets, shown, force, install)
     except FileExistsError as e:
-        print_error(err, f"{e} exists; pipekit leaves it as it is (--force replaces it)")
-        raise click.exceptions.Exit(1) from None
+        raise PipekitError(f"{e} exists; pipekit leaves it as it is (--force replaces it)") from None
     more = [f"installs {spec}"] + ([f"secrets: {', '.join(secrets)}"] if secrets else [])
     print(f"wrote {os.path.relpath(target, root)} ({'; '.join(more)})", file=out)
 
@@ -85,9 +79,9 @@ def jenkinsfile(path: str, output: str | None, force: bool) -> None:
 
     out, err = streams()
     code = convert_file(Path(path), Path(output) if output else None, force=force, out=out, err=err)
-    raise click.exceptions.Exit(code)
+    click.get_current_context().exit(code)  # the importer's own exit code
 
 
-def register(group: Any) -> None:
+def register(group: click.Group) -> None:
     group.add_command(ci)
     group.add_command(import_)

@@ -1,5 +1,5 @@
-"""The command bodies behind ``pipekit run | list | graph | validate``: plain functions of the
-parsed arguments and the output streams (``_cli/main.py`` parses; these do the work)."""
+"""``pipekit run | plan | list | graph | validate``: the click commands (``register``) and their
+bodies, plain functions of the parsed arguments and the output streams."""
 
 from __future__ import annotations
 
@@ -11,20 +11,33 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import IO, Any
 
+import click
+
 from pipekit._ci.output import detect as detect_ci
-from pipekit._cli.history import print_error, table
-from pipekit._console.log import make_logger
+from pipekit._cli.history import CONTEXT, print_error, table
+from pipekit._cli.options import (
+    BRANCH_OPTION,
+    CHANGED_BASE_OPTION,
+    IMAGE_MAP_ENV,
+    IMAGE_MAP_OPTION,
+    NO_IMAGE_CHECK_OPTION,
+    PARAM_OPTION,
+    SECRETS_FILE_OPTION,
+    backend_option,
+    dispatch,
+    file_option,
+    resume_option,
+)
+from pipekit._console.log import LOG_FORMATS, make_logger
 from pipekit._core.util import collector_on
 from pipekit._dsl.loader import load
 from pipekit._dsl.params import parse_param_args
 from pipekit._dsl.stage import Pipeline
-from pipekit._plan.graph import plan
+from pipekit._plan.graph import plan as plan_of
 from pipekit._run.session import RunRequest, setup
 from pipekit.exceptions import Interrupted, UsageError
 
-__all__ = ["IMAGE_MAP_ENV", "cmd_graph", "cmd_list", "cmd_run", "cmd_validate"]
-
-IMAGE_MAP_ENV = "PIPEKIT_IMAGE_MAP"
+__all__ = ["IMAGE_MAP_ENV", "cmd_graph", "cmd_list", "cmd_run", "cmd_validate", "register"]
 
 
 def _image_map(values: Sequence[str]) -> dict[str, str]:
@@ -101,7 +114,7 @@ def cmd_validate(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_list(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
-    p = plan(_load_valid(args.file))
+    p = plan_of(_load_valid(args.file))
     rows = [("STAGE", "IMAGE", "NEEDS", "DEFINED AT")]
     for name in p.order:
         s = p.stage(name)
@@ -119,16 +132,13 @@ def cmd_list(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
 def cmd_graph(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     from pipekit._plan.render import render
 
-    p = plan(_load_valid(args.file))
+    p = plan_of(_load_valid(args.file))
     statuses: dict[str, str] = {}
     if args.run:
-        from pipekit._cli.history import _history, _workspace_of
+        from pipekit._cli.history import opened_history
 
-        history = _history(_workspace_of(args), err)
-        try:
+        with opened_history(args.file, err) as history:
             statuses = {row.name: str(row.status) for row in history.stages(history.resolve(args.run))}
-        finally:
-            history.close()
     render(p, args.format, out, statuses)
     return 0
 
@@ -243,3 +253,145 @@ def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         collector_on()  # start-up is over (the pipeline is loaded and planned)
         result = run.execute()
     return result.exit_code
+
+
+RUN_EPILOG = """\b
+Examples:
+  pipekit run                                 # every stage of ./pipeline.py
+  pipekit run package                         # package and everything it needs
+  pipekit run -f ci/ -j 8 --fail-fast --log-format json
+  pipekit run --param registry=localhost:5000 --secrets-file .env.ci
+  pipekit run --dry-run                       # what would run, and what is skipped and why
+  pipekit run --junit reports/pipekit.xml     # for the CI's test view (JUnit XML)
+  DOCKER_HOST=ssh://ci@build-box pipekit run  # the workspace is copied to the remote engine
+
+\b
+Every option can also be set with PIPEKIT_<OPTION> (PIPEKIT_JOBS=8, PIPEKIT_LOG_FORMAT=json),
+and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cli.md).
+"""
+
+
+@click.command(context_settings=CONTEXT, epilog=RUN_EPILOG)
+@click.argument("stages", nargs=-1, metavar="[STAGE]...")
+@file_option
+@click.option("-j", "--jobs", type=int, default=4, show_default=True, envvar="PIPEKIT_JOBS", help="Stages run at once.")
+@click.option(
+    "--fail-fast", is_flag=True, envvar="PIPEKIT_FAIL_FAST", help="When a stage fails, stop the running ones."
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and start nothing.")
+@click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="console", show_default=True, envvar="PIPEKIT_LOG_FORMAT"
+)
+@click.option("-v", "--verbose", is_flag=True, envvar="PIPEKIT_VERBOSE", help="Also log debug events.")
+@click.option(
+    "--ci",
+    type=click.Choice(("github", "gitlab", "jenkins", "none")),
+    default=None,
+    envvar="PIPEKIT_CI",
+    help="Print the way this CI shows logs (default: detected from GITHUB_ACTIONS, GITLAB_CI, JENKINS_URL).",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(("auto", "live", "plain")),
+    default="auto",
+    show_default=True,
+    envvar="PIPEKIT_PROGRESS",
+    help="live: a live view of the stages; plain: every line as it comes (auto: live on a terminal, not in CI).",
+)
+@click.option(
+    "--keep-failed",
+    is_flag=True,
+    envvar="PIPEKIT_KEEP_FAILED",
+    help="Keep the container of a stage that fails, to look around in it (pipekit shell RUN STAGE).",
+)
+@click.option("--junit", metavar="PATH", envvar="PIPEKIT_JUNIT", help="Write the run as a JUnit XML file.")
+@click.option(
+    "--report",
+    metavar="PATH",
+    envvar="PIPEKIT_REPORT",
+    help="Write the run as an HTML page at the end, whatever the outcome.",
+)
+@BRANCH_OPTION
+@CHANGED_BASE_OPTION
+@click.option("--timeout", metavar="DURATION", envvar="PIPEKIT_TIMEOUT", help="Fail the run after this long ('30m').")
+@resume_option("Run again only what failed or did not run in RUN (default: the last run).")
+@click.option("--no-cache", is_flag=True, envvar="PIPEKIT_NO_CACHE", help="Run every stage, ignoring cached results.")
+@click.option(
+    "--workspace",
+    type=click.Choice(("auto", "mount", "copy")),
+    default=None,
+    envvar="PIPEKIT_WORKSPACE",
+    help="How container stages get the pipeline's folder (auto: mount for a local engine, copy for a remote one).",
+)
+@backend_option
+@click.option(
+    "--registry",
+    metavar="HOST[:PORT]",
+    envvar="PIPEKIT_REGISTRY",
+    help="Where images the run builds travel to the swarm's nodes (login: PIPEKIT_REGISTRY_USER/_PASSWORD).",
+)
+@PARAM_OPTION
+@SECRETS_FILE_OPTION
+@IMAGE_MAP_OPTION
+@NO_IMAGE_CHECK_OPTION
+def run(**values: Any) -> None:
+    """Run the pipeline, or the named stages and everything they need."""
+    dispatch(cmd_run, **values)
+
+
+@click.command(
+    context_settings=CONTEXT,
+    epilog="\b\nExamples:\n  pipekit plan\n  pipekit plan deploy --branch main -p deploy=yes\n"
+    "  pipekit plan --format json",
+)
+@click.argument("stages", nargs=-1, metavar="[STAGE]...")
+@file_option
+@click.option("--format", type=click.Choice(("text", "json")), default="text", show_default=True)
+@PARAM_OPTION
+@SECRETS_FILE_OPTION
+@IMAGE_MAP_OPTION
+@NO_IMAGE_CHECK_OPTION
+@BRANCH_OPTION
+@CHANGED_BASE_OPTION
+@resume_option("Plan the resumed run: what RUN's results restore (default: the last run).")
+def plan(**values: Any) -> None:
+    """What a run would do with each stage, and why: run, skip, or take from the stage cache (and,
+    when the cache misses, what changed since the stage's last cached run)."""
+    dispatch(cmd_plan, **values)
+
+
+@click.command(name="list", context_settings=CONTEXT)
+@file_option
+def list_(**values: Any) -> None:
+    """List the stages, their images and dependencies, and the parameters."""
+    dispatch(cmd_list, **values)
+
+
+@click.command(
+    context_settings=CONTEXT,
+    epilog="\b\nExamples:\n  pipekit graph --format svg --run last > graph.svg\n"
+    "  pipekit graph --format dot | dot -Tpng > graph.png",
+)
+@file_option
+@click.option("--format", type=click.Choice(("text", "dot", "mermaid", "svg")), default="text", show_default=True)
+@click.option("--run", metavar="RUN", help="Show the statuses of a recorded run (an id, a prefix, or 'last').")
+def graph(**values: Any) -> None:
+    """Print the stage graph."""
+    dispatch(cmd_graph, **values)
+
+
+@click.command(context_settings=CONTEXT)
+@file_option
+@PARAM_OPTION
+@SECRETS_FILE_OPTION
+@IMAGE_MAP_OPTION
+@NO_IMAGE_CHECK_OPTION
+def validate(**values: Any) -> None:
+    """Check the pipeline and report every problem: its definition, the secrets its stages declare,
+    and the images they run in (present, or known to their registry; nothing is pulled)."""
+    dispatch(cmd_validate, **values)
+
+
+def register(group: click.Group) -> None:
+    for command in (run, plan, list_, graph, validate):
+        group.add_command(command)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import IO
+from typing import IO, Any
 
+import click
+
+from pipekit._cli.options import backend_option, dispatch, file_option
 from pipekit._history.store import History
 from pipekit._run.runner import container_backend, open_history
 from pipekit.backend import CacheVolume, CacheVolumes, Sweeps
 from pipekit.exceptions import PipekitError, UsageError
 
-__all__ = ["CONTEXT", "HISTORY_COMMANDS", "print_error", "streams", "table"]
+__all__ = ["CONTEXT", "opened_history", "print_error", "register", "streams", "table", "workspace_of"]
 
 #: the click context settings of every command
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -21,8 +25,6 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def streams() -> tuple[IO[str], IO[str]]:
     """The output and error streams of the command being run (``main(out=, err=)``'s)."""
-    import click
-
     obj = click.get_current_context().obj or {}
     return obj.get("out") or click.get_text_stream("stdout"), obj.get("err") or click.get_text_stream("stderr")
 
@@ -44,16 +46,21 @@ def _indented(text: str, first: str, rest: str, out: IO[str]) -> None:
         print(f"{first if i == 0 else rest}{line}", file=out)
 
 
-def _history(workspace: Path, err: IO[str]) -> History:
-    """The workspace's run history (never created by a command that only reads it), with runs
-    whose process died marked interrupted (and cleaned up)."""
+@contextlib.contextmanager
+def opened_history(file: str | Path, err: IO[str]) -> Iterator[History]:
+    """The run history of the workspace of the pipeline ``file`` (never created by a command that only
+    reads it), with runs whose process died marked interrupted (and cleaned up); closed after use."""
     warn = lambda message: print_error(err, f"warning: {message}")  # noqa: E731
-    history: History = open_history(workspace, warn=warn, create=False)
-    return history
+    history: History = open_history(workspace_of(file), warn=warn, create=False)
+    try:
+        yield history
+    finally:
+        history.close()
 
 
-def _workspace_of(args: SimpleNamespace) -> Path:
-    path = Path(args.file)
+def workspace_of(file: str | Path) -> Path:
+    """The workspace of the pipeline ``file`` (a pipeline.py, or the folder holding one)."""
+    path = Path(file)
     folder = path if path.is_dir() else path.parent
     return folder.resolve()
 
@@ -69,11 +76,10 @@ def _secs(value: float | None) -> str:
 
 
 def cmd_runs(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
-    history = _history(_workspace_of(args), err)
     rows: list[tuple[str, ...]] = [("RUN", "PIPELINE", "BRANCH", "STATUS", "STARTED", "DURATION")]
-    for r in history.runs(args.limit):
-        rows.append((r.id, r.pipeline, r.branch or "-", r.status, _when(r.started), _secs(r.duration_s)))
-    history.close()
+    with opened_history(args.file, err) as history:
+        for r in history.runs(args.limit):
+            rows.append((r.id, r.pipeline, r.branch or "-", r.status, _when(r.started), _secs(r.duration_s)))
     if len(rows) == 1:
         print("no runs recorded yet", file=out)
         return 0
@@ -96,8 +102,7 @@ def _kept_stages() -> dict[str, list[str]]:
 
 
 def cmd_show(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
-    history = _history(_workspace_of(args), err)
-    try:
+    with opened_history(args.file, err) as history:
         run = history.run(history.resolve(args.run))
         print(f"run {run.id}: {run.status}", file=out)
         print(f"  pipeline  {run.pipeline} ({run.path})", file=out)
@@ -144,16 +149,13 @@ def cmd_show(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
             )
             for f in t.failed:
                 _indented(f"{f.kind}: {f.name}: {f.message}", "  ", "    ", out)
-    finally:
-        history.close()
     return 0
 
 
 def cmd_logs(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     import time as _time
 
-    history = _history(_workspace_of(args), err)
-    try:
+    with opened_history(args.file, err) as history:
         run_id = history.resolve(args.run)
         names = [args.stage] if args.stage else [st.name for st in history.stages(run_id)]
         if args.stage and args.stage not in {st.name for st in history.stages(run_id)}:
@@ -179,16 +181,13 @@ def cmd_logs(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
                     if st.name not in offsets:
                         names.append(st.name)
                         offsets[st.name] = 0
-    finally:
-        history.close()
     return 0
 
 
 def cmd_artifacts(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     from pipekit._core.safefile import write_file
 
-    history = _history(_workspace_of(args), err)
-    try:
+    with opened_history(args.file, err) as history:
         run_id = history.resolve(args.run)
         arts = history.artifacts(run_id)
         if not arts:
@@ -203,19 +202,16 @@ def cmd_artifacts(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         for a, target in targets:
             try:
                 with open(history.artifact_file(a.sha256), "rb") as f:
-                    write_file(target, f, root=_workspace_of(args))
+                    write_file(target, f, root=workspace_of(args.file))
             except OSError as e:
                 raise UsageError(f"cannot write {target}: {e.strerror}; copying stopped there") from e
             print(f"{target}", file=out)
-    finally:
-        history.close()
     return 0
 
 
 def cmd_cache(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
-    history = _history(_workspace_of(args), err)
     both = not args.results and not args.volumes
-    try:
+    with opened_history(args.file, err) as history:
         results = history.cache_entries()
         backend: CacheVolumes | None = container_backend()
         volumes: list[CacheVolume] = []
@@ -238,8 +234,6 @@ def cmd_cache(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         if (both or args.volumes) and backend is not None:
             removed = sum(backend.remove_volume(v.name) for v in volumes)
             print(f"removed {removed} cache volumes", file=out)
-    finally:
-        history.close()
     return 0
 
 
@@ -256,15 +250,9 @@ def cmd_cleanup(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     if not args.run:
         raise UsageError("give a RUN to clean up after, or --all for every run that is no longer running")
     run_id = args.run
-    folder = _workspace_of(args)
-    if (folder / ".pipekit" / "pipekit.db").is_file():
-        history = _history(folder, err)
-        try:
-            run_id = history.resolve(args.run)
-        except UsageError:
-            pass  # a run of another workspace: its id as given
-        finally:
-            history.close()
+    if (workspace_of(args.file) / ".pipekit" / "pipekit.db").is_file():
+        with opened_history(args.file, err) as history, contextlib.suppress(UsageError):
+            run_id = history.resolve(args.run)  # (a run of another workspace: its id as given)
     left = backend.leftovers()
     if left.get(run_id):
         raise UsageError(f"run {run_id} is still running; stop it first (Ctrl-C or kill its pipekit process)")
@@ -277,11 +265,65 @@ def cmd_cleanup(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-HISTORY_COMMANDS = {
-    "cleanup": cmd_cleanup,
-    "runs": cmd_runs,
-    "show": cmd_show,
-    "logs": cmd_logs,
-    "artifacts": cmd_artifacts,
-    "cache": cmd_cache,
-}
+RUN_REF = click.argument("run", metavar="RUN")
+RUN_HELP = "RUN is a run id, a unique prefix of one, or 'last'."
+
+
+@click.command(context_settings=CONTEXT)
+@file_option
+@click.option("-n", "--limit", type=click.IntRange(1, 1_000_000), default=20, show_default=True, help="How many.")
+def runs(**values: Any) -> None:
+    """List the recent runs of this workspace."""
+    dispatch(cmd_runs, **values)
+
+
+@click.command(context_settings=CONTEXT, epilog=RUN_HELP)
+@RUN_REF
+@file_option
+def show(**values: Any) -> None:
+    """Show a run: stages, durations, errors, artifacts, tests."""
+    dispatch(cmd_show, **values)
+
+
+@click.command(context_settings=CONTEXT, epilog=RUN_HELP)
+@RUN_REF
+@click.argument("stage", required=False)
+@file_option
+@click.option("--follow", is_flag=True, help="Keep printing until the run ends.")
+def logs(**values: Any) -> None:
+    """Print a run's logs (one stage's, or all)."""
+    dispatch(cmd_logs, **values)
+
+
+@click.command(context_settings=CONTEXT, epilog=RUN_HELP)
+@RUN_REF
+@file_option
+@click.option("--dest", metavar="DIR", help="Where to put them (default ./artifacts-RUN).")
+def artifacts(**values: Any) -> None:
+    """Copy a run's archived files out."""
+    dispatch(cmd_artifacts, **values)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("action", type=click.Choice(("list", "prune")))
+@file_option
+@click.option("--results", is_flag=True, help="Prune only the cached stage results.")
+@click.option("--volumes", is_flag=True, help="Prune only the cache volumes (cache_dirs=).")
+def cache(**values: Any) -> None:
+    """List or prune cached stage results and cache volumes."""
+    dispatch(cmd_cache, **values)
+
+
+@click.command(context_settings=CONTEXT, epilog="\b\nExamples:\n  pipekit cleanup last\n  pipekit cleanup --all")
+@click.argument("run", metavar="[RUN]", required=False)
+@file_option
+@click.option("--all", "all", is_flag=True, help="Every run whose pipekit process is gone, of any workspace.")
+@backend_option
+def cleanup(**values: Any) -> None:
+    """Remove the containers and networks a run left (after a kill -9, or an engine that was down)."""
+    dispatch(cmd_cleanup, **values)
+
+
+def register(group: click.Group) -> None:
+    for command in (runs, show, logs, artifacts, cache, cleanup):
+        group.add_command(command)

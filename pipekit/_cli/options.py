@@ -1,15 +1,16 @@
 """The options several commands take: one definition each, with one environment variable each
 (the same in `run`, `plan` and `validate`), documented in docs/cli.md. A command lists them as
-decorators; ``-f/--file`` and ``--backend`` too."""
+decorators; ``-f/--file`` and ``--backend`` too. Also the one way a command body runs: ``dispatch``
+(a command's own exit code ends the program; a ``PipekitError`` it raises goes to pipekit._cli.main)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from types import SimpleNamespace
+from typing import IO, Any
 
 import click
-
-from pipekit._cli.commands import IMAGE_MAP_ENV
+from click.core import ParameterSource
 
 __all__ = [
     "BRANCH_OPTION",
@@ -18,9 +19,27 @@ __all__ = [
     "NO_IMAGE_CHECK_OPTION",
     "PARAM_OPTION",
     "SECRETS_FILE_OPTION",
+    "Command",
+    "IMAGE_MAP_ENV",
     "backend_option",
+    "dispatch",
     "file_option",
+    "resume_option",
 ]
+
+IMAGE_MAP_ENV = "PIPEKIT_IMAGE_MAP"
+
+#: a command's body: the parsed values, the output and error streams; it returns the exit code
+Command = Callable[[SimpleNamespace, IO[str], IO[str]], int]
+
+
+def dispatch(command: Command, **values: Any) -> None:
+    """Run a command body with the parsed values; its exit code ends the program."""
+    ctx = click.get_current_context()
+    out, err = ctx.obj["out"], ctx.obj["err"]
+    from_config = {name for name in values if ctx.get_parameter_source(name) is ParameterSource.DEFAULT_MAP}
+    args = SimpleNamespace(**values, argv=ctx.obj["argv"], from_config=from_config)
+    ctx.exit(command(args, out, err))
 
 
 def file_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,6 +62,13 @@ def backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
         envvar="PIPEKIT_BACKEND",
         help="Where container stages run: one Docker engine (the default) or the swarm DOCKER_HOST manages.",
     )(f)
+
+
+def resume_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--resume [RUN]`` (PIPEKIT_RESUME): a bare ``--resume`` is the last run."""
+    return click.option(
+        "--resume", is_flag=False, flag_value="", default=None, metavar="[RUN]", envvar="PIPEKIT_RESUME", help=help
+    )
 
 
 class _ImageMapping(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)

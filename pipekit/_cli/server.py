@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
-from pipekit._cli.history import CONTEXT, print_error, streams
+from pipekit._cli.history import CONTEXT, streams
+from pipekit._cli.options import file_option
+from pipekit.exceptions import UsageError
 
 __all__ = ["register"]
 
@@ -29,19 +31,12 @@ __all__ = ["register"]
 def serve(config: str) -> None:
     """Run pipelines when code changes (webhooks, polling, cron) and show every run in a browser."""
     from pipekit._server.serve import serve as run_server
-    from pipekit.exceptions import PipekitError
 
-    _out, err = streams()
-    try:
-        code = run_server(config)
-    except PipekitError as e:
-        print_error(err, str(e))
-        raise click.exceptions.Exit(e.exit_code) from None
-    raise click.exceptions.Exit(code)
+    click.get_current_context().exit(run_server(config))  # the server's own exit code
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-f", "--file", default="pipeline.py", show_default=True, metavar="PATH", help="The pipeline.")
+@file_option
 @click.option(
     "--output",
     metavar="PATH",
@@ -51,14 +46,9 @@ def serve(config: str) -> None:
 def triggers(file: str, output: str | None) -> None:
     """Print what starts the pipeline under `pipekit serve` (its triggers=), as JSON."""
     from pipekit._dsl.loader import load
-    from pipekit.exceptions import PipekitError
 
-    out, err = streams()
-    try:
-        pipeline = load(file)
-    except PipekitError as e:
-        print_error(err, str(e))
-        raise click.exceptions.Exit(2) from None
+    out, _err = streams()
+    pipeline = load(file)
     data: dict[str, Any] = {"pipeline": pipeline.name, "triggers": [t.to_json() for t in pipeline.triggers]}
     if output is None:
         print(json.dumps(data), file=out)
@@ -68,10 +58,9 @@ def triggers(file: str, output: str | None) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(data))
     except OSError as e:
-        print_error(err, f"cannot write {output}: {e.strerror}")
-        raise click.exceptions.Exit(2) from None
+        raise UsageError(f"cannot write {output}: {e.strerror}") from None
 
 
-def register(group: Any) -> None:
+def register(group: click.Group) -> None:
     group.add_command(serve)
     group.add_command(triggers)

@@ -7,12 +7,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-from typing import IO, Any
+from typing import IO
 
 import click
 
-from pipekit._cli.history import CONTEXT, print_error, streams
+from pipekit._cli.history import CONTEXT, opened_history, print_error, streams
+from pipekit._cli.options import file_option
+from pipekit._core.util import EXIT_NOT_FOUND
+from pipekit.exceptions import UsageError
 
 __all__ = ["register"]
 
@@ -23,31 +25,20 @@ __all__ = ["register"]
 )
 @click.argument("run", metavar="RUN")
 @click.option("-o", "--output", metavar="PATH", default="report.html", show_default=True, help="Where to write it.")
-@click.option(
-    "-f", "--file", default="pipeline.py", show_default=True, metavar="PATH", help="The pipeline whose runs to read."
-)
+@file_option
 def report(run: str, output: str, file: str) -> None:
     """Write a run as one self-contained HTML page: its DAG, timeline, logs, tests and artifacts.
 
     RUN is a run id, a unique prefix of one, or 'last'.
     """
-    from pipekit._cli.history import _history, _workspace_of
     from pipekit._report.page import write_report
-    from pipekit.exceptions import PipekitError
 
     out, err = streams()
-    try:
-        history = _history(_workspace_of(SimpleNamespace(file=file)), err)
+    with opened_history(file, err) as history:
         try:
             path = write_report(history, history.resolve(run), output)
-        finally:
-            history.close()
-    except PipekitError as e:
-        print_error(err, str(e))
-        raise click.exceptions.Exit(2) from None
-    except OSError as e:
-        print_error(err, f"cannot write {output}: {e.strerror}")
-        raise click.exceptions.Exit(2) from None
+        except OSError as e:
+            raise UsageError(f"cannot write {output}: {e.strerror}") from None
     shown = os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else path
     print(f"wrote {shown}", file=out)
 
@@ -65,9 +56,7 @@ Examples:
 @click.argument("run", metavar="RUN")
 @click.argument("stage")
 @click.argument("command", nargs=-1, metavar="[-- COMMAND [ARG]...]")
-@click.option(
-    "-f", "--file", default="pipeline.py", show_default=True, metavar="PATH", help="The pipeline whose runs to read."
-)
+@file_option
 def shell(run: str, stage: str, command: tuple[str, ...], file: str) -> None:
     """Open a shell in the container a failed stage left (`run --keep-failed`), or run COMMAND there
     (as an argument list, like `docker exec`: use `sh -c '...'` for a script)."""
@@ -91,34 +80,24 @@ def shell(run: str, stage: str, command: tuple[str, ...], file: str) -> None:
     )
     out.write(proc.stdout)
     err.write(proc.stderr)
-    raise click.exceptions.Exit(proc.returncode)
+    click.get_current_context().exit(proc.returncode)  # the command's own exit code
 
 
 def _kept(run: str, stage: str, file: str, err: IO[str]) -> tuple[str, str, str]:
-    """The docker command, the id of the stage's kept container and the run's id (else exit 2)."""
-    from pipekit._cli.history import _history, _workspace_of
+    """The docker command, the id of the stage's kept container and the run's id (else a UsageError,
+    or the backend's error: EngineUnavailable when the engine is down)."""
     from pipekit._run.runner import container_backend
-    from pipekit.exceptions import PipekitError
 
-    try:
-        history = _history(_workspace_of(SimpleNamespace(file=file)), err)
-        try:
-            run_id = history.resolve(run)
-        finally:
-            history.close()
-        backend = container_backend()
-        backend.check()
-        cid = backend.kept_container(run_id, stage)
-    except PipekitError as e:
-        print_error(err, str(e))
-        raise click.exceptions.Exit(2) from None
+    with opened_history(file, err) as history:
+        run_id = history.resolve(run)
+    backend = container_backend()
+    backend.check()
+    cid = backend.kept_container(run_id, stage)
     if cid is None:
-        print_error(err, f"run {run_id} kept no container of stage '{stage}'; run it again with --keep-failed")
-        raise click.exceptions.Exit(2)
+        raise UsageError(f"run {run_id} kept no container of stage '{stage}'; run it again with --keep-failed")
     docker = shutil.which("docker")
     if docker is None:
-        print_error(err, "the docker command is not installed; pipekit shell runs `docker exec` in the container")
-        raise click.exceptions.Exit(2)
+        raise UsageError("the docker command is not installed; pipekit shell runs `docker exec` in the container")
     return docker, cid, run_id
 
 
@@ -140,21 +119,20 @@ exit 1"""
 
 
 def _check_command(docker: str, cid: str, name: str, where: str, err: IO[str]) -> None:
-    """Exit 127 when the container has no program ``name``, rather than with docker's OCI error;
-    exit 2 when docker cannot run anything there."""
+    """Exit 127 when the container has no program ``name``, rather than with docker's OCI error (as a
+    shell does); a UsageError when docker cannot run anything there."""
     proc = subprocess.run(
         [docker, "exec", cid, "sh", "-c", _PROBE, "sh", name], stdin=subprocess.DEVNULL, capture_output=True, text=True
     )
     if proc.returncode == 0:
         return
     if proc.stderr.strip():  # docker's own answer (the container is not running, ...)
-        print_error(err, f"cannot run a command in {where}: {proc.stderr.strip()}")
-        raise click.exceptions.Exit(2)
+        raise UsageError(f"cannot run a command in {where}: {proc.stderr.strip()}")
     builtin = " (a shell builtin: run it with sh -c '...')" if proc.returncode == 3 else ""
     print_error(err, f"no command {name!r} in {where}{builtin}")
-    raise click.exceptions.Exit(127)
+    click.get_current_context().exit(EXIT_NOT_FOUND)
 
 
-def register(group: Any) -> None:
+def register(group: click.Group) -> None:
     group.add_command(report)
     group.add_command(shell)

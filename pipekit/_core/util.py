@@ -6,11 +6,30 @@ import contextlib
 import gc
 import os
 import re
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["gc_paused", "new_run_id", "slug", "write_file"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_KILLED",
+    "EXIT_NOT_EXECUTABLE",
+    "EXIT_NOT_FOUND",
+    "gc_paused",
+    "new_run_id",
+    "process_alive",
+    "slug",
+    "write_file",
+]
+
+
+#: the exit codes a shell gives: a command not found, a command not executable, a process killed
+#: by SIGKILL (an out-of-memory kill, a stopped stage) and one stopped by Ctrl-C (128 + the signal)
+EXIT_NOT_FOUND = 127
+EXIT_NOT_EXECUTABLE = 126
+EXIT_KILLED = 128 + signal.SIGKILL
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 @contextlib.contextmanager
@@ -67,3 +86,14 @@ def write_file(
     from pipekit._core.safefile import write_file as safe_write
 
     return safe_write(target, content, root=root)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -24,7 +24,7 @@ from pipekit._dsl.signature import Parameter, _parameters
 from pipekit._dsl.triggers import Trigger, check_triggers
 from pipekit.exceptions import PipelineError
 
-__all__ = ["Pipeline", "Stage", "post", "stage"]
+__all__ = ["Pipeline", "Stage", "image_description", "post", "stage"]
 
 MODULE_REGISTRY = "__pipekit_stages__"
 POST_REGISTRY = "__pipekit_posts__"
@@ -381,11 +381,7 @@ class Pipeline:
 
     def describe_image(self, s: Stage) -> str:
         """How the stage's image is chosen, for listings and plans."""
-        if s.image_from:
-            return f"image of stage {s.image_from}"
-        if s.dockerfile:
-            return f"built from {s.dockerfile}"
-        return self.image_for(s) or "host"
+        return image_description(s, self.image_for(s))
 
     def env_for(self, s: Stage) -> dict[str, EnvValue]:
         """Pipeline environment overlaid with the stage's."""
@@ -393,3 +389,12 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name!r} with {len(self._stages)} stages>"
+
+
+def image_description(s: Stage, image: str | None) -> str:
+    """How a stage's image is chosen, for listings and plans; ``image``: the named one it runs in."""
+    if s.image_from:
+        return f"image of stage {s.image_from}"
+    if s.dockerfile:
+        return f"built from {s.dockerfile}"
+    return image or "host"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipekit.exceptions import UsageError
 
-__all__ = ["DIRNAME", "HistoryUnwritable", "corrupt", "make_private_dir", "why"]
+__all__ = ["DIRNAME", "HistoryUnwritable", "database_damaged", "explain_write_error", "make_private_dir"]
 
 DIRNAME = ".pipekit"
 
@@ -29,13 +29,15 @@ def make_private_dir(folder: Path) -> None:
         ignore.write_text("# created by pipekit: its run history stays out of version control\n*\n")
 
 
-def corrupt(e: Exception) -> bool:
+def database_damaged(e: Exception) -> bool:
     """Whether SQLite says the file itself is damaged (and not that it cannot write it)."""
     text = str(e).lower()
     return "not a database" in text or "malformed" in text or "encrypted" in text
 
 
-def why(e: Exception, folder: Path) -> str:
+def explain_write_error(e: Exception, folder: Path) -> str:
+    """What a user reads when the history in ``folder`` cannot be written: SQLite's words, and a
+    full disk said as such."""
     import shutil
 
     text = str(e)

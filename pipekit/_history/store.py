@@ -26,8 +26,8 @@ from typing import Any
 
 from pipekit._console.log import ConsoleRenderer
 from pipekit._core.testreport import TestReport
-from pipekit._core.util import slug
-from pipekit._history.fs import DIRNAME, HistoryUnwritable, corrupt, make_private_dir, why
+from pipekit._core.util import process_alive, slug
+from pipekit._history.fs import DIRNAME, HistoryUnwritable, database_damaged, explain_write_error, make_private_dir
 from pipekit._history.rows import ArtifactRow, CacheRow, RunRow, StageRow, TestRow
 from pipekit.exceptions import UsageError
 
@@ -104,8 +104,10 @@ class History:
         except sqlite3.DatabaseError as e:
             if _busy(e):
                 raise
-            if not corrupt(e):  # a full disk, a read-only folder: the database is fine, keep it
-                raise HistoryUnwritable(f"Cannot use the run history {self.db_path}: {why(e, self.dir)}") from e
+            if not database_damaged(e):  # a full disk, a read-only folder: the database is fine, keep it
+                raise HistoryUnwritable(
+                    f"Cannot use the run history {self.db_path}: {explain_write_error(e, self.dir)}"
+                ) from e
             aside = self.db_path.with_name(f"pipekit.db.broken-{time.strftime('%Y%m%d-%H%M%S')}")
             for suffix in ("", "-wal", "-shm"):
                 src = Path(str(self.db_path) + suffix)
@@ -400,7 +402,7 @@ class History:
         dead = [
             r["id"]
             for r in self._query("SELECT id, pid, host FROM runs WHERE status = 'running'")
-            if r["host"] == host and not _alive(r["pid"])
+            if r["host"] == host and not process_alive(r["pid"])
         ]
         for run_id in dead:
             with self._tx() as db:
@@ -423,16 +425,6 @@ class History:
 def _busy(e: Exception) -> bool:
     text = str(e).lower()
     return "locked" in text or "busy" in text
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _user() -> str:

@@ -19,7 +19,7 @@ import attrs
 from pipekit._core.util import slug
 from pipekit._dsl.conditions import RunInfo
 from pipekit._dsl.control import Resources, Service
-from pipekit._dsl.stage import EnvValue, Stage
+from pipekit._dsl.stage import EnvValue, Stage, image_description
 from pipekit._plan.graph import Plan
 from pipekit.exceptions import PipekitError, PipelineError, StageFailed
 
@@ -48,12 +48,7 @@ class ResolvedStage:
         return self.stage.name
 
     def describe_image(self) -> str:
-        s = self.stage
-        if s.image_from:
-            return f"image of stage {s.image_from}"
-        if s.dockerfile:
-            return f"built from {s.dockerfile}"
-        return self.image or "host"
+        return image_description(self.stage, self.image)
 
 
 @attrs.frozen

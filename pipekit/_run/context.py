@@ -17,6 +17,7 @@ import attrs
 from pipekit._backends.docker.engine import WORKDIR
 from pipekit._core.safefile import PRIVATE, Beneath, UnsafePath
 from pipekit._core.testreport import TestReport, parse_junit_data
+from pipekit._core.util import EXIT_KILLED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND
 from pipekit._dsl.conditions import glob_match
 from pipekit._dsl.params import Params
 from pipekit._dsl.secrets import Masker, Secret, SecretStore
@@ -339,11 +340,11 @@ def _hint(result: CommandResult, image: str | None, memory: int | None = None) -
         limit = _size(memory)
         return f"killed: out of memory (limit {limit}); give the stage more with resources=pk.Resources(memory=...)"
     where = f"image '{image}'" if image else "this machine's PATH"
-    if result.exit_code == 127:
+    if result.exit_code == EXIT_NOT_FOUND:
         return f"A command was not found in {where} (exit code 127: 'not found')."
-    if result.exit_code == 126:
+    if result.exit_code == EXIT_NOT_EXECUTABLE:
         return f"A command in {where} is not executable (exit code 126)."
-    if result.exit_code == 137:
+    if result.exit_code == EXIT_KILLED:
         return "The command was killed (exit code 137: SIGKILL, out of memory or the stage was stopped)."
     return ""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipekit._core.results import StageResult, StageStatus
 from pipekit._dsl.control import POST_WHEN, Outcome
-from pipekit._run.context import Context, StageScope
+from pipekit._run.context import Context
 from pipekit._run.run import Run
 from pipekit._run.usercode import error_text
 from pipekit.backend import StageSpec
@@ -45,17 +45,7 @@ def pipeline_posts(run: Run, status: str, results: Mapping[str, StageResult]) ->
     spec = StageSpec(run_id=run.run_id, stage="pipeline", image=None, workspace=workspace)
     handle = run.host.prepare(spec)
     try:
-        scope = StageScope(
-            stage="pipeline",
-            run_id=run.run_id,
-            workspace=workspace,
-            env=dict(os.environ),
-            log=log,
-            images=run.images,
-            params=run.params,
-            secrets=run.secrets,
-            records=run.records,
-        )
+        scope = run.scope_for("pipeline", workspace=workspace, env=dict(os.environ), log=log)
         ctx = Context(scope, run.host, handle)
         outcome = Outcome(
             str(status),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -17,7 +18,7 @@ import attrs
 from pipekit._dsl.params import Params
 from pipekit._dsl.secrets import SecretStore
 from pipekit._plan.resolve import ResolvedPlan, ResolvedStage
-from pipekit._run.context import StageRecords
+from pipekit._run.context import StageRecords, StageScope
 from pipekit.backend import ImageBackend, StageBackend
 
 __all__ = ["CacheLookup", "Releases", "Run"]
@@ -75,6 +76,22 @@ class Run:
         if r.on_host and not self.backend.capabilities.runs_host_stages:
             return self.host
         return self.backend
+
+    def scope_for(self, stage: str, *, workspace: Path, env: Mapping[str, str], log: Any, **more: Any) -> StageScope:
+        """What a context of this run is made from: the run's parts, and what ``stage``'s own are."""
+        return StageScope(
+            stage=stage,
+            run_id=self.run_id,
+            workspace=workspace,
+            env=env,
+            log=log,
+            images=self.images,
+            params=self.params,
+            secrets=self.secrets,
+            records=self.records,
+            image_map=self.resolved.image_map,
+            **more,
+        )
 
     def backends(self) -> list[StageBackend]:
         return [self.backend] if self.host is self.backend else [self.backend, self.host]

@@ -9,10 +9,14 @@ interrupts (``KeyboardInterrupt``, :class:`pipekit.Interrupted`), and removes wh
 
 from __future__ import annotations
 
+import enum
 import heapq
+import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
+
+import attrs
 
 from pipekit._core.results import RunObserver, RunResult, RunStatus, StageResult, StageStatus, masked
 from pipekit._dsl.control import format_duration
@@ -22,10 +26,22 @@ from pipekit._run.posts import pipeline_posts
 from pipekit._run.run import Run
 from pipekit._run.stagerun import StageRun
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "StopReason"]
 
 STOP_GRACE_S = 10.0
-S = StageStatus
+
+
+class StopReason(enum.Enum):
+    """Why the run starts no more stages."""
+
+    STAGE_FAILED = "a stage failed"
+    TIMED_OUT = "the run timed out"
+
+
+@attrs.frozen
+class _Stop:
+    reason: StopReason
+    message: str  # what the stages that did not start say ("not started: 'build' failed")
 
 
 class _Board:
@@ -42,7 +58,7 @@ class _Board:
         self.outputs: dict[str, Any] = {}
         self.started: list[str] = []
         self.reported: set[str] = set()
-        self.stop_reason: str | None = None
+        self.stop: _Stop | None = None  # why no more stages start
         self.warnings: list[str] = []
         self.engine_lost = False
 
@@ -68,15 +84,15 @@ class _Board:
     def skip_downstream(self, name: str, reason: str) -> None:
         for child in sorted(self.run.resolved.plan.downstream(name), key=self.position.__getitem__):  # plan order
             if child not in self.results:
-                self.results[child] = StageResult(child, S.SKIPPED, reason=reason)
-                self.run.log.info("stage finished", stage=child, status=S.SKIPPED, reason=reason)
+                self.results[child] = StageResult(child, StageStatus.SKIPPED, reason=reason)
+                self.run.log.info("stage finished", stage=child, status=StageStatus.SKIPPED, reason=reason)
 
     def not_started(self, reason: str, log: bool = True) -> None:
         for name in self.run.resolved.order:
             if name not in self.results:
-                self.results[name] = StageResult(name, S.SKIPPED, reason=reason)
+                self.results[name] = StageResult(name, StageStatus.SKIPPED, reason=reason)
                 if log:
-                    self.run.log.info("stage finished", stage=name, status=S.SKIPPED, reason=reason)
+                    self.run.log.info("stage finished", stage=name, status=StageStatus.SKIPPED, reason=reason)
 
 
 class Scheduler:
@@ -133,24 +149,24 @@ class Scheduler:
             if not board.waiting[name] and resolved[name].skip is None:
                 heapq.heappush(board.ready, (board.position[name], name))
         for name, message in resolved.condition_errors.items():
-            board.record(name, StageResult(name, S.FAILED, error=message))
-            self.run.log.error("stage finished", stage=name, status=S.FAILED, error=message)
-            board.stop_reason = f"'{name}' failed"
+            board.record(name, StageResult(name, StageStatus.FAILED, error=message))
+            self.run.log.error("stage finished", stage=name, status=StageStatus.FAILED, error=message)
+            board.stop = _Stop(StopReason.STAGE_FAILED, f"'{name}' failed")
             board.skip_downstream(name, f"upstream '{name}' failed")
         for name in resolved.order:
             r = resolved[name]
             if name in board.results:
                 continue
             if r.skip is not None:
-                self.run.log.info("stage finished", stage=name, status=S.SKIPPED, reason=r.skip)
-                board.complete(name, StageResult(name, S.SKIPPED, reason=r.skip))
+                self.run.log.info("stage finished", stage=name, status=StageStatus.SKIPPED, reason=r.skip)
+                board.complete(name, StageResult(name, StageStatus.SKIPPED, reason=r.skip))
             elif r.restore is not None:
                 taken = take_restored(self.run, r)
                 if taken.status is None:  # an image it made is gone: it runs again
                     self.run.log.info("stage not restored", stage=name, reason=taken.why)
                     continue
                 result = taken_result(name, taken)
-                self.run.log.info("stage finished", stage=name, status=S.RESTORED, reason=result.reason)
+                self.run.log.info("stage finished", stage=name, status=StageStatus.RESTORED, reason=result.reason)
                 board.outputs[name] = result.output
                 board.complete(name, result)
         board.ready[:] = [(p, n) for p, n in board.ready if n not in board.results]
@@ -167,13 +183,15 @@ class Scheduler:
             while board.ready or in_flight:
                 self._start_ready(board, pool, in_flight)
                 running = {sr.name: sr for sr in in_flight.values()}
-                self.preparer.consider(board.started, board.results, board.stop_reason is not None, running)
+                self.preparer.consider(board.started, board.results, board.stop is not None, running)
                 if not in_flight:
                     break
-                done, _ = wait(in_flight, timeout=self._tick(in_flight, deadline), return_when=FIRST_COMPLETED)
+                done, _ = wait(in_flight, timeout=self._wait_timeout(in_flight, deadline), return_when=FIRST_COMPLETED)
                 now = self.run.clock()
-                if deadline is not None and now >= deadline and board.stop_reason is None:
-                    board.stop_reason = f"run timed out after {format_duration(self.timeout or 0)}"
+                if deadline is not None and now >= deadline and board.stop is None:
+                    board.stop = _Stop(
+                        StopReason.TIMED_OUT, f"run timed out after {format_duration(self.timeout or 0)}"
+                    )
                     self.run.log.error("run timed out", after=format_duration(self.timeout or 0))
                     _cancel(in_flight.values())
                 for sr in list(in_flight.values()):
@@ -197,14 +215,15 @@ class Scheduler:
             for fut, sr in in_flight.items():
                 ok = fut in ended and not fut.cancelled()
                 board.record(
-                    sr.name, fut.result() if ok else StageResult(sr.name, S.CANCELLED, reason="run interrupted")
+                    sr.name,
+                    fut.result() if ok else StageResult(sr.name, StageStatus.CANCELLED, reason="run interrupted"),
                 )
             raise
 
     def _start_ready(
         self, board: _Board, pool: ThreadPoolExecutor, in_flight: dict[Future[StageResult], StageRun]
     ) -> None:
-        while board.ready and board.stop_reason is None and len(in_flight) < self.jobs:
+        while board.ready and board.stop is None and len(in_flight) < self.jobs:
             _, name = heapq.heappop(board.ready)
             if name in board.results:
                 continue
@@ -221,22 +240,23 @@ class Scheduler:
             board.outputs[name] = result.output
             board.complete(name, result)
             return
-        if result.status == S.ALLOWED_FAILURE:
+        if result.status == StageStatus.ALLOWED_FAILURE:
             board.warnings.append(f"stage '{name}' failed and is allowed to fail")
             board.complete(name, result)
             return
         board.record(name, result)
-        if result.status != S.FAILED:
+        if result.status != StageStatus.FAILED:
             return
         board.skip_downstream(name, f"upstream '{name}' failed")
         self.preparer.drop(set(board.results))
-        if board.stop_reason is None:
-            board.stop_reason = f"'{name}' failed"
+        if board.stop is None:
+            board.stop = _Stop(StopReason.STAGE_FAILED, f"'{name}' failed")
             self.preparer.drop()  # nothing new starts now
             if self.fail_fast:
                 _cancel(in_flight.values())
 
-    def _tick(self, in_flight: Mapping[Any, StageRun], run_deadline: float | None) -> float:
+    def _wait_timeout(self, in_flight: Mapping[Any, StageRun], run_deadline: float | None) -> float:
+        """How long the scheduler's thread may wait for a stage to end before it checks the deadlines."""
         now = self.run.clock()
         deadlines = [sr.deadline for sr in in_flight.values() if sr.deadline is not None]
         if run_deadline is not None:
@@ -256,10 +276,10 @@ class Scheduler:
 
     def _end(self, board: _Board, start: float) -> RunResult:
         self.run.releases.wait()  # every stage's container is gone before the pipeline's posts
-        reason = f"not started: {board.stop_reason}" if board.stop_reason else "not started"
+        reason = f"not started: {board.stop.message}" if board.stop else "not started"
         board.not_started(reason)
-        failed = any(r.status in (S.FAILED, S.CANCELLED) for r in board.results.values())
-        timed_out = bool(board.stop_reason and "timed out" in board.stop_reason)
+        failed = any(r.status in (StageStatus.FAILED, StageStatus.CANCELLED) for r in board.results.values())
+        timed_out = board.stop is not None and board.stop.reason is StopReason.TIMED_OUT
         status = RunStatus.FAILED if failed or timed_out else RunStatus.SUCCEEDED
         if pipeline_posts(self.run, status, board.results):
             status = RunStatus.FAILED
@@ -276,7 +296,7 @@ class Scheduler:
         for w in board.warnings:
             run.log.warning("run warning", warning=w)
         run.log.log(
-            20 if status == RunStatus.SUCCEEDED else 40,
+            logging.INFO if status == RunStatus.SUCCEEDED else logging.ERROR,
             "run finished",
             run_id=run.run_id,
             status=status,
@@ -286,14 +306,14 @@ class Scheduler:
         )
         pipeline = run.resolved.plan.pipeline.name
         result = RunResult(
-            run.run_id,
-            pipeline,
-            status,
-            ordered,
-            tuple(board.started),
-            duration,
-            tuple(board.warnings),
-            board.engine_lost,
+            run_id=run.run_id,
+            pipeline=pipeline,
+            status=status,
+            stages=ordered,
+            started=tuple(board.started),
+            duration_s=duration,
+            warnings=tuple(board.warnings),
+            engine_lost=board.engine_lost,
         )
         for o in self.observers:
             o.run_finished(run.run_id, result)

@@ -8,6 +8,7 @@ running command promptly.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -22,7 +23,7 @@ from pipekit._dsl.control import Outcome, format_duration
 from pipekit._dsl.matrix import MatrixOutputs, combination_key
 from pipekit._dsl.secrets import Secret
 from pipekit._plan.resolve import ResolvedStage
-from pipekit._run.context import Context, StageScope
+from pipekit._run.context import Context
 from pipekit._run.locks import ResourceLock
 from pipekit._run.outputs import storable, take_cached, taken_result
 from pipekit._run.posts import call_posts
@@ -35,7 +36,9 @@ from pipekit.exceptions import EngineUnavailable, StageFailed, StepFailed
 __all__ = ["ABANDON_GRACE_S", "StageRun"]
 
 ABANDON_GRACE_S = 5.0  # how long a timed-out stage may take to notice before it is left behind
-S = StageStatus
+
+#: the level of a stage's "stage finished" line, by how it ended (else INFO)
+_FINISHED_LEVELS = {StageStatus.FAILED: logging.ERROR, StageStatus.ALLOWED_FAILURE: logging.WARNING}
 
 
 class _Stopped(Exception):
@@ -75,7 +78,7 @@ class StageRun:
     ) -> None:
         self.ahead = ahead  # the stage's place, prepared while its upstream stages ran
         self.run = run
-        self.r = resolved
+        self.resolved = resolved
         self.name = resolved.name
         self.outputs = outputs
         self.log = run.log.bind(stage=self.name)
@@ -97,10 +100,7 @@ class StageRun:
     # -- control, from the scheduler's thread ---------------------------------------------
     def cancel(self) -> None:
         self.cancelled.set()
-        with self._lock:
-            self.attempt_stop.set()
-            handle, self.handle = self.handle, None
-        self._release_quietly(handle)
+        self._release_quietly(self._take_handle(stop_attempt=True))
 
     def expire_if_due(self, now: float) -> None:
         with self._lock:
@@ -118,11 +118,11 @@ class StageRun:
         if self.expired_at is None or now - self.expired_at <= ABANDON_GRACE_S:
             return None
         error = (
-            f"Stage '{self.name}' timed out after {format_duration(self.r.stage.timeout or 0)}; its Python code"
+            f"Stage '{self.name}' timed out after {format_duration(self.resolved.stage.timeout or 0)}; its Python code"
             " did not stop and was left running"
         )
-        self.log.error("stage finished", status=S.FAILED, error=error)
-        return StageResult(self.name, S.FAILED, error=error, timed_out=True, attempts=1)
+        self.log.error("stage finished", status=StageStatus.FAILED, error=error)
+        return StageResult(self.name, StageStatus.FAILED, error=error, timed_out=True, attempts=1)
 
     def _release_quietly(self, handle: StageHandle | None) -> None:
         if handle is None:
@@ -132,16 +132,21 @@ class StageRun:
         except Exception as e:  # never hide the stage's own outcome
             self.log.warning("cleanup failed", error=str(e))
 
-    def _release(self) -> None:
+    def _take_handle(self, *, stop_attempt: bool = False) -> StageHandle | None:
+        """The stage's handle, taken under the lock: whoever takes it is the one who releases it."""
         with self._lock:
+            if stop_attempt:
+                self.attempt_stop.set()
             handle, self.handle = self.handle, None
-        self._release_quietly(handle)
+        return handle
 
-    def _keep_or_release(self, status: S) -> None:
+    def _release(self) -> None:
+        self._release_quietly(self._take_handle())
+
+    def _keep_or_release(self, status: StageStatus) -> None:
         """``--keep-failed``: a failed stage's container stays (``pipekit shell RUN STAGE``)."""
-        if status == S.FAILED and self.run.keep_failed and self.backend.capabilities.keeps_failed:
-            with self._lock:
-                handle, self.handle = self.handle, None
+        if status == StageStatus.FAILED and self.run.keep_failed and self.backend.capabilities.keeps_failed:
+            handle = self._take_handle()
             if handle is not None:
                 try:
                     names = cast(KeepsFailed, self.backend).keep(handle)
@@ -156,26 +161,25 @@ class StageRun:
 
     def _release_later(self) -> None:
         """The stage is done: its container goes in the background, off the critical path."""
-        with self._lock:
-            handle, self.handle = self.handle, None
+        handle = self._take_handle()
         if handle is not None:
             self.run.releases.submit(lambda: self._release_quietly(handle))
 
     # -- the stage's life, in a worker thread ------------------------------------------------
     def execute(self) -> StageResult:
         started = self.run.clock()
-        taken = take_cached(self.run, self.r, self.outputs)
+        taken = take_cached(self.run, self.resolved, self.outputs)
         key, self.cache_inputs = taken.key, taken.inputs
         if taken.status is not None:
             self.placed.set()
-            self.log.info("stage finished", status=S.CACHED, duration_s=0.0, reason=taken.why)
+            self.log.info("stage finished", status=StageStatus.CACHED, duration_s=0.0, reason=taken.why)
             return taken_result(self.name, taken, started, self.run.clock())
         if taken.why and taken.why != "cache miss":
             self.log.info("stage not cached", reason=taken.why)
-        self.log.info("stage started", status=S.RUNNING, image=self.r.describe_image())
-        s = self.r.stage
+        self.log.info("stage started", status=StageStatus.RUNNING, image=self.resolved.describe_image())
+        s = self.resolved.stage
         lock = ResourceLock(s.resource) if s.resource else None
-        last, attempts, post_errors = _Attempt(S.CANCELLED), 0, []
+        last, attempts, post_errors = _Attempt(StageStatus.CANCELLED), 0, []
         try:
             if lock is not None and not lock.acquire(
                 self.cancelled, on_wait=lambda: self.log.info("waiting for resource", resource=s.resource)
@@ -186,10 +190,10 @@ class StageRun:
             if s.post:
                 outcome = Outcome(last.status, s.name, last.error, attempts, round(self.run.clock() - started, 3))
                 post_errors = self._posts(last, outcome)
-                if post_errors and last.status == S.SUCCEEDED:
-                    last.status, last.error = S.FAILED, post_errors[0]
+                if post_errors and last.status == StageStatus.SUCCEEDED:
+                    last.status, last.error = StageStatus.FAILED, post_errors[0]
         except _Stopped:
-            last.status = S.CANCELLED
+            last.status = StageStatus.CANCELLED
         finally:
             self.placed.set()
             self._keep_or_release(last.status)
@@ -198,14 +202,14 @@ class StageRun:
         return self._result(last, attempts, started, key, post_errors)
 
     def _attempts(self) -> tuple[_Attempt, int]:
-        s = self.r.stage
+        s = self.resolved.stage
         attempts = 0
         while True:
             attempts += 1
             if attempts > 1:
                 self.log.info("stage attempt started", attempt=attempts, of=s.retries + 1)
             last = self._attempt()
-            if last.status == S.SUCCEEDED or self.cancelled.is_set() or attempts > s.retries:
+            if last.status == StageStatus.SUCCEEDED or self.cancelled.is_set() or attempts > s.retries:
                 break
             delay = s.backoff * 2 ** (attempts - 1)
             self.log.warning("stage retrying", attempt=attempts, error=last.error, delay_s=delay)
@@ -213,13 +217,13 @@ class StageRun:
             if delay and self.cancelled.wait(delay):
                 break
         if self.cancelled.is_set():  # stopped: even a stage that caught its stop did not succeed
-            last.status = S.CANCELLED
-        elif last.status == S.FAILED and s.allow_failure:
-            last.status = S.ALLOWED_FAILURE
+            last.status = StageStatus.CANCELLED
+        elif last.status == StageStatus.FAILED and s.allow_failure:
+            last.status = StageStatus.ALLOWED_FAILURE
         return last, attempts
 
     def _new_attempt(self) -> threading.Event:
-        timeout = self.r.stage.timeout
+        timeout = self.resolved.stage.timeout
         with self._lock:
             self.attempt_stop = threading.Event()
             if self.cancelled.is_set():
@@ -231,7 +235,7 @@ class StageRun:
     def _attempt(self) -> _Attempt:
         stop = self._new_attempt()
         self.attempt_started_at = time.time()  # ctx.junit reads no report older than this
-        attempt = _Attempt(S.FAILED)
+        attempt = _Attempt(StageStatus.FAILED)
         try:
             attempt.spec = self._spec()
             if attempt.spec.placement and not self.backend.capabilities.places_stages:
@@ -248,12 +252,12 @@ class StageRun:
             sync.ship()
             attempt.ctx = self._context(attempt.spec, handle, stop, sync)
             try:
-                attempt.value = self.r.stage.fn(**self._kwargs(attempt.ctx))
+                attempt.value = self.resolved.stage.fn(**self._kwargs(attempt.ctx))
             except BaseException:
                 self._bring_back(sync, stop, failed=True)
                 raise
             self._bring_back(sync, stop)  # a copy-back that fails fails the stage
-            attempt.status = S.SUCCEEDED
+            attempt.status = StageStatus.SUCCEEDED
         except (Exception, SystemExit, KeyboardInterrupt) as e:
             # stage code that calls sys.exit() or raises KeyboardInterrupt fails its stage: it does
             # not end the run with a false exit code (a real Ctrl-C reaches the scheduler's thread)
@@ -261,8 +265,8 @@ class StageRun:
             attempt.exit_code = e.returncode if isinstance(e, StepFailed) else None
             self.engine_lost = self.engine_lost or isinstance(e, EngineUnavailable)
         if self.timed_out:
-            timeout = format_duration(self.r.stage.timeout or 0)
-            attempt.status, attempt.error = S.FAILED, f"Stage '{self.name}' timed out after {timeout}"
+            timeout = format_duration(self.resolved.stage.timeout or 0)
+            attempt.status, attempt.error = StageStatus.FAILED, f"Stage '{self.name}' timed out after {timeout}"
         return attempt
 
     def _take_ahead(self, spec: StageSpec) -> StageHandle | None:
@@ -289,7 +293,7 @@ class StageRun:
 
     # -- what the stage gets ---------------------------------------------------------------
     def _image(self) -> str | None:
-        s = self.r.stage
+        s = self.resolved.stage
         if s.image_from:
             made = self.outputs.get(s.image_from)
             if not isinstance(made, Image):
@@ -300,7 +304,7 @@ class StageRun:
                 )
             return made.remote or made.id
         if s.dockerfile:
-            tag = self.r.build_tag
+            tag = self.resolved.build_tag
             self.log.info("image build started", dockerfile=s.dockerfile, tag=tag)
             spec = BuildSpec(
                 run_id=self.run.run_id,
@@ -314,7 +318,7 @@ class StageRun:
             image = self.run.images.build(spec, lambda stream, line: self.log.info("output", line=line, stream=stream))
             self.log.info("image built", image=image.id, tags=list(image.tags))
             return image.remote or image.id
-        return self.r.image
+        return self.resolved.image
 
     def _spec(self) -> StageSpec:
         secrets = self.run.secrets
@@ -327,11 +331,11 @@ class StageRun:
                 healthcheck=svc.healthcheck,
                 healthcheck_timeout=svc.healthcheck_timeout,
             )
-            for svc in self.r.services
+            for svc in self.resolved.services
         )
-        limits = self.r.resources
-        plain = {k: v for k, v in self.r.env.items() if not isinstance(v, Secret)}
-        hidden = {k: v for k, v in self.r.env.items() if isinstance(v, Secret)}
+        limits = self.resolved.resources
+        plain = {k: v for k, v in self.resolved.env.items() if not isinstance(v, Secret)}
+        hidden = {k: v for k, v in self.resolved.env.items() if isinstance(v, Secret)}
         return StageSpec(
             run_id=self.run.run_id,
             stage=self.name,
@@ -340,38 +344,31 @@ class StageRun:
             env=secrets.resolve_env(plain, stage=self.name),
             secret_env=secrets.resolve_env(hidden, stage=self.name),
             services=services,
-            volumes=dict(self.r.volumes),
-            workdir=self.r.stage.workdir,
-            with_workspace=self.r.stage.workspace,
+            volumes=dict(self.resolved.volumes),
+            workdir=self.resolved.stage.workdir,
+            with_workspace=self.resolved.stage.workspace,
             cpus=limits.cpus if limits else None,
             memory=limits.memory_bytes if limits else None,
             pids=limits.pids if limits else None,
-            placement=self.r.placement,
+            placement=self.resolved.placement,
             hidden=secrets.files,
         )
 
     def _context(
         self, spec: StageSpec, handle: StageHandle, stop: threading.Event, sync: WorkspaceSync | None = None
     ) -> Context:
-        run = self.run
-        scope = StageScope(
-            stage=self.name,
-            run_id=run.run_id,
+        scope = self.run.scope_for(
+            self.name,
             workspace=spec.workspace,
-            env={**os.environ, **spec.all_env} if self.r.on_host else spec.all_env,
+            env={**os.environ, **spec.all_env} if self.resolved.on_host else spec.all_env,
             log=self.log,
-            images=run.images,
             started_at=self.attempt_started_at,
-            params=run.params,
-            secrets=run.secrets,
-            records=run.records,
-            matrix=self.r.stage.matrix_values or {},
-            image_map=run.resolved.image_map,
+            matrix=self.resolved.stage.matrix_values or {},
         )
         return Context(scope, self.backend, handle, stop, sync.bring_back if sync and sync.active else None)
 
     def _kwargs(self, ctx: Context) -> dict[str, Any]:
-        plan, s, outputs = self.run.resolved.plan, self.r.stage, self.outputs
+        plan, s, outputs = self.run.resolved.plan, self.resolved.stage, self.outputs
 
         def value(name: str) -> Any:
             group = plan.groups.get(name)
@@ -407,12 +404,12 @@ class StageRun:
             with self._lock:
                 self.handle = handle
             ctx = self._context(fresh, handle, threading.Event())
-        return call_posts(self.r.stage.post, ctx, outcome, self.log)
+        return call_posts(self.resolved.stage.post, ctx, outcome, self.log)
 
     def _result(
         self, last: _Attempt, attempts: int, started: float, key: str | None, post_errors: list[str]
     ) -> StageResult:
-        ok = last.status == S.SUCCEEDED
+        ok = last.status == StageStatus.SUCCEEDED
         output_json = storable(self.run, self.name, last.value, self.log) if ok else None
         finished = self.run.clock()
         duration = round(finished - started, 3)
@@ -421,22 +418,20 @@ class StageRun:
             fields["attempts"] = attempts
         if last.error:
             fields["error"] = last.error
-        level = 40 if last.status == S.FAILED else 30 if last.status == S.ALLOWED_FAILURE else 20
-        self.log.log(level, "stage finished", **fields)
+        self.log.log(_FINISHED_LEVELS.get(last.status, logging.INFO), "stage finished", **fields)
         return StageResult(
-            self.name,
-            last.status,
-            duration,
-            started,
-            finished,
-            last.error,
-            None,
-            last.value if ok else None,
-            attempts,
-            self.timed_out,
-            tuple(post_errors),
-            last.exit_code,
-            key if ok else None,
-            output_json,
-            self.cache_inputs if ok and key else None,
+            name=self.name,
+            status=last.status,
+            duration_s=duration,
+            started_at=started,
+            finished_at=finished,
+            error=last.error,
+            output=last.value if ok else None,
+            attempts=attempts,
+            timed_out=self.timed_out,
+            post_errors=tuple(post_errors),
+            exit_code=last.exit_code,
+            cache_key=key if ok else None,
+            output_json=output_json,
+            cache_inputs=self.cache_inputs if ok and key else None,
         )
