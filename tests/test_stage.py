@@ -192,3 +192,97 @@ def test_placement_reaches_the_backend_and_a_backend_that_does_not_place_says_it
     ignored = [e for e in events if e["event"] == "placement ignored"]
     assert {e["stage"] for e in ignored} == {"default", "own"}
     assert not [e for e in events if e["event"] == "stage placed"]
+
+
+# -- the option table: one definition of @pk.stage's options ----------------------------------
+
+
+def _typed_options(fn: Any) -> list[tuple[str, Any, Any]]:
+    """The keyword-only parameters of the overload of ``fn`` that takes options: (name, type as
+    written, default)."""
+    import inspect
+    import typing
+
+    with_options = [ov for ov in typing.get_overloads(fn) if "retries" in inspect.signature(ov).parameters]
+    assert len(with_options) == 1
+    parameters = inspect.signature(with_options[0]).parameters.values()
+    return [(p.name, p.annotation, p.default) for p in parameters if p.kind is p.KEYWORD_ONLY]
+
+
+@pytest.mark.parametrize("decorator", [pk.stage, pk.Pipeline.stage], ids=["pk.stage", "Pipeline.stage"])
+def test_the_typed_overloads_list_the_option_table(decorator: Any) -> None:
+    """What mypy and IDEs read (the overloads, written out) is the table: names, types, defaults, order."""
+    from pipekit._dsl.stage import STAGE_OPTIONS
+
+    assert _typed_options(decorator) == [(o.name, o.type, o.default) for o in STAGE_OPTIONS]
+
+
+def test_the_option_table_in_the_docs_is_the_table() -> None:
+    """docs/dsl.md's option table is the one the table renders."""
+    from pathlib import Path
+
+    from pipekit._dsl.options import markdown_table
+    from pipekit._dsl.stage import STAGE_OPTIONS
+
+    text = (Path(__file__).parent.parent / "docs" / "dsl.md").read_text()
+    start = text.index("| option | meaning |")
+    assert text[start : text.index("\n\n", start) + 1] == markdown_table(STAGE_OPTIONS)
+
+
+#: a value other than the default for every option, and what the stage keeps of it
+_SAMPLES: dict[str, tuple[Any, str, Any]] = {
+    "image": ("alpine:3.20", "image", "alpine:3.20"),
+    "needs": (["lint"], "needs", ("lint",)),
+    "env": ({"A": 1}, "env", {"A": "1"}),
+    "name": ("renamed", "name", "renamed"),
+    "dockerfile": ("Dockerfile", "dockerfile", "Dockerfile"),
+    "post": ({"failure": print}, "post", {"failure": (print,)}),
+    "timeout": ("1m30s", "timeout", 90.0),
+    "retries": (2, "retries", 2),
+    "backoff": (1, "backoff", 1.0),
+    "allow_failure": (1, "allow_failure", True),
+    "matrix": ({"py": ["3.11"]}, "matrix", {"py": ("3.11",)}),
+    "exclude": ([{"py": "3.10"}], "exclude", ({"py": "3.10"},)),
+    "include": ([{"py": "3.12"}], "include", ({"py": "3.12"},)),
+    "services": ([pk.Service("db", "postgres:16")], "services", (pk.Service("db", "postgres:16"),)),
+    "resource": ("deploy-lock", "resource", "deploy-lock"),
+    "cache": (pk.inputs("src/"), "cache", pk.inputs("src/")),
+    "cache_dirs": (["/root/.cache"], "cache_dirs", ("/root/.cache",)),
+    "resources": (pk.Resources(cpus=1), "resources", pk.Resources(cpus=1)),
+    "placement": (["node.role==worker"], "placement", ("node.role==worker",)),
+    "workdir": ("frontend", "workdir", "frontend"),
+    "workspace": (False, "workspace", False),
+}
+
+
+def _option_names() -> list[str]:
+    from pipekit._dsl.stage import STAGE_OPTIONS
+
+    return [o.name for o in STAGE_OPTIONS]
+
+
+@pytest.mark.parametrize("option", _option_names())
+def test_every_option_of_the_table_reaches_the_stage(option: str) -> None:
+    """Each option given to @pk.stage is checked and kept on the stage (a new option needs a sample here)."""
+    if option == "when":
+        condition = pk.branch("main")
+        value, field, expected = condition, "when", condition
+    else:
+        value, field, expected = _SAMPLES[option]
+
+    def build(ctx):
+        pass
+
+    made = pk.stage(**{option: value})(build)
+    assert getattr(made, field) == expected
+    assert getattr(made, field) != getattr(pk.stage(build), field)
+
+
+@pytest.mark.parametrize("option", _option_names())
+def test_a_misspelt_option_names_the_right_one(option: str) -> None:
+    """The did-you-mean list is the table: a typo of any option names that option."""
+    typo = option[:-1] + "x" + option[-1]
+    with pytest.raises(pk.PipelineError, match=re.escape(f"has no option {typo}=. Did you mean {option}=?")):
+        pk.stage(**{typo: None})(lambda ctx: None)
+    with pytest.raises(pk.PipelineError, match=re.escape(f"has no option {typo}=. Did you mean {option}=?")):
+        pk.Pipeline().stage(**{typo: None})(lambda ctx: None)
