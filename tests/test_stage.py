@@ -197,24 +197,38 @@ def test_placement_reaches_the_backend_and_a_backend_that_does_not_place_says_it
 # -- the option table: one definition of @pk.stage's options ----------------------------------
 
 
-def _typed_options(fn: Any) -> list[tuple[str, Any, Any]]:
-    """The keyword-only parameters of the overload of ``fn`` that takes options: (name, type as
-    written, default)."""
-    import inspect
-    import typing
+def _typed_options(owner: str | None) -> list[tuple[str, str, Any]]:
+    """The keyword-only parameters of the overload of ``stage`` (a method of ``owner``, or the
+    module's function) that takes options, as written in pipekit/_dsl/stage.py: (name, type, default).
+    Read from the source, as a type checker reads it (``typing.get_overloads`` needs Python 3.11)."""
+    import ast
+    from pathlib import Path
 
-    with_options = [ov for ov in typing.get_overloads(fn) if "retries" in inspect.signature(ov).parameters]
-    assert len(with_options) == 1
-    parameters = inspect.signature(with_options[0]).parameters.values()
-    return [(p.name, p.annotation, p.default) for p in parameters if p.kind is p.KEYWORD_ONLY]
+    tree = ast.parse((Path(pk.__file__).parent / "_dsl" / "stage.py").read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    scope = tree.body if owner is None else classes[owner].body
+    (overload,) = [
+        n
+        for n in scope
+        if isinstance(n, ast.FunctionDef)
+        and n.name == "stage"
+        and any(ast.unparse(d) == "overload" for d in n.decorator_list)
+        and n.args.kwonlyargs
+    ]
+    a = overload.args
+    return [
+        (arg.arg, ast.unparse(arg.annotation) if arg.annotation else "", ast.literal_eval(default))
+        for arg, default in zip(a.kwonlyargs, a.kw_defaults, strict=True)
+        if default is not None
+    ]
 
 
-@pytest.mark.parametrize("decorator", [pk.stage, pk.Pipeline.stage], ids=["pk.stage", "Pipeline.stage"])
-def test_the_typed_overloads_list_the_option_table(decorator: Any) -> None:
+@pytest.mark.parametrize("owner", [None, "Pipeline"], ids=["pk.stage", "Pipeline.stage"])
+def test_the_typed_overloads_list_the_option_table(owner: str | None) -> None:
     """What mypy and IDEs read (the overloads, written out) is the table: names, types, defaults, order."""
     from pipekit._dsl.stage import STAGE_OPTIONS
 
-    assert _typed_options(decorator) == [(o.name, o.type, o.default) for o in STAGE_OPTIONS]
+    assert _typed_options(owner) == [(o.name, o.type, o.default) for o in STAGE_OPTIONS]
 
 
 def test_the_option_table_in_the_docs_is_the_table() -> None:
@@ -286,3 +300,13 @@ def test_a_misspelt_option_names_the_right_one(option: str) -> None:
         pk.stage(**{typo: None})(lambda ctx: None)
     with pytest.raises(pk.PipelineError, match=re.escape(f"has no option {typo}=. Did you mean {option}=?")):
         pk.Pipeline().stage(**{typo: None})(lambda ctx: None)
+
+
+@pytest.mark.parametrize("option", [n for n in _option_names() if n not in ("image", "name")])
+def test_a_stage_made_without_the_decorator_has_the_tables_defaults(option: str) -> None:
+    """``pk.Stage``'s own defaults (for a stage made in code, or evolved) are the table's, checked."""
+
+    def build(ctx):
+        pass
+
+    assert getattr(pk.Stage(fn=build, name="build"), option) == getattr(pk.stage(build), option)
