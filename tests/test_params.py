@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,46 @@ def test_a_short_secret_is_warned_about_in_the_run_log_and_a_value_declared_not_
     events = [json.loads(line) for line in as_json.stdout.splitlines() if line.strip()]
     assert events[0]["event"] == "run started"
     assert [e["secret"] for e in events if e["event"] == "secret not masked"] == ["SHORT_PIN"]
+
+
+def test_a_pipeline_made_in_code_declares_its_parameters_with_params() -> None:
+    """``pk.Pipeline(params=[...])`` declares parameters without a module to collect them from:
+    they are typed and defaulted, and an unknown --param is still refused."""
+    from pipekit.testing import FakeBackend
+
+    p = pk.Pipeline(params=[pk.param("who", default="world"), pk.param("times", default=1)])
+
+    @p.stage
+    def greet(ctx):
+        return f"{ctx.params.who} x{ctx.params.times}"
+
+    assert sorted(p.params) == ["times", "who"]
+    result = pk.run(p, backend=FakeBackend(), params={"times": "3"}, log_file=io.StringIO())
+    assert result.exit_code == 0
+    assert result["greet"].output == "world x3"
+    with pytest.raises(pk.ParameterError, match="no such parameter"):
+        pk.run(p, backend=FakeBackend(), params={"whom": "x"}, log_file=io.StringIO())
+
+
+def test_a_loaded_pipeline_keeps_its_params_and_takes_its_modules(tmp_path: Path) -> None:
+    """A parameter named in params= and also held by the module is one declaration; the module's
+    others join it."""
+    (tmp_path / "pipeline.py").write_text(
+        "import pipekit as pk\n\nWHO = pk.param('who', default='world')\nN = pk.param('n', default=2)\n"
+        "pipeline = pk.Pipeline(params=[WHO, pk.param('mode', default='fast')])\n\n"
+        "@pipeline.stage\ndef s(ctx):\n    pass\n"
+    )
+    assert sorted(pk.load(tmp_path / "pipeline.py").params) == ["mode", "n", "who"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("who", "params= takes a list of pk.param(...) values, got 'who'"),
+        ([pk.param("who"), "mode"], "params= takes pk.param(...) values, got 'mode'"),
+        ([pk.param("who"), pk.param("who", default=1)], "params= declares the parameter 'who' twice"),
+    ],
+)
+def test_params_misuse_fails_when_the_pipeline_is_made(params: Any, message: str) -> None:
+    with pytest.raises(pk.PipelineError, match=re.escape(message)):
+        pk.Pipeline(params=params)

@@ -192,3 +192,121 @@ def test_placement_reaches_the_backend_and_a_backend_that_does_not_place_says_it
     ignored = [e for e in events if e["event"] == "placement ignored"]
     assert {e["stage"] for e in ignored} == {"default", "own"}
     assert not [e for e in events if e["event"] == "stage placed"]
+
+
+# -- the option table: one definition of @pk.stage's options ----------------------------------
+
+
+def _typed_options(owner: str | None) -> list[tuple[str, str, Any]]:
+    """The keyword-only parameters of the overload of ``stage`` (a method of ``owner``, or the
+    module's function) that takes options, as written in pipekit/_dsl/stage.py: (name, type, default).
+    Read from the source, as a type checker reads it (``typing.get_overloads`` needs Python 3.11)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(pk.__file__).parent / "_dsl" / "stage.py").read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    scope = tree.body if owner is None else classes[owner].body
+    (overload,) = [
+        n
+        for n in scope
+        if isinstance(n, ast.FunctionDef)
+        and n.name == "stage"
+        and any(ast.unparse(d) == "overload" for d in n.decorator_list)
+        and n.args.kwonlyargs
+    ]
+    a = overload.args
+    return [
+        (arg.arg, ast.unparse(arg.annotation) if arg.annotation else "", ast.literal_eval(default))
+        for arg, default in zip(a.kwonlyargs, a.kw_defaults, strict=True)
+        if default is not None
+    ]
+
+
+@pytest.mark.parametrize("owner", [None, "Pipeline"], ids=["pk.stage", "Pipeline.stage"])
+def test_the_typed_overloads_list_the_option_table(owner: str | None) -> None:
+    """What mypy and IDEs read (the overloads, written out) is the table: names, types, defaults, order."""
+    from pipekit._dsl.stage import STAGE_OPTIONS
+
+    assert _typed_options(owner) == [(o.name, o.type, o.default) for o in STAGE_OPTIONS]
+
+
+def test_the_option_table_in_the_docs_is_the_table() -> None:
+    """docs/dsl.md's option table is the one the table renders."""
+    from pathlib import Path
+
+    from pipekit._dsl.options import markdown_table
+    from pipekit._dsl.stage import STAGE_OPTIONS
+
+    text = (Path(__file__).parent.parent / "docs" / "dsl.md").read_text()
+    start = text.index("| option | meaning |")
+    assert text[start : text.index("\n\n", start) + 1] == markdown_table(STAGE_OPTIONS)
+
+
+#: a value other than the default for every option, and what the stage keeps of it
+_SAMPLES: dict[str, tuple[Any, str, Any]] = {
+    "image": ("alpine:3.20", "image", "alpine:3.20"),
+    "needs": (["lint"], "needs", ("lint",)),
+    "env": ({"A": 1}, "env", {"A": "1"}),
+    "name": ("renamed", "name", "renamed"),
+    "dockerfile": ("Dockerfile", "dockerfile", "Dockerfile"),
+    "post": ({"failure": print}, "post", {"failure": (print,)}),
+    "timeout": ("1m30s", "timeout", 90.0),
+    "retries": (2, "retries", 2),
+    "backoff": (1, "backoff", 1.0),
+    "allow_failure": (1, "allow_failure", True),
+    "matrix": ({"py": ["3.11"]}, "matrix", {"py": ("3.11",)}),
+    "exclude": ([{"py": "3.10"}], "exclude", ({"py": "3.10"},)),
+    "include": ([{"py": "3.12"}], "include", ({"py": "3.12"},)),
+    "services": ([pk.Service("db", "postgres:16")], "services", (pk.Service("db", "postgres:16"),)),
+    "resource": ("deploy-lock", "resource", "deploy-lock"),
+    "cache": (pk.inputs("src/"), "cache", pk.inputs("src/")),
+    "cache_dirs": (["/root/.cache"], "cache_dirs", ("/root/.cache",)),
+    "resources": (pk.Resources(cpus=1), "resources", pk.Resources(cpus=1)),
+    "placement": (["node.role==worker"], "placement", ("node.role==worker",)),
+    "workdir": ("frontend", "workdir", "frontend"),
+    "workspace": (False, "workspace", False),
+}
+
+
+def _option_names() -> list[str]:
+    from pipekit._dsl.stage import STAGE_OPTIONS
+
+    return [o.name for o in STAGE_OPTIONS]
+
+
+@pytest.mark.parametrize("option", _option_names())
+def test_every_option_of_the_table_reaches_the_stage(option: str) -> None:
+    """Each option given to @pk.stage is checked and kept on the stage (a new option needs a sample here)."""
+    if option == "when":
+        condition = pk.branch("main")
+        value, field, expected = condition, "when", condition
+    else:
+        value, field, expected = _SAMPLES[option]
+
+    def build(ctx):
+        pass
+
+    made = pk.stage(**{option: value})(build)
+    assert getattr(made, field) == expected
+    assert getattr(made, field) != getattr(pk.stage(build), field)
+
+
+@pytest.mark.parametrize("option", _option_names())
+def test_a_misspelt_option_names_the_right_one(option: str) -> None:
+    """The did-you-mean list is the table: a typo of any option names that option."""
+    typo = option[:-1] + "x" + option[-1]
+    with pytest.raises(pk.PipelineError, match=re.escape(f"has no option {typo}=. Did you mean {option}=?")):
+        pk.stage(**{typo: None})(lambda ctx: None)
+    with pytest.raises(pk.PipelineError, match=re.escape(f"has no option {typo}=. Did you mean {option}=?")):
+        pk.Pipeline().stage(**{typo: None})(lambda ctx: None)
+
+
+@pytest.mark.parametrize("option", [n for n in _option_names() if n not in ("image", "name")])
+def test_a_stage_made_without_the_decorator_has_the_tables_defaults(option: str) -> None:
+    """``pk.Stage``'s own defaults (for a stage made in code, or evolved) are the table's, checked."""
+
+    def build(ctx):
+        pass
+
+    assert getattr(pk.Stage(fn=build, name="build"), option) == getattr(pk.stage(build), option)

@@ -8,7 +8,6 @@ from typing import Any
 
 import attrs
 
-from pipekit._dsl.cache import CacheInputs
 from pipekit._dsl.secrets import Secret
 from pipekit.exceptions import PipelineError
 
@@ -16,7 +15,7 @@ __all__ = [
     "POST_WHEN",
     "Outcome",
     "Service",
-    "check_stage_options",
+    "check_placement",
     "normalize_post",
     "parse_duration",
     "format_duration",
@@ -164,68 +163,6 @@ def normalize_post(
                 raise PipelineError(f"post['{when}'] takes functions (ctx, outcome), got {a!r}", location=where)
         out[when] = items
     return out
-
-
-def check_stage_options(
-    bad: Callable[[str], PipelineError],
-    has_image: bool,
-    *,
-    dockerfile: str | None = None,
-    timeout: float | str | None = None,
-    retries: int = 0,
-    backoff: float = 0.0,
-    allow_failure: bool = False,
-    services: Sequence[Service] = (),
-    resource: str | None = None,
-    cache: CacheInputs | None = None,
-    cache_dirs: Sequence[str] = (),
-    workdir: str | None = None,
-    workspace: bool = True,
-    resources: Resources | None = None,
-    placement: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Misuse of a stage option fails at decoration time, saying what was expected. Returns the
-    options as the stage's fields."""
-    if dockerfile is not None and has_image:
-        raise bad("give image= or dockerfile=, not both")
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise bad(f"retries= takes a whole number of retries (0 or more), got {retries!r}")
-    if not isinstance(backoff, (int, float)) or backoff < 0:
-        raise bad(f"backoff= takes seconds (0 or more), got {backoff!r}")
-    for svc in services:
-        if not isinstance(svc, Service):
-            raise bad(f"services= takes pk.Service(...) objects, got {svc!r}")
-    if resource is not None and (not isinstance(resource, str) or not resource):
-        raise bad(f"resource= takes a name, got {resource!r}")
-    if cache is not None and not isinstance(cache, CacheInputs):
-        raise bad(f"cache= takes pk.inputs(...), got {cache!r}")
-    if isinstance(cache_dirs, str) or not all(isinstance(d, str) and d.startswith("/") for d in cache_dirs):
-        raise bad(f"cache_dirs= takes absolute paths in the container, like ['/root/.cache/pip'], got {cache_dirs!r}")
-    if workdir is not None and (not isinstance(workdir, str) or not workdir):
-        raise bad(f"workdir= takes a folder (relative to the workspace, or absolute), got {workdir!r}")
-    if not isinstance(workspace, bool):
-        raise bad(f"workspace= takes True or False, got {workspace!r}")
-    if resources is not None and not isinstance(resources, Resources):
-        raise bad(f"resources= takes pk.Resources(cpus=..., memory=...), got {resources!r}")
-    try:
-        seconds = parse_duration(timeout)
-    except PipelineError as e:
-        raise bad(e.message) from None
-    return {
-        "dockerfile": dockerfile,
-        "timeout": seconds,
-        "retries": retries,
-        "backoff": float(backoff),
-        "allow_failure": bool(allow_failure),
-        "services": tuple(services),
-        "resource": resource,
-        "cache": cache,
-        "cache_dirs": tuple(cache_dirs),
-        "workdir": workdir,
-        "workspace": workspace,
-        "resources": resources,
-        "placement": check_placement(placement, bad),
-    }
 
 
 def check_placement(placement: Sequence[str] | None, bad: Callable[[str], PipelineError]) -> tuple[str, ...]:

@@ -1,0 +1,156 @@
+"""What a stage option is: a name, its type as the decorator's signature writes it, a default, the
+docs' line and a check that turns the value the user gave into the stage's field.
+
+The table itself, ``STAGE_OPTIONS`` in :mod:`pipekit._dsl.stage`, is the one definition of
+``@pk.stage``'s options: the decorator validates through it, the did-you-mean list is its names, the
+option table in docs/dsl.md is :func:`markdown_table` of it, and tests check that the typed
+overloads of ``pk.stage`` and ``Pipeline.stage`` (written out, so that type checkers and IDEs read
+them) list exactly its names, types and defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from pipekit._dsl.cache import CacheInputs
+from pipekit._dsl.control import Resources, Service, check_placement, parse_duration
+from pipekit.exceptions import PipelineError
+
+__all__ = ["Option", "Site", "markdown_table", "unknown_option"]
+
+
+@attrs.frozen
+class Site:
+    """The stage being decorated, as option checks need it: for messages and for the checks that
+    look at another option (``dockerfile=`` with ``image=``)."""
+
+    stage: str
+    location: str
+    has_image: bool = False
+
+    def bad(self, message: str) -> PipelineError:
+        return PipelineError(f"Stage '{self.stage}': {message}", stage=self.stage, location=self.location)
+
+
+def as_given(value: Any, site: Site) -> Any:
+    return value
+
+
+@attrs.frozen
+class Option:
+    """One option of ``@pk.stage``. ``type`` is written as in the decorator's overloads; options
+    that share ``doc`` share one row of the docs' table."""
+
+    name: str
+    type: str
+    default: Any
+    doc: str
+    check: Callable[[Any, Site], Any] = as_given
+
+
+def unknown_option(given: Iterable[str], options: Sequence[Option], site: Site) -> PipelineError | None:
+    """The error for the first option ``@pk.stage`` does not have, with the closest one it has."""
+    known = [o.name for o in options]
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return None
+    import difflib  # only for a mistake: a run that starts does not load it
+
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    hint = f". Did you mean {close[0]}=?" if close else ""
+    return site.bad(f"@pk.stage has no option {unknown[0]}={hint}")
+
+
+def markdown_table(options: Sequence[Option]) -> str:
+    """The option table of docs/dsl.md: one row per run of options with the same ``doc``."""
+    rows: list[tuple[list[str], str]] = []
+    for o in options:
+        if rows and rows[-1][1] == o.doc:
+            rows[-1][0].append(o.name)
+        else:
+            rows.append(([o.name], o.doc))
+    lines = ["| option | meaning |", "| --- | --- |"]
+    lines += [f"| {', '.join(f'`{n}`' for n in names)} | {doc} |" for names, doc in rows]
+    return "\n".join(lines) + "\n"
+
+
+# The checks: misuse of an option fails at decoration time, saying what was expected.
+
+
+def check_dockerfile(value: str | None, site: Site) -> str | None:
+    if value is not None and site.has_image:
+        raise site.bad("give image= or dockerfile=, not both")
+    return value
+
+
+def check_timeout(value: float | str | None, site: Site) -> float | None:
+    try:
+        return parse_duration(value)
+    except PipelineError as e:
+        raise site.bad(e.message) from None
+
+
+def check_retries(value: int, site: Site) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise site.bad(f"retries= takes a whole number of retries (0 or more), got {value!r}")
+    return value
+
+
+def check_backoff(value: float, site: Site) -> float:
+    if not isinstance(value, (int, float)) or value < 0:
+        raise site.bad(f"backoff= takes seconds (0 or more), got {value!r}")
+    return float(value)
+
+
+def check_allow_failure(value: bool, site: Site) -> bool:
+    return bool(value)
+
+
+def check_services(value: Sequence[Service], site: Site) -> tuple[Service, ...]:
+    for svc in value:
+        if not isinstance(svc, Service):
+            raise site.bad(f"services= takes pk.Service(...) objects, got {svc!r}")
+    return tuple(value)
+
+
+def check_resource(value: str | None, site: Site) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise site.bad(f"resource= takes a name, got {value!r}")
+    return value
+
+
+def check_cache(value: CacheInputs | None, site: Site) -> CacheInputs | None:
+    if value is not None and not isinstance(value, CacheInputs):
+        raise site.bad(f"cache= takes pk.inputs(...), got {value!r}")
+    return value
+
+
+def check_cache_dirs(value: Sequence[str], site: Site) -> tuple[str, ...]:
+    if isinstance(value, str) or not all(isinstance(d, str) and d.startswith("/") for d in value):
+        raise site.bad(f"cache_dirs= takes absolute paths in the container, like ['/root/.cache/pip'], got {value!r}")
+    return tuple(value)
+
+
+def check_workdir(value: str | None, site: Site) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise site.bad(f"workdir= takes a folder (relative to the workspace, or absolute), got {value!r}")
+    return value
+
+
+def check_workspace(value: bool, site: Site) -> bool:
+    if not isinstance(value, bool):
+        raise site.bad(f"workspace= takes True or False, got {value!r}")
+    return value
+
+
+def check_resources(value: Resources | None, site: Site) -> Resources | None:
+    if value is not None and not isinstance(value, Resources):
+        raise site.bad(f"resources= takes pk.Resources(cpus=..., memory=...), got {value!r}")
+    return value
+
+
+def check_stage_placement(value: Sequence[str], site: Site) -> tuple[str, ...]:
+    return check_placement(value, site.bad)
