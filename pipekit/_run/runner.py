@@ -1,4 +1,7 @@
-"""Running a set-up run: backends, history, resume and cache, then the scheduler."""
+"""Running a set-up run (:func:`run_setup`): backends, history, resume and cache, then the scheduler.
+
+:func:`execute` sets a request up (``_run/session.py``) and runs it. This module imports the
+session, never the other way round."""
 
 from __future__ import annotations
 
