@@ -11,179 +11,107 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from pipekit._core.results import RunResult, StageResult, StageStatus
-    from pipekit._core.testreport import FailedTest, TestReport
-    from pipekit._dsl.cache import CacheInputs, inputs
-    from pipekit._dsl.conditions import Condition, RunInfo, branch, changed, env, param_is
-    from pipekit._dsl.control import Outcome, Resources, Service
-    from pipekit._dsl.loader import load
-    from pipekit._dsl.matrix import MatrixOutputs
-    from pipekit._dsl.params import Param, Params, param
-    from pipekit._dsl.secrets import Credentials, Secret, secret
-    from pipekit._dsl.stage import Pipeline, Stage, post, stage
-    from pipekit._dsl.triggers import Trigger, cron, on_push
-    from pipekit._plan.graph import Plan, find_errors, plan
-    from pipekit._run.context import Context
-    from pipekit.backend import CommandResult, Image
-    from pipekit.exceptions import (
-        BackendError,
-        BuildFailed,
-        BuildKitUnavailable,
-        CycleError,
-        DuplicateStageError,
-        EngineUnavailable,
-        ImageNotFound,
-        Interrupted,
-        InvalidReference,
-        ParameterError,
-        PipekitError,
-        PipelineError,
-        PipelineLoadError,
-        RegistryAuthError,
-        RegistryError,
-        RegistryUnavailable,
-        SecretMissing,
-        StageCodeError,
-        StageFailed,
-        StageSignatureError,
-        StepFailed,
-        TagNotFound,
-        UnknownStageError,
-        UsageError,
-    )
+#: The public names, by the module each comes from: imported on first use (PEP 562). This is the one
+#: list of them; ``__all__`` is made from it.
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    "pipekit._core.results": ("RunResult", "StageResult", "StageStatus"),
+    "pipekit._core.testreport": ("FailedTest", "TestReport"),
+    "pipekit._dsl.cache": ("CacheInputs", "inputs"),
+    "pipekit._dsl.conditions": ("Condition", "RunInfo", "branch", "changed", "env", "param_is"),
+    "pipekit._dsl.control": ("Outcome", "Resources", "Service"),
+    "pipekit._dsl.loader": ("load",),
+    "pipekit._dsl.matrix": ("MatrixOutputs",),
+    "pipekit._dsl.params": ("Param", "Params", "param"),
+    "pipekit._dsl.secrets": ("Credentials", "Secret", "secret"),
+    "pipekit._dsl.stage": ("Pipeline", "Stage", "post", "stage"),
+    "pipekit._dsl.triggers": ("Trigger", "cron", "on_push"),
+    "pipekit._plan.graph": ("Plan", "find_errors", "plan"),
+    "pipekit._run.context": ("Context",),
+    "pipekit.backend": ("CommandResult", "Image"),
+    "pipekit.exceptions": (
+        "BackendError",
+        "BuildFailed",
+        "BuildKitUnavailable",
+        "CycleError",
+        "DuplicateStageError",
+        "EngineUnavailable",
+        "ImageNotFound",
+        "Interrupted",
+        "InvalidReference",
+        "ParameterError",
+        "PipekitError",
+        "PipelineError",
+        "PipelineLoadError",
+        "RegistryAuthError",
+        "RegistryError",
+        "RegistryUnavailable",
+        "SecretMissing",
+        "StageCodeError",
+        "StageFailed",
+        "StageSignatureError",
+        "StepFailed",
+        "TagNotFound",
+        "UnknownStageError",
+        "UsageError",
+    ),
+}
+_LAZY = {name: module for module, names in _PUBLIC.items() for name in names}
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackendError",
-    "BuildFailed",
-    "BuildKitUnavailable",
-    "CacheInputs",
-    "CommandResult",
-    "Condition",
-    "Context",
-    "Credentials",
-    "Image",
-    "InvalidReference",
-    "MatrixOutputs",
-    "Outcome",
-    "Param",
-    "ParameterError",
-    "Params",
-    "RegistryAuthError",
-    "RegistryError",
-    "RegistryUnavailable",
-    "Resources",
-    "RunInfo",
-    "Service",
-    "Secret",
-    "SecretMissing",
-    "TagNotFound",
-    "TestReport",
-    "param",
-    "secret",
-    "Trigger",
-    "cron",
-    "on_push",
-    "CycleError",
-    "DuplicateStageError",
-    "EngineUnavailable",
-    "FailedTest",
-    "ImageNotFound",
-    "Interrupted",
-    "PipekitError",
-    "Pipeline",
-    "PipelineError",
-    "PipelineLoadError",
-    "Plan",
-    "RunResult",
-    "Stage",
-    "StageCodeError",
-    "StageFailed",
-    "StageResult",
-    "StageSignatureError",
-    "StageStatus",
-    "StepFailed",
-    "UnknownStageError",
-    "UsageError",
-    "__version__",
-    "branch",
-    "changed",
-    "env",
-    "param_is",
-    "post",
-    "find_errors",
-    "inputs",
-    "load",
-    "plan",
-    "run",
-    "stage",
-]
+__all__ = sorted([*_LAZY, "__version__", "run"])
 
-_LAZY = {
-    "BackendError": "pipekit.exceptions",
-    "BuildFailed": "pipekit.exceptions",
-    "BuildKitUnavailable": "pipekit.exceptions",
-    "CacheInputs": "pipekit._dsl.cache",
-    "CommandResult": "pipekit.backend",
-    "Condition": "pipekit._dsl.conditions",
-    "Context": "pipekit._run.context",
-    "Credentials": "pipekit._dsl.secrets",
-    "CycleError": "pipekit.exceptions",
-    "DuplicateStageError": "pipekit.exceptions",
-    "EngineUnavailable": "pipekit.exceptions",
-    "FailedTest": "pipekit._core.testreport",
-    "Image": "pipekit.backend",
-    "ImageNotFound": "pipekit.exceptions",
-    "Interrupted": "pipekit.exceptions",
-    "InvalidReference": "pipekit.exceptions",
-    "MatrixOutputs": "pipekit._dsl.matrix",
-    "Outcome": "pipekit._dsl.control",
-    "Param": "pipekit._dsl.params",
-    "ParameterError": "pipekit.exceptions",
-    "Params": "pipekit._dsl.params",
-    "PipekitError": "pipekit.exceptions",
-    "Pipeline": "pipekit._dsl.stage",
-    "PipelineError": "pipekit.exceptions",
-    "PipelineLoadError": "pipekit.exceptions",
-    "Plan": "pipekit._plan.graph",
-    "RegistryAuthError": "pipekit.exceptions",
-    "RegistryError": "pipekit.exceptions",
-    "RegistryUnavailable": "pipekit.exceptions",
-    "RunInfo": "pipekit._dsl.conditions",
-    "RunResult": "pipekit._core.results",
-    "Secret": "pipekit._dsl.secrets",
-    "SecretMissing": "pipekit.exceptions",
-    "Resources": "pipekit._dsl.control",
-    "Service": "pipekit._dsl.control",
-    "Stage": "pipekit._dsl.stage",
-    "StageCodeError": "pipekit.exceptions",
-    "StageFailed": "pipekit.exceptions",
-    "StageResult": "pipekit._core.results",
-    "StageSignatureError": "pipekit.exceptions",
-    "StageStatus": "pipekit._core.results",
-    "StepFailed": "pipekit.exceptions",
-    "TagNotFound": "pipekit.exceptions",
-    "TestReport": "pipekit._core.testreport",
-    "Trigger": "pipekit._dsl.triggers",
-    "cron": "pipekit._dsl.triggers",
-    "on_push": "pipekit._dsl.triggers",
-    "UnknownStageError": "pipekit.exceptions",
-    "UsageError": "pipekit.exceptions",
-    "branch": "pipekit._dsl.conditions",
-    "changed": "pipekit._dsl.conditions",
-    "env": "pipekit._dsl.conditions",
-    "find_errors": "pipekit._plan.graph",
-    "inputs": "pipekit._dsl.cache",
-    "load": "pipekit._dsl.loader",
-    "param": "pipekit._dsl.params",
-    "param_is": "pipekit._dsl.conditions",
-    "plan": "pipekit._plan.graph",
-    "post": "pipekit._dsl.stage",
-    "secret": "pipekit._dsl.secrets",
-    "stage": "pipekit._dsl.stage",
-}
+# The same names for type checkers, which do not run __getattr__: `X as X` re-exports a name
+# (mypy --strict, pyright), one line a module (hence no isort). tests/test_public_api.py keeps them
+# equal to _PUBLIC.
+if TYPE_CHECKING:
+    from pipekit._core.results import RunResult as RunResult, StageResult as StageResult, StageStatus as StageStatus  # noqa: I001
+    from pipekit._core.testreport import FailedTest as FailedTest, TestReport as TestReport
+    from pipekit._dsl.cache import CacheInputs as CacheInputs, inputs as inputs
+    from pipekit._dsl.conditions import (
+        Condition as Condition,
+        RunInfo as RunInfo,
+        branch as branch,
+        changed as changed,
+        env as env,
+        param_is as param_is,
+    )
+    from pipekit._dsl.control import Outcome as Outcome, Resources as Resources, Service as Service
+    from pipekit._dsl.loader import load as load
+    from pipekit._dsl.matrix import MatrixOutputs as MatrixOutputs
+    from pipekit._dsl.params import Param as Param, Params as Params, param as param
+    from pipekit._dsl.secrets import Credentials as Credentials, Secret as Secret, secret as secret
+    from pipekit._dsl.stage import Pipeline as Pipeline, Stage as Stage, post as post, stage as stage
+    from pipekit._dsl.triggers import Trigger as Trigger, cron as cron, on_push as on_push
+    from pipekit._plan.graph import Plan as Plan, find_errors as find_errors, plan as plan
+    from pipekit._run.context import Context as Context
+    from pipekit.backend import CommandResult as CommandResult, Image as Image
+    from pipekit.exceptions import (
+        BackendError as BackendError,
+        BuildFailed as BuildFailed,
+        BuildKitUnavailable as BuildKitUnavailable,
+        CycleError as CycleError,
+        DuplicateStageError as DuplicateStageError,
+        EngineUnavailable as EngineUnavailable,
+        ImageNotFound as ImageNotFound,
+        Interrupted as Interrupted,
+        InvalidReference as InvalidReference,
+        ParameterError as ParameterError,
+        PipekitError as PipekitError,
+        PipelineError as PipelineError,
+        PipelineLoadError as PipelineLoadError,
+        RegistryAuthError as RegistryAuthError,
+        RegistryError as RegistryError,
+        RegistryUnavailable as RegistryUnavailable,
+        SecretMissing as SecretMissing,
+        StageCodeError as StageCodeError,
+        StageFailed as StageFailed,
+        StageSignatureError as StageSignatureError,
+        StepFailed as StepFailed,
+        TagNotFound as TagNotFound,
+        UnknownStageError as UnknownStageError,
+        UsageError as UsageError,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -209,6 +137,7 @@ def run(pipeline: Pipeline | str = "pipeline.py", *targets: str, **options: Any)
     the history, as ``pipekit run`` does), ``resume``, ``use_cache``, ``log_format``,
     ``log_file``, ``verbose``. An unknown option is a ``TypeError``.
     """
-    from pipekit._run.session import RunRequest, execute
+    from pipekit._run.runner import execute
+    from pipekit._run.session import RunRequest
 
     return execute(RunRequest(pipeline=pipeline, targets=targets, **options))

@@ -331,6 +331,7 @@ class PipelineRunner:
         changed files; ``changed=None`` asks git), so tests do not depend on the machine they run on.
         """
         from pipekit._run.context import MemoryRecords
+        from pipekit._run.runner import run_setup
         from pipekit._run.session import setup
 
         if not isinstance(pipeline, Pipeline):
@@ -354,10 +355,10 @@ class PipelineRunner:
             log_processors=[_collect(events)],
             records=records,
         )
-        run_setup = setup(self._request(pipeline, options))
+        prepared = setup(self._request(pipeline, options))
         before = len(self.backend.calls)
-        run = run_setup.execute()
-        calls = [c.masked(run_setup.secrets.masker.mask) for c in self.backend.calls[before:]]
+        run = run_setup(prepared)
+        calls = [c.masked(prepared.secrets.masker.mask) for c in self.backend.calls[before:]]
         result = PipelineResult(run, calls, events, output.getvalue(), self.snapshot_dir, self.update_snapshots)
         result.artifacts = dict(records.artifacts)
         result.test_reports = dict(records.tests)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import pipekit as pk
+from pipekit._run.runner import run_setup
 from pipekit._run.session import RunRequest, setup
 
 ROOT = Path(__file__).parent.parent
@@ -125,7 +126,7 @@ def run_on_docker(docker_backend: Any, busybox_image: str, docker_client: Any) -
             )
         )
         run_ids.append(run.run_id)
-        return run.execute(), events
+        return run_setup(run), events
 
     yield run
     for run_id in run_ids:

@@ -273,3 +273,73 @@ def test_a_constructor_wide_by_design_takes_its_options_by_keyword_only(owner: s
     assert [x.arg for x in a.args][:1] == ["self"] and len(a.args) <= 2
     assert len(a.kw_defaults) == len(a.kwonlyargs) and None not in a.kw_defaults
     assert len(a.args) - 1 + len(a.kwonlyargs) > INIT_PARAMETERS  # else it needs no exemption
+
+
+def _import_graph(package: Path) -> dict[str, set[str]]:
+    """Each module of ``package`` and the package's modules it imports: anywhere in the module (at
+    the top, in a function, under ``if TYPE_CHECKING:``), ``from a import b`` meaning module
+    ``a.b`` when there is one, else ``a``."""
+    root = package.name
+    names = {
+        ".".join(p.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in sorted(package.rglob("*.py"))
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the module's own package up
+                    up = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join([*up, *([base] if base else [])])
+                for alias in node.names:
+                    targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in names else base)
+        graph[name] = {t for t in targets if t in names and t != name and t.split(".")[0] == root}
+    return graph
+
+
+def _a_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph (its modules, the first again at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+def test_no_module_imports_itself_back_through_any_chain() -> None:
+    """The module import graph has no cycle, between packages or inside one; imports in functions
+    and under ``if TYPE_CHECKING:`` count too (a lazy import that closes a cycle is still a knot)."""
+    graph = _import_graph(PACKAGE)
+    assert len(graph) > 100 and graph["pipekit._run.runner"] >= {"pipekit._run.session", "pipekit._run.scheduler"}
+    cycle = _a_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
+    """A copy of the package where ``_core.util`` imports the run's session (which imports it)
+    inside a function has a cycle, and the check names it."""
+    shutil.copytree(PACKAGE, tmp_path / "pipekit", ignore=shutil.ignore_patterns("__pycache__"))
+    with (tmp_path / "pipekit" / "_core" / "util.py").open("a") as f:
+        f.write("\n\ndef _late() -> None:\n    from pipekit._run import session  # noqa\n")
+    cycle = _a_cycle(_import_graph(tmp_path / "pipekit"))
+    assert cycle is not None and cycle[0] == cycle[-1]
+    assert "pipekit._core.util" in cycle and "pipekit._run.session" in cycle

@@ -15,6 +15,7 @@ from typing import Any
 from helpers import Terminal
 
 from pipekit._console.live import LiveRenderer
+from pipekit._run.runner import run_setup
 from pipekit._run.session import RunRequest, setup
 
 
@@ -105,9 +106,9 @@ def test_a_run_with_the_live_view_ends_with_the_summary(
         f"import pipekit as pk\n\n@pk.stage(image={busybox_image!r})\ndef hello(ctx):\n    ctx.sh('echo hi')\n"
     )
     out = io.StringIO()
-    result = setup(
-        RunRequest(pipeline=tmp_path / "pipeline.py", backend=docker_backend, progress="live", log_file=out)
-    ).execute()
+    result = run_setup(
+        setup(RunRequest(pipeline=tmp_path / "pipeline.py", backend=docker_backend, progress="live", log_file=out))
+    )
     assert result.status == "succeeded"
     shown = _plain(out.getvalue())
     assert "✔ hello" in shown and " succeeded" in shown

@@ -34,6 +34,7 @@ from pipekit._dsl.loader import load
 from pipekit._dsl.params import parse_param_args
 from pipekit._dsl.stage import Pipeline
 from pipekit._plan.graph import plan as plan_of
+from pipekit._run.runner import run_setup
 from pipekit._run.session import RunRequest, setup
 from pipekit.exceptions import Interrupted, UsageError
 
@@ -251,7 +252,7 @@ def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         return 1 if any(d.decision == "fail" for d in decisions) else 0
     with _signals_raise():
         collector_on()  # start-up is over (the pipeline is loaded and planned)
-        result = run.execute()
+        result = run_setup(run)
     return result.exit_code
 
 

@@ -1,6 +1,6 @@
-"""How stages and runs end: statuses, results, and the observer protocol.
+"""How stages and runs end: statuses and results.
 
-A low-level module: it imports nothing from pipekit but ``_core.util``, so every other module (the
+A low-level module: it imports nothing from pipekit, so every other module (the
 scheduler, the history, the test runner, the CLI) can share these values without import loops.
 """
 
@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import attrs
 
-if TYPE_CHECKING:
-    from pipekit._plan.graph import Plan
-
-__all__ = ["RunObserver", "RunResult", "RunStatus", "StageResult", "StageStatus", "masked"]
+__all__ = ["RunResult", "RunStatus", "StageResult", "StageStatus", "masked"]
 
 
 class _TextEnum(str, enum.Enum):
@@ -102,18 +99,6 @@ class RunResult:
 
     def __getitem__(self, stage: str) -> StageResult:
         return self.stages[stage]
-
-
-class RunObserver(Protocol):
-    """Told about a run as it goes (the run history implements it)."""
-
-    def run_started(self, run_id: str, plan: Plan) -> None: ...
-
-    def stage_started(self, run_id: str, name: str, position: int) -> None: ...
-
-    def stage_finished(self, run_id: str, result: StageResult, position: int) -> None: ...
-
-    def run_finished(self, run_id: str, result: RunResult) -> None: ...
 
 
 def masked(result: StageResult, mask: Callable[[str], str]) -> StageResult:

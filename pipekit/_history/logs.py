@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from pipekit._history.store import History
+from pipekit._console.log import ConsoleRenderer
 
-__all__ = ["LogFiles", "strip_prefix"]
+__all__ = ["LogFiles", "RunFiles", "strip_prefix"]
+
+
+class RunFiles(Protocol):
+    """Where a run's log files are written (the history)."""
+
+    def append_run_file(self, run_id: str, name: str, line: str) -> None: ...
+
+    def append_stage_log(self, run_id: str, stage: str, text: str) -> None: ...
 
 
 class LogFiles:
     """The history's log processor: each stage's events rendered into the stage's log file."""
 
-    def __init__(self, history: History, run_id: str) -> None:
-        self._history = history
+    def __init__(self, files: RunFiles, run_id: str) -> None:
+        self._files = files
         self._run_id = run_id
+        self._renderer = ConsoleRenderer(width=0)
 
     def __call__(self, _logger: Any, name: str, event: Any) -> Any:
         stage = event.get("stage")
         if stage is None or event.get("event") == "run finished":
             return event
-        h = self._history
+        h = self._files
         if event.get("event") == "stage attempt started":  # for the report's timeline
             when = {"stage": stage, "attempt": event.get("attempt"), "timestamp": event.get("timestamp")}
             h.append_run_file(self._run_id, "attempts.jsonl", json.dumps(when))
@@ -30,19 +38,12 @@ class LogFiles:
             keep = {k: event.get(k) for k in ("command", "exit_code", "duration_s", "timestamp")}
             h.append_run_file(self._run_id, "commands.jsonl", json.dumps({"stage": stage, **keep}))
             return event
-        line = h._renderer(None, name, dict(event))
-        with h._lock:
-            f = h._log_file(self._run_id, stage)
-            f.write(strip_prefix(line) + "\n")
-            f.flush()
+        line = self._renderer(None, name, dict(event))
+        h.append_stage_log(self._run_id, stage, strip_prefix(line))
         return event
 
     def batch_lines(self, stage: str, _stream: str, lines: list[str]) -> list[str]:
-        h = self._history
-        with h._lock:
-            f = h._log_file(self._run_id, stage)
-            f.write("\n".join(lines) + "\n")
-            f.flush()
+        self._files.append_stage_log(self._run_id, stage, "\n".join(lines))
         return lines
 
 

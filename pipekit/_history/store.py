@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipekit._console.log import ConsoleRenderer
 from pipekit._core.testreport import TestReport
 from pipekit._core.util import process_alive, slug
 from pipekit._history.fs import DIRNAME, HistoryUnwritable, database_damaged, explain_write_error, make_private_dir
+from pipekit._history.logs import LogFiles
 from pipekit._history.rows import ArtifactRow, CacheRow, RunRow, StageRow, TestRow
 from pipekit.exceptions import UsageError
 
@@ -70,7 +70,6 @@ class History:
         self._warn = warn or (lambda message: None)
         self._lock = threading.RLock()
         self._logs: dict[tuple[str, str], Any] = {}
-        self._renderer = ConsoleRenderer(width=0)
         self._db = self._open()
 
     # -- the database ---------------------------------------------------------------------
@@ -267,19 +266,19 @@ class History:
     def log_path(self, run_id: str, stage: str) -> Path:
         return self.dir / "logs" / run_id / f"{slug(stage, keep='_.=,-')}.log"
 
-    def log_processor(self, run_id: str) -> Any:
+    def log_processor(self, run_id: str) -> LogFiles:
         """A structlog processor (after the masker) that appends each stage's events to its file;
-        its ``lines`` form appends a batch of output lines in one write."""
-        from pipekit._history.logs import LogFiles
-
+        its ``batch_lines`` form appends a batch of output lines in one write."""
         return LogFiles(self, run_id)
 
-    def _log_file(self, run_id: str, stage: str) -> Any:
-        """The stage's open log file (call with the lock held)."""
-        f = self._logs.get((run_id, stage))
-        if f is None:
-            f = self._logs[(run_id, stage)] = self._private_file(self.log_path(run_id, stage), "a")
-        return f
+    def append_stage_log(self, run_id: str, stage: str, text: str) -> None:
+        """Append ``text`` (one or more lines) to the stage's log file, kept open until the run ends."""
+        with self._lock:
+            f = self._logs.get((run_id, stage))
+            if f is None:
+                f = self._logs[(run_id, stage)] = self._private_file(self.log_path(run_id, stage), "a")
+            f.write(text + "\n")
+            f.flush()
 
     def _private_file(self, path: Path, mode: str) -> Any:
         """Open one of pipekit's own files: owner-only, inside ``.pipekit/`` for real, and never

@@ -14,15 +14,38 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 from pipekit._core.results import StageResult
 from pipekit._plan.resolve import ResolvedStage
 from pipekit._run.run import Run
-from pipekit._run.stagerun import Ahead, StageRun
+from pipekit._run.spec import stage_spec
 from pipekit.backend import StageHandle
 
-__all__ = ["Preparer"]
+__all__ = ["Ahead", "Preparer"]
+
+
+class Placing(Protocol):
+    """A stage in flight, as far as preparing a downstream stage goes (a ``StageRun``)."""
+
+    @property
+    def placed(self) -> threading.Event: ...
+
+
+class Ahead:
+    """A stage's place being prepared (its container created and started) before the stage starts."""
+
+    def __init__(self, future: Future[StageHandle]) -> None:
+        self._future = future
+
+    def take(self) -> StageHandle | None:
+        """The prepared handle; None when preparing failed (the stage then prepares as usual and
+        meets the error itself)."""
+        try:
+            return self._future.result()
+        except Exception:
+            return None
 
 
 class Preparer:
@@ -52,7 +75,7 @@ class Preparer:
         started: Sequence[str],
         results: Mapping[str, StageResult],
         stopped: bool,
-        running: Mapping[str, StageRun] | None = None,
+        running: Mapping[str, Placing] | None = None,
     ) -> None:
         """Prepare what can be prepared now (``running``: the stages in flight, by name)."""
         if not self.enabled or stopped:
@@ -71,7 +94,7 @@ class Preparer:
 
     def _start(self, r: ResolvedStage, after: list[threading.Event]) -> None:
         try:
-            spec = StageRun(self.run, r, {})._spec()
+            spec = stage_spec(self.run, r, r.image)  # a stage prepared ahead runs in a named image
         except Exception:
             return  # (a missing secret, ...): the stage meets it when it starts
         if self._pool is None:

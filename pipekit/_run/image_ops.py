@@ -5,17 +5,39 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pipekit._backends.registry import registry_of
-from pipekit._dsl.secrets import Credentials, Secret
-from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin
+from pipekit._dsl.secrets import Credentials, Secret, SecretStore
+from pipekit.backend import BuildSpec, CommandResult, Image, ImageBackend, LineSink, Origin
 from pipekit.exceptions import StageFailed, StepFailed
 
-if TYPE_CHECKING:
-    from pipekit._run.context import StageScope
+__all__ = ["DockerOps", "ImageScope"]
 
-__all__ = ["DockerOps"]
+
+class ImageScope(Protocol):
+    """What ``ctx.docker`` needs of its stage (a :class:`pipekit._run.context.StageScope` has it)."""
+
+    @property
+    def stage(self) -> str: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def workspace(self) -> Path: ...
+
+    @property
+    def secrets(self) -> SecretStore: ...
+
+    @property
+    def log(self) -> Any: ...
+
+    @property
+    def images(self) -> ImageBackend: ...
+
+    @property
+    def image_map(self) -> Mapping[str, str]: ...
 
 
 def _auth_server(ref: str) -> str:
@@ -27,7 +49,7 @@ def _auth_server(ref: str) -> str:
 class DockerOps:
     """The image operations a stage can do, on the run's backend, with secrets kept out of sight."""
 
-    def __init__(self, scope: StageScope, *, on_line: LineSink, sync: Callable[[], None] | None = None) -> None:
+    def __init__(self, scope: ImageScope, *, on_line: LineSink, sync: Callable[[], None] | None = None) -> None:
         self._sync = sync or (lambda: None)
         self._backend = scope.images
         self._origin = Origin(scope.run_id, scope.stage)

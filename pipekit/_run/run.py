@@ -1,4 +1,5 @@
-"""What every stage of one run shares: its id, resolved plan, backends, secrets and records.
+"""What every stage of one run shares: its id, resolved plan, backends, secrets and records; and
+what is told about the run as it goes (:class:`RunObserver`).
 
 Made once by the run setup (``_run/session.py``) and handed to the scheduler and to each
 :class:`pipekit._run.stagerun.StageRun`; nothing in it changes while the run goes.
@@ -11,17 +12,19 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
+from pipekit._core.results import RunResult, StageResult
 from pipekit._dsl.params import Params
 from pipekit._dsl.secrets import SecretStore
+from pipekit._plan.graph import Plan
 from pipekit._plan.resolve import ResolvedPlan, ResolvedStage
 from pipekit._run.context import StageRecords, StageScope
 from pipekit.backend import ImageBackend, StageBackend
 
-__all__ = ["CacheLookup", "Releases", "Run"]
+__all__ = ["CacheLookup", "Releases", "Run", "RunObserver"]
 
 #: Looks a cache key up: (the run that stored it, the stored output as JSON), or None.
 CacheLookup = Callable[[str], "tuple[str, str] | None"]
@@ -104,3 +107,15 @@ class Run:
                 b.cleanup(self.run_id)
             except Exception as e:  # never hide the run's own outcome
                 self.log.warning("cleanup failed", backend=b.name, error=str(e))
+
+
+class RunObserver(Protocol):
+    """Told about a run as it goes by the scheduler (the run history and the CI report implement it)."""
+
+    def run_started(self, run_id: str, plan: Plan) -> None: ...
+
+    def stage_started(self, run_id: str, name: str, position: int) -> None: ...
+
+    def stage_finished(self, run_id: str, result: StageResult, position: int) -> None: ...
+
+    def run_finished(self, run_id: str, result: RunResult) -> None: ...

@@ -1,4 +1,7 @@
-"""Running a set-up run: backends, history, resume and cache, then the scheduler."""
+"""Running a set-up run (:func:`run_setup`): backends, history, resume and cache, then the scheduler.
+
+:func:`execute` sets a request up (``_run/session.py``) and runs it. This module imports the
+session, never the other way round."""
 
 from __future__ import annotations
 
@@ -11,20 +14,25 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from pipekit._core.results import RunObserver, RunResult
+from pipekit._core.results import RunResult
 from pipekit._core.util import write_file
 from pipekit._plan.preflight import check as preflight
 from pipekit._run.context import MaskedRecords, MemoryRecords, StageRecords
-from pipekit._run.run import CacheLookup, Run
+from pipekit._run.run import CacheLookup, Run, RunObserver
 from pipekit._run.scheduler import Scheduler
-from pipekit._run.session import RunSetup, container_backend
+from pipekit._run.session import RunRequest, RunSetup, container_backend, setup
 from pipekit.backend import Sweeps
 from pipekit.exceptions import UsageError
 
 if TYPE_CHECKING:
     from pipekit._ci.junit import CiReport
 
-__all__ = ["container_backend", "open_history", "run_setup"]
+__all__ = ["container_backend", "execute", "open_history", "run_setup"]
+
+
+def execute(request: RunRequest) -> RunResult:
+    """Set up and run: what ``pipekit run``, ``pk.run`` and the test runner all do."""
+    return run_setup(setup(request))
 
 
 def open_history(workspace: Path, backend: Any = None, warn: Any = None, *, create: bool = True) -> Any:

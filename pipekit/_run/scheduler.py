@@ -18,12 +18,12 @@ from typing import Any
 
 import attrs
 
-from pipekit._core.results import RunObserver, RunResult, RunStatus, StageResult, StageStatus, masked
+from pipekit._core.results import RunResult, RunStatus, StageResult, StageStatus, masked
 from pipekit._dsl.control import format_duration
 from pipekit._run.ahead import Preparer
 from pipekit._run.outputs import take_restored, taken_result
 from pipekit._run.posts import pipeline_posts
-from pipekit._run.run import Run
+from pipekit._run.run import Run, RunObserver
 from pipekit._run.stagerun import StageRun
 
 __all__ = ["Scheduler", "StopReason"]

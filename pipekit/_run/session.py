@@ -17,7 +17,7 @@ from typing import IO, Any
 import attrs
 
 from pipekit._console.log import Processor, make_logger
-from pipekit._core.results import RunObserver, RunResult, StageStatus
+from pipekit._core.results import StageStatus
 from pipekit._core.util import new_run_id
 from pipekit._dsl.conditions import RunInfo
 from pipekit._dsl.control import parse_duration
@@ -30,7 +30,7 @@ from pipekit._plan.resolve import ResolvedPlan, resolve
 from pipekit._run.context import StageRecords
 from pipekit.exceptions import PipelineError, UsageError
 
-__all__ = ["RunRequest", "RunSetup", "container_backend", "execute", "restorable", "setup"]
+__all__ = ["RunRequest", "RunSetup", "container_backend", "restorable", "setup"]
 
 
 @attrs.frozen(kw_only=True)
@@ -270,11 +270,6 @@ class RunSetup:
         if view is not None:
             view.close()
 
-    def execute(self, observers: Sequence[RunObserver] = ()) -> RunResult:
-        from pipekit._run.runner import run_setup
-
-        return run_setup(self, observers)
-
 
 BACKENDS = ("docker", "swarm")
 BACKEND_ENV = "PIPEKIT_BACKEND"
@@ -319,11 +314,6 @@ def setup(request: RunRequest) -> RunSetup:
     return RunSetup(
         request=request, pipeline=pipeline, errors=find_errors(pipeline), run_id=request.run_id or new_run_id()
     )
-
-
-def execute(request: RunRequest) -> RunResult:
-    """Set up and run: what ``pipekit run``, ``pk.run`` and the test runner all do."""
-    return setup(request).execute()
 
 
 def restorable(rows: Sequence[Any], order: Sequence[str], from_run: str) -> dict[str, tuple[str, str]]:

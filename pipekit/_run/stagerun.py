@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future
 from typing import Any, cast
 
 import attrs
@@ -21,16 +20,17 @@ import attrs
 from pipekit._core.results import StageResult, StageStatus
 from pipekit._dsl.control import Outcome, format_duration
 from pipekit._dsl.matrix import MatrixOutputs, combination_key
-from pipekit._dsl.secrets import Secret
 from pipekit._plan.resolve import ResolvedStage
+from pipekit._run.ahead import Ahead
 from pipekit._run.context import Context
 from pipekit._run.locks import ResourceLock
 from pipekit._run.outputs import storable, take_cached, taken_result
 from pipekit._run.posts import call_posts
 from pipekit._run.run import Run
+from pipekit._run.spec import stage_spec
 from pipekit._run.usercode import error_text
 from pipekit._workspace.sync import WorkspaceSync
-from pipekit.backend import BuildSpec, Image, KeepsFailed, ServiceSpec, StageHandle, StageSpec
+from pipekit.backend import BuildSpec, Image, KeepsFailed, StageHandle, StageSpec
 from pipekit.exceptions import EngineUnavailable, StageFailed, StepFailed
 
 __all__ = ["ABANDON_GRACE_S", "StageRun"]
@@ -53,21 +53,6 @@ class _Attempt:
     exit_code: int | None = None
     spec: StageSpec | None = None
     ctx: Context | None = None
-
-
-class Ahead:
-    """A stage's place being prepared (its container created and started) before the stage starts."""
-
-    def __init__(self, future: Future[StageHandle]) -> None:
-        self._future = future
-
-    def take(self) -> StageHandle | None:
-        """The prepared handle; None when preparing failed (the stage then prepares as usual and
-        meets the error itself)."""
-        try:
-            return self._future.result()
-        except Exception:
-            return None
 
 
 class StageRun:
@@ -237,7 +222,7 @@ class StageRun:
         self.attempt_started_at = time.time()  # ctx.junit reads no report older than this
         attempt = _Attempt(StageStatus.FAILED)
         try:
-            attempt.spec = self._spec()
+            attempt.spec = stage_spec(self.run, self.resolved, self._image())
             if attempt.spec.placement and not self.backend.capabilities.places_stages:
                 self.log.debug("placement ignored", placement=list(attempt.spec.placement), backend=self.backend.name)
             handle = self._take_ahead(attempt.spec) or self.backend.prepare(attempt.spec)
@@ -319,40 +304,6 @@ class StageRun:
             self.log.info("image built", image=image.id, tags=list(image.tags))
             return image.remote or image.id
         return self.resolved.image
-
-    def _spec(self) -> StageSpec:
-        secrets = self.run.secrets
-        services = tuple(
-            ServiceSpec(
-                name=svc.name,
-                image=svc.image,
-                command=svc.command,
-                env=secrets.resolve_env(svc.env, stage=self.name),
-                healthcheck=svc.healthcheck,
-                healthcheck_timeout=svc.healthcheck_timeout,
-            )
-            for svc in self.resolved.services
-        )
-        limits = self.resolved.resources
-        plain = {k: v for k, v in self.resolved.env.items() if not isinstance(v, Secret)}
-        hidden = {k: v for k, v in self.resolved.env.items() if isinstance(v, Secret)}
-        return StageSpec(
-            run_id=self.run.run_id,
-            stage=self.name,
-            image=self._image(),
-            workspace=self.run.resolved.workspace,
-            env=secrets.resolve_env(plain, stage=self.name),
-            secret_env=secrets.resolve_env(hidden, stage=self.name),
-            services=services,
-            volumes=dict(self.resolved.volumes),
-            workdir=self.resolved.stage.workdir,
-            with_workspace=self.resolved.stage.workspace,
-            cpus=limits.cpus if limits else None,
-            memory=limits.memory_bytes if limits else None,
-            pids=limits.pids if limits else None,
-            placement=self.resolved.placement,
-            hidden=secrets.files,
-        )
 
     def _context(
         self, spec: StageSpec, handle: StageHandle, stop: threading.Event, sync: WorkspaceSync | None = None

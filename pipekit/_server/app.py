@@ -1,10 +1,9 @@
 """The server's HTTP side (Starlette): webhooks, the JSON API under ``/api``, and the web view.
 
-Every POST needs the server's token: ``Authorization: Bearer TOKEN``, or the session cookie a
-``POST /login`` sets (``HttpOnly``, ``SameSite=Strict``) together with the CSRF token the pages
-send with each form. Reads need it too unless ``public_read = true``. Webhooks are checked with the
-project's secret instead (GitHub's ``X-Hub-Signature-256``, GitLab's ``X-Gitlab-Token``), in
-constant time; a bad or missing one is a 401 and starts nothing.
+Every POST needs the server's token, reads too unless ``public_read = true`` (checked by
+:class:`pipekit._server.auth.Auth`). Webhooks are checked with the project's secret instead
+(GitHub's ``X-Hub-Signature-256``, GitLab's ``X-Gitlab-Token``), in constant time; a bad or
+missing one is a 401 and starts nothing.
 """
 
 from __future__ import annotations
@@ -14,14 +13,14 @@ import contextlib
 import hashlib
 import hmac
 import json
-import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from pipekit._server import pages
+from pipekit._server.auth import Auth
 from pipekit._server.config import Project, ServerConfig
 from pipekit._server.git import check_commit
 from pipekit._server.limits import MAX_ID, BodyLimit, bounded, same
@@ -32,68 +31,7 @@ from pipekit.exceptions import UsageError
 
 __all__ = ["make_app"]
 
-COOKIE = "pipekit_session"
 _URL_KEYS = ("clone_url", "ssh_url", "html_url", "git_http_url", "git_ssh_url", "url")
-
-
-class Auth:
-    """The token, and logins: a session cookie is ``NONCE.MAC``, valid while the server's store has
-    it (a logout or its expiry removes it)."""
-
-    def __init__(self, token: str, store: Store, lifetime: float) -> None:
-        self._token = token.encode()
-        self.store, self.lifetime = store, lifetime
-
-    def _mac(self, text: str) -> str:
-        return hmac.new(self._token, text.encode(), hashlib.sha256).hexdigest()
-
-    def new_session(self) -> str:
-        nonce = secrets.token_hex(16)
-        self.store.add_session(self._mac("alive:" + nonce), time.time() + self.lifetime)
-        return f"{nonce}.{self._mac('session:' + nonce)}"
-
-    def session_ok(self, cookie: str | None) -> bool:
-        nonce, _, mac = (cookie or "").partition(".")
-        if not nonce or not nonce.isascii() or not same(mac, self._mac("session:" + nonce)):
-            return False
-        return self.store.session_alive(self._mac("alive:" + nonce))
-
-    def end_session(self, cookie: str | None) -> None:
-        if self.session_ok(cookie):
-            self.store.drop_session(self._mac("alive:" + (cookie or "").partition(".")[0]))
-
-    def csrf(self, cookie: str) -> str:
-        return self._mac("csrf:" + cookie)
-
-    def token_ok(self, given: str) -> bool:
-        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._token)
-
-    def bearer_ok(self, request: Any) -> bool:
-        header = request.headers.get("authorization", "")
-        return header.startswith("Bearer ") and self.token_ok(header[7:])
-
-    def may_read(self, request: Any, public: bool) -> bool:
-        return public or self.bearer_ok(request) or self.session_ok(request.cookies.get(COOKIE))
-
-    async def may_act(self, request: Any) -> bool:
-        """A POST: the bearer token, or the session cookie with its CSRF token (header or form)."""
-        if self.bearer_ok(request):
-            return True
-        cookie = request.cookies.get(COOKIE)
-        if not self.session_ok(cookie):
-            return False
-        given = request.headers.get("x-csrf-token")
-        if given is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            given = (await form(request)).get("csrf")
-        return isinstance(given, str) and same(given, self.csrf(cookie))
-
-
-async def form(request: Any) -> dict[str, str]:
-    """A urlencoded form's fields (first value of each)."""
-    from urllib.parse import parse_qs
-
-    fields = parse_qs((await request.body()).decode("utf-8", "replace"))
-    return {k: v[0] for k, v in fields.items()}
 
 
 def _project_of(config: ServerConfig, request: Any, urls: list[str]) -> Project | None:
@@ -108,8 +46,6 @@ class _Api:
     """The handlers of the webhooks and the JSON API."""
 
     def __init__(self, config: ServerConfig, store: Store, work: Work, triggers: Triggers) -> None:
-        from pipekit._server import pages
-
         self.config, self.store, self.work, self.triggers = config, store, work, triggers
         self.auth = Auth(config.token, store, config.session_lifetime)
         self.pages = pages

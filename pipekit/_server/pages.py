@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from pipekit._history.fs import DIRNAME
+from pipekit._server.auth import COOKIE, Auth
+from pipekit._server.auth import form as read_form
 from pipekit._server.config import ServerConfig
 from pipekit._server.store import ENDED, ServerRun, Store
 from pipekit._server.work import history_of
@@ -26,7 +28,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; frame-src 'self';"
     " img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
 )
-COOKIE = "pipekit_session"
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>%TITLE% · pipekit</title>
@@ -131,7 +132,7 @@ def after_action(request: Any, data: dict[str, Any], run: int) -> Response:
 
 
 class _Pages:
-    def __init__(self, config: ServerConfig, store: Store, auth: Any) -> None:
+    def __init__(self, config: ServerConfig, store: Store, auth: Auth) -> None:
         self.config, self.store, self.auth = config, store, auth
 
     def page(self, request: Request, title: str, kind: str, body: str, run: str = "") -> Response:
@@ -172,8 +173,6 @@ class _Pages:
         return HTMLResponse(text, headers={"Cache-Control": "no-store"})
 
     async def login(self, request: Request) -> Response:
-        from pipekit._server.app import form as read_form
-
         form = await read_form(request)
         target = str(form.get("next") or "/")
         target = target if target.startswith("/") and not target.startswith("//") else "/"
@@ -212,7 +211,7 @@ def _https(request: Request) -> bool:
     return request.url.scheme == "https" or forwarded == "https" or proto
 
 
-def routes(config: ServerConfig, store: Store, auth: Any) -> list[Any]:
+def routes(config: ServerConfig, store: Store, auth: Auth) -> list[Any]:
     from starlette.routing import Route
 
     pages = _Pages(config, store, auth)
