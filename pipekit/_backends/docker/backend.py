@@ -23,7 +23,6 @@ from pipekit._backends.docker.engine import (
     WORKSPACE_ENV,
     WORKSPACE_MODES,
     StageContainer,
-    close_stream,
     container_name,
     container_of,
     docker_host,
@@ -40,6 +39,7 @@ from pipekit._backends.docker.housekeeping import Housekeeping, is_kept, sweep_l
 from pipekit._backends.docker.images import Images
 from pipekit._backends.docker.services import Services
 from pipekit._backends.docker.shell import AttachedShell
+from pipekit._backends.docker.sockets import close_stream
 from pipekit._core.streams import Captured, LineSplitter
 from pipekit.backend import (
     RUN_SCRIPT,

@@ -105,20 +105,6 @@ def with_tag(image: str) -> str:
     return image if has_tag else f"{image}:latest"
 
 
-def close_stream(sock: Any) -> None:
-    """Close an exec stream's socket completely (docker-py leaves it to the garbage collector)."""
-    response = getattr(sock, "_response", None)
-    raw = getattr(sock, "_sock", None)
-    try:
-        if response is not None:
-            response.close()
-    except (OSError, ValueError):
-        pass
-    sock.close()
-    if raw is not None:
-        raw.close()
-
-
 def docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 

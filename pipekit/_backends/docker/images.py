@@ -15,7 +15,6 @@ from pipekit._backends.docker.engine import (
     LABEL_RUN,
     LABEL_STAGE,
     STEP,
-    close_stream,
     container_name,
     owner_label,
     progress_line,
@@ -23,6 +22,7 @@ from pipekit._backends.docker.engine import (
     remove_container,
     with_tag,
 )
+from pipekit._backends.docker.sockets import close_stream
 from pipekit._backends.registry import registry_error, registry_of
 from pipekit._core.streams import LineSplitter
 from pipekit.backend import BuildSpec, CommandResult, Image, LineSink, Origin

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pipekit._backends.docker.engine import close_stream
+from pipekit._backends.docker.sockets import close_stream
 from pipekit._core.streams import Captured, LineSplitter
 from pipekit.backend import RUN_SCRIPT, SCRIPT_VAR, LineSink
 
