@@ -27,8 +27,8 @@ from pipekit._backends.docker.engine import (
     container_of,
     docker_host,
     engine_is_local,
+    engine_message,
     probe_engine,
-    reason,
     remove_container,
     remove_network,
     stage_labels,
@@ -41,6 +41,7 @@ from pipekit._backends.docker.services import Services
 from pipekit._backends.docker.shell import AttachedShell
 from pipekit._backends.docker.sockets import close_stream
 from pipekit._core.streams import Captured, LineSplitter
+from pipekit._core.util import EXIT_KILLED
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
@@ -177,8 +178,8 @@ class DockerBackend:
     def engine_gone(self, e: BaseException) -> EngineUnavailable:
         """The error of a stage whose engine went away (``e``) while it used it."""
         return EngineUnavailable(
-            f"The Docker engine at {self.host} went away ({reason(e)}); the stages that needed it failed. Start it"
-            " again (pipekit cleanup --all then removes what the run left)"
+            f"The Docker engine at {self.host} went away ({engine_message(e)}); the stages that needed it failed."
+            " Start it again (pipekit cleanup --all then removes what the run left)"
         )
 
     def _prepare(self, spec: StageSpec) -> StageHandle:
@@ -199,7 +200,7 @@ class DockerBackend:
             self.client.api.start(prepared.container)
         except APIError as e:
             self.release(handle)
-            why = reason(e)
+            why = engine_message(e)
             if "executable file not found" in why or "no such file" in why.lower():
                 raise StageFailed(
                     f"Image '{spec.image}' has no shell `sh`, which pipekit needs to run stage"
@@ -286,7 +287,7 @@ class DockerBackend:
                 stage=spec.stage,
             ) from e
         except APIError as e:
-            raise BackendError(f"Cannot run a command in stage '{spec.stage}': {reason(e)}") from e
+            raise BackendError(f"Cannot run a command in stage '{spec.stage}': {engine_message(e)}") from e
         except Exception as e:  # the stream broke: the container was removed under us, or the engine left
             if not self._answers():
                 raise self.engine_gone(e) from e
@@ -295,28 +296,28 @@ class DockerBackend:
                 stage=spec.stage,
             ) from e
         if code is None:  # the container went away before the command finished
-            code = 137 if shell is None or shell.alive else self._shell_ended(handle)
-        oom = code == 137 and spec.memory is not None and self._oom_killed(handle)
+            code = EXIT_KILLED if shell is None or shell.alive else self._shell_ended(handle)
+        oom = code == EXIT_KILLED and spec.memory is not None and self._oom_killed(handle)
         return CommandResult(command, int(code), stdout, stderr, time.monotonic() - start, oom_killed=oom)
 
     def _shell_ended(self, handle: StageHandle) -> int:
-        """A command's exit code when its container's shell went away under it: 137 when the
+        """A command's exit code when its container's shell went away under it: EXIT_KILLED when the
         container was removed (the stage was stopped) or stopped by someone; EngineUnavailable when
         the engine is stopping (it stops its containers first, then goes)."""
         from docker.errors import DockerException, NotFound
 
         if handle.ref.shell.released:
-            return 137
+            return EXIT_KILLED
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             try:
                 self.client.api.inspect_container(handle.ref.container)
             except NotFound:
-                return 137
+                return EXIT_KILLED
             except (DockerException, OSError) as e:
                 raise self.engine_gone(e) from e
             time.sleep(0.2)
-        return 137
+        return EXIT_KILLED
 
     def _answers(self) -> bool:
         """Whether the engine answers a ping within a few seconds."""
@@ -379,7 +380,7 @@ class DockerBackend:
         if not isinstance(prepared, StageContainer):
             return
         if prepared.shell is not None:
-            prepared.shell.released = True  # a command still running ends with 137, as it is killed
+            prepared.shell.released = True  # a command still running is killed: EXIT_KILLED
         try:
             for cid in [prepared.container, *prepared.services]:
                 if cid:

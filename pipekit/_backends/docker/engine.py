@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from pipekit._core.util import slug
+from pipekit._core.util import process_alive, slug
 from pipekit.backend import LineSink, StageHandle, StageSpec
 from pipekit.exceptions import EngineUnavailable, StageFailed
 
@@ -56,13 +56,7 @@ def owner_alive(owner: str | None) -> bool:
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(int(pid))
 
 
 WORKDIR = "/workspace"
@@ -127,10 +121,11 @@ def probe_engine(host: str, timeout: float = 5.0) -> None:
 
 
 def unreachable(e: BaseException, host: str) -> EngineUnavailable:
-    return EngineUnavailable(f"Cannot reach a Docker engine at {host} ({reason(e)}). {ENGINE_HINT}.")
+    return EngineUnavailable(f"Cannot reach a Docker engine at {host} ({engine_message(e)}). {ENGINE_HINT}.")
 
 
-def reason(e: Any) -> str:
+def engine_message(e: Any) -> str:
+    """What the engine said about a failed call: its explanation when it gave one."""
     explanation = getattr(e, "explanation", None)
     if explanation:
         return str(explanation)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
-from pipekit._backends.docker.engine import WORKDIR, container_of, reason
+from pipekit._backends.docker.engine import WORKDIR, container_of, engine_message
 from pipekit._workspace.archive import ChunkReader
 from pipekit._workspace.hosttree import CHUNK
 from pipekit._workspace.sync import hidden_names
@@ -50,7 +50,9 @@ class Files:
         try:
             self._client().api.put_archive(container_of(handle), dest, archive)
         except APIError as e:
-            raise BackendError(f"Cannot copy files into stage '{handle.spec.stage}' ({dest}): {reason(e)}") from e
+            raise BackendError(
+                f"Cannot copy files into stage '{handle.spec.stage}' ({dest}): {engine_message(e)}"
+            ) from e
 
     def get_files(self, handle: StageHandle, path: str) -> bytes | None:
         from docker.errors import NotFound

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipekit._backends.docker.engine import (
+    CONFLICT,
     LABEL_CACHE,
     LABEL_MANAGED,
     LABEL_OWNER,
@@ -85,7 +86,7 @@ class Housekeeping:
         except NotFound:
             return False
         except APIError as e:
-            if e.status_code == 409:
+            if e.status_code == CONFLICT:
                 return False
             raise
 

@@ -16,9 +16,9 @@ from pipekit._backends.docker.engine import (
     LABEL_STAGE,
     STEP,
     container_name,
+    engine_message,
     owner_label,
     progress_line,
-    reason,
     remove_container,
     with_tag,
 )
@@ -213,12 +213,12 @@ class Images:
                 except (APIError, DockerException) as e:
                     raise ImageNotFound(
                         f"Image '{image}' is not in the Docker engine and could not be pulled:"
-                        f" {reason(e)}. Build or pull it first, or map it to a local image with"
+                        f" {engine_message(e)}. Build or pull it first, or map it to a local image with"
                         f" --image-map {image}=LOCAL_IMAGE",
                         image=image,
                     ) from e
             except DockerException as e:
-                raise BackendError(f"Cannot look up image '{image}': {reason(e)}") from e
+                raise BackendError(f"Cannot look up image '{image}': {engine_message(e)}") from e
             with self._lock:
                 self._ready_images.add(image)
 
@@ -239,12 +239,12 @@ class Images:
         except DockerImageNotFound:
             pass
         except DockerException as e:
-            return f"cannot look it up: {reason(e)}"
+            return f"cannot look it up: {engine_message(e)}"
         try:
             self.client.images.get_registry_data(with_tag(image))
             return None
         except DockerException as e:
-            return f"it is not in the engine, and its registry does not have it ({reason(e)})"
+            return f"it is not in the engine, and its registry does not have it ({engine_message(e)})"
 
     def image_id(self, origin: Origin, image: str) -> str:
         self.ensure_image(image)
@@ -297,7 +297,7 @@ class Images:
                     raise progress.failed(spec.stage, chunk["error"].strip())
             splitter.close()
         except (APIError, DockerException) as e:
-            raise progress.failed(spec.stage, reason(e)) from e
+            raise progress.failed(spec.stage, engine_message(e)) from e
         if image_id is None and spec.tag:
             image_id = self.client.images.get(spec.tag).id
         if image_id is None:
@@ -312,7 +312,7 @@ class Images:
         try:
             self.client.api.tag(image.id, repo, tag or "latest")
         except APIError as e:
-            raise registry_error(reason(e), ref, "tag") from e
+            raise registry_error(engine_message(e), ref, "tag") from e
         full = ref if tag else f"{ref}:latest"
         return Image(id=image.id, tags=(full, *(t for t in image.tags if t != full)))
 
@@ -329,7 +329,7 @@ class Images:
                 if isinstance(aux, dict) and aux.get("Digest"):
                     digest = aux["Digest"]
         except (APIError, DockerException) as e:
-            raise registry_error(reason(e), ref, "push to") from e
+            raise registry_error(engine_message(e), ref, "push to") from e
         if not digest:
             raise RegistryError(
                 f"Pushed {ref} but the registry reported no digest", registry=registry_of(ref), reference=ref
@@ -346,7 +346,7 @@ class Images:
                 pass
             image = self.client.images.get(ref if tag else f"{ref}:latest")
         except (APIError, DockerException) as e:
-            raise registry_error(reason(e), ref, "pull from") from e
+            raise registry_error(engine_message(e), ref, "pull from") from e
         with self._lock:
             self._ready_images.add(ref)
         return Image(id=str(image.id), tags=tuple(image.tags))
@@ -376,7 +376,9 @@ class Images:
                 name=container_name(run_id, f"{stage}-run"),
             )["Id"]
         except APIError as e:
-            raise BackendError(f"Cannot create a container from '{image}' in stage '{stage}': {reason(e)}") from e
+            raise BackendError(
+                f"Cannot create a container from '{image}' in stage '{stage}': {engine_message(e)}"
+            ) from e
         out, err = LineSplitter("stdout", on_line), LineSplitter("stderr", on_line)
         try:
             sock = api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
@@ -388,7 +390,7 @@ class Images:
                 close_stream(sock)
             code = api.wait(cid).get("StatusCode", 137)
         except APIError as e:
-            why = reason(e)
+            why = engine_message(e)
             if "executable file not found" in why or "not found" in why:
                 return CommandResult(shown, 127, out.close(), err.close().text() + why + "\n", time.monotonic() - start)
             raise BackendError(f"Cannot run '{image}' in stage '{stage}': {why}") from e
