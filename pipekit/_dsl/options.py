@@ -3,9 +3,9 @@ docs' line and a check that turns the value the user gave into the stage's field
 
 The table itself, ``STAGE_OPTIONS`` in :mod:`pipekit._dsl.stage`, is the one definition of
 ``@pk.stage``'s options: the decorator validates through it, the did-you-mean list is its names, the
-option table in docs/dsl.md is :func:`markdown_table` of it, and tests check that the typed
-overloads of ``pk.stage`` and ``Pipeline.stage`` (written out, so that type checkers and IDEs read
-them) list exactly its names, types and defaults.
+option table in docs/dsl.md is :func:`markdown_table` of it, and tests check that ``StageOptions``
+(the TypedDict that the overloads of ``pk.stage`` and ``Pipeline.stage`` unpack, written out so that
+type checkers and IDEs read it) lists exactly its names and types.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def as_given(value: Any, site: Site) -> Any:
 
 @attrs.frozen
 class Option:
-    """One option of ``@pk.stage``. ``type`` is written as in the decorator's overloads; options
+    """One option of ``@pk.stage``. ``type`` is written as in ``StageOptions``; options
     that share ``doc`` share one row of the docs' table."""
 
     name: str
