@@ -116,16 +116,20 @@ def check_services(value: Sequence[Service], site: Site) -> tuple[Service, ...]:
     return tuple(value)
 
 
-def check_resource(value: str | None, site: Site) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise site.bad(f"resource= takes a name, got {value!r}")
-    return value
+def instance_of(kind: type, usage: str, *, optional: bool = True) -> Callable[[Any, Site], Any]:
+    """The check of an option that takes one kind of value (or None when ``optional``): ``usage``
+    says what it takes, as in "cache= takes pk.inputs(...)"; an empty string is refused too."""
+
+    def check(value: Any, site: Site) -> Any:
+        if (value is None and optional) or (isinstance(value, kind) and value != ""):
+            return value
+        raise site.bad(f"{usage}, got {value!r}")
+
+    return check
 
 
-def check_cache(value: CacheInputs | None, site: Site) -> CacheInputs | None:
-    if value is not None and not isinstance(value, CacheInputs):
-        raise site.bad(f"cache= takes pk.inputs(...), got {value!r}")
-    return value
+check_resource = instance_of(str, "resource= takes a name")
+check_cache = instance_of(CacheInputs, "cache= takes pk.inputs(...)")
 
 
 def check_cache_dirs(value: Sequence[str], site: Site) -> tuple[str, ...]:
@@ -134,22 +138,9 @@ def check_cache_dirs(value: Sequence[str], site: Site) -> tuple[str, ...]:
     return tuple(value)
 
 
-def check_workdir(value: str | None, site: Site) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise site.bad(f"workdir= takes a folder (relative to the workspace, or absolute), got {value!r}")
-    return value
-
-
-def check_workspace(value: bool, site: Site) -> bool:
-    if not isinstance(value, bool):
-        raise site.bad(f"workspace= takes True or False, got {value!r}")
-    return value
-
-
-def check_resources(value: Resources | None, site: Site) -> Resources | None:
-    if value is not None and not isinstance(value, Resources):
-        raise site.bad(f"resources= takes pk.Resources(cpus=..., memory=...), got {value!r}")
-    return value
+check_workdir = instance_of(str, "workdir= takes a folder (relative to the workspace, or absolute)")
+check_workspace = instance_of(bool, "workspace= takes True or False", optional=False)
+check_resources = instance_of(Resources, "resources= takes pk.Resources(cpus=..., memory=...)")
 
 
 def check_stage_placement(value: Sequence[str], site: Site) -> tuple[str, ...]:
