@@ -256,3 +256,42 @@ def _python_with_pip(tmp_path: Path, base: str, docker_client: Any) -> str:
     )
     docker_client.images.build(path=str(context), tag=tag, rm=True)
     return tag
+
+
+WALK = re.compile(r"<!-- walkthrough(: skip[^>]*)? -->\n```sh\n(.*?)```", re.S)
+
+
+@pytest.mark.docker
+def test_the_getting_started_walkthrough_runs_as_written(
+    tmp_path: Path, python_base_image: str, busybox_image: str, docker_client: Any
+) -> None:
+    """docs/getting-started.md: `pipekit init` → validate and run → (watch: skipped until `run --watch`
+    exists on this branch) → `pytest test_pipeline.py` → `pipekit ci init github`, each command
+    as written, in a copy of the Flask fixture; images mapped with PIPEKIT_IMAGE_MAP, as the page says."""
+    image = _python_with_pip(tmp_path, python_base_image, docker_client)
+    folder = _project(PROJECTS / "flask-jenkins", tmp_path)
+    page = (Path(__file__).parent.parent / "docs" / "getting-started.md").read_text()
+    blocks = WALK.findall(page)
+    commands = [line for skip, code in blocks if not skip for line in code.splitlines() if line.strip()]
+    assert [c.split()[:2] for c in commands] == [
+        ["pipekit", "init"],
+        ["pipekit", "validate"],
+        ["pipekit", "run"],
+        ["pytest", "test_pipeline.py"],
+        ["pipekit", "ci"],
+    ]
+    assert [code.split()[:3] for skip, code in blocks if skip] == [["pipekit", "run", "--watch"]]
+    maps = f"python:3.12-slim={image},python={image},alpine:3.20={busybox_image}"
+    env = {**os.environ, "PIPEKIT_IMAGE_MAP": maps}
+    for command in commands:
+        words = command.split()
+        if words[0] == "pipekit":
+            proc = run_console(words[1:], cwd=folder, env=env, timeout=900)
+        else:
+            argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *words[1:]]
+            proc = subprocess.run(argv, cwd=folder, env=console_env(env), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{command}: {proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    import yaml
+
+    workflow = yaml.safe_load((folder / ".github" / "workflows" / "pipekit.yml").read_text())
+    assert "pipekit run" in str(workflow)
