@@ -1,7 +1,6 @@
 """A fixture of pipekit's tests (shape: tslaceo/flask-pytest-example, see ../SOURCES.md)."""
 
 from flask import Flask
-
 from routes import configure_routes
 
 app = Flask(__name__)

@@ -1,5 +1,4 @@
 from flask import Flask
-
 from routes import configure_routes
 
 
