@@ -26,10 +26,16 @@ ORDER = {
     "flask-jenkins": ("lint", "test", "build", "smoke", "push", "deploy"),
     "go-docker": ("lint", "test", "build", "smoke", "push", "deploy"),
     "go-makefile": ("lint", "test", "deploy"),
+    "node-lib-github": ("lint", "test", "deploy"),
     "pylib-github": ("lint", "test", "deploy"),
     "react-gitlab": ("test", "build", "smoke", "push", "deploy"),
 }
-FROM = [("flask-jenkins", "jenkinsfile"), ("pylib-github", "github"), ("react-gitlab", "gitlab")]
+FROM = [
+    ("flask-jenkins", "jenkinsfile"),
+    ("pylib-github", "github"),
+    ("node-lib-github", "github"),
+    ("react-gitlab", "gitlab"),
+]
 SECRETS = {"REGISTRY_USER": "ci", "REGISTRY_PASSWORD": "pw-for-the-test"}
 CORPUS = os.environ.get("PIPEKIT_INIT_CORPUS")
 
@@ -104,7 +110,7 @@ def test_init_writes_a_pipeline_that_validates_and_tests_that_pass(name: str, tm
     assert tomllib.loads(after)["tool"]["pipekit"] == table
 
 
-@pytest.mark.parametrize(("name", "source"), FROM, ids=[s for _, s in FROM])
+@pytest.mark.parametrize(("name", "source"), FROM, ids=[f"{n}-{s}" for n, s in FROM])
 def test_init_from_the_projects_ci_file(name: str, source: str, tmp_path: Path) -> None:
     folder = _project(PROJECTS / name, tmp_path)
     proc = run_console(["init", "--from", source], cwd=folder)
@@ -113,15 +119,26 @@ def test_init_from_the_projects_ci_file(name: str, source: str, tmp_path: Path) 
     _check_written(folder, _lowest_python(folder))
     pipeline = (folder / "pipeline.py").read_text()
     expected = {
-        "jenkinsfile": ["def build_docker(ctx", "def curl_test(ctx"],
-        "github": [
+        "flask-jenkins": ["def build_docker(ctx", "def curl_test(ctx"],
+        "pylib-github": [
             'ctx.sh("python -m venv .venv")',
             "def test_pip(ctx",
             "needs=[quality_pip]",
             "# TODO: strategy/matrix",
         ],
-        "gitlab": ['ctx.sh("docker build -t \\"$TAG_LATEST\\" .",', 'when=pk.branch("main")', "needs=[docker_build]"],
-    }[source]
+        "node-lib-github": [  # the test suite, not CodeQL (first by name)
+            '@pk.stage(image="node:16")\ndef lintjs(ctx):',
+            'ctx.sh("npm run lint")',
+            '@pk.stage(image="node:14", needs=[lintjs])\ndef unittest(ctx):',
+            'ctx.sh("npm run test:coverage")',
+        ],
+        "react-gitlab": [
+            'VARIABLES = {"TAG_LATEST": "$CI_REGISTRY_IMAGE:latest", "APP_NAME": "test-react", "PORT": "8080"}',
+            'ctx.sh("docker build -t \\"$TAG_LATEST\\" .", env=VARIABLES)',
+            'when=pk.branch("main")',
+            "needs=[docker_build]",
+        ],
+    }[name]
     for text in expected:
         assert text in pipeline, pipeline
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipekit._ci.init.project import Dockerfile, Project
 
@@ -62,45 +63,21 @@ def _python(p: Project) -> Plan:
     return Plan(f"python:{p.version}-slim", why + ", so the code is checked where it must run.", lint, test)
 
 
-def _node_test(facts: dict[str, object], cd: str, install: str) -> Step | None:
-    deps = set(facts["deps"])  # type: ignore[call-overload]
-    scripts: dict[str, str] = facts["scripts"]  # type: ignore[assignment]
-    test_script = scripts.get("test", "")
+JEST = ("jest-junit", "--ci --reporters=default --reporters=jest-junit")
+MOCHA = ("mocha-junit-reporter", f"--reporter mocha-junit-reporter --reporter-options mochaFile={REPORT}")
+
+
+def _node_test(facts: dict[str, Any], cd: str, install: str) -> Step | None:
+    deps = set(facts["deps"])
+    test_script = facts["scripts"].get("test", "")
     report = f"{cd}/{REPORT}" if cd else REPORT
     prefix = f"cd {cd} && " if cd else ""
-    if "react-scripts" in test_script:
-        return Step(
-            (
-                install,
-                f"{prefix}npm install --no-save jest-junit",
-                f"{prefix}CI=true npm test -- --reporters=default --reporters=jest-junit",
-            ),
-            ("Tests: react-scripts runs jest; jest-junit writes the JUnit report pipekit reads.",),
-            env={"JEST_JUNIT_OUTPUT_DIR": "reports", "JEST_JUNIT_OUTPUT_NAME": "junit.xml"},
-            junit=report,
-        )
-    if "jest" in deps or test_script.startswith("jest"):
-        return Step(
-            (
-                install,
-                f"{prefix}npm install --no-save jest-junit",
-                f"{prefix}npx jest --ci --reporters=default --reporters=jest-junit",
-            ),
-            ("Tests: jest (package.json's test script); jest-junit writes the JUnit report pipekit reads.",),
-            env={"JEST_JUNIT_OUTPUT_DIR": "reports", "JEST_JUNIT_OUTPUT_NAME": "junit.xml"},
-            junit=report,
-        )
-    if "mocha" in deps or test_script.startswith("mocha"):
-        return Step(
-            (
-                install,
-                f"{prefix}npm install --no-save mocha-junit-reporter",
-                f"{prefix}npx mocha --reporter mocha-junit-reporter --reporter-options mochaFile={REPORT}",
-            ),
-            ("Tests: mocha (package.json's test script), with a reporter that writes JUnit XML.",),
-            junit=report,
-        )
-    if test_script:
+    words = test_script.split()
+    if "react-scripts" in words or "jest" in words or (not test_script and "jest" in deps):
+        runner, (reporter, args), why = "jest", JEST, "jest; jest-junit writes the JUnit report pipekit reads"
+    elif "mocha" in words or (not test_script and "mocha" in deps):
+        runner, (reporter, args), why = "mocha", MOCHA, "mocha, with a reporter that writes the JUnit report"
+    elif test_script:
         return Step(
             (install, f"{prefix}npm test"),
             (
@@ -108,7 +85,18 @@ def _node_test(facts: dict[str, object], cd: str, install: str) -> Step | None:
                 "add one and `ctx.junit(...)` to see each test in `pipekit show`.",
             ),
         )
-    return None
+    else:
+        return None
+    env = {"JEST_JUNIT_OUTPUT_DIR": "reports", "JEST_JUNIT_OUTPUT_NAME": "junit.xml"} if runner == "jest" else {}
+    ci = "CI=true " if "react-scripts" in words else ""
+    run = f"{prefix}{ci}npm test -- {args}" if test_script else f"{prefix}npx {runner} {args}"
+    source = "package.json's test script, its own arguments kept" if test_script else f"{runner} is a dependency"
+    return Step(
+        (install, f"{prefix}npm install --no-save {reporter}", run),
+        (f"Tests: {source}: {why}.",),
+        env=env,
+        junit=report,
+    )
 
 
 def _node(p: Project) -> Plan:

@@ -16,7 +16,7 @@ from typing import Any
 from pipekit._ci.init.render import comment, lit
 from pipekit._ci.jenkins.steps import identifier
 
-__all__ = ["Job", "from_github", "from_gitlab", "render_jobs"]
+__all__ = ["Job", "from_github", "from_gitlab", "gitlab_variables", "render_jobs"]
 
 FALLBACK_IMAGE = "ubuntu:24.04"
 GITLAB_RESERVED = {
@@ -162,7 +162,7 @@ def _gitlab_job(name: str, job: dict[str, Any], data: dict[str, Any], variables:
         out.branch = str(branches[0])
     elif only is not None:
         out.notes.append(f"TODO: only: {only}: not converted")
-    env = {**variables, **_plain_env(job.get("variables"), out.notes, "job")}
+    env = _plain_env(job.get("variables"), out.notes, "job")  # the pipeline's: VARIABLES, in every command
     before = _lines(job.get("before_script", default.get("before_script", data.get("before_script"))))
     for line in before + _lines(job.get("script")):
         out.commands.append((line, env))
@@ -175,9 +175,14 @@ def _gitlab_job(name: str, job: dict[str, Any], data: dict[str, Any], variables:
     return out
 
 
+def gitlab_variables(path: Path) -> dict[str, str]:
+    """The pipeline's own ``variables:`` with plain values."""
+    return _plain_env(_load(path).get("variables"), [], "pipeline")
+
+
 def from_gitlab(path: Path) -> list[Job]:
     data = _load(path)
-    variables = _plain_env(data.get("variables"), [], "pipeline")
+    variables = gitlab_variables(path)
     stages = [str(s) for s in data.get("stages") or ["build", "test", "deploy"]]
     jobs = {
         str(name): job
@@ -203,7 +208,13 @@ def from_gitlab(path: Path) -> list[Job]:
     return converted
 
 
-def _stage_lines(job: Job, names: dict[str, str], fallback: str) -> list[str]:
+def _env(env: dict[str, str], shared: bool) -> str:
+    if not shared:
+        return f", env={lit(env)}" if env else ""
+    return f", env={{**VARIABLES, {lit(env)[1:-1]}}}" if env else ", env=VARIABLES"
+
+
+def _stage_lines(job: Job, names: dict[str, str], fallback: str, shared: bool) -> list[str]:
     options = [f"image={lit(job.image or fallback)}"]
     needs = [names[n] for n in job.needs if n in names]
     if needs:
@@ -217,14 +228,16 @@ def _stage_lines(job: Job, names: dict[str, str], fallback: str) -> list[str]:
         notes.setdefault(i, []).append(note)
     for i, (command, env) in enumerate(job.commands):
         lines += comment(*notes.pop(i, []), indent="    ")
-        lines.append(f"    ctx.sh({lit(command)}" + (f", env={lit(env)})" if env else ")"))
+        lines.append(f"    ctx.sh({lit(command)}{_env(env, shared)})")
     lines += comment(*(n for rest in notes.values() for n in rest), indent="    ")
     if not job.commands:
         lines.append(f'    ctx.log.info("nothing converted", job={lit(job.name)})')
     return lines
 
 
-def render_jobs(jobs: list[Job], source: str, name: str, fallback: str) -> tuple[str, list[str]]:
+def render_jobs(
+    jobs: list[Job], source: str, name: str, fallback: str, variables: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
     """pipeline.py from ``jobs`` (the stages in the file's order; a need on a job defined later is
     kept as a TODO), and the TODOs, for the summary."""
     names: dict[str, str] = {}
@@ -244,12 +257,18 @@ def render_jobs(jobs: list[Job], source: str, name: str, fallback: str) -> tuple
         "",
         "import pipekit as pk",
     ]
+    if variables:
+        lines += [
+            "",
+            *comment(f"{source}'s variables, in every command's environment (a $NAME in them is not expanded)"),
+        ]
+        lines += [f"VARIABLES = {lit(variables)}"]
     for job in jobs:
         late = [n for n in job.needs if n in names and n not in defined]
         if late:
             job.notes.append(f"TODO: needs {', '.join(late)}, defined further down: move this stage below it")
             job.needs = [n for n in job.needs if n not in late]
-        lines += _stage_lines(job, names, fallback)
+        lines += _stage_lines(job, names, fallback, bool(variables))
         defined.add(job.name)
     todos = [f"{job.name}: {note}" for job in jobs for note in job.notes if note.startswith("TODO")]
     todos += [f"{job.name}: {note}" for job in jobs for _, note in job.body_notes if note.startswith("TODO")]

@@ -222,8 +222,10 @@ def _ci_files(root: Path) -> dict[str, str]:
     if (root / "Jenkinsfile").is_file():
         found["jenkinsfile"] = "Jenkinsfile"
     workflows = sorted((root / ".github" / "workflows").glob("*.y*ml")) if (root / ".github").is_dir() else []
-    if workflows:
-        found["github"] = str(workflows[0].relative_to(root))
+    if workflows:  # the one that tests, by its name, else the first
+        hint = re.compile(r"test|ci|build|check|main", re.I)
+        chosen = next((w for w in workflows if hint.search(w.stem) and "codeql" not in w.stem.lower()), workflows[0])
+        found["github"] = str(chosen.relative_to(root))
     if (root / ".gitlab-ci.yml").is_file():
         found["gitlab"] = ".gitlab-ci.yml"
     return found

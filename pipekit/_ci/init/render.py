@@ -60,7 +60,7 @@ def comment(*lines: str, indent: str = "") -> list[str]:
 def _docstring(p: Project, extra: Iterable[str] = ()) -> list[str]:
     found = ", ".join(p.found) or "nothing pipekit recognises"
     text = [
-        f"The pipeline of {p.name}, written by `pipekit init` from what it found: {found}.",
+        *textwrap.wrap(f"The pipeline of {p.name}, written by `pipekit init` from what it found: {found}.", 96),
         "",
         "`pipekit run` runs it (`pipekit run test` just the tests and what they need), `pipekit plan`",
         "says what a run would do, `pytest test_pipeline.py` tests it without an engine.",

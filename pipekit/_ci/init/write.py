@@ -34,7 +34,7 @@ class InitResult:
 
 def _generate_from(p: Project, source: str) -> InitResult:
     from pipekit._ci.init.commands import plan_for
-    from pipekit._ci.init.fromci import CiFileError, from_github, from_gitlab, render_jobs
+    from pipekit._ci.init.fromci import CiFileError, from_github, from_gitlab, gitlab_variables, render_jobs
 
     path = p.ci_files.get(source)
     if path is None:
@@ -53,9 +53,11 @@ def _generate_from(p: Project, source: str) -> InitResult:
         return InitResult(converted.text, "", todos)
     try:
         jobs = (from_github if source == "github" else from_gitlab)(p.root / path)
+        variables = gitlab_variables(p.root / path) if source == "gitlab" else {}
     except CiFileError as e:
         raise UsageError(str(e)) from None
-    text, todos = render_jobs(jobs, path, p.name, plan_for(p).image if p.language else "ubuntu:24.04")
+    fallback = plan_for(p).image if p.language else "ubuntu:24.04"
+    text, todos = render_jobs(jobs, path, p.name, fallback, variables)
     return InitResult(text, "", todos)
 
 
@@ -220,8 +222,11 @@ def _summary(p: Project, result: InitResult, said: str, source: str | None, out:
     print(f"found: {found}", file=out)
     with tempfile.TemporaryDirectory(prefix="pipekit-init-") as folder:
         (Path(folder) / "pipeline.py").write_text(result.pipeline, encoding="utf-8")
-        order: Any = pk.plan(pk.load(Path(folder) / "pipeline.py")).order
+        pipeline: Any = pk.load(Path(folder) / "pipeline.py")
+        order, secrets = pk.plan(pipeline).order, sorted(pipeline.secret_names)
     print(f"wrote pipeline.py ({', '.join(order)}), test_pipeline.py; {said}", file=out)
+    if secrets:
+        print(f"secrets it uses: {', '.join(secrets)} (the environment, or --secrets-file)", file=out)
     if result.todos:
         print(
             f"{len(result.todos)} part(s) of {source} need converting by hand (marked TODO in pipeline.py):", file=out
