@@ -143,6 +143,29 @@ def test_init_from_the_projects_ci_file(name: str, source: str, tmp_path: Path) 
         assert text in pipeline, pipeline
 
 
+@pytest.mark.parametrize(
+    ("files", "order"),
+    [
+        ({}, ("deploy",)),
+        ({"Makefile": "lint:\n\tshellcheck *.sh\ntest:\n\t./run-tests.sh\n"}, ("lint", "test", "deploy")),
+    ],
+    ids=["empty", "makefile-only"],
+)
+def test_a_project_with_nothing_known_or_only_a_makefile(
+    files: dict[str, str], order: tuple[str, ...], tmp_path: Path
+) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    proc = run_console(["init", "-C", str(folder)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote pipeline.py ({', '.join(order)})" in proc.stdout
+    _check_written(folder, (3, 10))
+    if files:
+        assert 'ctx.sh("make test")' in (folder / "pipeline.py").read_text()
+
+
 def test_files_in_the_way_are_never_overwritten_without_force(tmp_path: Path) -> None:
     folder = _project(PROJECTS / "flask-jenkins", tmp_path)
     (folder / "pipeline.py").write_text("# mine\n")
@@ -234,6 +257,9 @@ def test_the_generated_pipeline_runs_for_real(
     assert proc.returncode == 0, proc.stderr
     maps = [f"python:3.12-slim={image}", f"python={image}", f"alpine:3.20={busybox_image}"]
     env = {**os.environ, "REGISTRY_USER": registry.user, "REGISTRY_PASSWORD": registry.password}
+    mapped = [x for m in maps for x in ("--image-map", m)]
+    validate = run_console(["validate", *mapped], cwd=folder, env=env)  # the images checked, for real
+    assert validate.returncode == 0, validate.stdout + validate.stderr
     args = ["run", "--branch", "main", *(x for m in maps for x in ("--image-map", m))]
     proc = run_console(args, cwd=folder, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
