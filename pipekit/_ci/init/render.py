@@ -70,17 +70,24 @@ def _docstring(p: Project, extra: Iterable[str] = ()) -> list[str]:
     return ['"""' + body + '\n"""', ""]
 
 
+def _call(head: str, args: list[str], indent: str) -> list[str]:
+    """``head(args)`` on one line, or one argument a line when that is longer than 100 characters."""
+    line = f"{indent}{head}({', '.join(args)})"
+    if len(line) <= 100:
+        return [line]
+    return [f"{indent}{head}(", *(f"{indent}    {a}," for a in args), f"{indent})"]
+
+
 def _step_body(step: Step, indent: str = "    ") -> list[str]:
     lines = []
-    env = f", env={lit(step.env)}" if step.env else ""
-    for command in step.commands[:-1]:
-        lines.append(f"{indent}ctx.sh({lit(command)}{env})")
+    for command in step.commands[:-1]:  # (the env is the check's own: its reporter's settings)
+        lines.append(f"{indent}ctx.sh({lit(command)})")
     last = step.commands[-1]
     if step.junit is None:
-        lines.append(f"{indent}ctx.sh({lit(last)}{env})")
-        return lines
+        return lines + _call("ctx.sh", [lit(last), *([f"env={lit(step.env)}"] if step.env else [])], indent)
+    args = [lit(last), *([f"env={lit(step.env)}"] if step.env else []), "check=False"]
     lines += [
-        f"{indent}result = ctx.sh({lit(last)}{env}, check=False)",
+        *_call("result = ctx.sh", args, indent),
         *comment(
             "The report first: each failed test is named in the run's record, then the stage fails.", indent=indent
         ),

@@ -1,6 +1,7 @@
 """A fixture of pipekit's tests (shape: tslaceo/flask-pytest-example, see ../SOURCES.md)."""
 
 from flask import Flask
+
 from routes import configure_routes
 
 app = Flask(__name__)

@@ -1,4 +1,5 @@
 from flask import Flask
+
 from routes import configure_routes
 
 
