@@ -1,0 +1,1 @@
+"""``pipekit init``: a project looked at, and a pipeline.py, its tests and defaults written for it."""

@@ -1,0 +1,10 @@
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	fmt.Print(Enum(os.Args[1], os.Args[2:]))
+}

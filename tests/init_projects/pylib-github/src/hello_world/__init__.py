@@ -1,0 +1,3 @@
+from hello_world.greetings import greet
+
+__all__ = ["greet"]
