@@ -124,7 +124,7 @@ def inputs_of(
     its upstream stages' outputs; NotSerializable or OSError when one cannot be read."""
     s, plan = r.stage, resolved.plan
     assert s.cache is not None
-    return stage_inputs(
+    inputs = stage_inputs(
         pipeline=plan.pipeline.name,
         stage=s.name,
         fn=s.fn,
@@ -137,6 +137,9 @@ def inputs_of(
         environ=os.environ,
         matrix=s.matrix_values,
     )
+    if s.cache.outputs:  # what a registry entry holds besides the result is part of what it is
+        inputs["outputs"] = sorted(s.cache.outputs)
+    return inputs
 
 
 def take_cached(lookup: Lookup, r: ResolvedStage, outputs: Mapping[str, Any]) -> Taken:

@@ -154,6 +154,8 @@ class StageRun:
     def execute(self) -> StageResult:
         started = self.run.clock()
         taken = take_cached(self.run, self.resolved, self.outputs)
+        if taken.status is None and self.run.shared is not None:
+            taken = self.run.shared.restore(self.run, self.resolved, taken, self.log)
         key, self.cache_inputs = taken.key, taken.inputs
         if taken.status is not None:
             self.placed.set()
@@ -370,7 +372,7 @@ class StageRun:
         if last.error:
             fields["error"] = last.error
         self.log.log(_FINISHED_LEVELS.get(last.status, logging.INFO), "stage finished", **fields)
-        return StageResult(
+        result = StageResult(
             name=self.name,
             status=last.status,
             duration_s=duration,
@@ -386,3 +388,6 @@ class StageRun:
             output_json=output_json,
             cache_inputs=self.cache_inputs if ok and key else None,
         )
+        if self.run.shared is not None:
+            self.run.shared.push(self.run, self.resolved, result, self.log)
+        return result

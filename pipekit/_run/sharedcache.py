@@ -1,0 +1,209 @@
+"""The shared stage cache in a run (``--cache-registry``): a stage the local cache misses is looked
+up in the registry and, on a hit, restored as if it had run here (return value, declared output
+files, archived artifacts, test report); a stage that ran is pushed there.
+
+Nothing about the registry ever fails a run: a registry that is down, slow (every request bounded
+by a timeout) or refuses is a miss and one warning; after the first unreachable answer the run
+stops asking. An entry that does not hold together is a miss and a warning, never a result.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pipekit._core.results import StageResult, StageStatus
+from pipekit._core.testreport import FailedTest, TestReport
+from pipekit._dsl.secrets import Credentials, SecretStore
+from pipekit._history.remote import Entry, RegistryCache, Tampered, describe, pack_files, restore_files
+from pipekit._plan.resolve import ResolvedStage
+from pipekit._run.context import StageRecords
+from pipekit._run.outputs import Taken, gone_image
+from pipekit._run.serialize import loads
+from pipekit.exceptions import RegistryError, RegistryUnavailable
+
+__all__ = ["CapturedRecords", "SharedCache", "cache_login", "open_shared_cache", "report_of", "tests_of"]
+
+REGISTRY_USER, REGISTRY_PASSWORD = "PIPEKIT_REGISTRY_USER", "PIPEKIT_REGISTRY_PASSWORD"
+
+
+def cache_login(secrets: SecretStore, credentials: Credentials | None) -> tuple[str, str] | None:
+    """The cache's login: a ``pk.Credentials`` given, else PIPEKIT_REGISTRY_USER and _PASSWORD (the
+    image pushes' secrets, from the environment or --secrets-file), else none. Both values are masked."""
+    if credentials is not None:
+        user = secrets.resolve(credentials.username, stage="(cache registry)")
+        return user, secrets.resolve(credentials.password, stage="(cache registry)")
+    if not secrets.has(REGISTRY_USER) or not secrets.has(REGISTRY_PASSWORD):
+        return None
+    user = secrets.get(REGISTRY_USER, stage="(cache registry)", mask=False)
+    return user, secrets.get(REGISTRY_PASSWORD, stage="(cache registry)")
+
+
+def open_shared_cache(target: str, mode: str, auth: tuple[str, str] | None) -> RegistryCache:
+    return RegistryCache(target, mode, auth)
+
+
+def tests_of(report: TestReport) -> dict[str, Any]:
+    failed = [{"name": f.name, "message": f.message, "kind": f.kind} for f in report.failed]
+    return {
+        "tests": report.tests,
+        "failures": report.failures,
+        "errors": report.errors,
+        "skipped": report.skipped,
+        "failed": failed,
+        "files": list(report.files),
+    }
+
+
+def report_of(data: dict[str, Any]) -> TestReport:
+    """A test report from an entry; Tampered when it is not one."""
+    try:
+        failed = tuple(FailedTest(str(f["name"]), str(f["message"]), str(f["kind"])) for f in data.get("failed", []))
+        return TestReport(
+            tests=int(data["tests"]),
+            failures=int(data["failures"]),
+            errors=int(data["errors"]),
+            skipped=int(data["skipped"]),
+            failed=failed,
+            files=tuple(str(f) for f in data.get("files", [])),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise Tampered("its test report is not one") from None
+
+
+class CapturedRecords:
+    """The run's stage records, kept also per stage (after masking) for the stage's cache entry."""
+
+    def __init__(self, inner: StageRecords) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+        self._artifacts: dict[str, list[tuple[str, bytes]]] = {}
+        self._tests: dict[str, TestReport] = {}
+
+    def add_artifact(self, stage: str, path: str, data: bytes) -> str:
+        with self._lock:
+            kept = self._artifacts.setdefault(stage, [])
+            kept[:] = [(p, d) for p, d in kept if p != path] + [(path, data)]
+        return self.inner.add_artifact(stage, path, data)
+
+    def add_tests(self, stage: str, report: TestReport) -> None:
+        with self._lock:
+            self._tests[stage] = report
+        self.inner.add_tests(stage, report)
+
+    def take(self, stage: str) -> tuple[list[tuple[str, bytes]], TestReport | None]:
+        with self._lock:
+            return self._artifacts.pop(stage, []), self._tests.pop(stage, None)
+
+
+class SharedCache:
+    """A run's use of a :class:`RegistryCache`."""
+
+    def __init__(self, cache: RegistryCache, captured: CapturedRecords | None = None) -> None:
+        self.cache = cache
+        self.captured = captured
+        self._warned_down = False
+        self._lock = threading.Lock()
+
+    def _down(self, e: RegistryError, log: Any) -> None:
+        """A registry failure: a warning, only once when the registry cannot be reached."""
+        if isinstance(e, RegistryUnavailable):
+            with self._lock:
+                if self._warned_down:
+                    return
+                self._warned_down = True
+            log.warning("cache registry unavailable", registry=self.cache.target, error=str(e), then="not asked again")
+            return
+        log.warning("cache registry failed", registry=self.cache.target, error=str(e))
+
+    # -- a local miss, looked up in the registry ---------------------------------------------
+    def restore(self, run: Any, r: ResolvedStage, taken: Taken, log: Any) -> Taken:
+        """The stage's result from the registry (restored into the run) or ``taken`` (the miss)."""
+        if taken.key is None or not self.cache.reads:
+            return taken
+        name = r.stage.name
+        try:
+            entry = self.cache.fetch(taken.key, name)
+            if entry is None:
+                return taken
+            output = loads(entry.output_json)
+            tests = report_of(entry.tests) if entry.tests is not None else None
+        except Tampered as e:
+            log.warning("cache entry refused", registry=self.cache.target, reason=f"{e}; the stage runs")
+            return taken
+        except (ValueError, TypeError) as e:
+            log.warning("cache entry refused", registry=self.cache.target, reason=f"its result is not one ({e})")
+            return taken
+        except RegistryError as e:
+            self._down(e, log)
+            return taken
+        gone = gone_image(run.images, output)
+        if gone is not None:
+            return Taken(None, f"registry cache miss: image {gone} is not here", key=taken.key, inputs=taken.inputs)
+        if not self._write_back(run, r, entry, tests, log):
+            return taken
+        why = describe(entry, self.cache.target)
+        return Taken(StageStatus.CACHED, why, entry.run_id, entry.output_json, taken.key, taken.inputs)
+
+    def _write_back(self, run: Any, r: ResolvedStage, entry: Entry, tests: TestReport | None, log: Any) -> bool:
+        name, patterns = r.stage.name, r.stage.cache.outputs if r.stage.cache else ()
+        if entry.files is not None:
+            try:
+                files = restore_files(run.resolved.workspace, entry.files, patterns)
+            except (Tampered, OSError) as e:
+                log.warning("cache entry refused", registry=self.cache.target, reason=f"{e}; the stage runs")
+                return False
+            log.info("cache files restored", files=len(files))
+        for path, data in entry.artifacts:
+            run.records.add_artifact(name, path, data)
+        if tests is not None:
+            run.records.add_tests(name, tests)
+        return True
+
+    # -- a stage that ran, pushed ------------------------------------------------------------
+    def push(self, run: Any, r: ResolvedStage, result: StageResult, log: Any) -> None:
+        """Pack the stage's entry now (its files as they are when it ends) and push it in the
+        background; the run waits for the pushes before it ends."""
+        artifacts, report = self.captured.take(r.stage.name) if self.captured is not None else ([], None)
+        if not self.cache.writes or result.status != StageStatus.SUCCEEDED:
+            return
+        if result.cache_key is None or result.output_json is None:
+            return
+        patterns = r.stage.cache.outputs if r.stage.cache else ()
+        try:
+            files, names = pack_files(run.resolved.workspace, patterns) if patterns else (None, ())
+        except OSError as e:
+            log.warning("cache entry not pushed", reason=f"its output files cannot be read ({e})")
+            return
+        leaked = _holds_secret(run.secrets.masker.values, [files or b"", *(d for _, d in artifacts)])
+        if leaked:
+            log.warning("cache entry not pushed", reason="its files or artifacts hold a secret's value")
+            return
+        entry = Entry(
+            key=result.cache_key,
+            pipeline=run.resolved.plan.pipeline.name,
+            stage=r.stage.name,
+            run_id=run.run_id,
+            output_json=result.output_json,
+            files=files,
+            file_names=names,
+            artifacts=tuple(artifacts),
+            tests=tests_of(report) if report is not None else None,
+        )
+        run.releases.submit(lambda: self._push(entry, log))
+
+    def _push(self, entry: Entry, log: Any) -> None:
+        if not self.cache.writes:
+            return
+        try:
+            digest = self.cache.push(entry)
+        except RegistryError as e:
+            self._down(e, log)
+            return
+        log.info("cache entry pushed", registry=self.cache.target, digest=digest[:19])
+
+
+def _holds_secret(values: Sequence[str], blobs: Sequence[bytes]) -> bool:
+    needles = [v.encode() for v in values if v]
+    return any(n in blob for blob in blobs for n in needles)

@@ -1,0 +1,381 @@
+"""The stage cache shared through a registry (issue 26): two checkouts of one project stand for two
+machines (separate ``.pipekit/`` folders, one engine), against a real Distribution registry
+(Debian's ``docker-registry``), with a login (the ``registry`` fixture) and without."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import run_console
+
+from pipekit._cli.main import main
+from pipekit._history.remote import Tampered, pack_files, restore_files
+from pipekit._history.store import History
+
+pytestmark = pytest.mark.docker
+
+PIPELINE = """
+import pipekit as pk
+
+@pk.stage(image="busybox", cache=pk.inputs("src/**", outputs=["dist/**"]))
+def build(ctx):
+    ctx.sh("mkdir -p dist/sub reports && cat src/a.txt > dist/app.bin && echo built >> dist/app.bin")
+    ctx.sh("echo nested > dist/sub/n.txt")
+    ctx.sh("echo \\"<testsuite name='s' tests='2'><testcase name='t1'/><testcase name='t2'/></testsuite>\\""
+           " > reports/junit.xml")
+    ctx.junit("reports/junit.xml")
+    ctx.archive("dist/app.bin")
+    return {"version": "1.0"}
+
+@pk.stage(image="busybox")
+def use(ctx, build):
+    return ctx.sh("cat dist/app.bin dist/sub/n.txt").stdout.strip() + " v" + build["version"]
+"""
+
+
+class Registry:
+    """A Distribution registry of this test's own (its storage can be tampered with)."""
+
+    def __init__(self, folder: Path, auth: bool) -> None:
+        import bcrypt
+
+        self.folder = folder
+        self.user, self.password = ("cache-bot-19c2", "regcache-Pa55-word-x7") if auth else (None, None)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        config = (
+            f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+            f"  delete:\n    enabled: true\nhttp:\n  addr: {self.address}\n"
+        )
+        if auth:
+            assert self.password is not None
+            hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=5)).decode()
+            (folder / "htpasswd").write_text(f"{self.user}:{hashed}\n")
+            config += f"auth:\n  htpasswd:\n    realm: regcache\n    path: {folder / 'htpasswd'}\n"
+        (folder / "config.yml").write_text(config)
+        self.log = open(folder / "registry.log", "w")
+        binary = shutil.which("docker-registry")
+        if binary is None:
+            pytest.fail("docker-registry is not installed (apt-get install docker-registry)", pytrace=False)
+        self.proc = subprocess.Popen([binary, "serve", str(folder / "config.yml")], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    pytest.fail("the registry did not start", pytrace=False)
+                time.sleep(0.05)
+
+    def env(self) -> dict[str, str]:
+        if self.user is None:
+            return {}
+        assert self.password is not None
+        return {"PIPEKIT_REGISTRY_USER": self.user, "PIPEKIT_REGISTRY_PASSWORD": self.password}
+
+    def tags(self, repo: str) -> list[str]:
+        import requests
+
+        auth = (self.user, self.password) if self.user else None
+        r = requests.get(f"http://{self.address}/v2/{repo}/tags/list", auth=auth, timeout=5)
+        return [] if r.status_code == 404 else list(r.json().get("tags") or [])
+
+    def blobs(self) -> list[Path]:
+        return sorted((self.folder / "data").glob("docker/registry/v2/blobs/sha256/*/*/data"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def open_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = Registry(tmp_path_factory.mktemp("openreg"), auth=False)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def login_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = Registry(tmp_path_factory.mktemp("loginreg"), auth=True)
+    yield reg
+    reg.stop()
+
+
+def checkout(root: Path, name: str, pipeline: str = PIPELINE) -> Path:
+    """One machine's checkout of the project: same folder name, its own .pipekit/."""
+    folder = root / name / "proj"
+    (folder / "src").mkdir(parents=True)
+    (folder / "pipeline.py").write_text(pipeline)
+    (folder / "src" / "a.txt").write_text("payload-from-src\n")
+    return folder
+
+
+def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        code = main(list(argv), out=out, err=err)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_args(folder: Path, busybox: str, *more: str) -> list[str]:
+    return ["run", "-f", str(folder), "--log-format", "json", "--image-map", f"busybox={busybox}", "-j", "1", *more]
+
+
+def events(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def finished(out: str, stage: str) -> dict[str, Any]:
+    return next(e for e in events(out) if e.get("event") == "stage finished" and e.get("stage") == stage)
+
+
+def stage_row(folder: Path, stage: str) -> Any:
+    h = History(folder)
+    try:
+        run = h.runs(1)[0]
+        return run, next(s for s in h.stages(run.id) if s.name == stage), h.artifacts(run.id), h.tests(run.id)
+    finally:
+        h.close()
+
+
+def test_a_second_machine_gets_the_first_ones_results(tmp_path: Path, busybox_image: str, login_registry: Any) -> None:
+    """Machine A runs with readwrite and pushes; machine B (a fresh checkout) takes build from the
+    registry: its return value, its declared output files (use reads them), its artifact and its
+    test report; the password reaches no output, log or record."""
+    reg = login_registry
+    target = f"{reg.address}/acme/proj-cache"
+    a, b = checkout(tmp_path, "a"), checkout(tmp_path, "b")
+    code, out, err = cli(
+        *run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"), env=reg.env()
+    )
+    assert code == 0, out + err
+    assert finished(out, "build")["status"] == "succeeded"
+    tags = reg.tags("acme/proj-cache")
+    assert len(tags) == 1 and tags[0].startswith("pk1-")
+    a_run = stage_row(a, "build")[0]
+
+    proc = run_console(run_args(b, busybox_image, "--cache-registry", target), env=reg.env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    build = finished(proc.stdout, "build")
+    assert build["status"] == "cached"
+    assert build["reason"].startswith(f"cache hit: registry {target}, run {a_run.id} on host ")
+    assert finished(proc.stdout, "use")["status"] == "succeeded"
+    assert (b / "dist" / "app.bin").read_text() == "payload-from-src\nbuilt\n"
+    assert (b / "dist" / "sub" / "n.txt").read_text() == "nested\n"
+    _run, row, artifacts, tests = stage_row(b, "use")
+    assert row.output and "payload-from-src" in json.loads(row.output) and json.loads(row.output).endswith("v1.0")
+    assert [x.path for x in artifacts if x.stage == "build"] == ["dist/app.bin"]
+    assert [(t.stage, t.tests) for t in tests] == [("build", 2)]
+    assert reg.password not in proc.stdout + proc.stderr + out + err
+    for path in [*b.joinpath(".pipekit").rglob("*"), *a.joinpath(".pipekit").rglob("*")]:
+        if path.is_file():
+            assert reg.password.encode() not in path.read_bytes(), path
+    assert len(reg.tags("acme/proj-cache")) == 1  # read mode: B pushed nothing
+
+
+def test_without_a_login_and_read_mode_never_pushes(tmp_path: Path, busybox_image: str, open_registry: Any) -> None:
+    target = f"{open_registry.address}/team/cache"
+    a, b = checkout(tmp_path, "a"), checkout(tmp_path, "b")
+    code, out, err = cli(*run_args(a, busybox_image, "--cache-registry", target))  # default: read
+    assert code == 0, out + err
+    assert open_registry.tags("team/cache") == []
+    assert open_registry.blobs() == []
+    code, out, err = cli(*run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "write", "--no-cache"))
+    assert code == 0 and open_registry.tags("team/cache") == []  # --no-cache: no cache at all
+    code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", target, "--cache-mode", "write"))
+    assert code == 0, out + err
+    assert len(open_registry.tags("team/cache")) == 1
+    assert finished(out, "build")["status"] == "succeeded"
+    c = checkout(tmp_path, "c")
+    code, out, err = cli(*run_args(c, busybox_image), env={"PIPEKIT_CACHE_REGISTRY": target})
+    assert code == 0, out + err
+    assert finished(out, "build")["status"] == "cached"
+    assert (c / "dist" / "app.bin").is_file()
+
+
+def test_a_tampered_blob_is_a_miss_and_a_warning(tmp_path: Path, busybox_image: str, open_registry: Any) -> None:
+    target = f"{open_registry.address}/team/cache"
+    a, b = checkout(tmp_path, "a"), checkout(tmp_path, "b")
+    code, out, err = cli(*run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"))
+    assert code == 0, out + err
+    tampered = 0
+    for blob in open_registry.blobs():
+        data = blob.read_bytes()
+        if b"payload-from-src" in data:
+            blob.write_bytes(data.replace(b"payload-from-src", b"payload-evil-xyz"))
+            tampered += 1
+    assert tampered == 2  # the files' tar and the archived artifact
+    code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", target))
+    assert code == 0, out + err
+    assert finished(out, "build")["status"] == "succeeded"  # it ran
+    refused = [e for e in events(out) if e.get("event") == "cache entry refused"]
+    assert refused and "does not match its digest" in refused[0]["reason"], out
+    assert (b / "dist" / "app.bin").read_text() == "payload-from-src\nbuilt\n"
+    assert b"payload-evil" not in b"".join(p.read_bytes() for p in b.rglob("*") if p.is_file())
+
+
+def test_a_registry_that_is_down_never_fails_the_run(tmp_path: Path, busybox_image: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    a = checkout(tmp_path, "a")
+    started = time.monotonic()
+    code, out, err = cli(
+        *run_args(a, busybox_image, "--cache-registry", f"127.0.0.1:{port}/x", "--cache-mode", "readwrite")
+    )
+    assert code == 0, out + err
+    assert time.monotonic() - started < 60
+    warnings = [e for e in events(out) if e.get("event") == "cache registry unavailable"]
+    assert len(warnings) == 1, out
+    assert finished(out, "build")["status"] == "succeeded"
+
+
+class StoppingProxy:
+    """A TCP proxy to the registry that stops (every connection cut, nothing more accepted) when a
+    request to store a manifest comes: the blobs went up, the manifest never does."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.split(":")
+        self.upstream = (host, int(port))
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.stopped = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            self.conns += [client, up]
+            threading.Thread(target=self._pipe, args=(client, up, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, watch: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if watch and b"PUT /v2/" in data and b"/manifests/" in data.split(b"\r\n", 1)[0]:
+                    self.stop()
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.server.close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+
+
+def test_a_registry_that_stops_mid_push_leaves_no_entry(tmp_path: Path, busybox_image: str, open_registry: Any) -> None:
+    proxy = StoppingProxy(open_registry.address)
+    a, b = checkout(tmp_path, "a"), checkout(tmp_path, "b")
+    code, out, err = cli(
+        *run_args(a, busybox_image, "--cache-registry", f"{proxy.address}/team/cache", "--cache-mode", "readwrite")
+    )
+    assert code == 0, out + err
+    assert proxy.stopped.is_set()
+    assert [e for e in events(out) if e.get("event", "").startswith("cache registry")], out
+    assert open_registry.blobs()  # the blobs went up...
+    assert open_registry.tags("team/cache") == []  # ...but no entry names them
+    code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", f"{open_registry.address}/team/cache"))
+    assert code == 0, out + err
+    assert finished(out, "build")["status"] == "succeeded"
+
+
+def _tar(members: dict[str, bytes], link: tuple[str, str] | None = None) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link[0])
+            info.type, info.linkname = tarfile.SYMTYPE, link[1]
+            tar.addfile(info)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "members,link",
+    [
+        ({"dist/ok": b"1", "pipeline.py": b"evil"}, None),  # not a declared output
+        ({"dist/../pipeline.py": b"evil"}, None),
+        ({"dist/.git/hooks/post-checkout": b"evil"}, None),
+        ({"/etc/passwd": b"evil"}, None),
+        ({}, ("dist/link", "/etc")),
+    ],
+)
+def test_restore_writes_only_declared_regular_files(tmp_path: Path, members: dict[str, bytes], link: Any) -> None:
+    (tmp_path / "pipeline.py").write_text("good")
+    with pytest.raises(Tampered):
+        restore_files(tmp_path, _tar(members, link), ["dist/**"])
+    assert (tmp_path / "pipeline.py").read_text() == "good"
+    assert not (tmp_path / "dist").exists()  # checked before anything is written
+
+
+def test_restore_never_writes_through_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ws = tmp_path / "ws"
+    (ws / "dist").mkdir(parents=True)
+    (ws / "dist" / "deep").symlink_to(outside)
+    with pytest.raises(Tampered):
+        restore_files(ws, _tar({"dist/deep/x": b"evil"}), ["dist/**"])
+    assert list(outside.iterdir()) == []
+
+
+def test_pack_files_skips_links_out_and_is_reproducible(tmp_path: Path) -> None:
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "a").write_bytes(b"a")
+    first = pack_files(tmp_path, ["dist/**"])
+    os.utime(tmp_path / "dist" / "a", (1, 1))
+    assert pack_files(tmp_path, ["dist/**"]) == first and first[1] == ("dist/a",)
+    assert pack_files(tmp_path, ["nothing/**"]) == (None, ())
