@@ -379,3 +379,74 @@ def test_pack_files_skips_links_out_and_is_reproducible(tmp_path: Path) -> None:
     os.utime(tmp_path / "dist" / "a", (1, 1))
     assert pack_files(tmp_path, ["dist/**"]) == first and first[1] == ("dist/a",)
     assert pack_files(tmp_path, ["nothing/**"]) == (None, ())
+
+
+CHAIN = (
+    PIPELINE
+    + """
+@pk.stage(image="busybox", cache=pk.inputs())
+def pack(ctx, build):
+    return "packed " + build["version"]
+"""
+)
+
+
+def test_plan_says_where_each_stage_would_come_from_and_cache_lists_the_registry(
+    tmp_path: Path, busybox_image: str, login_registry: Any
+) -> None:
+    reg = login_registry
+    target = f"{reg.address}/acme/chain"
+    a, b, c = checkout(tmp_path, "a", CHAIN), checkout(tmp_path, "b", CHAIN), checkout(tmp_path, "c", CHAIN)
+    args = ["--image-map", f"busybox={busybox_image}", "--cache-registry", target]
+    code, out, err = cli(
+        *run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"), env=reg.env()
+    )
+    assert code == 0, out + err
+    a_run = stage_row(a, "build")[0].id
+    assert len(reg.tags("acme/chain")) == 2  # build and pack
+
+    plan_b = run_console(["plan", "-f", str(b), *args], env=reg.env())
+    assert plan_b.returncode == 0, plan_b.stdout + plan_b.stderr
+    lines = {line.split(". ", 1)[1].split(" ")[0]: line for line in plan_b.stdout.splitlines() if ". " in line}
+    assert f"[registry hit: run {a_run} on host " in lines["build"]
+    assert f"[registry hit: run {a_run} on host " in lines["pack"]  # its key needed build's result: a 2nd round
+    assert lines["use"].endswith("after build")  # it runs: it has no cache=
+    assert "2 from the registry cache" in plan_b.stdout
+
+    plan_a = run_console(["plan", "-f", str(a), "--format", "json", *args], env=reg.env())
+    decisions = {e["stage"]: e["decision"] for e in events(plan_a.stdout)}
+    assert decisions == {"build": "cached", "pack": "cached", "use": "run"}  # local hits
+
+    (c / "src" / "a.txt").write_text("changed\n")
+    plan_c = run_console(["plan", "-f", str(c), "--format", "json", *args], env=reg.env())
+    whys = {e["stage"]: (e["decision"], e.get("why")) for e in events(plan_c.stdout)}
+    assert whys["build"] == ("run", "cache miss here and in the registry")
+
+    report = tmp_path / "b-report.html"
+    code, out, err = cli(
+        *run_args(b, busybox_image, "--cache-registry", target, "--report", str(report)), env=reg.env()
+    )
+    assert code == 0, out + err
+    assert f"cache hit: registry {target}, run {a_run} on host" in report.read_text()
+
+    listed = run_console(["cache", "list", "--remote", "-f", str(b), "--cache-registry", target], env=reg.env())
+    assert listed.returncode == 0, listed.stderr
+    assert f"2 entries in registry {target}" in listed.stdout
+    build_line = next(line for line in listed.stdout.splitlines() if " build " in line)
+    key = build_line.split()[0]
+    shown = run_console(["cache", "inspect", "--remote", key, "-f", str(b), "--cache-registry", target], env=reg.env())
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "stage:     build" in shown.stdout and "dist/app.bin" in shown.stdout and f"run:       {a_run}" in shown.stdout
+    )
+    denied = run_console(["cache", "list", "--remote", "-f", str(b), "--cache-registry", target])  # no login
+    assert denied.returncode != 0 and "PIPEKIT_REGISTRY_USER" in denied.stderr and "Traceback" not in denied.stderr
+    pruned = run_console(
+        ["cache", "prune", "--remote", "--stage", "build", "-f", str(b), "--cache-registry", target], env=reg.env()
+    )
+    assert pruned.returncode == 0 and f"removed 1 entries from registry {target}" in pruned.stdout
+    assert len(reg.tags("acme/chain")) == 1
+    kept = run_console(
+        ["cache", "prune", "--remote", "--older-than", "1d", "-f", str(b), "--cache-registry", target], env=reg.env()
+    )
+    assert kept.returncode == 0 and "removed 0 entries" in kept.stdout

@@ -160,6 +160,7 @@ _MARKS = {
     "restored": "restored",
     "run": "runs",
     "maybe-cached": "cached or runs",
+    "registry-cached": "registry hit",
     "fail": "fails",
 }
 
@@ -182,6 +183,7 @@ def _print_plan(decisions: list[Any], out: IO[str], log_format: str, head: str =
         for k, label in (
             ("cached", "from the stage cache"),
             ("restored", "restored"),
+            ("registry-cached", "from the registry cache"),
             ("maybe-cached", "cached or run, decided as the run goes"),
             ("fail", "fail before anything starts"),
         )

@@ -197,7 +197,7 @@ class RegistryCache:
         from pipekit.exceptions import RegistryUnavailable
 
         if isinstance(e, RegistryUnavailable):
-            self.down = e.message if hasattr(e, "message") else str(e)
+            self.down = str(e)
 
     # -- reading ---------------------------------------------------------------------------
     def has(self, key: str) -> bool:
@@ -208,9 +208,10 @@ class RegistryCache:
             self._unavailable(e)
             raise
 
-    def fetch(self, key: str, stage: str) -> Entry | None:
+    def fetch(self, key: str, stage: str, *, layers: bool = True) -> Entry | None:
         """The entry for the key, every blob checked; None when there is none; Tampered when it does
-        not hold together; a RegistryError when the registry fails."""
+        not hold together; a RegistryError when the registry fails. ``layers=False``: its manifest
+        and config only (what ``pipekit plan`` needs: the result, not the files)."""
         try:
             found = self.client.manifest(tag_of(key))
             if found is None:
@@ -218,8 +219,8 @@ class RegistryCache:
             manifest = _json(found[1], "its manifest")
             config_desc = _descriptor(manifest.get("config"), CONFIG_TYPE)
             config = _json(self.client.blob(config_desc["digest"], min(config_desc["size"], MAX_CONFIG)), "its config")
-            layers = [_descriptor(d, None) for d in manifest.get("layers") or []]
-            blobs = [(d, self.client.blob(d["digest"], min(d["size"], MAX_BLOB))) for d in layers]
+            descs = [_descriptor(d, None) for d in manifest.get("layers") or []] if layers else []
+            blobs = [(d, self.client.blob(d["digest"], min(d["size"], MAX_BLOB))) for d in descs]
         except BlobMismatch as e:
             raise Tampered(str(e)) from None
         except RegistryError as e:

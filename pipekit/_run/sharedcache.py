@@ -9,6 +9,7 @@ stops asking. An entry that does not hold together is a miss and a warning, neve
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,7 @@ from pipekit._run.outputs import Taken, gone_image
 from pipekit._run.serialize import loads
 from pipekit.exceptions import RegistryError, RegistryUnavailable
 
-__all__ = ["CapturedRecords", "SharedCache", "cache_login", "open_shared_cache", "report_of", "tests_of"]
+__all__ = ["CapturedRecords", "PlanRemote", "SharedCache", "cache_login", "open_shared_cache", "report_of", "tests_of"]
 
 REGISTRY_USER, REGISTRY_PASSWORD = "PIPEKIT_REGISTRY_USER", "PIPEKIT_REGISTRY_PASSWORD"
 
@@ -40,8 +41,18 @@ def cache_login(secrets: SecretStore, credentials: Credentials | None) -> tuple[
     return user, secrets.get(REGISTRY_PASSWORD, stage="(cache registry)")
 
 
-def open_shared_cache(target: str, mode: str, auth: tuple[str, str] | None) -> RegistryCache:
-    return RegistryCache(target, mode, auth)
+def open_shared_cache(
+    target: str, mode: str, auth: tuple[str, str] | None, timeout: tuple[float, float] | None = None
+) -> RegistryCache:
+    """The registry cache; ``timeout``: (connect, read) seconds of each request (default: 2 s, and
+    ``PIPEKIT_CACHE_TIMEOUT`` or 10 s)."""
+    if timeout is None:
+        try:
+            read = float(os.environ.get("PIPEKIT_CACHE_TIMEOUT") or 10.0)
+        except ValueError:
+            read = 10.0
+        timeout = (min(2.0, read), read)
+    return RegistryCache(target, mode, auth, timeout)
 
 
 def tests_of(report: TestReport) -> dict[str, Any]:
@@ -207,3 +218,55 @@ class SharedCache:
 def _holds_secret(values: Sequence[str], blobs: Sequence[bytes]) -> bool:
     needles = [v.encode() for v in values if v]
     return any(n in blob for blob in blobs for n in needles)
+
+
+class PlanRemote:
+    """``pipekit plan``'s registry lookups: the stages the local cache misses are looked up together,
+    in parallel, each bounded by the client's timeouts and all of them by ``budget_s``; a hit's
+    result makes the keys of the stages after it known, which are then looked up in turn."""
+
+    def __init__(self, cache: RegistryCache, budget_s: float = 10.0) -> None:
+        self.cache = cache
+        self.budget_s = budget_s
+        self.hits: dict[str, Entry] = {}
+        self.asked: set[str] = set()
+        self.pending: dict[str, str] = {}  # key -> stage, to look up in the next round
+        self.problem: str | None = None
+
+    def get(self, key: str) -> tuple[str, str] | None:
+        """A cache lookup (:data:`pipekit._run.run.CacheLookup`) answered from the registry's hits."""
+        entry = self.hits.get(key)
+        return (entry.run_id, entry.output_json) if entry is not None else None
+
+    def want(self, key: str, stage: str) -> None:
+        if key not in self.asked and self.problem is None:
+            self.pending[key] = stage
+
+    def ask(self) -> bool:
+        """Look the pending keys up; whether any of them hit."""
+        from concurrent.futures import ThreadPoolExecutor, wait
+
+        pending, self.pending = self.pending, {}
+        if not pending or not self.cache.reads:
+            return False
+        self.asked |= set(pending)
+        pool = ThreadPoolExecutor(max_workers=min(8, len(pending)), thread_name_prefix="pipekit-plan-cache")
+        futures = {pool.submit(self.cache.fetch, key, stage, layers=False): key for key, stage in pending.items()}
+        done, late = wait(futures, timeout=self.budget_s)
+        pool.shutdown(wait=False, cancel_futures=True)
+        found = False
+        for future in done:
+            try:
+                entry = future.result()
+            except Tampered as e:
+                self.problem = self.problem or f"an entry was refused ({e})"
+                continue
+            except RegistryError as e:
+                self.problem = self.problem or str(e)
+                continue
+            if entry is not None:
+                self.hits[futures[future]] = entry
+                found = True
+        if late:
+            self.problem = self.problem or f"the registry did not answer within {self.budget_s:g} s"
+        return found
