@@ -450,3 +450,146 @@ def test_plan_says_where_each_stage_would_come_from_and_cache_lists_the_registry
         ["cache", "prune", "--remote", "--older-than", "1d", "-f", str(b), "--cache-registry", target], env=reg.env()
     )
     assert kept.returncode == 0 and "removed 0 entries" in kept.stdout
+
+
+def test_a_refused_login_and_a_slow_registry_never_fail_the_run(
+    tmp_path: Path, busybox_image: str, login_registry: Any
+) -> None:
+    target = f"{login_registry.address}/acme/x"
+    a = checkout(tmp_path, "a", CHAIN)
+    wrong = {"PIPEKIT_REGISTRY_USER": login_registry.user, "PIPEKIT_REGISTRY_PASSWORD": "wrong-password-123"}
+    code, out, err = cli(
+        *run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"), env=wrong
+    )
+    assert code == 0, out + err
+    failed = [e for e in events(out) if e.get("event") == "cache registry failed"]
+    assert len(failed) == 2, out  # one for reading, one for pushing: not one per stage
+    assert "refused" in failed[0]["error"] and "PIPEKIT_REGISTRY_USER" in failed[0]["error"]
+    assert "wrong-password-123" not in out + err
+    assert login_registry.tags("acme/x") == []
+
+    with socket.socket() as hole:  # accepts connections, never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        b = checkout(tmp_path, "b", CHAIN)
+        started = time.monotonic()
+        slow = f"127.0.0.1:{hole.getsockname()[1]}/acme/x"
+        code, out, err = cli(
+            *run_args(b, busybox_image, "--cache-registry", slow, "--cache-mode", "readwrite"),
+            env={"PIPEKIT_CACHE_TIMEOUT": "1"},
+        )
+        took = time.monotonic() - started
+    assert code == 0, out + err
+    assert [e["stage"] for e in events(out) if e.get("event") == "cache registry unavailable"] == ["build"]
+    assert {finished(out, s)["status"] for s in ("build", "pack", "use")} == {"succeeded"}
+    assert took < 30
+
+
+class TokenFront:
+    """A Bearer-token front to an open registry, as Docker Hub, GHCR or GitLab put their registries
+    behind a token service: /v2/ answers 401 with ``WWW-Authenticate: Bearer realm=…,service=…,scope=…``
+    until a request carries a token that /token gave for the right login."""
+
+    def __init__(self, upstream: str, user: str, password: str) -> None:
+        import base64
+        import http.server
+
+        front = self
+        self.tokens: dict[str, str] = {}  # token -> scope
+        self.scopes: list[str] = []
+        good = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                import http.client
+
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(upstream, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "host")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        if k.lower() == "location" and v.startswith(f"http://{upstream}"):
+                            v = v.replace(f"http://{upstream}", f"http://{front.address}")
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def _handle(self) -> None:
+                if self.path.startswith("/token"):
+                    from urllib.parse import parse_qs, urlparse
+
+                    scope = parse_qs(urlparse(self.path).query).get("scope", [""])[0]
+                    if self.headers.get("Authorization") != good:
+                        self.send_response(401)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    token = os.urandom(8).hex()
+                    front.tokens[token] = scope
+                    front.scopes.append(scope)
+                    body = json.dumps({"token": token}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                auth = self.headers.get("Authorization", "")
+                scope = front.tokens.get(auth.removeprefix("Bearer "), "") if auth.startswith("Bearer ") else ""
+                needs = "pull,push" if self.command in ("POST", "PUT", "PATCH", "DELETE") else "pull"
+                if not scope.endswith(needs) and not scope.endswith("pull,push"):
+                    import re
+
+                    repo = re.sub(r"/(manifests|blobs|tags)/.*$", "", self.path.split("/v2/", 1)[-1])
+                    challenge = (
+                        f'Bearer realm="http://{front.address}/token",service="front",scope="repository:{repo}:{needs}"'
+                    )
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", challenge)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self._forward()
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_bearer_token_flow_of_docker_hub_like_registries(
+    tmp_path: Path, busybox_image: str, open_registry: Any
+) -> None:
+    front = TokenFront(open_registry.address, "robot", "tok-en-pass-77")
+    try:
+        env = {"PIPEKIT_REGISTRY_USER": "robot", "PIPEKIT_REGISTRY_PASSWORD": "tok-en-pass-77"}
+        target = f"{front.address}/team/cache"
+        a, b = checkout(tmp_path, "a"), checkout(tmp_path, "b")
+        code, out, err = cli(
+            *run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"), env=env
+        )
+        assert code == 0, out + err
+        assert not [e for e in events(out) if e.get("event", "").startswith("cache registry")], out
+        assert open_registry.tags("team/cache") and "repository:team/cache:pull,push" in front.scopes
+        code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", target), env=env)
+        assert code == 0, out + err
+        assert finished(out, "build")["status"] == "cached"
+        assert "tok-en-pass-77" not in out + err
+    finally:
+        front.close()

@@ -114,16 +114,17 @@ class SharedCache:
     def __init__(self, cache: RegistryCache, captured: CapturedRecords | None = None) -> None:
         self.cache = cache
         self.captured = captured
-        self._warned_down = False
+        self._warned: set[str] = set()
         self._lock = threading.Lock()
 
     def _down(self, e: RegistryError, log: Any) -> None:
-        """A registry failure: a warning, only once when the registry cannot be reached."""
+        """A registry failure: one warning per kind of failure (the run does not repeat it per stage)."""
+        kind = "unavailable" if isinstance(e, RegistryUnavailable) else str(e)
+        with self._lock:
+            if kind in self._warned:
+                return
+            self._warned.add(kind)
         if isinstance(e, RegistryUnavailable):
-            with self._lock:
-                if self._warned_down:
-                    return
-                self._warned_down = True
             log.warning("cache registry unavailable", registry=self.cache.target, error=str(e), then="not asked again")
             return
         log.warning("cache registry failed", registry=self.cache.target, error=str(e))
