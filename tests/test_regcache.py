@@ -4,6 +4,7 @@ machines (separate ``.pipekit/`` folders, one engine), against a real Distributi
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -220,24 +221,39 @@ def test_without_a_login_and_read_mode_never_pushes(tmp_path: Path, busybox_imag
     assert (c / "dist" / "app.bin").is_file()
 
 
-def test_a_tampered_blob_is_a_miss_and_a_warning(tmp_path: Path, busybox_image: str, open_registry: Any) -> None:
+@pytest.mark.parametrize("where", ["blob", "manifest"])
+def test_a_tampered_entry_is_a_miss_and_a_warning(
+    tmp_path: Path, busybox_image: str, open_registry: Any, where: str
+) -> None:
+    """``blob``: outputs larger than what a manifest embeds, their blobs changed in the registry's
+    storage; ``manifest``: small outputs embedded in the manifest, the manifest changed there."""
     target = f"{open_registry.address}/team/cache"
     a, b = checkout(tmp_path, "a"), checkout(tmp_path, "b")
+    content = "payload-from-src\n" * (2000 if where == "blob" else 1)
+    for folder in (a, b):
+        (folder / "src" / "a.txt").write_text(content)
     code, out, err = cli(*run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"))
     assert code == 0, out + err
     tampered = 0
     for blob in open_registry.blobs():
         data = blob.read_bytes()
-        if b"payload-from-src" in data:
+        if where == "blob" and b"payload-from-src" in data:
             blob.write_bytes(data.replace(b"payload-from-src", b"payload-evil-xyz"))
             tampered += 1
-    assert tampered == 2  # the files' tar and the archived artifact
+        if where == "manifest" and b'"artifactType"' in data:
+            manifest = json.loads(data)
+            layer = manifest["layers"][0]
+            evil = _tar({"dist/app.bin": b"payload-evil-xyz\n"})
+            layer["data"] = base64.b64encode(evil).decode()
+            blob.write_bytes(json.dumps(manifest).encode())
+            tampered += 1
+    assert tampered == (2 if where == "blob" else 1)  # the files' tar and the archived artifact; the manifest
     code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", target))
     assert code == 0, out + err
     assert finished(out, "build")["status"] == "succeeded"  # it ran
     refused = [e for e in events(out) if e.get("event") == "cache entry refused"]
     assert refused and "does not match its digest" in refused[0]["reason"], out
-    assert (b / "dist" / "app.bin").read_text() == "payload-from-src\nbuilt\n"
+    assert (b / "dist" / "app.bin").read_text() == content + "built\n"
     assert b"payload-evil" not in b"".join(p.read_bytes() for p in b.rglob("*") if p.is_file())
 
 

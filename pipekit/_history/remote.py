@@ -13,7 +13,10 @@ key, 64 hex digits). Its manifest (``application/vnd.oci.image.manifest.v1+json`
 - one ``application/vnd.pipekit.cache.artifact.v1`` layer per archived artifact (its path in the
   ``org.opencontainers.image.title`` annotation).
 
-Blobs go up first and the manifest last, so an entry exists only once everything it names is there.
+A blob of at most 16 KiB (the config, a small stage's files) is also embedded in its descriptor
+(the OCI ``data`` field, base64), so that a small entry is read in one request; it is checked against
+its digest like any other. Blobs go up first and the manifest last, so an entry exists only once
+everything it names is there.
 On the way back every blob is read into memory and checked against its digest and size before
 anything is written; an entry whose key is not the one asked for, or that names a file its stage
 does not declare, is refused like a tampered one. Files are written without following links, never
@@ -22,6 +25,8 @@ into ``.git/`` or ``.pipekit/``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import posixpath
@@ -62,6 +67,7 @@ ARTIFACT_LAYER_TYPE = "application/vnd.pipekit.cache.artifact.v1"
 TITLE = "org.opencontainers.image.title"
 MAX_CONFIG = 64 << 20
 MAX_BLOB = 8 << 30
+EMBED = 16 << 10  # blobs up to this size travel inside the manifest too
 MODES = ("read", "write", "readwrite", "off")
 
 
@@ -218,15 +224,28 @@ class RegistryCache:
                 return None
             manifest = _json(found[1], "its manifest")
             config_desc = _descriptor(manifest.get("config"), CONFIG_TYPE)
-            config = _json(self.client.blob(config_desc["digest"], min(config_desc["size"], MAX_CONFIG)), "its config")
+            config = _json(self._blob(config_desc, MAX_CONFIG), "its config")
             descs = [_descriptor(d, None) for d in manifest.get("layers") or []] if layers else []
-            blobs = [(d, self.client.blob(d["digest"], min(d["size"], MAX_BLOB))) for d in descs]
+            blobs = [(d, self._blob(d, MAX_BLOB)) for d in descs]
         except BlobMismatch as e:
             raise Tampered(str(e)) from None
         except RegistryError as e:
             self._unavailable(e)
             raise
         return _entry(key, stage, config, blobs)
+
+    def _blob(self, desc: dict[str, Any], limit: int) -> bytes:
+        """A blob from its descriptor's embedded data, else from the registry; checked either way."""
+        embedded = desc.get("data")
+        if not isinstance(embedded, str):
+            return self.client.blob(desc["digest"], min(desc["size"], limit))
+        try:
+            data = base64.b64decode(embedded, validate=True)
+        except ValueError:
+            raise Tampered("an embedded blob is not base64") from None
+        if len(data) != desc["size"] or "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"]:
+            raise Tampered(f"the blob {desc['digest']} embedded in its manifest does not match its digest")
+        return data
 
     def entries(self) -> list[EntryInfo]:
         """Every entry of the repository, newest first (a manifest request per entry)."""
@@ -310,6 +329,8 @@ class RegistryCache:
         desc: dict[str, Any] = {"mediaType": media_type, "digest": self.client.put_blob(data), "size": len(data)}
         if annotations:
             desc["annotations"] = annotations
+        if len(data) <= EMBED:
+            desc["data"] = base64.b64encode(data).decode()
         return desc
 
 
