@@ -609,3 +609,61 @@ def test_the_bearer_token_flow_of_docker_hub_like_registries(
         assert "tok-en-pass-77" not in out + err
     finally:
         front.close()
+
+
+IMAGES = """
+import pipekit as pk
+
+@pk.stage(image="busybox", cache=pk.inputs("img/Dockerfile"))
+def img(ctx):
+    return ctx.docker.build("img", tag="TAG")
+
+@pk.stage(image=img)
+def inside(ctx, img):
+    return ctx.sh("cat /marker").stdout.strip()
+"""
+
+
+def test_a_hit_brings_the_images_of_its_result_by_digest(
+    tmp_path: Path, busybox_image: str, login_registry: Any, docker_client: Any
+) -> None:
+    """The image a cached stage built travels with its entry (pushed to the cache's repository,
+    named by digest); on the second machine, where the engine lost it, it is pulled by digest
+    with the cache's login and the stage that runs in it runs."""
+    reg = login_registry
+    target = f"{reg.address}/acme/imgs"
+    tag = f"pipekit-regcache-test/img-{os.urandom(4).hex()}:1"
+    pipeline = IMAGES.replace("TAG", tag)
+    a, b = checkout(tmp_path, "a", pipeline), checkout(tmp_path, "b", pipeline)
+    for folder in (a, b):
+        (folder / "img").mkdir()
+        (folder / "img" / "Dockerfile").write_text(f"FROM {busybox_image}\nRUN echo {tag} > /marker\n")
+    pulled: list[str] = []
+    try:
+        code, out, err = cli(
+            *run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"), env=reg.env()
+        )
+        assert code == 0, out + err
+        pushed = [e for e in events(out) if e.get("event") == "cache image pushed"]
+        assert len(pushed) == 1 and pushed[0]["remote"].startswith(f"{target}@sha256:"), out
+        image_id = docker_client.images.get(tag).id
+        docker_client.images.remove(tag, force=True)  # the second machine's engine does not have it
+        for ref in [f"{target}:img-{image_id.removeprefix('sha256:')[:24]}"]:
+            try:
+                docker_client.images.remove(ref, force=True)
+            except Exception:
+                pass
+        code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", target), env=reg.env())
+        assert code == 0, out + err
+        assert finished(out, "img")["status"] == "cached"
+        assert [e["image"] for e in events(out) if e.get("event") == "cache image pulled"] == [pushed[0]["remote"]]
+        assert finished(out, "inside")["status"] == "succeeded"
+        assert json.loads(stage_row(b, "inside")[1].output) == tag
+        pulled = [t for i in docker_client.images.list() if i.id == image_id for t in i.tags] or [image_id]
+        assert reg.password not in out + err
+    finally:
+        for ref in [tag, *pulled]:
+            try:
+                docker_client.images.remove(ref, force=True)
+            except Exception:
+                pass

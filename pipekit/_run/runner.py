@@ -199,8 +199,8 @@ def shared_cache(setup: RunSetup) -> SharedCache | None:
         raise UsageError(f"--cache-mode {mode!r} is not one of {', '.join(MODES)}")
     if not r.cache_registry or mode == "off" or not r.use_cache:
         return None
-    cache = open_shared_cache(r.cache_registry, mode, cache_login(setup.secrets, r.cache_credentials))
-    return SharedCache(cache)
+    auth = cache_login(setup.secrets, r.cache_credentials)
+    return SharedCache(open_shared_cache(r.cache_registry, mode, auth), auth=auth)
 
 
 def _captured(shared: SharedCache | None, records: StageRecords) -> StageRecords:

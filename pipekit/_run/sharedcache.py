@@ -14,15 +14,18 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from pipekit._core.results import StageResult, StageStatus
 from pipekit._core.testreport import FailedTest, TestReport
 from pipekit._dsl.secrets import Credentials, SecretStore
 from pipekit._history.remote import Entry, RegistryCache, Tampered, describe, pack_files, restore_files
 from pipekit._plan.resolve import ResolvedStage
 from pipekit._run.context import StageRecords
-from pipekit._run.outputs import Taken, gone_image
-from pipekit._run.serialize import loads
-from pipekit.exceptions import RegistryError, RegistryUnavailable
+from pipekit._run.outputs import Taken, gone_image, images_in
+from pipekit._run.serialize import dumps, loads
+from pipekit.backend import Image, Origin
+from pipekit.exceptions import PipekitError, RegistryError, RegistryUnavailable
 
 __all__ = ["CapturedRecords", "PlanRemote", "SharedCache", "cache_login", "open_shared_cache", "report_of", "tests_of"]
 
@@ -111,9 +114,12 @@ class CapturedRecords:
 class SharedCache:
     """A run's use of a :class:`RegistryCache`."""
 
-    def __init__(self, cache: RegistryCache, captured: CapturedRecords | None = None) -> None:
+    def __init__(
+        self, cache: RegistryCache, captured: CapturedRecords | None = None, auth: tuple[str, str] | None = None
+    ) -> None:
         self.cache = cache
         self.captured = captured
+        self.auth = auth  # the login, for the images that travel with entries
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -150,13 +156,34 @@ class SharedCache:
         except RegistryError as e:
             self._down(e, log)
             return taken
-        gone = gone_image(run.images, output)
+        gone = self._pull_images(run, r, output, log)
         if gone is not None:
             return Taken(None, f"registry cache miss: image {gone} is not here", key=taken.key, inputs=taken.inputs)
         if not self._write_back(run, r, entry, tests, log):
             return taken
         why = describe(entry, self.cache.target)
         return Taken(StageStatus.CACHED, why, entry.run_id, entry.output_json, taken.key, taken.inputs)
+
+    def _pull_images(self, run: Any, r: ResolvedStage, output: Any, log: Any) -> str | None:
+        """The images of a hit's result: usable as they are (in the engine, or their registry gives
+        them by digest), else pulled by digest with the cache's login; the id of one that is not."""
+        gone = gone_image(run.images, output)
+        if gone is None or self.auth is None:
+            return gone
+        for image in images_in(output):
+            if image.id == gone and image.remote:
+                try:
+                    run.images.pull(Origin(run.run_id, r.stage.name), image.remote, self._docker_auth(), _quiet)
+                except PipekitError as e:
+                    log.warning("cache image not pulled", image=image.remote, error=str(e))
+                    return gone
+                log.info("cache image pulled", image=image.remote)
+        return gone_image(run.images, output)
+
+    def _docker_auth(self) -> dict[str, str] | None:
+        if self.auth is None:
+            return None
+        return {"username": self.auth[0], "password": self.auth[1], "serveraddress": self.cache.client.registry}
 
     def _write_back(self, run: Any, r: ResolvedStage, entry: Entry, tests: TestReport | None, log: Any) -> bool:
         name, patterns = r.stage.name, r.stage.cache.outputs if r.stage.cache else ()
@@ -203,17 +230,54 @@ class SharedCache:
             artifacts=tuple(artifacts),
             tests=tests_of(report) if report is not None else None,
         )
-        run.releases.submit(lambda: self._push(entry, log))
+        run.releases.submit(lambda: self._push(run, entry, log))
 
-    def _push(self, entry: Entry, log: Any) -> None:
+    def _push(self, run: Any, entry: Entry, log: Any) -> None:
         if not self.cache.writes:
             return
         try:
+            entry = self._with_images(run, entry, log)
             digest = self.cache.push(entry)
         except RegistryError as e:
             self._down(e, log)
             return
+        except PipekitError as e:  # an image that could not be tagged: no entry, the run goes on
+            log.warning("cache entry not pushed", reason=str(e))
+            return
         log.info("cache entry pushed", registry=self.cache.target, digest=digest[:19])
+
+    def _with_images(self, run: Any, entry: Entry, log: Any) -> Entry:
+        """The entry, its result's images pushed to the cache's repository first (tag ``img-ID``),
+        each named by digest (``pk.Image.remote``) so that another machine pulls exactly it."""
+        output = loads(entry.output_json)
+        local = [i for i in images_in(output) if not i.remote]
+        if not local:
+            return entry
+        origin, remote = Origin(run.run_id, entry.stage), {}
+        for image in local:
+            ref = f"{self.cache.target}:img-{image.id.removeprefix('sha256:')[:24]}"
+            run.images.tag(origin, image, ref)
+            digest = run.images.push(origin, ref, self._docker_auth(), _quiet)
+            remote[image.id] = f"{self.cache.target}@{digest}"
+            log.info("cache image pushed", image=image.id[:19], remote=remote[image.id])
+        return attrs.evolve(entry, output_json=dumps(_named(output, remote)))
+
+
+def _quiet(stream: str, line: str) -> None:
+    """The progress lines of an image push or pull for the cache: not shown."""
+
+
+def _named(value: Any, remote: dict[str, str]) -> Any:
+    """``value`` with each pk.Image whose id is in ``remote`` named by its registry digest."""
+    if isinstance(value, Image):
+        return attrs.evolve(value, remote=remote.get(value.id, value.remote))
+    if isinstance(value, list):
+        return [_named(v, remote) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_named(v, remote) for v in value)
+    if isinstance(value, dict):
+        return {k: _named(v, remote) for k, v in value.items()}
+    return value
 
 
 def _holds_secret(values: Sequence[str], blobs: Sequence[bytes]) -> bool:
