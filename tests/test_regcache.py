@@ -667,3 +667,51 @@ def test_a_hit_brings_the_images_of_its_result_by_digest(
                 docker_client.images.remove(ref, force=True)
             except Exception:
                 pass
+
+
+def test_pk_credentials_for_the_cache_from_python(tmp_path: Path, busybox_image: str, login_registry: Any) -> None:
+    import pipekit as pk
+
+    reg = login_registry
+    target = f"{reg.address}/acme/py"
+    a, b = checkout(tmp_path, "a"), checkout(tmp_path, "b")
+    creds = pk.Credentials(pk.secret("CACHE_USER", mask=False), pk.secret("CACHE_TOKEN"))
+    secrets = {"CACHE_USER": reg.user, "CACHE_TOKEN": reg.password}
+    logs = io.StringIO()
+    common: dict[str, Any] = {"image_map": {"busybox": busybox_image}, "record": True, "secrets": secrets}
+    first = pk.run(
+        str(a / "pipeline.py"),
+        cache_registry=target,
+        cache_mode="readwrite",
+        cache_credentials=creds,
+        log_format="json",
+        log_file=logs,
+        **common,
+    )
+    assert first.status == "succeeded" and len(reg.tags("acme/py")) == 1, logs.getvalue()
+    second = pk.run(str(b / "pipeline.py"), cache_registry=target, cache_credentials=creds, log_file=logs, **common)
+    assert second.stages["build"].status == "cached"
+    assert reg.password not in logs.getvalue()
+
+
+SECRET_OUT = """
+import pipekit as pk
+
+@pk.stage(image="busybox", env={"TOKEN": pk.secret("API_TOKEN")}, cache=pk.inputs(outputs=["dist/**"]))
+def build(ctx):
+    ctx.sh('mkdir -p dist && echo "$TOKEN" > dist/conf.txt')
+    return "built"
+"""
+
+
+def test_an_entry_whose_files_hold_a_secret_is_not_pushed(
+    tmp_path: Path, busybox_image: str, open_registry: Any
+) -> None:
+    target = f"{open_registry.address}/team/secret"
+    a = checkout(tmp_path, "a", SECRET_OUT)
+    env = {"API_TOKEN": "tok-1234567890-secret"}
+    code, out, err = cli(*run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"), env=env)
+    assert code == 0, out + err
+    refused = [e for e in events(out) if e.get("event") == "cache entry not pushed"]
+    assert refused and "secret" in refused[0]["reason"], out
+    assert open_registry.tags("team/secret") == [] and open_registry.blobs() == []
