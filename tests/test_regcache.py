@@ -715,3 +715,21 @@ def test_an_entry_whose_files_hold_a_secret_is_not_pushed(
     refused = [e for e in events(out) if e.get("event") == "cache entry not pushed"]
     assert refused and "secret" in refused[0]["reason"], out
     assert open_registry.tags("team/secret") == [] and open_registry.blobs() == []
+
+
+def test_mistakes_are_clear_messages(tmp_path: Path, busybox_image: str) -> None:
+    a = checkout(tmp_path, "a")
+    bad = run_console(["run", "-f", str(a), "--cache-registry", "NotARegistry"])
+    assert bad.returncode == 2 and "is not REGISTRY/REPOSITORY" in bad.stderr and "Traceback" not in bad.stderr
+    assert "build" not in bad.stdout + bad.stderr  # refused before any stage
+    mode = run_console(["run", "-f", str(a), "--cache-registry", "127.0.0.1:5/x", "--cache-mode", "sometimes"])
+    assert mode.returncode == 2 and "sometimes" in mode.stderr and "Traceback" not in mode.stderr
+    remote = run_console(["cache", "list", "--remote", "-f", str(a)], env={"PIPEKIT_CACHE_REGISTRY": ""})
+    assert remote.returncode == 2 and "--cache-registry REGISTRY/REPO" in remote.stderr
+    (a / "pyproject.toml").write_text(
+        '[tool.pipekit]\ncache-registry = "127.0.0.1:1/team/cache"\ncache-mode = "read"\n'
+    )
+    down = run_console(["cache", "list", "--remote", "-f", str(a)], cwd=a)
+    assert (
+        down.returncode == 3 and "Cannot reach registry 127.0.0.1:1" in down.stderr and "Traceback" not in down.stderr
+    )
