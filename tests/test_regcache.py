@@ -733,3 +733,20 @@ def test_mistakes_are_clear_messages(tmp_path: Path, busybox_image: str) -> None
     assert (
         down.returncode == 3 and "Cannot reach registry 127.0.0.1:1" in down.stderr and "Traceback" not in down.stderr
     )
+
+
+def test_plan_with_a_registry_that_never_answers_is_bounded(tmp_path: Path, busybox_image: str) -> None:
+    a = checkout(tmp_path, "a", CHAIN)
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        started = time.monotonic()
+        plan = run_console(
+            ["plan", "-f", str(a), "--image-map", f"busybox={busybox_image}"],
+            env={"PIPEKIT_CACHE_REGISTRY": f"127.0.0.1:{hole.getsockname()[1]}/x/y"},
+        )
+        took = time.monotonic() - started
+    assert plan.returncode == 0, plan.stderr
+    assert "warning: the cache registry" in plan.stderr and "shown as misses" in plan.stderr
+    assert "build (" in plan.stdout and "registry hit" not in plan.stdout
+    assert took < 20
