@@ -116,15 +116,14 @@ class OciClient:
         return response
 
     def _send(self, method: str, url: str, scope: str, kwargs: dict[str, Any]) -> Any:
-        headers = dict(kwargs.pop("headers", None) or {})
+        """One request, with what the registry asked for so far (the caller's headers kept as given)."""
+        headers = dict(kwargs.get("headers") or {})
         token = self._tokens.get(scope)
         auth = self._auth if self._basic and token is None else None
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        try:
-            return self._session.request(method, url, headers=headers, auth=auth, **kwargs)
-        finally:
-            kwargs["headers"] = headers
+        rest = {k: v for k, v in kwargs.items() if k != "headers"}
+        return self._session.request(method, url, headers=headers, auth=auth, **rest)
 
     def _answer(self, header: str, scope: str) -> None:
         """Take up the registry's challenge: Basic with the login, or a Bearer token from its realm."""
