@@ -199,6 +199,13 @@ def test_a_second_machine_gets_the_first_ones_results(tmp_path: Path, busybox_im
         if path.is_file():
             assert reg.password.encode() not in path.read_bytes(), path
     assert len(reg.tags("acme/proj-cache")) == 1  # read mode: B pushed nothing
+    b_run = stage_row(b, "build")[0]
+    code, out, err = cli(*run_args(b, busybox_image))  # no registry now: the hit was kept here
+    assert code == 0, out + err
+    assert finished(out, "build")["status"] == "cached"
+    assert finished(out, "build")["reason"] == f"cache hit: result of run {b_run.id}"
+    code, out, err = cli("plan", "-f", str(b), "--image-map", f"busybox={busybox_image}")
+    assert f"[cached: the result of run {b_run.id}]" in out, out + err
 
 
 def test_without_a_login_and_read_mode_never_pushes(tmp_path: Path, busybox_image: str, open_registry: Any) -> None:

@@ -139,6 +139,8 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
     shared = None
     try:
         shared = shared_cache(setup)
+        if shared is not None and rec.history is not None and r.use_cache:
+            shared.remember = rec.history.cache_put
         resolved = setup.resolved(rec.restore)
         if resolved.needs_container_backend:
             backend.check()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -120,6 +120,8 @@ class SharedCache:
         self.cache = cache
         self.captured = captured
         self.auth = auth  # the login, for the images that travel with entries
+        #: keeps a registry hit in this machine's cache: (key, run id, stage, output JSON)
+        self.remember: Callable[[str, str, str, str], None] | None = None
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -162,7 +164,17 @@ class SharedCache:
         if not self._write_back(run, r, entry, tests, log):
             return taken
         why = describe(entry, self.cache.target)
+        self._remember(run, taken.key, name, entry.output_json, log)
         return Taken(StageStatus.CACHED, why, entry.run_id, entry.output_json, taken.key, taken.inputs)
+
+    def _remember(self, run: Any, key: str, stage: str, output: str, log: Any) -> None:
+        """The hit, kept in the local cache under this run (the next run here is a local hit)."""
+        if self.remember is None:
+            return
+        try:
+            self.remember(key, run.run_id, stage, output)
+        except Exception as e:  # the history could not be written: the hit stands, the run goes on
+            log.warning("cache hit not kept locally", error=str(e))
 
     def _pull_images(self, run: Any, r: ResolvedStage, output: Any, log: Any) -> str | None:
         """The images of a hit's result: usable as they are (in the engine, or their registry gives
