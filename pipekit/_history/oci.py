@@ -1,7 +1,7 @@
 """A small client of the OCI Distribution HTTP API, for the shared stage cache (``_history/remote.py``).
 
 pipekit talks to the registry itself (over ``requests``) rather than through the ``oras`` package:
-it needs only eight calls (manifest get/put/delete, blob get/head/upload, the tag list), it must
+it needs only seven calls (manifest get/put/delete, blob get/head/upload, the tag list), it must
 bound every call by a timeout and turn every failure into one of pipekit's registry errors (a cache
 that cannot be reached is a miss, never a failed run), and it verifies each blob's digest as it
 streams, in memory, before anything reaches the workspace.
@@ -95,6 +95,7 @@ class OciClient:
         try:
             response = self._send(method, url, scope, kwargs)
             if response.status_code == 401:
+                response.close()
                 self._answer(response.headers.get("WWW-Authenticate", ""), scope)
                 response = self._send(method, url, scope, kwargs)
         except requests.RequestException as e:
@@ -134,11 +135,18 @@ class OciClient:
         if scheme != "bearer" or "realm" not in params:
             return  # answered below as refused
         query = {"service": params.get("service", self.registry), "scope": params.get("scope", scope)}
-        response = self._session.get(params["realm"], params=query, auth=self._auth, timeout=self._timeout)
+        realm = params["realm"]
+        # the login never goes in clear text to a token service of an HTTPS registry
+        auth = self._auth if realm.startswith("https://") or self.base.startswith("http://") else None
+        response = self._session.get(realm, params=query, auth=auth, timeout=self._timeout)
         if response.status_code != 200:
+            response.close()
             return
-        body = response.json()
-        token = body.get("token") or body.get("access_token")
+        try:
+            body = response.json()
+        except ValueError:
+            return
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if isinstance(token, str):
             self._tokens[scope] = token
 
@@ -156,12 +164,6 @@ class OciClient:
         )
 
     # -- reading ---------------------------------------------------------------------------
-    def ping(self) -> None:
-        """The registry answers and lets this login read the repository (``GET /v2/``)."""
-        response = self._request("GET", f"{self.base}/v2/")
-        if response.status_code != 200:
-            raise self._failed(response, "answer")
-
     def manifest(self, ref: str) -> tuple[str, bytes] | None:
         """The manifest of a tag (or digest): its digest and bytes, verified; None when there is none."""
         response = self._request("GET", f"manifests/{ref}", headers={"Accept": MANIFEST_TYPES}, stream=True)
@@ -178,14 +180,6 @@ class OciClient:
                 f"the manifest {ref} in {self.target} does not match its digest", registry=self.registry, reference=ref
             )
         return digest, body
-
-    def has_manifest(self, ref: str) -> bool:
-        response = self._request("HEAD", f"manifests/{ref}", headers={"Accept": MANIFEST_TYPES})
-        response.close()
-        if response.status_code in (200, 404):
-            found: bool = response.status_code == 200
-            return found
-        raise self._failed(response, f"look up manifest {ref}")
 
     def blob(self, digest: str, size: int) -> bytes:
         """A blob's bytes, checked against its digest and size (BlobMismatch otherwise)."""

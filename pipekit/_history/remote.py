@@ -206,14 +206,6 @@ class RegistryCache:
             self.down = str(e)
 
     # -- reading ---------------------------------------------------------------------------
-    def has(self, key: str) -> bool:
-        """Whether the registry holds an entry for the key (one HEAD request: ``pipekit plan``)."""
-        try:
-            return self.client.has_manifest(tag_of(key))
-        except RegistryError as e:
-            self._unavailable(e)
-            raise
-
     def fetch(self, key: str, stage: str, *, layers: bool = True) -> Entry | None:
         """The entry for the key, every blob checked; None when there is none; Tampered when it does
         not hold together; a RegistryError when the registry fails. ``layers=False``: its manifest

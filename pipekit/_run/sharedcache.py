@@ -158,6 +158,9 @@ class SharedCache:
         except RegistryError as e:
             self._down(e, log)
             return taken
+        except Exception as e:  # whatever else goes wrong with the registry, the stage runs
+            log.warning("cache registry failed", registry=self.cache.target, error=f"{type(e).__name__}: {e}")
+            return taken
         gone = self._pull_images(run, r, output, log)
         if gone is not None:
             return Taken(None, f"registry cache miss: image {gone} is not here", key=taken.key, inputs=taken.inputs)
@@ -253,8 +256,8 @@ class SharedCache:
         except RegistryError as e:
             self._down(e, log)
             return
-        except PipekitError as e:  # an image that could not be tagged: no entry, the run goes on
-            log.warning("cache entry not pushed", reason=str(e))
+        except Exception as e:  # an image that could not be tagged, anything else: no entry, the run goes on
+            log.warning("cache entry not pushed", reason=f"{type(e).__name__}: {e}")
             return
         log.info("cache entry pushed", registry=self.cache.target, digest=digest[:19])
 
