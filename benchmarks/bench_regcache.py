@@ -123,7 +123,7 @@ def bench_misses(address: str, rounds: int) -> tuple[float, float]:
 def _stage(i: int) -> str:
     needs = "" if i == 0 else f", needs=['s{i - 1}']"
     return (
-        f"@pk.stage(cache=pk.inputs(outputs=['out/s{i}.txt']){needs})\n"
+        f"@pk.stage(cache=pk.inputs(env=['BENCH_STATE'], outputs=['out/s{i}.txt']){needs})\n"
         f"def s{i}(ctx):\n"
         "    import pathlib\n"
         "    (pathlib.Path(ctx.workspace) / 'out').mkdir(exist_ok=True)\n"
@@ -150,8 +150,9 @@ def timed_run(folder: Path, **options: object) -> tuple[float, pk.RunResult]:
 
 def bench_second_machine(address: str, work: Path, rounds: int) -> tuple[float, float, float]:
     """(warm second machine, fresh checkout, local all-hit re-run). Warm: the machine has run the
-    project before (its .pipekit/ exists), but none of these stages' results."""
+    project before (its .pipekit/ exists, from a run of other inputs), but none of these stages' results."""
     target = f"{address}/bench/chain"
+    os.environ["BENCH_STATE"] = "current"
     first = checkout(work, "first")
     _, result = timed_run(first, cache_registry=target, cache_mode="readwrite")
     assert result.status == "succeeded", result.stages
@@ -161,7 +162,9 @@ def bench_second_machine(address: str, work: Path, rounds: int) -> tuple[float, 
         assert all(s.status == "cached" for s in result.stages.values()), result.stages
         local.append(took)
         second = checkout(work, f"warm{r}")
-        timed_run(second, use_cache=False)  # an earlier run there: the history exists, no cached result
+        os.environ["BENCH_STATE"] = "older"  # an earlier run there, of other inputs: other keys
+        timed_run(second)
+        os.environ["BENCH_STATE"] = "current"
         took, result = timed_run(second, cache_registry=target)
         assert all(s.status == "cached" for s in result.stages.values()), result.stages
         warm.append(took)

@@ -16,6 +16,7 @@ The password never appears in an error or a log line.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -78,6 +79,11 @@ class OciClient:
         self._timeout = timeout
         self._session = requests.Session()
         self._session.headers["User-Agent"] = "pipekit-cache"
+        # The environment is read once, not on every request (requests would read the proxy
+        # variables and ~/.netrc each time: a few ms per request): proxies per host, the CA bundle.
+        self._session.trust_env = False
+        self._session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._proxies: dict[str, dict[str, str]] = {}
         self._basic = False
         self._tokens: dict[str, str] = {}
 
@@ -124,7 +130,19 @@ class OciClient:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         rest = {k: v for k, v in kwargs.items() if k != "headers"}
-        return self._session.request(method, url, headers=headers, auth=auth, **rest)
+        return self._session.request(method, url, headers=headers, auth=auth, proxies=self._proxies_for(url), **rest)
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """The proxies the environment gives this URL's host (``HTTPS_PROXY``, ``NO_PROXY``...), once per host."""
+        from urllib.parse import urlsplit
+
+        import requests
+
+        host = urlsplit(url).netloc
+        found = self._proxies.get(host)
+        if found is None:
+            found = self._proxies[host] = dict(requests.utils.get_environ_proxies(url))
+        return found
 
     def _answer(self, header: str, scope: str) -> None:
         """Take up the registry's challenge: Basic with the login, or a Bearer token from its realm."""
@@ -138,7 +156,9 @@ class OciClient:
         realm = params["realm"]
         # the login never goes in clear text to a token service of an HTTPS registry
         auth = self._auth if realm.startswith("https://") or self.base.startswith("http://") else None
-        response = self._session.get(realm, params=query, auth=auth, timeout=self._timeout)
+        response = self._session.get(
+            realm, params=query, auth=auth, timeout=self._timeout, proxies=self._proxies_for(realm)
+        )
         if response.status_code != 200:
             response.close()
             return
