@@ -134,7 +134,8 @@ def run(pipeline: Pipeline | str = "pipeline.py", *targets: str, **options: Any)
     ``timeout``, ``params``, ``secrets_file``, ``secrets``, ``branch``, ``changed``,
     ``changed_base``, ``image_map``, ``workspace_mode``, ``backend`` (a backend, or ``"docker"`` or
     ``"swarm"``), ``registry``, ``record`` (keep the run in
-    the history, as ``pipekit run`` does), ``resume``, ``use_cache``, ``log_format``,
+    the history, as ``pipekit run`` does), ``resume``, ``use_cache``, ``cache_registry``,
+    ``cache_mode`` and ``cache_credentials`` (a ``pk.Credentials``: the shared cache), ``log_format``,
     ``log_file``, ``verbose``. An unknown option is a ``TypeError``.
     """
     from pipekit._run.runner import execute

@@ -143,17 +143,30 @@ def test_github_workflow(tmp_path: Path) -> None:
     steps = workflow["jobs"]["pipeline"]["steps"]
     uses = [s.get("uses", "") for s in steps]
     assert uses[0].startswith("actions/checkout@")
-    assert any(u.startswith("actions/cache@") for u in uses)
-    cache = next(s for s in steps if s.get("uses", "").startswith("actions/cache@"))
-    assert cache["with"]["path"] == ".pipekit"
+    assert not any(u.startswith("actions/cache@") for u in uses)  # the stage cache is in the registry
+    assert workflow["jobs"]["pipeline"]["permissions"] == {"contents": "read", "packages": "write", "checks": "write"}
     install = next(s for s in steps if s.get("name") == "Install pipekit")
     assert install["run"] == f'python -m pip install "{DISTRIBUTION}=={pipekit.__version__}"'
     run = next(s for s in steps if s.get("name") == "Run the pipeline")
     assert "pipekit run -f pipeline.py --junit reports/pipekit.xml" in run["run"]
     assert run["env"] == {
+        "PIPEKIT_CACHE_MODE": "${{ github.event_name == 'push' && github.ref_name =="
+        " github.event.repository.default_branch && 'readwrite' || 'read' }}",
+        "PIPEKIT_REGISTRY_USER": "${{ github.actor }}",
+        "PIPEKIT_REGISTRY_PASSWORD": "${{ secrets.GITHUB_TOKEN }}",
         "API_TOKEN": "${{ secrets.API_TOKEN }}",
         "REGISTRY_PASSWORD": "${{ secrets.REGISTRY_PASSWORD }}",
     }
+    # the script as the runner's bash runs it: the registry's repository is the project's, in lowercase
+    export = run["run"].splitlines()[0]
+    shown = subprocess.run(
+        ["bash", "-c", f'{export}; echo "$PIPEKIT_CACHE_REGISTRY"'],
+        env={"GITHUB_REPOSITORY": "Acme-Org/My.App", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert shown.stdout == "ghcr.io/acme-org/my.app/pipekit-cache\n"
+    assert 'PIPEKIT_CACHE_MODE: "off"' in (tmp_path / ".github/workflows/pipekit.yml").read_text()  # how to turn it off
     published = [s for s in steps if s.get("if") == "always()"]
     assert any("report_paths" in s.get("with", {}) for s in published)
     assert any("reports/pipekit.xml" in s.get("with", {}).get("path", "") for s in published)
@@ -163,7 +176,18 @@ def test_gitlab_ci(tmp_path: Path) -> None:
     done = _init(tmp_path, "gitlab")
     assert done.returncode == 0, done.stderr
     job = _gitlab((tmp_path / ".gitlab-ci.yml").read_text())["pipekit"]
-    assert job["cache"]["paths"] == [".pipekit/"]
+    assert "cache" not in job  # the stage cache is in the project's registry
+    assert job["variables"]["PIPEKIT_CACHE_REGISTRY"] == "$CI_REGISTRY_IMAGE/pipekit-cache"
+    assert job["variables"]["PIPEKIT_CACHE_MODE"] == "read"
+    assert (job["variables"]["PIPEKIT_REGISTRY_USER"], job["variables"]["PIPEKIT_REGISTRY_PASSWORD"]) == (
+        "$CI_REGISTRY_USER",
+        "$CI_REGISTRY_PASSWORD",
+    )
+    assert job["rules"] == [
+        {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "variables": {"PIPEKIT_CACHE_MODE": "readwrite"}},
+        {"when": "on_success"},
+    ]
+    assert 'PIPEKIT_CACHE_MODE: "off"' in (tmp_path / ".gitlab-ci.yml").read_text()
     assert job["before_script"] == [f'python -m pip install "{DISTRIBUTION}=={pipekit.__version__}"']
     assert "pipekit run -f pipeline.py --junit reports/pipekit.xml" in job["script"]
     assert job["artifacts"]["reports"]["junit"] == "reports/pipekit.xml"

@@ -1,8 +1,10 @@
 """``pipekit ci init github|gitlab|jenkins``: a thin wrapper that runs the pipeline in that CI.
 
 Each wrapper checks the project out, installs pipekit (by default the distribution ``pipekit-ci``
-at this very version; ``--install`` says otherwise), restores and saves
-``.pipekit`` (the stage cache and history) with the CI's own cache, runs ``pipekit run --junit``,
+at this very version; ``--install`` says otherwise), shares the stage cache through the CI's own
+registry (GitHub's ghcr.io, GitLab's project registry: ``--cache-registry``, read on pull/merge
+requests, read-write on the default branch; Jenkins keeps ``.pipekit`` with the Job Cacher
+plugin), runs ``pipekit run --junit``,
 publishes the JUnit file and the run's artifacts, and passes the CI's secrets to pipekit under the
 names pipeline.py asks for (``pk.secret("NAME")``).
 """
@@ -82,9 +84,15 @@ def install_spec(given: str | None = None) -> str:
     return result
 
 
+#: GitHub: the mode of the shared cache, by event and branch (a push to the default branch writes)
+GITHUB_CACHE_MODE = (
+    "${{ github.event_name == 'push' && github.ref_name == github.event.repository.default_branch"
+    " && 'readwrite' || 'read' }}"
+)
+
+
 def _github(secrets: Sequence[str], pipeline: str, install: str) -> str:
     env = "".join(f"          {s}: ${{{{ secrets.{s} }}}}\n" for s in secrets)
-    env_block = f"        env:\n{env}" if env else ""
     return f"""# Made by `pipekit ci init github` (pipekit {running_version()}). Runs {pipeline} on every push.
 name: pipekit
 on:
@@ -95,6 +103,10 @@ on:
 jobs:
   pipeline:
     runs-on: ubuntu-latest
+    permissions:
+      contents: read
+      packages: write  # the shared stage cache in ghcr.io
+      checks: write  # the test results
     steps:
       - uses: actions/checkout@v4
       - uses: actions/setup-python@v5
@@ -102,17 +114,18 @@ jobs:
           python-version: "3.12"
       - name: Install pipekit
         run: python -m pip install "{install}"
-      - name: Restore the stage cache
-        uses: actions/cache@v4
-        with:
-          path: .pipekit
-          key: pipekit-${{{{ runner.os }}}}-${{{{ github.ref_name }}}}-${{{{ github.sha }}}}
-          restore-keys: |
-            pipekit-${{{{ runner.os }}}}-${{{{ github.ref_name }}}}-
-            pipekit-${{{{ runner.os }}}}-
+      # The stage cache is shared through this repository's packages on ghcr.io (docs/history.md,
+      # "Sharing the cache"): pull requests only read it, pushes to the default branch also write it.
+      # To turn it off, set PIPEKIT_CACHE_MODE: "off" below.
       - name: Run the pipeline
-        run: pipekit run -f {pipeline} --junit {JUNIT}
-{env_block}      - name: Keep the run's artifacts
+        run: |
+          export PIPEKIT_CACHE_REGISTRY="ghcr.io/${{GITHUB_REPOSITORY,,}}/pipekit-cache"
+          pipekit run -f {pipeline} --junit {JUNIT}
+        env:
+          PIPEKIT_CACHE_MODE: {GITHUB_CACHE_MODE}
+          PIPEKIT_REGISTRY_USER: ${{{{ github.actor }}}}
+          PIPEKIT_REGISTRY_PASSWORD: ${{{{ secrets.GITHUB_TOKEN }}}}
+{env}      - name: Keep the run's artifacts
         if: always()
         run: pipekit artifacts last -f {pipeline} --dest {ARTIFACTS} || true
       - name: Publish the test results
@@ -141,13 +154,21 @@ pipekit:
   image: python:3.12
   services:
     - docker:dind
+  # The stage cache is shared through this project's container registry (docs/history.md, "Sharing
+  # the cache"): merge requests and other branches only read it, the default branch also writes it.
+  # To turn it off, set PIPEKIT_CACHE_MODE: "off" (in both places).
   variables:
     DOCKER_HOST: tcp://docker:2375
     DOCKER_TLS_CERTDIR: ""
-  cache:
-    key: pipekit-$CI_COMMIT_REF_SLUG
-    paths:
-      - .pipekit/
+    PIPEKIT_CACHE_REGISTRY: $CI_REGISTRY_IMAGE/pipekit-cache
+    PIPEKIT_REGISTRY_USER: $CI_REGISTRY_USER
+    PIPEKIT_REGISTRY_PASSWORD: $CI_REGISTRY_PASSWORD
+    PIPEKIT_CACHE_MODE: read
+  rules:
+    - if: $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH
+      variables:
+        PIPEKIT_CACHE_MODE: readwrite
+    - when: on_success
   before_script:
     - python -m pip install "{install}"
   script:
@@ -169,7 +190,9 @@ def _jenkins(secrets: Sequence[str], pipeline: str, install: str) -> str:
     env_block = f"    environment {{\n{env}    }}\n" if env else ""
     return f"""// Made by `pipekit ci init jenkins` (pipekit {running_version()}). Runs {pipeline} on every build.
 // Secrets come from Jenkins credentials of the same ids (Manage Jenkins > Credentials).
-// The stage cache (.pipekit) is kept with the Job Cacher plugin's `cache` step.
+// The stage cache (.pipekit) is kept with the Job Cacher plugin's `cache` step. To share it through a
+// registry instead (docs/history.md, "Sharing the cache"), set PIPEKIT_CACHE_REGISTRY, PIPEKIT_CACHE_MODE
+// (readwrite on the default branch, read elsewhere) and PIPEKIT_REGISTRY_USER/_PASSWORD in `environment`.
 pipeline {{
     agent any
 {env_block}    stages {{

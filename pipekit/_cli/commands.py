@@ -17,6 +17,8 @@ from pipekit._ci.output import detect as detect_ci
 from pipekit._cli.history import CONTEXT, print_error, table
 from pipekit._cli.options import (
     BRANCH_OPTION,
+    CACHE_MODE_OPTION,
+    CACHE_REGISTRY_OPTION,
     CHANGED_BASE_OPTION,
     IMAGE_MAP_ENV,
     IMAGE_MAP_OPTION,
@@ -158,6 +160,7 @@ _MARKS = {
     "restored": "restored",
     "run": "runs",
     "maybe-cached": "cached or runs",
+    "registry-cached": "registry hit",
     "fail": "fails",
 }
 
@@ -180,6 +183,7 @@ def _print_plan(decisions: list[Any], out: IO[str], log_format: str, head: str =
         for k, label in (
             ("cached", "from the stage cache"),
             ("restored", "restored"),
+            ("registry-cached", "from the registry cache"),
             ("maybe-cached", "cached or run, decided as the run goes"),
             ("fail", "fail before anything starts"),
         )
@@ -202,6 +206,8 @@ def _shared(args: SimpleNamespace, err: IO[str]) -> dict[str, Any]:
         resume=args.resume,
         use_cache=not getattr(args, "no_cache", False),
         check_images=not args.no_image_check,
+        cache_registry=args.cache_registry,
+        cache_mode=args.cache_mode,
     )
 
 
@@ -317,6 +323,8 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
 @click.option("--timeout", metavar="DURATION", envvar="PIPEKIT_TIMEOUT", help="Fail the run after this long ('30m').")
 @resume_option("Run again only what failed or did not run in RUN (default: the last run).")
 @click.option("--no-cache", is_flag=True, envvar="PIPEKIT_NO_CACHE", help="Run every stage, ignoring cached results.")
+@CACHE_REGISTRY_OPTION
+@CACHE_MODE_OPTION
 @click.option(
     "--workspace",
     type=click.Choice(("auto", "mount", "copy")),
@@ -355,6 +363,8 @@ def run(**values: Any) -> None:
 @BRANCH_OPTION
 @CHANGED_BASE_OPTION
 @resume_option("Plan the resumed run: what RUN's results restore (default: the last run).")
+@CACHE_REGISTRY_OPTION
+@CACHE_MODE_OPTION
 def plan(**values: Any) -> None:
     """What a run would do with each stage, and why: run, skip, or take from the stage cache (and,
     when the cache misses, what changed since the stage's last cached run)."""

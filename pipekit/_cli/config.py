@@ -37,6 +37,8 @@ KNOWN_KEYS = {
     "params": "param",
     "verbose": "verbose",
     "no-cache": "no_cache",
+    "cache-registry": "cache_registry",
+    "cache-mode": "cache_mode",
 }
 
 
@@ -86,7 +88,7 @@ def run_defaults(start: Path) -> dict[str, Any]:
 
 
 #: the [tool.pipekit] defaults that `plan` and `validate` take too (the options they share with `run`)
-SHARED = ("param", "secrets_file", "image_map")
+SHARED = ("param", "secrets_file", "image_map", "cache_registry", "cache_mode")
 
 
 def command_defaults(start: Path) -> dict[str, dict[str, Any]]:
@@ -94,4 +96,6 @@ def command_defaults(start: Path) -> dict[str, dict[str, Any]]:
     and `validate`, so that the three read the same project settings."""
     run = run_defaults(start)
     shared = {k: v for k, v in run.items() if k in SHARED}
-    return {"run": run, "plan": dict(shared), "validate": dict(shared)}
+    validate = {k: v for k, v in shared.items() if k in ("param", "secrets_file", "image_map")}
+    cache = {k: v for k, v in run.items() if k == "cache_registry"}
+    return {"run": run, "plan": dict(shared), "validate": validate, "cache": cache}

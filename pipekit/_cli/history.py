@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import click
 
-from pipekit._cli.options import backend_option, dispatch, file_option
+from pipekit._cli.options import CACHE_REGISTRY_OPTION, SECRETS_FILE_OPTION, backend_option, dispatch, file_option
 from pipekit._history.store import History
 from pipekit._run.runner import container_backend, open_history
 from pipekit.backend import CacheVolume, CacheVolumes, Sweeps
@@ -210,6 +210,12 @@ def cmd_artifacts(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_cache(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    if args.remote:  # the shared cache's entries in the registry (pipekit._cli.cacheregistry)
+        from pipekit._cli.cacheregistry import registry_cache
+
+        return registry_cache(args, out)
+    if args.action == "inspect":
+        raise UsageError("pipekit cache inspect is for the registry's entries: add --remote and --cache-registry")
     both = not args.results and not args.volumes
     with opened_history(args.file, err) as history:
         results = history.cache_entries()
@@ -304,13 +310,28 @@ def artifacts(**values: Any) -> None:
     dispatch(cmd_artifacts, **values)
 
 
-@click.command(context_settings=CONTEXT)
-@click.argument("action", type=click.Choice(("list", "prune")))
+CACHE_EPILOG = """\b
+Examples:
+  pipekit cache list
+  pipekit cache list --remote --cache-registry ghcr.io/acme/app-cache
+  pipekit cache inspect --remote 3f2a9c
+  pipekit cache prune --remote --older-than 30d"""
+
+
+@click.command(context_settings=CONTEXT, epilog=CACHE_EPILOG)
+@click.argument("action", type=click.Choice(("list", "inspect", "prune")))
+@click.argument("entry", required=False, metavar="[ENTRY]")
 @file_option
 @click.option("--results", is_flag=True, help="Prune only the cached stage results.")
 @click.option("--volumes", is_flag=True, help="Prune only the cache volumes (cache_dirs=).")
+@click.option("--remote", is_flag=True, help="The shared cache's entries in --cache-registry, not this machine's.")
+@CACHE_REGISTRY_OPTION
+@click.option("--older-than", metavar="DURATION", help="With prune --remote: only entries older than this ('7d').")
+@click.option("--stage", metavar="STAGE", help="With prune --remote: only this stage's entries.")
+@SECRETS_FILE_OPTION
 def cache(**values: Any) -> None:
-    """List or prune cached stage results and cache volumes."""
+    """List or prune cached stage results and cache volumes; with --remote, the shared cache's
+    entries in the registry (list, inspect ENTRY, prune)."""
     dispatch(cmd_cache, **values)
 
 

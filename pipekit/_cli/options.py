@@ -14,6 +14,8 @@ from click.core import ParameterSource
 
 __all__ = [
     "BRANCH_OPTION",
+    "CACHE_MODE_OPTION",
+    "CACHE_REGISTRY_OPTION",
     "CHANGED_BASE_OPTION",
     "IMAGE_MAP_OPTION",
     "NO_IMAGE_CHECK_OPTION",
@@ -117,4 +119,17 @@ BRANCH_OPTION = click.option(
 )
 CHANGED_BASE_OPTION = click.option(
     "--changed-base", metavar="REF", envvar="PIPEKIT_CHANGED_BASE", help="The git ref pk.changed compares with."
+)
+CACHE_REGISTRY_OPTION = click.option(
+    "--cache-registry",
+    metavar="REGISTRY/REPO",
+    envvar="PIPEKIT_CACHE_REGISTRY",
+    help="Share the stage cache through this registry repository (login: PIPEKIT_REGISTRY_USER/_PASSWORD).",
+)
+CACHE_MODE_OPTION = click.option(
+    "--cache-mode",
+    type=click.Choice(("read", "write", "readwrite", "off")),
+    default=None,
+    envvar="PIPEKIT_CACHE_MODE",
+    help="What the run does with --cache-registry (default: read; readwrite only on trusted branches).",
 )

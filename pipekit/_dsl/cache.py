@@ -24,16 +24,24 @@ class CacheInputs:
 
     files: tuple[str, ...] = ()
     env: tuple[str, ...] = ()
+    #: the files the stage makes that a registry cache hit restores (``--cache-registry``)
+    outputs: tuple[str, ...] = ()
 
 
-def inputs(*files: str, env: Sequence[str] = ()) -> CacheInputs:
-    """``cache=pk.inputs("requirements.txt", "src/**", env=["PYTHON_VERSION"])``: file globs
-    (relative to the pipeline's folder) and environment variables the stage's result depends on."""
+def inputs(*files: str, env: Sequence[str] = (), outputs: Sequence[str] = ()) -> CacheInputs:
+    """``cache=pk.inputs("requirements.txt", "src/**", env=["PYTHON_VERSION"], outputs=["dist/**"])``:
+    file globs (relative to the pipeline's folder) and environment variables the stage's result
+    depends on; ``outputs``: globs of the files the stage makes, restored with its result from a
+    shared cache (``--cache-registry``) on another machine."""
     for f in files:
         check_glob(f, "pk.inputs")
     if isinstance(env, str):
         env = [env]
-    return CacheInputs(tuple(files), tuple(env))
+    if isinstance(outputs, str):
+        outputs = [outputs]
+    for f in outputs:
+        check_glob(f, "pk.inputs(outputs=...)")
+    return CacheInputs(tuple(files), tuple(env), tuple(outputs))
 
 
 def _source(fn: Any) -> str:

@@ -336,6 +336,11 @@ class History:
         rows = self._query("SELECT run_id, output FROM cache WHERE key = ?", (key,))
         return (rows[0]["run_id"], rows[0]["output"]) if rows else None
 
+    def cache_put(self, key: str, run_id: str, stage: str, output: str) -> None:
+        """Keep a result this run took from elsewhere (the shared cache) as a local one."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?)", (key, run_id, stage, output, time.time()))
+
     def cache_entries(self) -> list[CacheRow]:
         rows = self._query("SELECT key, run_id, stage, created FROM cache ORDER BY created DESC")
         return [CacheRow(**dict(r)) for r in rows]

@@ -25,7 +25,17 @@ from pipekit._run.serialize import NotSerializable, dumps, loads
 from pipekit.backend import Image, ImageBackend, Origin
 from pipekit.exceptions import PipekitError
 
-__all__ = ["Lookup", "Taken", "gone_image", "inputs_of", "storable", "take_cached", "take_restored", "taken_result"]
+__all__ = [
+    "Lookup",
+    "Taken",
+    "gone_image",
+    "images_in",
+    "inputs_of",
+    "storable",
+    "take_cached",
+    "take_restored",
+    "taken_result",
+]
 
 
 class Lookup(Protocol):
@@ -61,7 +71,8 @@ class Taken:
     inputs: dict[str, Any] | None = attrs.field(default=None, repr=False)
 
 
-def _images_in(value: Any) -> list[Image]:
+def images_in(value: Any) -> list[Image]:
+    """The ``pk.Image`` values in a stage's output (in lists, tuples, dicts, matrix outputs)."""
     if isinstance(value, Image):
         return [value]
     if isinstance(value, MatrixOutputs):
@@ -69,7 +80,7 @@ def _images_in(value: Any) -> list[Image]:
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, (list, tuple)):
-        return [image for v in value for image in _images_in(v)]
+        return [image for v in value for image in images_in(v)]
     return []
 
 
@@ -78,7 +89,7 @@ def gone_image(images: ImageBackend | None, output: Any) -> str | None:
     cannot be pulled by its registry digest; None when every one is usable (or nothing is checked)."""
     if images is None:
         return None
-    for image in _images_in(output):
+    for image in images_in(output):
         if _usable(images, image.id) or (image.remote and _usable(images, image.remote)):
             continue
         return image.id
@@ -124,7 +135,7 @@ def inputs_of(
     its upstream stages' outputs; NotSerializable or OSError when one cannot be read."""
     s, plan = r.stage, resolved.plan
     assert s.cache is not None
-    return stage_inputs(
+    inputs = stage_inputs(
         pipeline=plan.pipeline.name,
         stage=s.name,
         fn=s.fn,
@@ -137,6 +148,9 @@ def inputs_of(
         environ=os.environ,
         matrix=s.matrix_values,
     )
+    if s.cache.outputs:  # what a registry entry holds besides the result is part of what it is
+        inputs["outputs"] = sorted(s.cache.outputs)
+    return inputs
 
 
 def take_cached(lookup: Lookup, r: ResolvedStage, outputs: Mapping[str, Any]) -> Taken:

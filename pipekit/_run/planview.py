@@ -33,6 +33,7 @@ from pipekit.exceptions import PipekitError
 
 if TYPE_CHECKING:
     from pipekit._run.session import RunSetup
+    from pipekit._run.sharedcache import PlanRemote
 
 __all__ = ["Decision", "PlanLookup", "decide", "describe_changes", "plan_decisions"]
 
@@ -96,12 +97,24 @@ class PlanLookup:
     params: Mapping[str, Any]
     images: ImageBackend | None
     cache: CacheLookup | None
+    remote: PlanRemote | None = None  # --cache-registry: the registry's answers
+
+
+def _miss_why(lookup: PlanLookup, key: str | None, name: str) -> str:
+    """A miss, and whether the registry was asked (it is, in the plan's next round)."""
+    remote = lookup.remote
+    if remote is None or key is None:
+        return "cache miss"
+    remote.want(key, name)
+    if key in remote.asked:
+        return "cache miss here and in the registry"
+    return "cache miss" if remote.problem is None else f"cache miss (registry not asked: {remote.problem})"
 
 
 def _cache_decision(
     lookup: PlanLookup, r: ResolvedStage, known: dict[str, Any], history: Any
 ) -> tuple[str, str | None, Mapping[str, Any] | None]:
-    if history is None:
+    if history is None and lookup.remote is None:
         return "run", "no run history yet: nothing cached", None
     if lookup.cache is None:
         return "run", "--no-cache", None
@@ -115,14 +128,18 @@ def _cache_decision(
     taken = take_cached(lookup, r, known)
     if taken.status is not None and taken.output_json is not None:
         known[r.name] = loads(taken.output_json)
+        entry = lookup.remote.hits.get(taken.key or "") if lookup.remote is not None else None
+        if entry is not None and (history is None or history.cache_get(taken.key) is None):
+            return "registry-cached", f"run {entry.run_id} on host {entry.host}", None
         return "cached", f"the result of run {taken.from_run}", None
     if taken.why != "cache miss" or taken.inputs is None:
         return "run", taken.why, None
-    last = _last_inputs(history, r.name)
+    miss = _miss_why(lookup, taken.key, r.name)
+    last = _last_inputs(history, r.name) if history is not None else None
     if last is None:
-        return "run", "cache miss: never cached", None
+        return "run", f"{miss}: never cached" if history is not None else miss, None
     diff = changed(last[1], taken.inputs)
-    return "run", f"cache miss; changed since run {last[0]}: {describe_changes(diff)}", diff
+    return "run", f"{miss}; changed since run {last[0]}: {describe_changes(diff)}", diff
 
 
 def _skip_why(r: ResolvedStage, params: Mapping[str, Any], info: Any) -> str:
@@ -190,15 +207,46 @@ def plan_decisions(setup: RunSetup, warn: Callable[[str], None], *, preflight: b
             history = History(setup.workspace, create=False)
         except PipekitError as e:
             warn(f"the stage cache was not looked up: {e}")
+    remote: PlanRemote | None = None
     try:
         _, restore = setup.resumed(history)
         resolved = setup.resolved(restore)
         if preflight:
             setup.preflight(resolved, warn)
         images = setup.image_engine(resolved, warn, restoring=bool(restore))
-        cache = history.cache_get if history is not None and r.use_cache else None
-        lookup = PlanLookup(setup.run_id, resolved, setup.params, images, cache)
-        return decide(lookup, setup.info, history)
+        local = history.cache_get if history is not None and r.use_cache else None
+        remote = _plan_remote(setup) if r.use_cache else None  # after the checks: nothing to close before
+        lookup = PlanLookup(setup.run_id, resolved, setup.params, images, _either(local, remote), remote)
+        while True:  # each round looks up, together, the keys the round before made known
+            decisions = decide(lookup, setup.info, history)
+            if remote is None or not remote.pending:
+                break
+            remote.ask()
+        if remote is not None and remote.problem is not None:
+            warn(f"the cache registry {remote.cache.target}: {remote.problem}; its stages are shown as misses")
+        return decisions
     finally:
         if history is not None:
             history.close()
+        if remote is not None:
+            remote.cache.close()
+
+
+def _plan_remote(setup: RunSetup) -> PlanRemote | None:
+    """The registry the run would read its cache from (``--cache-registry``, mode read or readwrite)."""
+    from pipekit._run.sharedcache import PlanRemote, cache_login, open_shared_cache
+
+    r = setup.request
+    mode = r.cache_mode or "read"
+    if not r.cache_registry or mode not in ("read", "readwrite"):
+        return None
+    cache = open_shared_cache(r.cache_registry, mode, cache_login(setup.secrets, r.cache_credentials), (2.0, 5.0))
+    return PlanRemote(cache)
+
+
+def _either(local: CacheLookup | None, remote: PlanRemote | None) -> CacheLookup | None:
+    if remote is None:
+        return local
+    if local is None:
+        return remote.get
+    return lambda key: local(key) or remote.get(key)

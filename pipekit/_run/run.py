@@ -73,6 +73,7 @@ class Run:
     clock: Callable[[], float] = time.monotonic
     releases: Releases = attrs.field(factory=Releases)
     keep_failed: bool = False  # a failed stage's container stays, for `pipekit shell`
+    shared: Any = None  # the shared cache (--cache-registry): a pipekit._run.sharedcache.SharedCache
 
     def backend_for(self, r: ResolvedStage) -> StageBackend:
         """Where a stage runs: chosen by capability, never by type."""

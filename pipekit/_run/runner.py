@@ -26,6 +26,7 @@ from pipekit.exceptions import UsageError
 
 if TYPE_CHECKING:
     from pipekit._ci.junit import CiReport
+    from pipekit._run.sharedcache import SharedCache
 
 __all__ = ["container_backend", "execute", "open_history", "run_setup"]
 
@@ -135,7 +136,11 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
     _ = setup.plan  # raises the first pipeline error, before anything is checked or recorded
     rec = _recording(setup, backend) if r.record else _Recording()
     sweep = None
+    shared = None
     try:
+        shared = shared_cache(setup)
+        if shared is not None and rec.history is not None and r.use_cache:
+            shared.remember = rec.history.cache_put
         resolved = setup.resolved(rec.restore)
         if resolved.needs_container_backend:
             backend.check()
@@ -151,12 +156,15 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             images=backend,
             secrets=setup.secrets,
             params=setup.params,
-            records=MaskedRecords(report or rec.records or r.records or MemoryRecords(), setup.secrets.masker),
+            records=MaskedRecords(
+                _captured(shared, report or rec.records or r.records or MemoryRecords()), setup.secrets.masker
+            ),
             log=setup.logger(rec.processors),
             cache=rec.cache,
             record_outputs=r.record or bool(observers),
             clock=r.clock or time.monotonic,
             keep_failed=r.keep_failed,
+            shared=shared,
         )
         extra = [report] if report is not None else []
         scheduler = Scheduler(
@@ -170,6 +178,8 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 _ci_outputs(setup, report, result)
         return result
     finally:
+        if shared is not None:
+            shared.cache.close()
         if sweep is not None:
             sweep.join()
         setup.close_view()
@@ -178,6 +188,31 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 _write_report(setup, rec.history)
             finally:
                 rec.history.close()
+
+
+def shared_cache(setup: RunSetup) -> SharedCache | None:
+    """The run's shared cache (``--cache-registry``), None without one, with ``off`` or ``--no-cache``."""
+    from pipekit._history.remote import MODES
+    from pipekit._run.sharedcache import SharedCache, cache_login, open_shared_cache
+
+    r = setup.request
+    mode = r.cache_mode or ("read" if r.cache_registry else "off")
+    if mode not in MODES:
+        raise UsageError(f"--cache-mode {mode!r} is not one of {', '.join(MODES)}")
+    if not r.cache_registry or mode == "off" or not r.use_cache:
+        return None
+    auth = cache_login(setup.secrets, r.cache_credentials)
+    return SharedCache(open_shared_cache(r.cache_registry, mode, auth), auth=auth)
+
+
+def _captured(shared: SharedCache | None, records: StageRecords) -> StageRecords:
+    """The records, kept per stage too when the run pushes cache entries (their artifacts, tests)."""
+    if shared is None or not shared.cache.writes:
+        return records
+    from pipekit._run.sharedcache import CapturedRecords
+
+    shared.captured = CapturedRecords(records)
+    return shared.captured
 
 
 def _ci_report(records: Any, setup: RunSetup) -> CiReport:

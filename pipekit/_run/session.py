@@ -23,7 +23,7 @@ from pipekit._dsl.conditions import RunInfo
 from pipekit._dsl.control import parse_duration
 from pipekit._dsl.loader import load
 from pipekit._dsl.params import Params, resolve_params
-from pipekit._dsl.secrets import SecretStore, parse_dotenv
+from pipekit._dsl.secrets import Credentials, SecretStore, parse_dotenv
 from pipekit._dsl.stage import Pipeline
 from pipekit._plan.graph import Plan, find_errors, plan
 from pipekit._plan.resolve import ResolvedPlan, resolve
@@ -59,6 +59,9 @@ class RunRequest:
     record: bool = False  # keep the run in the history (.pipekit/)
     resume: str | None = None  # a run id, or "" for the last run of this pipeline
     use_cache: bool = True
+    cache_registry: str | None = None  # REGISTRY/REPO: the stage cache shared through a registry
+    cache_mode: str | None = None  # read, write, readwrite or off (default: read when cache_registry is set)
+    cache_credentials: Credentials | None = attrs.field(default=None, repr=False)  # the cache registry's login
     check_images: bool = True  # before the run, check that every image exists (locally or in its registry)
     log_format: str = "console"
     ci: str = "none"  # github, gitlab or jenkins: print the way that CI shows logs (the CLI detects it)

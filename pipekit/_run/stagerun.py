@@ -154,11 +154,16 @@ class StageRun:
     def execute(self) -> StageResult:
         started = self.run.clock()
         taken = take_cached(self.run, self.resolved, self.outputs)
+        shared = taken.status is None and self.run.shared is not None
+        if shared:
+            taken = self.run.shared.restore(self.run, self.resolved, taken, self.log)
         key, self.cache_inputs = taken.key, taken.inputs
         if taken.status is not None:
             self.placed.set()
             self.log.info("stage finished", status=StageStatus.CACHED, duration_s=0.0, reason=taken.why)
-            return taken_result(self.name, taken, started, self.run.clock())
+            result = taken_result(self.name, taken, started, self.run.clock())
+            # a registry hit's inputs are recorded with this run, which keeps it in the local cache
+            return attrs.evolve(result, cache_inputs=taken.inputs) if shared else result
         if taken.why and taken.why != "cache miss":
             self.log.info("stage not cached", reason=taken.why)
         self.log.info("stage started", status=StageStatus.RUNNING, image=self.resolved.describe_image())
@@ -370,7 +375,7 @@ class StageRun:
         if last.error:
             fields["error"] = last.error
         self.log.log(_FINISHED_LEVELS.get(last.status, logging.INFO), "stage finished", **fields)
-        return StageResult(
+        result = StageResult(
             name=self.name,
             status=last.status,
             duration_s=duration,
@@ -386,3 +391,6 @@ class StageRun:
             output_json=output_json,
             cache_inputs=self.cache_inputs if ok and key else None,
         )
+        if self.run.shared is not None:
+            self.run.shared.push(self.run, self.resolved, result, self.log)
+        return result

@@ -1,0 +1,387 @@
+"""The stage cache shared through an OCI registry (``--cache-registry``): entries, their format, and
+how they are pushed, found, checked and restored.
+
+An entry is an OCI artifact in the repository given, tagged ``pk1-KEY`` (KEY: the stage's cache
+key, 64 hex digits). Its manifest (``application/vnd.oci.image.manifest.v1+json``, artifactType
+``application/vnd.pipekit.cache.v1``) names:
+
+- a config blob ``application/vnd.pipekit.cache.entry.v1+json``: the key, pipeline, stage, run,
+  host, creation time, the stage's return value (JSON), its test report, the names of its declared
+  output files and of its archived artifacts;
+- at most one ``application/vnd.pipekit.cache.files.v1.tar`` layer: the declared output files
+  (``pk.inputs(..., outputs=[...])``), an uncompressed tar of regular files only;
+- one ``application/vnd.pipekit.cache.artifact.v1`` layer per archived artifact (its path in the
+  ``org.opencontainers.image.title`` annotation).
+
+A blob of at most 16 KiB (the config, a small stage's files) is also embedded in its descriptor
+(the OCI ``data`` field, base64), so that a small entry is read in one request; it is checked against
+its digest like any other. Blobs go up first and the manifest last, so an entry exists only once
+everything it names is there.
+On the way back every blob is read into memory and checked against its digest and size before
+anything is written; an entry whose key is not the one asked for, or that names a file its stage
+does not declare, is refused like a tampered one. Files are written without following links, never
+into ``.git/`` or ``.pipekit/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import posixpath
+import socket
+import tarfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from pipekit._core.safefile import Beneath
+from pipekit._dsl.conditions import glob_match
+from pipekit._history.oci import MANIFEST_TYPES, MAX_MANIFEST, BlobMismatch, OciClient
+from pipekit._workspace.hosttree import HostTree, TreeRefused, is_private
+from pipekit.exceptions import RegistryError
+
+__all__ = [
+    "ARTIFACT_TYPE",
+    "MODES",
+    "Entry",
+    "EntryInfo",
+    "RegistryCache",
+    "Tampered",
+    "describe",
+    "pack_files",
+    "restore_files",
+    "tag_of",
+]
+
+FORMAT = 1
+TAG_PREFIX = f"pk{FORMAT}-"
+ARTIFACT_TYPE = "application/vnd.pipekit.cache.v1"
+CONFIG_TYPE = "application/vnd.pipekit.cache.entry.v1+json"
+FILES_TYPE = "application/vnd.pipekit.cache.files.v1.tar"
+ARTIFACT_LAYER_TYPE = "application/vnd.pipekit.cache.artifact.v1"
+TITLE = "org.opencontainers.image.title"
+MAX_CONFIG = 64 << 20
+MAX_BLOB = 8 << 30
+EMBED = 16 << 10  # blobs up to this size travel inside the manifest too
+MODES = ("read", "write", "readwrite", "off")
+
+
+class Tampered(Exception):
+    """An entry that does not hold together (a blob that does not match its digest, a key that is
+    not the one asked for, a file its stage does not declare): a miss, with a warning."""
+
+
+def tag_of(key: str) -> str:
+    return TAG_PREFIX + key
+
+
+@attrs.frozen
+class Entry:
+    """One stage's result as the shared cache holds it."""
+
+    key: str
+    pipeline: str
+    stage: str
+    run_id: str
+    output_json: str
+    host: str = attrs.field(factory=socket.gethostname)
+    created: float = attrs.field(factory=time.time)
+    files: bytes | None = attrs.field(default=None, repr=False)  # a tar of the declared output files
+    file_names: tuple[str, ...] = ()
+    artifacts: tuple[tuple[str, bytes], ...] = attrs.field(default=(), repr=False)
+    tests: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class EntryInfo:
+    """What ``pipekit cache`` shows of an entry: from its manifest's annotations."""
+
+    tag: str
+    digest: str
+    stage: str
+    pipeline: str
+    run_id: str
+    host: str
+    created: str
+    size: int
+
+
+def pack_files(workspace: Path, patterns: Sequence[str]) -> tuple[bytes | None, tuple[str, ...]]:
+    """The files the patterns select in the workspace (read without following a link out of it), as
+    a tar with fixed owners and times (the same files make the same blob), and their names."""
+    with Beneath(workspace) as tree:
+        names = tree.matching(patterns, glob_match)
+        if not names:
+            return None, ()
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in names:
+                data, st = tree.read(name)
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), st.st_mode & 0o755 | 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue(), tuple(names)
+
+
+def _checked_members(data: bytes, patterns: Sequence[str]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """The tar's files, each one a regular file the stage declares; Tampered otherwise."""
+    members = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar:
+                name = posixpath.normpath(info.name)
+                if (
+                    not info.isreg()
+                    or name != info.name
+                    or name.startswith(("/", "../"))
+                    or name == ".."
+                    or is_private(name)
+                    or not any(
+                        glob_match(p, name) or name == p or name.startswith(p.rstrip("/") + "/") for p in patterns
+                    )
+                ):
+                    raise Tampered(f"it holds {info.name!r}, which is not one of the stage's declared output files")
+                f = tar.extractfile(info)
+                members.append((info, f.read() if f is not None else b""))
+    except tarfile.TarError as e:
+        raise Tampered(f"its files are not a readable tar ({e})") from None
+    return members
+
+
+def restore_files(workspace: Path, data: bytes, patterns: Sequence[str]) -> list[str]:
+    """Write an entry's output files into the workspace: every member checked first, then written
+    through :class:`HostTree` (no link followed, a hard link replaced rather than written into)."""
+    members = _checked_members(data, patterns)
+    tree = HostTree(str(workspace))
+    written = []
+    try:
+        for info, content in members:
+            try:
+                tree.write_file(info.name, io.BytesIO(content), len(content), info.mode, None)
+            except TreeRefused as e:
+                raise Tampered(f"{info.name} cannot be written in the workspace ({e})") from None
+            written.append(info.name)
+    finally:
+        tree.close()
+    return written
+
+
+class RegistryCache:
+    """The shared cache in one repository: ``mode`` read, write or readwrite. A registry that cannot
+    be reached is given up for the rest of the run after the first failure (each stage would
+    otherwise wait for its own timeout); the caller warns once."""
+
+    def __init__(
+        self,
+        target: str,
+        mode: str = "read",
+        auth: tuple[str, str] | None = None,
+        timeout: tuple[float, float] = (2.0, 10.0),
+    ) -> None:
+        self.client = OciClient(target, auth, timeout)
+        self.target = self.client.target
+        self.mode = mode
+        self.down: str | None = None
+
+    @property
+    def reads(self) -> bool:
+        return self.mode in ("read", "readwrite") and self.down is None
+
+    @property
+    def writes(self) -> bool:
+        return self.mode in ("write", "readwrite") and self.down is None
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _unavailable(self, e: RegistryError) -> None:
+        from pipekit.exceptions import RegistryUnavailable
+
+        if isinstance(e, RegistryUnavailable):
+            self.down = str(e)
+
+    # -- reading ---------------------------------------------------------------------------
+    def fetch(self, key: str, stage: str, *, layers: bool = True) -> Entry | None:
+        """The entry for the key, every blob checked; None when there is none; Tampered when it does
+        not hold together; a RegistryError when the registry fails. ``layers=False``: its manifest
+        and config only (what ``pipekit plan`` needs: the result, not the files)."""
+        try:
+            found = self.client.manifest(tag_of(key))
+            if found is None:
+                return None
+            manifest = _json(found[1], "its manifest")
+            config_desc = _descriptor(manifest.get("config"), CONFIG_TYPE)
+            config = _json(self._blob(config_desc, MAX_CONFIG), "its config")
+            descs = [_descriptor(d, None) for d in manifest.get("layers") or []] if layers else []
+            blobs = [(d, self._blob(d, MAX_BLOB)) for d in descs]
+        except BlobMismatch as e:
+            raise Tampered(str(e)) from None
+        except RegistryError as e:
+            self._unavailable(e)
+            raise
+        return _entry(key, stage, config, blobs)
+
+    def _blob(self, desc: dict[str, Any], limit: int) -> bytes:
+        """A blob from its descriptor's embedded data, else from the registry; checked either way."""
+        embedded = desc.get("data")
+        if not isinstance(embedded, str):
+            return self.client.blob(desc["digest"], min(desc["size"], limit))
+        try:
+            data = base64.b64decode(embedded, validate=True)
+        except ValueError:
+            raise Tampered("an embedded blob is not base64") from None
+        if len(data) != desc["size"] or "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"]:
+            raise Tampered(f"the blob {desc['digest']} embedded in its manifest does not match its digest")
+        return data
+
+    def entries(self) -> list[EntryInfo]:
+        """Every entry of the repository, newest first (a manifest request per entry)."""
+        infos = []
+        for tag in self.client.tags():
+            if not tag.startswith(TAG_PREFIX):
+                continue
+            found = self.client.manifest(tag)
+            if found is None:
+                continue
+            manifest = _json(found[1], "its manifest")
+            notes = manifest.get("annotations") or {}
+            size = sum(int(d.get("size", 0)) for d in [manifest.get("config") or {}, *(manifest.get("layers") or [])])
+            infos.append(
+                EntryInfo(
+                    tag=tag,
+                    digest=found[0],
+                    stage=str(notes.get("dev.pipekit.stage", "?")),
+                    pipeline=str(notes.get("dev.pipekit.pipeline", "?")),
+                    run_id=str(notes.get("dev.pipekit.run", "?")),
+                    host=str(notes.get("dev.pipekit.host", "?")),
+                    created=str(notes.get("org.opencontainers.image.created", "")),
+                    size=size,
+                )
+            )
+        return sorted(infos, key=lambda i: i.created, reverse=True)
+
+    def delete(self, digest: str) -> None:
+        self.client.delete_manifest(digest)
+
+    # -- writing ---------------------------------------------------------------------------
+    def push(self, entry: Entry) -> str:
+        """Push the entry: its blobs, then its manifest (the entry exists only once all is there)."""
+        try:
+            return self._push(entry)
+        except RegistryError as e:
+            self._unavailable(e)
+            raise
+
+    def _push(self, entry: Entry) -> str:
+        layers = []
+        if entry.files is not None:
+            layers.append(self._layer(entry.files, FILES_TYPE, {}))
+        for path, data in entry.artifacts:
+            layers.append(self._layer(data, ARTIFACT_LAYER_TYPE, {TITLE: path}))
+        config = json.dumps(
+            {
+                "format": FORMAT,
+                "key": entry.key,
+                "pipeline": entry.pipeline,
+                "stage": entry.stage,
+                "run_id": entry.run_id,
+                "host": entry.host,
+                "created": entry.created,
+                "output": entry.output_json,
+                "files": list(entry.file_names),
+                "artifacts": [path for path, _ in entry.artifacts],
+                "tests": entry.tests,
+            },
+            sort_keys=True,
+        ).encode()
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.created))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPES,
+            "artifactType": ARTIFACT_TYPE,
+            "config": self._layer(config, CONFIG_TYPE, {}),
+            "layers": layers,
+            "annotations": {
+                "dev.pipekit.key": entry.key,
+                "dev.pipekit.pipeline": entry.pipeline,
+                "dev.pipekit.stage": entry.stage,
+                "dev.pipekit.run": entry.run_id,
+                "dev.pipekit.host": entry.host,
+                "org.opencontainers.image.created": created,
+            },
+        }
+        return self.client.put_manifest(tag_of(entry.key), json.dumps(manifest, sort_keys=True).encode())
+
+    def _layer(self, data: bytes, media_type: str, annotations: dict[str, str]) -> dict[str, Any]:
+        desc: dict[str, Any] = {"mediaType": media_type, "digest": self.client.put_blob(data), "size": len(data)}
+        if annotations:
+            desc["annotations"] = annotations
+        if len(data) <= EMBED:
+            desc["data"] = base64.b64encode(data).decode()
+        return desc
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data[:MAX_MANIFEST] if what == "its manifest" else data)
+    except ValueError:
+        raise Tampered(f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise Tampered(f"{what} is not a JSON object")
+    return value
+
+
+def _descriptor(value: Any, media_type: str | None) -> dict[str, Any]:
+    ok = (
+        isinstance(value, dict)
+        and isinstance(value.get("digest"), str)
+        and value["digest"].startswith("sha256:")
+        and isinstance(value.get("size"), int)
+        and value["size"] >= 0
+        and (media_type is None or value.get("mediaType") == media_type)
+    )
+    if not ok:
+        raise Tampered("its manifest is not one of pipekit's cache entries")
+    return dict(value)
+
+
+def _entry(key: str, stage: str, config: dict[str, Any], blobs: Iterable[tuple[dict[str, Any], bytes]]) -> Entry:
+    if config.get("format") != FORMAT or config.get("key") != key or config.get("stage") != stage:
+        raise Tampered(f"it is not the entry of stage '{stage}' for key {key[:12]}")
+    files, artifacts = None, []
+    for desc, data in blobs:
+        if desc.get("mediaType") == FILES_TYPE and files is None:
+            files = data
+        elif desc.get("mediaType") == ARTIFACT_LAYER_TYPE:
+            path = (desc.get("annotations") or {}).get(TITLE)
+            if not isinstance(path, str) or not path:
+                raise Tampered("an artifact of it has no name")
+            artifacts.append((path, data))
+        else:
+            raise Tampered(f"it holds a layer of type {desc.get('mediaType')!r}")
+    output, tests = config.get("output"), config.get("tests")
+    if not isinstance(output, str) or (tests is not None and not isinstance(tests, dict)):
+        raise Tampered("its config is not one of pipekit's")
+    return Entry(
+        key=key,
+        pipeline=str(config.get("pipeline", "")),
+        stage=stage,
+        run_id=str(config.get("run_id", "?")),
+        output_json=output,
+        host=str(config.get("host", "?")),
+        created=float(config.get("created", 0.0)),
+        files=files,
+        file_names=tuple(str(n) for n in config.get("files") or ()),
+        artifacts=tuple(artifacts),
+        tests=tests,
+    )
+
+
+def describe(entry: Entry, target: str) -> str:
+    """Where a hit came from, as the run's output and the report say it."""
+    return f"cache hit: registry {target}, run {entry.run_id} on host {entry.host}"
