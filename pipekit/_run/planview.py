@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from pipekit._core.statcache import FileDigests
 from pipekit._dsl.cache import changed
 from pipekit._plan.resolve import ResolvedPlan, ResolvedStage
 from pipekit._run.outputs import take_cached, take_restored
@@ -96,6 +97,9 @@ class PlanLookup:
     params: Mapping[str, Any]
     images: ImageBackend | None
     cache: CacheLookup | None
+    files: FileDigests = attrs.field(
+        default=attrs.Factory(lambda self: FileDigests(self.resolved.workspace), takes_self=True)
+    )
 
 
 def _cache_decision(
