@@ -306,12 +306,23 @@ class FileDigests:
         except OSError:
             return None
         path = folder / DB_NAME
+        # made here, owner only, never through a link (SQLite would create it through a dangling
+        # one); SQLite's ``nofollow`` refuses a link put there afterwards
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
         uri = "file:" + str(path).replace("?", "%3f").replace("#", "%23") + "?nofollow=1"
         db = sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None, check_same_thread=False)
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o600, follow_symlinks=False)
-        db.execute("PRAGMA busy_timeout = 5000")
-        db.execute(_SCHEMA)
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute(_SCHEMA)  # opens the file: not through a link
+        except sqlite3.Error:
+            db.close()
+            raise
         return db
 
     def _load(self) -> None:
