@@ -153,6 +153,22 @@ class FileDigests:
         """Whether nothing ran since ``epoch`` and nothing runs (the caller holds the lock)."""
         return self._epoch == epoch and self._running == 0
 
+    def prefetch(self, pattern_sets: Sequence[Sequence[str]], select: Select) -> None:
+        """Fingerprint these sets of patterns in a thread of their own, started now: while the run
+        gets ready (the engine, the images), the walk is done by the time the first stage's key
+        is made, and reused as long as no stage has run since. Errors are left to the stages."""
+        sets = list(dict.fromkeys(tuple(p) for p in pattern_sets if p))
+        if not sets:
+            return
+
+        def work() -> None:
+            for patterns in sets:
+                with contextlib.suppress(Exception):
+                    self.digests(patterns, select)
+
+        # one digests() at a time: a stage that asks meanwhile waits for this one and takes its result
+        threading.Thread(target=work, name="pipekit-fingerprints", daemon=True).start()
+
     # -- digests ------------------------------------------------------------------------------
     def digests(self, patterns: Sequence[str], select: Select) -> FileSet:
         """The digest of every regular file ``patterns`` select (as :meth:`Beneath.matching`

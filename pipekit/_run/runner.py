@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from pipekit._core.results import RunResult
+from pipekit._core.statcache import FileDigests
 from pipekit._core.util import write_file
+from pipekit._dsl.conditions import glob_filter
 from pipekit._plan.preflight import check as preflight
 from pipekit._run.context import MaskedRecords, MemoryRecords, StageRecords
 from pipekit._run.run import CacheLookup, Run, RunObserver
@@ -26,6 +28,7 @@ from pipekit.exceptions import UsageError
 
 if TYPE_CHECKING:
     from pipekit._ci.junit import CiReport
+    from pipekit._plan.resolve import ResolvedPlan
 
 __all__ = ["container_backend", "execute", "open_history", "run_setup"]
 
@@ -137,6 +140,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
     sweep = None
     try:
         resolved = setup.resolved(rec.restore)
+        files = _fingerprints(resolved)
         if resolved.needs_container_backend:
             backend.check()
             sweep = _sweep(backend)
@@ -157,6 +161,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             record_outputs=r.record or bool(observers),
             clock=r.clock or time.monotonic,
             keep_failed=r.keep_failed,
+            files=files,
         )
         extra = [report] if report is not None else []
         scheduler = Scheduler(
@@ -178,6 +183,16 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 _write_report(setup, rec.history)
             finally:
                 rec.history.close()
+
+
+def _fingerprints(resolved: ResolvedPlan) -> FileDigests:
+    """The run's file fingerprints, those the stage cache will ask for already on their way."""
+    files = FileDigests(resolved.workspace)
+    wanted = [
+        r.stage.cache.files for r in resolved.stages.values() if r.stage.cache and r.skip is None and not r.restore
+    ]
+    files.prefetch(wanted, glob_filter)
+    return files
 
 
 def _ci_report(records: Any, setup: RunSetup) -> CiReport:
