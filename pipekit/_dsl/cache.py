@@ -11,8 +11,8 @@ from typing import Any
 
 import attrs
 
-from pipekit._core.safefile import Beneath
-from pipekit._dsl.conditions import check_glob, glob_match
+from pipekit._core.statcache import FileDigests, FileSet, files_digest
+from pipekit._dsl.conditions import check_glob, glob_filter
 from pipekit._dsl.secrets import Secret
 
 __all__ = ["CacheInputs", "changed", "inputs", "key_of", "stage_inputs", "stage_key"]
@@ -69,18 +69,19 @@ def stage_inputs(
     workspace: Path,
     environ: Mapping[str, str],
     matrix: Mapping[str, Any] | None = None,
+    digests: FileDigests | None = None,
 ) -> dict[str, Any]:
     """Everything a stage's result depends on, each part by its hash (no value is kept: the
     history stores these to say what changed when the cache misses).
 
     ``image`` is the image id (not its name), ``upstream`` the serialized outputs of the stages
     it depends on, ``env`` the stage's environment with secrets by name (never by value).
+    ``digests``: the run's file fingerprints (each file hashed once per run, only when its stat
+    changed: :mod:`pipekit._core.statcache`); files are read as ctx.archive reads them.
     """
-    files = {}
-    if spec.files:  # read as ctx.archive reads: no link out of the workspace, no FIFO (pipekit._core.safefile)
-        with Beneath(workspace) as tree:
-            for name in tree.matching(spec.files, glob_match):
-                files[name] = hashlib.sha256(tree.read(name)[0]).hexdigest()
+    files: Mapping[str, str] = {}
+    if spec.files:
+        files = (digests or FileDigests(workspace)).digests(spec.files, glob_filter)
     return {
         "pipeline": pipeline,
         "stage": stage,
@@ -96,8 +97,11 @@ def stage_inputs(
 
 
 def key_of(inputs: Mapping[str, Any]) -> str:
-    """The cache key of a stage's inputs."""
-    return hashlib.sha256(json.dumps({"v": 2, **inputs}, sort_keys=True).encode()).hexdigest()
+    """The cache key of a stage's inputs. Files count by one hash of their names and digests
+    (made once for a set of files several stages name: :class:`pipekit._core.statcache.FileSet`)."""
+    files = inputs.get("files") or {}
+    part = files.digest() if isinstance(files, FileSet) else files_digest(files)
+    return hashlib.sha256(json.dumps({"v": 3, **inputs, "files": part}, sort_keys=True).encode()).hexdigest()
 
 
 def stage_key(**kwargs: Any) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "changed",
     "detect_branch",
     "env",
+    "glob_filter",
     "glob_match",
     "param_is",
     "to_condition",
@@ -62,18 +64,60 @@ def _default_base(workspace: Path) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1024)
-def _matcher(pattern: str) -> Any:
+def _flags() -> int:
     from wcmatch import glob
 
     # `*` stays within one path segment, `**` crosses them, {a,b} alternatives, [abc] classes,
     # and dot files match like any other (as in .gitignore and GitHub's paths filters)
-    return glob.compile(pattern, flags=glob.GLOBSTAR | glob.BRACE | glob.DOTGLOB)
+    return int(glob.GLOBSTAR | glob.BRACE | glob.DOTGLOB)
+
+
+@functools.lru_cache(maxsize=1024)
+def _matcher(pattern: str) -> Any:
+    from wcmatch import glob
+
+    return glob.compile(pattern, flags=_flags())
 
 
 def glob_match(pattern: str, text: str) -> bool:
     """Whether a path (relative, with ``/``) matches a glob: ``src/**/*.{py,toml}``."""
     return bool(_matcher(pattern).match(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _regexes(pattern: str) -> tuple[list[re.Pattern[str]], list[re.Pattern[str]]]:
+    from wcmatch import glob
+
+    include, exclude = glob.translate(pattern, flags=_flags())
+    return [re.compile(p) for p in include], [re.compile(p) for p in exclude]
+
+
+def _literal(path: str) -> bool:
+    """A path without glob characters, `.`, `..` or empty components."""
+    parts = path.split("/")
+    return not any(c in path for c in "*?[]{}\\!") and all(p not in ("", ".", "..") for p in parts)
+
+
+def _plain(rest: str) -> bool:
+    """``rest`` (``/a/b``) has no `.` or `..` component."""
+    return "/." not in rest or all(p not in (".", "..") for p in rest.split("/"))
+
+
+def glob_filter(pattern: str, names: Sequence[str]) -> list[str]:
+    """The paths among ``names`` that :func:`glob_match` ``pattern``: its regular expressions
+    (wcmatch's ``translate``, what its matcher runs for a path it is not asked to look up) run on
+    every name, without the matcher's cost per name (100,000 files in a cache's inputs)."""
+    root = pattern[:-3]
+    if pattern.endswith("/**") and _literal(root):  # `dir/**`: every path under dir, no `.`/`..` in it
+        under = root + "/"
+        return [n for n in names if n.startswith(under) and _plain(n[len(root) :])]
+    include, exclude = _regexes(pattern)
+    out = (
+        [n for n in names if any(r.fullmatch(n) for r in include)]
+        if len(include) != 1
+        else list(filter(include[0].fullmatch, names))
+    )
+    return [n for n in out if not any(r.fullmatch(n) for r in exclude)] if exclude else out
 
 
 def check_glob(pattern: object, what: str) -> str:

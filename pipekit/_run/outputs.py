@@ -17,6 +17,7 @@ import attrs
 
 from pipekit._core.results import StageResult, StageStatus
 from pipekit._core.safefile import read_regular
+from pipekit._core.statcache import FileDigests
 from pipekit._dsl.cache import key_of, stage_inputs
 from pipekit._dsl.matrix import MatrixOutputs
 from pipekit._plan.resolve import ResolvedPlan, ResolvedStage
@@ -56,6 +57,9 @@ class Lookup(Protocol):
 
     @property
     def cache(self) -> CacheLookup | None: ...  # None: no stage cache (--no-cache, no history)
+
+    @property
+    def files(self) -> FileDigests: ...  # the run's file fingerprints (each file hashed once per run)
 
 
 @attrs.frozen
@@ -129,10 +133,16 @@ def _image_identity(lookup: Lookup, r: ResolvedStage, outputs: Mapping[str, Any]
 
 
 def inputs_of(
-    resolved: ResolvedPlan, r: ResolvedStage, outputs: Mapping[str, Any], params: Mapping[str, Any], image: str | None
+    resolved: ResolvedPlan,
+    r: ResolvedStage,
+    outputs: Mapping[str, Any],
+    params: Mapping[str, Any],
+    image: str | None,
+    files: FileDigests | None = None,
 ) -> dict[str, Any]:
     """A cached stage's inputs (:func:`pipekit._dsl.cache.stage_inputs`) given its image's identity and
-    its upstream stages' outputs; NotSerializable or OSError when one cannot be read."""
+    its upstream stages' outputs; NotSerializable or OSError when one cannot be read. ``files``:
+    the run's file fingerprints."""
     s, plan = r.stage, resolved.plan
     assert s.cache is not None
     inputs = stage_inputs(
@@ -147,6 +157,7 @@ def inputs_of(
         workspace=resolved.workspace,
         environ=os.environ,
         matrix=s.matrix_values,
+        digests=files,
     )
     if s.cache.outputs:  # what a registry entry holds besides the result is part of what it is
         inputs["outputs"] = sorted(s.cache.outputs)
@@ -159,7 +170,8 @@ def take_cached(lookup: Lookup, r: ResolvedStage, outputs: Mapping[str, Any]) ->
     if r.stage.cache is None:
         return Taken(None)
     try:
-        inputs = inputs_of(lookup.resolved, r, outputs, lookup.params, _image_identity(lookup, r, outputs))
+        image = _image_identity(lookup, r, outputs)
+        inputs = inputs_of(lookup.resolved, r, outputs, lookup.params, image, lookup.files)
     except (LookupError, NotSerializable, OSError, PipekitError) as e:
         return Taken(None, f"not cached: {e}")
     key = key_of(inputs)

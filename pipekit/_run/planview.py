@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from pipekit._core.statcache import FileDigests
 from pipekit._dsl.cache import changed
 from pipekit._plan.resolve import ResolvedPlan, ResolvedStage
 from pipekit._run.outputs import take_cached, take_restored
@@ -97,6 +98,9 @@ class PlanLookup:
     params: Mapping[str, Any]
     images: ImageBackend | None
     cache: CacheLookup | None
+    files: FileDigests = attrs.field(
+        default=attrs.Factory(lambda self: FileDigests(self.resolved.workspace), takes_self=True)
+    )
     remote: PlanRemote | None = None  # --cache-registry: the registry's answers
 
 
@@ -216,7 +220,7 @@ def plan_decisions(setup: RunSetup, warn: Callable[[str], None], *, preflight: b
         images = setup.image_engine(resolved, warn, restoring=bool(restore))
         local = history.cache_get if history is not None and r.use_cache else None
         remote = _plan_remote(setup) if r.use_cache else None  # after the checks: nothing to close before
-        lookup = PlanLookup(setup.run_id, resolved, setup.params, images, _either(local, remote), remote)
+        lookup = PlanLookup(setup.run_id, resolved, setup.params, images, _either(local, remote), remote=remote)
         while True:  # each round looks up, together, the keys the round before made known
             decisions = decide(lookup, setup.info, history)
             if remote is None or not remote.pending:

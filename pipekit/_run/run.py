@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import attrs
 
 from pipekit._core.results import RunResult, StageResult
+from pipekit._core.statcache import FileDigests
 from pipekit._dsl.params import Params
 from pipekit._dsl.secrets import SecretStore
 from pipekit._plan.graph import Plan
@@ -74,6 +75,10 @@ class Run:
     releases: Releases = attrs.field(factory=Releases)
     keep_failed: bool = False  # a failed stage's container stays, for `pipekit shell`
     shared: Any = None  # the shared cache (--cache-registry): a pipekit._run.sharedcache.SharedCache
+    #: the files cache keys are made of, each hashed once per run (stages that run hold ``writing()``)
+    files: FileDigests = attrs.field(
+        default=attrs.Factory(lambda self: FileDigests(self.resolved.workspace), takes_self=True)
+    )
 
     def backend_for(self, r: ResolvedStage) -> StageBackend:
         """Where a stage runs: chosen by capability, never by type."""

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from pipekit._core.results import RunResult
+from pipekit._core.statcache import FileDigests
 from pipekit._core.util import write_file
+from pipekit._dsl.conditions import glob_filter
 from pipekit._plan.preflight import check as preflight
 from pipekit._run.context import MaskedRecords, MemoryRecords, StageRecords
 from pipekit._run.run import CacheLookup, Run, RunObserver
@@ -26,6 +28,7 @@ from pipekit.exceptions import UsageError
 
 if TYPE_CHECKING:
     from pipekit._ci.junit import CiReport
+    from pipekit._plan.resolve import ResolvedPlan
     from pipekit._run.sharedcache import SharedCache
 
 __all__ = ["container_backend", "execute", "open_history", "run_setup"]
@@ -142,6 +145,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
         if shared is not None and rec.history is not None and r.use_cache:
             shared.remember = rec.history.cache_put
         resolved = setup.resolved(rec.restore)
+        files = _fingerprints(resolved)
         if resolved.needs_container_backend:
             backend.check()
             sweep = _sweep(backend)
@@ -165,6 +169,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             clock=r.clock or time.monotonic,
             keep_failed=r.keep_failed,
             shared=shared,
+            files=files,
         )
         extra = [report] if report is not None else []
         scheduler = Scheduler(
@@ -213,6 +218,14 @@ def _captured(shared: SharedCache | None, records: StageRecords) -> StageRecords
 
     shared.captured = CapturedRecords(records)
     return shared.captured
+def _fingerprints(resolved: ResolvedPlan) -> FileDigests:
+    """The run's file fingerprints, those the stage cache will ask for already on their way."""
+    files = FileDigests(resolved.workspace)
+    wanted = [
+        r.stage.cache.files for r in resolved.stages.values() if r.stage.cache and r.skip is None and not r.restore
+    ]
+    files.prefetch(wanted, glob_filter)
+    return files
 
 
 def _ci_report(records: Any, setup: RunSetup) -> CiReport:

@@ -156,8 +156,12 @@ class StageRun:
         taken = take_cached(self.run, self.resolved, self.outputs)
         shared = taken.status is None and self.run.shared is not None
         if shared:
-            taken = self.run.shared.restore(self.run, self.resolved, taken, self.log)
+            with self.run.files.writing():  # a registry hit writes its declared output files
+                taken = self.run.shared.restore(self.run, self.resolved, taken, self.log)
         key, self.cache_inputs = taken.key, taken.inputs
+        if taken.inputs is not None and taken.inputs.get("files"):
+            files = self.run.files  # counts for the whole run so far: each file is read at most once per run
+            self.log.debug("cache inputs hashed", files=len(taken.inputs["files"]), run_hashed=files.hashed)
         if taken.status is not None:
             self.placed.set()
             self.log.info("stage finished", status=StageStatus.CACHED, duration_s=0.0, reason=taken.why)
@@ -166,6 +170,10 @@ class StageRun:
             return attrs.evolve(result, cache_inputs=taken.inputs) if shared else result
         if taken.why and taken.why != "cache miss":
             self.log.info("stage not cached", reason=taken.why)
+        with self.run.files.writing():  # a stage that runs may change the files other keys are made of
+            return self._run_stage(started, key)
+
+    def _run_stage(self, started: float, key: str | None) -> StageResult:
         self.log.info("stage started", status=StageStatus.RUNNING, image=self.resolved.describe_image())
         s = self.resolved.stage
         lock = ResourceLock(s.resource) if s.resource else None
