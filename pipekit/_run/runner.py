@@ -28,6 +28,7 @@ from pipekit.exceptions import UsageError
 
 if TYPE_CHECKING:
     from pipekit._ci.junit import CiReport
+    from pipekit._history.store import History
     from pipekit._plan.resolve import ResolvedPlan
     from pipekit._run.sharedcache import SharedCache
 
@@ -141,9 +142,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
     sweep = None
     shared = None
     try:
-        shared = shared_cache(setup)
-        if shared is not None and rec.history is not None and r.use_cache:
-            shared.remember = rec.history.cache_put
+        shared = shared_cache(setup, rec.history)
         resolved = setup.resolved(rec.restore)
         files = _fingerprints(resolved)
         if resolved.needs_container_backend:
@@ -195,8 +194,9 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 rec.history.close()
 
 
-def shared_cache(setup: RunSetup) -> SharedCache | None:
-    """The run's shared cache (``--cache-registry``), None without one, with ``off`` or ``--no-cache``."""
+def shared_cache(setup: RunSetup, history: History | None = None) -> SharedCache | None:
+    """The run's shared cache (``--cache-registry``), None without one, with ``off`` or ``--no-cache``;
+    its hits are kept in ``history``'s local cache."""
     from pipekit._history.remote import MODES
     from pipekit._run.sharedcache import SharedCache, cache_login, open_shared_cache
 
@@ -207,7 +207,10 @@ def shared_cache(setup: RunSetup) -> SharedCache | None:
     if not r.cache_registry or mode == "off" or not r.use_cache:
         return None
     auth = cache_login(setup.secrets, r.cache_credentials)
-    return SharedCache(open_shared_cache(r.cache_registry, mode, auth), auth=auth)
+    shared = SharedCache(open_shared_cache(r.cache_registry, mode, auth), auth=auth)
+    if history is not None:
+        shared.remember = history.cache_put
+    return shared
 
 
 def _captured(shared: SharedCache | None, records: StageRecords) -> StageRecords:
@@ -218,6 +221,8 @@ def _captured(shared: SharedCache | None, records: StageRecords) -> StageRecords
 
     shared.captured = CapturedRecords(records)
     return shared.captured
+
+
 def _fingerprints(resolved: ResolvedPlan) -> FileDigests:
     """The run's file fingerprints, those the stage cache will ask for already on their way."""
     files = FileDigests(resolved.workspace)
