@@ -127,7 +127,8 @@ class WorkspaceBase:
     name: str
     stats: dict[str, StatKey]
     digests: dict[str, str]
-    size: int = 0
+    size: int = 0  # bytes sent to make it
+    seconds: float = 0.0  # how long that took
 
     def children(self) -> dict[str, list[str]]:
         """Folder -> the names directly in it (``""``: the top)."""

@@ -102,7 +102,15 @@ class WorkspaceSync:
             known.update(stream.manifest)
             size = stream.size
         self._known = known
-        self._log.debug("workspace changes copied in", base=base.name, files=len(changed), gone=len(gone), bytes=size)
+        self._log.debug(
+            "workspace changes copied in",
+            base=base.name,
+            base_bytes=base.size,
+            base_s=round(base.seconds, 3),
+            files=len(changed),
+            gone=len(gone),
+            bytes=size,
+        )
 
     def _remove(self, names: list[str]) -> None:
         """Remove ``names`` (relative) from the stage's view of the workspace, with the image's ``rm``."""

@@ -15,6 +15,7 @@ kernel without overlayfs, a rootless engine) gets the whole workspace copied, as
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -77,13 +78,14 @@ class Layers:
             labels=stage_labels(spec),
             host_config=self.api.create_host_config(binds=binds),
         )["Id"]
+        start = time.monotonic()
         try:
             exclude = {*PRIVATE_DIRS, *hidden_names(spec.workspace, spec.hidden)}
             stream = TreeStream(spec.workspace, exclude=exclude, hidden=spec.hidden)
             self.api.put_archive(helper, "/base", iter(stream))
         finally:
             self.api.remove_container(helper, force=True)
-        return WorkspaceBase(name, stream.stats, stream.manifest, stream.size)
+        return WorkspaceBase(name, stream.stats, stream.manifest, stream.size, time.monotonic() - start)
 
     def stage_volumes(self, spec: StageSpec, base: WorkspaceBase) -> tuple[list[str], dict[str, dict[str, str]]]:
         """A stage's layer over ``base``: its volumes (the overlay first) and its container's binds."""
