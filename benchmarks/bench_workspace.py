@@ -126,9 +126,7 @@ def measure(rows: list[str], rounds: int, baseline: Path | None, baseline_rounds
                         continue
                     if label == "this" and r >= rounds:
                         continue
-                    results.setdefault((row, f"{label} {mode}"), []).append(
-                        run_once(code, folders[row], mode, command)
-                    )
+                    results.setdefault((row, f"{label} {mode}"), []).append(run_once(code, folders[row], mode, command))
                     print(".", end="", flush=True)
     print()
     return results
