@@ -317,16 +317,17 @@ class _ApplyChanges(_Apply):
             if name is None:
                 self.log.warning("file not copied back", path=info.name, reason="a name that leaves the workspace")
                 continue
+            if (info.ischr() and info.devmajor == info.devminor == 0) or (
+                info.islnk() and _relative(info.linkname) in whiteouts
+            ):  # (the kernel may make every whiteout a hard link of one; only shipped names are deleted)
+                whiteouts.add(name)
+                seen.add(name)
+                continue
             if not name or is_private(name, self.hidden):
                 continue
             self.current = name
             seen.add(name)
             was = self.known.get(name)
-            if (info.ischr() and info.devmajor == info.devminor == 0) or (
-                info.islnk() and _relative(info.linkname) in whiteouts
-            ):  # (the kernel may make every whiteout a hard link of one)
-                whiteouts.add(name)
-                continue
             if was == "/" and not info.isdir():
                 gone.update(n for n in self.known if n.startswith(name + "/"))
             if info.isdir():
