@@ -187,6 +187,53 @@ def test_the_remote_engine_takes_the_workspace_by_difference(remote_engine: Any,
         client.close()
 
 
+REBASE = """
+import pipekit as pk
+
+pipeline = pk.Pipeline(name="rebase", image="busybox")
+
+
+@pipeline.stage
+def many(ctx):
+    ctx.sh("mkdir made && for i in 1 2 3 4 5 6; do echo $i > made/$i; done && rm gone.txt")
+
+
+@pipeline.stage
+def middle(ctx, many):
+    ctx.sh("cat made/6 && test ! -e gone.txt")
+
+
+@pipeline.stage
+def end(ctx, middle):
+    ctx.sh("sleep 1")
+
+
+@pipeline.stage
+def final(ctx, end):
+    ctx.sh("cat made/1 made/6 && test ! -e gone.txt")
+"""
+
+
+@pytest.mark.docker
+def test_a_new_base_is_made_when_the_workspace_moved_far_from_it(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(REBASE)
+    (folder / "gone.txt").write_text("deleted by the first stage\n")
+    backend = DockerBackend(docker_client, workspace="copy")
+    backend.layers.rebase_at = (3, 1 << 20)
+    result, events = _run(folder, backend, busybox_image)
+    assert result.status == "succeeded", result.stages
+    shipped_in = {e["stage"]: e for e in events if e.get("event") == "workspace changes copied in"}
+    assert shipped_in["middle"]["base"] == shipped_in["many"]["base"] and shipped_in["middle"]["files"] >= 7
+    # (``end`` may have been prepared before ``middle`` started; ``final`` was prepared after)
+    assert shipped_in["final"]["base"] != shipped_in["many"]["base"], "a new base after 7 names on top of the first"
+    assert shipped_in["final"]["files"] == 0 and shipped_in["final"]["gone"] == 0
+    assert _volumes(docker_client, result.run_id) == []
+
+
 # -- the manifests, without an engine ---------------------------------------------------------
 def test_a_stat_manifest_sees_every_change_without_reading_files(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()

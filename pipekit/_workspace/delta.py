@@ -129,6 +129,8 @@ class WorkspaceBase:
     digests: dict[str, str]
     size: int = 0  # bytes sent to make it
     seconds: float = 0.0  # how long that took
+    #: how far this machine's folder had moved from it at the last stage's start: (names, bytes)
+    behind: tuple[int, int] = (0, 0)
 
     def children(self) -> dict[str, list[str]]:
         """Folder -> the names directly in it (``""``: the top)."""

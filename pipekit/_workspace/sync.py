@@ -101,6 +101,7 @@ class WorkspaceSync:
             cast(FileStreams, self._backend).put_stream(self._handle, iter(stream), str(self._handle.workspace_dir))
             known.update(stream.manifest)
             size = stream.size
+        base.behind = (len(changed) + len(gone), size)  # (the backend makes a new base when that grows)
         self._known = known
         self._log.debug(
             "workspace changes copied in",

@@ -1,11 +1,11 @@
 """Copy mode by difference on one engine: the run's base copy of the workspace in a volume, and
 each stage's view of it (an overlay volume: the base below, a volume of the stage's own above).
 
-The base is made once per run (again when what changed since would cost more to send to each
-stage than a new base), by a container that is created, never started, with the base volume
-mounted: the workspace is streamed into it and the container removed. A stage's container mounts
-its overlay at ``/workspace`` and its upper volume (its own layer) read-only at
-:data:`CHANGES_DIR`, from which the bring-back reads only what the stage created, changed or
+The base is made once per run (again when what the last stage to start was sent on top of it
+grew past :data:`REBASE_FILES` or :data:`REBASE_BYTES`), by a container that is created, never
+started, with the base volume mounted: the workspace is streamed into it and the container
+removed. A stage's container mounts its overlay at ``/workspace`` and its upper volume (its own
+layer) read-only at :data:`CHANGES_DIR`, from which the bring-back reads only what the stage created, changed or
 deleted. A base is never written again once made, so stages that run at the same time each see
 it as it was, plus their own layer. Every volume carries the run's labels: the run's cleanup, and
 the sweep of lost runs, remove them. An engine on which an overlay volume does not mount (a
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipekit._backends.docker.engine import CONFLICT, LABEL_RUN, WORKDIR, container_name, stage_labels
 from pipekit._workspace.archive import PRIVATE_DIRS, TreeStream
-from pipekit._workspace.delta import WorkspaceBase, changed_since, hidden_names, shipped
+from pipekit._workspace.delta import WorkspaceBase, hidden_names
 from pipekit.backend import StageSpec
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class Layers:
         #: False once an overlay volume failed to mount in this engine: whole copies from then on
         self.works = True
         self._bases: dict[str, WorkspaceBase] = {}  # run id -> its newest base
+        self.rebase_at = (REBASE_FILES, REBASE_BYTES)
         self._lock = threading.Lock()
 
     @property
@@ -58,10 +59,8 @@ class Layers:
         with self._lock:
             base = self._bases.get(spec.run_id)
             if base is not None:
-                now = shipped(spec.workspace, spec.hidden)
-                changed, gone = changed_since(base.stats, now)
-                size = sum(now[n][3] for n in changed)
-                if len(changed) + len(gone) <= REBASE_FILES and size <= REBASE_BYTES:
+                names, size = base.behind  # as the last stage to start found it
+                if names <= self.rebase_at[0] and size <= self.rebase_at[1]:
                     return base
             base = self._make_base(spec)
             self._bases[spec.run_id] = base
