@@ -12,6 +12,10 @@ place is ever brought back; no write follows a link on this machine (:mod:`pipek
 link is brought back only when, resolved against the real tree, it stays inside the workspace and
 out of those private places. Both directions stream: memory stays flat whatever the files' sizes.
 A copy-back that fails fails the stage.
+
+When the backend keeps a base copy of the workspace on the stage's machine
+(``capabilities.layered_workspace``, :mod:`pipekit._workspace.delta`), only what differs from it is
+shipped, and only the stage's own layer (what it created, changed or deleted) is brought back.
 """
 
 from __future__ import annotations
