@@ -267,3 +267,34 @@ def test_a_gone_folder_is_one_name_and_a_folder_is_not_changed_by_what_is_in_it(
     changed, gone = changed_since(before, stat_tree(tmp_path, (), ()))
     assert changed == ["k/new"] and gone == ["a"]
     assert topmost(["x/y", "x", "xy", "z/1", "z/2"]) == ["x", "xy", "z/1", "z/2"]
+
+
+@pytest.mark.docker
+def test_a_kept_stage_keeps_its_view_of_the_workspace_until_it_is_cleaned_up(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(
+        'import pipekit as pk\n\n\n@pk.stage(image="busybox")\ndef boom(ctx):\n    ctx.sh("echo mine > x && exit 3")\n'
+    )
+    (folder / "given.txt").write_text("from the base\n")
+    backend = DockerBackend(docker_client, workspace="copy")
+    result = pk.run(
+        str(folder / "pipeline.py"),
+        backend=backend,
+        image_map={"busybox": busybox_image},
+        log_format="json",
+        log_file=io.StringIO(),
+        keep_failed=True,
+    )
+    assert result.status == "failed"
+    try:
+        kept = backend.kept_container(result.run_id, "boom")
+        assert kept is not None
+        run = docker_client.api.exec_create(kept, ["cat", "/workspace/given.txt", "/workspace/x"])
+        assert docker_client.api.exec_start(run) == b"from the base\nmine\n", "the kept view still has its base"
+        assert any(n.endswith("-base") for n in _volumes(docker_client, result.run_id))
+    finally:
+        backend.drop_kept(result.run_id)
+    assert _volumes(docker_client, result.run_id) == []

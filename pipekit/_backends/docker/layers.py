@@ -127,7 +127,12 @@ class Layers:
     def cleanup(self, run_id: str) -> None:
         """Remove every volume of the run (its containers are gone)."""
         self._bases.pop(run_id, None)
+        stages = [n for n in self._volumes(run_id) if not n.endswith("-base")]
+        self.remove(sorted(stages, key=lambda n: not n.endswith("-view")))  # a view before what it stacks
+        left = self._volumes(run_id)
+        if all(n.endswith("-base") for n in left):  # (a kept container's view still stacks the bases)
+            self.remove(left)
+
+    def _volumes(self, run_id: str) -> list[str]:
         listing = self.api.volumes(filters={"label": f"{LABEL_RUN}={run_id}"}) or {}
-        names = [v["Name"] for v in listing.get("Volumes") or []]
-        # the stages' views before the folders they stack
-        self.remove(sorted(names, key=lambda n: (not n.endswith("-view"), n.endswith("-base"))))
+        return [str(v["Name"]) for v in listing.get("Volumes") or []]
