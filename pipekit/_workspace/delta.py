@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import attrs
@@ -131,16 +131,3 @@ class WorkspaceBase:
     seconds: float = 0.0  # how long that took
     #: how far this machine's folder had moved from it at the last stage's start: (names, bytes)
     behind: tuple[int, int] = (0, 0)
-
-    def children(self) -> dict[str, list[str]]:
-        """Folder -> the names directly in it (``""``: the top)."""
-        index: dict[str, list[str]] = {}
-        for name in self.digests:
-            index.setdefault(name.rpartition("/")[0], []).append(name)
-        return index
-
-
-def under(names: Iterable[str], folder: str) -> Iterator[str]:
-    """The names in ``names`` that lie inside ``folder``."""
-    prefix = folder + "/"
-    return (n for n in names if n.startswith(prefix))
