@@ -298,3 +298,45 @@ def test_a_kept_stage_keeps_its_view_of_the_workspace_until_it_is_cleaned_up(
     finally:
         backend.drop_kept(result.run_id)
     assert _volumes(docker_client, result.run_id) == []
+
+
+NOT_ROOT = """
+import pipekit as pk
+
+pipeline = pk.Pipeline(name="notroot", image="busybox")
+
+
+@pipeline.stage
+def delete(ctx):
+    ctx.sh("rm old.txt")
+
+
+@pipeline.stage(image="{image}")
+def after(ctx, delete):
+    ctx.sh("true")
+"""
+
+
+@pytest.mark.docker
+def test_a_stage_that_cannot_remove_what_was_deleted_is_told_why(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """Deletions since the base copy are made with the image's `rm`, as the stage's user: when that
+    fails (here a user that may not write in /workspace), the stage fails with a message that says
+    what to do (not a traceback)."""
+    tag = f"pipekit-test-not-root:{os.getpid()}"
+    docker_client.images.build(fileobj=io.BytesIO(f"FROM {busybox_image}\nUSER 65534\n".encode()), tag=tag, rm=True)
+    try:
+        folder = tmp_path / "ws"
+        folder.mkdir()
+        (folder / "pipeline.py").write_text(NOT_ROOT.replace("{image}", tag))
+        (folder / "old.txt").write_text("deleted by the first stage\n")
+        backend = DockerBackend(docker_client, workspace="copy")
+        result, _events = _run(folder, backend, busybox_image)
+        assert result.stages["delete"].status == "succeeded"
+        error = result.stages["after"].error or ""
+        assert "could not be removed from its copy" in error and "Permission denied" in error, error
+        assert "with the image's `rm`, as the stage's user" in error
+        assert _volumes(docker_client, result.run_id) == []
+    finally:
+        docker_client.images.remove(tag, force=True)

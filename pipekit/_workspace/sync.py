@@ -127,8 +127,9 @@ class WorkspaceSync:
             if result.exit_code != 0:
                 raise StageFailed(
                     f"Stage '{stage}': the files deleted from the workspace since the run started could not be"
-                    f" removed from its copy ({result.stderr.strip()[:300] or result.exit_code}). The image needs"
-                    " `rm`; or run with --workspace mount on an engine that sees this folder",
+                    f" removed from its copy ({result.stderr.strip()[:300] or result.exit_code}). pipekit removes"
+                    " them with the image's `rm`, as the stage's user: use an image that has `rm` and a user that"
+                    " may write in /workspace, or --workspace mount on an engine that sees this folder",
                     stage=stage,
                 )
 
