@@ -88,6 +88,9 @@ class Capabilities:
     streams_files: bool = False
     #: the stage's files are scripted, not real (the fake backend): :class:`ScriptedWorkspace`
     scripted_files: bool = False
+    #: a stage's copy of the workspace may be a view of a base copy made once per run on its
+    #: machine, with a layer of the stage's own on top: only differences travel (:class:`LayeredWorkspace`)
+    layered_workspace: bool = False
 
 
 @attrs.frozen
@@ -356,6 +359,20 @@ class FileStreams(Protocol):
 
     def get_stream(self, handle: StageHandle, path: str) -> IO[bytes] | None:
         """``path`` as a tar stream (named as ``get_files`` names it); None when it does not exist."""
+
+
+class LayeredWorkspace(Protocol):
+    """The methods of a backend whose ``capabilities.layered_workspace`` is True (with :class:`FileStreams`)."""
+
+    #: where, in a stage's place, its own layer (what it created, changed or deleted) can be read
+    changes_dir: str
+
+    def workspace_base(self, handle: StageHandle) -> Any:
+        """The ``WorkspaceBase`` (:mod:`pipekit._workspace.delta`) the stage's workspace is a view
+        of; None when the stage has a plain copy (the whole workspace travels)."""
+
+    def exists(self, handle: StageHandle, path: str) -> bool:
+        """Whether ``path`` exists in the stage's place (a link is not followed)."""
 
 
 class KeepsFailed(Protocol):

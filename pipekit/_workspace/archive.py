@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from pipekit._workspace.delta import StatKey, stat_key
 from pipekit._workspace.hosttree import CHUNK
 
 __all__ = ["ChunkReader", "Member", "TreeStream", "members", "pack", "regular_files", "unpack"]
@@ -54,10 +55,21 @@ class TreeStream:
     once. Files are read a piece at a time, so memory stays flat whatever their size; a file
     hard-linked to one already sent travels as a hard link. ``manifest`` is filled on the way:
     relative name -> the sha256 of a regular file, ``/`` for a folder, ``->TARGET`` for a link.
-    ``exclude``: relative names left out with everything under them."""
+    ``exclude``: relative names left out with everything under them. ``names``: only these
+    (relative, parents before what is in them) instead of the whole tree; ``stats`` is filled
+    too: relative name -> its stat key (:func:`pipekit._workspace.delta.stat_key`), taken before
+    the file is read."""
 
-    def __init__(self, root: Path, exclude: Collection[str] = PRIVATE_DIRS, hidden: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        exclude: Collection[str] = PRIVATE_DIRS,
+        hidden: Collection[str] = (),
+        names: Iterable[str] | None = None,
+    ) -> None:
         self.root = root
+        self.names = names
+        self.stats: dict[str, StatKey] = {}
         self.exclude = frozenset(exclude)
         #: files left out wherever they are, also under another name (a hard link): the secrets file
         self.hidden = {(st.st_dev, st.st_ino) for st in map(_stat, hidden) if st is not None}
@@ -66,6 +78,14 @@ class TreeStream:
         self._inodes: dict[tuple[int, int], str] = {}
 
     def __iter__(self) -> Iterator[bytes]:
+        entries = self._walk() if self.names is None else ((str(self.root / n), n) for n in self.names)
+        for full, rel in entries:
+            for piece in self._member(full, rel):
+                self.size += len(piece)
+                yield piece
+        yield bytes(2 * tarfile.BLOCKSIZE)
+
+    def _walk(self) -> Iterator[tuple[str, str]]:
         for folder, dirs, files in os.walk(self.root):
             rel_dir = os.path.relpath(folder, self.root)
             names = [os.path.normpath(os.path.join(rel_dir, d)) for d in dirs]
@@ -73,28 +93,32 @@ class TreeStream:
             for name in [*dirs, *sorted(files)]:
                 rel = os.path.normpath(os.path.join(rel_dir, name))
                 if rel not in self.exclude:
-                    for piece in self._member(os.path.join(folder, name), rel):
-                        self.size += len(piece)
-                        yield piece
-        yield bytes(2 * tarfile.BLOCKSIZE)
+                    yield os.path.join(folder, name), rel
 
     def _member(self, full: str, rel: str) -> Iterator[bytes]:
-        st = os.lstat(full)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            return  # gone since it was listed
         info = tarfile.TarInfo(rel)
         info.mode, info.mtime, info.uid, info.gid = st.st_mode & 0o7777, int(st.st_mtime), st.st_uid, st.st_gid
         if stat.S_ISDIR(st.st_mode):
             info.type = tarfile.DIRTYPE
             self.manifest[rel] = "/"
+            self.stats[rel] = ("d", stat.S_IMODE(st.st_mode), 0, 0, 0, 0, "")  # (stat_key of a folder)
         elif stat.S_ISLNK(st.st_mode):
             info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
             self.manifest[rel] = "->" + info.linkname
+            self.stats[rel] = ("l", 0, 0, 0, 0, 0, info.linkname)  # (stat_key of a link)
         elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in self.hidden:
             return
         elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in self._inodes:
             first = self._inodes[(st.st_dev, st.st_ino)]
             info.type, info.linkname = tarfile.LNKTYPE, first
             self.manifest[rel] = self.manifest[first]
+            self.stats[rel] = self.stats[first]
         elif stat.S_ISREG(st.st_mode):
+            self.stats[rel] = stat_key(st)  # type: ignore[assignment]  # (a regular file has one)
             yield from self._file(full, rel, info)
             if st.st_nlink > 1:
                 self._inodes[(st.st_dev, st.st_ino)] = rel

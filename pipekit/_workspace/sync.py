@@ -12,6 +12,10 @@ place is ever brought back; no write follows a link on this machine (:mod:`pipek
 link is brought back only when, resolved against the real tree, it stays inside the workspace and
 out of those private places. Both directions stream: memory stays flat whatever the files' sizes.
 A copy-back that fails fails the stage.
+
+When the backend keeps a base copy of the workspace on the stage's machine
+(``capabilities.layered_workspace``, :mod:`pipekit._workspace.delta`), only what differs from it is
+shipped, and only the stage's own layer (what it created, changed or deleted) is brought back.
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shlex
 import tarfile
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import IO, Any, cast
 
 from pipekit._core.util import slug
 from pipekit._workspace.archive import PRIVATE_DIRS, TreeStream
+from pipekit._workspace.delta import WorkspaceBase, changed_since, hidden_names, shipped
 from pipekit._workspace.hosttree import CHUNK, HostTree, TreeRefused, is_private
-from pipekit.backend import FileStreams, StageBackend, StageHandle
+from pipekit.backend import FileStreams, LayeredWorkspace, StageBackend, StageHandle
 from pipekit.exceptions import StageFailed
 
 __all__ = ["WorkspaceSync", "hidden_names"]
@@ -43,17 +49,6 @@ def _folder_lock(root: Path) -> threading.Lock:
         return _LOCKS.setdefault(os.path.realpath(root), threading.Lock())
 
 
-def hidden_names(root: Path, files: Collection[str]) -> tuple[str, ...]:
-    """The names, relative to ``root``, of those ``files`` (absolute paths) that lie under it."""
-    real_root = os.path.realpath(root)
-    names = []
-    for f in files:
-        real = os.path.realpath(f)
-        if real.startswith(real_root + os.sep):
-            names.append(Path(os.path.relpath(real, real_root)).as_posix())
-    return tuple(names)
-
-
 class WorkspaceSync:
     """Keeps one stage's copy of the workspace and the pipeline's folder in step."""
 
@@ -64,6 +59,8 @@ class WorkspaceSync:
         self._log = log
         #: relative name -> what the stage last had there (see TreeStream.manifest)
         self._known: dict[str, str] = {}
+        #: the base copy the stage's workspace is a view of (None: a plain copy of its own)
+        self._base: WorkspaceBase | None = None
         self._hidden = hidden_names(root, handle.spec.hidden)
         # mount mode: a container stage that makes a .git where there was none is refused (git on
         # this machine would run the hooks and config in it at the next command)
@@ -74,9 +71,15 @@ class WorkspaceSync:
         return not self._backend.capabilities.shares_workspace and self._handle.workspace_dir is not None
 
     def ship(self) -> None:
-        """Copy the pipeline's folder (without .pipekit/ and the secrets file) into the stage's place."""
+        """Copy the pipeline's folder (without .pipekit/ and the secrets file) into the stage's place:
+        what differs from its base copy when it has one, or all of it."""
         if not self.active:
             return
+        if self._backend.capabilities.layered_workspace:
+            self._base = cast(LayeredWorkspace, self._backend).workspace_base(self._handle)
+            if self._base is not None:
+                self._ship_changes(self._base)
+                return
         stream = TreeStream(self._root, exclude={*PRIVATE_DIRS, *self._hidden}, hidden=self._handle.spec.hidden)
         dest = str(self._handle.workspace_dir)
         if self._backend.capabilities.streams_files:
@@ -85,6 +88,50 @@ class WorkspaceSync:
             self._backend.put_files(self._handle, b"".join(stream), dest)
         self._known = stream.manifest
         self._log.debug("workspace copied in", files=len(self._known), bytes=stream.size)
+
+    def _ship_changes(self, base: WorkspaceBase) -> None:
+        """Send what this machine's folder has that the base copy has not, and remove from the
+        stage's view what this machine's folder no longer has."""
+        changed, gone = changed_since(base.stats, shipped(self._root, self._handle.spec.hidden))
+        known = dict(base.digests)
+        if gone:
+            self._remove(gone)
+            drop = set(gone)
+            for name in [n for n in known if _inside(n, drop)]:
+                del known[name]
+        size = 0
+        if changed:
+            stream = TreeStream(self._root, exclude=(), names=changed)
+            cast(FileStreams, self._backend).put_stream(self._handle, iter(stream), str(self._handle.workspace_dir))
+            known.update(stream.manifest)
+            size = stream.size
+        base.behind = (len(changed) + len(gone), size)  # (the backend makes a new base when that grows)
+        self._known = known
+        self._log.debug(
+            "workspace changes copied in",
+            base=base.name,
+            base_bytes=base.size,
+            base_s=round(base.seconds, 3),
+            files=len(changed),
+            gone=len(gone),
+            bytes=size,
+        )
+
+    def _remove(self, names: list[str]) -> None:
+        """Remove ``names`` (relative) from the stage's view of the workspace, with the image's ``rm``."""
+        stage = self._handle.spec.stage
+        top = str(self._handle.workspace_dir)
+        for start in range(0, len(names), 500):
+            paths = " ".join(shlex.quote(f"{top}/{n}") for n in names[start : start + 500])
+            result = self._backend.exec(self._handle, f"rm -rf -- {paths}", {}, lambda *_: None, strict=False)
+            if result.exit_code != 0:
+                raise StageFailed(
+                    f"Stage '{stage}': the files deleted from the workspace since the run started could not be"
+                    f" removed from its copy ({result.stderr.strip()[:300] or result.exit_code}). pipekit removes"
+                    " them with the image's `rm`, as the stage's user: use an image that has `rm` and a user that"
+                    " may write in /workspace, or --workspace mount on an engine that sees this folder",
+                    stage=stage,
+                )
 
     def bring_back(self) -> None:
         """Write what the stage created or changed into the pipeline's folder, and delete what it
@@ -102,7 +149,10 @@ class WorkspaceSync:
             except OSError as e:
                 source.close()
                 raise StageFailed(_failure(stage, "", e), stage=stage) from e
-            apply = _Apply(tree, self._known, self._hidden, self._log)
+            if self._base is None:
+                apply = _Apply(tree, self._known, self._hidden, self._log)
+            else:
+                apply = _ApplyChanges(tree, self._known, self._hidden, self._log, self._base.digests, self._exists)
             try:
                 with source, tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK) as tar:
                     apply.run(tar)
@@ -135,8 +185,14 @@ class WorkspaceSync:
             stage=stage,
         )
 
+    def _exists(self, name: str) -> bool:
+        path = f"{self._handle.workspace_dir}/{name}"
+        return cast(LayeredWorkspace, self._backend).exists(self._handle, path)
+
     def _open(self) -> IO[bytes] | None:
         path = str(self._handle.workspace_dir)
+        if self._base is not None:  # only the stage's own layer: what it created, changed or deleted
+            path = cast(LayeredWorkspace, self._backend).changes_dir
         if self._backend.capabilities.streams_files:
             return cast(FileStreams, self._backend).get_stream(self._handle, path)
         archive = self._backend.get_files(self._handle, path)
@@ -233,6 +289,106 @@ class _Apply:
             else:
                 self.changed += self.tree.make_link(name, target)
         self.current = ""
+
+
+class _ApplyChanges(_Apply):
+    """One bring-back from the stage's own layer over its base copy: what is not in the layer is
+    as the stage got it. Deletions are the layer's whiteouts (a character device 0/0, which is
+    also what a stage that makes one gets: the name disappears), the folders it made anew where
+    one was (opaque: what was in them is gone, found out by asking whether one such name still
+    exists), and the names it got from this layer (or that came back before) that it no longer
+    holds. Only names pipekit shipped are ever deleted."""
+
+    def __init__(
+        self,
+        tree: HostTree,
+        known: dict[str, str],
+        hidden: tuple[str, ...],
+        log: Any,
+        lower: Mapping[str, str],
+        exists: Callable[[str], bool],
+    ) -> None:
+        super().__init__(tree, known, hidden, log)
+        self.now = dict(known)
+        self.lower, self.exists = lower, exists
+
+    def run(self, tar: tarfile.TarFile) -> None:
+        links: dict[str, str] = {}
+        seen: set[str] = set()
+        gone: set[str] = set()
+        whiteouts: set[str] = set()
+        folders: list[str] = []  # folders the stage got and that are in its layer: maybe made anew
+        for info in tar:
+            name = _relative(info.name)
+            if name is None:
+                self.log.warning("file not copied back", path=info.name, reason="a name that leaves the workspace")
+                continue
+            if (info.ischr() and info.devmajor == info.devminor == 0) or (
+                info.islnk() and _relative(info.linkname) in whiteouts
+            ):  # (the kernel may make every whiteout a hard link of one; only shipped names are deleted)
+                whiteouts.add(name)
+                seen.add(name)
+                continue
+            if not name or is_private(name, self.hidden):
+                continue
+            self.current = name
+            seen.add(name)
+            was = self.known.get(name)
+            if was == "/" and not info.isdir():
+                gone.update(n for n in self.known if n.startswith(name + "/"))
+            if info.isdir():
+                if was == "/":
+                    folders.append(name)
+                self.now[name] = "/"
+                self.changed += self.tree.make_dir(name, info.mode)
+            elif info.isreg():
+                self._file(name, tar.extractfile(info), info.size, info.mode)
+            elif info.islnk():
+                self._hard_link(name, _relative(info.linkname), info.mode)
+            elif info.issym():
+                self.now[name] = "->" + info.linkname
+                links[name] = info.linkname
+        self.current = ""
+        gone.update(whiteouts)
+        gone.update(self._opaque(folders, seen))
+        gone.update(n for n in self.known if n not in self.lower and n not in seen)
+        self._delete(gone)
+        self._links(links)
+
+    def _opaque(self, folders: list[str], seen: set[str]) -> list[str]:
+        """What was in the ``folders`` the stage made anew (removed, then made again)."""
+        if not folders:
+            return []
+        index: dict[str, list[str]] = {}
+        for name in self.known:
+            if name in self.lower and name not in seen:
+                index.setdefault(name.rpartition("/")[0], []).append(name)
+        hidden: list[str] = []
+        for folder in folders:
+            kept = index.get(folder)
+            if kept and not self.exists(kept[0]):
+                hidden.extend(kept)
+        return hidden
+
+    def _delete(self, gone: set[str]) -> None:
+        """Delete the names pipekit shipped that are ``gone`` (with what it shipped in them)."""
+        names = {n for n in self.known if _inside(n, gone)}
+        for name in sorted(names, reverse=True):  # what is in a folder before the folder
+            if is_private(name, self.hidden):
+                continue
+            self.current = name
+            self.now.pop(name, None)
+            self.changed += self.tree.remove(name, folders=True)
+        self.current = ""
+
+
+def _inside(name: str, names: Collection[str]) -> bool:
+    """Whether ``name`` is one of ``names`` or lies inside one of them."""
+    while name:
+        if name in names:
+            return True
+        name = name.rpartition("/")[0]
+    return False
 
 
 def _relative(name: str) -> str | None:

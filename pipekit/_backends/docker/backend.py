@@ -38,6 +38,7 @@ from pipekit._backends.docker.engine import (
 from pipekit._backends.docker.files import Files, workspace_covers
 from pipekit._backends.docker.housekeeping import Housekeeping, is_kept, sweep_lost
 from pipekit._backends.docker.images import Images
+from pipekit._backends.docker.layers import CHANGES_DIR, Layers
 from pipekit._backends.docker.services import Services
 from pipekit._backends.docker.shell import AttachedShell
 from pipekit._backends.docker.sockets import close_stream
@@ -106,6 +107,7 @@ class DockerBackend:
         self.services = Services(lambda: self.client, self.images)
         self.housekeeping = Housekeeping(lambda: self.client)
         self.files = Files(lambda: self.client)
+        self.layers = Layers(lambda: self.client)
 
     # -- connection -------------------------------------------------------------------------
     @property
@@ -130,8 +132,13 @@ class DockerBackend:
     def capabilities(self) -> Capabilities:
         """A container's start is worth taking off the critical path (``prepares_ahead``); the
         workspace is shared when it is mounted (``shares_workspace``)."""
+        shares = self.shares_workspace
         return Capabilities(
-            shares_workspace=self.shares_workspace, prepares_ahead=True, keeps_failed=True, streams_files=True
+            shares_workspace=shares,
+            prepares_ahead=True,
+            keeps_failed=True,
+            streams_files=True,
+            layered_workspace=not shares and self.layers.works,
         )
 
     @property
@@ -194,13 +201,18 @@ class DockerBackend:
         workdir = stage_workdir(spec)
         workspace_dir = WORKDIR if spec.with_workspace else None
         handle = StageHandle(spec=spec, ref=prepared, where="", workdir=workdir, workspace_dir=workspace_dir)
+        layered = not self.shares_workspace and spec.with_workspace and self.layers.works
         try:
             network = self.services.start(spec, prepared) if spec.services else None
-            prepared.container = self._create_stage_container(spec, network, workdir)
+            binds = self._layer(spec, prepared) if layered else {}
+            prepared.container = self._create_stage_container(spec, network, workdir, binds)
             prepared.shell = self.attach_shell(prepared.container)
             self.client.api.start(prepared.container)
         except APIError as e:
             self.release(handle)
+            if layered and "mount" in engine_message(e).lower():  # the overlay: this engine gets whole copies
+                self.layers.works = False
+                return self._prepare(spec)
             why = engine_message(e)
             if "executable file not found" in why or "no such file" in why.lower():
                 raise StageFailed(
@@ -214,6 +226,21 @@ class DockerBackend:
             raise
         return attrs.evolve(handle, where=f"container {prepared.container[:12]}")
 
+    def _layer(self, spec: StageSpec, prepared: StageContainer) -> dict[str, dict[str, str]]:
+        """The stage's view of the run's base copy of the workspace (made now if there is none): its binds."""
+        prepared.workspace_base = self.layers.base_for(spec)
+        prepared.volumes, binds = self.layers.stage_volumes(spec, prepared.workspace_base)
+        return binds
+
+    # -- copy mode by difference (LayeredWorkspace) ------------------------------------------
+    changes_dir = CHANGES_DIR
+
+    def workspace_base(self, handle: StageHandle) -> Any:
+        return getattr(handle.ref, "workspace_base", None)
+
+    def exists(self, handle: StageHandle, path: str) -> bool:
+        return self.files.exists(handle, path)
+
     def attach_shell(self, container: str) -> AttachedShell | None:
         """The container's own shell, to run its commands (None: they go through exec); attach
         before the container starts, or after (its ``sh`` waits on its open stdin)."""
@@ -221,11 +248,14 @@ class DockerBackend:
             return None
         return AttachedShell(self.client.api, container)
 
-    def _create_stage_container(self, spec: StageSpec, network: str | None, workdir: str | None) -> str:
+    def _create_stage_container(
+        self, spec: StageSpec, network: str | None, workdir: str | None, layer: dict[str, dict[str, str]]
+    ) -> str:
         from docker.utils import format_environment
 
         api = self.client.api
         binds = {volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()}
+        binds.update(layer)
         tmpfs = {}
         mounts = []
         if self.shares_workspace and spec.with_workspace:
@@ -390,6 +420,7 @@ class DockerBackend:
                     self.remove_container(cid)
             if prepared.network:
                 remove_network(self.client.api, prepared.network)
+            self.layers.remove(prepared.volumes)
         except OSError as e:
             raise self.engine_gone(e) from e
         finally:
@@ -405,6 +436,7 @@ class DockerBackend:
                 self.remove_container(c["Id"])  # (a container kept after a failure goes with `pipekit cleanup RUN`)
             for n in self.client.api.networks(filters=label):
                 remove_network(self.client.api, n["Id"])
+            self.layers.cleanup(run_id)
         except (DockerException, OSError):
             return  # the engine is gone: `pipekit cleanup`, or the next run, removes what is left
 
@@ -475,7 +507,9 @@ class DockerBackend:
         return self.housekeeping.kept()
 
     def drop_kept(self, run_id: str) -> int:
-        return self.housekeeping.drop_kept(run_id)
+        dropped = self.housekeeping.drop_kept(run_id)
+        self.layers.cleanup(run_id)
+        return dropped
 
     def kept_container(self, run_id: str, stage: str) -> str | None:
         return self.housekeeping.kept_container(run_id, stage)

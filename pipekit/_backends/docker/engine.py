@@ -144,6 +144,9 @@ class StageContainer:
     network: str | None = None
     streams: set[Any] = attrs.field(factory=set)
     shell: AttachedShell | None = None
+    #: copy mode by difference: the base copy its workspace is a view of, and the stage's volumes
+    workspace_base: Any = None
+    volumes: list[str] = attrs.field(factory=list)
 
 
 def stage_container(handle: StageHandle) -> StageContainer:

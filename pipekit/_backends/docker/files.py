@@ -10,8 +10,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from pipekit._backends.docker.engine import WORKDIR, container_of, engine_message
 from pipekit._workspace.archive import ChunkReader
+from pipekit._workspace.delta import hidden_names
 from pipekit._workspace.hosttree import CHUNK
-from pipekit._workspace.sync import hidden_names
 from pipekit.backend import StageHandle, StageSpec
 from pipekit.exceptions import BackendError
 
@@ -77,3 +77,12 @@ class Files:
         except NotFound:
             return None
         return io.BufferedReader(ChunkReader(stream), CHUNK)
+
+    def exists(self, handle: StageHandle, path: str) -> bool:
+        """Whether ``path`` exists in the stage's container (the engine's stat of it; a link is not followed)."""
+        api = self._client().api
+        answer = api.head(api._url("/containers/{0}/archive", container_of(handle)), params={"path": path})
+        if answer.status_code == 404:
+            return False
+        api._raise_for_status(answer)
+        return True

@@ -95,7 +95,8 @@ class Housekeeping:
         process that made them still runs."""
         managed = {"label": LABEL_MANAGED}
         containers = [c for c in self.client.api.containers(all=True, filters=managed) if not is_kept(c)]
-        objects = [*containers, *self.client.api.networks(filters=managed)]
+        volumes = (self.client.api.volumes(filters=managed) or {}).get("Volumes") or []
+        objects = [*containers, *self.client.api.networks(filters=managed), *volumes]
         runs: dict[str, bool] = {}
         for obj in objects:
             labels = obj.get("Labels") or {}

@@ -1,0 +1,342 @@
+"""Copy mode by difference (issue 25): the workspace goes once per run to an engine as a base copy,
+each stage sees it through a layer of its own, only changes travel, and everything made for it
+goes at the end of the run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pipekit as pk
+from pipekit._backends.docker.backend import DockerBackend
+from pipekit._backends.docker.engine import LABEL_MANAGED, LABEL_OWNER, LABEL_RUN
+from pipekit._workspace.delta import changed_since, shipped, stat_tree, topmost
+
+ROOT = Path(__file__).parent.parent
+
+# a stage that deletes a file, makes a folder anew (opaque), changes one kind into another; two
+# stages at once that must not see each other's writes; a last one that sees everything
+PIPELINE = """
+import pipekit as pk
+
+pipeline = pk.Pipeline(name="delta", image="busybox")
+
+
+@pipeline.stage
+def first(ctx):
+    ctx.sh("echo a > a.txt && rm old.txt && rm -rf remade && mkdir remade && echo n > remade/new")
+    ctx.sh("rm -rf shape && echo now-a-file > shape && rm file-to-dir && mkdir file-to-dir && echo x > file-to-dir/x")
+    ctx.sh("echo temp > temp.txt")
+    ctx.archive("temp.txt")  # brings the stage's files back before it goes on
+    ctx.sh("rm temp.txt && echo temp2 > temp2.txt")  # a name that came back, then went
+
+
+@pipeline.stage
+def left(ctx, first):
+    ctx.sh("cat a.txt && test ! -e old.txt && test ! -e remade/f1 && cat remade/new shape file-to-dir/x")
+    ctx.sh("echo left > left.txt && sleep 2 && test ! -e right.txt && test ! -e temp.txt")
+    ctx.sh("rm keep/k1 && echo changed > keep/k2")
+
+
+@pipeline.stage
+def right(ctx, first):
+    ctx.sh("echo right > right.txt && sleep 2 && test ! -e left.txt && test -e keep/k1 && rm temp2.txt")
+
+
+@pipeline.stage
+def last(ctx, left, right):
+    ctx.sh("cat left.txt right.txt keep/k2 && test ! -e keep/k1 && test ! -e temp2.txt && test ! -e old.txt")
+"""
+
+
+def _folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(PIPELINE)
+    (folder / "old.txt").write_text("old\n")
+    for name, files in {"remade": ["f1", "f2"], "keep": ["k1", "k2"], "shape": ["s"]}.items():
+        (folder / name).mkdir()
+        for f in files:
+            (folder / name / f).write_text(f"{name}/{f}\n")
+    (folder / "file-to-dir").write_text("a file\n")
+    return folder
+
+
+def _run(folder: Path, backend: DockerBackend, busybox_image: str) -> tuple[pk.RunResult, list[dict[str, Any]]]:
+    log = io.StringIO()
+    result = pk.run(
+        str(folder / "pipeline.py"),
+        backend=backend,
+        image_map={"busybox": busybox_image},
+        log_format="json",
+        log_file=log,
+        verbose=True,
+        record=True,
+        jobs=4,
+    )
+    return result, [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if rel.startswith(".pipekit"):
+            continue
+        found[rel] = "/" if path.is_dir() else path.read_text()
+    return found
+
+
+def _volumes(client: Any, run_id: str) -> list[str]:
+    listing = client.api.volumes(filters={"label": f"{LABEL_RUN}={run_id}"}) or {}
+    return [v["Name"] for v in listing.get("Volumes") or []]
+
+
+EXPECTED = {
+    "a.txt": "a\n",
+    "file-to-dir": "/",
+    "file-to-dir/x": "x\n",
+    "keep": "/",
+    "keep/k2": "changed\n",
+    "left.txt": "left\n",
+    "remade": "/",
+    "remade/new": "n\n",
+    "right.txt": "right\n",
+    "shape": "now-a-file\n",
+}
+
+
+@pytest.mark.docker
+def test_only_differences_travel_and_parallel_stages_are_isolated(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    folder = _folder(tmp_path)
+    backend = DockerBackend(docker_client, workspace="copy")
+    result, events = _run(folder, backend, busybox_image)
+    assert result.status == "succeeded", result.stages
+    assert {k: v for k, v in _tree(folder).items() if k != "pipeline.py"} == EXPECTED
+    shipped_in = {e["stage"]: e for e in events if e.get("event") == "workspace changes copied in"}
+    assert set(shipped_in) == {"first", "left", "right", "last"}, "every stage went by difference"
+    assert len({e["base"] for e in shipped_in.values()}) == 1, "one base copy for the whole run"
+    assert shipped_in["first"]["files"] == 0 and shipped_in["first"]["bytes"] == 0
+    # what `first` changed, not the whole tree (the base holds it)
+    assert 0 < shipped_in["left"]["files"] <= 10
+    assert _volumes(docker_client, result.run_id) == [], "the run's volumes are removed at its end"
+
+
+@pytest.mark.docker
+def test_the_whole_copy_is_still_right_where_overlays_do_not_mount(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    folder = _folder(tmp_path)
+    backend = DockerBackend(docker_client, workspace="copy")
+    backend.layers.works = False  # what an engine whose overlay volumes do not mount falls back to
+    result, events = _run(folder, backend, busybox_image)
+    assert result.status == "succeeded", result.stages
+    assert {k: v for k, v in _tree(folder).items() if k != "pipeline.py"} == EXPECTED
+    assert not [e for e in events if e.get("event") == "workspace changes copied in"]
+
+
+@pytest.mark.docker
+def test_a_failed_run_removes_its_volumes_and_a_lost_runs_volumes_are_swept(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(
+        'import pipekit as pk\n\n\n@pk.stage(image="busybox")\ndef boom(ctx):\n    ctx.sh("echo x > x && exit 3")\n'
+    )
+    backend = DockerBackend(docker_client, workspace="copy")
+    result, events = _run(folder, backend, busybox_image)
+    assert result.status == "failed"
+    assert [e for e in events if e.get("event") == "workspace changes copied in"]
+    assert _volumes(docker_client, result.run_id) == []
+    # a run killed with -9 leaves volumes only: the sweep of lost runs finds and removes them
+    lost = "deltalost" + os.urandom(3).hex()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    labels = {LABEL_MANAGED: "true", LABEL_RUN: lost, LABEL_OWNER: f"{socket.gethostname()}:{dead.pid}"}
+    docker_client.api.create_volume(f"pipekit-{lost}-x-base", labels=labels)
+    assert lost in backend.leftovers()
+    assert lost in backend.sweep()
+    assert _volumes(docker_client, lost) == []
+
+
+@pytest.mark.docker
+def test_the_remote_engine_takes_the_workspace_by_difference(remote_engine: Any, tmp_path: Path) -> None:
+    import docker
+
+    folder = _folder(tmp_path)
+    client = docker.DockerClient(base_url=remote_engine.host)
+    try:
+        backend = DockerBackend(client, host=remote_engine.host)
+        assert backend.capabilities.layered_workspace
+        result, events = _run(folder, backend, "pipekit-local/busybox:latest")
+        assert result.status == "succeeded", result.stages
+        assert backend.layers.works, "overlay volumes mount on the remote engine"
+        assert {k: v for k, v in _tree(folder).items() if k != "pipeline.py"} == EXPECTED
+        assert _volumes(client, result.run_id) == []
+    finally:
+        client.close()
+
+
+REBASE = """
+import pipekit as pk
+
+pipeline = pk.Pipeline(name="rebase", image="busybox")
+
+
+@pipeline.stage
+def many(ctx):
+    ctx.sh("mkdir made && for i in 1 2 3 4 5 6; do echo $i > made/$i; done && rm gone.txt")
+
+
+@pipeline.stage
+def middle(ctx, many):
+    ctx.sh("cat made/6 && test ! -e gone.txt")
+
+
+@pipeline.stage
+def end(ctx, middle):
+    ctx.sh("sleep 1")
+
+
+@pipeline.stage
+def final(ctx, end):
+    ctx.sh("cat made/1 made/6 && test ! -e gone.txt")
+"""
+
+
+@pytest.mark.docker
+def test_a_new_base_is_made_when_the_workspace_moved_far_from_it(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(REBASE)
+    (folder / "gone.txt").write_text("deleted by the first stage\n")
+    backend = DockerBackend(docker_client, workspace="copy")
+    backend.layers.rebase_at = (3, 1 << 20)
+    result, events = _run(folder, backend, busybox_image)
+    assert result.status == "succeeded", result.stages
+    shipped_in = {e["stage"]: e for e in events if e.get("event") == "workspace changes copied in"}
+    assert shipped_in["middle"]["base"] == shipped_in["many"]["base"] and shipped_in["middle"]["files"] >= 7
+    # (``end`` may have been prepared before ``middle`` started; ``final`` was prepared after)
+    assert shipped_in["final"]["base"] != shipped_in["many"]["base"], "a new base after 7 names on top of the first"
+    assert shipped_in["final"]["files"] == 0 and shipped_in["final"]["gone"] == 0
+    assert _volumes(docker_client, result.run_id) == []
+
+
+# -- the manifests, without an engine ---------------------------------------------------------
+def test_a_stat_manifest_sees_every_change_without_reading_files(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("one")
+    (tmp_path / "same").write_text("same")
+    (tmp_path / ".pipekit").mkdir()
+    (tmp_path / ".pipekit" / "state").write_text("never travels")
+    secret = tmp_path / "secrets.env"
+    secret.write_text("TOKEN=x")
+    os.link(secret, tmp_path / "secret-again")
+    before = shipped(tmp_path, [str(secret)])
+    assert set(before) == {"d", "d/f", "same"}, "not .pipekit, not the secrets file under any name"
+    st = (tmp_path / "d" / "f").stat()
+    (tmp_path / "d" / "f").write_text("two")  # same size, and the mtime put back: the ctime still moves
+    os.utime(tmp_path / "d" / "f", ns=(st.st_atime_ns, st.st_mtime_ns))
+    (tmp_path / "same").rename(tmp_path / "renamed")
+    (tmp_path / "link").symlink_to("d")
+    changed, gone = changed_since(before, shipped(tmp_path, [str(secret)]))
+    assert changed == ["d/f", "link", "renamed"]
+    assert gone == ["same"]
+
+
+def test_a_gone_folder_is_one_name_and_a_folder_is_not_changed_by_what_is_in_it(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c").write_text("c")
+    (tmp_path / "k").mkdir()
+    before = stat_tree(tmp_path, (), ())
+    for p in [tmp_path / "a" / "b" / "c", tmp_path / "a" / "b", tmp_path / "a"]:
+        p.unlink() if p.is_file() else p.rmdir()
+    (tmp_path / "k" / "new").write_text("n")
+    changed, gone = changed_since(before, stat_tree(tmp_path, (), ()))
+    assert changed == ["k/new"] and gone == ["a"]
+    assert topmost(["x/y", "x", "xy", "z/1", "z/2"]) == ["x", "xy", "z/1", "z/2"]
+
+
+@pytest.mark.docker
+def test_a_kept_stage_keeps_its_view_of_the_workspace_until_it_is_cleaned_up(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(
+        'import pipekit as pk\n\n\n@pk.stage(image="busybox")\ndef boom(ctx):\n    ctx.sh("echo mine > x && exit 3")\n'
+    )
+    (folder / "given.txt").write_text("from the base\n")
+    backend = DockerBackend(docker_client, workspace="copy")
+    result = pk.run(
+        str(folder / "pipeline.py"),
+        backend=backend,
+        image_map={"busybox": busybox_image},
+        log_format="json",
+        log_file=io.StringIO(),
+        keep_failed=True,
+    )
+    assert result.status == "failed"
+    try:
+        kept = backend.kept_container(result.run_id, "boom")
+        assert kept is not None
+        run = docker_client.api.exec_create(kept, ["cat", "/workspace/given.txt", "/workspace/x"])
+        assert docker_client.api.exec_start(run) == b"from the base\nmine\n", "the kept view still has its base"
+        assert any(n.endswith("-base") for n in _volumes(docker_client, result.run_id))
+    finally:
+        backend.drop_kept(result.run_id)
+    assert _volumes(docker_client, result.run_id) == []
+
+
+NOT_ROOT = """
+import pipekit as pk
+
+pipeline = pk.Pipeline(name="notroot", image="busybox")
+
+
+@pipeline.stage
+def delete(ctx):
+    ctx.sh("rm old.txt")
+
+
+@pipeline.stage(image="{image}")
+def after(ctx, delete):
+    ctx.sh("true")
+"""
+
+
+@pytest.mark.docker
+def test_a_stage_that_cannot_remove_what_was_deleted_is_told_why(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """Deletions since the base copy are made with the image's `rm`, as the stage's user: when that
+    fails (here a user that may not write in /workspace), the stage fails with a message that says
+    what to do (not a traceback)."""
+    tag = f"pipekit-test-not-root:{os.getpid()}"
+    docker_client.images.build(fileobj=io.BytesIO(f"FROM {busybox_image}\nUSER 65534\n".encode()), tag=tag, rm=True)
+    try:
+        folder = tmp_path / "ws"
+        folder.mkdir()
+        (folder / "pipeline.py").write_text(NOT_ROOT.replace("{image}", tag))
+        (folder / "old.txt").write_text("deleted by the first stage\n")
+        backend = DockerBackend(docker_client, workspace="copy")
+        result, _events = _run(folder, backend, busybox_image)
+        assert result.stages["delete"].status == "succeeded"
+        error = result.stages["after"].error or ""
+        assert "could not be removed from its copy" in error and "Permission denied" in error, error
+        assert "with the image's `rm`, as the stage's user" in error
+        assert _volumes(docker_client, result.run_id) == []
+    finally:
+        docker_client.images.remove(tag, force=True)
