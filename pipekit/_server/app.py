@@ -47,11 +47,11 @@ class _Api:
 
     def __init__(self, config: ServerConfig, store: Store, work: Work, triggers: Triggers) -> None:
         self.config, self.store, self.work, self.triggers = config, store, work, triggers
-        self.auth = Auth(config.token, store, config.session_lifetime)
+        self.auth = Auth(config.logins(), store, config.session_lifetime)
         self.pages = pages
 
     def denied(self) -> Response:
-        return JSONResponse({"error": "the server's token is needed (Authorization: Bearer TOKEN)"}, status_code=401)
+        return JSONResponse({"error": "a user's token is needed (Authorization: Bearer TOKEN)"}, status_code=401)
 
     async def hook(self, request: Request, kind: str) -> Response:
         body = await request.body()
@@ -90,7 +90,8 @@ class _Api:
         if not self.store.first_delivery(keys):
             self.work.log(f"{kind} webhook for {project.name} ignored: delivery {delivery or '(body)'} seen before")
             return JSONResponse({"ignored": "this delivery was received before (a replay starts nothing)"})
-        run, why = await asyncio.to_thread(self.triggers.push, project, ref.removeprefix("refs/heads/"), sha)
+        branch = ref.removeprefix("refs/heads/")
+        run, why = await asyncio.to_thread(self.triggers.push, project, branch, sha, "push", f"webhook:{kind}")
         return JSONResponse({"run": run} if run else {"ignored": why}, status_code=202 if run else 200)
 
     async def github(self, request: Request) -> Response:
@@ -156,18 +157,26 @@ class _Api:
         ok = self.work.cancel(run.id, why="cancelled by a user")
         return self.pages.after_action(request, {"cancelled": ok}, run.id)
 
+    async def me(self, request: Request) -> Response:
+        user = self.auth.reader(request)
+        if user is None:
+            return self.denied()
+        return JSONResponse({"user": user.name, "groups": list(user.groups)})
+
     async def rerun(self, request: Request) -> Response:
-        if not await self.auth.may_act(request):
+        user = await self.auth.may_act(request)
+        if user is None:
             return self.denied()
         run = self._found(request)
         project = self.config.project(run.project) if run else None
         if run is None or project is None:
             return JSONResponse({"error": "no such run"}, status_code=404)
-        new = self.work.submit(project, run.branch, run.commit, "rerun", dict(run.params))
+        new = self.work.submit(project, run.branch, run.commit, "rerun", dict(run.params), by=user.name)
         return self.pages.after_action(request, {"run": new}, new)
 
     async def trigger(self, request: Request) -> Response:
-        if not await self.auth.may_act(request):
+        user = await self.auth.may_act(request)
+        if user is None:
             return self.denied()
         project = self.config.project(request.path_params["name"])
         if project is None:
@@ -188,7 +197,8 @@ class _Api:
                 return JSONResponse({"error": str(e)}, status_code=502)
         if not sha:
             return JSONResponse({"error": f"{project.name} has no branch {branch}"}, status_code=404)
-        return JSONResponse({"run": self.work.submit(project, branch, sha, "manual", params)}, status_code=202)
+        run = self.work.submit(project, branch, sha, "manual", params, by=user.name)
+        return JSONResponse({"run": run}, status_code=202)
 
 
 async def _manual(request: Request, project: Project) -> tuple[str, dict[str, str], str] | Response:
@@ -222,6 +232,7 @@ def make_app(config: ServerConfig, store: Store, work: Work, triggers: Triggers,
     routes = [
         Route("/hooks/github", api.github, methods=["POST"]),
         Route("/hooks/gitlab", api.gitlab, methods=["POST"]),
+        Route("/api/me", api.me),
         Route("/api/runs", api.list_runs),
         Route("/api/runs/{id:int}", api.one_run),
         Route("/api/runs/{id:int}/log", api.log),

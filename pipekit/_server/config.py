@@ -19,9 +19,22 @@ import attrs
 
 from pipekit.exceptions import UsageError
 
-__all__ = ["Project", "ServerConfig", "load_config", "with_values"]
+__all__ = ["ADMIN", "Project", "ServerConfig", "User", "load_config", "with_values"]
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+ADMIN = "admin"  # the user the shared token (``token_env``) logs in as
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@attrs.frozen
+class User:
+    """A named user of the server: ``[users.NAME]`` with a token of their own, from the variable
+    ``token_env`` or as the SHA-256 (hex) of the token (``token_sha256``); ``groups`` for approvers."""
+
+    name: str
+    token_env: str | None = None
+    token_sha256: str | None = None
+    groups: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -62,6 +75,7 @@ class ServerConfig:
     projects: tuple[Project, ...] = ()
     max_webhook_body: int = 25_000_000  # bytes; forms and API bodies are capped at 64 KiB
     session_lifetime: float = 12 * 3600.0  # seconds a login lasts
+    users: tuple[User, ...] = ()
     values: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)  # secrets read at start
 
     @property
@@ -74,7 +88,10 @@ class ServerConfig:
 
     @property
     def token(self) -> str:
+        """The shared token (the user ``admin``); "" when ``[users]`` are configured and it is not set."""
         value = self.values.get(self.token_env, "")
+        if not value and self.users:
+            return ""
         if len(value) < 16:
             raise UsageError(
                 f"set {self.token_env} to a token of 16 or more characters: every action (trigger, cancel,"
@@ -88,10 +105,73 @@ class ServerConfig:
     def hidden_env(self) -> set[str]:
         """The variables the server takes out of its environment: its token, the projects' secrets
         and their ``pass_env`` variables (each run gets its own project's)."""
-        names = {self.token_env}
+        names = {self.token_env} | {u.token_env for u in self.users if u.token_env}
         for p in self.projects:
             names |= {n for n in (p.webhook_secret_env, p.status_token_env) if n} | set(p.pass_env)
         return names
+
+    def logins(self) -> dict[str, User]:
+        """The SHA-256 (hex) of each token, and the user it logs in as (the shared token: ``admin``).
+        A missing or short token, or two users with one token, is a :class:`UsageError`."""
+        found: dict[str, User] = {}
+        if self.token:
+            found[_digest(self.token)] = User(ADMIN)
+        for user in self.users:
+            if user.token_env:
+                value = self.values.get(user.token_env, "")
+                if len(value) < 16:
+                    raise UsageError(
+                        f"set {user.token_env} to a token of 16 or more characters: it is the token of the user"
+                        f" {user.name} ([users.{user.name}] in pipekit-server.toml)"
+                    )
+                digest = _digest(value)
+            else:
+                digest = str(user.token_sha256)
+            if digest in found:
+                raise UsageError(
+                    f"pipekit-server.toml: the users {found[digest].name} and {user.name} have the same token:"
+                    " give each user a token of their own"
+                )
+            found[digest] = user
+        return found
+
+
+def _digest(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _users(tables: Any) -> tuple[User, ...]:
+    if not isinstance(tables, dict):
+        raise UsageError("pipekit-server.toml: users are tables: [users.NAME] with token_env or token_sha256")
+    users = []
+    for name, table in tables.items():
+        where = f"[users.{name}]"
+        if not NAME.match(name) or name == ADMIN:
+            why = "is the shared token's user" if name == ADMIN else "takes letters, digits, '-', '_', '.'"
+            raise UsageError(f"pipekit-server.toml: {where}: a user's name {why}")
+        if not isinstance(table, dict):
+            raise UsageError(f"pipekit-server.toml: {where} is a table (token_env, token_sha256, groups)")
+        unknown = sorted(set(table) - {"token_env", "token_sha256", "groups"})
+        if unknown:
+            raise UsageError(
+                f"pipekit-server.toml: {where} has no key {unknown[0]!r} (keys: groups, token_env, token_sha256)"
+            )
+        env, digest = _typed(table, "token_env", str, where), _typed(table, "token_sha256", str, where)
+        if (env is None) == (digest is None):
+            raise UsageError(
+                f"pipekit-server.toml: {where} needs one of token_env (the variable holding the user's token)"
+                " or token_sha256 (the SHA-256 of the token, in hex)"
+            )
+        if digest is not None and not SHA256.match(digest.lower()):
+            raise UsageError(f"pipekit-server.toml: {where}.token_sha256 takes 64 hex digits (sha256sum of the token)")
+        groups = _typed(table, "groups", list, where) or []
+        if not all(isinstance(g, str) and NAME.match(g) for g in groups):
+            raise UsageError(f"pipekit-server.toml: {where}.groups takes names of letters, digits, '-', '_', '.'")
+        env_names = _names([env] if env else [], f"{where}.token_env")
+        users.append(User(name, env_names[0] if env_names else None, digest.lower() if digest else None, tuple(groups)))
+    return tuple(users)
 
 
 def _duration(value: Any, key: str) -> float:
@@ -191,6 +271,11 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     if parallel < 1:
         raise UsageError("pipekit-server.toml: [server].max_parallel_runs must be 1 or more")
     lifetime = server.get("session_lifetime")
+    unknown = sorted(set(data) - {"server", "project", "users"})
+    if unknown:
+        raise UsageError(
+            f"pipekit-server.toml has no table {unknown[0]!r} (tables: [server], [users.NAME], [[project]])"
+        )
     config = ServerConfig(
         listen=listen,
         state_dir=(file.parent / (_typed(server, "state_dir", str, "[server]") or "/var/lib/pipekit")).resolve(),
@@ -200,6 +285,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
         projects=projects,
         max_webhook_body=_size(server.get("max_webhook_body", 25_000_000), "[server].max_webhook_body"),
         session_lifetime=_duration(lifetime, "[server].session_lifetime") if lifetime is not None else 12 * 3600.0,
+        users=_users(data.get("users", {})),
     )
     return with_values(config)
 

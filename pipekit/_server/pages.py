@@ -40,7 +40,7 @@ PAGE = """<!doctype html>
 """
 
 LOGIN = """<form method="post" action="/login" class="login"><input type="hidden" name="next" value="%NEXT%">
-<input type="password" name="token" placeholder="server token" autocomplete="current-password" required>
+<input type="password" name="token" placeholder="your token" autocomplete="current-password" required>
 <button>Log in</button></form>"""
 
 LIST = """<h1>Runs</h1>
@@ -49,6 +49,9 @@ LIST = """<h1>Runs</h1>
 <select id="f-status"><option value="">every status</option></select></div>
 <table id="runs"><thead><tr><th>#</th><th>project</th><th>branch</th><th>commit</th><th>trigger</th><th>status</th>
 <th>started</th><th>duration</th></tr></thead><tbody></tbody></table>"""
+
+LOGOUT = """<span id="user">%USER%</span>
+<form method="post" action="/logout"><button>Log out</button></form>"""
 
 RUN = """<h1 id="title">Run %RUN%</h1><p id="facts"></p>%ACTIONS%
 <table id="stages"><thead><tr><th>stage</th><th>status</th><th>duration</th><th>error</th></tr></thead>
@@ -137,11 +140,12 @@ class _Pages:
 
     def page(self, request: Request, title: str, kind: str, body: str, run: str = "") -> Response:
         cookie = request.cookies.get(COOKIE)
-        logged_in = self.auth.session_ok(cookie)
+        user = self.auth.session_user(cookie)
+        logged_in = user is not None
         csrf = self.auth.csrf(cookie) if logged_in and cookie else ""
         if not logged_in and not self.config.public_read:
             body, kind = "<h1>Log in</h1>", "login"
-        who = '<form method="post" action="/logout"><button>Log out</button></form>' if logged_in else LOGIN
+        who = LOGOUT.replace("%USER%", html.escape(user.name)) if user is not None else LOGIN
         actions = ACTIONS.replace("%RUN%", run).replace("%CSRF%", csrf) if logged_in else ""
         text = PAGE.replace("%MAIN%", body.replace("%ACTIONS%", actions)).replace("%WHO%", who)
         text = text.replace("%NEXT%", html.escape(request.url.path)).replace("%TITLE%", html.escape(title))
@@ -176,13 +180,14 @@ class _Pages:
         form = await read_form(request)
         target = str(form.get("next") or "/")
         target = target if target.startswith("/") and not target.startswith("//") else "/"
-        if not self.auth.token_ok(str(form.get("token", ""))):
+        user = self.auth.user_of_token(str(form.get("token", "")))
+        if user is None:
             await asyncio.sleep(0.5)  # a guess costs time
             return RedirectResponse(f"{target}?login=failed", status_code=303)
         response = RedirectResponse(target, status_code=303)
         lifetime = int(self.auth.lifetime)
         response.set_cookie(
-            COOKIE, self.auth.new_session(), max_age=lifetime, httponly=True, samesite="strict", path="/",
+            COOKIE, self.auth.new_session(user), max_age=lifetime, httponly=True, samesite="strict", path="/",
             secure=_https(request),
         )  # fmt: skip
         return response

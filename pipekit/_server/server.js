@@ -56,7 +56,7 @@
     function show(run) {
       document.getElementById("title").textContent = "Run " + run.id + " · " + run.project + " · " + run.status;
       document.getElementById("facts").textContent =
-        run.branch + " @ " + run.commit.slice(0, 12) + " · " + run.trigger + (run.started ? " · started " + when(run.started) : "") +
+        run.branch + " @ " + run.commit.slice(0, 12) + " · " + run.trigger + (run.triggered_by ? " by " + run.triggered_by : "") + (run.started ? " · started " + when(run.started) : "") +
         (run.duration !== null ? " · " + secs(run.duration) : "") + (run.error ? " · " + run.error : "");
       body.dataset.status = run.status;
       const tbody = document.querySelector("#stages tbody");

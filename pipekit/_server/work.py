@@ -58,21 +58,31 @@ class Work:
         self._thread.start()
 
     def submit(
-        self, project: Project, branch: str, commit: str, trigger: str, params: dict[str, str] | None = None
+        self,
+        project: Project,
+        branch: str,
+        commit: str,
+        trigger: str,
+        params: dict[str, str] | None = None,
+        by: str | None = None,
     ) -> int:
+        """Queue a run; ``by``: the user who asked for it, or what started it (``webhook:github``,
+        ``server:poll``, ``server:cron``)."""
         if project.cancel_superseded:
             for older in self.store.runs(project=project.name, branch=branch, limit=1000):
                 if older.status in ("queued", "running"):
                     self.cancel(older.id, why=f"superseded by a newer commit of {branch}")
-        run = self.store.add(project.name, branch, commit, trigger, params)
-        self.log(f"run {run} queued: {project.name} {branch} {commit[:12]} ({trigger})")
+        run = self.store.add(project.name, branch, commit, trigger, params, by)
+        self.log(f"run {run} queued: {project.name} {branch} {commit[:12]} ({trigger}{f' by {by}' if by else ''})")
         self._status(project, commit, "pending", run, "queued")
         self._wake.set()
         return run
 
-    def refused(self, project: Project, branch: str, commit: str, trigger: str, error: str) -> int:
+    def refused(
+        self, project: Project, branch: str, commit: str, trigger: str, error: str, by: str | None = None
+    ) -> int:
         """Record a run that cannot start (its pipeline's triggers could not be read): an error, with why."""
-        run = self.store.add(project.name, branch, commit, trigger)
+        run = self.store.add(project.name, branch, commit, trigger, by=by)
         self.store.update(run, status="error", started=time.time(), finished=time.time(), error=error)
         self.log(f"run {run} error: {error}")
         self._status(project, commit, "error", run, error)
