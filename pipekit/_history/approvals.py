@@ -167,9 +167,7 @@ def record_approval(
     gate = _awaiting_gate(history, run_id, stage)
     now = time.time() if now is None else now
     if not may_decide(decision.by, gate.approvers):
-        raise UsageError(
-            f"{decision.by} may not decide on '{stage}': its approvers are {', '.join(gate.approvers)}"
-        )
+        raise UsageError(f"{decision.by} may not decide on '{stage}': its approvers are {', '.join(gate.approvers)}")
     if gate.timed_out(now):
         raise UsageError(
             f"the gate of '{stage}' in run {run_id} timed out ({gate.timeout_error()}); resuming the run fails the"
@@ -238,9 +236,7 @@ class DeploymentRow:
     approved_at: float | None
 
 
-def deployment_started(
-    history: History, run_id: str, stage: str, environment: str, approval: Decision | None
-) -> None:
+def deployment_started(history: History, run_id: str, stage: str, environment: str, approval: Decision | None) -> None:
     _tables(history)
     with history._tx() as db:
         db.execute(

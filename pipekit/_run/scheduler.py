@@ -244,7 +244,11 @@ class Scheduler:
             for o in self.observers:
                 o.stage_started(self.run.run_id, name, board.position[name])
             sr = StageRun(
-                self.run, self.run.resolved[name], dict(board.outputs), self.preparer.take(name), board.approvals.get(name)
+                self.run,
+                self.run.resolved[name],
+                dict(board.outputs),
+                self.preparer.take(name),
+                board.approvals.get(name),
             )
             in_flight[pool.submit(sr.execute)] = sr
 
