@@ -18,10 +18,12 @@ from pipekit._dsl.control import format_duration, parse_duration
 from pipekit._dsl.params import Param, Params
 from pipekit.exceptions import ParameterError, PipelineError
 
-__all__ = ["APPROVED", "REJECTED", "Approval", "Decision", "approval_params"]
+__all__ = ["APPROVED", "REJECTED", "TIMED_OUT", "Approval", "Decision", "approval_params"]
 
 APPROVED = "approved"
 REJECTED = "rejected"
+#: what a prompt returns when the gate's timeout passed while it asked
+TIMED_OUT = "timed out"
 
 
 def _approvers(value: Any) -> tuple[str, ...]:

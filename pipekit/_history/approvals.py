@@ -32,7 +32,9 @@ __all__ = [
     "decision_for",
     "deployment_finished",
     "deployment_started",
+    "decisions_of",
     "deployments",
+    "gate_lines",
     "gate_of",
     "may_decide",
     "record_approval",
@@ -220,6 +222,37 @@ def decisions_of(history: History, run_id: str) -> dict[str, Decision]:
     """The decisions recorded on a run's gates (for ``pipekit show``)."""
     _tables(history)
     return {r["stage"]: _decision(r) for r in history._query("SELECT * FROM approvals WHERE run_id = ?", (run_id,))}
+
+
+def gate_lines(history: History, run_id: str) -> list[str]:
+    """What ``pipekit show`` says of a run's gates: each decision, or how to decide."""
+    _tables(history)
+    decided = decisions_of(history, run_id)
+    lines = []
+    for row in history._query("SELECT stage FROM gates WHERE run_id = ? ORDER BY since", (run_id,)):
+        stage = row["stage"]
+        gate = gate_of(history, run_id, stage)
+        d = decided.get(stage)
+        assert gate is not None
+        if d is not None:
+            what = f"{d.verdict} by {d.by}@{d.host or '-'} at {_when(d.when)} ({d.via})"
+            extra = f": {d.reason}" if d.reason else "".join(f"\n      {k} = {v}" for k, v in d.params.items())
+            lines.append(f"  {stage}: {what}{extra}")
+            continue
+        lines.append(f"  {stage}: awaiting approval since {_when(gate.since)}: {gate.message}")
+        if gate.approvers:
+            lines.append(f"      approvers: {', '.join(gate.approvers)}")
+        if gate.deadline is not None:
+            lines.append(f"      times out at {_when(gate.deadline)} ({gate.timeout_error()} from then)")
+        for p in gate.params:
+            need = "required" if p.default is None else f"default {p.default!r}"
+            lines.append(f"      --param {p.name}=... ({need}{': ' + p.help if p.help else ''})")
+        lines.append(f"      pipekit approve {run_id} {stage}, then pipekit run --resume {run_id}")
+    return lines
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 # -- deployments -------------------------------------------------------------------------------

@@ -21,14 +21,11 @@ from typing import Any, Protocol
 import attrs
 
 from pipekit._core.results import StageResult, StageStatus
-from pipekit._dsl.approval import Approval, Decision, approval_params
+from pipekit._dsl.approval import TIMED_OUT, Approval, Decision, approval_params
 from pipekit._run.locks import ResourceLock
 from pipekit.exceptions import UsageError
 
 __all__ = ["TIMED_OUT", "GateAsk", "checked_decision", "Gates", "Prompter", "Verdict", "current_user", "pre_approvals"]
-
-#: what a prompt returns when the gate's timeout passed while it asked
-TIMED_OUT = "timed out"
 
 
 def current_user() -> str:
