@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from pipekit._dsl.approval import Approval
 from pipekit._dsl.cache import CacheInputs
 from pipekit._dsl.control import Resources, Service, check_placement, parse_duration
 from pipekit.exceptions import PipelineError
@@ -145,3 +146,17 @@ check_resources = instance_of(Resources, "resources= takes pk.Resources(cpus=...
 
 def check_stage_placement(value: Sequence[str], site: Site) -> tuple[str, ...]:
     return check_placement(value, site.bad)
+
+
+def check_approval(value: Approval | None, site: Site) -> Approval | None:
+    if value is not None and not isinstance(value, Approval):
+        raise site.bad(f"approval= takes pk.Approval(message=..., approvers=[...]), got {value!r}")
+    return value
+
+
+def check_environment(value: str | None, site: Site) -> str | None:
+    import re
+
+    if value is not None and (not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value)):
+        raise site.bad(f"environment= takes a name like 'production' (letters, digits, '.', '_', '-'), got {value!r}")
+    return value

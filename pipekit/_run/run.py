@@ -22,6 +22,7 @@ from pipekit._dsl.secrets import SecretStore
 from pipekit._plan.graph import Plan
 from pipekit._plan.resolve import ResolvedPlan, ResolvedStage
 from pipekit._run.context import StageRecords, StageScope
+from pipekit._run.gates import Gates
 from pipekit.backend import ImageBackend, StageBackend
 
 __all__ = ["CacheLookup", "Releases", "Run", "RunObserver"]
@@ -73,6 +74,7 @@ class Run:
     clock: Callable[[], float] = time.monotonic
     releases: Releases = attrs.field(factory=Releases)
     keep_failed: bool = False  # a failed stage's container stays, for `pipekit shell`
+    gates: Gates = attrs.field(factory=lambda: Gates(""))  # approval gates and environments
 
     def backend_for(self, r: ResolvedStage) -> StageBackend:
         """Where a stage runs: chosen by capability, never by type."""

@@ -18,6 +18,7 @@ from pipekit._core.results import RunResult
 from pipekit._core.util import write_file
 from pipekit._plan.preflight import check as preflight
 from pipekit._run.context import MaskedRecords, MemoryRecords, StageRecords
+from pipekit._run.gates import Gates
 from pipekit._run.run import CacheLookup, Run, RunObserver
 from pipekit._run.scheduler import Scheduler
 from pipekit._run.session import RunRequest, RunSetup, container_backend, setup
@@ -63,6 +64,7 @@ class _Recording:
     cache: CacheLookup | None = None
     restore: dict[str, tuple[str, str]] = attrs.field(factory=dict)
     history: Any = None
+    resumed_from: str | None = None
 
 
 def _recording(setup: RunSetup, backend: Any) -> _Recording:
@@ -80,6 +82,7 @@ def _recording(setup: RunSetup, backend: Any) -> _Recording:
     rec = _Recording(history=history)
     try:
         resumed_from, rec.restore = setup.resumed(history)
+        rec.resumed_from = resumed_from
     except BaseException:
         history.close()
         raise
@@ -133,6 +136,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
     backend = setup.backend
     timeout = setup.timeout
     _ = setup.plan  # raises the first pipeline error, before anything is checked or recorded
+    decided = setup.pre_approvals()  # --approve: checked before anything starts
     rec = _recording(setup, backend) if r.record else _Recording()
     sweep = None
     try:
@@ -157,6 +161,9 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
             record_outputs=r.record or bool(observers),
             clock=r.clock or time.monotonic,
             keep_failed=r.keep_failed,
+            gates=Gates(
+                setup.run_id, history=rec.history, resumed_from=rec.resumed_from, decided=decided, prompter=r.prompter
+            ),
         )
         extra = [report] if report is not None else []
         scheduler = Scheduler(

@@ -74,6 +74,10 @@ class RunRequest:
     run_id: str | None = None
     warn: Callable[[str], None] | None = None  # where warnings about the history go
     clock: Callable[[], float] | None = None
+    approve: Sequence[str] = ()  # --approve STAGE: gates approved before the run, by this user
+    approval_params: Mapping[str, str] = attrs.field(factory=dict)  # --approval-param STAGE.NAME=VALUE
+    decisions: Mapping[str, Any] = attrs.field(factory=dict)  # decisions made in code (the pytest plugin)
+    prompter: Any = None  # asks at a gate (pipekit._run.gates.Prompter); None: an undecided gate awaits
 
 
 def _load(request: RunRequest) -> Pipeline:
@@ -179,6 +183,18 @@ class RunSetup:
         if resumed_from is None:
             raise UsageError(f"--resume: no earlier run of {self.pipeline.path} is recorded in {folder}")
         return resumed_from, restorable(history.stages(resumed_from), self.plan.order, resumed_from)
+
+    def pre_approvals(self) -> dict[str, Any]:
+        """The gates decided before the run: ``--approve`` (checked: UsageError) and the request's own."""
+        from pipekit._run.gates import checked_decision, current_user, pre_approvals
+
+        r = self.request
+        if not (r.approve or r.approval_params or r.decisions):
+            return {}
+        gates = {n: self.plan.stage(n).approval for n in self.plan.order}
+        decided = {name: checked_decision(gates, name, d) for name, d in r.decisions.items()}
+        decided.update(pre_approvals(gates, list(r.approve), r.approval_params, current_user()))
+        return decided
 
     def preflight(self, resolved: ResolvedPlan, warn: Callable[[str], None]) -> None:
         """The checks before a run, for ``validate`` and ``--dry-run``: every missing secret and
