@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -159,16 +159,24 @@ def may_decide(user: str, approvers: tuple[str, ...]) -> bool:
 
 
 def record_approval(
-    history: History, run_id: str, stage: str, decision: Decision, *, now: float | None = None
+    history: History,
+    run_id: str,
+    stage: str,
+    decision: Decision,
+    *,
+    now: float | None = None,
+    may: Callable[[str, tuple[str, ...]], bool] | None = None,
 ) -> Decision:
     """Record a decision on the gate of ``stage`` in ``run_id``, which must await approval there.
 
     Refused (UsageError) when the run has no such gate, when it is decided already or past its
     timeout, when ``decision.by`` is not an approver, or when its params do not fit the gate's
-    (text values are converted to the declared types). Returns the decision as recorded."""
+    (text values are converted to the declared types). ``may(user, approvers)`` says who may decide
+    (default :func:`may_decide`, Unix users and groups; the server passes its own users'). Returns the
+    decision as recorded."""
     gate = _awaiting_gate(history, run_id, stage)
     now = time.time() if now is None else now
-    if not may_decide(decision.by, gate.approvers):
+    if not (may or may_decide)(decision.by, gate.approvers):  # may: the server's users and groups
         raise UsageError(f"{decision.by} may not decide on '{stage}': its approvers are {', '.join(gate.approvers)}")
     if gate.timed_out(now):
         raise UsageError(

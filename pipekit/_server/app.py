@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from pipekit._server import pages
 from pipekit._server.auth import Auth
 from pipekit._server.config import Project, ServerConfig
+from pipekit._server.gates import Asked, decide, deployments_json, gates_json
 from pipekit._server.git import check_commit
 from pipekit._server.limits import MAX_ID, BodyLimit, bounded, same
 from pipekit._server.store import Store
@@ -120,7 +121,8 @@ class _Api:
         run = self._found(request)
         if run is None:
             return JSONResponse({"error": "no such run"}, status_code=404)
-        return JSONResponse({**run.to_json(), **self.pages.stages_json(run)})
+        gates = await asyncio.to_thread(gates_json, run)
+        return JSONResponse({**run.to_json(), **self.pages.stages_json(run), "gates": gates})
 
     async def log(self, request: Request) -> Response:
         if not self.auth.may_read(request, self.config.public_read):
@@ -162,6 +164,30 @@ class _Api:
         if user is None:
             return self.denied()
         return JSONResponse({"user": user.name, "groups": list(user.groups)})
+
+    async def approvals(self, request: Request) -> Response:
+        """``POST /api/runs/{id}/approvals``: the user's decision on a gate, from a form or JSON."""
+        user = await self.auth.may_act(request)
+        if user is None:
+            return self.denied()
+        run = self._found(request)
+        if run is None:
+            return JSONResponse({"error": "no such run"}, status_code=404)
+        asked = await _asked(request)
+        if isinstance(asked, Response):
+            return asked
+        status, answer = await asyncio.to_thread(decide, self.work, user, run, asked)
+        return self.pages.after_action(request, answer, run.id, status)
+
+    async def deployments(self, request: Request) -> Response:
+        if not self.auth.may_read(request, self.config.public_read):
+            return self.denied()
+        limit = bounded(request.query_params.get("limit"), 100, 1, 1000)
+        if limit is None:
+            return JSONResponse({"error": "limit takes a whole number from 1 to 1000"}, status_code=400)
+        environment = request.query_params.get("environment") or None
+        rows = await asyncio.to_thread(deployments_json, self.store, self.config, environment, limit)
+        return JSONResponse(rows)
 
     async def rerun(self, request: Request) -> Response:
         user = await self.auth.may_act(request)
@@ -224,6 +250,34 @@ async def _manual(request: Request, project: Project) -> tuple[str, dict[str, st
     return branch, {str(k): str(v) for k, v in params.items()}, commit
 
 
+async def _asked(request: Request) -> Asked | Response:
+    """A decision from a form (``stage``, ``decision`` approve/reject, ``reason``, ``param.NAME``) or
+    JSON (``{"stage", "decision", "reason", "params": {...}}``), or the 400 that says what is wrong."""
+    from pipekit._server.auth import form
+
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        fields = await form(request)
+        body: Any = {k: v for k, v in fields.items() if not k.startswith("param.")}
+        body["params"] = {k[6:]: v for k, v in fields.items() if k.startswith("param.")}
+    else:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = None
+    params = body.get("params") or {} if isinstance(body, dict) else None
+    stage, verdict = (body.get("stage"), body.get("decision")) if isinstance(body, dict) else (None, None)
+    if not isinstance(params, dict) or not isinstance(stage, str) or verdict not in ("approve", "reject"):
+        return JSONResponse(
+            {"error": 'the body is {"stage": NAME, "decision": "approve" or "reject", "params": {...}, "reason": ...}'},
+            status_code=400,
+        )
+    reason = body.get("reason")
+    origin = request.client.host if request.client else ""
+    return Asked(
+        stage, verdict == "approve", {str(k): str(v) for k, v in params.items()}, str(reason or "") or None, origin
+    )
+
+
 def make_app(config: ServerConfig, store: Store, work: Work, triggers: Triggers, on_shutdown: Any) -> Any:
     from starlette.applications import Starlette
     from starlette.routing import Route
@@ -239,6 +293,8 @@ def make_app(config: ServerConfig, store: Store, work: Work, triggers: Triggers,
         Route("/api/runs/{id:int}/events", api.events),
         Route("/api/runs/{id:int}/cancel", api.cancel, methods=["POST"]),
         Route("/api/runs/{id:int}/rerun", api.rerun, methods=["POST"]),
+        Route("/api/runs/{id:int}/approvals", api.approvals, methods=["POST"]),
+        Route("/api/deployments", api.deployments),
         Route("/api/projects/{name}/runs", api.trigger, methods=["POST"]),
         *api.pages.routes(config, store, api.auth),
     ]

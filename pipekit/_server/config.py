@@ -19,7 +19,7 @@ import attrs
 
 from pipekit.exceptions import UsageError
 
-__all__ = ["ADMIN", "Project", "ServerConfig", "User", "load_config", "with_values"]
+__all__ = ["ADMIN", "EnvironmentRules", "Project", "ServerConfig", "User", "load_config", "with_values"]
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ADMIN = "admin"  # the user the shared token (``token_env``) logs in as
@@ -35,6 +35,23 @@ class User:
     token_env: str | None = None
     token_sha256: str | None = None
     groups: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class EnvironmentRules:
+    """``[environments.NAME]``: the approval of every stage deploying there (``environment=NAME``),
+    whatever the pipeline says: who may approve, whether the user who triggered the run may, how
+    long the gate waits, the question asked. A stage of that environment without ``approval=`` gets
+    a gate too."""
+
+    name: str
+    approvers: tuple[str, ...] = ()
+    separate_approver: bool = False
+    timeout: float | None = None
+    message: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"approvers": list(self.approvers), "timeout": self.timeout, "message": self.message}
 
 
 @attrs.frozen
@@ -55,6 +72,7 @@ class Project:
     args: tuple[str, ...] = ()  # more `pipekit run` options (-j 8, --backend swarm, ...)
     host_stages: bool = True  # False: a run whose pipeline has a stage without an image fails before it starts
     pass_env: tuple[str, ...] = ()  # the server's variables this project's runs get (its secrets)
+    separate_approver: bool = False  # True: the user who triggered a run may not approve its gates
     values: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)  # those read at start
 
     def secret(self, env_name: str | None) -> str | None:
@@ -76,6 +94,7 @@ class ServerConfig:
     max_webhook_body: int = 25_000_000  # bytes; forms and API bodies are capped at 64 KiB
     session_lifetime: float = 12 * 3600.0  # seconds a login lasts
     users: tuple[User, ...] = ()
+    environments: tuple[EnvironmentRules, ...] = ()
     values: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)  # secrets read at start
 
     @property
@@ -101,6 +120,9 @@ class ServerConfig:
 
     def project(self, name: str) -> Project | None:
         return next((p for p in self.projects if p.name == name), None)
+
+    def environment(self, name: str | None) -> EnvironmentRules | None:
+        return next((e for e in self.environments if e.name == name), None)
 
     def hidden_env(self) -> set[str]:
         """The variables the server takes out of its environment: its token, the projects' secrets
@@ -174,6 +196,38 @@ def _users(tables: Any) -> tuple[User, ...]:
     return tuple(users)
 
 
+def _environments(tables: Any) -> tuple[EnvironmentRules, ...]:
+    if not isinstance(tables, dict):
+        raise UsageError("pipekit-server.toml: environments are tables: [environments.NAME] with approvers = [...]")
+    found = []
+    for name, table in tables.items():
+        where = f"[environments.{name}]"
+        if not isinstance(table, dict):
+            raise UsageError(
+                f"pipekit-server.toml: {where} is a table (approvers, separate_approver, timeout, message)"
+            )
+        keys = {"approvers", "separate_approver", "timeout", "message"}
+        unknown = sorted(set(table) - keys)
+        if unknown:
+            raise UsageError(
+                f"pipekit-server.toml: {where} has no key {unknown[0]!r} (keys: {', '.join(sorted(keys))})"
+            )
+        approvers = _typed(table, "approvers", list, where) or []
+        if not all(isinstance(a, str) and NAME.match(a) for a in approvers):
+            raise UsageError(f"pipekit-server.toml: {where}.approvers takes names of users or groups")
+        timeout = table.get("timeout")
+        found.append(
+            EnvironmentRules(
+                name=name,
+                approvers=tuple(approvers),
+                separate_approver=bool(_typed(table, "separate_approver", bool, where)),
+                timeout=_duration(timeout, f"{where}.timeout") if timeout is not None else None,
+                message=_typed(table, "message", str, where),
+            )
+        )
+    return tuple(found)
+
+
 def _duration(value: Any, key: str) -> float:
     from pipekit._dsl.control import parse_duration
     from pipekit.exceptions import PipelineError
@@ -226,6 +280,7 @@ def _project(table: Mapping[str, Any], base: Path) -> Project:
         args=tuple(str(a) for a in _typed(table, "args", list, where) or ()),
         host_stages=_typed(table, "host_stages", bool, where) is not False,
         pass_env=_names(_typed(table, "pass_env", list, where) or [], f"{where}.pass_env"),
+        separate_approver=bool(_typed(table, "separate_approver", bool, where)),
     )
 
 
@@ -271,10 +326,11 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     if parallel < 1:
         raise UsageError("pipekit-server.toml: [server].max_parallel_runs must be 1 or more")
     lifetime = server.get("session_lifetime")
-    unknown = sorted(set(data) - {"server", "project", "users"})
+    unknown = sorted(set(data) - {"server", "project", "users", "environments"})
     if unknown:
         raise UsageError(
-            f"pipekit-server.toml has no table {unknown[0]!r} (tables: [server], [users.NAME], [[project]])"
+            f"pipekit-server.toml has no table {unknown[0]!r}"
+            " (tables: [server], [users.NAME], [environments.NAME], [[project]])"
         )
     config = ServerConfig(
         listen=listen,
@@ -286,6 +342,7 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
         max_webhook_body=_size(server.get("max_webhook_body", 25_000_000), "[server].max_webhook_body"),
         session_lifetime=_duration(lifetime, "[server].session_lifetime") if lifetime is not None else 12 * 3600.0,
         users=_users(data.get("users", {})),
+        environments=_environments(data.get("environments", {})),
     )
     return with_values(config)
 

@@ -2,7 +2,9 @@
 
 The queue is the ``queued`` rows: a server that stops keeps them and its next start runs them. A
 run is ``queued``, ``running``, then ``succeeded``, ``failed``, ``cancelled``, ``interrupted`` (the
-server stopped while it ran) or ``error`` (it could not start: a checkout failed, a bad pipeline).
+server stopped while it ran) or ``error`` (it could not start: a checkout failed, a bad pipeline);
+or ``awaiting_approval`` (it ran what it could and a gate waits): a decision queues it again, with
+``resume`` set, to continue in the same workspace.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ServerRun", "Store"]
+__all__ = ["AWAITING", "ENDED", "ServerRun", "Store"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -34,17 +36,19 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT,
     workspace TEXT,
     error TEXT,
-    triggered_by TEXT
+    triggered_by TEXT,
+    resume TEXT
 );
 CREATE TABLE IF NOT EXISTS heads (project TEXT, branch TEXT, sha TEXT, PRIMARY KEY (project, branch));
 CREATE TABLE IF NOT EXISTS sessions (digest TEXT PRIMARY KEY, expires REAL NOT NULL, user TEXT, credential TEXT);
 CREATE TABLE IF NOT EXISTS keys (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (key TEXT PRIMARY KEY, received REAL NOT NULL);
 """
-ADDED = {"runs": ("triggered_by",), "sessions": ("user", "credential")}  # columns newer than the first schema
+ADDED = {"runs": ("triggered_by", "resume"), "sessions": ("user", "credential")}  # columns newer than the first schema
 DELIVERIES_KEPT = 90 * 86400  # seconds a webhook delivery is remembered (a replay within them is refused)
 
 ENDED = ("succeeded", "failed", "cancelled", "interrupted", "error")
+AWAITING = "awaiting_approval"
 
 
 @attrs.frozen
@@ -63,6 +67,7 @@ class ServerRun:
     workspace: str | None
     error: str | None
     triggered_by: str | None = None  # a user's name (manual runs, re-runs), or webhook:github, server:cron, ...
+    resume: str | None = None  # queued again after a decision on a gate: the pipekit run it continues
 
     @property
     def duration(self) -> float | None:
@@ -142,6 +147,33 @@ class Store:
     def queued(self) -> list[ServerRun]:
         return self._rows("WHERE status = 'queued' ORDER BY id")
 
+    def holding(self, project: str) -> list[ServerRun]:
+        """The runs that keep their workspace for a resume: awaiting approval, or queued to resume."""
+        return self._rows(
+            "WHERE project = ? AND (status = ? OR (status = 'queued' AND resume IS NOT NULL))", (project, AWAITING)
+        )
+
+    def requeue(self, run: int) -> bool:
+        """A run awaiting approval queued again, to resume its pipekit run (False: it was not awaiting)."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE runs SET status = 'queued', resume = run_id, finished = NULL, error = NULL"
+                " WHERE id = ? AND status = ?",
+                (run, AWAITING),
+            )
+            return cur.rowcount == 1
+
+    def by_run_id(self, run_id: str) -> ServerRun | None:
+        """The server run whose pipekit run (now, or before it resumed) is ``run_id``."""
+        found = self._rows("WHERE run_id = ? OR resume = ? ORDER BY id DESC LIMIT 1", (run_id, run_id))
+        return found[0] if found else None
+
+    def workspaces(self) -> list[tuple[str, str]]:
+        """Every (project, workspace) a run used."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT project, workspace FROM runs WHERE workspace IS NOT NULL")
+            return [(str(p), str(w)) for p, w in rows.fetchall()]
+
     def update(self, run: int, **fields: Any) -> None:
         columns = {"commit": "commit_sha"}
         sets = ", ".join(f"{columns.get(k, k)} = ?" for k in fields)
@@ -152,7 +184,8 @@ class Store:
         """Mark a queued run running (False: it was cancelled meanwhile)."""
         with self._lock:
             cur = self._db.execute(
-                "UPDATE runs SET status = 'running', started = ?, workspace = ? WHERE id = ? AND status = 'queued'",
+                "UPDATE runs SET status = 'running', started = COALESCE(started, ?), workspace = ?"
+                " WHERE id = ? AND status = 'queued'",
                 (time.time(), workspace, run),
             )
             return cur.rowcount == 1
