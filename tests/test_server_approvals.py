@@ -113,6 +113,8 @@ def _log_in(browser: Any, srv: Server, token: str, page: str) -> None:
     from selenium.webdriver.common.by import By
 
     browser.delete_all_cookies()
+    browser.get("about:blank")
+    browser.get_log("browser")  # the shared browser's earlier pages (other tests' servers, gone) are not this test's
     browser.get(srv.url + page)
     browser.find_element(By.NAME, "token").send_keys(token)
     browser.find_element(By.CSS_SELECTOR, "form.login button").click()
@@ -265,3 +267,16 @@ def test_the_server_s_environment_rules_replace_the_pipeline_s_approvers(gated_s
     assert again["run_id"] != waiting["run_id"]
     stages = {s["name"]: s["status"] for s in again["stages"]}
     assert stages["stage_it"] == "succeeded" and stages["deploy"] == "awaiting_approval", again
+
+
+def test_a_gate_past_its_timeout_fails_its_stage_without_anyone_deciding(gated_server: Any) -> None:
+    srv, _ = gated_server(server='\n[environments.production]\ntimeout = "4s"\n')
+    run = srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=ALICE)["run"]
+    waiting = srv.wait(run, "awaiting_approval")
+    [gate] = waiting["gates"]
+    assert gate["approvers"] == ["ops"]  # the environment sets no approvers: the pipeline's stay
+    done = srv.wait(run, "failed", "succeeded", timeout=60)  # the server resumes it by itself
+    deploy = {s["name"]: s for s in done["stages"]}["deploy"]
+    assert done["status"] == "failed" and deploy["error"] == "approval timed out after 4s", done
+    assert "the gate of 'deploy' timed out" in srv.log.read_text()
+    assert _decide(srv, run, ALICE, stage="deploy", decision="approve", params={"reason": "late"})[0] == 409

@@ -112,6 +112,8 @@ def test_the_web_view_shows_who_is_logged_in_and_a_re_run_is_theirs(users_server
     run = srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=ALICE)["run"]
     srv.wait(run, "succeeded")
     browser.delete_all_cookies()
+    browser.get("about:blank")
+    browser.get_log("browser")  # the shared browser's earlier pages (other tests' servers, gone) are not this test's
     browser.get(f"{srv.url}/runs/{run}")
     browser.find_element(By.NAME, "token").send_keys(BOB)
     browser.find_element(By.CSS_SELECTOR, "form.login button").click()

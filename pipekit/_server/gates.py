@@ -114,10 +114,11 @@ def decide(work: Work, user: User, run: ServerRun, asked: Asked) -> tuple[int, d
         gate = gate_of(history, run.run_id, asked.stage)
         if gate is None:
             return 404, {"error": f"run {run.id} has no approval gate '{asked.stage}'"}
-        if not may_approve(user, gate.approvers):
-            return 403, {"error": f"{user.name} may not decide on '{asked.stage}': its approvers are "
-                         + ", ".join(gate.approvers)}  # fmt: skip
         rules = work.config.environment(_environment_of(work, run, asked.stage))
+        approvers = rules.approvers if rules and rules.approvers else gate.approvers  # the server's rules win
+        if not may_approve(user, approvers):
+            return 403, {"error": f"{user.name} may not decide on '{asked.stage}': its approvers are "
+                         + ", ".join(approvers)}  # fmt: skip
         where = "the project" if project.separate_approver else f"[environments.{rules.name if rules else ''}]"
         if (
             asked.approve

@@ -28,6 +28,8 @@ from pipekit._server.store import AWAITING, ServerRun, Store
 
 __all__ = ["Work"]
 
+EXPIRY_CHECK = 5.0  # seconds between looks for gates past their timeout
+
 
 class _Running:
     def __init__(self, run: ServerRun, slot: int) -> None:
@@ -108,9 +110,13 @@ class Work:
         return True
 
     def _dispatch(self) -> None:
+        checked = 0.0
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
+            if time.monotonic() - checked >= EXPIRY_CHECK:
+                checked = time.monotonic()
+                self._expire()
             for queued in self.store.queued():
                 with self._lock:
                     if len(self._running) >= self.config.max_parallel_runs or self._stop.is_set():
@@ -231,6 +237,19 @@ class Work:
             project, commit, state, url, description = self._statuses.get()
             report_status(project, commit, state, url, description, self.log)
 
+    def _expire(self) -> None:
+        """Resume the runs a gate of which timed out while they waited: the resumed run fails that
+        stage ("approval timed out after 24h")."""
+        for run in self.store.runs(status=AWAITING, limit=1000):
+            try:
+                stage = _timed_out(run)
+            except Exception as e:  # a history that cannot be read: the run waits, the server goes on
+                self.log(f"run {run.id}: cannot read its gates: {e}")
+                continue
+            if stage is not None:
+                self.log(f"run {run.id}: the gate of '{stage}' timed out")
+                self.resume(run.id)
+
     def environments_file(self, run: int, project: Project) -> Path:
         """Where a run's child writes its stages' environments (for the approval rules)."""
         return self.git.folder(project) / f"run-{run}.environments.json"
@@ -260,6 +279,24 @@ def _outcome(code: int, going: _Running, stderr: str) -> tuple[str, str | None]:
     if code == 1:
         return "failed", None
     return "error", stderr[-2000:] if stderr else f"pipekit run exited with {code}"
+
+
+def _timed_out(run: ServerRun) -> str | None:
+    """The first stage of ``run`` that awaits approval past its gate's timeout, or None."""
+    from pipekit._history.approvals import gate_of
+
+    history = history_of(run.workspace) if run.run_id else None
+    if history is None or run.run_id is None:
+        return None
+    try:
+        now = time.time()
+        for s in history.stages(run.run_id):
+            gate = gate_of(history, run.run_id, s.name) if str(s.status) == AWAITING else None
+            if gate is not None and gate.timed_out(now):
+                return str(s.name)
+        return None
+    finally:
+        history.close()
 
 
 def _slot(workspace: str | None) -> int:
