@@ -132,7 +132,11 @@ def test_two_users_in_chromium_the_trigger_is_refused_the_other_approves_and_the
             f'separate_approver = true\nstatus_token_env = "APP_STATUS_TOKEN"\nstatus_repo = "acme/app"\n'
             f'status_api = "{sink.url}"\n'
         )
-        run = srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=BOB)["run"]
+        # bob triggers a run from the runs page
+        _log_in(browser, srv, BOB, "/")
+        browser.find_element(By.ID, "trigger-app").click()
+        _until(lambda: "/runs/" in browser.current_url)
+        run = int(browser.current_url.rstrip("/").rsplit("/", 1)[1])
         waiting = srv.wait(run, "awaiting_approval")
         assert waiting["triggered_by"] == "bob"
         stages = {s["name"]: s["status"] for s in waiting["stages"]}
@@ -152,7 +156,6 @@ def test_two_users_in_chromium_the_trigger_is_refused_the_other_approves_and_the
         assert pending[-1]["state"] == "pending" and pending[-1]["target_url"].endswith(f"/runs/{run}")
 
         # bob, who triggered it, is refused by separate_approver on the page
-        _log_in(browser, srv, BOB, f"/runs/{run}")
         _until(lambda: browser.find_element(By.ID, "approve-deploy"))
         box = browser.find_element(By.CSS_SELECTOR, "section.gate[data-stage=deploy]")
         assert "Deploy to production?" in box.text and "approvers: ops" in box.text

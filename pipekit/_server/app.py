@@ -224,13 +224,21 @@ class _Api:
         if not sha:
             return JSONResponse({"error": f"{project.name} has no branch {branch}"}, status_code=404)
         run = self.work.submit(project, branch, sha, "manual", params, by=user.name)
-        return JSONResponse({"run": run}, status_code=202)
+        return self.pages.after_action(request, {"run": run}, run, 202)  # a form goes to the run's page
 
 
 async def _manual(request: Request, project: Project) -> tuple[str, dict[str, str], str] | Response:
     """A manual run's branch, params and commit from its JSON body, or the 400 that says what is wrong."""
     body: Any = {}
-    if request.headers.get("content-type", "").startswith("application/json"):
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):  # the page's form
+        from pipekit._server.auth import form
+
+        fields = await form(request)
+        body = {
+            "branch": fields.get("branch"),
+            "params": {k[6:]: v for k, v in fields.items() if k.startswith("param.")},
+        }
+    elif request.headers.get("content-type", "").startswith("application/json"):
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:

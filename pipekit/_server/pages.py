@@ -45,7 +45,11 @@ LOGIN = """<form method="post" action="/login" class="login"><input type="hidden
 <input type="password" name="token" placeholder="your token" autocomplete="current-password" required>
 <button>Log in</button></form>"""
 
-LIST = """<h1>Runs</h1>
+TRIGGER = """<form method="post" action="/api/projects/%NAME%/runs" class="trigger">
+<input type="hidden" name="csrf" value="%CSRF%"><input name="branch" value="%BRANCH%" aria-label="branch">
+<button id="trigger-%NAME%">Run %NAME%</button></form>"""
+
+LIST = """<h1>Runs</h1><div class="triggers">%TRIGGERS%</div>
 <div class="filters"><select id="f-project"><option value="">every project</option></select>
 <select id="f-branch"><option value="">every branch</option></select>
 <select id="f-status"><option value="">every status</option></select></div>
@@ -158,6 +162,11 @@ class _Pages:
             body, kind = "<h1>Log in</h1>", "login"
         who = LOGOUT.replace("%USER%", html.escape(user.name)) if user is not None else LOGIN
         actions = ACTIONS.replace("%RUN%", run).replace("%CSRF%", csrf) if logged_in else ""
+        triggers = "".join(
+            TRIGGER.replace("%NAME%", html.escape(p.name)).replace("%BRANCH%", html.escape(p.branches[0]))
+            for p in self.config.projects
+        )
+        body = body.replace("%TRIGGERS%", triggers if logged_in else "")
         text = PAGE.replace("%MAIN%", body.replace("%ACTIONS%", actions)).replace("%WHO%", who)
         text = text.replace("%NEXT%", html.escape(request.url.path)).replace("%TITLE%", html.escape(title))
         text = text.replace("%PAGE%", kind).replace("%RUN%", run).replace("%CSRF%", csrf)
