@@ -88,7 +88,7 @@ def _pipeline() -> pk.Pipeline:
     "options, message",
     [
         ({"approval": "yes"}, "approval= takes pk.Approval"),
-        ({"environment": "prod env"}, "environment= takes a name"),
+        ({"environment": "prod env"}, "environment= an environment takes a name"),
     ],
 )
 def test_gate_options_are_checked_at_decoration(options: dict[str, Any], message: str) -> None:
@@ -388,3 +388,58 @@ def test_one_run_at_a_time_deploys_to_an_environment(tmp_path: Path) -> None:
     assert any("waiting for environment" in out for out, _ in outputs)
     rows = run_console(["deployments"], cwd=tmp_path).stdout.splitlines()[1:]
     assert len(rows) == 2 and all(r.split()[0] == "production" and r.split()[-1] == "succeeded" for r in rows)
+
+
+NEWEST = """\
+import pipekit as pk, pathlib, time
+
+@pk.stage(environment=pk.Environment("production", queue="newest"))
+def deploy(ctx):
+    folder = pathlib.Path(__file__).parent
+    (folder / f"started-{ctx.run_id}").touch()
+    deadline = time.time() + 60
+    while not (folder / "release").exists() and time.time() < deadline:
+        time.sleep(0.05)
+"""
+
+
+def _until(check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def test_with_queue_newest_an_older_waiting_run_is_cancelled(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.py").write_text(NEWEST)
+    env = {**os.environ, "PIPEKIT_LOCK_DIR": str(tmp_path / "locks")}
+    line = lambda: list((tmp_path / "locks").glob("*.waiting/*"))  # noqa: E731  # the runs waiting in line
+    logs = [tmp_path / f"run-{i}.log" for i in range(3)]
+    procs = []
+
+    def start(i: int) -> None:
+        with open(logs[i], "w") as f:
+            procs.append(console_popen(["run", "--progress", "plain"], cwd=tmp_path, env=env, stdout=f, stderr=f))
+
+    start(0)
+    _until(lambda: list(tmp_path.glob("started-*")))  # the first deploys (and waits for "release")
+    start(1)
+    _until(lambda: len(line()) == 1)  # the second waits in line
+    start(2)
+    assert procs[1].wait(timeout=60) == 1  # the older waiting run gives up for the newer one
+    (tmp_path / "release").touch()
+    codes = [procs[0].wait(timeout=60), procs[2].wait(timeout=60)]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], texts
+    assert "cancelled: a newer run waits to deploy to production" in texts[1]
+    assert "waiting for environment" in texts[1] and "waiting for environment" in texts[2]
+    assert len(list(tmp_path.glob("started-*"))) == 2  # the first and the newest deployed
+    assert line() == []  # nobody left in line
+    rows = run_console(["deployments", "production"], cwd=tmp_path).stdout.splitlines()[1:]
+    assert len(rows) == 2 and all(r.split()[-1] == "succeeded" for r in rows)
+
+
+def test_an_environment_is_checked_when_made() -> None:
+    with pytest.raises(pk.PipelineError, match=re.escape("is 'all' or 'newest', got 'oldest'")):
+        pk.Environment("production", queue="oldest")
+    assert pk.stage(environment="staging")(lambda ctx: None).environment == pk.Environment("staging")
