@@ -300,7 +300,8 @@ STAGE_OPTIONS: tuple[Option, ...] = (
         "str | Environment | None",
         None,
         'the environment the stage deploys to (`"production"`, or `pk.Environment("production", queue="newest")`):'
-        " one run at a time per environment, recorded for `pipekit deployments` ([approvals](approvals.md#environments))",
+        " one run at a time per environment, recorded for `pipekit deployments`"
+        " ([approvals](approvals.md#environments))",
         check_environment,
     ),
 )

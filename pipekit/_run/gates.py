@@ -26,7 +26,17 @@ from pipekit._dsl.approval import TIMED_OUT, Approval, Decision, Environment, ap
 from pipekit._run.locks import ResourceLock
 from pipekit.exceptions import UsageError
 
-__all__ = ["TIMED_OUT", "EnvironmentLock", "GateAsk", "checked_decision", "Gates", "Prompter", "Verdict", "current_user", "pre_approvals"]
+__all__ = [
+    "TIMED_OUT",
+    "EnvironmentLock",
+    "GateAsk",
+    "checked_decision",
+    "Gates",
+    "Prompter",
+    "Verdict",
+    "current_user",
+    "pre_approvals",
+]
 
 
 def current_user() -> str:
