@@ -179,6 +179,11 @@ def test_awaiting_then_approve_then_resume_across_processes(tmp_path: Path) -> N
 
     runs = run_console(["runs"], cwd=tmp_path)
     assert re.search(rf"{run_id} .* awaiting_approval", runs.stdout), runs.stdout
+    report = run_console(["report", run_id, "-o", str(tmp_path / "report.html")], cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "report.html").read_text()
+    assert '"status": "awaiting_approval", "attempts"' in html and "awaiting approval: Deploy to production?" in html
+    assert ".awaiting_approval{color:" in html and '"awaiting_approval": "#fff8c5"' in html
     shown = run_console(["show", run_id], cwd=tmp_path)
     assert "deploy  awaiting_approval" in shown.stdout
     assert "--param reason=... (required: why now)" in shown.stdout
