@@ -448,3 +448,47 @@ def test_an_environment_is_checked_when_made() -> None:
     with pytest.raises(pk.PipelineError, match=re.escape("is 'all' or 'newest', got 'oldest'")):
         pk.Environment("production", queue="oldest")
     assert pk.stage(environment="staging")(lambda ctx: None).environment == pk.Environment("staging")
+
+
+def test_a_gate_that_times_out_at_the_prompt_fails_its_stage(tmp_path: Path) -> None:
+    gated(tmp_path, timeout="2s")
+    term = Terminal(["run", "--progress", "plain"], cwd=tmp_path, env=_no_ci())
+    try:
+        term.expect("approvers: anyone; times out in 2s", timeout=60)
+        code = term.wait(timeout=60)  # nobody answers
+    finally:
+        term.close()
+    assert code == 1, term.text()
+    assert "approval timed out after 2s" in term.text() and "deploying" not in term.text()
+
+
+def test_a_failure_elsewhere_ends_the_question_and_the_gated_stage_does_not_start(tmp_path: Path) -> None:
+    import threading
+
+    from pipekit._run.runner import execute
+    from pipekit._run.session import RunRequest
+
+    p = pk.Pipeline("stop")
+    asked = threading.Event()
+
+    @p.stage(approval=pk.Approval(message="Ship?"))
+    def deploy(ctx: pk.Context) -> None:
+        pass
+
+    @p.stage
+    def tests(ctx: pk.Context) -> None:
+        assert asked.wait(10)  # fails while the gate is being asked about
+        raise RuntimeError("red")
+
+    def prompter(ask: Any, stop: threading.Event) -> None:
+        asked.set()
+        assert stop.wait(10), "the question was not ended"
+        return None
+
+    with open(os.devnull, "w") as devnull:
+        result = execute(RunRequest(pipeline=p, workspace=tmp_path, prompter=prompter, log_file=devnull))
+    assert result.status == "failed"
+    assert result.stages["tests"].status == "failed"
+    assert (
+        result.stages["deploy"].status == "skipped" and result.stages["deploy"].reason == "not started: 'tests' failed"
+    )
