@@ -171,6 +171,8 @@ def test_the_junit_file_shows_an_awaiting_gate_as_skipped_with_how_to_approve(
 
 def test_awaiting_then_approve_then_resume_across_processes(tmp_path: Path) -> None:
     gated(tmp_path)
+    planned = run_console(["plan"], cwd=tmp_path)
+    assert "deploy (host) after build  [runs: once approved (Deploy to production?)]" in planned.stdout
     first = run_console(["run", "--progress", "plain"], cwd=tmp_path)
     assert first.returncode == 4, first.stdout + first.stderr
     assert "AWAITING APPROVAL" in first.stdout and "lint-ran" in first.stdout and "smoke-ran" not in first.stdout
