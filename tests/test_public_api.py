@@ -30,6 +30,7 @@ PUBLIC = [
     "Decision",
     "DuplicateStageError",
     "EngineUnavailable",
+    "Environment",
     "FailedTest",
     "Image",
     "ImageNotFound",

@@ -282,7 +282,7 @@ _SAMPLES: dict[str, tuple[Any, str, Any]] = {
     "workdir": ("frontend", "workdir", "frontend"),
     "workspace": (False, "workspace", False),
     "approval": (pk.Approval(message="Ship?"), "approval", pk.Approval(message="Ship?")),
-    "environment": ("production", "environment", "production"),
+    "environment": ("production", "environment", pk.Environment("production")),
 }
 
 

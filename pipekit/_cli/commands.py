@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import IO, Any
@@ -242,8 +242,9 @@ def _request(args: SimpleNamespace, out: IO[str], err: IO[str]) -> RunRequest:
     )
 
 
-def _prompter(args: SimpleNamespace, request: RunRequest, out: IO[str]) -> Any:
-    """On a terminal (not in a CI, console output), the question asked at an undecided gate."""
+def _prompter(request: RunRequest, out: IO[str], view: Callable[[], Any]) -> Any:
+    """On a terminal (not in a CI, console output), the question asked at an undecided gate;
+    ``view()``: the run's live view, when it has one (the question is printed through it)."""
     import sys
 
     try:
@@ -256,26 +257,22 @@ def _prompter(args: SimpleNamespace, request: RunRequest, out: IO[str]) -> Any:
     from pipekit._history.approvals import may_decide
     from pipekit._run.gates import current_user
 
-    holder: dict[str, Any] = {}
-
     def write(text: str) -> None:
-        view = getattr(holder.get("run"), "view", None)
-        if view is not None:
-            view.console.print(text, markup=False, highlight=False)
+        live = view()
+        if live is not None:
+            live.console.print(text, markup=False, highlight=False)
         else:
             print(text, file=out, flush=True)
 
-    prompt = TerminalPrompt(sys.stdin.fileno(), write, current_user(), may_decide)
-    prompt.holder = holder  # type: ignore[attr-defined]  # the run, once set up (its live view)
-    return prompt
+    return TerminalPrompt(sys.stdin.fileno(), write, current_user(), may_decide)
 
 
 def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     request = _request(args, out, err)
-    prompter = _prompter(args, request, out)
+    made: list[Any] = []  # the run, once set up: its live view prints the question
+    prompter = _prompter(request, out, lambda: made[0].view if made else None)
     run = setup(attrs.evolve(request, prompter=prompter))
-    if prompter is not None:
-        prompter.holder["run"] = run
+    made.append(run)
     if run.errors:
         for e in run.errors:
             print_error(err, f"{type(e).__name__}: {e}")

@@ -2,7 +2,8 @@
 graph | validate | completion``.
 
 Exit codes: 0 success, 1 a stage failed, 2 the pipeline or the command line is wrong,
-3 the backend (Docker engine) is not usable, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+3 the backend (Docker engine) is not usable, 4 a gate awaits approval, 130 interrupted (SIGINT),
+143 terminated (SIGTERM).
 Only this module turns exceptions into exit codes. Every option can also come from a ``PIPEKIT_*``
 environment variable, and ``pipekit run``'s defaults from ``[tool.pipekit]`` in pyproject.toml.
 """

@@ -53,12 +53,13 @@ def environment_rules(pipeline: Any, rules: dict[str, dict[str, Any]]) -> None:
 
     stages = pipeline._stages  # the loaded pipeline's own list: the stages are frozen, so replaced
     for i, s in enumerate(stages):
-        rule = rules.get(s.environment) if s.environment else None
+        environment = s.environment.name if s.environment else None
+        rule = rules.get(environment) if environment else None
         if rule is None:
             continue
         old = s.approval
         approval = Approval(
-            message=rule.get("message") or (old.message if old else f"Deploy to {s.environment}?"),
+            message=rule.get("message") or (old.message if old else f"Deploy to {environment}?"),
             approvers=rule.get("approvers") or (old.approvers if old else ()),
             timeout=rule["timeout"] if rule.get("timeout") is not None else (old.timeout if old else None),
             params=old.params if old else (),
@@ -79,7 +80,7 @@ def _environments(rules: dict[str, dict[str, Any]], out: str | None) -> None:
         environment_rules(pipeline, rules)
         if out:
             with open(out, "w", encoding="utf-8") as f:
-                json.dump({s.name: s.environment for s in pipeline.stages if s.environment}, f)
+                json.dump({s.name: s.environment.name for s in pipeline.stages if s.environment}, f)
         return pipeline
 
     _session._load = ruled  # type: ignore[assignment]

@@ -18,7 +18,7 @@ from pipekit._dsl.control import format_duration, parse_duration
 from pipekit._dsl.params import Param, Params
 from pipekit.exceptions import ParameterError, PipelineError
 
-__all__ = ["APPROVED", "REJECTED", "TIMED_OUT", "Approval", "Decision", "approval_params"]
+__all__ = ["APPROVED", "REJECTED", "TIMED_OUT", "Approval", "Decision", "Environment", "approval_params"]
 
 APPROVED = "approved"
 REJECTED = "rejected"
@@ -127,3 +127,36 @@ class Decision:
     @property
     def verdict(self) -> str:
         return APPROVED if self.approved else REJECTED
+
+
+QUEUES = ("all", "newest")
+
+
+def _environment_name(value: Any) -> str:
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        raise PipelineError(
+            f"an environment takes a name like 'production' (letters, digits, '.', '_', '-'), got {value!r}"
+        )
+    return value
+
+
+def _queue(value: Any) -> str:
+    if value not in QUEUES:
+        raise PipelineError(f"pk.Environment(queue=...) is 'all' or 'newest', got {value!r}")
+    return str(value)
+
+
+@attrs.frozen
+class Environment:
+    """Where a stage deploys (a stage's ``environment=``; a plain name is ``Environment(name)``).
+
+    One run at a time deploys to an environment on a machine; the others wait. ``queue="all"``
+    (the default): each waits its turn. ``queue="newest"``: only the newest waiting run stays in
+    line; an older one that waits is cancelled (its stage ends ``cancelled``), since the newer one
+    deploys a newer commit anyway.
+    """
+
+    name: str = attrs.field(converter=_environment_name)
+    queue: str = attrs.field(default="all", converter=_queue, kw_only=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from pipekit._dsl.approval import Approval
+from pipekit._dsl.approval import Approval, Environment
 from pipekit._dsl.cache import CacheInputs
 from pipekit._dsl.control import Resources, Service, check_placement, parse_duration
 from pipekit.exceptions import PipelineError
@@ -154,9 +154,10 @@ def check_approval(value: Approval | None, site: Site) -> Approval | None:
     return value
 
 
-def check_environment(value: str | None, site: Site) -> str | None:
-    import re
-
-    if value is not None and (not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value)):
-        raise site.bad(f"environment= takes a name like 'production' (letters, digits, '.', '_', '-'), got {value!r}")
-    return value
+def check_environment(value: str | Environment | None, site: Site) -> Environment | None:
+    if value is None or isinstance(value, Environment):
+        return value
+    try:
+        return Environment(value)
+    except PipelineError as e:
+        raise site.bad(f"environment= {e.message}") from None

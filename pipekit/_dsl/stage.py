@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, overload
 
 import attrs
 
-from pipekit._dsl.approval import Approval
+from pipekit._dsl.approval import Approval, Environment
 from pipekit._dsl.cache import CacheInputs
 from pipekit._dsl.conditions import Condition, to_condition
 from pipekit._dsl.control import PostAction, Resources, Service, check_placement, normalize_post
@@ -108,7 +108,7 @@ class Stage:
     resources: Resources | None = None  # limits (cpus, memory, pids); the pipeline's when None
     placement: tuple[str, ...] = ()  # Swarm constraints (node.labels.gpu==true); the pipeline's when empty
     approval: Approval | None = None  # a person approves before the stage starts
-    environment: str | None = None  # where the stage deploys: one run at a time per environment
+    environment: Environment | None = None  # where the stage deploys: one run at a time per environment
     # set on the instances of a matrix stage:
     group: str | None = None
     matrix_values: Mapping[str, Any] | None = None
@@ -300,10 +300,11 @@ STAGE_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "environment",
-        "str | None",
+        "str | Environment | None",
         None,
-        "the environment the stage deploys to: one run at a time per environment, recorded for `pipekit"
-        " deployments` ([approvals](approvals.md#environments))",
+        'the environment the stage deploys to (`"production"`, or `pk.Environment("production", queue="newest")`):'
+        " one run at a time per environment, recorded for `pipekit deployments`"
+        " ([approvals](approvals.md#environments))",
         check_environment,
     ),
 )
@@ -337,7 +338,7 @@ class StageOptions(TypedDict, total=False):
     workdir: str | None
     workspace: bool
     approval: Approval | None
-    environment: str | None
+    environment: str | Environment | None
 
 
 def _make_stage(fn: Callable[..., Any], **options: Any) -> Stage:

@@ -12,6 +12,7 @@ Decisions made in the run (the prompt, ``--approve``) are recorded in the histor
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import threading
 import time
@@ -21,11 +22,21 @@ from typing import Any, Protocol
 import attrs
 
 from pipekit._core.results import StageResult, StageStatus
-from pipekit._dsl.approval import TIMED_OUT, Approval, Decision, approval_params
+from pipekit._dsl.approval import TIMED_OUT, Approval, Decision, Environment, approval_params
 from pipekit._run.locks import ResourceLock
 from pipekit.exceptions import UsageError
 
-__all__ = ["TIMED_OUT", "GateAsk", "checked_decision", "Gates", "Prompter", "Verdict", "current_user", "pre_approvals"]
+__all__ = [
+    "TIMED_OUT",
+    "EnvironmentLock",
+    "GateAsk",
+    "checked_decision",
+    "Gates",
+    "Prompter",
+    "Verdict",
+    "current_user",
+    "pre_approvals",
+]
 
 
 def current_user() -> str:
@@ -177,6 +188,41 @@ class Gates:
             deployment_finished(self.history, self.run_id, stage, str(status))
 
 
-def environment_lock(environment: str) -> ResourceLock:
-    """The lock that lets one run at a time deploy to ``environment`` on this machine."""
-    return ResourceLock(f"environment:{environment}")
+class EnvironmentLock:
+    """One run at a time in an environment on this machine: an exclusive lock (``resource=``'s),
+    and, for ``queue="newest"``, a line of waiting runs (a file each beside the lock) in which an
+    older waiter gives up (``superseded``) as soon as a newer one waits."""
+
+    def __init__(self, environment: Environment, run_id: str) -> None:
+        self.environment = environment
+        self.lock = ResourceLock(f"environment:{environment.name}")
+        self.line = self.lock.path.with_suffix(".waiting")
+        self.me = f"{time.time_ns():020d}-{os.getpid()}-{run_id}"
+        self.superseded = False
+
+    def acquire(self, cancelled: threading.Event, on_wait: Callable[[], None]) -> bool:
+        if self.environment.queue != "newest":
+            return self.lock.acquire(cancelled, on_wait)
+        self.line.mkdir(exist_ok=True)
+        mine = self.line / self.me
+        mine.touch()
+        try:
+            return self.lock.acquire(cancelled, on_wait, give_up=self._newer_waits)
+        finally:
+            mine.unlink(missing_ok=True)
+
+    def _newer_waits(self) -> bool:
+        from pipekit._core.util import process_alive
+
+        for entry in os.listdir(self.line):
+            _, _, rest = entry.partition("-")
+            pid = rest.partition("-")[0]
+            if not pid.isdigit() or not process_alive(int(pid)):
+                (self.line / entry).unlink(missing_ok=True)  # a waiter whose process died
+            elif entry > self.me:
+                self.superseded = True
+                return True
+        return False
+
+    def release(self) -> None:
+        self.lock.release()

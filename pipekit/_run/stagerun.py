@@ -24,7 +24,7 @@ from pipekit._dsl.matrix import MatrixOutputs, combination_key
 from pipekit._plan.resolve import ResolvedStage
 from pipekit._run.ahead import Ahead
 from pipekit._run.context import Context
-from pipekit._run.gates import environment_lock
+from pipekit._run.gates import EnvironmentLock
 from pipekit._run.locks import ResourceLock
 from pipekit._run.outputs import storable, take_cached, taken_result
 from pipekit._run.posts import call_posts
@@ -172,12 +172,15 @@ class StageRun:
         self.log.info("stage started", status=StageStatus.RUNNING, image=self.resolved.describe_image())
         s = self.resolved.stage
         lock = ResourceLock(s.resource) if s.resource else None
-        held = environment_lock(s.environment) if s.environment else None
+        held = EnvironmentLock(s.environment, self.run.run_id) if s.environment else None
+        where = s.environment.name if s.environment else ""
         last, attempts, post_errors = _Attempt(StageStatus.CANCELLED), 0, []
         try:
             if held is not None and not held.acquire(
-                self.cancelled, on_wait=lambda: self.log.info("waiting for environment", environment=s.environment)
+                self.cancelled, lambda: self.log.info("waiting for environment", environment=where)
             ):
+                if held.superseded:
+                    last.error = f"cancelled: a newer run waits to deploy to {where}"
                 held = None
                 raise _Stopped
             if lock is not None and not lock.acquire(
@@ -186,7 +189,7 @@ class StageRun:
                 lock = None
                 raise _Stopped
             if s.environment:
-                self.run.gates.deploying(self.name, s.environment, self.approval)
+                self.run.gates.deploying(self.name, s.environment.name, self.approval)
             last, attempts = self._attempts()
             if s.post:
                 outcome = Outcome(last.status, s.name, last.error, attempts, round(self.run.clock() - started, 3))
