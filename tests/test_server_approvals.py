@@ -63,6 +63,7 @@ def test(ctx):
 def deploy(ctx):
     a = ctx.approval
     ctx.sh("echo deploying by %s because %s canary %s; cat built.txt" % (a.by, a.params.reason, a.params.canary))
+    ctx.sh("echo deploy-start $(date +%s); sleep 2; echo deploy-end $(date +%s)")
 
 
 @pipeline.stage(needs=[build], environment="staging")
@@ -283,3 +284,24 @@ def test_a_gate_past_its_timeout_fails_its_stage_without_anyone_deciding(gated_s
     assert done["status"] == "failed" and deploy["error"] == "approval timed out after 4s", done
     assert "the gate of 'deploy' timed out" in srv.log.read_text()
     assert _decide(srv, run, ALICE, stage="deploy", decision="approve", params={"reason": "late"})[0] == 409
+
+
+def test_two_approved_runs_deploy_to_one_environment_one_after_the_other(gated_server: Any) -> None:
+    import re
+
+    srv, _ = gated_server()  # max_parallel_runs = 2: both resume at once, the environment takes one at a time
+    runs = [srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=ALICE)["run"] for _ in range(2)]
+    for run in runs:
+        srv.wait(run, "awaiting_approval", timeout=120)
+    for run in runs:
+        assert _decide(srv, run, BOB, stage="deploy", decision="approve", params={"reason": f"r{run}"})[0] == 200
+    spans = []
+    for run in runs:
+        assert srv.wait(run, "succeeded", "failed", timeout=180)["status"] == "succeeded"
+        text = _log(srv, run, "deploy")
+        start, end = (int(re.search(rf"deploy-{k} (\d+)", text).group(1)) for k in ("start", "end"))  # type: ignore[union-attr]
+        spans.append((start, end))
+    (s1, e1), (s2, e2) = sorted(spans)
+    assert e1 <= s2, spans  # never both at once
+    deployed = srv.api("GET", "/api/deployments?environment=production", token=ALICE)
+    assert sorted(d["run"] for d in deployed) == runs and {d["approved_by"] for d in deployed} == {"bob"}
