@@ -273,9 +273,20 @@ def test_in_a_ci_the_run_ends_awaiting_and_says_how_to_approve(tmp_path: Path) -
     assert "deploy awaits approval" in notice and "pipekit approve " in notice and "PIPEKIT_APPROVE=deploy" in notice
     text = summary.read_text()
     assert "**Awaiting approval**" in text and re.search(r"- `deploy`: approve with `pipekit approve \w+ deploy`", text)
+    jenkins = run_console(["run"], cwd=tmp_path, env={**os.environ, "JENKINS_URL": "http://ci.example/"})
+    assert jenkins.returncode == 4 and "[deploy] = AWAITING APPROVAL" in jenkins.stdout
+    assert re.search(r"'deploy' awaits approval: pipekit approve \w+ deploy, then pipekit run --resume", jenkins.stderr)
     gitlab = run_console(["run"], cwd=tmp_path, env={**os.environ, "GITLAB_CI": "true"})
     assert gitlab.returncode == 4
-    assert re.search(r"deploy +\| +approve with `pipekit approve \w+ deploy`", gitlab.stdout), gitlab.stdout
+    # (the output is read in text mode, which turns the marker's \r into \n)
+    start = re.search(
+        r"\x1b\[0Ksection_start:\d+:pipekit_approval_deploy\n\x1b\[0Kdeploy +\| awaits approval\n", gitlab.stdout
+    )
+    assert start, gitlab.stdout
+    after = gitlab.stdout[start.end() :]
+    assert re.match(
+        r"  approve with `pipekit approve \w+ deploy`.*\n\x1b\[0Ksection_end:\d+:pipekit_approval_deploy", after
+    )
 
 
 # -- on a terminal -------------------------------------------------------------------------------
