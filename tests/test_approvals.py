@@ -505,3 +505,30 @@ def test_a_failure_elsewhere_ends_the_question_and_the_gated_stage_does_not_star
     assert (
         result.stages["deploy"].status == "skipped" and result.stages["deploy"].reason == "not started: 'tests' failed"
     )
+
+
+def test_an_approved_gate_on_the_engine_runs_its_stage_in_its_container(
+    tmp_path: Path, busybox_image: str, docker_client: Any
+) -> None:
+    (tmp_path / "pipeline.py").write_text(
+        f"import pipekit as pk\n\n@pk.stage(image={busybox_image!r})\ndef build(ctx):\n    ctx.sh('echo built')\n\n"
+        f"@pk.stage(image={busybox_image!r}, needs=[build], environment='production',\n"
+        "          approval=pk.Approval(message='Ship it?', params=[pk.param('reason')]))\n"
+        "def deploy(ctx):\n"
+        "    ctx.env['REASON'] = ctx.approval.params.reason\n"
+        "    ctx.sh('echo deploying in $(hostname) because $REASON by ' + ctx.approval.by)\n"
+    )
+    env = {**os.environ, "PIPEKIT_LOCK_DIR": str(tmp_path / "locks")}
+    first = run_console(["run", "--progress", "plain"], cwd=tmp_path, env=env)
+    assert first.returncode == 4, first.stdout + first.stderr
+    run_id = re.search(r"run (\w+) awaiting_approval", first.stdout).group(1)  # type: ignore[union-attr]
+    assert docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"}) == []
+    assert run_console(["approve", run_id, "deploy", "-p", "reason=the fix"], cwd=tmp_path).returncode == 0
+    resumed = run_console(["run", "--resume", run_id, "--progress", "plain"], cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    line = next(x for x in resumed.stdout.splitlines() if "deploying in" in x and "$(" not in x)
+    assert line.endswith(f"because the fix by {USER}")
+    resumed_id = re.search(r"run (\w+) succeeded", resumed.stdout).group(1)  # type: ignore[union-attr]
+    assert docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={resumed_id}"}) == []
+    row = run_console(["deployments"], cwd=tmp_path).stdout.splitlines()[1].split()
+    assert row[0] == "production" and row[2] == resumed_id and row[4] == USER and row[-1] == "succeeded"
