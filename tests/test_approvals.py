@@ -532,3 +532,30 @@ def test_an_approved_gate_on_the_engine_runs_its_stage_in_its_container(
     assert docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={resumed_id}"}) == []
     row = run_console(["deployments"], cwd=tmp_path).stdout.splitlines()[1].split()
     assert row[0] == "production" and row[2] == resumed_id and row[4] == USER and row[-1] == "succeeded"
+
+
+MATRIX = """\
+import pipekit as pk
+
+@pk.stage(matrix={"region": ["eu", "us"]}, approval=pk.Approval(message="Roll out?"))
+def deploy(ctx):
+    ctx.sh("echo rolled out to " + ctx.matrix["region"] + " by " + ctx.approval.by)
+"""
+
+
+def test_a_matrix_stages_name_approves_each_of_its_instances(tmp_path: Path, pipekit_runner: PipelineRunner) -> None:
+    (tmp_path / "pipeline.py").write_text(MATRIX)
+    pipekit_runner.base_dir = tmp_path
+    waiting = pipekit_runner.run("pipeline.py")
+    assert {s.status for s in waiting.stages.values()} == {"awaiting_approval"} and len(waiting.stages) == 2
+    pipekit_runner.approve("deploy", by="alice")
+    assert pipekit_runner.run("pipeline.py").status == "succeeded"
+
+    assert run_console(["run", "--progress", "plain"], cwd=tmp_path).returncode == 4
+    approved = run_console(["approve", "last", "deploy"], cwd=tmp_path)
+    assert approved.returncode == 0, approved.stderr
+    assert "deploy[region=eu] in run" in approved.stdout and "deploy[region=us] in run" in approved.stdout
+    resumed = run_console(["run", "--resume", "--progress", "plain"], cwd=tmp_path)
+    assert resumed.returncode == 0 and resumed.stdout.count("rolled out to") == 4  # (command and output) x 2
+    scripted = run_console(["run", "--progress", "plain", "--approve", "deploy"], cwd=tmp_path)
+    assert scripted.returncode == 0 and f"rolled out to us by {USER}" in scripted.stdout
