@@ -208,6 +208,8 @@ def test_awaiting_then_approve_then_resume_across_processes(tmp_path: Path) -> N
     shown = run_console(["show", run_id], cwd=tmp_path).stdout
     assert re.search(rf"deploy: approved by {USER}@\S+ at .* \(pipekit approve\)", shown)
     assert "replicas = 5" in shown
+    shown = run_console(["show", "last"], cwd=tmp_path).stdout  # the resumed run
+    assert re.search(rf"deploy: approved by {USER}@\S+ at .* \(pipekit approve, on a run this one resumed\)", shown)
     deployments = run_console(["deployments", "production"], cwd=tmp_path)
     assert deployments.returncode == 0
     row = deployments.stdout.splitlines()[1].split()
