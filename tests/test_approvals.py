@@ -208,6 +208,8 @@ def test_awaiting_then_approve_then_resume_across_processes(tmp_path: Path) -> N
     shown = run_console(["show", run_id], cwd=tmp_path).stdout
     assert re.search(rf"deploy: approved by {USER}@\S+ at .* \(pipekit approve\)", shown)
     assert "replicas = 5" in shown
+    shown = run_console(["show", "last"], cwd=tmp_path).stdout  # the resumed run
+    assert re.search(rf"deploy: approved by {USER}@\S+ at .* \(pipekit approve, on a run this one resumed\)", shown)
     deployments = run_console(["deployments", "production"], cwd=tmp_path)
     assert deployments.returncode == 0
     row = deployments.stdout.splitlines()[1].split()
@@ -273,9 +275,20 @@ def test_in_a_ci_the_run_ends_awaiting_and_says_how_to_approve(tmp_path: Path) -
     assert "deploy awaits approval" in notice and "pipekit approve " in notice and "PIPEKIT_APPROVE=deploy" in notice
     text = summary.read_text()
     assert "**Awaiting approval**" in text and re.search(r"- `deploy`: approve with `pipekit approve \w+ deploy`", text)
+    jenkins = run_console(["run"], cwd=tmp_path, env={**os.environ, "JENKINS_URL": "http://ci.example/"})
+    assert jenkins.returncode == 4 and "[deploy] = AWAITING APPROVAL" in jenkins.stdout
+    assert re.search(r"'deploy' awaits approval: pipekit approve \w+ deploy, then pipekit run --resume", jenkins.stderr)
     gitlab = run_console(["run"], cwd=tmp_path, env={**os.environ, "GITLAB_CI": "true"})
     assert gitlab.returncode == 4
-    assert re.search(r"deploy +\| +approve with `pipekit approve \w+ deploy`", gitlab.stdout), gitlab.stdout
+    # (the output is read in text mode, which turns the marker's \r into \n)
+    start = re.search(
+        r"\x1b\[0Ksection_start:\d+:pipekit_approval_deploy\n\x1b\[0Kdeploy +\| awaits approval\n", gitlab.stdout
+    )
+    assert start, gitlab.stdout
+    after = gitlab.stdout[start.end() :]
+    assert re.match(
+        r"  approve with `pipekit approve \w+ deploy`.*\n\x1b\[0Ksection_end:\d+:pipekit_approval_deploy", after
+    )
 
 
 # -- on a terminal -------------------------------------------------------------------------------
@@ -494,3 +507,57 @@ def test_a_failure_elsewhere_ends_the_question_and_the_gated_stage_does_not_star
     assert (
         result.stages["deploy"].status == "skipped" and result.stages["deploy"].reason == "not started: 'tests' failed"
     )
+
+
+def test_an_approved_gate_on_the_engine_runs_its_stage_in_its_container(
+    tmp_path: Path, busybox_image: str, docker_client: Any
+) -> None:
+    (tmp_path / "pipeline.py").write_text(
+        f"import pipekit as pk\n\n@pk.stage(image={busybox_image!r})\ndef build(ctx):\n    ctx.sh('echo built')\n\n"
+        f"@pk.stage(image={busybox_image!r}, needs=[build], environment='production',\n"
+        "          approval=pk.Approval(message='Ship it?', params=[pk.param('reason')]))\n"
+        "def deploy(ctx):\n"
+        "    ctx.env['REASON'] = ctx.approval.params.reason\n"
+        "    ctx.sh('echo deploying in $(hostname) because $REASON by ' + ctx.approval.by)\n"
+    )
+    env = {**os.environ, "PIPEKIT_LOCK_DIR": str(tmp_path / "locks")}
+    first = run_console(["run", "--progress", "plain"], cwd=tmp_path, env=env)
+    assert first.returncode == 4, first.stdout + first.stderr
+    run_id = re.search(r"run (\w+) awaiting_approval", first.stdout).group(1)  # type: ignore[union-attr]
+    assert docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={run_id}"}) == []
+    assert run_console(["approve", run_id, "deploy", "-p", "reason=the fix"], cwd=tmp_path).returncode == 0
+    resumed = run_console(["run", "--resume", run_id, "--progress", "plain"], cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    line = next(x for x in resumed.stdout.splitlines() if "deploying in" in x and "$(" not in x)
+    assert line.endswith(f"because the fix by {USER}")
+    resumed_id = re.search(r"run (\w+) succeeded", resumed.stdout).group(1)  # type: ignore[union-attr]
+    assert docker_client.containers.list(all=True, filters={"label": f"io.pipekit.run={resumed_id}"}) == []
+    row = run_console(["deployments"], cwd=tmp_path).stdout.splitlines()[1].split()
+    assert row[0] == "production" and row[2] == resumed_id and row[4] == USER and row[-1] == "succeeded"
+
+
+MATRIX = """\
+import pipekit as pk
+
+@pk.stage(matrix={"region": ["eu", "us"]}, approval=pk.Approval(message="Roll out?"))
+def deploy(ctx):
+    ctx.sh("echo rolled out to " + ctx.matrix["region"] + " by " + ctx.approval.by)
+"""
+
+
+def test_a_matrix_stages_name_approves_each_of_its_instances(tmp_path: Path, pipekit_runner: PipelineRunner) -> None:
+    (tmp_path / "pipeline.py").write_text(MATRIX)
+    pipekit_runner.base_dir = tmp_path
+    waiting = pipekit_runner.run("pipeline.py")
+    assert {s.status for s in waiting.stages.values()} == {"awaiting_approval"} and len(waiting.stages) == 2
+    pipekit_runner.approve("deploy", by="alice")
+    assert pipekit_runner.run("pipeline.py").status == "succeeded"
+
+    assert run_console(["run", "--progress", "plain"], cwd=tmp_path).returncode == 4
+    approved = run_console(["approve", "last", "deploy"], cwd=tmp_path)
+    assert approved.returncode == 0, approved.stderr
+    assert "deploy[region=eu] in run" in approved.stdout and "deploy[region=us] in run" in approved.stdout
+    resumed = run_console(["run", "--resume", "--progress", "plain"], cwd=tmp_path)
+    assert resumed.returncode == 0 and resumed.stdout.count("rolled out to") == 4  # (command and output) x 2
+    scripted = run_console(["run", "--progress", "plain", "--approve", "deploy"], cwd=tmp_path)
+    assert scripted.returncode == 0 and f"rolled out to us by {USER}" in scripted.stdout

@@ -141,8 +141,10 @@ class GroupedRenderer(ConsoleRenderer):
             hint = how_to_approve(self._run_id, stage)
             if self.ci == "github":
                 lines.append(f"::notice title={gh_property(f'pipekit: {stage} awaits approval')}::{gh_data(hint)}")
-            else:
-                lines.append(f"{self._prefix(stage)}   {hint}")
+            else:  # an open section of its own, so that it stands out in the job's log
+                now, key = int(self._clock()), f"pipekit_approval_{slug(stage)}"
+                head = f"{self._prefix(stage)} awaits approval"
+                lines += [GITLAB_SECTION("start", now, key, head), f"  {hint}", GITLAB_SECTION("end", now, key)]
         return "\n".join(lines)
 
     def _annotation(self, stage: str, error: str) -> str:

@@ -36,9 +36,13 @@ def cmd_approve(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     )
     with opened_history(args.file, err) as history:
         run_id = history.resolve(args.run)
-        recorded = record_approval(history, run_id, args.stage, decision)
-    what = "approved" if recorded.approved else f"rejected ({recorded.reason})"
-    print(f"{args.stage} in run {run_id}: {what} by {recorded.by}@{recorded.host}", file=out)
+        names = [args.stage]
+        if not any(st.name == args.stage for st in history.stages(run_id)):  # a matrix stage: each instance
+            names = [st.name for st in history.stages(run_id) if st.name.startswith(f"{args.stage}[")] or names
+        for stage in names:
+            recorded = record_approval(history, run_id, stage, decision)
+            what = "approved" if recorded.approved else f"rejected ({recorded.reason})"
+            print(f"{stage} in run {run_id}: {what} by {recorded.by}@{recorded.host}", file=out)
     print(f"continue the run with: pipekit run --resume {run_id}", file=out)
     return 0
 

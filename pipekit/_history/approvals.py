@@ -236,14 +236,17 @@ def gate_lines(history: History, run_id: str) -> list[str]:
     """What ``pipekit show`` says of a run's gates: each decision, or how to decide."""
     _tables(history)
     decided = decisions_of(history, run_id)
+    statuses = {st.name: st.status for st in history.stages(run_id)}
     lines = []
     for row in history._query("SELECT stage FROM gates WHERE run_id = ? ORDER BY since", (run_id,)):
         stage = row["stage"]
         gate = gate_of(history, run_id, stage)
-        d = decided.get(stage)
+        d, earlier = decided.get(stage), ""
+        if d is None and statuses.get(stage) != StageStatus.AWAITING:  # passed on a resumed run's decision
+            d, earlier = decision_for(history, run_id, stage)[0], ", on a run this one resumed"
         assert gate is not None
         if d is not None:
-            what = f"{d.verdict} by {d.by}@{d.host or '-'} at {_when(d.when)} ({d.via})"
+            what = f"{d.verdict} by {d.by}@{d.host or '-'} at {_when(d.when)} ({d.via}{earlier})"
             extra = f": {d.reason}" if d.reason else "".join(f"\n      {k} = {v}" for k, v in d.params.items())
             lines.append(f"  {stage}: {what}{extra}")
             continue

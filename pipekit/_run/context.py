@@ -114,7 +114,7 @@ STALE_SLACK_S = 2.0
 
 class Context:
     """What a stage sees of its run: ``sh``, ``env``, ``stage``, ``run_id``, ``workspace``, ``log``,
-    ``params``, ``docker`` (build, tag, push, pull, run images) and ``secret(name)``."""
+    ``params``, ``approval``, ``docker`` (build, tag, push, pull, run images) and ``secret(name)``."""
 
     def __init__(
         self,

@@ -192,8 +192,16 @@ class RunSetup:
         if not (r.approve or r.approval_params or r.decisions):
             return {}
         gates = {n: self.plan.stage(n).approval for n in self.plan.order}
-        decided = {name: checked_decision(gates, name, d) for name, d in r.decisions.items()}
-        decided.update(pre_approvals(gates, list(r.approve), r.approval_params, current_user()))
+        groups = self.plan.groups  # a matrix stage's name stands for each of its instances
+        decided = {
+            n: checked_decision(gates, n, d) for name, d in r.decisions.items() for n in groups.get(name, (name,))
+        }
+        names = [n for name in r.approve for n in groups.get(name, (name,))]
+        params = {}
+        for key, value in r.approval_params.items():
+            stage, dot, rest = key.rpartition(".")
+            params.update({f"{n}{dot}{rest}": value for n in groups.get(stage, (stage,))} if dot else {key: value})
+        decided.update(pre_approvals(gates, names, params, current_user()))
         return decided
 
     def preflight(self, resolved: ResolvedPlan, warn: Callable[[str], None]) -> None:

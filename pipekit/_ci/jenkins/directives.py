@@ -247,7 +247,11 @@ def approval(node: Call, notes: Notes, out: list[Any]) -> tuple[ast.expr, list[s
     submitter_parameter = submitter_parameter if isinstance(submitter_parameter, str) else None
     params: list[ast.expr] = []
     names: list[str] = []
-    for p in fields.get("parameters") or ():
+    given = fields.get("parameters") or ()
+    if not isinstance(given, (list, tuple)):
+        out.append(notes.todo(node.line, "input's parameters are not a list: convert them by hand", _text(given)))
+        given = ()
+    for p in given:
         pname = p.kw("name") if isinstance(p, Call) else None
         made = _param(p, pname) if isinstance(p, Call) and isinstance(pname, str) and IDENT.match(pname) else None
         if made is None:
