@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 _PUBLIC: dict[str, tuple[str, ...]] = {
     "pipekit._core.results": ("RunResult", "StageResult", "StageStatus"),
     "pipekit._core.testreport": ("FailedTest", "TestReport"),
+    "pipekit._dsl.approval": ("Approval", "Decision", "Environment"),
     "pipekit._dsl.cache": ("CacheInputs", "inputs"),
     "pipekit._dsl.conditions": ("Condition", "RunInfo", "branch", "changed", "env", "param_is"),
     "pipekit._dsl.control": ("Outcome", "Resources", "Service"),
@@ -67,6 +68,7 @@ __all__ = sorted([*_LAZY, "__version__", "run"])
 if TYPE_CHECKING:
     from pipekit._core.results import RunResult as RunResult, StageResult as StageResult, StageStatus as StageStatus  # noqa: I001
     from pipekit._core.testreport import FailedTest as FailedTest, TestReport as TestReport
+    from pipekit._dsl.approval import Approval as Approval, Decision as Decision, Environment as Environment
     from pipekit._dsl.cache import CacheInputs as CacheInputs, inputs as inputs
     from pipekit._dsl.conditions import (
         Condition as Condition,

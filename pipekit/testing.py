@@ -247,6 +247,23 @@ class PipelineRunner:
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else self.base_dir / "snapshots"
         self.update_snapshots = bool(os.environ.get(SNAPSHOT_ENV)) if update_snapshots is None else update_snapshots
         self.results: list[PipelineResult] = []
+        self.decisions: dict[str, Any] = {}  # approval gates decided for the runs to come
+
+    def approve(self, stage: str, *, by: str = "tester", params: Mapping[str, Any] | None = None) -> PipelineRunner:
+        """Approve ``stage``'s gate (``pk.Approval``) in the runs to come: it starts, and its
+        ``ctx.approval`` has ``by`` and ``params`` (converted to the declared types, as from the
+        command line; a parameter without a default must be given)."""
+        from pipekit._dsl.approval import Decision
+
+        self.decisions[stage] = Decision(approved=True, by=by, via="test", params=dict(params or {}))
+        return self
+
+    def reject(self, stage: str, *, by: str = "tester", reason: str = "rejected in a test") -> PipelineRunner:
+        """Reject ``stage``'s gate in the runs to come: the stage fails with ``reason``."""
+        from pipekit._dsl.approval import Decision
+
+        self.decisions[stage] = Decision(approved=False, by=by, via="test", reason=reason)
+        return self
 
     @property
     def fake(self) -> FakeBackend:
@@ -355,6 +372,7 @@ class PipelineRunner:
             log_processors=[_collect(events)],
             records=records,
         )
+        options.setdefault("decisions", dict(self.decisions))
         prepared = setup(self._request(pipeline, options))
         before = len(self.backend.calls)
         run = run_setup(prepared)

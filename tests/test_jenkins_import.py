@@ -122,10 +122,11 @@ def test_what_cannot_be_converted_is_kept_as_a_comment_at_its_line_and_listed(tm
     code = main(["import", "jenkinsfile", str(path), "-o", str(tmp_path / "pipeline.py")], out=out, err=err)
     assert code == 1
     listed = err.getvalue()
-    for line in (3, 4, 9, 11, 12, 18, 20):
+    for line in (3, 4, 11, 12, 18, 20):
         assert f"line {line}: " in listed
+    assert "line 9: " not in listed  # the input step: the stage's approval gate
     text = (tmp_path / "pipeline.py").read_text()
-    assert "#     input message: 'Deploy?', ok: 'Yes'" in text
+    assert 'approval=pk.Approval(message="Deploy?")' in text
     assert "# TODO(Jenkinsfile:18): a Groovy `when { expression }`: write it as a pk condition:" in text
     assert "#     expression { currentBuild.previousBuild == null }" in text
     assert main(["import", "jenkinsfile", str(path), "-o", str(tmp_path / "pipeline.py")], out=out, err=err) == 2
@@ -463,13 +464,12 @@ def test_8_what_pipekit_lacks_is_a_todo_that_says_what_to_do_instead(tmp_path: P
     for line, says in [
         (2, "Kubernetes pod"),
         (5, "image that has these"),
-        (9, "manual approval"),
         (11, "not built in this stage"),
         (12, "id is not a plain string"),
     ]:
         assert f"line {line}: " in err and says in err.split(f"line {line}: ")[1].split("\n")[0], (line, err)
     assert "pk.secret(" not in text and "ctx.docker.push" not in text
-    assert "#     input { message 'Ship it?' }" in text
+    assert 'approval=pk.Approval(message="Ship it?")' in text and "line 9: " not in err
 
 
 def test_8_a_credentials_id_in_a_groovy_string_is_a_todo_not_a_name(tmp_path: Path) -> None:
@@ -666,3 +666,51 @@ def test_a_parameter_the_jenkinsfile_uses_but_does_not_declare_is_declared_with_
     assert 'TARGET_PARAM = pk.param("TARGET", default="")' in text
     run = PipelineRunner(backend=FakeBackend()).run(pk.load(tmp_path / "pipeline.py"), params={"GO": "true"})
     assert run.stages["a"].status == "succeeded", run.stages["a"].error
+
+
+# -- input: approval gates --------------------------------------------------------------------------
+
+
+def test_input_becomes_the_stages_approval_gate_with_its_parameters(tmp_path: Path) -> None:
+    target, result = _convert(FILES / "12-input.Jenkinsfile", tmp_path)
+    assert result.todos == ()
+    compile(result.text, str(target), "exec")  # (and loaded, validated, formatted by the test above)
+    text = result.text
+    assert 'message="Deploy to production?",\n        approvers=["admin", "devops"],' in text
+    assert 'pk.param("VERSION", default="latest", help="the version to deploy")' in text
+    assert 'approval=pk.Approval(message="Run the smoke tests?", approvers=["qa"])' in text  # the input step
+    pipeline = pk.load(target)
+    gate = pipeline.stages[1].approval
+    assert (
+        gate is not None
+        and gate.approvers == ("admin", "devops")
+        and [p.name for p in gate.params]
+        == [
+            "VERSION",
+            "DRY_RUN",
+        ]
+    )
+
+    runner = PipelineRunner()
+    waiting = runner.run(pipeline)
+    assert waiting.status == "awaiting_approval"
+    assert waiting.stages["deployment_production"].status == "awaiting_approval"
+    assert waiting.stages["smoke"].status == "skipped" and waiting.commands("build") == ["echo build > built.txt"]
+
+    runner.approve("deployment_production", by="admin", params={"VERSION": "1.4.2", "DRY_RUN": "yes"})
+    runner.approve("smoke", by="qa")
+    done = runner.run(pipeline)
+    assert done.status == "succeeded", done.stages
+    deploy = done.calls("deployment_production", "sh")[0]
+    assert deploy.text == 'echo "deploying ${VERSION} dry=${DRY_RUN} by ${USER_SUBMIT}" > deployed.txt'
+    assert (deploy.env["VERSION"], deploy.env["DRY_RUN"], deploy.env["USER_SUBMIT"]) == ("1.4.2", "true", "admin")
+    assert done.commands("smoke") == ["echo smoke > smoke.txt"]
+
+
+def test_an_input_step_after_other_steps_gates_the_whole_stage_and_says_so(tmp_path: Path) -> None:
+    source = _stage("        sh 'make'\n        input 'Ship it?'\n        sh 'ship'")
+    code, err, text = _minimal(tmp_path, source)
+    assert code == 1
+    assert "which now run after the approval" in err
+    assert 'approval=pk.Approval(message="Ship it?")' in text
+    assert text.index('ctx.sh("make")') < text.index('ctx.sh("ship")')

@@ -17,6 +17,7 @@ ROOT = Path(__file__).parent.parent
 
 #: The public names: the pin. Adding or removing one is a decision, made here and in pipekit/__init__.py.
 PUBLIC = [
+    "Approval",
     "BackendError",
     "BuildFailed",
     "BuildKitUnavailable",
@@ -26,8 +27,10 @@ PUBLIC = [
     "Context",
     "Credentials",
     "CycleError",
+    "Decision",
     "DuplicateStageError",
     "EngineUnavailable",
+    "Environment",
     "FailedTest",
     "Image",
     "ImageNotFound",

@@ -281,6 +281,8 @@ _SAMPLES: dict[str, tuple[Any, str, Any]] = {
     "placement": (["node.role==worker"], "placement", ("node.role==worker",)),
     "workdir": ("frontend", "workdir", "frontend"),
     "workspace": (False, "workspace", False),
+    "approval": (pk.Approval(message="Ship?"), "approval", pk.Approval(message="Ship?")),
+    "environment": ("production", "environment", pk.Environment("production")),
 }
 
 

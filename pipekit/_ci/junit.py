@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pipekit._ci.output import how_to_approve
 from pipekit._core.results import RunResult, StageResult, StageStatus
 from pipekit._core.testreport import TestCase, TestReport
 
@@ -66,7 +67,7 @@ def _fmt(seconds: float | None) -> str:
     return f"{seconds or 0.0:.3f}"
 
 
-def _stage_case(suite: ET.Element, classname: str, r: StageResult) -> str:
+def _stage_case(suite: ET.Element, classname: str, r: StageResult, run_id: str) -> str:
     case = ET.SubElement(suite, "testcase", classname=classname, name=r.name, time=_fmt(r.duration_s))
     error = r.error or ""
     first = next((line for line in error.splitlines() if line.strip()), r.status.value)
@@ -74,6 +75,9 @@ def _stage_case(suite: ET.Element, classname: str, r: StageResult) -> str:
         node = ET.SubElement(case, "failure", message=first, type=f"pipekit.{r.status.value}")
         node.text = error
         return "failure"
+    if r.status == S.AWAITING:
+        ET.SubElement(case, "skipped", message=f"{r.reason or 'awaiting approval'}; {how_to_approve(run_id, r.name)}")
+        return "skipped"
     if r.status in (S.SKIPPED, S.CANCELLED, S.ALLOWED_FAILURE):
         why = r.reason or (f"failed, and allowed to fail: {first}" if r.status == S.ALLOWED_FAILURE else r.status.value)
         ET.SubElement(case, "skipped", message=why)
@@ -118,7 +122,7 @@ def junit_xml(pipeline: str, run_id: str, stages: Mapping[str, StageResult], rep
     suite = ET.SubElement(root, "testsuite", name=f"pipekit: {pipeline}")
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="run_id", value=run_id)
-    outcomes = [_stage_case(suite, f"pipekit.{pipeline}", r) for r in stages.values()]
+    outcomes = [_stage_case(suite, f"pipekit.{pipeline}", r, run_id) for r in stages.values()]
     suite.set("tests", str(len(outcomes)))
     suite.set("failures", str(outcomes.count("failure")))
     suite.set("errors", "0")
@@ -139,7 +143,14 @@ def junit_xml(pipeline: str, run_id: str, stages: Mapping[str, StageResult], rep
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-_ICONS = {"succeeded": "✅", "cached": "✅", "restored": "✅", "failed": "❌", "interrupted": "❌"}
+_ICONS = {
+    "succeeded": "✅",
+    "cached": "✅",
+    "restored": "✅",
+    "failed": "❌",
+    "interrupted": "❌",
+    "awaiting_approval": "⏸️",
+}
 
 
 def _cell(text: str) -> str:
@@ -159,6 +170,10 @@ def github_summary(result: RunResult, report: CiReport) -> str:
         status = r.status.value + (f" ({_cell(r.reason)})" if r.reason else "")
         took = f"{r.duration_s:.2f} s" if r.duration_s is not None else "-"
         out.append(f"| {_cell(r.name)} | {icon} {status} | {took} |")
+    awaiting = [r.name for r in result.stages.values() if r.status == S.AWAITING]
+    if awaiting:
+        out += ["", "**Awaiting approval**", ""]
+        out += [f"- `{_cell(name)}`: {how_to_approve(result.run_id, name)}" for name in awaiting]
     if report.tests:
         out += ["", "**Tests**", ""]
         for stage, reports in report.tests.items():

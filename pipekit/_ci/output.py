@@ -23,7 +23,7 @@ from pipekit._console.log import ConsoleRenderer, EventDict
 from pipekit._core.streams import Captured
 from pipekit._core.util import slug
 
-__all__ = ["CI_NAMES", "GITLAB_SECTION", "detect", "gh_data", "gh_property", "renderer_for"]
+__all__ = ["CI_NAMES", "GITLAB_SECTION", "detect", "gh_data", "gh_property", "how_to_approve", "renderer_for"]
 
 CI_NAMES = ("github", "gitlab", "jenkins", "none")
 ESC = "\x1b"
@@ -56,6 +56,14 @@ def GITLAB_SECTION(edge: str, when: int, name: str, header: str = "", collapsed:
     return f"{ESC}[0Ksection_{edge}:{when}:{name}{options}\r{ESC}[0K{header}"
 
 
+def how_to_approve(run_id: str, stage: str) -> str:
+    """What to do about a gate a run in a CI left awaiting approval (docs/approvals.md#in-a-ci)."""
+    return (
+        f"approve with `pipekit approve {run_id} {stage}` where the run's .pipekit/ is, then `pipekit run --resume"
+        f" {run_id}`; or run this job again with PIPEKIT_APPROVE={stage} (the --approve option)"
+    )
+
+
 class JenkinsRenderer(ConsoleRenderer):
     """The console lines with a ``[stage]`` prefix, the way Jenkins' own steps print."""
 
@@ -74,6 +82,7 @@ class GroupedRenderer(ConsoleRenderer):
         self._clock = clock
         self._kept: dict[str, Captured] = {}
         self._begun: dict[str, int] = {}
+        self._run_id = "RUN"
 
     def _keep(self, stage: str, text: str) -> str:
         kept = self._kept.setdefault(stage, Captured())
@@ -83,6 +92,8 @@ class GroupedRenderer(ConsoleRenderer):
     def __call__(self, logger: Any, name: str, ed: EventDict) -> str:
         stage, event = ed.get("stage"), ed.get("event")
         if stage is None:
+            if event == "run started":
+                self._run_id = str(ed.get("run_id") or self._run_id)
             return super().__call__(logger, name, ed)
         if event == "stage started":
             self._begun[stage] = int(self._clock())
@@ -126,6 +137,14 @@ class GroupedRenderer(ConsoleRenderer):
             lines += [f"{self._prefix(stage)}   {line}" for line in str(error).splitlines()]
             if self.ci == "github":
                 lines.append(self._annotation(stage, str(error)))
+        if status == "awaiting_approval":
+            hint = how_to_approve(self._run_id, stage)
+            if self.ci == "github":
+                lines.append(f"::notice title={gh_property(f'pipekit: {stage} awaits approval')}::{gh_data(hint)}")
+            else:  # an open section of its own, so that it stands out in the job's log
+                now, key = int(self._clock()), f"pipekit_approval_{slug(stage)}"
+                head = f"{self._prefix(stage)} awaits approval"
+                lines += [GITLAB_SECTION("start", now, key, head), f"  {hint}", GITLAB_SECTION("end", now, key)]
         return "\n".join(lines)
 
     def _annotation(self, stage: str, error: str) -> str:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import IO, Any
 
+import attrs
 import click
 
 from pipekit._ci.output import detect as detect_ci
@@ -242,11 +243,42 @@ def _request(args: SimpleNamespace, out: IO[str], err: IO[str]) -> RunRequest:
         keep_failed=args.keep_failed,
         argv=args.argv,
         warn=lambda message: print_error(err, f"warning: {message}"),
+        approve=tuple(args.approve),
+        approval_params=parse_param_args(args.approval_param),
     )
 
 
+def _prompter(request: RunRequest, out: IO[str], view: Callable[[], Any]) -> Any:
+    """On a terminal (not in a CI, console output), the question asked at an undecided gate;
+    ``view()``: the run's live view, when it has one (the question is printed through it)."""
+    import sys
+
+    try:
+        terminal = sys.stdin.isatty() and out.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if not terminal or request.ci != "none" or request.log_format != "console":
+        return None
+    from pipekit._console.prompt import TerminalPrompt
+    from pipekit._history.approvals import may_decide
+    from pipekit._run.gates import current_user
+
+    def write(text: str) -> None:
+        live = view()
+        if live is not None:
+            live.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=out, flush=True)
+
+    return TerminalPrompt(sys.stdin.fileno(), write, current_user(), may_decide)
+
+
 def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
-    run = setup(_request(args, out, err))
+    request = _request(args, out, err)
+    made: list[Any] = []  # the run, once set up: its live view prints the question
+    prompter = _prompter(request, out, lambda: made[0].view if made else None)
+    run = setup(attrs.evolve(request, prompter=prompter))
+    made.append(run)
     if run.errors:
         for e in run.errors:
             print_error(err, f"{type(e).__name__}: {e}")
@@ -259,6 +291,11 @@ def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     with _signals_raise():
         collector_on()  # start-up is over (the pipeline is loaded and planned)
         result = run_setup(run)
+    for name, r in result.stages.items():
+        if r.status == "awaiting_approval":
+            print_error(
+                err, f"'{name}' awaits approval: pipekit approve {result.run_id} {name}, then pipekit run --resume"
+            )
     return result.exit_code
 
 
@@ -338,6 +375,19 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     metavar="HOST[:PORT]",
     envvar="PIPEKIT_REGISTRY",
     help="Where images the run builds travel to the swarm's nodes (login: PIPEKIT_REGISTRY_USER/_PASSWORD).",
+)
+@click.option(
+    "--approve",
+    multiple=True,
+    metavar="STAGE",
+    envvar="PIPEKIT_APPROVE",
+    help="Approve STAGE's gate (pk.Approval) before the run, as this user (repeatable; PIPEKIT_APPROVE=a b).",
+)
+@click.option(
+    "--approval-param",
+    multiple=True,
+    metavar="STAGE.NAME=VALUE",
+    help="A value an --approve'd gate asks for (repeatable).",
 )
 @PARAM_OPTION
 @SECRETS_FILE_OPTION

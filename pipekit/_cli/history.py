@@ -12,6 +12,7 @@ from typing import IO, Any
 import click
 
 from pipekit._cli.options import CACHE_REGISTRY_OPTION, SECRETS_FILE_OPTION, backend_option, dispatch, file_option
+from pipekit._history.approvals import gate_lines
 from pipekit._history.store import History
 from pipekit._run.runner import container_backend, open_history
 from pipekit.backend import CacheVolume, CacheVolumes, Sweeps
@@ -129,6 +130,10 @@ def cmd_show(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
                 )
             )
         table(rows, out)
+        gates = gate_lines(history, run.id)
+        if gates:
+            print("\napprovals:", file=out)
+            print("\n".join(gates), file=out)
         for st in stages:
             if st.reason and "\n" in st.reason.strip():
                 print(f"\nnote on {st.name}:", file=out)

@@ -2,7 +2,8 @@
 graph | validate | completion``.
 
 Exit codes: 0 success, 1 a stage failed, 2 the pipeline or the command line is wrong,
-3 the backend (Docker engine) is not usable, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+3 the backend (Docker engine) is not usable, 4 a gate awaits approval, 130 interrupted (SIGINT),
+143 terminated (SIGTERM).
 Only this module turns exceptions into exit codes. Every option can also come from a ``PIPEKIT_*``
 environment variable, and ``pipekit run``'s defaults from ``[tool.pipekit]`` in pyproject.toml.
 """
@@ -21,7 +22,7 @@ from typing import IO, Any
 import click
 
 from pipekit import __version__
-from pipekit._cli import ci, commands, history, init, server, views
+from pipekit._cli import approvals, ci, commands, history, init, server, views
 from pipekit._cli.config import command_defaults
 from pipekit._cli.history import CONTEXT, print_error
 from pipekit._core.util import EXIT_INTERRUPTED, collector_on
@@ -38,7 +39,7 @@ def cli() -> None:
         collector_on()  # (a run turns it on once its pipeline is loaded and planned)
 
 
-for module in (commands, history, ci, init, views, server):  # each module adds its own commands
+for module in (commands, history, approvals, ci, init, views, server):  # each module adds its own commands
     module.register(cli)
 
 

@@ -37,6 +37,7 @@ SYMBOLS = {
     "failed": ("✘", "bold red"),
     "interrupted": ("✘", "bold red"),
     "allowed_failure": ("!", "yellow"),
+    "awaiting_approval": ("?", "bold yellow"),
     "skipped": ("○", "dim"),
     "cancelled": ("○", "magenta"),
 }

@@ -62,6 +62,7 @@ def _status_mark(status: str) -> str:
         "skipped": "skipped",
         "cancelled": "cancelled",
         "allowed_failure": "failed (allowed to fail)",
+        "awaiting_approval": "AWAITING APPROVAL",
         "running": "started",
     }.get(status, status)
 
@@ -74,6 +75,7 @@ _COLOURS = {
     "failed": "1;31",
     "interrupted": "1;31",
     "allowed_failure": "33",
+    "awaiting_approval": "1;33",
     "skipped": "2",
     "cancelled": "35",
     "running": "36",

@@ -12,7 +12,12 @@ from typing import Any
 
 import attrs
 
-__all__ = ["RunResult", "RunStatus", "StageResult", "StageStatus", "masked"]
+__all__ = ["EXIT_AWAITING", "RunResult", "RunStatus", "StageResult", "StageStatus", "masked"]
+
+
+#: the exit code of a run that ended with a gate awaiting approval (and nothing failed): ``pipekit
+#: approve RUN STAGE``, then ``pipekit run --resume RUN``
+EXIT_AWAITING = 4
 
 
 class _TextEnum(str, enum.Enum):
@@ -37,6 +42,8 @@ class StageStatus(_TextEnum):
     CACHED = "cached"
     RESTORED = "restored"
     INTERRUPTED = "interrupted"
+    #: a gated stage that nobody approved yet (``pipekit approve``); the run ended without it
+    AWAITING = "awaiting_approval"
 
     @property
     def ok(self) -> bool:
@@ -49,6 +56,8 @@ class RunStatus(_TextEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    #: nothing failed, and a gate awaits approval: exit code ``EXIT_AWAITING``
+    AWAITING = "awaiting_approval"
 
 
 @attrs.frozen
@@ -95,6 +104,8 @@ class RunResult:
     def exit_code(self) -> int:
         if self.engine_lost:
             return 3
+        if self.status == RunStatus.AWAITING:
+            return EXIT_AWAITING
         return 0 if self.status == RunStatus.SUCCEEDED else 1
 
     def __getitem__(self, stage: str) -> StageResult:

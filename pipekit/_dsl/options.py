@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from pipekit._dsl.approval import Approval, Environment
 from pipekit._dsl.cache import CacheInputs
 from pipekit._dsl.control import Resources, Service, check_placement, parse_duration
 from pipekit.exceptions import PipelineError
@@ -145,3 +146,18 @@ check_resources = instance_of(Resources, "resources= takes pk.Resources(cpus=...
 
 def check_stage_placement(value: Sequence[str], site: Site) -> tuple[str, ...]:
     return check_placement(value, site.bad)
+
+
+def check_approval(value: Approval | None, site: Site) -> Approval | None:
+    if value is not None and not isinstance(value, Approval):
+        raise site.bad(f"approval= takes pk.Approval(message=..., approvers=[...]), got {value!r}")
+    return value
+
+
+def check_environment(value: str | Environment | None, site: Site) -> Environment | None:
+    if value is None or isinstance(value, Environment):
+        return value
+    try:
+        return Environment(value)
+    except PipelineError as e:
+        raise site.bad(f"environment= {e.message}") from None

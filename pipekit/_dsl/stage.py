@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, overload
 
 import attrs
 
+from pipekit._dsl.approval import Approval, Environment
 from pipekit._dsl.cache import CacheInputs
 from pipekit._dsl.conditions import Condition, to_condition
 from pipekit._dsl.control import PostAction, Resources, Service, check_placement, normalize_post
@@ -21,10 +22,12 @@ from pipekit._dsl.options import (
     Option,
     Site,
     check_allow_failure,
+    check_approval,
     check_backoff,
     check_cache,
     check_cache_dirs,
     check_dockerfile,
+    check_environment,
     check_resource,
     check_resources,
     check_retries,
@@ -104,6 +107,8 @@ class Stage:
     workspace: bool = True  # False: no workspace in the container; commands start in the image's WORKDIR
     resources: Resources | None = None  # limits (cpus, memory, pids); the pipeline's when None
     placement: tuple[str, ...] = ()  # Swarm constraints (node.labels.gpu==true); the pipeline's when empty
+    approval: Approval | None = None  # a person approves before the stage starts
+    environment: Environment | None = None  # where the stage deploys: one run at a time per environment
     # set on the instances of a matrix stage:
     group: str | None = None
     matrix_values: Mapping[str, Any] | None = None
@@ -285,6 +290,23 @@ STAGE_OPTIONS: tuple[Option, ...] = (
         " smoke tests of a built image ([images](images.md#smoke-testing-the-image-itself)). Needs an image.",
         check_workspace,
     ),
+    Option(
+        "approval",
+        "Approval | None",
+        None,
+        '`pk.Approval(message=..., approvers=[...], timeout="24h", params=[...])`: a person approves before the'
+        " stage starts ([approvals](approvals.md))",
+        check_approval,
+    ),
+    Option(
+        "environment",
+        "str | Environment | None",
+        None,
+        'the environment the stage deploys to (`"production"`, or `pk.Environment("production", queue="newest")`):'
+        " one run at a time per environment, recorded for `pipekit deployments`"
+        " ([approvals](approvals.md#environments))",
+        check_environment,
+    ),
 )
 
 
@@ -315,6 +337,8 @@ class StageOptions(TypedDict, total=False):
     placement: Sequence[str]
     workdir: str | None
     workspace: bool
+    approval: Approval | None
+    environment: str | Environment | None
 
 
 def _make_stage(fn: Callable[..., Any], **options: Any) -> Stage:

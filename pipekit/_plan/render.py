@@ -19,6 +19,7 @@ FILLS = {
     "failed": "#ffebe9",
     "interrupted": "#ffebe9",
     "allowed_failure": "#fff8c5",
+    "awaiting_approval": "#fff8c5",
     "skipped": "#eaeef2",
     "cancelled": "#eaeef2",
 }

@@ -68,6 +68,7 @@ class Preparer:
             and s.cache is None
             and not s.image_from
             and not s.dockerfile
+            and s.approval is None  # nothing is held while a gate waits
         )
 
     def consider(

@@ -18,6 +18,7 @@ from pipekit._backends.docker.engine import WORKDIR
 from pipekit._core.safefile import PRIVATE, Beneath, UnsafePath
 from pipekit._core.testreport import TestReport, parse_junit_data
 from pipekit._core.util import EXIT_KILLED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND
+from pipekit._dsl.approval import Decision
 from pipekit._dsl.conditions import glob_match
 from pipekit._dsl.params import Params
 from pipekit._dsl.secrets import Masker, Secret, SecretStore
@@ -102,6 +103,7 @@ class StageScope:
     records: StageRecords = attrs.field(factory=lambda: MemoryRecords(), repr=False)
     matrix: Mapping[str, Any] = attrs.field(factory=dict)
     image_map: Mapping[str, str] = attrs.field(factory=dict)  # --image-map, for the FROM lines of builds
+    approval: Any = None  # the Decision that opened the stage's gate; None: no gate
 
 
 TAIL_LINES = 20
@@ -112,7 +114,7 @@ STALE_SLACK_S = 2.0
 
 class Context:
     """What a stage sees of its run: ``sh``, ``env``, ``stage``, ``run_id``, ``workspace``, ``log``,
-    ``params``, ``docker`` (build, tag, push, pull, run images) and ``secret(name)``."""
+    ``params``, ``approval``, ``docker`` (build, tag, push, pull, run images) and ``secret(name)``."""
 
     def __init__(
         self,
@@ -131,6 +133,9 @@ class Context:
         self.image = handle.spec.image
         self.params = scope.params
         self.matrix: Mapping[str, Any] = dict(scope.matrix)
+        #: the decision that opened the stage's approval gate: ``.by``, ``.params``, ``.when``
+        #: (``pk.Approval``, docs/approvals.md); None for a stage without a gate
+        self.approval: Decision | None = scope.approval
         self._records = scope.records
         self._secrets = scope.secrets
         self._backend = backend

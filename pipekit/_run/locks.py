@@ -31,8 +31,14 @@ class ResourceLock:
         self.path = lock_dir() / f"{digest}.lock"
         self._fd: int | None = None
 
-    def acquire(self, cancelled: threading.Event, on_wait: Callable[[], None] | None = None, poll: float = 0.1) -> bool:
-        """Block until held (True) or until ``cancelled`` is set (False)."""
+    def acquire(
+        self,
+        cancelled: threading.Event,
+        on_wait: Callable[[], None] | None = None,
+        poll: float = 0.1,
+        give_up: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Block until held (True), or until ``cancelled`` is set or ``give_up()`` says so (False)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         waited = False
         while True:
@@ -44,7 +50,7 @@ class ResourceLock:
                 if not waited and on_wait is not None:
                     on_wait()
                 waited = True
-            if cancelled.is_set():
+            if cancelled.is_set() or (give_up is not None and give_up()):
                 os.close(fd)
                 return False
             time.sleep(poll)

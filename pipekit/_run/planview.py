@@ -189,6 +189,9 @@ def decide(lookup: PlanLookup, info: Any, history: Any) -> list[Decision]:
         if stopped is not None:
             out.append(Decision(**base, decision="skip", why=stopped))
             continue
+        if r.stage.approval is not None:  # its gate decides, as the run goes
+            gate = f"once approved ({r.stage.approval.message})"
+            not_restored = "; ".join(w for w in (not_restored, gate) if w)
         if r.stage.cache is None:
             out.append(Decision(**base, decision="run", why=not_restored))
             continue

@@ -23,6 +23,7 @@ from pipekit._dsl.secrets import SecretStore
 from pipekit._plan.graph import Plan
 from pipekit._plan.resolve import ResolvedPlan, ResolvedStage
 from pipekit._run.context import StageRecords, StageScope
+from pipekit._run.gates import Gates
 from pipekit.backend import ImageBackend, StageBackend
 
 __all__ = ["CacheLookup", "Releases", "Run", "RunObserver"]
@@ -79,6 +80,7 @@ class Run:
     files: FileDigests = attrs.field(
         default=attrs.Factory(lambda self: FileDigests(self.resolved.workspace), takes_self=True)
     )
+    gates: Gates = attrs.field(factory=lambda: Gates(""))  # approval gates and environments
 
     def backend_for(self, r: ResolvedStage) -> StageBackend:
         """Where a stage runs: chosen by capability, never by type."""

@@ -20,6 +20,7 @@ from pipekit._core.util import write_file
 from pipekit._dsl.conditions import glob_filter
 from pipekit._plan.preflight import check as preflight
 from pipekit._run.context import MaskedRecords, MemoryRecords, StageRecords
+from pipekit._run.gates import Gates
 from pipekit._run.run import CacheLookup, Run, RunObserver
 from pipekit._run.scheduler import Scheduler
 from pipekit._run.session import RunRequest, RunSetup, container_backend, setup
@@ -68,6 +69,7 @@ class _Recording:
     cache: CacheLookup | None = None
     restore: dict[str, tuple[str, str]] = attrs.field(factory=dict)
     history: Any = None
+    resumed_from: str | None = None
 
 
 def _recording(setup: RunSetup, backend: Any) -> _Recording:
@@ -85,6 +87,7 @@ def _recording(setup: RunSetup, backend: Any) -> _Recording:
     rec = _Recording(history=history)
     try:
         resumed_from, rec.restore = setup.resumed(history)
+        rec.resumed_from = resumed_from
     except BaseException:
         history.close()
         raise
@@ -138,6 +141,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
     backend = setup.backend
     timeout = setup.timeout
     _ = setup.plan  # raises the first pipeline error, before anything is checked or recorded
+    decided = setup.pre_approvals()  # --approve: checked before anything starts
     rec = _recording(setup, backend) if r.record else _Recording()
     sweep = None
     shared = None
@@ -151,25 +155,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
         check_images = r.check_images and resolved.needs_container_backend
         preflight(resolved, setup.secrets, backend if check_images else None, backend, r.warn)
         report = _ci_report(rec.records or r.records or MemoryRecords(), setup) if r.junit or r.ci == "github" else None
-        run = Run(
-            run_id=setup.run_id,
-            resolved=resolved,
-            backend=backend,
-            host=_host_backend(r.host, backend),
-            images=backend,
-            secrets=setup.secrets,
-            params=setup.params,
-            records=MaskedRecords(
-                _captured(shared, report or rec.records or r.records or MemoryRecords()), setup.secrets.masker
-            ),
-            log=setup.logger(rec.processors),
-            cache=rec.cache,
-            record_outputs=r.record or bool(observers),
-            clock=r.clock or time.monotonic,
-            keep_failed=r.keep_failed,
-            shared=shared,
-            files=files,
-        )
+        run = _make_run(setup, rec, resolved, shared, files, decided, report, observed=bool(observers))
         extra = [report] if report is not None else []
         scheduler = Scheduler(
             run, jobs=r.jobs, fail_fast=r.fail_fast, timeout=timeout, observers=[*rec.observers, *observers, *extra]
@@ -192,6 +178,43 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
                 _write_report(setup, rec.history)
             finally:
                 rec.history.close()
+
+
+def _make_run(
+    setup: RunSetup,
+    rec: _Recording,
+    resolved: ResolvedPlan,
+    shared: SharedCache | None,
+    files: FileDigests,
+    decided: dict[str, Any],
+    report: CiReport | None,
+    *,
+    observed: bool,
+) -> Run:
+    """The run's state, from its setup and what the run's start made (history, cache, gates...)."""
+    r = setup.request
+    backend = setup.backend
+    records = report or rec.records or r.records or MemoryRecords()
+    return Run(
+        run_id=setup.run_id,
+        resolved=resolved,
+        backend=backend,
+        host=_host_backend(r.host, backend),
+        images=backend,
+        secrets=setup.secrets,
+        params=setup.params,
+        records=MaskedRecords(_captured(shared, records), setup.secrets.masker),
+        log=setup.logger(rec.processors),
+        cache=rec.cache,
+        record_outputs=r.record or observed,
+        clock=r.clock or time.monotonic,
+        keep_failed=r.keep_failed,
+        shared=shared,
+        files=files,
+        gates=Gates(
+            setup.run_id, history=rec.history, resumed_from=rec.resumed_from, decided=decided, prompter=r.prompter
+        ),
+    )
 
 
 def shared_cache(setup: RunSetup, history: History | None = None) -> SharedCache | None:

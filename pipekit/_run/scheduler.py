@@ -21,6 +21,7 @@ import attrs
 from pipekit._core.results import RunResult, RunStatus, StageResult, StageStatus, masked
 from pipekit._dsl.control import format_duration
 from pipekit._run.ahead import Preparer
+from pipekit._run.gates import TIMED_OUT, GateAsk, Verdict
 from pipekit._run.outputs import take_restored, taken_result
 from pipekit._run.posts import pipeline_posts
 from pipekit._run.run import Run, RunObserver
@@ -59,6 +60,8 @@ class _Board:
         self.started: list[str] = []
         self.reported: set[str] = set()
         self.stop: _Stop | None = None  # why no more stages start
+        self.approvals: dict[str, Any] = {}  # gated stages approved: their decisions (ctx.approval)
+        self.prompts: dict[Future[Any], tuple[str, Verdict]] = {}  # gates asked at the terminal
         self.warnings: list[str] = []
         self.engine_lost = False
 
@@ -114,6 +117,7 @@ class Scheduler:
         self.fail_fast = fail_fast
         self.timeout = timeout
         self.observers = list(observers)
+        self._prompt_pool: ThreadPoolExecutor | None = None
 
     def execute(self) -> RunResult:
         """Run every stage; returns when all have ended, were skipped or cancelled.
@@ -180,13 +184,18 @@ class Scheduler:
         in_flight: dict[Future[StageResult], StageRun] = {}
         deadline = start + self.timeout if self.timeout else None
         try:
-            while board.ready or in_flight:
+            while board.ready or in_flight or board.prompts:
                 self._start_ready(board, pool, in_flight)
                 running = {sr.name: sr for sr in in_flight.values()}
                 self.preparer.consider(board.started, board.results, board.stop is not None, running)
-                if not in_flight:
+                if not in_flight and not board.prompts:
                     break
-                done, _ = wait(in_flight, timeout=self._wait_timeout(in_flight, deadline), return_when=FIRST_COMPLETED)
+                waited = {*in_flight, *board.prompts}
+                done, _ = wait(waited, timeout=self._wait_timeout(in_flight, deadline), return_when=FIRST_COMPLETED)
+                self._answered(board, in_flight, [f for f in done if f in board.prompts])
+                if board.stop is not None and board.prompts:
+                    self._stop_prompts(board)
+                done = {f for f in done if f in in_flight}
                 now = self.run.clock()
                 if deadline is not None and now >= deadline and board.stop is None:
                     board.stop = _Stop(
@@ -208,6 +217,7 @@ class Scheduler:
             pool.shutdown(wait=False)
             self.preparer.close()
         except BaseException:
+            self._stop_prompts(board)
             self.preparer.close()
             _cancel(in_flight.values())
             pool.shutdown(wait=False, cancel_futures=True)
@@ -227,11 +237,89 @@ class Scheduler:
             _, name = heapq.heappop(board.ready)
             if name in board.results:
                 continue
+            approval = self.run.resolved[name].stage.approval
+            if approval is not None and name not in board.approvals and not self._gate(board, in_flight, name):
+                continue
             board.started.append(name)
             for o in self.observers:
                 o.stage_started(self.run.run_id, name, board.position[name])
-            sr = StageRun(self.run, self.run.resolved[name], dict(board.outputs), self.preparer.take(name))
+            sr = StageRun(
+                self.run,
+                self.run.resolved[name],
+                dict(board.outputs),
+                self.preparer.take(name),
+                board.approvals.get(name),
+            )
             in_flight[pool.submit(sr.execute)] = sr
+
+    # -- approval gates ----------------------------------------------------------------------
+    def _gate(self, board: _Board, in_flight: Mapping[Future[StageResult], StageRun], name: str) -> bool:
+        """A gated stage is ready: True when it may start now (approved); else it failed (rejected,
+        timed out), awaits approval, or is being asked about at the terminal."""
+        gates = self.run.gates
+        approval = self.run.resolved[name].stage.approval
+        assert approval is not None
+        verdict = gates.verdict(name, approval)
+        if verdict.decision is None and verdict.error is None and gates.prompter is not None:
+            ran = [r for r in board.results.values() if r.status.ok or r.status == StageStatus.FAILED]
+            deadline = verdict.since + approval.timeout if approval.timeout else None
+            ask = GateAsk(self.run.run_id, name, approval, tuple(ran), deadline)
+            if self._prompt_pool is None:
+                self._prompt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipekit-prompt")
+            board.prompts[self._prompt_pool.submit(gates.ask, ask)] = (name, verdict)
+            self.run.log.info("awaiting approval", stage=name, message=approval.message)
+            return False
+        return self._gate_decided(board, in_flight, name, verdict)
+
+    def _gate_decided(
+        self, board: _Board, in_flight: Mapping[Future[StageResult], StageRun], name: str, verdict: Verdict
+    ) -> bool:
+        gates = self.run.gates
+        approval = self.run.resolved[name].stage.approval
+        assert approval is not None
+        gates.record(name, approval, verdict)
+        d = verdict.decision
+        if d is not None and d.approved:
+            board.approvals[name] = d
+            self.run.log.info("stage approved", stage=name, by=d.by, via=d.via)
+            return True
+        error = verdict.error or (f"rejected by {d.by}: {d.reason}" if d is not None else None)
+        if error is not None:
+            self.run.log.error("stage finished", stage=name, status=StageStatus.FAILED, error=error)
+            self._settle(board, in_flight, name, StageResult(name, StageStatus.FAILED, error=error))
+            return False
+        reason = f"awaiting approval: {approval.message}"
+        self.run.log.warning("stage finished", stage=name, status=StageStatus.AWAITING, reason=reason)
+        board.record(name, StageResult(name, StageStatus.AWAITING, reason=reason))
+        board.skip_downstream(name, f"not started: '{name}' awaits approval")
+        return False
+
+    def _answered(
+        self, board: _Board, in_flight: Mapping[Future[StageResult], StageRun], done: Sequence[Future[Any]]
+    ) -> None:
+        """Gates answered at the terminal: approved ones become ready, the others settle."""
+        for fut in done:
+            name, asked = board.prompts.pop(fut)
+            try:
+                answer = None if fut.cancelled() else fut.result()
+            except Exception as e:  # the terminal went away: the gate stays awaiting
+                self.run.log.warning("prompt failed", stage=name, error=str(e))
+                answer = None
+            if board.stop is not None:
+                continue  # nothing new starts: the stage is 'not started'
+            if answer == TIMED_OUT or answer is None:
+                approval = self.run.resolved[name].stage.approval
+                timeout = format_duration(approval.timeout or 0) if approval else ""
+                verdict = Verdict(error=f"approval timed out after {timeout}" if answer else None, since=asked.since)
+            else:
+                verdict = Verdict(answer, since=asked.since, new=True)
+            if self._gate_decided(board, in_flight, name, verdict):
+                heapq.heappush(board.ready, (board.position[name], name))
+
+    def _stop_prompts(self, board: _Board) -> None:
+        self.run.gates.stop.set()
+        if self._prompt_pool is not None:
+            self._prompt_pool.shutdown(wait=False, cancel_futures=True)
 
     def _settle(
         self, board: _Board, in_flight: Mapping[Future[StageResult], StageRun], name: str, result: StageResult
@@ -252,6 +340,7 @@ class Scheduler:
         if board.stop is None:
             board.stop = _Stop(StopReason.STAGE_FAILED, f"'{name}' failed")
             self.preparer.drop()  # nothing new starts now
+            self._stop_prompts(board)
             if self.fail_fast:
                 _cancel(in_flight.values())
 
@@ -278,9 +367,11 @@ class Scheduler:
         self.run.releases.wait()  # every stage's container is gone before the pipeline's posts
         reason = f"not started: {board.stop.message}" if board.stop else "not started"
         board.not_started(reason)
+        self._stop_prompts(board)
         failed = any(r.status in (StageStatus.FAILED, StageStatus.CANCELLED) for r in board.results.values())
         timed_out = board.stop is not None and board.stop.reason is StopReason.TIMED_OUT
-        status = RunStatus.FAILED if failed or timed_out else RunStatus.SUCCEEDED
+        awaiting = any(r.status == StageStatus.AWAITING for r in board.results.values())
+        status = RunStatus.FAILED if failed or timed_out else RunStatus.AWAITING if awaiting else RunStatus.SUCCEEDED
         if pipeline_posts(self.run, status, board.results):
             status = RunStatus.FAILED
         self.run.cleanup()

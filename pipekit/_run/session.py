@@ -77,6 +77,10 @@ class RunRequest:
     run_id: str | None = None
     warn: Callable[[str], None] | None = None  # where warnings about the history go
     clock: Callable[[], float] | None = None
+    approve: Sequence[str] = ()  # --approve STAGE: gates approved before the run, by this user
+    approval_params: Mapping[str, str] = attrs.field(factory=dict)  # --approval-param STAGE.NAME=VALUE
+    decisions: Mapping[str, Any] = attrs.field(factory=dict)  # decisions made in code (the pytest plugin)
+    prompter: Any = None  # asks at a gate (pipekit._run.gates.Prompter); None: an undecided gate awaits
 
 
 def _load(request: RunRequest) -> Pipeline:
@@ -182,6 +186,26 @@ class RunSetup:
         if resumed_from is None:
             raise UsageError(f"--resume: no earlier run of {self.pipeline.path} is recorded in {folder}")
         return resumed_from, restorable(history.stages(resumed_from), self.plan.order, resumed_from)
+
+    def pre_approvals(self) -> dict[str, Any]:
+        """The gates decided before the run: ``--approve`` (checked: UsageError) and the request's own."""
+        from pipekit._run.gates import checked_decision, current_user, pre_approvals
+
+        r = self.request
+        if not (r.approve or r.approval_params or r.decisions):
+            return {}
+        gates = {n: self.plan.stage(n).approval for n in self.plan.order}
+        groups = self.plan.groups  # a matrix stage's name stands for each of its instances
+        decided = {
+            n: checked_decision(gates, n, d) for name, d in r.decisions.items() for n in groups.get(name, (name,))
+        }
+        names = [n for name in r.approve for n in groups.get(name, (name,))]
+        params = {}
+        for key, value in r.approval_params.items():
+            stage, dot, rest = key.rpartition(".")
+            params.update({f"{n}{dot}{rest}": value for n in groups.get(stage, (stage,))} if dot else {key: value})
+        decided.update(pre_approvals(gates, names, params, current_user()))
+        return decided
 
     def preflight(self, resolved: ResolvedPlan, warn: Callable[[str], None]) -> None:
         """The checks before a run, for ``validate`` and ``--dry-run``: every missing secret and

@@ -18,11 +18,13 @@ from typing import Any, cast
 import attrs
 
 from pipekit._core.results import StageResult, StageStatus
+from pipekit._dsl.approval import Decision
 from pipekit._dsl.control import Outcome, format_duration
 from pipekit._dsl.matrix import MatrixOutputs, combination_key
 from pipekit._plan.resolve import ResolvedStage
 from pipekit._run.ahead import Ahead
 from pipekit._run.context import Context
+from pipekit._run.gates import EnvironmentLock
 from pipekit._run.locks import ResourceLock
 from pipekit._run.outputs import storable, take_cached, taken_result
 from pipekit._run.posts import call_posts
@@ -59,9 +61,15 @@ class StageRun:
     """Runs one stage of a run, from its cache lookup to its result."""
 
     def __init__(
-        self, run: Run, resolved: ResolvedStage, outputs: Mapping[str, Any], ahead: Ahead | None = None
+        self,
+        run: Run,
+        resolved: ResolvedStage,
+        outputs: Mapping[str, Any],
+        ahead: Ahead | None = None,
+        approval: Decision | None = None,
     ) -> None:
         self.ahead = ahead  # the stage's place, prepared while its upstream stages ran
+        self.approval = approval  # the decision that opened the stage's gate (ctx.approval)
         self.run = run
         self.resolved = resolved
         self.name = resolved.name
@@ -177,13 +185,24 @@ class StageRun:
         self.log.info("stage started", status=StageStatus.RUNNING, image=self.resolved.describe_image())
         s = self.resolved.stage
         lock = ResourceLock(s.resource) if s.resource else None
+        held = EnvironmentLock(s.environment, self.run.run_id) if s.environment else None
+        where = s.environment.name if s.environment else ""
         last, attempts, post_errors = _Attempt(StageStatus.CANCELLED), 0, []
         try:
+            if held is not None and not held.acquire(
+                self.cancelled, lambda: self.log.info("waiting for environment", environment=where)
+            ):
+                if held.superseded:
+                    last.error = f"cancelled: a newer run waits to deploy to {where}"
+                held = None
+                raise _Stopped
             if lock is not None and not lock.acquire(
                 self.cancelled, on_wait=lambda: self.log.info("waiting for resource", resource=s.resource)
             ):
                 lock = None
                 raise _Stopped
+            if s.environment:
+                self.run.gates.deploying(self.name, s.environment.name, self.approval)
             last, attempts = self._attempts()
             if s.post:
                 outcome = Outcome(last.status, s.name, last.error, attempts, round(self.run.clock() - started, 3))
@@ -197,6 +216,9 @@ class StageRun:
             self._keep_or_release(last.status)
             if lock is not None:
                 lock.release()
+            if held is not None:
+                self.run.gates.deployed(self.name, last.status)
+                held.release()
         return self._result(last, attempts, started, key, post_errors)
 
     def _attempts(self) -> tuple[_Attempt, int]:
@@ -328,6 +350,7 @@ class StageRun:
             log=self.log,
             started_at=self.attempt_started_at,
             matrix=self.resolved.stage.matrix_values or {},
+            approval=self.approval,
         )
         return Context(scope, self.backend, handle, stop, sync.bring_back if sync and sync.active else None)
 

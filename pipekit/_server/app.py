@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from pipekit._server import pages
 from pipekit._server.auth import Auth
 from pipekit._server.config import Project, ServerConfig
+from pipekit._server.gates import Asked, decide, deployments_json, gates_json
 from pipekit._server.git import check_commit
 from pipekit._server.limits import MAX_ID, BodyLimit, bounded, same
 from pipekit._server.store import Store
@@ -47,11 +48,11 @@ class _Api:
 
     def __init__(self, config: ServerConfig, store: Store, work: Work, triggers: Triggers) -> None:
         self.config, self.store, self.work, self.triggers = config, store, work, triggers
-        self.auth = Auth(config.token, store, config.session_lifetime)
+        self.auth = Auth(config.logins(), store, config.session_lifetime)
         self.pages = pages
 
     def denied(self) -> Response:
-        return JSONResponse({"error": "the server's token is needed (Authorization: Bearer TOKEN)"}, status_code=401)
+        return JSONResponse({"error": "a user's token is needed (Authorization: Bearer TOKEN)"}, status_code=401)
 
     async def hook(self, request: Request, kind: str) -> Response:
         body = await request.body()
@@ -90,7 +91,8 @@ class _Api:
         if not self.store.first_delivery(keys):
             self.work.log(f"{kind} webhook for {project.name} ignored: delivery {delivery or '(body)'} seen before")
             return JSONResponse({"ignored": "this delivery was received before (a replay starts nothing)"})
-        run, why = await asyncio.to_thread(self.triggers.push, project, ref.removeprefix("refs/heads/"), sha)
+        branch = ref.removeprefix("refs/heads/")
+        run, why = await asyncio.to_thread(self.triggers.push, project, branch, sha, "push", f"webhook:{kind}")
         return JSONResponse({"run": run} if run else {"ignored": why}, status_code=202 if run else 200)
 
     async def github(self, request: Request) -> Response:
@@ -119,7 +121,8 @@ class _Api:
         run = self._found(request)
         if run is None:
             return JSONResponse({"error": "no such run"}, status_code=404)
-        return JSONResponse({**run.to_json(), **self.pages.stages_json(run)})
+        gates = await asyncio.to_thread(gates_json, run)
+        return JSONResponse({**run.to_json(), **self.pages.stages_json(run), "gates": gates})
 
     async def log(self, request: Request) -> Response:
         if not self.auth.may_read(request, self.config.public_read):
@@ -156,18 +159,50 @@ class _Api:
         ok = self.work.cancel(run.id, why="cancelled by a user")
         return self.pages.after_action(request, {"cancelled": ok}, run.id)
 
+    async def me(self, request: Request) -> Response:
+        user = self.auth.reader(request)
+        if user is None:
+            return self.denied()
+        return JSONResponse({"user": user.name, "groups": list(user.groups)})
+
+    async def approvals(self, request: Request) -> Response:
+        """``POST /api/runs/{id}/approvals``: the user's decision on a gate, from a form or JSON."""
+        user = await self.auth.may_act(request)
+        if user is None:
+            return self.denied()
+        run = self._found(request)
+        if run is None:
+            return JSONResponse({"error": "no such run"}, status_code=404)
+        asked = await _asked(request)
+        if isinstance(asked, Response):
+            return asked
+        status, answer = await asyncio.to_thread(decide, self.work, user, run, asked)
+        return self.pages.after_action(request, answer, run.id, status)
+
+    async def deployments(self, request: Request) -> Response:
+        if not self.auth.may_read(request, self.config.public_read):
+            return self.denied()
+        limit = bounded(request.query_params.get("limit"), 100, 1, 1000)
+        if limit is None:
+            return JSONResponse({"error": "limit takes a whole number from 1 to 1000"}, status_code=400)
+        environment = request.query_params.get("environment") or None
+        rows = await asyncio.to_thread(deployments_json, self.store, self.config, environment, limit)
+        return JSONResponse(rows)
+
     async def rerun(self, request: Request) -> Response:
-        if not await self.auth.may_act(request):
+        user = await self.auth.may_act(request)
+        if user is None:
             return self.denied()
         run = self._found(request)
         project = self.config.project(run.project) if run else None
         if run is None or project is None:
             return JSONResponse({"error": "no such run"}, status_code=404)
-        new = self.work.submit(project, run.branch, run.commit, "rerun", dict(run.params))
+        new = self.work.submit(project, run.branch, run.commit, "rerun", dict(run.params), by=user.name)
         return self.pages.after_action(request, {"run": new}, new)
 
     async def trigger(self, request: Request) -> Response:
-        if not await self.auth.may_act(request):
+        user = await self.auth.may_act(request)
+        if user is None:
             return self.denied()
         project = self.config.project(request.path_params["name"])
         if project is None:
@@ -188,13 +223,22 @@ class _Api:
                 return JSONResponse({"error": str(e)}, status_code=502)
         if not sha:
             return JSONResponse({"error": f"{project.name} has no branch {branch}"}, status_code=404)
-        return JSONResponse({"run": self.work.submit(project, branch, sha, "manual", params)}, status_code=202)
+        run = self.work.submit(project, branch, sha, "manual", params, by=user.name)
+        return self.pages.after_action(request, {"run": run}, run, 202)  # a form goes to the run's page
 
 
 async def _manual(request: Request, project: Project) -> tuple[str, dict[str, str], str] | Response:
     """A manual run's branch, params and commit from its JSON body, or the 400 that says what is wrong."""
     body: Any = {}
-    if request.headers.get("content-type", "").startswith("application/json"):
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):  # the page's form
+        from pipekit._server.auth import form
+
+        fields = await form(request)
+        body = {
+            "branch": fields.get("branch"),
+            "params": {k[6:]: v for k, v in fields.items() if k.startswith("param.")},
+        }
+    elif request.headers.get("content-type", "").startswith("application/json"):
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
@@ -214,6 +258,34 @@ async def _manual(request: Request, project: Project) -> tuple[str, dict[str, st
     return branch, {str(k): str(v) for k, v in params.items()}, commit
 
 
+async def _asked(request: Request) -> Asked | Response:
+    """A decision from a form (``stage``, ``decision`` approve/reject, ``reason``, ``param.NAME``) or
+    JSON (``{"stage", "decision", "reason", "params": {...}}``), or the 400 that says what is wrong."""
+    from pipekit._server.auth import form
+
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        fields = await form(request)
+        body: Any = {k: v for k, v in fields.items() if not k.startswith("param.")}
+        body["params"] = {k[6:]: v for k, v in fields.items() if k.startswith("param.")}
+    else:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = None
+    params = body.get("params") or {} if isinstance(body, dict) else None
+    stage, verdict = (body.get("stage"), body.get("decision")) if isinstance(body, dict) else (None, None)
+    if not isinstance(params, dict) or not isinstance(stage, str) or verdict not in ("approve", "reject"):
+        return JSONResponse(
+            {"error": 'the body is {"stage": NAME, "decision": "approve" or "reject", "params": {...}, "reason": ...}'},
+            status_code=400,
+        )
+    reason = body.get("reason")
+    origin = request.client.host if request.client else ""
+    return Asked(
+        stage, verdict == "approve", {str(k): str(v) for k, v in params.items()}, str(reason or "") or None, origin
+    )
+
+
 def make_app(config: ServerConfig, store: Store, work: Work, triggers: Triggers, on_shutdown: Any) -> Any:
     from starlette.applications import Starlette
     from starlette.routing import Route
@@ -222,12 +294,15 @@ def make_app(config: ServerConfig, store: Store, work: Work, triggers: Triggers,
     routes = [
         Route("/hooks/github", api.github, methods=["POST"]),
         Route("/hooks/gitlab", api.gitlab, methods=["POST"]),
+        Route("/api/me", api.me),
         Route("/api/runs", api.list_runs),
         Route("/api/runs/{id:int}", api.one_run),
         Route("/api/runs/{id:int}/log", api.log),
         Route("/api/runs/{id:int}/events", api.events),
         Route("/api/runs/{id:int}/cancel", api.cancel, methods=["POST"]),
         Route("/api/runs/{id:int}/rerun", api.rerun, methods=["POST"]),
+        Route("/api/runs/{id:int}/approvals", api.approvals, methods=["POST"]),
+        Route("/api/deployments", api.deployments),
         Route("/api/projects/{name}/runs", api.trigger, methods=["POST"]),
         *api.pages.routes(config, store, api.auth),
     ]

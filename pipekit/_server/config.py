@@ -19,9 +19,39 @@ import attrs
 
 from pipekit.exceptions import UsageError
 
-__all__ = ["Project", "ServerConfig", "load_config", "with_values"]
+__all__ = ["ADMIN", "EnvironmentRules", "Project", "ServerConfig", "User", "load_config", "with_values"]
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+ADMIN = "admin"  # the user the shared token (``token_env``) logs in as
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@attrs.frozen
+class User:
+    """A named user of the server: ``[users.NAME]`` with a token of their own, from the variable
+    ``token_env`` or as the SHA-256 (hex) of the token (``token_sha256``); ``groups`` for approvers."""
+
+    name: str
+    token_env: str | None = None
+    token_sha256: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class EnvironmentRules:
+    """``[environments.NAME]``: the approval of every stage deploying there (``environment=NAME``),
+    whatever the pipeline says: who may approve, whether the user who triggered the run may, how
+    long the gate waits, the question asked. A stage of that environment without ``approval=`` gets
+    a gate too."""
+
+    name: str
+    approvers: tuple[str, ...] = ()
+    separate_approver: bool = False
+    timeout: float | None = None
+    message: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"approvers": list(self.approvers), "timeout": self.timeout, "message": self.message}
 
 
 @attrs.frozen
@@ -42,6 +72,7 @@ class Project:
     args: tuple[str, ...] = ()  # more `pipekit run` options (-j 8, --backend swarm, ...)
     host_stages: bool = True  # False: a run whose pipeline has a stage without an image fails before it starts
     pass_env: tuple[str, ...] = ()  # the server's variables this project's runs get (its secrets)
+    separate_approver: bool = False  # True: the user who triggered a run may not approve its gates
     values: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)  # those read at start
 
     def secret(self, env_name: str | None) -> str | None:
@@ -62,6 +93,8 @@ class ServerConfig:
     projects: tuple[Project, ...] = ()
     max_webhook_body: int = 25_000_000  # bytes; forms and API bodies are capped at 64 KiB
     session_lifetime: float = 12 * 3600.0  # seconds a login lasts
+    users: tuple[User, ...] = ()
+    environments: tuple[EnvironmentRules, ...] = ()
     values: Mapping[str, str] = attrs.field(factory=dict, repr=False, eq=False)  # secrets read at start
 
     @property
@@ -74,7 +107,10 @@ class ServerConfig:
 
     @property
     def token(self) -> str:
+        """The shared token (the user ``admin``); "" when ``[users]`` are configured and it is not set."""
         value = self.values.get(self.token_env, "")
+        if not value and self.users:
+            return ""
         if len(value) < 16:
             raise UsageError(
                 f"set {self.token_env} to a token of 16 or more characters: every action (trigger, cancel,"
@@ -85,13 +121,111 @@ class ServerConfig:
     def project(self, name: str) -> Project | None:
         return next((p for p in self.projects if p.name == name), None)
 
+    def environment(self, name: str | None) -> EnvironmentRules | None:
+        return next((e for e in self.environments if e.name == name), None)
+
     def hidden_env(self) -> set[str]:
         """The variables the server takes out of its environment: its token, the projects' secrets
         and their ``pass_env`` variables (each run gets its own project's)."""
-        names = {self.token_env}
+        names = {self.token_env} | {u.token_env for u in self.users if u.token_env}
         for p in self.projects:
             names |= {n for n in (p.webhook_secret_env, p.status_token_env) if n} | set(p.pass_env)
         return names
+
+    def logins(self) -> dict[str, User]:
+        """The SHA-256 (hex) of each token, and the user it logs in as (the shared token: ``admin``).
+        A missing or short token, or two users with one token, is a :class:`UsageError`."""
+        found: dict[str, User] = {}
+        if self.token:
+            found[_digest(self.token)] = User(ADMIN)
+        for user in self.users:
+            if user.token_env:
+                value = self.values.get(user.token_env, "")
+                if len(value) < 16:
+                    raise UsageError(
+                        f"set {user.token_env} to a token of 16 or more characters: it is the token of the user"
+                        f" {user.name} ([users.{user.name}] in pipekit-server.toml)"
+                    )
+                digest = _digest(value)
+            else:
+                digest = str(user.token_sha256)
+            if digest in found:
+                raise UsageError(
+                    f"pipekit-server.toml: the users {found[digest].name} and {user.name} have the same token:"
+                    " give each user a token of their own"
+                )
+            found[digest] = user
+        return found
+
+
+def _digest(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _users(tables: Any) -> tuple[User, ...]:
+    if not isinstance(tables, dict):
+        raise UsageError("pipekit-server.toml: users are tables: [users.NAME] with token_env or token_sha256")
+    users = []
+    for name, table in tables.items():
+        where = f"[users.{name}]"
+        if not NAME.match(name) or name == ADMIN:
+            why = "is the shared token's user" if name == ADMIN else "takes letters, digits, '-', '_', '.'"
+            raise UsageError(f"pipekit-server.toml: {where}: a user's name {why}")
+        if not isinstance(table, dict):
+            raise UsageError(f"pipekit-server.toml: {where} is a table (token_env, token_sha256, groups)")
+        unknown = sorted(set(table) - {"token_env", "token_sha256", "groups"})
+        if unknown:
+            raise UsageError(
+                f"pipekit-server.toml: {where} has no key {unknown[0]!r} (keys: groups, token_env, token_sha256)"
+            )
+        env, digest = _typed(table, "token_env", str, where), _typed(table, "token_sha256", str, where)
+        if (env is None) == (digest is None):
+            raise UsageError(
+                f"pipekit-server.toml: {where} needs one of token_env (the variable holding the user's token)"
+                " or token_sha256 (the SHA-256 of the token, in hex)"
+            )
+        if digest is not None and not SHA256.match(digest.lower()):
+            raise UsageError(f"pipekit-server.toml: {where}.token_sha256 takes 64 hex digits (sha256sum of the token)")
+        groups = _typed(table, "groups", list, where) or []
+        if not all(isinstance(g, str) and NAME.match(g) for g in groups):
+            raise UsageError(f"pipekit-server.toml: {where}.groups takes names of letters, digits, '-', '_', '.'")
+        env_names = _names([env] if env else [], f"{where}.token_env")
+        users.append(User(name, env_names[0] if env_names else None, digest.lower() if digest else None, tuple(groups)))
+    return tuple(users)
+
+
+def _environments(tables: Any) -> tuple[EnvironmentRules, ...]:
+    if not isinstance(tables, dict):
+        raise UsageError("pipekit-server.toml: environments are tables: [environments.NAME] with approvers = [...]")
+    found = []
+    for name, table in tables.items():
+        where = f"[environments.{name}]"
+        if not isinstance(table, dict):
+            raise UsageError(
+                f"pipekit-server.toml: {where} is a table (approvers, separate_approver, timeout, message)"
+            )
+        keys = {"approvers", "separate_approver", "timeout", "message"}
+        unknown = sorted(set(table) - keys)
+        if unknown:
+            raise UsageError(
+                f"pipekit-server.toml: {where} has no key {unknown[0]!r} (keys: {', '.join(sorted(keys))})"
+            )
+        approvers = _typed(table, "approvers", list, where) or []
+        if not all(isinstance(a, str) and NAME.match(a) for a in approvers):
+            raise UsageError(f"pipekit-server.toml: {where}.approvers takes names of users or groups")
+        timeout = table.get("timeout")
+        found.append(
+            EnvironmentRules(
+                name=name,
+                approvers=tuple(approvers),
+                separate_approver=bool(_typed(table, "separate_approver", bool, where)),
+                timeout=_duration(timeout, f"{where}.timeout") if timeout is not None else None,
+                message=_typed(table, "message", str, where),
+            )
+        )
+    return tuple(found)
 
 
 def _duration(value: Any, key: str) -> float:
@@ -146,6 +280,7 @@ def _project(table: Mapping[str, Any], base: Path) -> Project:
         args=tuple(str(a) for a in _typed(table, "args", list, where) or ()),
         host_stages=_typed(table, "host_stages", bool, where) is not False,
         pass_env=_names(_typed(table, "pass_env", list, where) or [], f"{where}.pass_env"),
+        separate_approver=bool(_typed(table, "separate_approver", bool, where)),
     )
 
 
@@ -191,6 +326,12 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     if parallel < 1:
         raise UsageError("pipekit-server.toml: [server].max_parallel_runs must be 1 or more")
     lifetime = server.get("session_lifetime")
+    unknown = sorted(set(data) - {"server", "project", "users", "environments"})
+    if unknown:
+        raise UsageError(
+            f"pipekit-server.toml has no table {unknown[0]!r}"
+            " (tables: [server], [users.NAME], [environments.NAME], [[project]])"
+        )
     config = ServerConfig(
         listen=listen,
         state_dir=(file.parent / (_typed(server, "state_dir", str, "[server]") or "/var/lib/pipekit")).resolve(),
@@ -200,6 +341,8 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
         projects=projects,
         max_webhook_body=_size(server.get("max_webhook_body", 25_000_000), "[server].max_webhook_body"),
         session_lifetime=_duration(lifetime, "[server].session_lifetime") if lifetime is not None else 12 * 3600.0,
+        users=_users(data.get("users", {})),
+        environments=_environments(data.get("environments", {})),
     )
     return with_values(config)
 

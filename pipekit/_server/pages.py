@@ -1,5 +1,6 @@
-"""The server's web view: the runs list, a run's page (with the report of the run and its live
-log), logging in and out. The pages are thin: ``server.js`` builds them from the JSON API, every
+"""The server's web view: the runs list, a run's page (with the report of the run, its live log,
+its approval gates with Approve and Reject forms), the deployments, logging in and out. The pages
+are thin: ``server.js`` builds them from the JSON API, every
 element with ``textContent``; a Content-Security-Policy allows nothing but this server.
 """
 
@@ -19,7 +20,7 @@ from pipekit._history.fs import DIRNAME
 from pipekit._server.auth import COOKIE, Auth
 from pipekit._server.auth import form as read_form
 from pipekit._server.config import ServerConfig
-from pipekit._server.store import ENDED, ServerRun, Store
+from pipekit._server.store import AWAITING, ENDED, ServerRun, Store
 from pipekit._server.work import history_of
 
 __all__ = ["after_action", "follow", "routes", "stages_json"]
@@ -33,28 +34,42 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>%TITLE% · pipekit</title>
 <link rel="stylesheet" href="/static/server.css"></head>
 <body data-page="%PAGE%" data-run="%RUN%" data-csrf="%CSRF%">
-<header><a href="/">pipekit</a> <span class="who">%WHO%</span></header>
+<header><a href="/">pipekit</a> <a href="/deployments" id="nav-deployments">Deployments</a>
+<span class="who">%WHO%</span></header>
 <main>%MAIN%</main>
 <script src="/static/server.js"></script>
 </body></html>
 """
 
 LOGIN = """<form method="post" action="/login" class="login"><input type="hidden" name="next" value="%NEXT%">
-<input type="password" name="token" placeholder="server token" autocomplete="current-password" required>
+<input type="password" name="token" placeholder="your token" autocomplete="current-password" required>
 <button>Log in</button></form>"""
 
-LIST = """<h1>Runs</h1>
+TRIGGER = """<form method="post" action="/api/projects/%NAME%/runs" class="trigger">
+<input type="hidden" name="csrf" value="%CSRF%"><input name="branch" value="%BRANCH%" aria-label="branch">
+<button id="trigger-%NAME%">Run %NAME%</button></form>"""
+
+LIST = """<h1>Runs</h1><div class="triggers">%TRIGGERS%</div>
 <div class="filters"><select id="f-project"><option value="">every project</option></select>
 <select id="f-branch"><option value="">every branch</option></select>
 <select id="f-status"><option value="">every status</option></select></div>
 <table id="runs"><thead><tr><th>#</th><th>project</th><th>branch</th><th>commit</th><th>trigger</th><th>status</th>
 <th>started</th><th>duration</th></tr></thead><tbody></tbody></table>"""
 
-RUN = """<h1 id="title">Run %RUN%</h1><p id="facts"></p>%ACTIONS%
+LOGOUT = """<span id="user">%USER%</span>
+<form method="post" action="/logout"><button>Log out</button></form>"""
+
+RUN = """<h1 id="title">Run %RUN%</h1><p id="facts"></p><p id="notice" hidden></p>%ACTIONS%
+<div id="gates"></div>
 <table id="stages"><thead><tr><th>stage</th><th>status</th><th>duration</th><th>error</th></tr></thead>
 <tbody></tbody></table>
 <h2>Live log</h2><pre id="live"></pre>
 <h2>Report</h2><iframe id="report" title="the run's report"></iframe>"""
+
+DEPLOYMENTS = """<h1>Deployments</h1>
+<div class="filters"><select id="f-environment"><option value="">every environment</option></select></div>
+<table id="deployments"><thead><tr><th>environment</th><th>project</th><th>run</th><th>commit</th><th>stage</th>
+<th>approved by</th><th>approved at</th><th>started</th><th>outcome</th></tr></thead><tbody></tbody></table>"""
 
 ACTIONS = """<div class="actions">
 <form method="post" action="/api/runs/%RUN%/cancel"><input type="hidden" name="csrf" value="%CSRF%">
@@ -114,7 +129,7 @@ async def follow(store: Store, run_id: int) -> AsyncIterator[str]:
                 for line in complete.decode("utf-8", "replace").splitlines():
                     sent = True
                     yield f"data: {json.dumps({'stage': path.stem, 'line': line})}\n\n"
-        if run.status in ENDED and not sent:
+        if (run.status in ENDED or run.status == AWAITING) and not sent:
             yield f"event: end\ndata: {json.dumps({'status': run.status})}\n\n"
             return
         if not sent:
@@ -122,13 +137,16 @@ async def follow(store: Store, run_id: int) -> AsyncIterator[str]:
         await asyncio.sleep(0.25)
 
 
-def after_action(request: Any, data: dict[str, Any], run: int) -> Response:
-    """A form post goes back to the run's page; an API call gets JSON."""
+def after_action(request: Any, data: dict[str, Any], run: int, status: int = 200) -> Response:
+    """A form post goes back to the run's page (a refusal shown there); an API call gets JSON."""
+    from urllib.parse import quote
+
     from starlette.responses import JSONResponse, RedirectResponse
 
     if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        return RedirectResponse(f"/runs/{run}", status_code=303)
-    return JSONResponse(data)
+        refused = f"?refused={quote(str(data.get('error', '')))}" if status >= 400 else ""
+        return RedirectResponse(f"/runs/{run}{refused}", status_code=303)
+    return JSONResponse(data, status_code=status)
 
 
 class _Pages:
@@ -137,12 +155,18 @@ class _Pages:
 
     def page(self, request: Request, title: str, kind: str, body: str, run: str = "") -> Response:
         cookie = request.cookies.get(COOKIE)
-        logged_in = self.auth.session_ok(cookie)
+        user = self.auth.session_user(cookie)
+        logged_in = user is not None
         csrf = self.auth.csrf(cookie) if logged_in and cookie else ""
         if not logged_in and not self.config.public_read:
             body, kind = "<h1>Log in</h1>", "login"
-        who = '<form method="post" action="/logout"><button>Log out</button></form>' if logged_in else LOGIN
+        who = LOGOUT.replace("%USER%", html.escape(user.name)) if user is not None else LOGIN
         actions = ACTIONS.replace("%RUN%", run).replace("%CSRF%", csrf) if logged_in else ""
+        triggers = "".join(
+            TRIGGER.replace("%NAME%", html.escape(p.name)).replace("%BRANCH%", html.escape(p.branches[0]))
+            for p in self.config.projects
+        )
+        body = body.replace("%TRIGGERS%", triggers if logged_in else "")
         text = PAGE.replace("%MAIN%", body.replace("%ACTIONS%", actions)).replace("%WHO%", who)
         text = text.replace("%NEXT%", html.escape(request.url.path)).replace("%TITLE%", html.escape(title))
         text = text.replace("%PAGE%", kind).replace("%RUN%", run).replace("%CSRF%", csrf)
@@ -150,6 +174,9 @@ class _Pages:
 
     async def runs_page(self, request: Request) -> Response:
         return self.page(request, "Runs", "runs", LIST)
+
+    async def deployments_page(self, request: Request) -> Response:
+        return self.page(request, "Deployments", "deployments", DEPLOYMENTS)
 
     async def run_page(self, request: Request) -> Response:
         run = str(request.path_params["id"])
@@ -176,13 +203,14 @@ class _Pages:
         form = await read_form(request)
         target = str(form.get("next") or "/")
         target = target if target.startswith("/") and not target.startswith("//") else "/"
-        if not self.auth.token_ok(str(form.get("token", ""))):
+        user = self.auth.user_of_token(str(form.get("token", "")))
+        if user is None:
             await asyncio.sleep(0.5)  # a guess costs time
             return RedirectResponse(f"{target}?login=failed", status_code=303)
         response = RedirectResponse(target, status_code=303)
         lifetime = int(self.auth.lifetime)
         response.set_cookie(
-            COOKIE, self.auth.new_session(), max_age=lifetime, httponly=True, samesite="strict", path="/",
+            COOKIE, self.auth.new_session(user), max_age=lifetime, httponly=True, samesite="strict", path="/",
             secure=_https(request),
         )  # fmt: skip
         return response
@@ -218,6 +246,7 @@ def routes(config: ServerConfig, store: Store, auth: Auth) -> list[Any]:
     return [
         Route("/", pages.runs_page),
         Route("/runs/{id:int}", pages.run_page),
+        Route("/deployments", pages.deployments_page),
         Route("/runs/{id:int}/report", pages.report),
         Route("/login", pages.login, methods=["POST"]),
         Route("/logout", pages.logout, methods=["POST"]),

@@ -38,7 +38,7 @@ def build(config: ServerConfig) -> tuple[Any, Any, Any]:
     from pipekit._server.triggers import Triggers
     from pipekit._server.work import Work
 
-    _ = config.token  # a missing token is an error before anything starts
+    config.logins()  # a missing or short token, two users with one token: an error before anything starts
     store = Store(config.state_dir)
     git = Git(config.state_dir)
     work = Work(config, store, git, _log, f"http://{config.listen}")
@@ -81,7 +81,7 @@ def serve(config_path: str) -> int:
 
     uvicorn = _imports()
     config = load_config(config_path)
-    _ = config.token  # a missing token is an error before anything starts
+    config.logins()  # a missing or short token, two users with one token: an error before anything starts
     # the secrets are in ``config.values`` now: out of this process's environment (and its
     # /proc/PID/environ, which the re-executed image starts without), so no child inherits them
     hide_and_reexec(config.hidden_env(), ["serve", "--config", str(Path(config_path).resolve())])

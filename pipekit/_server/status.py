@@ -1,4 +1,5 @@
-"""Commit statuses: pending, success or failure of a run, reported back to GitHub or GitLab.
+"""Commit statuses: pending, success or failure of a run, reported back to GitHub or GitLab (a run
+whose gate awaits approval is ``pending``, "awaiting approval: STAGE").
 
 GitHub: ``POST {api}/repos/{owner}/{repo}/statuses/{sha}`` with a bearer token. GitLab:
 ``POST {api}/projects/{id}/statuses/{sha}`` with a ``PRIVATE-TOKEN``. A status that cannot be
@@ -17,8 +18,14 @@ from pipekit._server.config import Project
 
 __all__ = ["report_status"]
 
-GITHUB = {"pending": "pending", "running": "pending", "succeeded": "success", "failed": "failure"}
-GITLAB = {"pending": "pending", "running": "running", "succeeded": "success", "failed": "failed", "error": "failed"}
+GITHUB = {
+    "pending": "pending", "running": "pending", "awaiting_approval": "pending", "succeeded": "success",
+    "failed": "failure",
+}  # fmt: skip
+GITLAB = {
+    "pending": "pending", "running": "running", "awaiting_approval": "pending", "succeeded": "success",
+    "failed": "failed", "error": "failed",
+}  # fmt: skip
 
 
 def _forge(project: Project) -> str:

@@ -2,7 +2,9 @@
 
 The queue is the ``queued`` rows: a server that stops keeps them and its next start runs them. A
 run is ``queued``, ``running``, then ``succeeded``, ``failed``, ``cancelled``, ``interrupted`` (the
-server stopped while it ran) or ``error`` (it could not start: a checkout failed, a bad pipeline).
+server stopped while it ran) or ``error`` (it could not start: a checkout failed, a bad pipeline);
+or ``awaiting_approval`` (it ran what it could and a gate waits): a decision queues it again, with
+``resume`` set, to continue in the same workspace.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ServerRun", "Store"]
+__all__ = ["AWAITING", "ENDED", "ServerRun", "Store"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -33,15 +35,20 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL,
     run_id TEXT,
     workspace TEXT,
-    error TEXT
+    error TEXT,
+    triggered_by TEXT,
+    resume TEXT
 );
 CREATE TABLE IF NOT EXISTS heads (project TEXT, branch TEXT, sha TEXT, PRIMARY KEY (project, branch));
-CREATE TABLE IF NOT EXISTS sessions (digest TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (digest TEXT PRIMARY KEY, expires REAL NOT NULL, user TEXT, credential TEXT);
+CREATE TABLE IF NOT EXISTS keys (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (key TEXT PRIMARY KEY, received REAL NOT NULL);
 """
+ADDED = {"runs": ("triggered_by", "resume"), "sessions": ("user", "credential")}  # columns newer than the first schema
 DELIVERIES_KEPT = 90 * 86400  # seconds a webhook delivery is remembered (a replay within them is refused)
 
 ENDED = ("succeeded", "failed", "cancelled", "interrupted", "error")
+AWAITING = "awaiting_approval"
 
 
 @attrs.frozen
@@ -59,6 +66,8 @@ class ServerRun:
     run_id: str | None  # pipekit's run id, in the workspace's history
     workspace: str | None
     error: str | None
+    triggered_by: str | None = None  # a user's name (manual runs, re-runs), or webhook:github, server:cron, ...
+    resume: str | None = None  # queued again after a decision on a gate: the pipekit run it continues
 
     @property
     def duration(self) -> float | None:
@@ -81,6 +90,7 @@ class ServerRun:
             "run_id": self.run_id,
             "params": dict(self.params),
             "error": self.error,
+            "triggered_by": self.triggered_by,
         }
 
 
@@ -90,6 +100,11 @@ class Store:
         self._db = sqlite3.connect(state_dir / "server.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.executescript(SCHEMA)
+        for table, columns in ADDED.items():  # a server.db from an older pipekit
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
         self._lock = threading.Lock()
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[ServerRun]:
@@ -97,12 +112,20 @@ class Store:
             rows = self._db.execute(f"SELECT * FROM runs {sql}", args).fetchall()
         return [ServerRun(*r[:6], json.loads(r[6]), *r[7:]) for r in rows]  # type: ignore[call-arg]
 
-    def add(self, project: str, branch: str, commit: str, trigger: str, params: Mapping[str, str] | None = None) -> int:
+    def add(
+        self,
+        project: str,
+        branch: str,
+        commit: str,
+        trigger: str,
+        params: Mapping[str, str] | None = None,
+        by: str | None = None,
+    ) -> int:
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO runs (project, branch, commit_sha, trigger, status, params, created)"
-                " VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                (project, branch, commit, trigger, json.dumps(dict(params or {})), time.time()),
+                "INSERT INTO runs (project, branch, commit_sha, trigger, status, params, created, triggered_by)"
+                " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (project, branch, commit, trigger, json.dumps(dict(params or {})), time.time(), by),
             )
             return int(cur.lastrowid or 0)
 
@@ -124,6 +147,33 @@ class Store:
     def queued(self) -> list[ServerRun]:
         return self._rows("WHERE status = 'queued' ORDER BY id")
 
+    def holding(self, project: str) -> list[ServerRun]:
+        """The runs that keep their workspace for a resume: awaiting approval, or queued to resume."""
+        return self._rows(
+            "WHERE project = ? AND (status = ? OR (status = 'queued' AND resume IS NOT NULL))", (project, AWAITING)
+        )
+
+    def requeue(self, run: int) -> bool:
+        """A run awaiting approval queued again, to resume its pipekit run (False: it was not awaiting)."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE runs SET status = 'queued', resume = run_id, finished = NULL, error = NULL"
+                " WHERE id = ? AND status = ?",
+                (run, AWAITING),
+            )
+            return cur.rowcount == 1
+
+    def by_run_id(self, run_id: str) -> ServerRun | None:
+        """The server run whose pipekit run (now, or before it resumed) is ``run_id``."""
+        found = self._rows("WHERE run_id = ? OR resume = ? ORDER BY id DESC LIMIT 1", (run_id, run_id))
+        return found[0] if found else None
+
+    def workspaces(self) -> list[tuple[str, str]]:
+        """Every (project, workspace) a run used."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT project, workspace FROM runs WHERE workspace IS NOT NULL")
+            return [(str(p), str(w)) for p, w in rows.fetchall()]
+
     def update(self, run: int, **fields: Any) -> None:
         columns = {"commit": "commit_sha"}
         sets = ", ".join(f"{columns.get(k, k)} = ?" for k in fields)
@@ -134,7 +184,8 @@ class Store:
         """Mark a queued run running (False: it was cancelled meanwhile)."""
         with self._lock:
             cur = self._db.execute(
-                "UPDATE runs SET status = 'running', started = ?, workspace = ? WHERE id = ? AND status = 'queued'",
+                "UPDATE runs SET status = 'running', started = COALESCE(started, ?), workspace = ?"
+                " WHERE id = ? AND status = 'queued'",
                 (time.time(), workspace, run),
             )
             return cur.rowcount == 1
@@ -163,15 +214,33 @@ class Store:
             self._db.execute("INSERT OR REPLACE INTO heads VALUES (?, ?, ?)", (project, branch, sha))
 
     # -- logins: a session is valid while its row is there and not expired; logout deletes it ----
-    def add_session(self, digest: str, expires: float) -> None:
+    def add_session(self, digest: str, expires: float, user: str, credential: str) -> None:
+        """A login of ``user``; ``credential`` stands for the token it logged in with (a MAC of its
+        digest), so that a changed token ends the user's sessions."""
         with self._lock:
             self._db.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
-            self._db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?)", (digest, expires))
+            self._db.execute(
+                "INSERT OR REPLACE INTO sessions (digest, expires, user, credential) VALUES (?, ?, ?, ?)",
+                (digest, expires, user, credential),
+            )
 
-    def session_alive(self, digest: str) -> bool:
+    def session(self, digest: str) -> tuple[str, str] | None:
+        """The user and credential of a live session, or None."""
         with self._lock:
-            row = self._db.execute("SELECT expires FROM sessions WHERE digest = ?", (digest,)).fetchone()
-        return row is not None and float(row[0]) > time.time()
+            row = self._db.execute(
+                "SELECT expires, user, credential FROM sessions WHERE digest = ?", (digest,)
+            ).fetchone()
+        if row is None or float(row[0]) <= time.time() or not row[1] or not row[2]:
+            return None
+        return str(row[1]), str(row[2])
+
+    def key(self, name: str) -> bytes:
+        """A random key of the server's, made the first time it is asked for and kept."""
+        import secrets
+
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO keys VALUES (?, ?)", (name, secrets.token_bytes(32)))
+            return bytes(self._db.execute("SELECT value FROM keys WHERE name = ?", (name,)).fetchone()[0])
 
     def drop_session(self, digest: str) -> None:
         with self._lock:

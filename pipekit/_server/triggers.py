@@ -30,8 +30,11 @@ class Triggers:
         self._schedules: dict[str, list[tuple[Any, str, str]]] = {}  # project -> (croniter, branch, expr)
         self._stop = threading.Event()
 
-    def push(self, project: Project, branch: str, sha: str, trigger: str = "push") -> tuple[int | None, str]:
-        """Queue a run for a push, or say why not."""
+    def push(
+        self, project: Project, branch: str, sha: str, trigger: str = "push", by: str | None = None
+    ) -> tuple[int | None, str]:
+        """Queue a run for a push, or say why not; ``by``: what saw it (``webhook:github``, ``server:poll``)."""
+        by = by or f"server:{trigger}"
         self.store.set_head(project.name, branch, sha)
         if not any(glob_match(b, branch) for b in project.branches):
             why = f"no branch filter of the project matches {branch} (branches: {', '.join(project.branches)})"
@@ -46,7 +49,7 @@ class Triggers:
             declared = self.git.triggers(project, sha)
         except Exception as e:  # a pipeline that does not load: a run recorded with why, never a lost push
             self.log(f"{project.name} {sha[:12]}: {e}")
-            return self.work.refused(project, branch, sha, trigger, str(e) or type(e).__name__), "error"
+            return self.work.refused(project, branch, sha, trigger, str(e) or type(e).__name__, by), "error"
         wanted = [t for t in declared if t["kind"] == "push"]
         if wanted and not any(
             not t.get("branches") or any(glob_match(b, branch) for b in t["branches"]) for t in wanted
@@ -55,7 +58,7 @@ class Triggers:
             why = f"the pipeline's pk.on_push(branches=[{filters}]) does not match {branch}"
             self.log(f"{trigger} to {project.name} {branch} {sha[:12]} ignored: {why}")
             return None, why
-        return self.work.submit(project, branch, sha, trigger), "queued"
+        return self.work.submit(project, branch, sha, trigger, by=by), "queued"
 
     # -- the thread that polls and keeps the schedules --------------------------------------
     def start(self) -> None:
@@ -122,4 +125,4 @@ class Triggers:
                 if sha is None:
                     self.log(f"{project.name}: schedule '{expr}' found no branch {branch}")
                     continue
-                self.work.submit(project, branch, sha, "cron")
+                self.work.submit(project, branch, sha, "cron", by="server:cron")

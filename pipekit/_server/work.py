@@ -8,6 +8,7 @@ containers go, the run is recorded as interrupted) and a server that stops sends
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import subprocess
@@ -18,13 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipekit._core.results import EXIT_AWAITING
 from pipekit._server.config import Project, ServerConfig
 from pipekit._server.env import child_env
 from pipekit._server.git import Git
 from pipekit._server.status import report_status
-from pipekit._server.store import ServerRun, Store
+from pipekit._server.store import AWAITING, ServerRun, Store
 
 __all__ = ["Work"]
+
+EXPIRY_CHECK = 5.0  # seconds between looks for gates past their timeout
 
 
 class _Running:
@@ -58,32 +62,43 @@ class Work:
         self._thread.start()
 
     def submit(
-        self, project: Project, branch: str, commit: str, trigger: str, params: dict[str, str] | None = None
+        self,
+        project: Project,
+        branch: str,
+        commit: str,
+        trigger: str,
+        params: dict[str, str] | None = None,
+        by: str | None = None,
     ) -> int:
+        """Queue a run; ``by``: the user who asked for it, or what started it (``webhook:github``,
+        ``server:poll``, ``server:cron``)."""
         if project.cancel_superseded:
             for older in self.store.runs(project=project.name, branch=branch, limit=1000):
-                if older.status in ("queued", "running"):
+                if older.status in ("queued", "running") and older.resume is None:
                     self.cancel(older.id, why=f"superseded by a newer commit of {branch}")
-        run = self.store.add(project.name, branch, commit, trigger, params)
-        self.log(f"run {run} queued: {project.name} {branch} {commit[:12]} ({trigger})")
+        run = self.store.add(project.name, branch, commit, trigger, params, by)
+        self.log(f"run {run} queued: {project.name} {branch} {commit[:12]} ({trigger}{f' by {by}' if by else ''})")
         self._status(project, commit, "pending", run, "queued")
         self._wake.set()
         return run
 
-    def refused(self, project: Project, branch: str, commit: str, trigger: str, error: str) -> int:
+    def refused(
+        self, project: Project, branch: str, commit: str, trigger: str, error: str, by: str | None = None
+    ) -> int:
         """Record a run that cannot start (its pipeline's triggers could not be read): an error, with why."""
-        run = self.store.add(project.name, branch, commit, trigger)
+        run = self.store.add(project.name, branch, commit, trigger, by=by)
         self.store.update(run, status="error", started=time.time(), finished=time.time(), error=error)
         self.log(f"run {run} error: {error}")
         self._status(project, commit, "error", run, error)
         return run
 
     def cancel(self, run: int, why: str = "cancelled") -> bool:
-        """Cancel a queued run, or stop a running one (SIGINT, as Ctrl-C); False when it has ended."""
+        """Cancel a queued run or one awaiting approval, or stop a running one (SIGINT, as Ctrl-C);
+        False when it has ended."""
         found = self.store.get(run)
-        if found is None or found.status not in ("queued", "running"):
+        if found is None or found.status not in ("queued", "running", AWAITING):
             return False
-        if found.status == "queued":
+        if found.status in ("queued", AWAITING):
             self.store.update(run, status="cancelled", finished=time.time(), error=why)
         with self._lock:
             going = self._running.get(run)
@@ -95,15 +110,25 @@ class Work:
         return True
 
     def _dispatch(self) -> None:
+        checked = 0.0
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
+            if time.monotonic() - checked >= EXPIRY_CHECK:
+                checked = time.monotonic()
+                self._expire()
             for queued in self.store.queued():
                 with self._lock:
                     if len(self._running) >= self.config.max_parallel_runs or self._stop.is_set():
                         break
                     slots = {r.slot for r in self._running.values() if r.run.project == queued.project}
-                    slot = next(i for i in range(len(slots) + 1) if i not in slots)
+                    if queued.resume is not None:  # back in its own workspace, once that is free
+                        slot = _slot(queued.workspace)
+                        if slot in slots:
+                            continue
+                    else:  # the next workspace no run uses or keeps for a resume
+                        slots |= {_slot(r.workspace) for r in self.store.holding(queued.project)}
+                        slot = next(i for i in range(len(slots) + 1) if i not in slots)
                     going = _Running(queued, slot)
                     self._running[queued.id] = going
                 threading.Thread(
@@ -141,7 +166,7 @@ class Work:
             status, error = self._run(project, going)
             self.store.update(run.id, status=status, finished=time.time(), error=error)
             self.log(f"run {run.id} {status}" + (f": {error}" if error else ""))
-            self._status(project, run.commit, status, run.id, error or status)
+            self._status(project, run.commit, status, run.id, error or status.replace("_", " "))
         except Exception as e:  # the server stays up whatever a run does
             self.store.update(run.id, status="error", finished=time.time(), error=str(e))
             self.log(f"run {run.id} could not run: {e}")
@@ -154,13 +179,18 @@ class Work:
 
     def _run(self, project: Project, going: _Running) -> tuple[str, str | None]:
         run = going.run
-        ws = self.git.checkout(project, run.commit, going.slot)
+        # a resume continues in the workspace its run left (kept for it): no checkout, the stages' files stay
+        ws = Path(str(run.workspace)) if run.resume else self.git.checkout(project, run.commit, going.slot)
         refuse = [] if project.host_stages else ["--no-host-stages"]
+        refuse += ["--stage-environments", str(self.environments_file(run.id, project))]
+        if self.config.environments:
+            refuse += ["--environments", json.dumps({e.name: e.as_json() for e in self.config.environments})]
         command = [
             sys.executable, "-m", "pipekit._cli.server_run", *refuse, "--", "-f", str(ws / project.pipeline),
             f"--branch={run.branch}", "--log-format", "json", "--progress", "plain", "--ci", "none", *project.args,
         ]  # fmt: skip
         command += [f"--param={name}={value}" for name, value in run.params.items()]
+        command += [f"--resume={run.resume}"] if run.resume else []
         if project.secrets_file:
             command += [f"--secrets-file={project.secrets_file}"]
         env = child_env(self.config.hidden_env(), project.passed())
@@ -207,6 +237,31 @@ class Work:
             project, commit, state, url, description = self._statuses.get()
             report_status(project, commit, state, url, description, self.log)
 
+    def _expire(self) -> None:
+        """Resume the runs a gate of which timed out while they waited: the resumed run fails that
+        stage ("approval timed out after 24h")."""
+        for run in self.store.runs(status=AWAITING, limit=1000):
+            try:
+                stage = _timed_out(run)
+            except Exception as e:  # a history that cannot be read: the run waits, the server goes on
+                self.log(f"run {run.id}: cannot read its gates: {e}")
+                continue
+            if stage is not None:
+                self.log(f"run {run.id}: the gate of '{stage}' timed out")
+                self.resume(run.id)
+
+    def environments_file(self, run: int, project: Project) -> Path:
+        """Where a run's child writes its stages' environments (for the approval rules)."""
+        return self.git.folder(project) / f"run-{run}.environments.json"
+
+    def resume(self, run: int) -> bool:
+        """After a decision on a gate: queue the run again, to continue where it stopped."""
+        if not self.store.requeue(run):
+            return False
+        self.log(f"run {run} queued to resume after a decision on its gate")
+        self._wake.set()
+        return True
+
     def running(self) -> list[int]:
         with self._lock:
             return list(self._running)
@@ -219,9 +274,34 @@ def _outcome(code: int, going: _Running, stderr: str) -> tuple[str, str | None]:
         return "interrupted", "the server stopped while it ran"
     if code == 0:
         return "succeeded", None
+    if code == EXIT_AWAITING:
+        return AWAITING, None
     if code == 1:
         return "failed", None
     return "error", stderr[-2000:] if stderr else f"pipekit run exited with {code}"
+
+
+def _timed_out(run: ServerRun) -> str | None:
+    """The first stage of ``run`` that awaits approval past its gate's timeout, or None."""
+    from pipekit._history.approvals import gate_of
+
+    history = history_of(run.workspace) if run.run_id else None
+    if history is None or run.run_id is None:
+        return None
+    try:
+        now = time.time()
+        for s in history.stages(run.run_id):
+            gate = gate_of(history, run.run_id, s.name) if str(s.status) == AWAITING else None
+            if gate is not None and gate.timed_out(now):
+                return str(s.name)
+        return None
+    finally:
+        history.close()
+
+
+def _slot(workspace: str | None) -> int:
+    """``ws-3`` -> 3."""
+    return int(Path(workspace or "ws-0").name.rpartition("-")[2])
 
 
 def history_of(workspace: str | None) -> Any:

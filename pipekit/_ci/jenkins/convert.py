@@ -24,6 +24,7 @@ from pipekit import __version__
 from pipekit._ci.jenkins.directives import (
     UNITS,
     agent,
+    approval,
     block,
     condition,
     env_secret,
@@ -340,6 +341,7 @@ class _Converter:
             kwargs["matrix"], kwargs["exclude"] = shape[0], shape[1] or None
         scope = Scope(axes=axes)
         steps, unwrapped = _unwrap((block(node, "steps") or Call("")).block or (), kwargs)
+        steps = self.input_step(steps, kwargs, notes)
         body = unwrapped + self.steps.steps(steps, scope)
         decorator = call("pk.stage", **{k: v for k, v in kwargs.items() if v is not None})
         self.defs.append(Def((decorator,), fn, ("ctx",), (*notes, *body)))
@@ -367,14 +369,38 @@ class _Converter:
         kwargs["post"] = post
         for n in node.block or ():
             if isinstance(n, Call) and n.name == "input":
-                why = "a manual approval (input): pipekit has no approval gate yet; a pk.param can ask before the run"
-                notes.append(self.notes.todo(n.line, why, n.raw))
+                kwargs["approval"] = self.gate(n, notes)
             elif isinstance(n, Call) and n.name == "tools":
                 why = "pipekit installs no tools: run this stage in an image that has these (image=)"
                 notes.append(self.notes.todo(n.line, why, n.raw))
             elif not (isinstance(n, Call) and n.name in STAGE_DIRECTIVES | {"failFast"}):
                 notes.append(self.notes.todo(getattr(n, "line", 0), "this part of the stage is not converted", _raw(n)))
         return kwargs
+
+    def gate(self, node: Call, notes: list[Any]) -> ast.expr:
+        """``input``: the stage's ``approval=``; its parameters become the stage's environment
+        variables, as Jenkins sets them."""
+        made, names, submitter = approval(node, self.notes, notes)
+        self.env_names.update([*names, *([submitter] if submitter else [])])  # set in the stage, as below
+        if names:
+            notes.append(comment(f"Jenkins sets the input's parameters ({', '.join(names)}) as environment variables"))
+            notes.append(ast.parse(_AS_ENV).body[0])
+        if submitter:
+            notes.append(comment(f"input's submitterParameter: who approved, in {submitter}"))
+            notes.append(ast.parse(f"ctx.env[{submitter!r}] = ctx.approval.by").body[0])
+        return made
+
+    def input_step(self, steps: tuple[Any, ...], kwargs: dict[str, Any], notes: list[Any]) -> tuple[Any, ...]:
+        """The stage's first ``input`` step (among its steps, not in a script) as its ``approval=``
+        when it has no stage-level one: the gate then comes before all of the stage's steps."""
+        at = next((i for i, s in enumerate(steps) if isinstance(s, Call) and s.name == "input"), None)
+        if at is None or "approval" in kwargs:
+            return steps
+        if at:
+            why = "the input step came after other steps, which now run after the approval: move them to a stage before"
+            notes.append(self.notes.todo(steps[at].line, why))
+        kwargs["approval"] = self.gate(steps[at], notes)
+        return (*steps[:at], *steps[at + 1 :])
 
     def posts(self, node: Call | None, stage: str | None, notes: list[Any]) -> ast.expr | None:
         """Post actions: functions; for a stage, the ``post=`` mapping (None for none)."""
@@ -399,6 +425,12 @@ class _Converter:
             [value(k) for k in mapping],
             [name(v[0]) if len(v) == 1 else ast.List([name(f) for f in v], ast.Load()) for v in mapping.values()],
         )
+
+
+#: an input's parameters as Jenkins sets them: environment variables, booleans as true/false
+_AS_ENV = (
+    "ctx.env.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in ctx.approval.params.items()})"
+)
 
 
 def _unwrap(steps: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any]]:

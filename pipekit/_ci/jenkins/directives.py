@@ -20,6 +20,7 @@ __all__ = [
     "UNITS",
     "Agent",
     "agent",
+    "approval",
     "block",
     "condition",
     "env_secret",
@@ -184,26 +185,87 @@ def parameters(node: Call | None, notes: Notes) -> list[ast.stmt | Comment]:
             constant, n = f"{pname.upper()}_{n}", n + 1
         used.add(constant)
         target: list[ast.expr] = [ast.Name(constant, ast.Store())]
-        help_text = p.kw("description", "")
-        help_text = help_text if isinstance(help_text, str) else ""
-        default = p.kw("defaultValue")
-        if p.name in ("string", "text") and isinstance(default, (str, type(None))):
-            made: ast.expr = call("pk.param", pname, default=default or "", help=help_text)
-        elif p.name == "booleanParam" and isinstance(default, (bool, type(None))):
-            made = call("pk.param", pname, default=bool(default), help=help_text)
-        elif p.name == "choice" and isinstance(p.kw("choices", []), (str, list)):
-            choices = p.kw("choices", [])
-            choices = choices.splitlines() if isinstance(choices, str) else [str(c) for c in choices]
-            more = f" (one of: {', '.join(choices)})" if choices else ""
-            made = call("pk.param", pname, default=choices[0] if choices else "", help=(help_text + more).strip())
-        elif p.name == "password":
+        if p.name == "password":
             out.append(comment(f"a password parameter: the secret {pname} (Jenkinsfile:{p.line})"))
-            made = call("pk.secret", pname)
+            made: ast.expr | None = call("pk.secret", pname)
         else:
+            made = _param(p, pname)
+        if made is None:
             out.append(notes.todo(p.line, f"the parameter `{p.name}` is not converted", p.raw))
             continue
         out.append(ast.Assign(target, made, lineno=0))
     return out
+
+
+def _param(p: Call, pname: str) -> ast.expr | None:
+    """A Jenkins parameter (``string``, ``text``, ``booleanParam``, ``choice``) as ``pk.param``."""
+    help_text = p.kw("description", "")
+    help_text = help_text if isinstance(help_text, str) else ""
+    default = p.kw("defaultValue")
+    if p.name in ("string", "text") and isinstance(default, (str, type(None))):
+        return call("pk.param", pname, default=default or "", help=help_text)
+    if p.name == "booleanParam" and isinstance(default, (bool, type(None))):
+        return call("pk.param", pname, default=bool(default), help=help_text)
+    if p.name == "choice" and isinstance(p.kw("choices", []), (str, list)):
+        choices = p.kw("choices", [])
+        choices = choices.splitlines() if isinstance(choices, str) else [str(c) for c in choices]
+        more = f" (one of: {', '.join(choices)})" if choices else ""
+        return call("pk.param", pname, default=choices[0] if choices else "", help=(help_text + more).strip())
+    return None
+
+
+_INPUT_FIELDS = ("message", "submitter", "ok", "id", "submitterParameter", "parameters")
+
+
+def approval(node: Call, notes: Notes, out: list[Any]) -> tuple[ast.expr, list[str], str | None]:
+    """Jenkins' ``input`` (a stage's ``input { }``, or the step) as ``pk.Approval(...)``, the
+    names of its parameters and its ``submitterParameter`` (Jenkins sets them as environment
+    variables of the stage)."""
+    fields: dict[str, Any] = {k: v for k, v in node.kwargs if k in _INPUT_FIELDS}
+    for k, v in node.kwargs:
+        if k not in _INPUT_FIELDS:
+            out.append(notes.todo(node.line, f"input's `{k}` is not converted", f"{k}: {v!r}"))
+    for n in node.block or ():
+        if isinstance(n, Call) and n.name in _INPUT_FIELDS:
+            fields[n.name] = n.block or () if n.name == "parameters" else n.first()
+        else:
+            out.append(notes.todo(getattr(n, "line", 0), "this part of input is not converted", _text(n)))
+    kwargs: dict[str, Any] = {}
+    message = fields.get("message", node.first())
+    if isinstance(message, str) and message.strip():
+        kwargs["message"] = message
+    elif message is not None:
+        out.append(notes.todo(node.line, "input's message is not plain text: write the question", _text(message)))
+    submitter = fields.get("submitter")
+    if isinstance(submitter, str):
+        kwargs["approvers"] = [s.strip() for s in submitter.split(",") if s.strip()] or None
+    elif submitter is not None:
+        out.append(notes.todo(node.line, "input's submitter is not plain text: list the approvers", _text(submitter)))
+    if isinstance(fields.get("ok"), str):
+        out.append(comment(f"Jenkins' input button {fields['ok']!r}: pipekit asks to approve or reject"))
+    submitter_parameter = fields.get("submitterParameter")
+    submitter_parameter = submitter_parameter if isinstance(submitter_parameter, str) else None
+    params: list[ast.expr] = []
+    names: list[str] = []
+    given = fields.get("parameters") or ()
+    if not isinstance(given, (list, tuple)):
+        out.append(notes.todo(node.line, "input's parameters are not a list: convert them by hand", _text(given)))
+        given = ()
+    for p in given:
+        pname = p.kw("name") if isinstance(p, Call) else None
+        made = _param(p, pname) if isinstance(p, Call) and isinstance(pname, str) and IDENT.match(pname) else None
+        if made is None:
+            out.append(notes.todo(getattr(p, "line", node.line), "an input parameter that is not converted", _text(p)))
+            continue
+        params.append(made)
+        names.append(str(pname))
+    if params:
+        kwargs["params"] = ast.List(params, ast.Load())
+    return call("pk.Approval", **{k: v for k, v in kwargs.items() if v is not None}), names, submitter_parameter
+
+
+def _text(node: Any) -> str:
+    return str(getattr(node, "raw", "") or getattr(node, "text", "") or node)
 
 
 @attrs.define

@@ -332,7 +332,10 @@ class StepWriter:
     _step_unstash = _step_stash
 
     def _step_input(self, node: Call, scope: Scope) -> list[Item]:
-        why = "a manual approval (input): pipekit has no approval gate yet; a pk.param can ask before the run"
+        why = (
+            "a manual approval (input) here: pipekit gates a whole stage (approval=pk.Approval(...)); put the steps"
+            " after it in a stage of their own with that gate"
+        )
         return [self.notes.todo(node.line, why, node.raw)]
 
     def _step_script(self, node: Call, scope: Scope) -> list[Item]:
