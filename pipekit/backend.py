@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
 
 import attrs
 
@@ -144,7 +144,9 @@ class Origin:
 
 @attrs.frozen
 class StageHandle:
-    """A prepared stage on a backend; ``ref`` is the backend's own (a container id, ...).
+    """A prepared stage on a backend; ``ref`` is the backend's own (a container id, ...), an
+    ``object`` at this seam: each backend narrows it with one accessor that refuses another
+    backend's handle (Docker: ``stage_container``, Swarm: its ``_task``, host and fake: ``str``).
 
     In the backend's own terms: ``workspace_dir`` is where the workspace is (``/workspace`` in a
     container, the pipeline's folder on the host; None when the stage has none), ``workdir`` where
@@ -152,7 +154,7 @@ class StageHandle:
     """
 
     spec: StageSpec
-    ref: Any = attrs.field(eq=False, repr=False, default=None)
+    ref: object = attrs.field(eq=False, repr=False, default=None)
     where: str = "host"
     workdir: str | None = "/workspace"
     workspace_dir: str | None = "/workspace"

@@ -197,10 +197,25 @@ def test_placement_reaches_the_backend_and_a_backend_that_does_not_place_says_it
 # -- the option table: one definition of @pk.stage's options ----------------------------------
 
 
-def _typed_options(owner: str | None) -> list[tuple[str, str, Any]]:
-    """The keyword-only parameters of the overload of ``stage`` (a method of ``owner``, or the
-    module's function) that takes options, as written in pipekit/_dsl/stage.py: (name, type, default).
-    Read from the source, as a type checker reads it (``typing.get_overloads`` needs Python 3.11)."""
+def _typed_options() -> list[tuple[str, str]]:
+    """The fields of ``StageOptions``, the TypedDict the overloads of ``pk.stage`` and
+    ``Pipeline.stage`` unpack, as written in pipekit/_dsl/stage.py: (name, type). Read from the
+    source, as a type checker reads it."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(pk.__file__).parent / "_dsl" / "stage.py").read_text())
+    (options,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "StageOptions"]
+    return [
+        (n.target.id, ast.unparse(n.annotation))
+        for n in options.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    ]
+
+
+def _unpacked(owner: str | None) -> str:
+    """How the overload of ``stage`` that takes options (a method of ``owner``, or the module's
+    function) declares them."""
     import ast
     from pathlib import Path
 
@@ -213,22 +228,22 @@ def _typed_options(owner: str | None) -> list[tuple[str, str, Any]]:
         if isinstance(n, ast.FunctionDef)
         and n.name == "stage"
         and any(ast.unparse(d) == "overload" for d in n.decorator_list)
-        and n.args.kwonlyargs
+        and n.args.kwarg is not None
     ]
-    a = overload.args
-    return [
-        (arg.arg, ast.unparse(arg.annotation) if arg.annotation else "", ast.literal_eval(default))
-        for arg, default in zip(a.kwonlyargs, a.kw_defaults, strict=True)
-        if default is not None
-    ]
+    assert overload.args.kwarg is not None and overload.args.kwarg.annotation is not None
+    return ast.unparse(overload.args.kwarg.annotation)
+
+
+def test_the_typed_options_are_the_option_table() -> None:
+    """What mypy and IDEs read (``StageOptions``) is the table: names, types, order."""
+    from pipekit._dsl.stage import STAGE_OPTIONS
+
+    assert _typed_options() == [(o.name, o.type) for o in STAGE_OPTIONS]
 
 
 @pytest.mark.parametrize("owner", [None, "Pipeline"], ids=["pk.stage", "Pipeline.stage"])
-def test_the_typed_overloads_list_the_option_table(owner: str | None) -> None:
-    """What mypy and IDEs read (the overloads, written out) is the table: names, types, defaults, order."""
-    from pipekit._dsl.stage import STAGE_OPTIONS
-
-    assert _typed_options(owner) == [(o.name, o.type, o.default) for o in STAGE_OPTIONS]
+def test_both_overloads_take_the_typed_options(owner: str | None) -> None:
+    assert _unpacked(owner) == "Unpack[StageOptions]"
 
 
 def test_the_option_table_in_the_docs_is_the_table() -> None:

@@ -3,9 +3,9 @@ docs' line and a check that turns the value the user gave into the stage's field
 
 The table itself, ``STAGE_OPTIONS`` in :mod:`pipekit._dsl.stage`, is the one definition of
 ``@pk.stage``'s options: the decorator validates through it, the did-you-mean list is its names, the
-option table in docs/dsl.md is :func:`markdown_table` of it, and tests check that the typed
-overloads of ``pk.stage`` and ``Pipeline.stage`` (written out, so that type checkers and IDEs read
-them) list exactly its names, types and defaults.
+option table in docs/dsl.md is :func:`markdown_table` of it, and tests check that ``StageOptions``
+(the TypedDict that the overloads of ``pk.stage`` and ``Pipeline.stage`` unpack, written out so that
+type checkers and IDEs read it) lists exactly its names and types.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def as_given(value: Any, site: Site) -> Any:
 
 @attrs.frozen
 class Option:
-    """One option of ``@pk.stage``. ``type`` is written as in the decorator's overloads; options
+    """One option of ``@pk.stage``. ``type`` is written as in ``StageOptions``; options
     that share ``doc`` share one row of the docs' table."""
 
     name: str
@@ -117,16 +117,20 @@ def check_services(value: Sequence[Service], site: Site) -> tuple[Service, ...]:
     return tuple(value)
 
 
-def check_resource(value: str | None, site: Site) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise site.bad(f"resource= takes a name, got {value!r}")
-    return value
+def instance_of(kind: type, usage: str, *, optional: bool = True) -> Callable[[Any, Site], Any]:
+    """The check of an option that takes one kind of value (or None when ``optional``): ``usage``
+    says what it takes, as in "cache= takes pk.inputs(...)"; an empty string is refused too."""
+
+    def check(value: Any, site: Site) -> Any:
+        if (value is None and optional) or (isinstance(value, kind) and value != ""):
+            return value
+        raise site.bad(f"{usage}, got {value!r}")
+
+    return check
 
 
-def check_cache(value: CacheInputs | None, site: Site) -> CacheInputs | None:
-    if value is not None and not isinstance(value, CacheInputs):
-        raise site.bad(f"cache= takes pk.inputs(...), got {value!r}")
-    return value
+check_resource = instance_of(str, "resource= takes a name")
+check_cache = instance_of(CacheInputs, "cache= takes pk.inputs(...)")
 
 
 def check_cache_dirs(value: Sequence[str], site: Site) -> tuple[str, ...]:
@@ -135,32 +139,16 @@ def check_cache_dirs(value: Sequence[str], site: Site) -> tuple[str, ...]:
     return tuple(value)
 
 
-def check_workdir(value: str | None, site: Site) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise site.bad(f"workdir= takes a folder (relative to the workspace, or absolute), got {value!r}")
-    return value
-
-
-def check_workspace(value: bool, site: Site) -> bool:
-    if not isinstance(value, bool):
-        raise site.bad(f"workspace= takes True or False, got {value!r}")
-    return value
-
-
-def check_resources(value: Resources | None, site: Site) -> Resources | None:
-    if value is not None and not isinstance(value, Resources):
-        raise site.bad(f"resources= takes pk.Resources(cpus=..., memory=...), got {value!r}")
-    return value
+check_workdir = instance_of(str, "workdir= takes a folder (relative to the workspace, or absolute)")
+check_workspace = instance_of(bool, "workspace= takes True or False", optional=False)
+check_resources = instance_of(Resources, "resources= takes pk.Resources(cpus=..., memory=...)")
 
 
 def check_stage_placement(value: Sequence[str], site: Site) -> tuple[str, ...]:
     return check_placement(value, site.bad)
 
 
-def check_approval(value: Approval | None, site: Site) -> Approval | None:
-    if value is not None and not isinstance(value, Approval):
-        raise site.bad(f"approval= takes pk.Approval(message=..., approvers=[...]), got {value!r}")
-    return value
+check_approval = instance_of(Approval, "approval= takes pk.Approval(message=..., approvers=[...])")
 
 
 def check_environment(value: str | Environment | None, site: Site) -> Environment | None:

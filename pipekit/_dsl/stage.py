@@ -9,7 +9,7 @@ stage to that pipeline object instead.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, overload
 
 import attrs
 
@@ -43,6 +43,9 @@ from pipekit._dsl.secrets import Secret
 from pipekit._dsl.signature import Parameter, _parameters
 from pipekit._dsl.triggers import Trigger, check_triggers
 from pipekit.exceptions import PipelineError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # (typing has it from 3.11 only; never imported at run time)
 
 __all__ = ["Pipeline", "Stage", "image_description", "post", "stage"]
 
@@ -191,8 +194,8 @@ _MATRIX = "one instance per combination ([matrix](matrix.md))"
 _CACHE = "reuse results and keep directories across runs ([history](history.md))"
 
 #: The options of ``@pk.stage``, in the order of the docs' table: the one definition that the
-#: decorator's check, its did-you-mean and docs/dsl.md's table come from, and that the overloads
-#: of ``stage`` and ``Pipeline.stage`` below are tested against (tests/test_stage.py).
+#: decorator's check, its did-you-mean and docs/dsl.md's table come from, and that ``StageOptions`` below
+#: (the types the overloads of ``stage`` and ``Pipeline.stage`` unpack) is tested against (tests/test_stage.py).
 STAGE_OPTIONS: tuple[Option, ...] = (
     Option(
         "image",
@@ -307,6 +310,37 @@ STAGE_OPTIONS: tuple[Option, ...] = (
 )
 
 
+class StageOptions(TypedDict, total=False):
+    """``@pk.stage``'s options as type checkers and IDEs read them (``**options: Unpack[StageOptions]``
+    in the overloads of ``stage`` and ``Pipeline.stage``): the names and types of ``STAGE_OPTIONS``,
+    in its order, which tests/test_stage.py keeps equal to it. Defaults and checks are the table's."""
+
+    image: ImageOption
+    needs: Iterable[Stage | str] | None
+    env: Mapping[str, object] | None
+    name: str | None
+    dockerfile: str | None
+    when: Any
+    post: Mapping[str, Any] | None
+    timeout: float | str | None
+    retries: int
+    backoff: float
+    allow_failure: bool
+    matrix: Mapping[str, Sequence[Any]] | None
+    exclude: Sequence[Mapping[str, Any]]
+    include: Sequence[Mapping[str, Any]]
+    services: Sequence[Service]
+    resource: str | None
+    cache: CacheInputs | None
+    cache_dirs: Sequence[str]
+    resources: Resources | None
+    placement: Sequence[str]
+    workdir: str | None
+    workspace: bool
+    approval: Approval | None
+    environment: str | Environment | None
+
+
 def _make_stage(fn: Callable[..., Any], **options: Any) -> Stage:
     if isinstance(fn, Stage):
         raise PipelineError(f"{fn!r} is decorated as a stage twice", location=fn.location)
@@ -335,35 +369,7 @@ def stage(fn: F, /) -> Stage: ...
 
 
 @overload
-def stage(
-    fn: None = None,
-    /,
-    *,
-    image: ImageOption = None,
-    needs: Iterable[Stage | str] | None = None,
-    env: Mapping[str, object] | None = None,
-    name: str | None = None,
-    dockerfile: str | None = None,
-    when: Any = None,
-    post: Mapping[str, Any] | None = None,
-    timeout: float | str | None = None,
-    retries: int = 0,
-    backoff: float = 0.0,
-    allow_failure: bool = False,
-    matrix: Mapping[str, Sequence[Any]] | None = None,
-    exclude: Sequence[Mapping[str, Any]] = (),
-    include: Sequence[Mapping[str, Any]] = (),
-    services: Sequence[Service] = (),
-    resource: str | None = None,
-    cache: CacheInputs | None = None,
-    cache_dirs: Sequence[str] = (),
-    resources: Resources | None = None,
-    placement: Sequence[str] = (),
-    workdir: str | None = None,
-    workspace: bool = True,
-    approval: Approval | None = None,
-    environment: str | Environment | None = None,
-) -> Callable[[F], Stage]: ...
+def stage(fn: None = None, /, **options: Unpack[StageOptions]) -> Callable[[F], Stage]: ...
 
 
 def stage(fn: Callable[..., Any] | None = None, /, **options: Any) -> Stage | Callable[[Callable[..., Any]], Stage]:
@@ -493,36 +499,7 @@ class Pipeline:
     def stage(self, fn: F, /) -> Stage: ...
 
     @overload
-    def stage(
-        self,
-        fn: None = None,
-        /,
-        *,
-        image: ImageOption = None,
-        needs: Iterable[Stage | str] | None = None,
-        env: Mapping[str, object] | None = None,
-        name: str | None = None,
-        dockerfile: str | None = None,
-        when: Any = None,
-        post: Mapping[str, Any] | None = None,
-        timeout: float | str | None = None,
-        retries: int = 0,
-        backoff: float = 0.0,
-        allow_failure: bool = False,
-        matrix: Mapping[str, Sequence[Any]] | None = None,
-        exclude: Sequence[Mapping[str, Any]] = (),
-        include: Sequence[Mapping[str, Any]] = (),
-        services: Sequence[Service] = (),
-        resource: str | None = None,
-        cache: CacheInputs | None = None,
-        cache_dirs: Sequence[str] = (),
-        resources: Resources | None = None,
-        placement: Sequence[str] = (),
-        workdir: str | None = None,
-        workspace: bool = True,
-        approval: Approval | None = None,
-        environment: str | Environment | None = None,
-    ) -> Callable[[F], Stage]: ...
+    def stage(self, fn: None = None, /, **options: Unpack[StageOptions]) -> Callable[[F], Stage]: ...
 
     def stage(
         self, fn: Callable[..., Any] | None = None, /, **options: Any

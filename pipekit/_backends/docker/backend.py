@@ -31,6 +31,7 @@ from pipekit._backends.docker.engine import (
     probe_engine,
     remove_container,
     remove_network,
+    stage_container,
     stage_labels,
     unreachable,
 )
@@ -274,12 +275,13 @@ class DockerBackend:
         try:
             script = shell_script(command, strict)
             env = {**spec.secret_env, **env}
-            shell = handle.ref.shell
+            prepared = stage_container(handle)
+            shell = prepared.shell
             if shell is not None and shell.takes(env):
                 code, stdout, stderr = shell.run(script, env, handle.workdir, on_line)
             else:
                 code, stdout, stderr = self._exec_stream(
-                    container_of(handle), script, env, on_line, handle.workdir, handle.ref.streams
+                    prepared.container, script, env, on_line, handle.workdir, prepared.streams
                 )
         except NotFound as e:
             raise StageFailed(
@@ -306,12 +308,13 @@ class DockerBackend:
         the engine is stopping (it stops its containers first, then goes)."""
         from docker.errors import DockerException, NotFound
 
-        if handle.ref.shell.released:
+        prepared = stage_container(handle)
+        if prepared.shell is not None and prepared.shell.released:
             return EXIT_KILLED
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             try:
-                self.client.api.inspect_container(handle.ref.container)
+                self.client.api.inspect_container(prepared.container)
             except NotFound:
                 return EXIT_KILLED
             except (DockerException, OSError) as e:

@@ -34,6 +34,7 @@ __all__ = [
     "engine_is_local",
     "remove_container",
     "remove_network",
+    "stage_container",
     "stage_labels",
 ]
 
@@ -145,12 +146,18 @@ class StageContainer:
     shell: AttachedShell | None = None
 
 
-def container_of(handle: StageHandle) -> str:
-    """The id of the stage's container; StageFailed when it has none."""
+def stage_container(handle: StageHandle) -> StageContainer:
+    """What the Docker backend made for the stage (``handle.ref``, typed); StageFailed when the
+    handle is not one of a Docker engine's or has no container."""
     prepared = handle.ref
     if not isinstance(prepared, StageContainer) or not prepared.container:
         raise StageFailed(f"Stage '{handle.spec.stage}' has no container", stage=handle.spec.stage)
-    return prepared.container
+    return prepared
+
+
+def container_of(handle: StageHandle) -> str:
+    """The id of the stage's container; StageFailed when it has none."""
+    return stage_container(handle).container
 
 
 def stage_labels(spec: StageSpec) -> dict[str, str]:
