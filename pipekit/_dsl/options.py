@@ -148,10 +148,7 @@ def check_stage_placement(value: Sequence[str], site: Site) -> tuple[str, ...]:
     return check_placement(value, site.bad)
 
 
-def check_approval(value: Approval | None, site: Site) -> Approval | None:
-    if value is not None and not isinstance(value, Approval):
-        raise site.bad(f"approval= takes pk.Approval(message=..., approvers=[...]), got {value!r}")
-    return value
+check_approval = instance_of(Approval, "approval= takes pk.Approval(message=..., approvers=[...])")
 
 
 def check_environment(value: str | Environment | None, site: Site) -> Environment | None:
