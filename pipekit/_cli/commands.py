@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import IO, Any
@@ -114,12 +114,29 @@ def cmd_validate(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
+def _cache_text(s: Any) -> str:
+    """A stage's ``cache=`` in ``pipekit list``: its file globs and variables."""
+    if s.cache is None:
+        return "-"
+    env = f" env {','.join(s.cache.env)}" if s.cache.env else ""
+    return (",".join(s.cache.files) + env).strip() or "-"
+
+
+#: the columns of `pipekit list`: a heading and how a stage (of plan p) shows in it; one line each
+LIST_COLUMNS: tuple[tuple[str, Callable[[Any, Any], str]], ...] = (
+    ("STAGE", lambda p, s: str(s.name)),
+    ("IMAGE", lambda p, s: p.pipeline.describe_image(s)),
+    ("NEEDS", lambda p, s: ", ".join(p.upstream(s.name)) or "-"),
+    ("WHEN", lambda p, s: "always" if s.when is None else str(s.when)),
+    ("CACHE", lambda p, s: _cache_text(s)),
+    ("DEFINED AT", lambda p, s: str(s.location)),
+)
+
+
 def cmd_list(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     p = plan_of(_load_valid(args.file))
-    rows = [("STAGE", "IMAGE", "NEEDS", "DEFINED AT")]
-    for name in p.order:
-        s = p.stage(name)
-        rows.append((name, p.pipeline.describe_image(s), ", ".join(p.upstream(name)) or "-", s.location))
+    rows = [tuple(heading for heading, _ in LIST_COLUMNS)]
+    rows += [tuple(show(p, p.stage(name)) for _, show in LIST_COLUMNS) for name in p.order]
     table(rows, out)
     if p.pipeline.params:
         print("", file=out)
@@ -253,7 +270,38 @@ def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     with _signals_raise():
         collector_on()  # start-up is over (the pipeline is loaded and planned)
         result = run_setup(run)
+    if run.request.ci in (None, "none"):  # (a CI's checkout is new each time: it would say it every run)
+        _hint_cache(run.pipeline, err)
     return result.exit_code
+
+
+CACHE_HINT = (
+    'hint: no stage has cache=, so every run runs every stage; cache=pk.inputs("src/**") on a stage reuses its'
+    " result while its inputs are unchanged (docs/history.md#stage-caching)"
+)
+
+
+def _hint_cache(pipeline: Pipeline, err: IO[str]) -> None:
+    """Once per project (remembered in ``.pipekit/hints``), after a run of a pipeline that caches nothing."""
+    from pipekit._core.safefile import write_file
+
+    if not pipeline.path or any(s.cache is not None for s in pipeline.stages):
+        return
+    workspace = os.path.dirname(pipeline.path)
+    shown = os.path.join(workspace, ".pipekit", "hints")
+    try:
+        with open(shown, encoding="utf-8") as f:
+            if "cache" in f.read().split():
+                return
+    except OSError:
+        pass
+    if not os.path.isdir(os.path.join(workspace, ".pipekit")):
+        return  # (no history was written: nothing to remember it in)
+    try:
+        write_file(shown, "cache\n", root=workspace)
+    except OSError:
+        return  # said next time, rather than every time without saying why
+    print_error(err, CACHE_HINT)
 
 
 RUN_EPILOG = """\b

@@ -12,7 +12,7 @@ from pipekit._core.testreport import TestReport
 from pipekit._history.store import History
 from pipekit.exceptions import UsageError
 
-__all__ = ["HistoryRecorder", "Unfailing", "redact_argv"]
+__all__ = ["HistoryRecorder", "Unfailing", "git_state", "redact_argv"]
 
 
 def redact_argv(argv: list[str], mask: Callable[[str], str]) -> str:
@@ -42,12 +42,14 @@ class HistoryRecorder:
     def run_started(self, run_id: str, plan: Any) -> None:
         self.run_id = run_id
         path = plan.pipeline.path or ""
+        commit, dirty = git_state(Path(path).parent if path else Path.cwd())
         self.history.start_run(
             run_id,
             pipeline=plan.pipeline.name,
             path=path,
             branch=self.branch,
-            git_commit=_git_commit(Path(path).parent if path else Path.cwd()),
+            git_commit=commit,
+            dirty=dirty,
             argv=self.argv,
             resumed_from=self.resumed_from,
         )
@@ -85,14 +87,50 @@ class HistoryRecorder:
         self.history.add_tests(self.run_id, stage, report)
 
 
-def _git_commit(workspace: Path) -> str | None:
+#: what git sees of the user's environment when pipekit asks it about the workspace
+_GIT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+#: git with no hook and no fsmonitor, whatever a .git/config a stage wrote says (command-line config wins)
+_GIT_SAFE = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false"}
+
+
+def _git(workspace: Path, *args: str, config: dict[str, str] | None = None) -> str | None:
+    """``git ARGS`` in the workspace, its output, or None when it fails. A scrubbed environment
+    (no GIT_DIR of the caller's), hooks, fsmonitor and (``config``) filters off."""
+    import os
     import subprocess
 
+    values = {**_GIT_SAFE, **(config or {})}
+    env = {k: os.environ[k] for k in _GIT_ENV if k in os.environ}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_COUNT=str(len(values)))
+    for i, (key, value) in enumerate(values.items()):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
     try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(
+            ["git", "--no-optional-locks", *args],
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def git_state(workspace: Path) -> tuple[str | None, bool | None]:
+    """The commit checked out in ``workspace`` and whether its tracked files have uncommitted
+    changes (untracked files do not count, as for ``git describe --dirty``); (None, None) outside
+    git. ``git status`` may run a filter driver's ``clean`` command that a ``.git/config`` names (a
+    stage may have written one): every driver configured is switched off for it."""
+    commit = (_git(workspace, "rev-parse", "--verify", "HEAD") or "").strip()
+    if not commit:
+        return None, None
+    drivers = _git(workspace, "config", "--get-regexp", r"^filter\..*\.(clean|process|smudge)$") or ""
+    off = {line.split()[0]: "" for line in drivers.splitlines() if line.strip()}
+    status = _git(workspace, "status", "--porcelain", "--untracked-files=no", "--ignore-submodules=dirty", config=off)
+    return commit, None if status is None else bool(status.strip())
 
 
 class Unfailing:

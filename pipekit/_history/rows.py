@@ -29,10 +29,20 @@ class RunRow:
     ended: float | None
     status: str
     resumed_from: str | None
+    #: the working tree had uncommitted changes to tracked files (None: not a git checkout, or unknown)
+    dirty: bool | None = attrs.field(default=None, converter=lambda v: None if v is None else bool(v))
 
     @property
     def duration_s(self) -> float | None:
         return round(self.ended - self.started, 3) if self.ended else None
+
+    @property
+    def commit_text(self) -> str:
+        """The commit, marked when the working tree was dirty: ``1a2b3c4d5e6f-dirty`` (as ``git
+        describe --dirty`` marks it), ``-`` outside git."""
+        if not self.git_commit:
+            return "-"
+        return f"{self.git_commit[:12]}-dirty" if self.dirty else self.git_commit[:12]
 
 
 @attrs.frozen
