@@ -14,6 +14,10 @@ from pipekit._core.testreport import FailedTest
 __all__ = ["ArtifactRow", "CacheRow", "RunRow", "StageRow", "TestRow"]
 
 
+def _maybe_bool(value: object) -> bool | None:
+    return None if value is None else bool(value)
+
+
 @attrs.frozen
 class RunRow:
     id: str
@@ -30,7 +34,7 @@ class RunRow:
     status: str
     resumed_from: str | None
     #: the working tree had uncommitted changes to tracked files (None: not a git checkout, or unknown)
-    dirty: bool | None = attrs.field(default=None, converter=lambda v: None if v is None else bool(v))
+    dirty: bool | None = attrs.field(default=None, converter=_maybe_bool)
 
     @property
     def duration_s(self) -> float | None:
