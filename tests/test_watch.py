@@ -113,3 +113,13 @@ def test_ctrl_c_during_a_cycle_stops_the_run_and_leaves_nothing(
     assert "stopped every running stage and removed its containers" in term.text()
     assert "Traceback" not in term.text()
     assert len(_nothing_left(folder, docker_client)) == 2
+
+
+def test_watch_does_not_go_with_dry_run_or_resume(tmp_path: Path) -> None:
+    from tests.helpers import run_console
+
+    (tmp_path / "pipeline.py").write_text("import pipekit as pk\n@pk.stage\ndef a(ctx):\n    pass\n")
+    for flag in ("--dry-run", "--resume"):
+        done = run_console(["run", "--watch", flag], cwd=tmp_path)
+        assert done.returncode == 2 and f"it does not go with {flag}" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / ".pipekit").exists()

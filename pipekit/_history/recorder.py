@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -124,13 +125,35 @@ def git_state(workspace: Path) -> tuple[str | None, bool | None]:
     changes (untracked files do not count, as for ``git describe --dirty``); (None, None) outside
     git. ``git status`` may run a filter driver's ``clean`` command that a ``.git/config`` names (a
     stage may have written one): every driver configured is switched off for it."""
-    commit = (_git(workspace, "rev-parse", "--verify", "HEAD") or "").strip()
-    if not commit:
+    status = _git(
+        workspace,
+        "status",
+        "--porcelain=v2",
+        "--branch",
+        "--untracked-files=no",
+        "--ignore-submodules=dirty",
+        config=_filters_off(workspace),
+    )
+    if status is None:
         return None, None
+    lines = status.splitlines()
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), "")
+    if not re.fullmatch(r"[0-9a-f]{40,64}", commit):  # "(initial)": no commit yet
+        return None, None
+    return commit, any(line and not line.startswith("#") for line in lines)
+
+
+def _filters_off(workspace: Path) -> dict[str, str]:
+    """``filter.NAME.clean`` (and ``process``, ``smudge``) set to nothing for every driver git's
+    configuration names; no git call when the checkout's own config names none (the usual case)."""
+    try:
+        local = (workspace / ".git" / "config").read_text(encoding="utf-8", errors="replace").lower()
+    except OSError:
+        local = "filter include"  # (a worktree, a subfolder of the checkout: ask git)
+    if "filter" not in local and "include" not in local:
+        return {}
     drivers = _git(workspace, "config", "--get-regexp", r"^filter\..*\.(clean|process|smudge)$") or ""
-    off = {line.split()[0]: "" for line in drivers.splitlines() if line.strip()}
-    status = _git(workspace, "status", "--porcelain", "--untracked-files=no", "--ignore-submodules=dirty", config=off)
-    return commit, None if status is None else bool(status.strip())
+    return {line.split()[0]: "" for line in drivers.splitlines() if line.strip()}
 
 
 class Unfailing:
