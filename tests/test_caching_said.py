@@ -58,7 +58,11 @@ def test_the_cache_hint_comes_once_per_project(tmp_path: Path) -> None:
     other.mkdir()
     (other / "pipeline.py").write_text(NO_CACHE)
     assert HINT in _run(other).stderr  # another project: said there too
-    assert HINT not in _run(other, "--dry-run").stderr + _run(other, "--dry-run").stdout
+    dry = tmp_path / "dry"
+    dry.mkdir()
+    (dry / "pipeline.py").write_text(NO_CACHE)
+    done = _run(dry, "--dry-run")
+    assert HINT not in done.stderr + done.stdout and not (dry / ".pipekit" / "hints").exists()
 
 
 def test_no_hint_when_a_stage_caches_or_in_a_ci(tmp_path: Path) -> None:
