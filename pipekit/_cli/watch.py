@@ -154,6 +154,7 @@ def watch(one_run: Callable[[], RunResult | None], folder: Path, err: IO[str]) -
     try:
         while True:
             result = one_run()
+            ended = time.time()
             print_error(err, cycle_line(changed, folder, result))
             try:
                 time.sleep(QUIET_MS / 1000 * 2)  # a write at the very end of the run is grouped by now
@@ -161,7 +162,7 @@ def watch(one_run: Callable[[], RunResult | None], folder: Path, err: IO[str]) -
                 if ignored:
                     print_error(err, f"not a change: {_names(ignored, folder)} (written while the run ran)")
                 print_error(err, f"watching {folder} for changes (Ctrl-C to stop)")
-                changed = _next_change(changes)
+                changed = _next_change(changes, ended)
             except (Interrupted, KeyboardInterrupt):
                 print_error(err, "stopped watching")
                 return 130
@@ -169,10 +170,22 @@ def watch(one_run: Callable[[], RunResult | None], folder: Path, err: IO[str]) -
         changes.close()
 
 
-def _next_change(changes: _Changes) -> list[str]:
-    """The next group of changed paths; waits in short steps so that a signal's handler runs."""
+def _next_change(changes: _Changes, ended: float) -> list[str]:
+    """The next group of changed paths; waits in short steps so that a signal's handler runs. A
+    file last modified before the cycle ended is the run's own write whose event came late (a busy
+    machine): not a change."""
     while True:
         try:
-            return changes.batches.get(timeout=0.2)[1]
+            paths = changes.batches.get(timeout=0.2)[1]
         except queue.Empty:
             continue
+        fresh = [p for p in paths if not _modified_before(p, ended)]
+        if fresh:
+            return fresh
+
+
+def _modified_before(path: str, moment: float) -> bool:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime <= moment
+    except OSError:
+        return False  # (removed: a change)
