@@ -156,3 +156,20 @@ def test_a_history_from_before_gets_the_column(tmp_path: Path) -> None:
     _run(tmp_path)
     rows = [line.split() for line in run_console(["runs"], cwd=tmp_path, env=_env()).stdout.splitlines()]
     assert [r[3] for r in rows[1:]] == [commit[:12], "abc"]
+
+
+def test_a_pipeline_in_a_subfolder_of_the_checkout(tmp_path: Path) -> None:
+    """The checkout's .git/ is above the pipeline's folder: its filter drivers are found through git."""
+    _checkout(tmp_path)
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "ci" / "pipeline.py").write_text(NO_CACHE)
+    (tmp_path / ".gitattributes").write_text("*.py filter=evil\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "ci")
+    commit = _git(tmp_path, "rev-parse", "HEAD").strip()
+    _git(tmp_path, "config", "filter.evil.clean", f"touch {tmp_path}/ran-clean; cat")
+    (tmp_path / "app.py").write_text("print('v3')\n")
+    _run(tmp_path, "-f", "ci")
+    assert list(tmp_path.glob("ran-*")) == []
+    shown = run_console(["show", "last", "-f", "ci"], cwd=tmp_path, env=_env()).stdout
+    assert f"at {commit} (dirty: uncommitted changes to tracked files)" in shown
