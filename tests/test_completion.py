@@ -221,3 +221,14 @@ def test_the_cached_description_follows_the_real_command_line(project: Path) -> 
 
     again = _rebuild("pipekit", describe(cli))
     assert describe(again) == describe(cli)
+
+
+def test_the_description_is_kept_once(project: Path, tmp_path: Path) -> None:
+    """The first TAB describes the command line into the cache; an earlier pipekit's file goes."""
+    shutil.copy(project / "pipekit.bash", tmp_path)
+    kept = tmp_path / ".cache" / "pipekit"
+    kept.mkdir(parents=True)
+    (kept / "cli-0123456789abcdef0123.json").write_text("{}")
+    assert bash_complete(tmp_path, "pipekit ru") == ["run", "runs"]
+    (found,) = kept.glob("cli-*.json")
+    assert found.name != "cli-0123456789abcdef0123.json" and '"run"' in found.read_text()

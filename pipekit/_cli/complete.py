@@ -134,6 +134,9 @@ def _described(real: Callable[[], click.Command]) -> dict[str, Any]:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, path)
+        for old in path.parent.glob("cli-*.json"):  # (an earlier pipekit's)
+            if old != path:
+                old.unlink()
     return data
 
 
