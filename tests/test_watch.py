@@ -115,7 +115,7 @@ def test_ctrl_c_during_a_cycle_stops_the_run_and_leaves_nothing(
     assert len(_nothing_left(folder, docker_client)) == 2
 
 
-def test_watch_does_not_go_with_dry_run_or_resume(tmp_path: Path) -> None:
+def test_watch_refuses_dry_run_resume_and_a_missing_pipeline(tmp_path: Path) -> None:
     from tests.helpers import run_console
 
     (tmp_path / "pipeline.py").write_text("import pipekit as pk\n@pk.stage\ndef a(ctx):\n    pass\n")
@@ -123,3 +123,5 @@ def test_watch_does_not_go_with_dry_run_or_resume(tmp_path: Path) -> None:
         done = run_console(["run", "--watch", flag], cwd=tmp_path)
         assert done.returncode == 2 and f"it does not go with {flag}" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and not (tmp_path / ".pipekit").exists()
+    done = run_console(["run", "--watch", "-f", "nowhere"], cwd=tmp_path)
+    assert done.returncode == 2 and "No pipeline file at" in done.stderr and "nothing to watch" in done.stderr

@@ -285,6 +285,9 @@ def _cmd_watch(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     for flag, given in (("--dry-run", args.dry_run), ("--resume", args.resume is not None)):
         if given:
             raise UsageError(f"--watch runs the pipeline on every change; it does not go with {flag}")
+    given = os.path.join(args.file, "pipeline.py") if os.path.isdir(args.file) else args.file
+    if not os.path.isfile(given):
+        raise UsageError(f"No pipeline file at {os.path.abspath(given)}: nothing to watch (-f PATH names one)")
 
     def one_run() -> Any:
         try:

@@ -23,7 +23,7 @@ from typing import IO
 
 from pipekit._cli.history import print_error
 from pipekit._core.results import RunResult, StageStatus
-from pipekit.exceptions import Interrupted
+from pipekit.exceptions import Interrupted, UsageError
 
 __all__ = ["IGNORED_DIRS", "cycle_line", "watch"]
 
@@ -107,6 +107,7 @@ class _Changes:
         self._watch = watchfiles.watch
         self._thread = threading.Thread(target=self._run, name="pipekit-watch", daemon=True)
         self._ready = threading.Event()
+        self.failure: str | None = None
         self._thread.start()
 
     def _run(self) -> None:
@@ -120,10 +121,14 @@ class _Changes:
             yield_on_timeout=True,
             raise_interrupt=False,
         )
-        for batch in changes:
+        try:
+            for batch in changes:
+                self._ready.set()
+                if batch:
+                    self.batches.put((time.monotonic(), sorted({path for _, path in batch})))
+        except Exception as e:  # (the system's limit of watched folders, a folder gone): said, the loop ends
+            self.failure = f"cannot watch {self.folder} for changes: {e}"
             self._ready.set()
-            if batch:
-                self.batches.put((time.monotonic(), sorted({path for _, path in batch})))
 
     def wait_ready(self) -> None:
         self._ready.wait(5)  # the watcher is set up (a first timeout came): nothing is missed after
@@ -178,6 +183,8 @@ def _next_change(changes: _Changes, ended: float) -> list[str]:
         try:
             paths = changes.batches.get(timeout=0.2)[1]
         except queue.Empty:
+            if changes.failure:
+                raise UsageError(changes.failure) from None
             continue
         fresh = [p for p in paths if not _modified_before(p, ended)]
         if fresh:
