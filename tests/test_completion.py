@@ -134,6 +134,11 @@ class _Shell:
     def type(self, text: str) -> None:
         os.write(self.fd, text.encode())
 
+    def settle(self, quiet: float) -> None:
+        """Read until nothing came for ``quiet`` seconds."""
+        while select.select([self.fd], [], [], quiet)[0]:
+            os.read(self.fd, 65536)
+
     def until(self, marker: bytes, timeout: float = 30) -> bytes:
         seen = b""
         deadline = time.monotonic() + timeout
@@ -144,10 +149,14 @@ class _Shell:
             seen += os.read(self.fd, 65536)
         return seen
 
-    def completed(self, line: str) -> str:
-        """The command line after typing ``line``, TAB and "Z" (which shows whether a space came)."""
-        self.type(line + "\t")
-        time.sleep(1.5)  # the shell asks pipekit, then redraws the line
+    def completed(self, line: str, word: str) -> str:
+        """The command line after typing ``line``, TAB (waiting until the shell inserted the rest of
+        ``word``) and "Z" (which shows whether a space came after it)."""
+        self.type(line)
+        self.settle(0.5)  # the typed line's echo
+        self.type("\t")
+        self.until(word[len(line.rsplit(" ", 1)[-1]) :].encode(), timeout=30)  # (slow on a busy machine)
+        self.settle(0.3)
         self.type("Z\x01echo :\r")  # a letter where the cursor is, then Ctrl-A "echo :": the line, printed
         out = self.until(b"Z\r\n").decode(errors="replace")
         return out[out.rindex("\n:") + 2 : out.rindex("Z") + 1]
@@ -163,18 +172,24 @@ class _Shell:
     [
         (["bash", "--norc", "--noprofile", "-i"], "source pipekit.bash"),
         (["zsh", "-f", "-i"], "autoload -U compinit && compinit -u && source pipekit.zsh"),
+        # as docs/cli.md installs it: a file _pipekit in a folder of $fpath, autoloaded by compinit
+        (
+            ["zsh", "-f", "-i"],
+            "mkdir -p zfunc && cp pipekit.zsh zfunc/_pipekit && fpath=(zfunc $fpath)"
+            " && autoload -U compinit && compinit -u",
+        ),
     ],
-    ids=["bash", "zsh"],
+    ids=["bash", "zsh", "zsh-fpath"],
 )
 def test_tab_on_a_terminal(project: Path, argv: list[str], setup: str) -> None:
     if shutil.which(argv[0]) is None:
         pytest.skip(f"{argv[0]} is not installed (scripts/setup.sh installs it)")
     shell = _Shell(argv, project, setup)
     try:
-        assert shell.completed("pipekit run li") == "pipekit run lint Z"
-        assert shell.completed("pipekit run -p reg") == "pipekit run -p registry=Z"  # no space: the value comes
-        assert shell.completed("pipekit show la") == "pipekit show last Z"
-        assert shell.completed("pipekit pl") == "pipekit plan Z"
+        assert shell.completed("pipekit run li", "lint") == "pipekit run lint Z"
+        assert shell.completed("pipekit run -p reg", "registry=") == "pipekit run -p registry=Z"  # no space: a value
+        assert shell.completed("pipekit show la", "last") == "pipekit show last Z"
+        assert shell.completed("pipekit pl", "plan") == "pipekit plan Z"
     finally:
         shell.close()
 

@@ -199,9 +199,16 @@ class _Bash(BashComplete):
 
 
 class _Zsh(ZshComplete):
-    """click's zsh script, with no space after a value that ends in ``=``."""
+    """click's zsh script, with no space after a value that ends in ``=``; and installed as a file
+    of ``$fpath`` (``_pipekit``), its second TAB completes too: zsh runs the file's body as
+    ``_pipekit`` on every TAB until compdef names the function, and click's script only registers
+    it then (so the second TAB of a session did nothing)."""
 
     source_template = ZshComplete.source_template.replace(
+        "if [[ $zsh_eval_context[-1] == loadautofunc ]]; then",
+        "if [[ $zsh_eval_context[-1] == loadautofunc || $funcstack[1] == _%(prog_name)s ]]; then",
+        1,
+    ).replace(
         '                completions+=("$key")',
         '                if [[ "$key" == *= ]]; then compadd -S "" -U -V unsorted -- "$key";'
         ' else completions+=("$key"); fi',
