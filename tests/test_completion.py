@@ -247,3 +247,17 @@ def test_the_description_is_kept_once(project: Path, tmp_path: Path) -> None:
     assert bash_complete(tmp_path, "pipekit ru") == ["run", "runs"]
     (found,) = kept.glob("cli-*.json")
     assert found.name != "cli-0123456789abcdef0123.json" and '"run"' in found.read_text()
+
+
+def test_fish_loads_the_file_docs_cli_md_installs(project: Path, tmp_path: Path) -> None:
+    """~/.config/fish/completions/pipekit.fish, autoloaded by fish on the first TAB."""
+    if shutil.which("fish") is None:
+        pytest.skip("fish is not installed (scripts/setup.sh installs it)")
+    folder = tmp_path / ".config" / "fish" / "completions"
+    folder.mkdir(parents=True)
+    shutil.copy(project / "pipekit.fish", folder / "pipekit.fish")
+    env = {**_env(project), "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / ".config")}
+    done = subprocess.run(
+        ["fish", "-c", "complete -C'pipekit run li'"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert done.stdout == "lint\tstage\n", done.stdout + done.stderr
