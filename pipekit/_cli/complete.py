@@ -204,20 +204,24 @@ class _Zsh(ZshComplete):
     ``_pipekit`` on every TAB until compdef names the function, and click's script only registers
     it then (so the second TAB of a session did nothing)."""
 
-    source_template = ZshComplete.source_template.replace(
-        "if [[ $zsh_eval_context[-1] == loadautofunc ]]; then",
-        "if [[ $zsh_eval_context[-1] == loadautofunc || $funcstack[1] == _%(prog_name)s ]]; then",
-        1,
-    ).replace(
-        '                completions+=("$key")',
-        '                if [[ "$key" == *= ]]; then compadd -S "" -U -V unsorted -- "$key";'
-        ' else completions+=("$key"); fi',
-        1,
-    ).replace(
-        '                completions_with_descriptions+=("$key":"$descr")',
-        '                if [[ "$key" == *= ]]; then compadd -S "" -U -V unsorted -- "$key";'
-        ' else completions_with_descriptions+=("$key":"$descr"); fi',
-        1,
+    source_template = (
+        ZshComplete.source_template.replace(
+            "if [[ $zsh_eval_context[-1] == loadautofunc ]]; then",
+            "if [[ $zsh_eval_context[-1] == loadautofunc || $funcstack[1] == _%(prog_name)s ]]; then",
+            1,
+        )
+        .replace(
+            '                completions+=("$key")',
+            '                if [[ "$key" == *= ]]; then compadd -S "" -U -V unsorted -- "$key";'
+            ' else completions+=("$key"); fi',
+            1,
+        )
+        .replace(
+            '                completions_with_descriptions+=("$key":"$descr")',
+            '                if [[ "$key" == *= ]]; then compadd -S "" -U -V unsorted -- "$key";'
+            ' else completions_with_descriptions+=("$key":"$descr"); fi',
+            1,
+        )
     )
 
 

@@ -133,16 +133,14 @@ class _Changes:
     def wait_ready(self) -> None:
         self._ready.wait(5)  # the watcher is set up (a first timeout came): nothing is missed after
 
-    def since(self, moment: float) -> tuple[list[str], list[str]]:
-        """The paths changed before ``moment`` (dropped) and after it (kept), from what is queued."""
-        before: set[str] = set()
-        after: set[str] = set()
+    def drain(self) -> list[str]:
+        """The paths of every group of changes queued so far (set aside: the run's own writes)."""
+        paths: set[str] = set()
         while True:
             try:
-                at, paths = self.batches.get_nowait()
+                paths.update(self.batches.get_nowait()[1])
             except queue.Empty:
-                return sorted(before), sorted(after)
-            (before if at <= moment else after).update(paths)
+                return sorted(paths)
 
     def close(self) -> None:
         self.stop.set()
@@ -163,7 +161,7 @@ def watch(one_run: Callable[[], RunResult | None], folder: Path, err: IO[str]) -
             print_error(err, cycle_line(changed, folder, result))
             try:
                 time.sleep(QUIET_MS / 1000 * 2)  # a write at the very end of the run is grouped by now
-                ignored, _ = changes.since(time.monotonic())
+                ignored = changes.drain()
                 if ignored:
                     print_error(err, f"not a change: {_names(ignored, folder)} (written while the run ran)")
                 print_error(err, f"watching {folder} for changes (Ctrl-C to stop)")
