@@ -81,13 +81,13 @@ def cycle_line(changed: list[str] | None, folder: Path, result: RunResult | None
 
 
 class _Changes:
-    """watchfiles in a thread: each group of changes goes into a queue with the time it came."""
+    """watchfiles in a thread: each group of changed paths goes into a queue."""
 
     def __init__(self, folder: Path) -> None:
         import watchfiles  # (imported only for --watch)
 
         self.folder = folder
-        self.batches: queue.Queue[tuple[float, list[str]]] = queue.Queue()
+        self.batches: queue.Queue[list[str]] = queue.Queue()
         self.stop = threading.Event()
         default = watchfiles.DefaultFilter(ignore_dirs=(*watchfiles.DefaultFilter.ignore_dirs, *IGNORED_DIRS))
         own = _own_output()
@@ -125,7 +125,7 @@ class _Changes:
             for batch in changes:
                 self._ready.set()
                 if batch:
-                    self.batches.put((time.monotonic(), sorted({path for _, path in batch})))
+                    self.batches.put(sorted({path for _, path in batch}))
         except Exception as e:  # (the system's limit of watched folders, a folder gone): said, the loop ends
             self.failure = f"cannot watch {self.folder} for changes: {e}"
             self._ready.set()
@@ -138,7 +138,7 @@ class _Changes:
         paths: set[str] = set()
         while True:
             try:
-                paths.update(self.batches.get_nowait()[1])
+                paths.update(self.batches.get_nowait())
             except queue.Empty:
                 return sorted(paths)
 
@@ -179,7 +179,7 @@ def _next_change(changes: _Changes, ended: float) -> list[str]:
     machine): not a change."""
     while True:
         try:
-            paths = changes.batches.get(timeout=0.2)[1]
+            paths = changes.batches.get(timeout=0.2)
         except queue.Empty:
             if changes.failure:
                 raise UsageError(changes.failure) from None
