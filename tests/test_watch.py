@@ -125,3 +125,20 @@ def test_watch_refuses_dry_run_resume_and_a_missing_pipeline(tmp_path: Path) -> 
         assert "Traceback" not in done.stderr and not (tmp_path / ".pipekit").exists()
     done = run_console(["run", "--watch", "-f", "nowhere"], cwd=tmp_path)
     assert done.returncode == 2 and "No pipeline file at" in done.stderr and "nothing to watch" in done.stderr
+
+
+def test_sigterm_while_waiting_ends_with_143(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from tests.helpers import console_popen
+
+    (tmp_path / "pipeline.py").write_text("import pipekit as pk\n@pk.stage\ndef a(ctx):\n    pass\n")
+    proc = console_popen(["run", "--watch"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # (the first cycle, then it waits)
+        if "for changes (Ctrl-C to stop)" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "stopped watching" in err and "Traceback" not in err, err

@@ -148,7 +148,7 @@ class _Changes:
 
 
 def watch(one_run: Callable[[], RunResult | None], folder: Path, err: IO[str]) -> int:
-    """Run, then again on every change, until Ctrl-C (exit 130). ``one_run`` makes and runs one
+    """Run, then again on every change, until Ctrl-C (exit 130) or SIGTERM (143). ``one_run`` makes and runs one
     run (None when the pipeline has errors: said, and the loop waits for the fix). Ctrl-C during a
     run stops it as any run stops (the caller says so); while waiting, it ends the loop."""
     changes = _Changes(folder)
@@ -166,9 +166,9 @@ def watch(one_run: Callable[[], RunResult | None], folder: Path, err: IO[str]) -
                     print_error(err, f"not a change: {_names(ignored, folder)} (written while the run ran)")
                 print_error(err, f"watching {folder} for changes (Ctrl-C to stop)")
                 changed = _next_change(changes, ended)
-            except (Interrupted, KeyboardInterrupt):
+            except (Interrupted, KeyboardInterrupt) as stop:  # Ctrl-C: 130, SIGTERM: 143
                 print_error(err, "stopped watching")
-                return 130
+                return stop.exit_code if isinstance(stop, Interrupted) else 130
     finally:
         changes.close()
 
