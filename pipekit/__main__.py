@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import gc
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import click
 
 
 def console_main() -> None:
@@ -14,9 +19,19 @@ def console_main() -> None:
     starts its work, and then what start-up made is frozen out of it (:func:`collector_on`).
     """
     gc.disable()
+    if "_PIPEKIT_COMPLETE" in os.environ:  # the shell asks for completions: answer without the whole CLI
+        from pipekit._cli.complete import complete
+
+        raise SystemExit(complete(_real_cli))
     from pipekit._cli.main import console_main as cli_main
 
     cli_main()
+
+
+def _real_cli() -> click.Command:
+    from pipekit._cli.main import cli
+
+    return cli
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 # the Swarm tests' nodes: network namespaces (ip) and namespaced engines (nsenter, unshare)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+# the shell completion tests drive real shells
+command -v zsh >/dev/null 2>&1 || missing+=(zsh)
+command -v fish >/dev/null 2>&1 || missing+=(fish)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${missing[*]}" >&2

@@ -39,7 +39,7 @@ from pipekit._dsl.stage import Pipeline
 from pipekit._plan.graph import plan as plan_of
 from pipekit._run.runner import run_setup
 from pipekit._run.session import RunRequest, setup
-from pipekit.exceptions import Interrupted, UsageError
+from pipekit.exceptions import Interrupted, PipelineError, UsageError
 
 __all__ = ["IMAGE_MAP_ENV", "cmd_graph", "cmd_list", "cmd_run", "cmd_validate", "register"]
 
@@ -117,12 +117,29 @@ def cmd_validate(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
+def _cache_text(s: Any) -> str:
+    """A stage's ``cache=`` in ``pipekit list``: its file globs and variables."""
+    if s.cache is None:
+        return "-"
+    env = f" env {','.join(s.cache.env)}" if s.cache.env else ""
+    return (",".join(s.cache.files) + env).strip() or "-"
+
+
+#: the columns of `pipekit list`: a heading and how a stage (of plan p) shows in it; one line each
+LIST_COLUMNS: tuple[tuple[str, Callable[[Any, Any], str]], ...] = (
+    ("STAGE", lambda p, s: str(s.name)),
+    ("IMAGE", lambda p, s: p.pipeline.describe_image(s)),
+    ("NEEDS", lambda p, s: ", ".join(p.upstream(s.name)) or "-"),
+    ("WHEN", lambda p, s: "always" if s.when is None else str(s.when)),
+    ("CACHE", lambda p, s: _cache_text(s)),
+    ("DEFINED AT", lambda p, s: str(s.location)),
+)
+
+
 def cmd_list(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     p = plan_of(_load_valid(args.file))
-    rows = [("STAGE", "IMAGE", "NEEDS", "DEFINED AT")]
-    for name in p.order:
-        s = p.stage(name)
-        rows.append((name, p.pipeline.describe_image(s), ", ".join(p.upstream(name)) or "-", s.location))
+    rows = [tuple(heading for heading, _ in LIST_COLUMNS)]
+    rows += [tuple(show(p, p.stage(name)) for _, show in LIST_COLUMNS) for name in p.order]
     table(rows, out)
     if p.pipeline.params:
         print("", file=out)
@@ -274,6 +291,8 @@ def _prompter(request: RunRequest, out: IO[str], view: Callable[[], Any]) -> Any
 
 
 def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    if getattr(args, "watch", False):
+        return _cmd_watch(args, out, err)
     request = _request(args, out, err)
     made: list[Any] = []  # the run, once set up: its live view prints the question
     prompter = _prompter(request, out, lambda: made[0].view if made else None)
@@ -296,7 +315,70 @@ def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
             print_error(
                 err, f"'{name}' awaits approval: pipekit approve {result.run_id} {name}, then pipekit run --resume"
             )
+    if run.request.ci in (None, "none"):  # (a CI's checkout is new each time: it would say it every run)
+        _hint_cache(run.pipeline, err)
     return result.exit_code
+
+
+def _cmd_watch(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
+    """``run --watch``: a run per change (:mod:`pipekit._cli.watch`)."""
+    from pipekit._cli.history import workspace_of
+    from pipekit._cli.watch import watch
+
+    for flag, given in (("--dry-run", args.dry_run), ("--resume", args.resume is not None)):
+        if given:
+            raise UsageError(f"--watch runs the pipeline on every change; it does not go with {flag}")
+    given = os.path.join(args.file, "pipeline.py") if os.path.isdir(args.file) else args.file
+    if not os.path.isfile(given):
+        raise UsageError(f"No pipeline file at {os.path.abspath(given)}: nothing to watch (-f PATH names one)")
+
+    def one_run() -> Any:
+        try:
+            run = setup(_request(args, out, err))
+        except PipelineError as problem:  # (pipeline.py does not import while being edited): wait for the fix
+            print_error(err, f"{type(problem).__name__}: {problem}")
+            return None
+        if run.errors:
+            for e in run.errors:
+                print_error(err, f"{type(e).__name__}: {e}")
+            return None
+        result = run_setup(run)
+        if run.request.ci in (None, "none"):
+            _hint_cache(run.pipeline, err)
+        return result
+
+    with _signals_raise():
+        collector_on()
+        return watch(one_run, workspace_of(args.file), err)
+
+
+CACHE_HINT = (
+    'hint: no stage has cache=, so every run runs every stage; cache=pk.inputs("src/**") on a stage reuses its'
+    " result while its inputs are unchanged (docs/history.md#stage-caching)"
+)
+
+
+def _hint_cache(pipeline: Pipeline, err: IO[str]) -> None:
+    """Once per project (remembered in ``.pipekit/hints``), after a run of a pipeline that caches nothing."""
+    from pipekit._core.safefile import write_file
+
+    if not pipeline.path or any(s.cache is not None for s in pipeline.stages):
+        return
+    workspace = os.path.dirname(pipeline.path)
+    shown = os.path.join(workspace, ".pipekit", "hints")
+    try:
+        with open(shown, encoding="utf-8") as f:
+            if "cache" in f.read().split():
+                return
+    except OSError:
+        pass
+    if not os.path.isdir(os.path.join(workspace, ".pipekit")):
+        return  # (no history was written: nothing to remember it in)
+    try:
+        write_file(shown, "cache\n", root=workspace)
+    except OSError:
+        return  # said next time, rather than every time without saying why
+    print_error(err, CACHE_HINT)
 
 
 RUN_EPILOG = """\b
@@ -306,6 +388,7 @@ Examples:
   pipekit run -f ci/ -j 8 --fail-fast --log-format json
   pipekit run --param registry=localhost:5000 --secrets-file .env.ci
   pipekit run --dry-run                       # what would run, and what is skipped and why
+  pipekit run --watch lint unit               # again on every saved change, until Ctrl-C
   pipekit run --junit reports/pipekit.xml     # for the CI's test view (JUnit XML)
   DOCKER_HOST=ssh://ci@build-box pipekit run  # the workspace is copied to the remote engine
 
@@ -323,6 +406,12 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
     "--fail-fast", is_flag=True, envvar="PIPEKIT_FAIL_FAST", help="When a stage fails, stop the running ones."
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan and start nothing.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Run again on every change in the pipeline's folder (not .pipekit/, .git/ or what the run writes)"
+    " until Ctrl-C; the stage cache decides what runs.",
+)
 @click.option(
     "--log-format", type=click.Choice(LOG_FORMATS), default="console", show_default=True, envvar="PIPEKIT_LOG_FORMAT"
 )

@@ -77,14 +77,16 @@ def _secs(value: float | None) -> str:
 
 
 def cmd_runs(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
-    rows: list[tuple[str, ...]] = [("RUN", "PIPELINE", "BRANCH", "STATUS", "STARTED", "DURATION")]
+    rows: list[tuple[str, ...]] = [("RUN", "PIPELINE", "BRANCH", "COMMIT", "STATUS", "STARTED", "DURATION")]
     with opened_history(args.file, err) as history:
         for r in history.runs(args.limit):
-            rows.append((r.id, r.pipeline, r.branch or "-", r.status, _when(r.started), _secs(r.duration_s)))
+            rows.append(
+                (r.id, r.pipeline, r.branch or "-", r.commit_text, r.status, _when(r.started), _secs(r.duration_s))
+            )
     if len(rows) == 1:
         print("no runs recorded yet", file=out)
         return 0
-    kept = _kept_stages() if any(row[3] == "failed" for row in rows[1:]) else {}  # only failures keep any
+    kept = _kept_stages() if any(row[4] == "failed" for row in rows[1:]) else {}  # only failures keep any
     if kept:
         rows = [(*row, "KEPT" if i == 0 else ", ".join(kept.get(row[0], [])) or "-") for i, row in enumerate(rows)]
     table(rows, out)
@@ -107,7 +109,8 @@ def cmd_show(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
         run = history.run(history.resolve(args.run))
         print(f"run {run.id}: {run.status}", file=out)
         print(f"  pipeline  {run.pipeline} ({run.path})", file=out)
-        print(f"  branch    {run.branch or '-'} at {run.git_commit or '-'}", file=out)
+        dirty = " (dirty: uncommitted changes to tracked files)" if run.dirty else ""
+        print(f"  branch    {run.branch or '-'} at {run.git_commit or '-'}{dirty}", file=out)
         print(f"  started   {_when(run.started)} by {run.user}@{run.host}: {run.argv}", file=out)
         print(f"  duration  {_secs(run.duration_s)}", file=out)
         if run.resumed_from:

@@ -57,6 +57,8 @@ def completion(shell: str) -> None:
     """Print the shell completion script for bash, zsh or fish."""
     from click.shell_completion import get_completion_class
 
+    import pipekit._cli.complete  # noqa: F401  (its bash and zsh scripts: no space after NAME=)
+
     completer = get_completion_class(shell)
     assert completer is not None
     ctx = click.get_current_context()
@@ -161,8 +163,10 @@ def _main(argv: Sequence[str] | None, out: IO[str], err: IO[str]) -> int:
 
 
 def console_main() -> None:
-    if "_PIPEKIT_COMPLETE" in os.environ:  # the shell asks for completions
-        cli.main(prog_name="pipekit", complete_var="_PIPEKIT_COMPLETE")
+    if "_PIPEKIT_COMPLETE" in os.environ:  # the shell asks for completions (pipekit.__main__ answers first)
+        from pipekit._cli.complete import complete
+
+        raise SystemExit(complete(lambda: cli))
     code = main()
     # Python's last garbage collection at exit walks every object the run made (about 0.12 s
     # here, paid after the last container is gone); nothing is left to collect that matters, so

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from pipekit._core.testreport import TestReport
 from pipekit._history.store import History
 from pipekit.exceptions import UsageError
 
-__all__ = ["HistoryRecorder", "Unfailing", "redact_argv"]
+__all__ = ["HistoryRecorder", "Unfailing", "git_state", "redact_argv"]
 
 
 def redact_argv(argv: list[str], mask: Callable[[str], str]) -> str:
@@ -42,12 +43,14 @@ class HistoryRecorder:
     def run_started(self, run_id: str, plan: Any) -> None:
         self.run_id = run_id
         path = plan.pipeline.path or ""
+        commit, dirty = git_state(Path(path).parent if path else Path.cwd())
         self.history.start_run(
             run_id,
             pipeline=plan.pipeline.name,
             path=path,
             branch=self.branch,
-            git_commit=_git_commit(Path(path).parent if path else Path.cwd()),
+            git_commit=commit,
+            dirty=dirty,
             argv=self.argv,
             resumed_from=self.resumed_from,
         )
@@ -85,14 +88,72 @@ class HistoryRecorder:
         self.history.add_tests(self.run_id, stage, report)
 
 
-def _git_commit(workspace: Path) -> str | None:
+#: what git sees of the user's environment when pipekit asks it about the workspace
+_GIT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+#: git with no hook and no fsmonitor, whatever a .git/config a stage wrote says (command-line config wins)
+_GIT_SAFE = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false"}
+
+
+def _git(workspace: Path, *args: str, config: dict[str, str] | None = None) -> str | None:
+    """``git ARGS`` in the workspace, its output, or None when it fails. A scrubbed environment
+    (no GIT_DIR of the caller's), hooks, fsmonitor and (``config``) filters off."""
+    import os
     import subprocess
 
+    values = {**_GIT_SAFE, **(config or {})}
+    env = {k: os.environ[k] for k in _GIT_ENV if k in os.environ}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_COUNT=str(len(values)))
+    for i, (key, value) in enumerate(values.items()):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
     try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(
+            ["git", "--no-optional-locks", *args],
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def git_state(workspace: Path) -> tuple[str | None, bool | None]:
+    """The commit checked out in ``workspace`` and whether its tracked files have uncommitted
+    changes (untracked files do not count, as for ``git describe --dirty``); (None, None) outside
+    git. ``git status`` may run a filter driver's ``clean`` command that a ``.git/config`` names (a
+    stage may have written one): every driver configured is switched off for it."""
+    status = _git(
+        workspace,
+        "status",
+        "--porcelain=v2",
+        "--branch",
+        "--untracked-files=no",
+        "--ignore-submodules=dirty",
+        config=_filters_off(workspace),
+    )
+    if status is None:
+        return None, None
+    lines = status.splitlines()
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), "")
+    if not re.fullmatch(r"[0-9a-f]{40,64}", commit):  # "(initial)": no commit yet
+        return None, None
+    return commit, any(line and not line.startswith("#") for line in lines)
+
+
+def _filters_off(workspace: Path) -> dict[str, str]:
+    """``filter.NAME.clean`` (and ``process``, ``smudge``) set to nothing for every driver git's
+    configuration names; no git call when the checkout's own config names none (the usual case)."""
+    try:
+        local = (workspace / ".git" / "config").read_text(encoding="utf-8", errors="replace").lower()
+    except OSError:
+        local = "filter include"  # (a worktree, a subfolder of the checkout: ask git)
+    if "filter" not in local and "include" not in local:
+        return {}
+    drivers = _git(workspace, "config", "--get-regexp", r"^filter\..*\.(clean|process|smudge)$") or ""
+    return {line.split()[0]: "" for line in drivers.splitlines() if line.strip()}
 
 
 class Unfailing:

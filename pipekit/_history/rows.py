@@ -14,6 +14,10 @@ from pipekit._core.testreport import FailedTest
 __all__ = ["ArtifactRow", "CacheRow", "RunRow", "StageRow", "TestRow"]
 
 
+def _maybe_bool(value: object) -> bool | None:
+    return None if value is None else bool(value)
+
+
 @attrs.frozen
 class RunRow:
     id: str
@@ -29,10 +33,20 @@ class RunRow:
     ended: float | None
     status: str
     resumed_from: str | None
+    #: the working tree had uncommitted changes to tracked files (None: not a git checkout, or unknown)
+    dirty: bool | None = attrs.field(default=None, converter=_maybe_bool)
 
     @property
     def duration_s(self) -> float | None:
         return round(self.ended - self.started, 3) if self.ended else None
+
+    @property
+    def commit_text(self) -> str:
+        """The commit, marked when the working tree was dirty: ``1a2b3c4d5e6f-dirty`` (as ``git
+        describe --dirty`` marks it), ``-`` outside git."""
+        if not self.git_commit:
+            return "-"
+        return f"{self.git_commit[:12]}-dirty" if self.dirty else self.git_commit[:12]
 
 
 @attrs.frozen

@@ -36,7 +36,7 @@ __all__ = ["History", "HistoryUnwritable"]
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, pipeline TEXT, path TEXT, branch TEXT, git_commit TEXT, argv TEXT,
-    user TEXT, host TEXT, pid INTEGER, started REAL, ended REAL, status TEXT, resumed_from TEXT
+    user TEXT, host TEXT, pid INTEGER, started REAL, ended REAL, status TEXT, resumed_from TEXT, dirty INTEGER
 );
 CREATE TABLE IF NOT EXISTS stages (
     run_id TEXT, name TEXT, position INTEGER, status TEXT, attempts INTEGER, started REAL,
@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS tests (
 CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, run_id TEXT, stage TEXT, output TEXT, created REAL);
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
 """
+#: columns added to a table after its first release: a database made before gets them
+ADDED_COLUMNS = (("runs", "dirty", "INTEGER"),)
 
 
 class History:
@@ -83,6 +85,7 @@ class History:
             try:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.executescript(SCHEMA)
+                _add_columns(db)
                 break
             except sqlite3.OperationalError as e:
                 if not _busy(e) or time.monotonic() > deadline:
@@ -155,10 +158,12 @@ class History:
         git_commit: str | None,
         argv: str,
         resumed_from: str | None = None,
+        dirty: bool | None = None,
     ) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 'running', ?)",
+                "INSERT INTO runs (id, pipeline, path, branch, git_commit, argv, user, host, pid, started, ended,"
+                " status, resumed_from, dirty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 'running', ?, ?)",
                 (
                     run_id,
                     pipeline,
@@ -171,6 +176,7 @@ class History:
                     os.getpid(),
                     time.time(),
                     resumed_from,
+                    None if dirty is None else int(dirty),
                 ),
             )
 
@@ -424,6 +430,12 @@ class History:
                 except Exception as e:  # the engine may be down; the record is still right
                     self._warn(f"could not remove what run {run_id} left behind: {e}")
         return dead
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, kind in ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _busy(e: Exception) -> bool:
