@@ -17,12 +17,24 @@ def test(ctx, build: pk.Image):
     ctx.docker.run(build, "python -m unittest discover -v")
 
 
-@pk.stage(image=build, workspace=False)  # no checkout mounted: this tests what the image holds
+# The app itself, started from the image `build` made in this run (its CMD serves on port 8000),
+# reachable from the smoke stage as http://app:8000. Healthy once /health answers.
+app = pk.Service(
+    "app",
+    image=build,
+    healthcheck=["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')"],
+)
+
+
+@pk.stage(image=build, workspace=False, services=[app])  # no checkout mounted: this tests what the image holds
 def smoke(ctx):
     # Runs in the image's WORKDIR (/app). With the workspace mounted, `import app` would find the
     # checkout's app.py instead, and the smoke test would prove nothing about the image.
     ctx.sh('test "$(python3 -c "import app; print(app.__file__)")" = /app/app.py')
-    ctx.sh("python3 -c 'import app; print(app.greeting())'")
+    # and the running app answers over the network, by its service name
+    ctx.sh(
+        "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://app:8000/smoke').read().decode())\""
+    )
 
 
 @pk.stage(needs=[test, smoke], when=pk.branch("main"))  # Jenkins: when { branch 'main' }

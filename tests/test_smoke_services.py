@@ -1,0 +1,112 @@
+"""Smoke-testing a built image (issue 28 item 3): ``pk.Service(image=<stage>)`` starts the image a
+stage built in this run, reachable by name from the stage that uses it; on the real engine,
+through the installed ``pipekit`` console script, and in the fake backend."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pipekit as pk
+from pipekit.testing import PipelineRunner
+from tests.conftest import json_lines
+from tests.helpers import run_console
+
+PIPELINE = """
+import pipekit as pk
+
+@pk.stage
+def build(ctx) -> pk.Image:
+    return ctx.docker.build(".", tag="pipekit-test/smoke-app:{token}")
+
+app = pk.Service("app", image=build, healthcheck=["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"])
+
+@pk.stage(image="{busybox}", services=[app])
+def smoke(ctx):
+    ctx.sh("wget -q -O- http://app:8080/")
+"""
+
+DOCKERFILE = """
+FROM {busybox}
+RUN mkdir /www && echo "built {token}" > /www/index.html
+CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]
+"""
+
+
+def _project(tmp_path: Path, busybox: str, token: str) -> Path:
+    (tmp_path / "pipeline.py").write_text(textwrap.dedent(PIPELINE.format(token=token, busybox=busybox)))
+    (tmp_path / "Dockerfile").write_text(DOCKERFILE.format(token=token, busybox=busybox))
+    return tmp_path
+
+
+def _left_behind(docker_client: Any, run_id: str) -> list[str]:
+    label = {"label": f"io.pipekit.run={run_id}"}
+    containers = [c.name for c in docker_client.containers.list(all=True, filters=label)]
+    networks = [n.name for n in docker_client.networks.list(filters=label)]
+    return containers + networks
+
+
+@pytest.mark.docker
+def test_the_smoke_stage_reaches_the_service_started_from_the_image_just_built(
+    tmp_path: Path, busybox_image: str, docker_client: Any
+) -> None:
+    token = uuid.uuid4().hex[:12]
+    project = _project(tmp_path, busybox_image, token)
+    try:
+        proc = run_console(["run", "--log-format", "json"], cwd=project, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+        events = json_lines(proc.stdout)
+        lines = [e["line"] for e in events if e.get("event") == "output" and e.get("stage") == "smoke"]
+        assert f"built {token}" in lines  # the page baked into this run's image, served by the service
+        [run_id] = {e["run_id"] for e in events if "run_id" in e}
+        assert _left_behind(docker_client, run_id) == []
+    finally:
+        docker_client.images.remove(f"pipekit-test/smoke-app:{token}", force=True)
+
+
+def test_a_service_from_a_stage_makes_the_stage_depend_on_it(tmp_path: Path) -> None:
+    p = pk.Pipeline(name="smoke", image="busybox")
+
+    @p.stage
+    def build(ctx: pk.Context) -> pk.Image:
+        return ctx.docker.build(".", tag="app:1")
+
+    @p.stage(services=[pk.Service("app", image=build)])
+    def smoke(ctx: pk.Context) -> None:
+        ctx.sh("wget -q -O- http://app:8000/")
+
+    assert smoke.upstream == ("build",)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    result = PipelineRunner(base_dir=tmp_path).run(p)
+    assert result.order == ("build", "smoke")
+    [service] = result.calls("smoke", kind="service")
+    assert service.image == result.stages["build"].output.id  # the image built in this run, not a name
+
+
+def test_a_service_from_a_stage_that_built_no_image_fails_the_stage_clearly(tmp_path: Path) -> None:
+    p = pk.Pipeline(name="smoke", image="busybox")
+
+    @p.stage
+    def build(ctx: pk.Context) -> str:
+        return "app:1"  # a name, not the pk.Image of a build
+
+    @p.stage(services=[pk.Service("app", image=build)])
+    def smoke(ctx: pk.Context) -> None:
+        ctx.sh("true")
+
+    result = PipelineRunner(base_dir=tmp_path).run(p)
+    assert result.stages["smoke"].status == "failed"
+    assert result.stages["smoke"].error == (
+        "Stage 'smoke' starts service app from the image of stage 'build', which returned str, not a pk.Image."
+        " Return ctx.docker.build(...) from 'build'"
+    )
+    assert result.calls("smoke") == []  # nothing was started
+
+
+def test_a_service_image_that_is_neither_a_name_nor_a_stage_is_refused() -> None:
+    with pytest.raises(pk.PipelineError, match="a stage that returns a pk.Image"):
+        pk.Service("app", image=42)  # type: ignore[arg-type]
