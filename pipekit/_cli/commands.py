@@ -28,6 +28,7 @@ from pipekit._cli.options import (
     file_option,
     resume_option,
 )
+from pipekit._cli.prune import retain
 from pipekit._console.log import LOG_FORMATS, make_logger
 from pipekit._core.util import collector_on
 from pipekit._dsl.loader import load
@@ -253,6 +254,7 @@ def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     with _signals_raise():
         collector_on()  # start-up is over (the pipeline is loaded and planned)
         result = run_setup(run)
+    retain(args, err)
     return result.exit_code
 
 
@@ -317,6 +319,20 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
 @click.option("--timeout", metavar="DURATION", envvar="PIPEKIT_TIMEOUT", help="Fail the run after this long ('30m').")
 @resume_option("Run again only what failed or did not run in RUN (default: the last run).")
 @click.option("--no-cache", is_flag=True, envvar="PIPEKIT_NO_CACHE", help="Run every stage, ignoring cached results.")
+@click.option(
+    "--keep-runs",
+    type=click.IntRange(0),
+    metavar="N",
+    envvar="PIPEKIT_KEEP_RUNS",
+    help="After the run, prune the history to the N most recent runs (keep-runs in [tool.pipekit]).",
+)
+@click.option(
+    "--keep-days",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="DAYS",
+    envvar="PIPEKIT_KEEP_DAYS",
+    help="After the run, prune the runs started more than DAYS days ago (keep-days).",
+)
 @click.option(
     "--workspace",
     type=click.Choice(("auto", "mount", "copy")),

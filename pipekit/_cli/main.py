@@ -1,4 +1,4 @@
-"""The command line, with click: ``pipekit run | runs | show | logs | artifacts | cache | list |
+"""The command line, with click: ``pipekit run | runs | show | logs | artifacts | cache | prune | list |
 graph | validate | completion``.
 
 Exit codes: 0 success, 1 a stage failed, 2 the pipeline or the command line is wrong,
@@ -21,7 +21,7 @@ from typing import IO, Any
 import click
 
 from pipekit import __version__
-from pipekit._cli import ci, commands, history, server, views
+from pipekit._cli import ci, commands, history, prune, server, views
 from pipekit._cli.config import command_defaults
 from pipekit._cli.history import CONTEXT, print_error
 from pipekit._core.util import EXIT_INTERRUPTED, collector_on
@@ -38,7 +38,7 @@ def cli() -> None:
         collector_on()  # (a run turns it on once its pipeline is loaded and planned)
 
 
-for module in (commands, history, ci, views, server):  # each module adds its own commands
+for module in (commands, history, prune, ci, views, server):  # each module adds its own commands
     module.register(cli)
 
 
