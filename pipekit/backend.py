@@ -50,6 +50,8 @@ __all__ = [
     "StageBackend",
     "Sweeps",
     "CommandResult",
+    "DetachedContainers",
+    "DetachedSpec",
     "Image",
     "LineSink",
     "ServiceSpec",
@@ -307,6 +309,36 @@ class ImageBackend(Protocol):
         on_line: LineSink,
     ) -> CommandResult:
         """Run a one-shot container to its end, streaming its output, and remove it."""
+
+
+@attrs.frozen
+class DetachedSpec:
+    """A container a stage starts in the background (``ctx.docker.run(..., detach=True)``),
+    reachable from the stage by ``name`` on the stage's network, removed when the stage ends."""
+
+    origin: Origin
+    image: str
+    name: str
+    command: list[str] | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+
+@runtime_checkable
+class DetachedContainers(Protocol):
+    """Background containers of a stage (the Docker backend, the fake one)."""
+
+    def start_detached(self, spec: DetachedSpec, stage: StageHandle | None) -> str:
+        """Start it on the network of ``stage`` (the stage's own container, if it has one, joins
+        that network); its id."""
+
+    def detached_logs(self, detached: str) -> str:
+        """Its output so far (stdout and stderr)."""
+
+    def stop_detached(self, detached: str, timeout: float) -> int | None:
+        """Stop it (SIGTERM, then SIGKILL after ``timeout`` seconds); its exit code."""
+
+    def remove_detached(self, detached: str) -> None:
+        """Remove it (and a network made for it alone); one already gone is fine."""
 
 
 @attrs.frozen

@@ -110,3 +110,79 @@ def test_a_service_from_a_stage_that_built_no_image_fails_the_stage_clearly(tmp_
 def test_a_service_image_that_is_neither_a_name_nor_a_stage_is_refused() -> None:
     with pytest.raises(pk.PipelineError, match="a stage that returns a pk.Image"):
         pk.Service("app", image=42)  # type: ignore[arg-type]
+
+
+# -- ctx.docker.run(..., detach=True) ------------------------------------------------------------
+
+DETACHED = """
+import pipekit as pk
+
+BUSYBOX = "{busybox}"
+SERVE = "sh -c 'mkdir -p /www && echo served-{token} > /www/index.html && exec httpd -f -p 8080 -h /www'"
+
+@pk.stage(image=BUSYBOX)
+def smoke(ctx):
+    web = ctx.docker.run(BUSYBOX, SERVE, detach=True, name="web")
+    ctx.sh("for i in $(seq 1 40); do wget -q -O- http://web:8080/ && exit 0; sleep 0.25; done; exit 1")
+    ctx.log.info("web stopped", exit_code=web.stop(timeout=1), logs=web.logs())
+
+@pk.stage(image=BUSYBOX, needs=[smoke])
+def fails(ctx):
+    ctx.docker.run(BUSYBOX, "sleep 300", detach=True, name="sleeper")
+    ctx.sh("exit 3")
+
+@pk.stage(needs=[smoke])
+def on_host(ctx):
+    ctx.docker.run(BUSYBOX, "sleep 300", detach=True, name="lazy")
+    raise RuntimeError("the host stage fails too")
+"""
+
+
+@pytest.mark.docker
+def test_a_detached_container_is_reachable_by_name_and_removed_when_its_stage_fails(
+    tmp_path: Path, busybox_image: str, docker_client: Any
+) -> None:
+    token = uuid.uuid4().hex[:12]
+    (tmp_path / "pipeline.py").write_text(textwrap.dedent(DETACHED.format(busybox=busybox_image, token=token)))
+    proc = run_console(["run", "--log-format", "json"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
+    events = json_lines(proc.stdout)
+    status = {e["stage"]: e["status"] for e in events if e.get("event") == "stage finished"}
+    assert status == {"smoke": "succeeded", "fails": "failed", "on_host": "failed"}
+    smoke = [e["line"] for e in events if e.get("event") == "output" and e.get("stage") == "smoke"]
+    assert f"served-{token}" in smoke  # the stage reached the container by its name
+    [stopped] = [e for e in events if e.get("event") == "web stopped"]
+    assert stopped["exit_code"] in (137, 143)  # httpd as PID 1 ignores SIGTERM: killed after 1 s
+    started = {e["stage"]: e["container"] for e in events if e.get("event") == "container started"}
+    assert set(started) == {"smoke", "fails", "on_host"}
+    for stage, prefix in started.items():
+        assert docker_client.containers.list(all=True, filters={"id": prefix}) == [], stage
+    [run_id] = {e["run_id"] for e in events if "run_id" in e}
+    assert _left_behind(docker_client, run_id) == []
+
+
+def test_detached_containers_in_the_fake_backend(tmp_path: Path) -> None:
+    p = pk.Pipeline(name="fake", image="busybox")
+    seen: dict[str, Any] = {}
+
+    @p.stage
+    def smoke(ctx: pk.Context) -> None:
+        web = ctx.docker.run("my-app:1", "python app.py", detach=True, name="web")
+        seen["logs"], seen["code"], seen["name"] = web.logs(), web.stop(), web.name
+        ctx.docker.run("my-app:1", "python worker.py", detach=True)  # left for the stage's end to remove
+
+    @p.stage(needs=[smoke])
+    def fails(ctx: pk.Context) -> None:
+        ctx.docker.run("my-app:1", "python app.py", detach=True, name="web")
+        raise RuntimeError("boom")
+
+    runner = PipelineRunner(base_dir=tmp_path)
+    runner.respond("python app.py", stdout="listening on 8000", exit_code=143)
+    result = runner.run(p)
+    assert seen == {"logs": "listening on 8000", "code": 143, "name": "web"}
+    assert [c.text for c in result.calls("smoke", kind="detached")] == [
+        "web: python app.py",
+        "my-app: python worker.py",
+    ]
+    assert result.stages["fails"].status == "failed"
+    assert runner.fake.open_detached == set()  # every one removed, also after the failure

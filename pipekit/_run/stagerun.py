@@ -249,6 +249,9 @@ class StageRun:
             attempt.error = error_text(self.name, e)
             attempt.exit_code = e.returncode if isinstance(e, StepFailed) else None
             self.engine_lost = self.engine_lost or isinstance(e, EngineUnavailable)
+        finally:
+            if attempt.ctx is not None:
+                attempt.ctx.docker.close()  # ctx.docker.run(detach=True)'s containers end with the attempt
         if self.timed_out:
             timeout = format_duration(self.resolved.stage.timeout or 0)
             attempt.status, attempt.error = StageStatus.FAILED, f"Stage '{self.name}' timed out after {timeout}"
