@@ -186,3 +186,38 @@ def test_detached_containers_in_the_fake_backend(tmp_path: Path) -> None:
     ]
     assert result.stages["fails"].status == "failed"
     assert runner.fake.open_detached == set()  # every one removed, also after the failure
+
+
+INTERRUPTED = """
+import pipekit as pk
+
+@pk.stage(image="busybox")
+def in_container(ctx):
+    ctx.docker.run("{busybox}", "sleep 300", detach=True, name="bg1")
+    ctx.sh("echo started; sleep 60")
+
+@pk.stage
+def on_host(ctx):
+    ctx.docker.run("{busybox}", "sleep 300", detach=True, name="bg2")
+    ctx.sh("echo started; sleep 61")
+"""
+
+
+@pytest.mark.docker
+def test_ctrl_c_removes_detached_containers_and_their_networks(
+    tmp_path: Path, busybox_image: str, docker_client: Any
+) -> None:
+    import signal
+
+    from tests.helpers import StartedRun
+
+    (tmp_path / "pipeline.py").write_text(INTERRUPTED.format(busybox=busybox_image))
+    run = StartedRun(tmp_path, busybox_image)
+    assert run.wait_for_lines("started", stages=2, timeout=60) == {"in_container", "on_host"}
+    assert run.run_id is not None
+    running = docker_client.containers.list(filters={"label": f"io.pipekit.run={run.run_id}"})
+    assert len(running) == 3  # the stage's container and the two in the background
+    run.proc.send_signal(signal.SIGINT)
+    _events, err = run.finish(timeout=60)
+    assert run.proc.returncode == 130, err
+    assert _left_behind(docker_client, run.run_id) == []
