@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
+import stat
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -23,9 +22,6 @@ from pipekit._history.store import History
 from pipekit.exceptions import UsageError
 
 __all__ = ["Pruned", "format_size", "parse_age", "prune", "size_of"]
-
-#: the run statuses that are never pruned: the run is still going, or waits for a decision
-_LIVE = "status = 'running' OR status LIKE 'awaiting%'"
 
 
 @attrs.frozen
@@ -69,36 +65,17 @@ def size_of(folder: Path) -> int:
         for name in files:
             with contextlib.suppress(OSError):
                 st = os.lstat(os.path.join(top, name))
-                total += st.st_size if not os.path.islink(os.path.join(top, name)) else 0
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
     return total
 
 
 def _doomed(history: History, keep: int | None, older_than: float | None) -> list[str]:
-    rows = history._query(f"SELECT id, started FROM runs WHERE NOT ({_LIVE}) ORDER BY started DESC")
     cutoff = time.time() - older_than if older_than is not None else None
-    doomed = []
-    for i, row in enumerate(rows):
-        beyond = keep is not None and i >= keep
-        old = cutoff is not None and (row["started"] or 0) < cutoff
-        if beyond or old:
-            doomed.append(str(row["id"]))
-    return doomed
-
-
-def _unreferenced(history: History, runs: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The artifact digests and cache keys that nothing outside ``runs`` refers to."""
-    marks = ",".join("?" * len(runs))
-    digests = history._query(
-        f"SELECT DISTINCT sha256 FROM artifacts WHERE run_id IN ({marks})"
-        f" AND sha256 NOT IN (SELECT sha256 FROM artifacts WHERE run_id NOT IN ({marks}))",
-        (*runs, *runs),
-    )
-    keys = history._query(
-        f"SELECT key FROM cache WHERE run_id IN ({marks})"
-        f" AND key NOT IN (SELECT cache_key FROM stages WHERE run_id NOT IN ({marks}) AND cache_key IS NOT NULL)",
-        (*runs, *runs),
-    )
-    return [str(r["sha256"]) for r in digests], [str(r["key"]) for r in keys]
+    return [
+        run_id
+        for i, (run_id, started) in enumerate(history.finished_runs())
+        if (keep is not None and i >= keep) or (cutoff is not None and started < cutoff)
+    ]
 
 
 def prune(
@@ -112,7 +89,7 @@ def prune(
     runs = _doomed(history, keep, older_than)
     if not runs:
         return Pruned((), 0, 0, 0, dry_run)
-    digests, keys = _unreferenced(history, runs)
+    digests, keys = history.used_only_by(runs)
     files = [f"logs/{run_id}" for run_id in runs] + [f"artifacts/{d}" for d in digests]
     if dry_run:
         freed = sum(
@@ -120,29 +97,13 @@ def prune(
         )
         return Pruned(tuple(runs), len(digests), len(keys), freed, True)
     db_before = _db_size(history)
-    _delete_rows(history, runs, keys)
+    history.forget(runs, keys)
     try:
         freed = sum(remove_beneath(history.dir, f) for f in files)
     except UnsafePath as e:
         raise UsageError(f"{e} (in {history.dir}); the pruned runs' records are gone, their other files stay") from e
-    _shrink(history)
+    history.compact()
     return Pruned(tuple(runs), len(digests), len(keys), freed + max(0, db_before - _db_size(history)))
-
-
-def _delete_rows(history: History, runs: Sequence[str], keys: Sequence[str]) -> None:
-    marks = ",".join("?" * len(runs))
-    with history._tx() as db:
-        db.execute(f"DELETE FROM runs WHERE id IN ({marks}) AND NOT ({_LIVE})", tuple(runs))
-        for table in ("stages", "artifacts", "tests"):
-            db.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", tuple(runs))
-        db.executemany("DELETE FROM cache WHERE key = ?", [(k,) for k in keys])
-
-
-def _shrink(history: History) -> None:
-    """Give the freed pages back to the file system (best effort: another process may be reading)."""
-    with history._lock, contextlib.suppress(sqlite3.OperationalError):
-        history._db.execute("VACUUM")
-        history._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _db_size(history: History) -> int:
