@@ -221,3 +221,47 @@ def test_ctrl_c_removes_detached_containers_and_their_networks(
     _events, err = run.finish(timeout=60)
     assert run.proc.returncode == 130, err
     assert _left_behind(docker_client, run.run_id) == []
+
+
+def test_a_detached_containers_logs_are_masked(tmp_path: Path) -> None:
+    p = pk.Pipeline(name="masked", image="busybox")
+    seen: list[str] = []
+
+    @p.stage
+    def smoke(ctx: pk.Context) -> None:
+        web = ctx.docker.run("my-app:1", "serve", env={"TOKEN": pk.secret("API_TOKEN")}, detach=True)
+        seen.append(web.logs())
+
+    runner = PipelineRunner(base_dir=tmp_path)
+    runner.respond("serve", stdout="the token is s3cr3t-t0ken-value")
+    result = runner.run(p, secrets={"API_TOKEN": "s3cr3t-t0ken-value"})
+    assert result.status == "succeeded"
+    assert seen and "s3cr3t-t0ken-value" not in seen[0] and seen[0].startswith("the token is ")
+    [call] = result.calls("smoke", kind="detached")
+    assert "s3cr3t-t0ken-value" not in str(call.env)
+
+
+TIMED_OUT = """
+import pipekit as pk
+
+@pk.stage(image="{busybox}", timeout="3s")
+def slow(ctx):
+    ctx.docker.run("{busybox}", "sleep 300", detach=True, name="bg")
+    ctx.sh("echo started; sleep 60")
+"""
+
+
+@pytest.mark.docker
+def test_a_detached_container_is_removed_when_its_stage_times_out(
+    tmp_path: Path, busybox_image: str, docker_client: Any
+) -> None:
+    (tmp_path / "pipeline.py").write_text(TIMED_OUT.format(busybox=busybox_image))
+    proc = run_console(["run", "--log-format", "json"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr
+    events = json_lines(proc.stdout)
+    [finished] = [e for e in events if e.get("event") == "stage finished"]
+    assert finished["status"] == "failed" and "timed out after 3s" in finished["error"]
+    [started] = [e["container"] for e in events if e.get("event") == "container started"]
+    assert docker_client.containers.list(all=True, filters={"id": started}) == []
+    [run_id] = {e["run_id"] for e in events if "run_id" in e}
+    assert _left_behind(docker_client, run_id) == []
