@@ -102,6 +102,7 @@ class ServiceSpec:
     env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     healthcheck: Sequence[str] | str | None = None
     healthcheck_timeout: float = 60.0
+    ports: tuple[int, ...] = ()  # without a healthcheck: healthy once each accepts a connection
 
 
 @attrs.frozen

@@ -23,7 +23,8 @@ import pipekit as pk
 def build(ctx) -> pk.Image:
     return ctx.docker.build(".", tag="pipekit-test/smoke-app:{token}")
 
-app = pk.Service("app", image=build, healthcheck=["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"])
+# no healthcheck: healthy once port 8080 accepts connections (the server starts 2 s late)
+app = pk.Service("app", image=build, ports=[8080])
 
 @pk.stage(image="{busybox}", services=[app])
 def smoke(ctx):
@@ -33,7 +34,7 @@ def smoke(ctx):
 DOCKERFILE = """
 FROM {busybox}
 RUN mkdir /www && echo "built {token}" > /www/index.html
-CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]
+CMD ["sh", "-c", "sleep 2 && exec httpd -f -p 8080 -h /www"]
 """
 
 
@@ -110,6 +111,9 @@ def test_a_service_from_a_stage_that_built_no_image_fails_the_stage_clearly(tmp_
 def test_a_service_image_that_is_neither_a_name_nor_a_stage_is_refused() -> None:
     with pytest.raises(pk.PipelineError, match="a stage that returns a pk.Image"):
         pk.Service("app", image=42)  # type: ignore[arg-type]
+    with pytest.raises(pk.PipelineError, match=r"ports= takes a list of port numbers like \[8000\], got 8000"):
+        pk.Service("app", image="x", ports=8000)  # type: ignore[arg-type]
+    assert pk.Service("app", image="x", ports=[8000, 9000]).ports == (8000, 9000)
 
 
 # -- ctx.docker.run(..., detach=True) ------------------------------------------------------------

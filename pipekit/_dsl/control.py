@@ -141,10 +141,19 @@ class Service:
     env: Mapping[str, str | Secret] = attrs.field(factory=dict)
     healthcheck: Sequence[str] | str | None = None
     healthcheck_timeout: float = 60.0
+    #: the ports it serves on; without a ``healthcheck``, it is healthy once each accepts a connection
+    ports: Sequence[int] = ()
 
     def __attrs_post_init__(self) -> None:
         if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", self.name or ""):
             raise PipelineError(f"a service's name is its host name: letters, digits, '.', '_', '-'; got {self.name!r}")
+        if isinstance(self.ports, (str, int)) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in self.ports
+        ):
+            raise PipelineError(
+                f"service '{self.name}': ports= takes a list of port numbers like [8000], got {self.ports!r}"
+            )
+        object.__setattr__(self, "ports", tuple(self.ports))
         if isinstance(self.image, _StageImage):
             return
         if not isinstance(self.image, str) or not self.image:

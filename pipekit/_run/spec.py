@@ -28,6 +28,7 @@ def stage_spec(
             env=secrets.resolve_env(svc.env, stage=name),
             healthcheck=svc.healthcheck,
             healthcheck_timeout=svc.healthcheck_timeout,
+            ports=tuple(svc.ports),
         )
         for svc in resolved.services
     )

@@ -104,7 +104,7 @@ class DockerBackend:
         self._answered = False
         self._host = host
         self.images = Images(lambda: self.client, lambda: self.host)
-        self.services = Services(lambda: self.client, self.images)
+        self.services = Services(lambda: self.client, self.images, lambda: engine_is_local(self.host))
         self.detached = DetachedRuns(lambda: self.client, self.images)
         self.housekeeping = Housekeeping(lambda: self.client)
         self.files = Files(lambda: self.client)
