@@ -338,6 +338,9 @@ class DetachedContainers(Protocol):
     def stop_detached(self, detached: str, timeout: float) -> int | None:
         """Stop it (SIGTERM, then SIGKILL after ``timeout`` seconds); its exit code."""
 
+    def wait_detached(self, detached: str, timeout: float | None) -> int:
+        """Wait until it exits (TimeoutError after ``timeout`` seconds); its exit code."""
+
     def remove_detached(self, detached: str) -> None:
         """Remove it (and a network made for it alone); one already gone is fine."""
 

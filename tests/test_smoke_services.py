@@ -128,6 +128,12 @@ SERVE = "sh -c 'mkdir -p /www && echo served-{token} > /www/index.html && exec h
 def smoke(ctx):
     web = ctx.docker.run(BUSYBOX, SERVE, detach=True, name="web")
     ctx.sh("for i in $(seq 1 40); do wget -q -O- http://web:8080/ && exit 0; sleep 0.25; done; exit 1")
+    try:
+        web.wait(timeout=1)
+    except TimeoutError:
+        ctx.log.info("web still serving")
+    job = ctx.docker.run(BUSYBOX, "sh -c 'echo done-{token}; exit 7'", detach=True, name="job")
+    ctx.log.info("job ended", exit_code=job.wait(timeout=60), logs=job.logs())
     ctx.log.info("web stopped", exit_code=web.stop(timeout=1), logs=web.logs())
 
 @pk.stage(image=BUSYBOX, needs=[smoke])
@@ -155,6 +161,9 @@ def test_a_detached_container_is_reachable_by_name_and_removed_when_its_stage_fa
     assert status == {"smoke": "succeeded", "fails": "failed", "on_host": "failed"}
     smoke = [e["line"] for e in events if e.get("event") == "output" and e.get("stage") == "smoke"]
     assert f"served-{token}" in smoke  # the stage reached the container by its name
+    assert [e for e in events if e.get("event") == "web still serving"]
+    [job] = [e for e in events if e.get("event") == "job ended"]
+    assert job["exit_code"] == 7 and job["logs"] == f"done-{token}\n"
     [stopped] = [e for e in events if e.get("event") == "web stopped"]
     assert stopped["exit_code"] in (137, 143)  # httpd as PID 1 ignores SIGTERM: killed after 1 s
     started = {e["stage"]: e["container"] for e in events if e.get("event") == "container started"}
@@ -172,7 +181,7 @@ def test_detached_containers_in_the_fake_backend(tmp_path: Path) -> None:
     @p.stage
     def smoke(ctx: pk.Context) -> None:
         web = ctx.docker.run("my-app:1", "python app.py", detach=True, name="web")
-        seen["logs"], seen["code"], seen["name"] = web.logs(), web.stop(), web.name
+        seen["logs"], seen["code"], seen["name"], seen["waited"] = web.logs(), web.stop(), web.name, web.wait()
         ctx.docker.run("my-app:1", "python worker.py", detach=True)  # left for the stage's end to remove
 
     @p.stage(needs=[smoke])
@@ -183,7 +192,7 @@ def test_detached_containers_in_the_fake_backend(tmp_path: Path) -> None:
     runner = PipelineRunner(base_dir=tmp_path)
     runner.respond("python app.py", stdout="listening on 8000", exit_code=143)
     result = runner.run(p)
-    assert seen == {"logs": "listening on 8000", "code": 143, "name": "web"}
+    assert seen == {"logs": "listening on 8000", "code": 143, "name": "web", "waited": 143}
     assert [c.text for c in result.calls("smoke", kind="detached")] == [
         "web: python app.py",
         "my-app: python worker.py",

@@ -319,6 +319,10 @@ class FakeBackend(_Recording):
         response = self._response(*self._detached[detached])
         return response.exit_code if response else 0
 
+    def wait_detached(self, detached: str, timeout: float | None) -> int:
+        response = self._response(*self._detached[detached])
+        return response.exit_code if response else 0
+
     def remove_detached(self, detached: str) -> None:
         self.open_detached.discard(detached)
 
@@ -433,6 +437,9 @@ class RecordingBackend(_Recording):
     def stop_detached(self, detached: str, timeout: float) -> int | None:
         code: int | None = self.inner.stop_detached(detached, timeout)
         return code
+
+    def wait_detached(self, detached: str, timeout: float | None) -> int:
+        return int(self.inner.wait_detached(detached, timeout))
 
     def remove_detached(self, detached: str) -> None:
         self.inner.remove_detached(detached)

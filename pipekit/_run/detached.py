@@ -13,7 +13,7 @@ __all__ = ["Container"]
 
 class Container:
     """A background container of a stage: ``id``, ``name`` (its host name on the stage's network),
-    ``image``; ``logs()``, ``stop()``, ``remove()``. pipekit removes it when the stage ends,
+    ``image``; ``logs()``, ``stop()``, ``wait()``, ``remove()``. pipekit removes it when the stage ends,
     whatever happens (a failure, a timeout, Ctrl-C)."""
 
     def __init__(self, backend: DetachedContainers, id: str, name: str, image: str, mask: Callable[[str], str]) -> None:
@@ -33,6 +33,11 @@ class Container:
         """Stop it: SIGTERM, then SIGKILL after ``timeout`` seconds. Its exit code."""
         if not self.removed:
             self.exit_code = self._backend.stop_detached(self.id, timeout)
+        return self.exit_code
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until it exits; its exit code. TimeoutError after ``timeout`` seconds."""
+        self.exit_code = self._backend.wait_detached(self.id, timeout)
         return self.exit_code
 
     def remove(self) -> None:

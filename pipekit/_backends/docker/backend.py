@@ -452,6 +452,9 @@ class DockerBackend:
     def stop_detached(self, detached: str, timeout: float) -> int | None:
         return self.detached.stop(detached, timeout)
 
+    def wait_detached(self, detached: str, timeout: float | None) -> int:
+        return self.detached.wait(detached, timeout)
+
     def remove_detached(self, detached: str) -> None:
         self.detached.remove(detached)
 

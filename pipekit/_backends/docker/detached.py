@@ -108,6 +108,17 @@ class DetachedRuns:
         code = api.inspect_container(cid)["State"].get("ExitCode")
         return int(code) if code is not None else None
 
+    def wait(self, cid: str, timeout: float | None) -> int:
+        from requests.exceptions import ConnectionError, ReadTimeout
+
+        try:
+            result = self._client().api.wait(cid, timeout=timeout)
+        except (ReadTimeout, ConnectionError) as e:
+            if timeout is None:
+                raise
+            raise TimeoutError(f"the container did not exit within {timeout:g}s") from e
+        return int(result.get("StatusCode", 137))
+
     def remove(self, cid: str) -> None:
         api = self._client().api
         remove_container(api, cid)
