@@ -18,8 +18,15 @@ def test(ctx, build: pk.Image):
 
 
 # The app itself, started from the image `build` made in this run (its CMD serves on port 8000),
-# reachable from the smoke stage as http://app:8000; healthy once port 8000 accepts connections.
-app = pk.Service("app", image=build, ports=[8000])
+# reachable from the smoke stage as http://app:8000. Healthy once /health answers (checked inside
+# the service's container, so it works on a remote engine and a swarm too; `ports=[8000]` alone
+# would do on a local engine).
+app = pk.Service(
+    "app",
+    image=build,
+    ports=[8000],
+    healthcheck=["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')"],
+)
 
 
 @pk.stage(image=build, workspace=False, services=[app])  # no checkout mounted: this tests what the image holds
@@ -27,7 +34,8 @@ def smoke(ctx):
     # Runs in the image's WORKDIR (/app). With the workspace mounted, `import app` would find the
     # checkout's app.py instead, and the smoke test would prove nothing about the image.
     ctx.sh('test "$(python3 -c "import app; print(app.__file__)")" = /app/app.py')
-    # and the running app answers over the network, by its service name
+    ctx.sh("python3 -c 'import app; print(app.greeting())'")
+    # and the app, running from the same image, answers over the network, by its service name
     ctx.sh(
         "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://app:8000/smoke').read().decode())\""
     )
