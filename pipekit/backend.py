@@ -50,6 +50,8 @@ __all__ = [
     "StageBackend",
     "Sweeps",
     "CommandResult",
+    "DetachedContainers",
+    "DetachedSpec",
     "Image",
     "LineSink",
     "ServiceSpec",
@@ -103,6 +105,7 @@ class ServiceSpec:
     env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     healthcheck: Sequence[str] | str | None = None
     healthcheck_timeout: float = 60.0
+    ports: tuple[int, ...] = ()  # without a healthcheck: healthy once each accepts a connection
 
 
 @attrs.frozen
@@ -312,6 +315,39 @@ class ImageBackend(Protocol):
         on_line: LineSink,
     ) -> CommandResult:
         """Run a one-shot container to its end, streaming its output, and remove it."""
+
+
+@attrs.frozen
+class DetachedSpec:
+    """A container a stage starts in the background (``ctx.docker.run(..., detach=True)``),
+    reachable from the stage by ``name`` on the stage's network, removed when the stage ends."""
+
+    origin: Origin
+    image: str
+    name: str
+    command: list[str] | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+
+@runtime_checkable
+class DetachedContainers(Protocol):
+    """Background containers of a stage (the Docker backend, the fake one)."""
+
+    def start_detached(self, spec: DetachedSpec, stage: StageHandle | None) -> str:
+        """Start it on the network of ``stage`` (the stage's own container, if it has one, joins
+        that network); its id."""
+
+    def detached_logs(self, detached: str) -> str:
+        """Its output so far (stdout and stderr)."""
+
+    def stop_detached(self, detached: str, timeout: float) -> int | None:
+        """Stop it (SIGTERM, then SIGKILL after ``timeout`` seconds); its exit code."""
+
+    def wait_detached(self, detached: str, timeout: float | None) -> int:
+        """Wait until it exits (TimeoutError after ``timeout`` seconds); its exit code."""
+
+    def remove_detached(self, detached: str) -> None:
+        """Remove it (and a network made for it alone); one already gone is fine."""
 
 
 @attrs.frozen

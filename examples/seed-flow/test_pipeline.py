@@ -54,3 +54,9 @@ def test_refused_push_fails_deploy(pipekit_runner):
 def test_the_whole_run_reads_as_expected(pipekit_runner):
     result = pipekit_runner.run("pipeline.py", branch="main", secrets=SECRETS)
     result.assert_call_tree("main-branch")  # snapshots/main-branch.txt; --pipekit-update-snapshots rewrites it
+
+
+def test_the_smoke_test_calls_the_app_built_in_this_run(pipekit_runner):
+    result = pipekit_runner.run("pipeline.py", branch="feature/x")
+    [app] = result.calls("smoke", kind="service")
+    assert app.image == result.stages["build"].output.id  # started from this run's image, not a name

@@ -21,7 +21,17 @@ import attrs
 from pipekit._backends.fake_files import FILES_HINT, ScriptedFiles, checked
 from pipekit._backends.registry import registry_error
 from pipekit._workspace.archive import pack
-from pipekit.backend import BuildSpec, Capabilities, CommandResult, Image, LineSink, Origin, StageHandle, StageSpec
+from pipekit.backend import (
+    BuildSpec,
+    Capabilities,
+    CommandResult,
+    DetachedSpec,
+    Image,
+    LineSink,
+    Origin,
+    StageHandle,
+    StageSpec,
+)
 from pipekit.exceptions import BuildFailed, StageFailed
 
 __all__ = ["Call", "FakeBackend", "Pattern", "RecordingBackend"]
@@ -120,6 +130,9 @@ class FakeBackend(_Recording):
         self._pull_refusals: list[_Refusal] = []
         self._released: dict[str, threading.Event] = {}
         self.open_handles: set[str] = set()
+        #: the background containers started (ctx.docker.run(detach=True)) and not removed yet
+        self.open_detached: set[str] = set()
+        self._detached: dict[str, tuple[str, str]] = {}
         self._files = ScriptedFiles()  # each stage's workspace: the files responses wrote
 
     # -- scripting ------------------------------------------------------------------------
@@ -289,6 +302,30 @@ class FakeBackend(_Recording):
         text = " ".join(command) if command else "(the image's command)"
         return self._answer(None, origin.stage, "run", text, env, on_line)
 
+    # -- background containers (ctx.docker.run(detach=True)): answered by respond(...) too --
+    def start_detached(self, spec: DetachedSpec, stage: StageHandle | None) -> str:
+        text = " ".join(spec.command) if spec.command else "(the image's command)"
+        key = f"{spec.origin.stage}/{spec.name}/{uuid.uuid4().hex[:8]}"
+        self._detached[key] = (spec.origin.stage, text)
+        self.open_detached.add(key)
+        self.record(Call(spec.origin.stage, "detached", f"{spec.name}: {text}", dict(spec.env), image=spec.image))
+        return key
+
+    def detached_logs(self, detached: str) -> str:
+        response = self._response(*self._detached[detached])
+        return (response.stdout + response.stderr) if response else ""
+
+    def stop_detached(self, detached: str, timeout: float) -> int | None:
+        response = self._response(*self._detached[detached])
+        return response.exit_code if response else 0
+
+    def wait_detached(self, detached: str, timeout: float | None) -> int:
+        response = self._response(*self._detached[detached])
+        return response.exit_code if response else 0
+
+    def remove_detached(self, detached: str) -> None:
+        self.open_detached.discard(detached)
+
 
 class RecordingBackend(_Recording):
     """Wraps a real backend (the Docker one) and records what stages do, like FakeBackend.
@@ -387,3 +424,22 @@ class RecordingBackend(_Recording):
         result: CommandResult = self.inner.run_once(origin, image, command, env, on_line)
         self.record(Call(origin.stage, "run", result.command, dict(env), exit_code=result.exit_code))
         return result
+
+    def start_detached(self, spec: DetachedSpec, stage: StageHandle | None) -> str:
+        detached: str = self.inner.start_detached(spec, stage)
+        text = " ".join(spec.command) if spec.command else "(the image's command)"
+        self.record(Call(spec.origin.stage, "detached", f"{spec.name}: {text}", dict(spec.env), image=spec.image))
+        return detached
+
+    def detached_logs(self, detached: str) -> str:
+        return str(self.inner.detached_logs(detached))
+
+    def stop_detached(self, detached: str, timeout: float) -> int | None:
+        code: int | None = self.inner.stop_detached(detached, timeout)
+        return code
+
+    def wait_detached(self, detached: str, timeout: float | None) -> int:
+        return int(self.inner.wait_detached(detached, timeout))
+
+    def remove_detached(self, detached: str) -> None:
+        self.inner.remove_detached(detached)

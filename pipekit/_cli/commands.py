@@ -31,6 +31,7 @@ from pipekit._cli.options import (
     file_option,
     resume_option,
 )
+from pipekit._cli.prune import retain
 from pipekit._console.log import LOG_FORMATS, make_logger
 from pipekit._core.util import collector_on
 from pipekit._dsl.loader import load
@@ -317,6 +318,7 @@ def cmd_run(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
             )
     if run.request.ci in (None, "none"):  # (a CI's checkout is new each time: it would say it every run)
         _hint_cache(run.pipeline, err)
+    retain(args, err)
     return result.exit_code
 
 
@@ -451,6 +453,20 @@ and defaults for the project under [tool.pipekit] in pyproject.toml (see docs/cl
 @click.option("--no-cache", is_flag=True, envvar="PIPEKIT_NO_CACHE", help="Run every stage, ignoring cached results.")
 @CACHE_REGISTRY_OPTION
 @CACHE_MODE_OPTION
+@click.option(
+    "--keep-runs",
+    type=click.IntRange(0),
+    metavar="N",
+    envvar="PIPEKIT_KEEP_RUNS",
+    help="After the run, prune the history to the N most recent runs (keep-runs in [tool.pipekit]).",
+)
+@click.option(
+    "--keep-days",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="DAYS",
+    envvar="PIPEKIT_KEEP_DAYS",
+    help="After the run, prune the runs started more than DAYS days ago (keep-days).",
+)
 @click.option(
     "--workspace",
     type=click.Choice(("auto", "mount", "copy")),

@@ -10,6 +10,8 @@ timeout = "30m"
 secrets-file = ".env.ci"
 image-map = { "python:3.12" = "mirror.example/python:3.12" }
 params = { registry = "registry.example:5000" }
+keep-runs = 50        # after each run, prune the history to the 50 most recent runs
+keep-days = 30        # ... and the runs started more than 30 days ago
 ```
 
 A value given on the command line wins, then a ``PIPEKIT_*`` environment variable, then this file,
@@ -39,6 +41,8 @@ KNOWN_KEYS = {
     "no-cache": "no_cache",
     "cache-registry": "cache_registry",
     "cache-mode": "cache_mode",
+    "keep-runs": "keep_runs",
+    "keep-days": "keep_days",
 }
 
 
@@ -98,4 +102,11 @@ def command_defaults(start: Path) -> dict[str, dict[str, Any]]:
     shared = {k: v for k, v in run.items() if k in SHARED}
     validate = {k: v for k, v in shared.items() if k in ("param", "secrets_file", "image_map")}
     cache = {k: v for k, v in run.items() if k == "cache_registry"}
-    return {"run": run, "plan": dict(shared), "validate": validate, "cache": cache}
+    prune = {"keep": run.get("keep_runs"), "older_than": f"{run['keep_days']}d" if "keep_days" in run else None}
+    return {
+        "run": run,
+        "plan": dict(shared),
+        "validate": validate,
+        "cache": cache,
+        "prune": {k: v for k, v in prune.items() if v is not None},
+    }

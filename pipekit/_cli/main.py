@@ -1,4 +1,4 @@
-"""The command line, with click: ``pipekit run | runs | show | logs | artifacts | cache | list |
+"""The command line, with click: ``pipekit run | runs | show | logs | artifacts | cache | prune | list |
 graph | validate | completion``.
 
 Exit codes: 0 success, 1 a stage failed, 2 the pipeline or the command line is wrong,
@@ -22,7 +22,7 @@ from typing import IO, Any
 import click
 
 from pipekit import __version__
-from pipekit._cli import approvals, ci, commands, history, init, server, views
+from pipekit._cli import approvals, ci, commands, history, init, prune, server, views
 from pipekit._cli.config import command_defaults
 from pipekit._cli.history import CONTEXT, print_error
 from pipekit._core.util import EXIT_INTERRUPTED, collector_on
@@ -39,7 +39,7 @@ def cli() -> None:
         collector_on()  # (a run turns it on once its pipeline is loaded and planned)
 
 
-for module in (commands, history, approvals, ci, init, views, server):  # each module adds its own commands
+for module in (commands, history, approvals, prune, ci, init, views, server):  # each module adds its own commands
     module.register(cli)
 
 

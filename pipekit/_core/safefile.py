@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["PRIVATE", "Beneath", "UnsafePath", "read_regular", "write_file"]
+__all__ = ["PRIVATE", "Beneath", "UnsafePath", "read_regular", "remove_beneath", "write_file"]
 
 #: pipekit's own state and git's: never read for a stage, whatever route leads there
 PRIVATE = (".pipekit", ".git")
@@ -275,6 +275,51 @@ def _open_nofollow(shown: str, name: str, flags: int, dir_fd: int) -> int:
         if e.errno == errno.ELOOP:  # a link now, where there was none a moment ago
             raise UnsafePath(f"{shown} became a link while pipekit read it") from e
         raise
+
+
+def remove_beneath(root: str | os.PathLike[str], rel: str) -> int:
+    """Remove the file or folder ``rel`` under ``root`` (pipekit's own ``.pipekit/``) and all it
+    holds; the bytes its files took. No link is ever followed: a folder on the way that is a link
+    is refused (UnsafePath), a link inside is removed as a link, not what it points to. A path
+    that is not there frees 0."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or rel.startswith("/"):
+        raise UnsafePath(f"{rel} is not a path inside {root}")
+    fd = os.open(root, _DIR | os.O_NOFOLLOW)
+    try:
+        for name in parts[:-1]:
+            try:
+                inner = _open_nofollow(rel, name, _DIR, fd)
+            except FileNotFoundError:
+                return 0
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePath(
+                        f"{rel}: {name} is not a folder (a link?); pipekit does not remove through it"
+                    ) from e
+                raise
+            os.close(fd)
+            fd = inner
+        return _remove_at(fd, parts[-1])
+    finally:
+        os.close(fd)
+
+
+def _remove_at(dir_fd: int, name: str) -> int:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+    fd = _open_nofollow(name, name, _DIR, dir_fd)
+    try:
+        freed = sum(_remove_at(fd, child) for child in os.listdir(fd))
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+    return freed
 
 
 def read_regular(path: str | os.PathLike[str]) -> bytes:

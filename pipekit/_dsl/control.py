@@ -109,22 +109,63 @@ class Resources:
         return parse_size(self.memory) if self.memory is not None else None
 
 
+class _StageImage(str):
+    """``pk.Service(image=<stage>)``: the stage's name, standing for the image it builds in the run
+    (a ``str`` so that code that only shows a service's image keeps working)."""
+
+    stage: str
+
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        name = getattr(value, "name", None)
+        if not isinstance(name, str) or not callable(getattr(value, "fn", None)):
+            return value  # not a stage: __attrs_post_init__ says what an image is
+        made = cls(f"<image of stage {name}>")
+        made.stage = name
+        return made
+
+
+def _service_image(value: Any) -> str:
+    return value if isinstance(value, str) else _StageImage.of(value)  # type: ignore[no-any-return]
+
+
 @attrs.frozen
 class Service:
     """A sidecar container for a stage (GitLab/GitHub ``services``), reachable by its name."""
 
     name: str
-    image: str
+    #: an image name, or a stage that returns a ``pk.Image`` (``image=build``): the service then
+    #: starts from the image that stage built in this run, and the stage depends on ``build``
+    image: str = attrs.field(converter=_service_image)
     command: Sequence[str] | str | None = None
     env: Mapping[str, str | Secret] = attrs.field(factory=dict)
     healthcheck: Sequence[str] | str | None = None
     healthcheck_timeout: float = 60.0
+    #: the ports it serves on; without a ``healthcheck``, it is healthy once each accepts a connection
+    ports: Sequence[int] = ()
 
     def __attrs_post_init__(self) -> None:
         if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", self.name or ""):
             raise PipelineError(f"a service's name is its host name: letters, digits, '.', '_', '-'; got {self.name!r}")
+        if isinstance(self.ports, (str, int)) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in self.ports
+        ):
+            raise PipelineError(
+                f"service '{self.name}': ports= takes a list of port numbers like [8000], got {self.ports!r}"
+            )
+        object.__setattr__(self, "ports", tuple(self.ports))
+        if isinstance(self.image, _StageImage):
+            return
         if not isinstance(self.image, str) or not self.image:
-            raise PipelineError(f"service '{self.name}' needs an image")
+            raise PipelineError(
+                f"service '{self.name}' needs an image: a name like 'postgres:16', or a stage that returns"
+                f" a pk.Image (image=build); got {self.image!r}"
+            )
+
+    @property
+    def image_from(self) -> str | None:
+        """The stage whose image the service starts from, or None for a named image."""
+        return self.image.stage if isinstance(self.image, _StageImage) else None
 
 
 @attrs.frozen

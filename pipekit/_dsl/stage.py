@@ -119,7 +119,13 @@ class Stage:
         names = [*self.needs, *self.inputs, *self.optional_inputs]
         if self.image_from:
             names.append(self.image_from)
+        names.extend(self.service_images)
         return tuple(dict.fromkeys(names))
+
+    @property
+    def service_images(self) -> tuple[str, ...]:
+        """The stages whose images this stage's services start from (``pk.Service(image=build)``)."""
+        return tuple(dict.fromkeys(svc.image_from for svc in self.services if svc.image_from))
 
     @property
     def value_inputs(self) -> tuple[str, ...]:
@@ -127,6 +133,7 @@ class Stage:
         names = list(self.inputs)
         if self.image_from:
             names.append(self.image_from)
+        names.extend(self.service_images)
         return tuple(dict.fromkeys(names))
 
     @property

@@ -20,7 +20,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
 """
 #: columns added to a table after its first release: a database made before gets them
 ADDED_COLUMNS = (("runs", "dirty", "INTEGER"),)
+
+#: the runs that are never pruned: still going, or waiting for a decision (an approval)
+_LIVE = "status = 'running' OR status LIKE 'awaiting%'"
 
 
 class History:
@@ -404,6 +407,43 @@ class History:
             "SELECT id FROM runs WHERE path = ? AND status != 'running' ORDER BY started DESC LIMIT 1", (pipeline_path,)
         )
         return str(rows[0]["id"]) if rows else None
+
+    # -- retention (pipekit prune) --------------------------------------------------------
+    def finished_runs(self) -> list[tuple[str, float]]:
+        """(id, started) of every run that neither runs nor awaits anything, newest first."""
+        rows = self._query(f"SELECT id, started FROM runs WHERE NOT ({_LIVE}) ORDER BY started DESC")
+        return [(str(r["id"]), float(r["started"] or 0)) for r in rows]
+
+    def used_only_by(self, runs: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The artifact digests and cache keys that no run outside ``runs`` refers to (a cache
+        entry is referred to by the run that made it and by every run that took a hit on it)."""
+        marks = ",".join("?" * len(runs))
+        digests = self._query(
+            f"SELECT DISTINCT sha256 FROM artifacts WHERE run_id IN ({marks})"
+            f" AND sha256 NOT IN (SELECT sha256 FROM artifacts WHERE run_id NOT IN ({marks}))",
+            (*runs, *runs),
+        )
+        keys = self._query(
+            f"SELECT key FROM cache WHERE run_id IN ({marks}) AND key NOT IN"
+            f" (SELECT cache_key FROM stages WHERE run_id NOT IN ({marks}) AND cache_key IS NOT NULL)",
+            (*runs, *runs),
+        )
+        return [str(r["sha256"]) for r in digests], [str(r["key"]) for r in keys]
+
+    def forget(self, runs: Sequence[str], cache_keys: Sequence[str]) -> None:
+        """Delete the records of ``runs`` (not one that has started running again) and those cache entries."""
+        marks = ",".join("?" * len(runs))
+        with self._tx() as db:
+            db.execute(f"DELETE FROM runs WHERE id IN ({marks}) AND NOT ({_LIVE})", tuple(runs))
+            for table in ("stages", "artifacts", "tests"):
+                db.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", tuple(runs))
+            db.executemany("DELETE FROM cache WHERE key = ?", [(k,) for k in cache_keys])
+
+    def compact(self) -> None:
+        """Give freed pages back to the file system (best effort: another process may be reading)."""
+        with self._lock, contextlib.suppress(sqlite3.OperationalError):
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- runs that died -------------------------------------------------------------------
     def reap(self, cleanup: Callable[[str], None] | None = None) -> list[str]:

@@ -90,7 +90,7 @@ def find_errors(pipeline: Pipeline) -> list[PipelineError]:
                     location=s.location,
                 )
             )
-        for need in (*s.needs, *([s.image_from] if s.image_from else [])):
+        for need in (*s.needs, *([s.image_from] if s.image_from else []), *s.service_images):
             if need not in by_name:
                 errors.append(
                     UnknownStageError(

@@ -229,7 +229,7 @@ def _image_problems(resolved: ResolvedPlan, images: ImageBackend) -> list[str]:
     for r in running:
         if r.on_host:
             continue
-        for image in [r.image, *(svc.image for svc in r.services)]:
+        for image in [r.image, *(svc.image for svc in r.services if not svc.image_from)]:
             if image is not None and problem(image):
                 found.append(
                     f"stage '{r.name}' runs in '{image}': {seen[image]}. Build or pull it, or map it"

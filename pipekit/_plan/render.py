@@ -1,16 +1,18 @@
 """``pipekit graph``: the stage graph as text, Graphviz dot, Mermaid or SVG, with the statuses
 of a recorded run when ``--run`` names one. The SVG is drawn by pipekit itself (Graphviz is not
-needed): columns by depth, an edge from each stage to the stages that need it."""
+needed): columns by depth, an arrow from each stage to the stages that need it, routed around
+the stages' boxes (:func:`routes`, which the HTML report's graph uses too)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from html import escape
 from typing import IO
 
 from pipekit._plan.graph import Plan
 
-__all__ = ["FILLS", "render"]
+__all__ = ["ARROW", "FILLS", "path_data", "render", "routes"]
 
 FILLS = {
     "succeeded": "#dafbe1",
@@ -23,32 +25,86 @@ FILLS = {
     "skipped": "#eaeef2",
     "cancelled": "#eaeef2",
 }
-W, H, GX, GY = 180, 36, 60, 14
+W, H, GX, GY = 180, 36, 60, 22
+
+Point = tuple[float, float]
+
+#: the arrowhead every edge ends with (``marker-end="url(#ID)"``), ``%s`` being the marker's id
+ARROW = (
+    '<marker id="%s" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7"'
+    ' orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#57606a"/></marker>'
+)
+
+
+def routes(
+    edges: Sequence[tuple[str, str]],
+    place: Mapping[str, tuple[int, int]],
+    box: tuple[float, float, float, float] = (W, H, GX, GY),
+    margin: float = 10,
+) -> list[list[Point]]:
+    """Each edge's path through the drawing (stage ``n`` at ``margin + column * (w + gx)``,
+    ``gy + row * (h + gy)``), never across a stage's box: an edge between neighbouring columns is
+    a straight line inside the gap between them; one that skips columns leaves its stage into the
+    gap after it, runs along the gap between two rows (where no box is, in any column) to the gap
+    before its stage, and enters it there. Edges sharing gaps get lanes of their own."""
+    w, h, gx, gy = box
+    lanes = max(1, sum(1 for u, v in edges if place[v][0] - place[u][0] > 1))
+    outs, ins = Counter(u for u, _ in edges), Counter(v for _, v in edges)
+    taken_out: Counter[str] = Counter()
+    taken_in: Counter[str] = Counter()
+
+    def spread(i: int, n: int) -> float:  # where the i-th of n edges meets a side of a box
+        return h / 2 if n == 1 else h * (0.2 + 0.6 * i / (n - 1))
+
+    out, lane = [], 0
+    for u, v in edges:
+        (cu, ru), (cv, rv) = place[u], place[v]
+        start = (margin + cu * (w + gx) + w, gy + ru * (h + gy) + spread(taken_out[u], outs[u]))
+        end = (margin + cv * (w + gx), gy + rv * (h + gy) + spread(taken_in[v], ins[v]))
+        taken_out[u] += 1
+        taken_in[v] += 1
+        if cv - cu <= 1:
+            out.append([start, end])
+            continue
+        shift = (lane / lanes - 0.5) if lanes > 1 else 0.0  # in [-0.5, 0.5)
+        lane += 1
+        xa = start[0] + gx / 2 + shift * gx / 2
+        xb = end[0] - gx / 2 + shift * gx / 2
+        yc = gy + rv * (h + gy) - gy / 2 + shift * gy / 2  # the gap above the stage's row
+        out.append([start, (xa, start[1]), (xa, yc), (xb, yc), (xb, end[1]), end])
+    return out
 
 
 def _label(name: str, statuses: Mapping[str, str]) -> str:
     return f"{name}\\n{statuses[name]}" if name in statuses else name
 
 
+def path_data(points: Sequence[Point]) -> str:
+    return "M" + " L".join(f"{x:g},{y:g}" for x, y in points)
+
+
 def _svg(p: Plan, statuses: Mapping[str, str]) -> str:
     place = p.dag.layout(p.order)
     columns = 1 + max((c for c, _ in place.values()), default=0)
     rows = 1 + max((r for _, r in place.values()), default=0)
-    width, height = 20 + columns * (W + GX) - GX, 2 * GY + rows * (H + GY)
+    width, height = 20 + columns * (W + GX) - GX, 2 * GY + rows * (H + GY) - GY
 
     def xy(n: str) -> tuple[int, int]:
         c, r = place[n]
         return 10 + c * (W + GX), GY + r * (H + GY)
 
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif"'
-        ' font-size="12">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
+        ' font-family="sans-serif" font-size="12">',
         f"<title>{escape(p.pipeline.name)}</title>",
+        f"<defs>{ARROW % 'arrow'}</defs>",
     ]
-    for n in p.order:
-        for u in p.upstream(n):
-            (x1, y1), (x2, y2) = xy(u), xy(n)
-            out.append(f'<line x1="{x1 + W}" y1="{y1 + H // 2}" x2="{x2}" y2="{y2 + H // 2}" stroke="#8c959f"/>')
+    edges = [(u, n) for n in p.order for u in p.upstream(n)]
+    for (u, v), points in zip(edges, routes(edges, place), strict=True):
+        out.append(
+            f'<path class="edge" data-from="{escape(u)}" data-to="{escape(v)}" d="{path_data(points)}"'
+            ' fill="none" stroke="#8c959f" stroke-width="1.5" marker-end="url(#arrow)"/>'
+        )
     for n in p.order:
         x, y = xy(n)
         status = statuses.get(n)

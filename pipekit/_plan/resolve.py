@@ -91,7 +91,9 @@ def _resolve_stage(plan: Plan, s: Stage, position: int, image_map: Mapping[str, 
     build_tag = None
     if s.dockerfile:
         build_tag = f"pipekit-dockerfile/{slug(pipeline.name, lower=True)}-{slug(s.group or s.name, lower=True)}:latest"
-    services = tuple(attrs.evolve(svc, image=_map(image_map, svc.image)) for svc in s.services)
+    services = tuple(
+        svc if svc.image_from else attrs.evolve(svc, image=_map(image_map, svc.image)) for svc in s.services
+    )
     on_host = named is None and not made
     if on_host and not s.workspace:
         raise PipelineError(

@@ -8,6 +8,7 @@ from typing import Any
 
 from pipekit._history.store import History
 from pipekit._plan.dag import Dag
+from pipekit._plan.render import routes
 
 __all__ = ["report_data"]
 
@@ -59,11 +60,33 @@ def _by_stage(history: History, run_id: str) -> tuple[dict[str, list[Any]], ...]
     return commands, tests, artifacts
 
 
-def _place(stages: list[dict[str, Any]]) -> None:
-    """Each stage's column and row in the drawing of the graph."""
+#: the graph's boxes in the page: width, height, and the gaps between columns and rows
+BOX = (170, 34, 60, 22)
+
+
+def _place(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each stage's column and row in the drawing of the graph; the drawing's size and its edges,
+    routed around the boxes (:func:`pipekit._plan.render.routes`)."""
     dag = Dag({s["name"]: s for s in stages}, ((n, s["name"]) for s in stages for n in s["needs"]))
-    for name, (column, place) in dag.layout([s["name"] for s in stages]).items():
-        dag.nodes[name].update(layer=column, row=place)
+    place = dag.layout([s["name"] for s in stages])
+    for name, (column, row) in place.items():
+        dag.nodes[name].update(layer=column, row=row)
+    edges = [(n, s["name"]) for s in stages for n in s["needs"]]
+    w, h, gx, gy = BOX
+    columns = 1 + max((c for c, _ in place.values()), default=0)
+    rows = 1 + max((r for _, r in place.values()), default=0)
+    return {
+        "w": w,
+        "h": h,
+        "gx": gx,
+        "gy": gy,
+        "width": 20 + columns * (w + gx) - gx,
+        "height": gy + rows * (h + gy),
+        "edges": [
+            {"from": u, "to": v, "points": [[round(x, 1), round(y, 1)] for x, y in points]}
+            for (u, v), points in zip(edges, routes(edges, place, BOX), strict=True)
+        ],
+    }
 
 
 def _run_facts(run: Any) -> dict[str, Any]:
@@ -125,9 +148,10 @@ def report_data(history: History, run_id: str) -> dict[str, Any]:
                 "tail": lines[:end][-TAIL:],  # the last lines before the stage's result
             }
         )
-    _place(stages)
+    dag = _place(stages)
     return {
         "run": _run_facts(run),
+        "dag": dag,
         "params": plan.get("params", {}),
         "stages": stages,
         "logs": logs,

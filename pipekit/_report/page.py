@@ -24,7 +24,8 @@ PAGE = """<!DOCTYPE html>
  content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <title>pipekit run %ID%</title><style>%CSS%</style></head>
 <body><header><h1 id="title"></h1><div class="meta" id="meta"></div></header><main>
-<section><h2>Stages</h2><svg id="dag" xmlns="http://www.w3.org/2000/svg"></svg></section>
+<section><h2>Stages</h2><svg id="dag" xmlns="http://www.w3.org/2000/svg"></svg>
+<div class="hint">wheel: zoom · drag: pan · double-click: the whole graph</div></section>
 <section><h2>Timeline</h2><svg id="timeline" xmlns="http://www.w3.org/2000/svg"></svg></section>
 <section id="stage"></section>
 <section><h2>Search the logs</h2><input type="search" id="q" placeholder="text in any stage's log">

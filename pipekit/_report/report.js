@@ -20,17 +20,47 @@ for (const [k, v] of Object.entries(data.params)) {
 if (!Object.keys(data.params).length) params.append(el('tr', {}, 'no parameters'));
 const byName = {};
 for (const s of data.stages) byName[s.name] = s;
-const W = 170, H = 34, GX = 60, GY = 16;
+const W = data.dag.w, H = data.dag.h, GX = data.dag.gx, GY = data.dag.gy;
+// the graph scales down to the page's width (never wider than its natural size); the wheel
+// zooms around the pointer, a drag pans, a double-click shows it whole again
+function zoomAndPan(svg, view) {
+  let k = 1, tx = 0, ty = 0, drag = null;
+  const apply = () => view.setAttribute('transform', 'translate(' + tx + ',' + ty + ') scale(' + k + ')');
+  const units = () => data.dag.width / svg.getBoundingClientRect().width;  // viewBox units per pixel
+  svg.addEventListener('wheel', e => {
+    e.preventDefault();
+    const r = svg.getBoundingClientRect(), u = units();
+    const px = (e.clientX - r.left) * u, py = (e.clientY - r.top) * u;
+    const next = Math.min(8, Math.max(0.2, k * Math.exp(-e.deltaY / 500)));
+    tx = px - (px - tx) * next / k; ty = py - (py - ty) * next / k; k = next;
+    apply();
+  }, {passive: false});
+  svg.addEventListener('mousedown', e => { drag = {x: e.clientX, y: e.clientY, tx: tx, ty: ty}; });
+  window.addEventListener('mousemove', e => {
+    if (!drag) return;
+    const u = units();
+    tx = drag.tx + (e.clientX - drag.x) * u; ty = drag.ty + (e.clientY - drag.y) * u;
+    apply();
+  });
+  window.addEventListener('mouseup', () => { drag = null; });
+  svg.addEventListener('dblclick', () => { k = 1; tx = 0; ty = 0; apply(); });
+  apply();
+}
 function drawDag() {
   const svg = document.getElementById('dag');
-  const layers = Math.max(0, ...data.stages.map(s => s.layer)) + 1;
-  const rows = Math.max(0, ...data.stages.map(s => s.row)) + 1;
-  svg.setAttribute('width', layers * (W + GX));
-  svg.setAttribute('height', rows * (H + GY) + GY);
+  svg.setAttribute('viewBox', '0 0 ' + data.dag.width + ' ' + data.dag.height);
+  svg.setAttribute('preserveAspectRatio', 'xMinYMin meet');
+  svg.style.maxWidth = data.dag.width + 'px';
+  const defs = el('svg:defs');
+  const marker = el('svg:marker', {id: 'dag-arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse'});
+  marker.append(el('svg:path', {d: 'M0,0 L10,5 L0,10 z', fill: '#57606a'}));
+  defs.append(marker);
+  const view = el('svg:g', {id: 'dag-view'});
+  svg.append(defs, view);
   const pos = s => [10 + s.layer * (W + GX), GY + s.row * (H + GY)];
-  for (const s of data.stages) for (const n of s.needs) {
-    const a = pos(byName[n]), b = pos(s);
-    svg.append(el('svg:line', {x1: a[0] + W, y1: a[1] + H / 2, x2: b[0], y2: b[1] + H / 2, stroke: '#8c959f'}));
+  for (const e of data.dag.edges) {
+    const d = 'M' + e.points.map(p => p[0] + ',' + p[1]).join(' L');
+    view.append(el('svg:path', {class: 'edge', 'data-from': e.from, 'data-to': e.to, d: d, fill: 'none', stroke: '#8c959f', 'stroke-width': 1.5, 'marker-end': 'url(#dag-arrow)'}));
   }
   for (const s of data.stages) {
     const [x, y] = pos(s);
@@ -39,16 +69,17 @@ function drawDag() {
     g.append(el('svg:text', {x: x + 8, y: y + 14}, s.name.length > 24 ? s.name.slice(0, 23) + '\u2026' : s.name));
     g.append(el('svg:text', {x: x + 8, y: y + 28, class: s.status}, s.status + ' \u00b7 ' + secs(s.duration)));
     g.addEventListener('click', () => select(s.name));
-    svg.append(g);
+    view.append(g);
   }
+  zoomAndPan(svg, view);
 }
 function drawTimeline() {
   const svg = document.getElementById('timeline');
   const ran = data.stages.filter(s => s.started !== null).sort((a, b) => a.started - b.started);
   const end = Math.max(0.001, run.duration || 0, ...ran.map(s => s.started + (s.duration || 0)));
   const X = 180, WIDTH = 700, ROW = 22;
-  svg.setAttribute('width', X + WIDTH + 120);
-  svg.setAttribute('height', ran.length * ROW + 10);
+  svg.setAttribute('viewBox', '0 0 ' + (X + WIDTH + 120) + ' ' + (ran.length * ROW + 10));
+  svg.style.maxWidth = (X + WIDTH + 120) + 'px';
   const sx = t => X + (t / end) * WIDTH;
   ran.forEach((s, i) => {
     const y = 5 + i * ROW;

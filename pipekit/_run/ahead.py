@@ -67,6 +67,7 @@ class Preparer:
             and r.image is not None
             and s.cache is None
             and not s.image_from
+            and not s.service_images
             and not s.dockerfile
             and s.approval is None  # nothing is held while a gate waits
         )

@@ -145,7 +145,7 @@ class Context:
         self.commands: list[CommandResult] = []
         #: when the stage (this attempt) started, wall clock: ctx.junit reads no older report
         self.started_at = scope.started_at if scope.started_at is not None else time.time()
-        self.docker = DockerOps(scope, on_line=self._log_line, sync=self._sync)
+        self.docker = DockerOps(scope, on_line=self._log_line, sync=self._sync, place=handle)
 
     def _log_line(self, stream: str, line: str) -> None:
         self.log.info("output", line=line, stream=stream)

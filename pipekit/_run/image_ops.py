@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from pipekit._backends.registry import registry_of
 from pipekit._dsl.secrets import Credentials, Secret, SecretStore
-from pipekit.backend import BuildSpec, CommandResult, Image, ImageBackend, LineSink, Origin
+from pipekit._run.detached import Container
+from pipekit.backend import (
+    BuildSpec,
+    CommandResult,
+    DetachedContainers,
+    DetachedSpec,
+    Image,
+    ImageBackend,
+    LineSink,
+    Origin,
+    StageHandle,
+)
 from pipekit.exceptions import StageFailed, StepFailed
 
 __all__ = ["DockerOps", "ImageScope"]
@@ -49,8 +61,17 @@ def _auth_server(ref: str) -> str:
 class DockerOps:
     """The image operations a stage can do, on the run's backend, with secrets kept out of sight."""
 
-    def __init__(self, scope: ImageScope, *, on_line: LineSink, sync: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        scope: ImageScope,
+        *,
+        on_line: LineSink,
+        sync: Callable[[], None] | None = None,
+        place: StageHandle | None = None,
+    ) -> None:
         self._sync = sync or (lambda: None)
+        self._place = place  # the stage's own place: detached containers join its network
+        self._started: list[Container] = []
         self._backend = scope.images
         self._origin = Origin(scope.run_id, scope.stage)
         self._run_id = scope.run_id
@@ -150,18 +171,49 @@ class DockerOps:
         self._log.info("image pulled", ref=ref, image=image.id)
         return image
 
+    @overload
+    def run(
+        self,
+        image: Image | str,
+        command: str | Sequence[str] | None = ...,
+        env: Mapping[str, Any] | None = ...,
+        check: bool = ...,
+        *,
+        detach: Literal[False] = ...,
+        name: str | None = ...,
+    ) -> CommandResult: ...
+
+    @overload
+    def run(
+        self,
+        image: Image | str,
+        command: str | Sequence[str] | None = ...,
+        env: Mapping[str, Any] | None = ...,
+        check: bool = ...,
+        *,
+        detach: Literal[True],
+        name: str | None = ...,
+    ) -> Container: ...
+
     def run(
         self,
         image: Image | str,
         command: str | Sequence[str] | None = None,
         env: Mapping[str, Any] | None = None,
         check: bool = True,
-    ) -> CommandResult:
-        """Run a one-shot container (like ``docker run --rm IMAGE COMMAND``), streaming its output."""
+        *,
+        detach: bool = False,
+        name: str | None = None,
+    ) -> CommandResult | Container:
+        """Run a one-shot container (like ``docker run --rm IMAGE COMMAND``), streaming its output;
+        with ``detach=True``, start it in the background (like ``docker run -d``) on the stage's
+        network under ``name`` and return it (:class:`pipekit._run.detached.Container`)."""
         ref = image.ref if isinstance(image, Image) else image
         if isinstance(image, Image) and not image.tags:
             ref = image.id
         argv = shlex.split(command) if isinstance(command, str) else (list(command) if command else None)
+        if detach:
+            return self._detached(ref, argv, env, name or _default_name(image))
         result = self._backend.run_once(
             self._origin, ref, argv, self._secrets.resolve_env(env or {}, stage=self._stage), self._on_line
         )
@@ -174,3 +226,37 @@ class DockerOps:
                 output_tail=tail,
             )
         return result
+
+    def _detached(self, ref: str, argv: list[str] | None, env: Mapping[str, Any] | None, name: str) -> Container:
+        if not isinstance(self._backend, DetachedContainers):
+            raise StageFailed(
+                f"Stage '{self._stage}': ctx.docker.run(..., detach=True) needs the Docker backend", stage=self._stage
+            )
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name):
+            raise StageFailed(
+                f"Stage '{self._stage}': name={name!r} is the container's host name: letters, digits, '.', '_', '-'",
+                stage=self._stage,
+            )
+        env_values = self._secrets.resolve_env(env or {}, stage=self._stage)
+        spec = DetachedSpec(origin=self._origin, image=ref, name=name, command=argv, env=env_values)
+        cid = self._backend.start_detached(spec, self._place)
+        container = Container(self._backend, cid, name, ref, self._secrets.masker.mask)
+        self._started.append(container)
+        self._log.info("container started", image=ref, name=name, container=cid[:12])
+        return container
+
+    def close(self) -> None:
+        """Remove the containers the stage started in the background (at the stage's end)."""
+        for container in self._started:
+            try:
+                container.remove()
+            except Exception as e:  # the engine may be gone: the run's cleanup removes it then
+                self._log.warning("container not removed", name=container.name, error=str(e))
+        self._started.clear()
+
+
+def _default_name(image: Image | str) -> str:
+    """A container's default host name: its image's name without registry, folder or tag."""
+    ref = image.tags[0] if isinstance(image, Image) and image.tags else (image if isinstance(image, str) else "")
+    base = ref.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+    return base if re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", base or "") else "container"

@@ -3,6 +3,8 @@ run's secrets resolved (plain values in ``env``, secret ones in ``secret_env``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pipekit._dsl.secrets import Secret
 from pipekit._plan.resolve import ResolvedStage
 from pipekit._run.run import Run
@@ -11,18 +13,22 @@ from pipekit.backend import ServiceSpec, StageSpec
 __all__ = ["stage_spec"]
 
 
-def stage_spec(run: Run, resolved: ResolvedStage, image: str | None) -> StageSpec:
-    """The spec of ``resolved`` running in ``image`` (None: on the host). Raises what resolving
-    a secret raises (a missing one)."""
-    secrets, name = run.secrets, resolved.name
+def stage_spec(
+    run: Run, resolved: ResolvedStage, image: str | None, built: Mapping[str, str] | None = None
+) -> StageSpec:
+    """The spec of ``resolved`` running in ``image`` (None: on the host); ``built``: the images
+    that the stages its services start from made in this run, by stage. Raises what resolving a
+    secret raises (a missing one)."""
+    secrets, name, built = run.secrets, resolved.name, built or {}
     services = tuple(
         ServiceSpec(
             name=svc.name,
-            image=svc.image,
+            image=built[svc.image_from] if svc.image_from else svc.image,
             command=svc.command,
             env=secrets.resolve_env(svc.env, stage=name),
             healthcheck=svc.healthcheck,
             healthcheck_timeout=svc.healthcheck_timeout,
+            ports=tuple(svc.ports),
         )
         for svc in resolved.services
     )

@@ -257,7 +257,7 @@ class StageRun:
         self.attempt_started_at = time.time()  # ctx.junit reads no report older than this
         attempt = _Attempt(StageStatus.FAILED)
         try:
-            attempt.spec = stage_spec(self.run, self.resolved, self._image())
+            attempt.spec = stage_spec(self.run, self.resolved, self._image(), self._service_images())
             if attempt.spec.placement and not self.backend.capabilities.places_stages:
                 self.log.debug("placement ignored", placement=list(attempt.spec.placement), backend=self.backend.name)
             handle = self._take_ahead(attempt.spec) or self.backend.prepare(attempt.spec)
@@ -284,6 +284,9 @@ class StageRun:
             attempt.error = error_text(self.name, e)
             attempt.exit_code = e.returncode if isinstance(e, StepFailed) else None
             self.engine_lost = self.engine_lost or isinstance(e, EngineUnavailable)
+        finally:
+            if attempt.ctx is not None:
+                attempt.ctx.docker.close()  # ctx.docker.run(detach=True)'s containers end with the attempt
         if self.timed_out:
             timeout = format_duration(self.resolved.stage.timeout or 0)
             attempt.status, attempt.error = StageStatus.FAILED, f"Stage '{self.name}' timed out after {timeout}"
@@ -339,6 +342,21 @@ class StageRun:
             self.log.info("image built", image=image.id, tags=list(image.tags))
             return image.remote or image.id
         return self.resolved.image
+
+    def _service_images(self) -> dict[str, str]:
+        """The images the stages named by ``pk.Service(image=<stage>)`` built in this run."""
+        s, out = self.resolved.stage, {}
+        for name in s.service_images:
+            made = self.outputs.get(name)
+            if not isinstance(made, Image):
+                services = ", ".join(svc.name for svc in s.services if svc.image_from == name)
+                raise StageFailed(
+                    f"Stage '{s.name}' starts service {services} from the image of stage '{name}', which"
+                    f" returned {type(made).__name__}, not a pk.Image. Return ctx.docker.build(...) from '{name}'",
+                    stage=s.name,
+                )
+            out[name] = made.remote or made.id
+        return out
 
     def _context(
         self, spec: StageSpec, handle: StageHandle, stop: threading.Event, sync: WorkspaceSync | None = None

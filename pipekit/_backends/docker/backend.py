@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
+from pipekit._backends.docker.detached import DetachedRuns
 from pipekit._backends.docker.engine import (
     LABEL_RUN,
     LABEL_STAGE,
@@ -51,6 +52,7 @@ from pipekit.backend import (
     CacheVolume,
     Capabilities,
     CommandResult,
+    DetachedSpec,
     Image,
     LineSink,
     Origin,
@@ -104,7 +106,8 @@ class DockerBackend:
         self._answered = False
         self._host = host
         self.images = Images(lambda: self.client, lambda: self.host)
-        self.services = Services(lambda: self.client, self.images)
+        self.services = Services(lambda: self.client, self.images, lambda: engine_is_local(self.host))
+        self.detached = DetachedRuns(lambda: self.client, self.images)
         self.housekeeping = Housekeeping(lambda: self.client)
         self.files = Files(lambda: self.client)
         self.layers = Layers(lambda: self.client)
@@ -474,6 +477,21 @@ class DockerBackend:
         self, origin: Origin, image: str, command: list[str] | None, env: Mapping[str, str], on_line: LineSink
     ) -> CommandResult:
         return self.images.run_once(origin, image, command, env, on_line)
+
+    def start_detached(self, spec: DetachedSpec, stage: StageHandle | None) -> str:
+        return self.detached.start(spec, stage)
+
+    def detached_logs(self, detached: str) -> str:
+        return self.detached.logs(detached)
+
+    def stop_detached(self, detached: str, timeout: float) -> int | None:
+        return self.detached.stop(detached, timeout)
+
+    def wait_detached(self, detached: str, timeout: float | None) -> int:
+        return self.detached.wait(detached, timeout)
+
+    def remove_detached(self, detached: str) -> None:
+        self.detached.remove(detached)
 
     def put_files(self, handle: StageHandle, archive: bytes, dest: str) -> None:
         self.files.put_files(handle, archive, dest)

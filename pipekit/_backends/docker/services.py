@@ -4,6 +4,7 @@ reachable by name, started (and healthy) before the stage's own container."""
 from __future__ import annotations
 
 import shlex
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -25,9 +26,12 @@ __all__ = ["Services"]
 class Services:
     """A stage's services, over the backend's client (``client()``) and its ``images``."""
 
-    def __init__(self, client: Callable[[], docker.DockerClient], images: Images) -> None:
+    def __init__(
+        self, client: Callable[[], docker.DockerClient], images: Images, local: Callable[[], bool] = lambda: True
+    ) -> None:
         self._client = client
         self._images = images
+        self._local = local  # whether this machine reaches the engine's bridge networks (a local engine)
 
     def start(self, spec: StageSpec, prepared: StageContainer) -> str:
         """Start the stage's services on a network of their own (noted in ``prepared``) and wait
@@ -68,7 +72,10 @@ class Services:
                 raise self._service_failed(spec, svc, cid, f"exited with code {state.get('ExitCode')}")
             if check is None:
                 health = (state.get("Health") or {}).get("Status")
-                if health in (None, "healthy"):
+                if health is None and svc.ports and self._local():
+                    if self._ports_open(cid, svc.ports):
+                        return
+                elif health in (None, "healthy"):
                     return
             else:
                 exec_id = api.exec_create(cid, list(check))["Id"]
@@ -80,6 +87,19 @@ class Services:
                     spec, svc, cid, f"did not become healthy within {svc.healthcheck_timeout:g}s"
                 )
             time.sleep(0.25)
+
+    def _ports_open(self, cid: str, ports: tuple[int, ...]) -> bool:
+        """Whether each port of the service accepts a connection (from here, at its address)."""
+        networks = self._client().api.inspect_container(cid)["NetworkSettings"].get("Networks") or {}
+        addresses = [n.get("IPAddress") for n in networks.values() if n.get("IPAddress")]
+        if not addresses:
+            return False
+        for port in ports:
+            try:
+                socket.create_connection((addresses[0], port), timeout=0.5).close()
+            except OSError:
+                return False
+        return True
 
     def _service_failed(self, spec: StageSpec, svc: ServiceSpec, cid: str, what: str) -> StageFailed:
         try:

@@ -38,6 +38,7 @@ from pipekit.backend import (
     BuildSpec,
     Capabilities,
     CommandResult,
+    DetachedSpec,
     Image,
     LineSink,
     Origin,
@@ -274,6 +275,13 @@ class SwarmBackend(DockerBackend):
         task.node_id = str(t["NodeID"])
         task.container = str(t["Status"]["ContainerStatus"]["ContainerID"])
         task.node, task.engine = self.nodes.engine(task.node_id)
+
+    def start_detached(self, spec: DetachedSpec, stage: StageHandle | None) -> str:
+        raise StageFailed(
+            f"Stage '{spec.origin.stage}': ctx.docker.run(..., detach=True) is not available on a swarm (the"
+            " container would not be on the stage's node). Declare it as services=[pk.Service(...)] instead",
+            stage=spec.origin.stage,
+        )
 
     # -- commands and files, through the node's engine -----------------------------------------
     def _task(self, handle: StageHandle) -> Task:
