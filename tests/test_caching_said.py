@@ -31,7 +31,7 @@ def unit(ctx):
     pass
 
 
-@pk.stage(needs=[unit], when=pk.branch("main"))
+@pk.stage(needs=[unit], when=pk.branch("main"), approval=pk.Approval(approvers=["ops", "alice"]))
 def deploy(ctx):
     pass
 """
@@ -82,11 +82,10 @@ def test_list_shows_when_cache_and_image(tmp_path: Path) -> None:
     done = run_console(["list"], cwd=tmp_path, env=_env())
     assert done.returncode == 0, done.stderr
     lines = [line.split() for line in done.stdout.splitlines()]
-    assert lines[0] == ["STAGE", "IMAGE", "NEEDS", "WHEN", "CACHE", "DEFINED", "AT"]
-    assert lines[1][:6] == ["unit", "busybox:1.36", "-", "always", "src/**,requirements.txt", "env"]
-    assert lines[1][6] == "PY"
+    assert lines[0] == ["STAGE", "IMAGE", "NEEDS", "WHEN", "CACHE", "APPROVAL", "DEFINED", "AT"]
+    assert lines[1][:8] == ["unit", "busybox:1.36", "-", "always", "src/**,requirements.txt", "env", "PY", "-"]
     assert lines[2][:3] == ["deploy", "host", "unit"] and "main" in " ".join(lines[2][3:-1])
-    assert lines[2][-2] == "-"  # no cache=
+    assert lines[2][-3:-1] == ["-", "ops,alice"]  # no cache=; approvers
 
 
 def _git(folder: Path, *args: str) -> str:

@@ -82,11 +82,12 @@ def test_bash_completes_stages_runs_params_and_images(project: Path) -> None:
     assert bash_complete(project, "pipekit plan u") == ["unit-tests"]
     assert bash_complete(project, "pipekit run lint g") == ["gen-a", "gen-b"]
     run_id = _run_id(project)
-    for command in ("show", "logs", "report", "shell", "cleanup", "artifacts"):
+    for command in ("show", "logs", "report", "shell", "cleanup", "artifacts", "approve"):
         assert bash_complete(project, f"pipekit {command} ") == ["last", run_id], command
     assert bash_complete(project, f"pipekit show {run_id[:3]}") == [run_id]
     assert bash_complete(project, "pipekit graph --run ") == ["last", run_id]
     assert bash_complete(project, "pipekit logs last ") == ["lint", "unit-tests", "gen-a", "gen-b"]
+    assert bash_complete(project, f"pipekit approve {run_id} u") == ["unit-tests"]
     assert bash_complete(project, "pipekit run -p ") == ["registry=", "deploy_target="]
     assert bash_complete(project, "pipekit plan --param d") == ["deploy_target="]
     assert bash_complete(project, "pipekit run --image-map ") == ["busybox:1.36=", "postgres:16="]

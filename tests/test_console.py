@@ -171,7 +171,7 @@ def run_console_ok(args: list[str], cwd: Path, **kw: Any) -> str:
 def test_a_project_from_validate_to_cleanup(project: Path, docker_client: Any) -> None:
     assert "2 stages, valid" in run_console_ok(["validate"], project)
     listed = run_console_ok(["list"], project)
-    assert listed.splitlines()[0].split() == ["STAGE", "IMAGE", "NEEDS", "WHEN", "CACHE", "DEFINED", "AT"]
+    assert listed.splitlines()[0].split() == ["STAGE", "IMAGE", "NEEDS", "WHEN", "CACHE", "APPROVAL", "DEFINED", "AT"]
     assert "greeting" in listed
     assert "make" in run_console_ok(["graph"], project)
     svg = ET.fromstring(run_console_ok(["graph", "--format", "svg"], project))  # an XML parser reads the drawing

@@ -308,9 +308,9 @@ WALK = re.compile(r"<!-- walkthrough(: skip[^>]*)? -->\n```sh\n(.*?)```", re.S)
 def test_the_getting_started_walkthrough_runs_as_written(
     tmp_path: Path, python_base_image: str, busybox_image: str, docker_client: Any
 ) -> None:
-    """docs/getting-started.md: `pipekit init` → validate and run → (watch: skipped until `run --watch`
-    exists on this branch) → `pytest test_pipeline.py` → `pipekit ci init github`, each command
-    as written, in a copy of the Flask fixture; images mapped with PIPEKIT_IMAGE_MAP, as the page says."""
+    """docs/getting-started.md: `pipekit init` → validate and run → (watch: skipped here, it waits
+    for changes; tests/test_watch.py runs it under a pseudo-terminal) → `pytest test_pipeline.py` →
+    `pipekit ci init github`, each command as written, in a copy of the Flask fixture; images mapped with PIPEKIT_IMAGE_MAP, as the page says."""
     image = _python_with_pip(tmp_path, python_base_image, docker_client)
     folder = _project(PROJECTS / "flask-jenkins", tmp_path)
     page = (Path(__file__).parent.parent / "docs" / "getting-started.md").read_text()

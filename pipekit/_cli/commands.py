@@ -133,6 +133,7 @@ LIST_COLUMNS: tuple[tuple[str, Callable[[Any, Any], str]], ...] = (
     ("NEEDS", lambda p, s: ", ".join(p.upstream(s.name)) or "-"),
     ("WHEN", lambda p, s: "always" if s.when is None else str(s.when)),
     ("CACHE", lambda p, s: _cache_text(s)),
+    ("APPROVAL", lambda p, s: "-" if s.approval is None else ",".join(s.approval.approvers) or "anyone"),
     ("DEFINED AT", lambda p, s: str(s.location)),
 )
 
