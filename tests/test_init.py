@@ -310,7 +310,8 @@ def test_the_getting_started_walkthrough_runs_as_written(
 ) -> None:
     """docs/getting-started.md: `pipekit init` → validate and run → (watch: skipped here, it waits
     for changes; tests/test_watch.py runs it under a pseudo-terminal) → `pytest test_pipeline.py` →
-    `pipekit ci init github`, each command as written, in a copy of the Flask fixture; images mapped with PIPEKIT_IMAGE_MAP, as the page says."""
+    `pipekit ci init github`, each command as written, in a copy of the Flask fixture; images mapped
+    with PIPEKIT_IMAGE_MAP, as the page says."""
     image = _python_with_pip(tmp_path, python_base_image, docker_client)
     folder = _project(PROJECTS / "flask-jenkins", tmp_path)
     page = (Path(__file__).parent.parent / "docs" / "getting-started.md").read_text()
