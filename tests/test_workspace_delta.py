@@ -42,7 +42,7 @@ def first(ctx):
 def left(ctx, first):
     ctx.sh("cat a.txt && test ! -e old.txt && test ! -e remade/f1 && cat remade/new shape file-to-dir/x")
     ctx.sh("echo left > left.txt && sleep 2 && test ! -e right.txt && test ! -e temp.txt")
-    ctx.sh("rm keep/k1 && echo changed > keep/k2")
+    ctx.sh("rm keep/k1 && echo changed > keep/k2 && mv moved moved-here && chmod 600 moved-here/m")
 
 
 @pipeline.stage
@@ -53,6 +53,7 @@ def right(ctx, first):
 @pipeline.stage
 def last(ctx, left, right):
     ctx.sh("cat left.txt right.txt keep/k2 && test ! -e keep/k1 && test ! -e temp2.txt && test ! -e old.txt")
+    ctx.sh("test ! -e moved && cat moved-here/m")
 """
 
 
@@ -61,7 +62,8 @@ def _folder(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "pipeline.py").write_text(PIPELINE)
     (folder / "old.txt").write_text("old\n")
-    for name, files in {"remade": ["f1", "f2"], "keep": ["k1", "k2"], "shape": ["s"]}.items():
+    # (a folder renamed by a stage: its content must come back whole, not as an overlay redirect)
+    for name, files in {"remade": ["f1", "f2"], "keep": ["k1", "k2"], "shape": ["s"], "moved": ["m"]}.items():
         (folder / name).mkdir()
         for f in files:
             (folder / name / f).write_text(f"{name}/{f}\n")
@@ -106,6 +108,8 @@ EXPECTED = {
     "keep": "/",
     "keep/k2": "changed\n",
     "left.txt": "left\n",
+    "moved-here": "/",
+    "moved-here/m": "moved/m\n",
     "remade": "/",
     "remade/new": "n\n",
     "right.txt": "right\n",
@@ -122,6 +126,7 @@ def test_only_differences_travel_and_parallel_stages_are_isolated(
     result, events = _run(folder, backend, busybox_image)
     assert result.status == "succeeded", result.stages
     assert {k: v for k, v in _tree(folder).items() if k != "pipeline.py"} == EXPECTED
+    assert (folder / "moved-here" / "m").stat().st_mode & 0o777 == 0o600  # a chmod comes back too
     shipped_in = {e["stage"]: e for e in events if e.get("event") == "workspace changes copied in"}
     assert set(shipped_in) == {"first", "left", "right", "last"}, "every stage went by difference"
     assert len({e["base"] for e in shipped_in.values()}) == 1, "one base copy for the whole run"
