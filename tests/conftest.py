@@ -23,23 +23,6 @@ BUSYBOX_IMAGE = "pipekit-local/busybox:latest"
 BUSYBOX_DOCKERFILE = ROOT / "scripts" / "images" / "busybox" / "Dockerfile"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
-#: Test files that start the second engine of tests/remote_engine.py or the swarm of
-#: tests/swarm_lab.py: those live at fixed paths and addresses, so with pytest-xdist (``-n 2`` in
-#: setup.cfg) these files all run in one worker, one after the other.
-ONE_WORKER = {
-    "test_engine_faults.py",
-    "test_hostile_workspace.py",
-    "test_swarm.py",
-    "test_workspace_copy.py",
-    "test_workspace_delta.py",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in ONE_WORKER:
-            item.add_marker(pytest.mark.xdist_group("engines"))
-
 
 @pytest.fixture(autouse=True)
 def _not_in_a_ci(monkeypatch: pytest.MonkeyPatch) -> None:
