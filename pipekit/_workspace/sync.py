@@ -234,22 +234,27 @@ class _Apply:
             if not name or is_private(name, self.hidden):
                 continue
             self.current = name
-            if info.isdir():
-                self.now[name] = "/"
-                self.changed += self.tree.make_dir(name, info.mode)
-            elif info.isreg():
-                self._file(name, tar.extractfile(info), info.size, info.mode)
-            elif info.islnk():
-                self._hard_link(name, _relative(info.linkname), info.mode)
-            elif info.issym():
-                self.now[name] = "->" + info.linkname
-                links[name] = info.linkname
+            self._take(tar, info, name, links)
         self.current = ""
         gone = (n for n in self.known if n not in self.now and not is_private(n, self.hidden))
         for name in sorted(gone, reverse=True):  # what is in a folder before the folder
             self.current = name
             self.changed += self.tree.remove(name, folders=True)
         self._links(links)
+
+    def _take(self, tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, links: dict[str, str]) -> None:
+        """One member of the stage's tree made this machine's; a symbolic link is only noted in
+        ``links``, made once every file is in place."""
+        if info.isdir():
+            self.now[name] = "/"
+            self.changed += self.tree.make_dir(name, info.mode)
+        elif info.isreg():
+            self._file(name, tar.extractfile(info), info.size, info.mode)
+        elif info.islnk():
+            self._hard_link(name, _relative(info.linkname), info.mode)
+        elif info.issym():
+            self.now[name] = "->" + info.linkname
+            links[name] = info.linkname
 
     def _file(self, name: str, source: IO[bytes] | None, size: int, mode: int) -> None:
         digest, written = self.tree.write_file(name, source or io.BytesIO(), size, mode, self.known.get(name))
@@ -336,18 +341,9 @@ class _ApplyChanges(_Apply):
             was = self.known.get(name)
             if was == "/" and not info.isdir():
                 gone.update(n for n in self.known if n.startswith(name + "/"))
-            if info.isdir():
-                if was == "/":
-                    folders.append(name)
-                self.now[name] = "/"
-                self.changed += self.tree.make_dir(name, info.mode)
-            elif info.isreg():
-                self._file(name, tar.extractfile(info), info.size, info.mode)
-            elif info.islnk():
-                self._hard_link(name, _relative(info.linkname), info.mode)
-            elif info.issym():
-                self.now[name] = "->" + info.linkname
-                links[name] = info.linkname
+            if info.isdir() and was == "/":
+                folders.append(name)
+            self._take(tar, info, name, links)
         self.current = ""
         gone.update(whiteouts)
         gone.update(self._opaque(folders, seen))
