@@ -305,3 +305,34 @@ def test_two_approved_runs_deploy_to_one_environment_one_after_the_other(gated_s
     assert e1 <= s2, spans  # never both at once
     deployed = srv.api("GET", "/api/deployments?environment=production", token=ALICE)
     assert sorted(d["run"] for d in deployed) == runs and {d["approved_by"] for d in deployed} == {"bob"}
+
+
+MATRIX = """import pipekit as pk
+
+pipeline = pk.Pipeline(name="app", image="busybox")
+
+
+@pipeline.stage(environment="production", matrix={"region": ["eu", "us"]})
+def deploy(ctx):
+    ctx.sh("echo deploying to %s" % ctx.matrix["region"])
+"""
+
+
+def test_separate_approver_of_an_environment_holds_for_each_instance_of_a_matrix_stage(
+    tmp_path: Path, busybox_image: str
+) -> None:
+    remote = Remote(tmp_path)
+    remote.push({"pipeline.py": MATRIX}, message="first")
+    rules = '\n[environments.production]\napprovers = ["release", "ops"]\nseparate_approver = true\n'
+    srv = Server(tmp_path, PROJECT, rules + USERS)
+    srv.extra_env.update(ALICE_TOKEN=ALICE, BOB_TOKEN=BOB)
+    srv.start(busybox_image)
+    try:
+        run = srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=CAROL)["run"]
+        waiting = srv.wait(run, "awaiting_approval")
+        assert sorted(g["stage"] for g in waiting["gates"]) == ["deploy[region=eu]", "deploy[region=us]"]
+        status, answer = _decide(srv, run, CAROL, stage="deploy[region=eu]", decision="approve")
+        assert status == 403 and "[environments.production]" in answer["error"], answer  # she triggered it
+        assert _decide(srv, run, ALICE, stage="deploy[region=eu]", decision="approve")[0] == 200
+    finally:
+        srv.stop()

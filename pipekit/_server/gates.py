@@ -93,7 +93,10 @@ def _environment_of(work: Work, run: ServerRun, stage: str) -> str | None:
         known = json.loads(work.environments_file(run.id, project).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    value = known.get(stage) if isinstance(known, dict) else None
+    if not isinstance(known, dict):
+        return None
+    # the child writes the pipeline's stages; a matrix instance (``deploy[region=eu]``) is its stage's
+    value = known.get(stage) or known.get(stage.partition("[")[0])
     return value if isinstance(value, str) else None
 
 
