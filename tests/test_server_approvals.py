@@ -81,11 +81,13 @@ branches = ["main"]
 def gated_server(tmp_path: Path, busybox_image: str) -> Iterator[Any]:
     started: list[Server] = []
 
-    def make(project: str = "", server: str = "") -> tuple[Server, Remote]:
+    def make(project: str = "", server: str = "", approve: str | None = None) -> tuple[Server, Remote]:
         remote = Remote(tmp_path)
         remote.push({"pipeline.py": GATED}, message="first")
         srv = Server(tmp_path, PROJECT + project, server + USERS)
         srv.extra_env.update(ALICE_TOKEN=ALICE, BOB_TOKEN=BOB)
+        if approve is not None:
+            srv.extra_env.update(PIPEKIT_APPROVE=approve)
         started.append(srv.start(busybox_image))
         return srv, remote
 
@@ -336,3 +338,15 @@ def test_separate_approver_of_an_environment_holds_for_each_instance_of_a_matrix
         assert _decide(srv, run, ALICE, stage="deploy[region=eu]", decision="approve")[0] == 200
     finally:
         srv.stop()
+
+
+def test_pipekit_approve_in_the_server_s_environment_approves_nothing_a_server_user_decides(
+    gated_server: Any,
+) -> None:
+    srv, _ = gated_server(server="\n[environments.production]\nseparate_approver = true\n", approve="deploy")
+    run = srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=ALICE)["run"]
+    waiting = srv.wait(run, "awaiting_approval", "failed", "succeeded", "error", timeout=120)
+    assert waiting["status"] == "awaiting_approval", waiting  # not approved by the server's Unix user
+    assert "PIPEKIT_APPROVE is set" in srv.log.read_text()  # said once, at start
+    status, answer = _decide(srv, run, ALICE, stage="deploy", decision="approve", params={"reason": "mine"})
+    assert status == 403 and "separate_approver" in answer["error"]
