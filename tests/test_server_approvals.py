@@ -350,3 +350,16 @@ def test_pipekit_approve_in_the_server_s_environment_approves_nothing_a_server_u
     assert "PIPEKIT_APPROVE is set" in srv.log.read_text()  # said once, at start
     status, answer = _decide(srv, run, ALICE, stage="deploy", decision="approve", params={"reason": "mine"})
     assert status == 403 and "separate_approver" in answer["error"]
+
+
+def test_without_its_record_of_environments_a_run_s_gate_is_not_decided_past_the_server_s_rules(
+    gated_server: Any, tmp_path: Path
+) -> None:
+    srv, _ = gated_server(server="\n[environments.production]\nseparate_approver = true\n")
+    run = srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=ALICE)["run"]
+    srv.wait(run, "awaiting_approval")
+    [record] = list(tmp_path.rglob(f"run-{run}.environments.json"))
+    record.unlink()  # a run started by an older server, a lost file: the environment is unknown
+    status, answer = _decide(srv, run, ALICE, stage="deploy", decision="approve", params={"reason": "mine"})
+    assert status == 409 and "[environments] rules cannot be checked" in answer["error"], answer
+    assert srv.api("GET", f"/api/runs/{run}", token=ALICE)["status"] == "awaiting_approval"
