@@ -269,6 +269,10 @@ def test_the_web_view_lists_runs_streams_a_running_log_and_cancels(
     assert frame.get_attribute("src").startswith(f"{srv.url}/runs/{run}/report")
     browser.switch_to.frame(frame)
     _until(lambda: "test line 3" in browser.page_source)  # the report: stages, timeline, logs
+    from selenium.common.exceptions import WebDriverException
+
+    with pytest.raises(WebDriverException, match="cross-origin"):  # the report (a run's texts) is sandboxed:
+        browser.execute_script("return window.parent.document.body.dataset.csrf")  # it cannot read this page
     browser.switch_to.default_content()
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
