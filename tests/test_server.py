@@ -341,6 +341,11 @@ def test_a_bad_configuration_or_a_missing_token_exits_2_saying_what_to_fix(tmp_p
             ok_token,
             "pass_env takes names of environment",
         ),
+        (  # a gate of a server run is decided by a user of the server, never by the configuration
+            '[[project]]\nname = "app"\nrepo = "x"\nargs = ["-j", "2", "--approve=deploy"]\n',
+            ok_token,
+            "[[project]] app.args may not hold --approve",
+        ),
     ]
     for config, env, message in cases:
         proc = serve(config, **env)
