@@ -346,6 +346,11 @@ def test_a_bad_configuration_or_a_missing_token_exits_2_saying_what_to_fix(tmp_p
             ok_token,
             "[[project]] app.args may not hold --approve",
         ),
+        (
+            '[[project]]\nname = "app"\nrepo = "x"\npass_env = ["PIPEKIT_APPROVE"]\n',
+            ok_token,
+            "[[project]] app.pass_env may not hold PIPEKIT_APPROVE",
+        ),
     ]
     for config, env, message in cases:
         proc = serve(config, **env)
