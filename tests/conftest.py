@@ -1,4 +1,11 @@
-"""Shared fixtures: a real Docker engine and a tiny busybox image, built once per session."""
+"""Shared fixtures: a real Docker engine and a tiny busybox image, built once per machine.
+
+The suite runs in two pytest-xdist workers (``-n 2`` in setup.cfg; ``-n 0`` for one process).
+Session fixtures run once per worker: images are built under a machine-wide lock, by the first
+worker that finds them missing; the second engine and the swarm lab have names, folders and
+subnets of their own per process (tests/labs.py), and every test that uses one of them runs in the
+same worker (:func:`pytest_collection_modifyitems`), so each is started once per session.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from labs import machine_lock
 
 import pipekit as pk
 from pipekit._run.runner import run_setup
@@ -22,6 +30,20 @@ PIPELINES = Path(__file__).parent / "pipelines"
 BUSYBOX_IMAGE = "pipekit-local/busybox:latest"
 BUSYBOX_DOCKERFILE = ROOT / "scripts" / "images" / "busybox" / "Dockerfile"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+
+#: fixture -> the xdist group of the tests that use it (``--dist loadgroup``): one worker starts it
+ONE_WORKER = {"swarm": "swarm-lab", "remote_engine": "remote-engine"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the swarm lab or the second engine go to one worker each (starting one costs
+    15 to 35 s and three engines). tryfirst: pytest-xdist reads the groups in its own hook of this
+    name, which pluggy calls before a conftest's; a group marked after it is silently ignored."""
+    for item in items:
+        groups = sorted({ONE_WORKER[f] for f in getattr(item, "fixturenames", ()) if f in ONE_WORKER})
+        if groups:
+            item.add_marker(pytest.mark.xdist_group("+".join(groups)))
 
 
 @pytest.fixture(autouse=True)
@@ -59,21 +81,33 @@ def _busybox_binary() -> Path:
 
 @pytest.fixture(scope="session")
 def busybox_image(docker_client: Any) -> str:
-    """A FROM-scratch image with a static busybox (sh, sleep, echo, ...), built once per session."""
+    """A FROM-scratch image with a static busybox (sh, sleep, echo, ...), built if missing (one
+    worker builds it, the other waits for it)."""
+    if _have_image(docker_client, BUSYBOX_IMAGE):
+        return BUSYBOX_IMAGE
+    with machine_lock("images"):
+        if not _have_image(docker_client, BUSYBOX_IMAGE):
+            _build_busybox(docker_client)
+    return BUSYBOX_IMAGE
+
+
+def _have_image(docker_client: Any, name: str) -> bool:
     import docker
 
     try:
-        docker_client.images.get(BUSYBOX_IMAGE)
-        return BUSYBOX_IMAGE
+        docker_client.images.get(name)
+        return True
     except docker.errors.ImageNotFound:
-        pass
+        return False
+
+
+def _build_busybox(docker_client: Any) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(BUSYBOX_DOCKERFILE), arcname="Dockerfile")
         tar.add(str(_busybox_binary()), arcname="busybox")
     buf.seek(0)
     docker_client.images.build(fileobj=buf, custom_context=True, tag=BUSYBOX_IMAGE, rm=True)
-    return BUSYBOX_IMAGE
 
 
 class Events:
@@ -143,14 +177,15 @@ PYTHON_BASE_IMAGE = "pipekit-local/python:3.11-slim"
 
 @pytest.fixture(scope="session")
 def python_base_image(docker_client: Any) -> str:
-    """A Debian bookworm image with python3, built by scripts/images/python-base.sh if missing."""
+    """A Debian bookworm image with python3, built by scripts/images/python-base.sh if missing
+    (by one worker; the other waits for it)."""
     import subprocess
 
-    import docker
-
-    try:
-        docker_client.images.get(PYTHON_BASE_IMAGE)
-    except docker.errors.ImageNotFound:
+    if _have_image(docker_client, PYTHON_BASE_IMAGE):
+        return PYTHON_BASE_IMAGE
+    with machine_lock("images"):
+        if _have_image(docker_client, PYTHON_BASE_IMAGE):
+            return PYTHON_BASE_IMAGE
         proc = subprocess.run(
             ["bash", str(ROOT / "scripts" / "images" / "python-base.sh"), PYTHON_BASE_IMAGE],
             capture_output=True,

@@ -6,6 +6,12 @@ pipelines live) and over the repository, so a bind mount of a pipeline's folder 
 containers an empty folder: the workspace has to travel. It has a bridge of its own (never
 ``--bridge none`` in the host's network namespace, which would delete docker0) and listens on
 127.0.0.1 only.
+
+Each engine has a name of its own (its role and its process's id, see tests/labs.py): folders
+(``/var/lib/pipekit-test-engines/NAME``, ``/run/pipekit-test-engines/NAME``), a bridge and a free
+subnet of 10.213.100-199.0/24 of its own, so that the two pytest-xdist workers, or a benchmark
+beside a test session, never stop each other's engine. ``start()`` first removes the engines whose
+process is gone.
 """
 
 from __future__ import annotations
@@ -18,14 +24,27 @@ import subprocess
 import time
 from pathlib import Path
 
+from labs import claim, instance_name, machine_lock, stale
+
 ROOT = Path(__file__).parent.parent
-NETS = {"remote": "10.213.77.1/24", "doomed": "10.213.78.1/24"}
+STATES = Path("/var/lib/pipekit-test-engines")
+RUNS = Path("/run/pipekit-test-engines")
+SUBNETS = range(100, 200)  # 10.213.X.0/24, one per engine running on this machine
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _free_subnet() -> int:
+    """An X of 10.213.X.0/24 that no address of this machine is in (under the machine lock)."""
+    used = _sh("ip", "-4", "-o", "addr", "show").stdout
+    for x in SUBNETS:
+        if f" 10.213.{x}." not in used:
+            return x
+    raise RuntimeError("no free 10.213.X.0/24 subnet for a test engine")
 
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -35,11 +54,12 @@ def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class RemoteEngine:
     """Start with :meth:`start`, load images with :meth:`load`, end with :meth:`stop`."""
 
-    def __init__(self, name: str = "remote") -> None:
-        self.state = Path(f"/var/lib/pipekit-test-{name}")
-        self.exec_root = Path(f"/run/pipekit-test-{name}")
-        self.bridge = f"pk{name}0"[:15]
-        self.bridge_addr = NETS[name]
+    def __init__(self, name: str = "remote", instance: str | None = None) -> None:
+        self.instance = instance or f"{name}-{instance_name()}"
+        self.state = STATES / self.instance
+        self.exec_root = RUNS / self.instance
+        role, _, pid = self.instance.rpartition("-")
+        self.bridge = f"pkt{role[:5]}{pid}"[:15]
         self.port = _free_port()
         self.host = f"tcp://127.0.0.1:{self.port}"
         self.pidfile = self.exec_root / "dockerd.pid"
@@ -53,13 +73,14 @@ class RemoteEngine:
         return _sh("docker", "-H", self.host, *args, check=check)
 
     def start(self) -> None:
-        self._stop_leftover()
-        shutil.rmtree(self.state, ignore_errors=True)
-        (self.state / "data").mkdir(parents=True)
-        self.exec_root.mkdir(parents=True, exist_ok=True)
-        if _sh("ip", "link", "show", self.bridge, check=False).returncode != 0:
+        with machine_lock("labs"):
+            for instance in stale(RUNS):
+                RemoteEngine(instance=instance)._stop_leftover()
+            self._stop_leftover()
+            claim(self.exec_root)
+            (self.state / "data").mkdir(parents=True)
             _sh("ip", "link", "add", self.bridge, "type", "bridge")
-            _sh("ip", "addr", "add", self.bridge_addr, "dev", self.bridge)
+            _sh("ip", "addr", "add", f"10.213.{_free_subnet()}.1/24", "dev", self.bridge)
         _sh("ip", "link", "set", self.bridge, "up")
         dockerd = (
             f"mount -t tmpfs none {ROOT} && mount -t tmpfs none /tmp && exec dockerd"
@@ -86,7 +107,8 @@ class RemoteEngine:
             subprocess.run(
                 ["docker", "-H", self.host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True
             )
-            save.wait(timeout=300)
+            if save.wait(timeout=300) != 0:
+                raise RuntimeError(f"docker save {image} failed (exit {save.returncode})")
         if as_name:
             self.docker("tag", image, as_name)
 
@@ -115,17 +137,18 @@ class RemoteEngine:
         self._cleanup_files()
 
     def _stop_leftover(self) -> None:
-        """A killed test session can leave its engine running: stop it first."""
+        """A killed test session can leave its engine running, its bridge and its folders: remove them."""
         try:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
-            return
+            pid = 0
         try:
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-            os.kill(pid, signal.SIGKILL)
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(100):
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+                os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self._cleanup_files()

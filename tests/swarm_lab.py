@@ -8,6 +8,12 @@ bind-mount a test's folder: the workspace really travels. A registry with a logi
 manager's namespace on the nodes' network, and every node treats that network's registries as
 plain HTTP ones.
 
+Every lab has a name of its own (by default from its process's id, see tests/labs.py): its folders
+(``/var/lib/pipekit-swarms/NAME``, ``/run/pipekit-swarms/NAME``), namespaces (``pksw-NAME-*``) and
+links are its own, so two processes (the two pytest-xdist workers, a benchmark beside a test
+session) can each have a lab at the same time. The nodes' addresses are the same in every lab: they
+live in the lab's own namespaces. ``up()`` first removes the labs whose process is gone.
+
 pipekit reaches each node's engine through its unix socket, which each node carries as the label
 ``io.pipekit.engine``. Run ``python tests/swarm_lab.py up|down`` to try the backend by hand.
 """
@@ -23,11 +29,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from labs import claim, instance_name, machine_lock, stale
+
 ROOT = Path(__file__).parent.parent
 NET = "10.213.90"
-STATE = Path("/var/lib/pipekit-swarm")
-RUN = Path("/run/pipekit-swarm")
-BRIDGE_NS = "pksw-br"
+STATES = Path("/var/lib/pipekit-swarms")
+RUNS = Path("/run/pipekit-swarms")
 NODES = ("manager", "worker1", "worker2")
 REGISTRY_PORT = 5000
 REGISTRY_USER, REGISTRY_PASSWORD = "swarm-pusher", "swarm-Pa55word-for-tests"
@@ -38,12 +45,13 @@ def sh(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Compl
 
 
 class Node:
-    def __init__(self, name: str, index: int) -> None:
+    def __init__(self, lab: str, name: str, index: int) -> None:
         self.name = name
         self.ip = f"{NET}.{index + 1}"
-        self.netns = f"pksw-{name}"
-        self.state = STATE / name
-        self.run = RUN / name
+        self.netns = f"pksw-{lab}-{name}"
+        self.link = f"pksw{lab}{name[0]}{name[-1]}"  # its end in the bridge's namespace (<= 15 characters)
+        self.state = STATES / lab / name
+        self.run = RUNS / lab / name
         self.socket = self.run / "docker.sock"
         self.host = f"unix://{self.socket}"
         self.pidfile = self.run / "dockerd.pid"
@@ -151,8 +159,11 @@ def _kill_containerd(exec_root: Path) -> None:
 class SwarmLab:
     """``up()`` starts the nodes and forms the swarm; ``down()`` removes every trace."""
 
-    def __init__(self) -> None:
-        self.nodes = [Node(name, i) for i, name in enumerate(NODES)]
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"s{instance_name()}"
+        self.state, self.run = STATES / self.name, RUNS / self.name
+        self.bridge_ns = f"pksw-{self.name}-br"
+        self.nodes = [Node(self.name, node, i) for i, node in enumerate(NODES)]
         self.manager = self.nodes[0]
         self.registry = f"{self.manager.ip}:{REGISTRY_PORT}"
         self.registry_user, self.registry_password = REGISTRY_USER, REGISTRY_PASSWORD
@@ -165,8 +176,12 @@ class SwarmLab:
     def env(self) -> dict[str, str]:
         return {**os.environ, "DOCKER_HOST": self.manager.host, "PIPEKIT_BACKEND": "swarm"}
 
-    def up(self) -> None:
-        self.down()
+    def up(self, by_hand: bool = False) -> None:
+        with machine_lock("labs"):
+            for name in stale(RUNS):
+                SwarmLab(name).down()
+            self.down()
+            claim(self.run, by_hand)
         self._network()
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(Node.start, self.nodes))
@@ -183,16 +198,16 @@ class SwarmLab:
         self._start_registry()
 
     def _network(self) -> None:
-        sh("ip", "netns", "add", BRIDGE_NS)
-        sh("ip", "netns", "exec", BRIDGE_NS, "ip", "link", "add", "br0", "type", "bridge")
-        sh("ip", "netns", "exec", BRIDGE_NS, "ip", "link", "set", "br0", "up")
-        sh("ip", "netns", "exec", BRIDGE_NS, "ip", "link", "set", "lo", "up")
+        br = self.bridge_ns
+        sh("ip", "netns", "add", br)
+        sh("ip", "netns", "exec", br, "ip", "link", "add", "br0", "type", "bridge")
+        sh("ip", "netns", "exec", br, "ip", "link", "set", "br0", "up")
+        sh("ip", "netns", "exec", br, "ip", "link", "set", "lo", "up")
         for n in self.nodes:
-            outer = f"pksw{n.name[0]}{n.name[-1]}"
             sh("ip", "netns", "add", n.netns)
-            sh("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", n.netns)
-            sh("ip", "link", "set", outer, "netns", BRIDGE_NS)
-            sh("ip", "netns", "exec", BRIDGE_NS, "ip", "link", "set", outer, "master", "br0", "up")
+            sh("ip", "link", "add", n.link, "type", "veth", "peer", "name", "eth0", "netns", n.netns)
+            sh("ip", "link", "set", n.link, "netns", br)
+            sh("ip", "netns", "exec", br, "ip", "link", "set", n.link, "master", "br0", "up")
             sh("ip", "netns", "exec", n.netns, "ip", "addr", "add", f"{n.ip}/24", "dev", "eth0")
             sh("ip", "netns", "exec", n.netns, "ip", "link", "set", "eth0", "up")
             sh("ip", "netns", "exec", n.netns, "ip", "link", "set", "lo", "up")
@@ -200,7 +215,7 @@ class SwarmLab:
     def _start_registry(self) -> None:
         import bcrypt
 
-        folder = STATE / "registry"
+        folder = self.state / "registry"
         folder.mkdir(parents=True, exist_ok=True)
         hashed = bcrypt.hashpw(REGISTRY_PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
         (folder / "htpasswd").write_text(f"{REGISTRY_USER}:{hashed}\n")
@@ -218,7 +233,7 @@ class SwarmLab:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        (RUN / "registry.pid").write_text(str(self._registry_proc.pid))
+        (self.run / "registry.pid").write_text(str(self._registry_proc.pid))
         deadline = time.monotonic() + 20
         while True:
             connect = f"import socket; socket.create_connection(('{self.manager.ip}', {REGISTRY_PORT}), 1)"
@@ -233,7 +248,7 @@ class SwarmLab:
         """Copy an image from the main engine into every node (once per lab)."""
         if image in self._loaded:
             return
-        archive = STATE / "image.tar"
+        archive = self.state / "image.tar"
         sh("docker", "save", "-o", str(archive), image, timeout=600)
 
         def load_into(n: Node) -> None:
@@ -282,7 +297,7 @@ class SwarmLab:
 
     def down(self) -> None:
         try:
-            pid = int((RUN / "registry.pid").read_text())
+            pid = int((self.run / "registry.pid").read_text())
             os.killpg(pid, signal.SIGTERM)
         except (OSError, ValueError):
             pass
@@ -291,17 +306,19 @@ class SwarmLab:
             self._registry_proc = None
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(Node.stop, self.nodes))
-        for ns in [n.netns for n in self.nodes] + [BRIDGE_NS]:
+        for ns in [n.netns for n in self.nodes] + [self.bridge_ns]:
             sh("ip", "netns", "del", ns, check=False)
-        shutil.rmtree(STATE, ignore_errors=True)
-        shutil.rmtree(RUN, ignore_errors=True)
+        for n in self.nodes:  # a link whose move into the bridge's namespace never happened
+            sh("ip", "link", "del", n.link, check=False)
+        shutil.rmtree(self.state, ignore_errors=True)
+        shutil.rmtree(self.run, ignore_errors=True)
         self._loaded.clear()
 
 
 if __name__ == "__main__":
-    lab = SwarmLab()
+    lab = SwarmLab("hand")  # the lab started by hand: one per machine, kept until `down`
     if sys.argv[1:] == ["up"]:
-        lab.up()
+        lab.up(by_hand=True)
         print(f"export DOCKER_HOST={lab.manager.host} PIPEKIT_BACKEND=swarm PIPEKIT_REGISTRY={lab.registry}")
     elif sys.argv[1:] == ["down"]:
         lab.down()

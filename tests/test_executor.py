@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -296,11 +297,16 @@ def test_a_stage_container_is_ready_before_its_upstream_stage_ends(run_on_docker
 
         @p.stage
         def first(ctx):
-            ctx.sh("sleep 1")
-            found = docker_client.containers.list(
-                filters={"label": [f"io.pipekit.run={ctx.run_id}", "io.pipekit.stage=second"]}
-            )
-            seen["second"] = [c.status for c in found]
+            ctx.sh("true")
+            # `second`'s container comes while `first` still runs; on a busy machine a container
+            # start takes seconds, so wait for it here (no longer than 60 s: then the test fails)
+            label = {"label": [f"io.pipekit.run={ctx.run_id}", "io.pipekit.stage=second"]}
+            deadline = time.monotonic() + 60
+            while True:
+                seen["second"] = [c.status for c in docker_client.containers.list(filters=label)]
+                if seen["second"] == ["running"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             if fail:
                 raise RuntimeError("first fails")
 

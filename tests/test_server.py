@@ -200,7 +200,12 @@ def test_sigterm_interrupts_the_running_run_and_a_restart_runs_the_queued_one(
     quick = remote.push({"pipeline.py": pipeline()})
     queued = srv.api("POST", "/api/projects/app/runs", {"branch": "main", "params": {"greeting": "later"}})["run"]
     srv.wait(running, "running")
-    time.sleep(3)
+    # its second stage is under way (after ~30 s more it would end; a busy machine may take seconds
+    # to get there, so wait for its first line rather than a fixed time)
+    deadline = time.monotonic() + 90
+    while "test line 1" not in str(srv.api("GET", f"/api/runs/{running}/log")):
+        assert time.monotonic() < deadline, srv.log.read_text()[-3000:]
+        time.sleep(0.2)
     assert srv.api("GET", f"/api/runs/{queued}")["status"] == "queued"
     run_id = srv.api("GET", f"/api/runs/{running}")["run_id"]
     assert run_id
