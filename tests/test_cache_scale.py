@@ -440,3 +440,40 @@ def test_a_stage_whose_key_misses_keeps_its_files_by_name(tmp_path: Path) -> Non
         history.close()
     [entry] = [e for e in lines if e["stage"] == "a"]
     assert entry["inputs"]["files"] == {f"src/m{i}.txt": b3(f"module {i}".encode()) for i in range(20)}, out
+
+
+def test_the_run_asks_git_about_its_checkout_while_it_gets_ready(tmp_path: Path) -> None:
+    """``git status`` (a stat of every tracked file) starts when the recorder is made, beside the
+    rest of the run's set-up: the commit recorded is the one checked out then."""
+    import subprocess
+
+    from pipekit._history.recorder import HistoryRecorder
+
+    ws = workspace(tmp_path, {"src/a.txt": b"alpha", "pipeline.py": b"# p\n"})
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q", "."], cwd=ws, check=True)
+    subprocess.run([*git, "add", "src", "pipeline.py"], cwd=ws, check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], cwd=ws, check=True)
+    first = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    history = History(ws)
+    try:
+        recorder = HistoryRecorder(history, argv="pipekit run", branch=None, checkout=ws)
+        assert recorder._git is not None
+        recorder._git[1].join(30)
+        (ws / "src/a.txt").write_bytes(b"ALPHA")
+        subprocess.run([*git, "commit", "-qam", "two"], cwd=ws, check=True)
+
+        class Plan:
+            class pipeline:  # noqa: N801
+                name = "p"
+                path = str(ws / "pipeline.py")
+
+        recorder.history.write_plan = lambda *a: None  # type: ignore[method-assign]
+        recorder.run_started("r1", Plan)
+        [run] = history.runs(1)
+        assert run.git_commit == first  # asked before the second commit: the early answer was used
+        other = HistoryRecorder(history, argv="pipekit run", branch=None)  # no checkout known early
+        other.run_started("r2", Plan)
+        assert history.runs(1)[0].git_commit != first
+    finally:
+        history.close()

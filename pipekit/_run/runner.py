@@ -98,6 +98,7 @@ def _recording(setup: RunSetup, backend: Any) -> _Recording:
             branch=setup.info.branch,
             resumed_from=resumed_from,
             params=setup.secrets.masker.mask_any({k: str(v) for k, v in setup.params.items()}),
+            checkout=Path(setup.pipeline.path).parent if setup.pipeline.path else None,
         ),
         r.warn or (lambda message: None),
     )
