@@ -17,8 +17,9 @@ import pytest
 from blake3 import blake3
 from helpers import run_console
 
-from pipekit._core.safefile import UnsafePath
-from pipekit._core.statcache import DB_NAME, RACY_NS, FileDigests, stat_key
+from pipekit._core.listing import listing
+from pipekit._core.safefile import Beneath, UnsafePath
+from pipekit._core.statcache import DB_NAME, GLOB_SKIP, RACY_NS, FileDigests, FileSet, KnownFiles, stat_key
 from pipekit._dsl.cache import changed, inputs, key_of, stage_inputs
 from pipekit._dsl.conditions import glob_filter, glob_match
 from pipekit._history.store import History
@@ -274,3 +275,205 @@ def test_a_file_an_upstream_stage_rewrites_in_the_same_run_is_seen(tmp_path: Pat
     assert files["write"]["src/x.txt"] == b3(b"old1"), out
     assert files["read"]["src/x.txt"] == b3(b"new1"), out
     assert files["read"]["src/y.txt"] == files["write"]["src/y.txt"] == b3(b"y")
+
+
+# -- sets known by their listing (KnownFiles): a cached rerun loads no entry ----------------------
+
+
+def fp(ws: Path, *patterns: str, run: FileDigests | None = None) -> FileSet | KnownFiles:
+    return (run or FileDigests(ws)).fingerprint(patterns or ("src/**",), glob_filter)
+
+
+def sets(ws: Path) -> list[tuple[str, str, int]]:
+    db = sqlite3.connect(ws / ".pipekit" / DB_NAME)
+    try:
+        return list(db.execute("SELECT patterns, digest, count FROM sets"))
+    finally:
+        db.close()
+
+
+def settled(ws: Path, *patterns: str) -> str:
+    """Fingerprinted twice: the first run makes the set (and remembers it), the next one recalls it."""
+    first = fp(ws, *patterns)
+    assert isinstance(first, FileSet)
+    run = FileDigests(ws)
+    again = fp(ws, *patterns, run=run)
+    assert isinstance(again, KnownFiles) and run.recalled == 1 and run._entries is None  # no entry loaded
+    assert again.digest() == first.digest() and len(again) == len(first)
+    assert again.whole() == first  # by name when the key misses: the same set
+    return first.digest()
+
+
+def test_an_unchanged_set_is_known_by_its_listing_without_loading_an_entry(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, {"src/a.txt": b"alpha", "src/sub/b.txt": b"beta", "other.txt": b"x"})
+    time.sleep(OLD)
+    known = settled(ws)
+    assert sets(ws) == [('["src/**"]', known, 2)]
+    (ws / "other.txt").write_bytes(b"y")  # outside the folder src/** is looked for in: still known
+    assert isinstance(fp(ws), KnownFiles)
+    (ws / "src/__pycache__").mkdir()  # a folder no walk enters (made in src/: src's own stat changed)
+    assert isinstance(fp(ws), FileSet) and isinstance(fp(ws), KnownFiles)
+    (ws / "src/__pycache__/x.pyc").write_bytes(b"c")  # what it holds is never listed
+    assert isinstance(fp(ws), KnownFiles)
+
+
+@pytest.mark.parametrize("trap", ["same size", "link", "rename", "rename back", "delete", "new", "new folder"])
+def test_a_changed_file_is_seen_by_a_set_known_by_its_listing(tmp_path: Path, trap: str) -> None:
+    ws = workspace(tmp_path, {"src/a.txt": b"alpha", "src/b.txt": b"beta", "src/sub/c.txt": b"gamma"})
+    time.sleep(OLD)
+    settled(ws)
+    want = {"src/a.txt": b3(b"alpha"), "src/b.txt": b3(b"beta"), "src/sub/c.txt": b3(b"gamma")}
+    a = ws / "src/a.txt"
+    if trap == "same size":  # its mtime put back as well: the ctime and the listing still change
+        before = os.stat(a)
+        a.write_bytes(b"ALPHA")
+        os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns))
+        want["src/a.txt"] = b3(b"ALPHA")
+    elif trap == "link":
+        a.unlink()
+        a.symlink_to("b.txt")
+        want["src/a.txt"] = b3(b"beta")
+    elif trap in ("rename", "rename back"):
+        a.rename(ws / "src/sub/a.txt")
+        want["src/sub/a.txt"] = want.pop("src/a.txt")
+        if trap == "rename back":
+            (ws / "src/sub/a.txt").rename(a)
+            want["src/a.txt"] = want.pop("src/sub/a.txt")
+    elif trap == "delete":
+        (ws / "src/sub/c.txt").unlink()
+        del want["src/sub/c.txt"]
+    elif trap == "new":
+        (ws / "src/sub/d.txt").write_bytes(b"delta")
+        want["src/sub/d.txt"] = b3(b"delta")
+    else:
+        (ws / "src/sub/deeper/more").mkdir(parents=True)
+        (ws / "src/sub/deeper/more/e.txt").write_bytes(b"eps")
+        want["src/sub/deeper/more/e.txt"] = b3(b"eps")
+    now = fp(ws)
+    assert isinstance(now, FileSet) and now == want
+
+
+def test_a_set_is_remembered_only_when_made_of_trusted_entries_and_no_link(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, {"src/a.txt": b"alpha", "other/d/x.txt": b"x"})
+    assert isinstance(fp(ws), FileSet) and sets(ws) == []  # written just now: racily clean
+    assert isinstance(fp(ws), FileSet) and sets(ws) == []  # still
+    time.sleep(OLD)
+    assert isinstance(fp(ws), FileSet) and len(sets(ws)) == 1  # hashed again, trusted: remembered
+    assert isinstance(fp(ws), KnownFiles)
+    # a link the patterns select: what it leads to is not in the listing; never remembered
+    (ws / "src/l").symlink_to("../other/d")  # a folder: selects nothing today
+    (ws / ".pipekit" / DB_NAME).unlink()
+    time.sleep(OLD)
+    assert fp(ws) == {"src/a.txt": b3(b"alpha")} and fp(ws) == {"src/a.txt": b3(b"alpha")} and sets(ws) == []
+    (ws / "other/d/x.txt").unlink()
+    (ws / "other/d").rmdir()
+    (ws / "other/d").write_bytes(b"now a file")  # the link's listing did not change; its target did
+    assert fp(ws) == {"src/a.txt": b3(b"alpha"), "src/l": b3(b"now a file")}
+
+
+def test_a_set_is_not_remembered_when_its_listing_changed_while_it_was_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipekit._core.statcache as statcache
+
+    ws = workspace(tmp_path, {"src/a.txt": b"alpha"})
+    time.sleep(OLD)
+    listings = iter([b"before", b"after", b"before", b"before", b"before"])
+    monkeypatch.setattr(statcache, "listing", lambda fd, root, skip: next(listings))
+    assert isinstance(fp(ws), FileSet) and sets(ws) == []  # listed before and after the walk: not the same
+    assert isinstance(fp(ws), FileSet) and len(sets(ws)) == 1  # the same: remembered
+    assert isinstance(fp(ws), KnownFiles)
+
+
+def test_without_gnu_find_every_set_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipekit._core.listing as listing
+
+    ws = workspace(tmp_path, {"src/a.txt": b"alpha"})
+    time.sleep(OLD)
+    monkeypatch.setattr(listing, "_find", [None])
+    assert fp(ws) == {"src/a.txt": b3(b"alpha")} and isinstance(fp(ws), FileSet) and sets(ws) == []
+
+
+def test_the_listing_leaves_out_what_the_walk_leaves_out_and_enters_no_link(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, {"a.py": b"a", ".git/config": b"[core]", "real/b.py": b"b", "p/__pycache__": b"f"})
+    (ws / ".GIT").mkdir()  # a case-insensitive file system's .git: left out as well
+    (ws / "linked").symlink_to("real")
+    with Beneath(ws) as tree:
+        whole = listing(tree.fd, "", GLOB_SKIP)
+        assert whole is not None
+        names = {line.split(b" ", 7)[-1] for line in whole.split(b"\0\0", 1)[1].split(b"\0") if line}
+        assert names == {b"", b"a.py", b"real", b"real/b.py", b"linked", b"p", b"p/__pycache__"}  # a file so named
+        with pytest.raises(OSError):
+            listing(tree.fd, "linked", GLOB_SKIP)  # a link on the way: refused
+        (ws / ".git/config").write_bytes(b"[core]\n\tfsmonitor = evil")
+        (ws / ".pipekit/x").write_bytes(b"x")
+        assert listing(tree.fd, "", GLOB_SKIP) == whole  # never read there
+        (ws / "real/b.py").write_bytes(b"B")
+        assert listing(tree.fd, "", GLOB_SKIP) != whole
+    assert fp(ws, "linked/**") == {}  # the walk enters no link: nothing selected, remembered so
+    known = fp(ws, "linked/**")
+    assert isinstance(known, KnownFiles) and len(known) == 0 and known.whole() == {}
+    (ws / "real/c.py").write_bytes(b"c")  # not under a real folder linked/: still nothing
+    assert len(known := fp(ws, "linked/**")) == 0 and isinstance(known, KnownFiles)
+    (ws / "linked").unlink()
+    (ws / "real").rename(ws / "linked")  # now a real folder
+    assert fp(ws, "linked/**") == {"linked/b.py": b3(b"B"), "linked/c.py": b3(b"c")}
+
+
+def test_a_stage_whose_key_misses_keeps_its_files_by_name(tmp_path: Path) -> None:
+    """A known set is made by name when the key misses (the history says which files changed);
+    with the installed console script."""
+    ws = workspace(tmp_path, {f"src/m{i}.txt": f"module {i}".encode() for i in range(20)})
+    (ws / "pipeline.py").write_text(HOST_STAGES)
+    time.sleep(OLD)
+    _run(ws)
+    _run(ws)  # remembers the set (trusted entries by now)
+    assert [(p, n) for p, _, n in sets(ws)] == [('["src/**"]', 20)]  # c names a file too: never remembered
+    (ws / "pipeline.py").write_text(HOST_STAGES.replace('return "a"', 'return "a2"'))
+    out, _ = _run(ws)
+    assert re.search(r"\nb +cached", out) and re.search(r"\na +succeeded", out), out  # both known: a hit, a miss
+    history = History(ws)
+    try:
+        last = history.runs(1)[0]
+        lines = [json.loads(line) for line in history.run_file(last.id, "cache_inputs.jsonl").read_text().splitlines()]
+    finally:
+        history.close()
+    [entry] = [e for e in lines if e["stage"] == "a"]
+    assert entry["inputs"]["files"] == {f"src/m{i}.txt": b3(f"module {i}".encode()) for i in range(20)}, out
+
+
+def test_the_run_asks_git_about_its_checkout_while_it_gets_ready(tmp_path: Path) -> None:
+    """``git status`` (a stat of every tracked file) starts when the recorder is made, beside the
+    rest of the run's set-up: the commit recorded is the one checked out then."""
+    import subprocess
+
+    from pipekit._history.recorder import HistoryRecorder
+
+    ws = workspace(tmp_path, {"src/a.txt": b"alpha", "pipeline.py": b"# p\n"})
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q", "."], cwd=ws, check=True)
+    subprocess.run([*git, "add", "src", "pipeline.py"], cwd=ws, check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], cwd=ws, check=True)
+    first = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    history = History(ws)
+    try:
+        recorder = HistoryRecorder(history, argv="pipekit run", branch=None, checkout=ws)
+        assert recorder._git is not None
+        recorder._git[1].join(30)
+        (ws / "src/a.txt").write_bytes(b"ALPHA")
+        subprocess.run([*git, "commit", "-qam", "two"], cwd=ws, check=True)
+
+        class Plan:
+            class pipeline:  # noqa: N801
+                name = "p"
+                path = str(ws / "pipeline.py")
+
+        recorder.history.write_plan = lambda *a: None  # type: ignore[method-assign]
+        recorder.run_started("r1", Plan)
+        [run] = history.runs(1)
+        assert run.git_commit == first  # asked before the second commit: the early answer was used
+        other = HistoryRecorder(history, argv="pipekit run", branch=None)  # no checkout known early
+        other.run_started("r2", Plan)
+        assert history.runs(1)[0].git_commit != first
+    finally:
+        history.close()

@@ -11,11 +11,11 @@ from typing import Any
 
 import attrs
 
-from pipekit._core.statcache import FileDigests, FileSet, files_digest
+from pipekit._core.statcache import FileDigests, FileSet, KnownFiles, files_digest
 from pipekit._dsl.conditions import check_glob, glob_filter
 from pipekit._dsl.secrets import Secret
 
-__all__ = ["CacheInputs", "changed", "inputs", "key_of", "stage_inputs", "stage_key"]
+__all__ = ["CacheInputs", "changed", "inputs", "key_of", "stage_inputs", "stage_key", "whole_files"]
 
 
 @attrs.frozen
@@ -77,11 +77,13 @@ def stage_inputs(
     ``image`` is the image id (not its name), ``upstream`` the serialized outputs of the stages
     it depends on, ``env`` the stage's environment with secrets by name (never by value).
     ``digests``: the run's file fingerprints (each file hashed once per run, only when its stat
-    changed: :mod:`pipekit._core.statcache`); files are read as ctx.archive reads them.
+    changed: :mod:`pipekit._core.statcache`); files are read as ctx.archive reads them. The
+    files part may be a :class:`KnownFiles` (known by its digest alone): :func:`whole_files` makes
+    it by name.
     """
-    files: Mapping[str, str] = {}
+    files: Mapping[str, str] | KnownFiles = {}
     if spec.files:
-        files = (digests or FileDigests(workspace)).digests(spec.files, glob_filter)
+        files = (digests or FileDigests(workspace)).fingerprint(spec.files, glob_filter)
     return {
         "pipeline": pipeline,
         "stage": stage,
@@ -100,8 +102,15 @@ def key_of(inputs: Mapping[str, Any]) -> str:
     """The cache key of a stage's inputs. Files count by one hash of their names and digests
     (made once for a set of files several stages name: :class:`pipekit._core.statcache.FileSet`)."""
     files = inputs.get("files") or {}
-    part = files.digest() if isinstance(files, FileSet) else files_digest(files)
+    part = files.digest() if isinstance(files, (FileSet, KnownFiles)) else files_digest(files)
     return hashlib.sha256(json.dumps({"v": 3, **inputs, "files": part}, sort_keys=True).encode()).hexdigest()
+
+
+def whole_files(inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` with its files by name (what the history keeps, what :func:`changed` compares),
+    made from the workspace as it is now when they were known by their digest alone."""
+    files = inputs.get("files")
+    return {**inputs, "files": files.whole()} if isinstance(files, KnownFiles) else inputs
 
 
 def stage_key(**kwargs: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,20 @@ class HistoryRecorder:
         branch: str | None,
         resumed_from: str | None = None,
         params: Mapping[str, Any] | None = None,
+        checkout: Path | None = None,
     ) -> None:
+        """``checkout``: the folder the run's pipeline is in, when known before the run starts:
+        git is asked about it at once, in a thread, while the run gets ready (on a large checkout
+        ``git status`` stats every tracked file)."""
         self.history = history
+        self._git: tuple[Path, threading.Thread, list[tuple[str | None, bool | None]]] | None = None
+        if checkout is not None:
+            found: list[tuple[str | None, bool | None]] = []
+            thread = threading.Thread(
+                target=lambda: found.append(git_state(checkout)), name="pipekit-git-state", daemon=True
+            )
+            thread.start()
+            self._git = (checkout, thread, found)
         self.argv = argv
         self.branch = branch
         self.resumed_from = resumed_from
@@ -43,7 +56,7 @@ class HistoryRecorder:
     def run_started(self, run_id: str, plan: Any) -> None:
         self.run_id = run_id
         path = plan.pipeline.path or ""
-        commit, dirty = git_state(Path(path).parent if path else Path.cwd())
+        commit, dirty = self._git_state(Path(path).parent if path else Path.cwd())
         self.history.start_run(
             run_id,
             pipeline=plan.pipeline.name,
@@ -55,6 +68,13 @@ class HistoryRecorder:
             resumed_from=self.resumed_from,
         )
         self.history.write_plan(run_id, plan, self.params)
+
+    def _git_state(self, checkout: Path) -> tuple[str | None, bool | None]:
+        if self._git is not None and self._git[0] == checkout:
+            self._git[1].join()
+            if self._git[2]:
+                return self._git[2][0]
+        return git_state(checkout)
 
     def stage_started(self, run_id: str, name: str, position: int) -> None:
         self.history.stage_started(run_id, name, position)

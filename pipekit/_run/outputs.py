@@ -17,8 +17,8 @@ import attrs
 
 from pipekit._core.results import StageResult, StageStatus
 from pipekit._core.safefile import read_regular
-from pipekit._core.statcache import FileDigests
-from pipekit._dsl.cache import key_of, stage_inputs
+from pipekit._core.statcache import FileDigests, KnownFiles
+from pipekit._dsl.cache import key_of, stage_inputs, whole_files
 from pipekit._dsl.matrix import MatrixOutputs
 from pipekit._plan.resolve import ResolvedPlan, ResolvedStage
 from pipekit._run.run import CacheLookup, Run
@@ -176,12 +176,17 @@ def take_cached(lookup: Lookup, r: ResolvedStage, outputs: Mapping[str, Any]) ->
         return Taken(None, f"not cached: {e}")
     key = key_of(inputs)
     hit = lookup.cache(key) if lookup.cache is not None else None
+    if hit is None and isinstance(inputs.get("files"), KnownFiles):  # by name, for the history
+        inputs = whole_files(inputs)
+        key = key_of(inputs)  # the same key, unless a file changed meanwhile
+        hit = lookup.cache(key) if lookup.cache is not None else None
     if hit is None:
         return Taken(None, "cache miss", key=key, inputs=inputs)
     from_run, stored = hit
     gone = gone_image(lookup.images, loads(stored))
     if gone is not None:
-        return Taken(None, f"cache miss: image {gone} is no longer in the engine", key=key, inputs=inputs)
+        inputs = whole_files(inputs)
+        return Taken(None, f"cache miss: image {gone} is no longer in the engine", key=key_of(inputs), inputs=inputs)
     return Taken(StageStatus.CACHED, f"cache hit: result of run {from_run}", from_run, stored, key, inputs)
 
 

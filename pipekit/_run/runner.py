@@ -98,6 +98,7 @@ def _recording(setup: RunSetup, backend: Any) -> _Recording:
             branch=setup.info.branch,
             resumed_from=resumed_from,
             params=setup.secrets.masker.mask_any({k: str(v) for k, v in setup.params.items()}),
+            checkout=Path(setup.pipeline.path).parent if setup.pipeline.path else None,
         ),
         r.warn or (lambda message: None),
     )
@@ -142,13 +143,23 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
     timeout = setup.timeout
     _ = setup.plan  # raises the first pipeline error, before anything is checked or recorded
     decided = setup.pre_approvals()  # --approve: checked before anything starts
+    # the files the stage cache will ask for are on their way while the history and the engine
+    # are opened (a --resume run knows what it restores only once the history is open)
+    early = None
+    if r.resume is None:
+        try:
+            early = setup.resolved({})
+        except Exception:  # raised again below, once the run is recorded
+            early = None
+    files = _fingerprints(early) if early is not None else None
     rec = _recording(setup, backend) if r.record else _Recording()
     sweep = None
     shared = None
     try:
         shared = shared_cache(setup, rec.history)
-        resolved = setup.resolved(rec.restore)
-        files = _fingerprints(resolved)
+        resolved = early if early is not None and not rec.restore else setup.resolved(rec.restore)
+        if files is None or resolved is not early:
+            files = _fingerprints(resolved)
         if resolved.needs_container_backend:
             backend.check()
             sweep = _sweep(backend)
