@@ -515,8 +515,21 @@ class DockerBackend:
         return self.housekeeping.leftovers()
 
     def sweep(self) -> list[str]:
-        """Remove what runs whose process is gone left behind; their ids."""
-        return sweep_lost(self.leftovers, self.cleanup)
+        """Remove what runs whose process is gone left behind, and the workspace's base copies
+        a newer one replaced (or never completed); the runs' ids."""
+        lost = sweep_lost(self.leftovers, self.cleanup)
+        from docker.errors import DockerException
+
+        try:
+            self.layers.drop_bases()
+        except (DockerException, OSError):
+            pass  # the engine went away: the next sweep
+        return lost
+
+    def drop_workspace_bases(self) -> list[str]:
+        """Remove every base copy of a workspace kept in the engine that no stage uses now
+        (``pipekit cleanup --all``); their names."""
+        return self.layers.drop_bases(superseded=False)
 
     def keep(self, handle: StageHandle) -> list[str]:
         return self.housekeeping.keep(handle)
