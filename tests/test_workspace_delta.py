@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_console
 
 import pipekit as pk
 from pipekit._backends.docker.backend import DockerBackend
@@ -327,12 +328,12 @@ def test_a_kept_stage_keeps_its_view_of_the_workspace_until_it_is_cleaned_up(
         base = _bases(docker_client, folder)[0]
         mounts = docker_client.api.inspect_container(kept)["Mounts"]
         assert base not in {m.get("Name") for m in mounts}, "a base is never mounted where a stage runs"
-        assert base not in backend.layers.drop_bases(superseded=False), "a base a kept view stacks stays"
+        assert backend.drop_workspace_bases(folder) == [], "a base a kept view stacks stays"
         assert _bases(docker_client, folder) == [base]
     finally:
         backend.drop_kept(result.run_id)
     assert _volumes(docker_client, result.run_id) == []
-    assert backend.drop_workspace_bases() == [base] and _bases(docker_client, folder) == []
+    assert backend.drop_workspace_bases(folder) == [base] and _bases(docker_client, folder) == []
 
 
 NOT_ROOT = """
@@ -482,10 +483,39 @@ def test_the_sweep_removes_replaced_and_unfinished_bases_never_one_in_use(docker
         api.create_volume(names["dead"], labels={**labels, LABEL_OWNER: f"{socket.gethostname()}:999999999"})
         api.create_volume(names["alive"], labels={**labels, LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"})
         api.create_volume(names["used"] + "-view", labels={LABEL_MANAGED: "true", LABEL_LOWER: names["used"]})
-        backend.sweep()
-        left = {v["Name"] for v in (api.volumes(filters={"label": f"{LABEL_BASE}={key}"}) or {}).get("Volumes") or []}
-        assert left == {names["used"], names["used"] + "-ok", names["new"], names["new"] + "-ok", names["alive"]}
+        backend.sweep()  # (the bases go in a thread of their own: off the run's critical path)
+        expected = {names["used"], names["used"] + "-ok", names["new"], names["new"] + "-ok", names["alive"]}
+        deadline = time.monotonic() + 60
+        while True:
+            listing = (api.volumes(filters={"label": f"{LABEL_BASE}={key}"}) or {}).get("Volumes") or []
+            left = {v["Name"] for v in listing}
+            if left == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert left == expected
     finally:
         for name in [n + "-view" for n in names.values()] + [n + "-ok" for n in names.values()] + list(names.values()):
             with contextlib.suppress(Exception):
                 api.remove_volume(name)
+
+
+@pytest.mark.docker
+def test_cleanup_all_removes_the_copies_of_this_folder_the_engine_keeps(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """`pipekit cleanup --all` (the console script, in the folder) removes the base copies of that
+    folder the engine kept for the next runs, and no other folder's."""
+    folders = []
+    for name in ("one", "other"):
+        folders.append(tmp_path / name)
+        folders[-1].mkdir()
+        (folders[-1] / "pipeline.py").write_text(
+            AGAIN.replace("cat a.txt new.txt && test ! -e gone.txt && cat d/f5 && ", "")
+        )
+        _run(folders[-1], DockerBackend(docker_client, workspace="copy"), busybox_image)
+    kept = _bases(docker_client, folders[0])
+    assert len(kept) == 1 and len(_bases(docker_client, folders[1])) == 1
+    done = run_console(["cleanup", "--all"], cwd=folders[0])
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 copies of this workspace kept in the engine" in done.stdout
+    assert _bases(docker_client, folders[0]) == [] and len(_bases(docker_client, folders[1])) == 1

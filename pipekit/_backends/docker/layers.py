@@ -188,10 +188,21 @@ class Layers:
         self._bases.pop(run_id, None)
         self.remove(sorted(self._volumes(run_id), key=lambda n: not n.endswith("-view")))  # a view first
 
-    def drop_bases(self, *, superseded: bool = True) -> list[str]:
+    def drop_bases(self, *, superseded: bool = True, quiet: bool = False, folder: str | None = None) -> list[str]:
         """Remove the bases no stage's view stacks: those a newer complete base of the same folder
         replaced (``superseded``; every one otherwise), and those never completed by a process
-        now gone. Their names."""
+        now gone. Their names. ``quiet``: an engine error stops it silently (the next sweep goes on).
+        ``folder`` (``HOST:PATH``, :func:`~pipekit._workspace.keptbase.base_path_label`): only its bases."""
+        from docker.errors import DockerException
+
+        try:
+            return self._drop_bases(superseded, folder)
+        except (DockerException, OSError):
+            if quiet:
+                return []
+            raise
+
+    def _drop_bases(self, superseded: bool, folder: str | None) -> list[str]:
         listing = (self.api.volumes(filters={"label": LABEL_BASE}) or {}).get("Volumes") or []
         companions = {
             str((v.get("Labels") or {})[LABEL_BASE_OK]): str(v["Name"])
@@ -208,6 +219,8 @@ class Layers:
         dropped = []
         for v in bases:
             name, labels = str(v["Name"]), v.get("Labels") or {}
+            if folder is not None and labels.get(LABEL_BASE_PATH) != folder:
+                continue
             if name in used or (name not in companions and owner_alive(labels.get(LABEL_OWNER))):
                 continue  # in use, or being made
             if name in companions and superseded and newest.get(labels[LABEL_BASE]) == name:
