@@ -143,7 +143,9 @@ def _ship_rate(text: str) -> float | None:
     return None
 
 
-def measure(rows: list[str], rounds: int, baseline: Path | None, baseline_rounds: int) -> dict[tuple[str, str], list]:
+def measure(
+    rows: list[str], rounds: int, baseline: Path | None, baseline_rounds: int, dump: Path | None = None
+) -> dict[tuple[str, str], list]:
     results: dict[tuple[str, str], list] = {}
     codes = {"this": ROOT}
     if baseline is not None:
@@ -159,6 +161,8 @@ def measure(rows: list[str], rounds: int, baseline: Path | None, baseline_rounds
                     ):
                         continue
                     _round(results, row, label, code, folders[row], r)
+            if dump is not None:  # (what is measured so far, should the rest not finish)
+                dump.write_text(json.dumps({" | ".join(k): v for k, v in results.items()}))
     finally:
         for folder in folders.values():
             drop_bases(folder)  # (the engine keeps bases across runs: a 10 GiB one takes 10 GiB of its disk)
@@ -241,11 +245,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="the 20 MB and 200 MB rows only")
     ap.add_argument("--rows", help="only the rows whose name contains one of these (comma-separated)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--dump", type=Path, help="write the measurements so far to this JSON file after each round")
     args = ap.parse_args()
     rows = list(QUICK if args.quick else ROWS)
     if args.rows:
         rows = [r for r in rows if any(w.strip() in r for w in args.rows.split(","))]
-    results = measure(rows, args.rounds, args.baseline, args.baseline_rounds if args.baseline else 0)
+    results = measure(rows, args.rounds, args.baseline, args.baseline_rounds if args.baseline else 0, args.dump)
     sys.path.insert(0, str(HERE))
     import run_all
 
