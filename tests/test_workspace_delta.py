@@ -519,3 +519,4 @@ def test_cleanup_all_removes_the_copies_of_this_folder_the_engine_keeps(
     assert done.returncode == 0, done.stderr
     assert "removed 1 copies of this workspace kept in the engine" in done.stdout
     assert _bases(docker_client, folders[0]) == [] and len(_bases(docker_client, folders[1])) == 1
+    assert not (records_dir(folders[0]) / f"{kept[0]}.json").exists(), "and this machine's record of it"

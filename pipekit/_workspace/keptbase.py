@@ -21,7 +21,7 @@ from typing import Any
 
 from pipekit._workspace.delta import StatKey, WorkspaceBase, hidden_names
 
-__all__ = ["base_key", "base_path_label", "load_record", "records_dir", "save_record"]
+__all__ = ["base_key", "base_path_label", "drop_record", "load_record", "records_dir", "save_record"]
 
 FORMAT = 1
 

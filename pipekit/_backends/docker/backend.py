@@ -47,7 +47,7 @@ from pipekit._backends.docker.shell import AttachedShell
 from pipekit._backends.docker.sockets import close_stream
 from pipekit._core.streams import Captured, LineSplitter
 from pipekit._core.util import EXIT_KILLED
-from pipekit._workspace.keptbase import base_path_label
+from pipekit._workspace.keptbase import base_path_label, drop_record
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
@@ -531,7 +531,10 @@ class DockerBackend:
     def drop_workspace_bases(self, workspace: Path) -> list[str]:
         """Remove the base copies of ``workspace`` kept in the engine that no stage uses now
         (``pipekit cleanup --all`` in that folder); their names."""
-        return self.layers.drop_bases(superseded=False, folder=base_path_label(workspace))
+        dropped = self.layers.drop_bases(superseded=False, folder=base_path_label(workspace))
+        for name in dropped:
+            drop_record(workspace, name)
+        return dropped
 
     def keep(self, handle: StageHandle) -> list[str]:
         return self.housekeeping.keep(handle)
