@@ -120,7 +120,7 @@ class Layers:
         key = base_key(spec.workspace, spec.hidden)
         name = f"pipekit-base-{key[:12]}-{os.urandom(4).hex()}"
         labels = {LABEL_MANAGED: "true", LABEL_BASE: key, LABEL_BASE_PATH: base_path_label(spec.workspace)}
-        created = self.api.create_volume(name, labels={**labels, **owner_label()}).get("CreatedAt", "")
+        self.api.create_volume(name, labels={**labels, **owner_label()})
         binds = {name: {"bind": "/base", "mode": "rw"}}
         start = time.monotonic()
         try:
@@ -137,7 +137,8 @@ class Layers:
             finally:
                 self.api.remove_container(helper, force=True)
             base = WorkspaceBase(name, stream.stats, stream.manifest, stream.size, time.monotonic() - start)
-            save_record(spec.workspace, base, str(created or self.api.inspect_volume(name).get("CreatedAt", "")))
+            # (the engine's CreatedAt of a local volume is its folder's mtime: known once the stream is in)
+            save_record(spec.workspace, base, str(self.api.inspect_volume(name).get("CreatedAt", "")))
             self.api.create_volume(f"{name}-ok", labels={**labels, LABEL_BASE_OK: name})  # complete from now on
         except BaseException:
             self.remove([name])  # (a kill -9 leaves it incomplete: the sweep removes it)
