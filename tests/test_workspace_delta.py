@@ -415,7 +415,8 @@ def test_the_next_run_ships_only_what_changed_since_the_base_it_left(
     made = [e for e in events if e.get("event") == "workspace changes copied in"]
     assert made[0]["base_kept"] is False and made[0]["base_bytes"] > 0
     assert _bases(docker_client, folder) == [made[0]["base"]], "the base stays after the run"
-    assert (records_dir(folder) / f"{made[0]['base']}.json").is_file()
+    record = json.loads((records_dir(folder) / f"{made[0]['base']}.json").read_text())
+    assert record["created"] == docker_client.api.inspect_volume(made[0]["base"])["CreatedAt"]
     assert _volumes(docker_client, first.run_id) == [], "the stages' volumes go at the run's end"
 
     (folder / "pipeline.py").write_text(AGAIN)
