@@ -55,8 +55,9 @@ def _not_in_a_ci(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Any:
-    """A client of the engine. pipekit's own CI always starts one: no engine is a failure, not a skip."""
+def docker_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A client of the engine. pipekit's own CI always starts one: no engine is a failure, not a skip.
+    At the end, the copies of the tests' workspaces that copy mode kept in it go."""
     import docker
 
     try:
@@ -65,6 +66,9 @@ def docker_client() -> Any:
     except Exception as e:  # pragma: no cover - the message is the point
         pytest.fail(f"no Docker engine answers ({e}); run scripts/start-engine.sh first", pytrace=False)
     yield client
+    from helpers import drop_workspace_bases
+
+    drop_workspace_bases(client, tmp_path_factory.getbasetemp())
     client.close()
 
 

@@ -226,3 +226,26 @@ class Terminal:
             self.proc.kill()
             self.proc.wait(timeout=10)
         os.close(self.fd)
+
+
+def drop_workspace_bases(client: Any, under: Path) -> list[str]:
+    """Remove the copies of workspaces under ``under`` that copy mode kept in the engine (with
+    their companions): what a test's folders left for the next run, which will not come."""
+    import os
+    import socket
+
+    from docker.errors import APIError
+
+    prefix = f"{socket.gethostname()}:{os.path.realpath(under)}"
+    listing = (client.api.volumes(filters={"label": "io.pipekit.workspace-base"}) or {}).get("Volumes") or []
+    mine = [
+        v["Name"]
+        for v in listing
+        if (v.get("Labels") or {}).get("io.pipekit.workspace-base.path", "").startswith(prefix)
+    ]
+    for name in sorted(mine, key=lambda n: not n.endswith("-ok")):  # a companion first: never complete-but-gone
+        try:
+            client.api.remove_volume(name)
+        except APIError:
+            pass  # in use by a kept container of a test: it goes with that test's cleanup
+    return mine

@@ -4,20 +4,25 @@ goes at the end of the run."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_console
 
 import pipekit as pk
 from pipekit._backends.docker.backend import DockerBackend
 from pipekit._backends.docker.engine import LABEL_MANAGED, LABEL_OWNER, LABEL_RUN
+from pipekit._backends.docker.layers import LABEL_BASE, LABEL_BASE_OK, LABEL_BASE_PATH, LABEL_LOWER
 from pipekit._workspace.delta import changed_since, shipped, stat_tree, topmost
+from pipekit._workspace.keptbase import base_key, base_path_label, records_dir
 
 ROOT = Path(__file__).parent.parent
 
@@ -94,6 +99,16 @@ def _tree(folder: Path) -> dict[str, str]:
             continue
         found[rel] = "/" if path.is_dir() else path.read_text()
     return found
+
+
+def _bases(client: Any, folder: Path) -> list[str]:
+    """The complete bases of ``folder`` the engine keeps (their names, newest first)."""
+    listing = (client.api.volumes(filters={"label": LABEL_BASE}) or {}).get("Volumes") or []
+    path = base_path_label(folder)
+    mine = [v for v in listing if (v.get("Labels") or {}).get(LABEL_BASE_PATH) == path]
+    ok = {(v.get("Labels") or {}).get(LABEL_BASE_OK) for v in mine}
+    bases = sorted((v for v in mine if v["Name"] in ok), key=lambda v: v.get("CreatedAt", ""), reverse=True)
+    return [v["Name"] for v in bases]
 
 
 def _volumes(client: Any, run_id: str) -> list[str]:
@@ -310,10 +325,15 @@ def test_a_kept_stage_keeps_its_view_of_the_workspace_until_it_is_cleaned_up(
         assert kept is not None
         run = docker_client.api.exec_create(kept, ["cat", "/workspace/given.txt", "/workspace/x"])
         assert docker_client.api.exec_start(run) == b"from the base\nmine\n", "the kept view still has its base"
-        assert any(n.endswith("-base") for n in _volumes(docker_client, result.run_id))
+        base = _bases(docker_client, folder)[0]
+        mounts = docker_client.api.inspect_container(kept)["Mounts"]
+        assert base not in {m.get("Name") for m in mounts}, "a base is never mounted where a stage runs"
+        assert backend.drop_workspace_bases(folder) == [], "a base a kept view stacks stays"
+        assert _bases(docker_client, folder) == [base]
     finally:
         backend.drop_kept(result.run_id)
     assert _volumes(docker_client, result.run_id) == []
+    assert backend.drop_workspace_bases(folder) == [base] and _bases(docker_client, folder) == []
 
 
 NOT_ROOT = """
@@ -356,3 +376,148 @@ def test_a_stage_that_cannot_remove_what_was_deleted_is_told_why(
         assert _volumes(docker_client, result.run_id) == []
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+# -- the base kept across runs ----------------------------------------------------------------
+AGAIN = """
+import pipekit as pk
+
+pipeline = pk.Pipeline(name="again", image="busybox")
+
+
+@pipeline.stage
+def look(ctx):
+    ctx.sh("cat a.txt new.txt && test ! -e gone.txt && cat d/f5 && echo a > a.txt")
+
+
+@pipeline.stage
+def then(ctx, look):
+    ctx.sh("rm -rf d && echo mine > a.txt")
+"""
+
+
+@pytest.mark.docker
+def test_the_next_run_ships_only_what_changed_since_the_base_it_left(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """A run leaves its base copy in the engine; the next run of the folder uses it and ships only
+    what changed on this machine since (a change, a new file, a deletion); what stages did in the
+    first run never reaches the base (they wrote in their own layers)."""
+    folder = tmp_path / "ws"
+    (folder / "d").mkdir(parents=True)
+    (folder / "pipeline.py").write_text(AGAIN.replace("cat a.txt new.txt && ", "cat a.txt && "))
+    (folder / "a.txt").write_text("first\n")
+    (folder / "gone.txt").write_text("g\n")
+    for i in range(10):
+        (folder / "d" / f"f{i}").write_text(f"{i}\n")
+    first, events = _run(folder, DockerBackend(docker_client, workspace="copy"), busybox_image)
+    assert first.status == "failed"  # (gone.txt is still there: `look` fails, `then` never runs)
+    made = [e for e in events if e.get("event") == "workspace changes copied in"]
+    assert made[0]["base_kept"] is False and made[0]["base_bytes"] > 0
+    assert _bases(docker_client, folder) == [made[0]["base"]], "the base stays after the run"
+    record = json.loads((records_dir(folder) / f"{made[0]['base']}.json").read_text())
+    assert record["created"] == docker_client.api.inspect_volume(made[0]["base"])["CreatedAt"]
+    assert _volumes(docker_client, first.run_id) == [], "the stages' volumes go at the run's end"
+
+    (folder / "pipeline.py").write_text(AGAIN)
+    (folder / "new.txt").write_text("new\n")
+    (folder / "gone.txt").unlink()
+    second, events = _run(folder, DockerBackend(docker_client, workspace="copy"), busybox_image)
+    assert second.status == "succeeded", second.stages
+    shipped_in = {e["stage"]: e for e in events if e.get("event") == "workspace changes copied in"}
+    look = shipped_in["look"]
+    assert look["base"] == made[0]["base"] and look["base_kept"] is True, "the first run's base, used again"
+    assert (look["files"], look["gone"]) == (2, 1), "pipeline.py and new.txt in, gone.txt out: nothing else"
+    assert shipped_in["then"]["base"] == look["base"]
+    assert (folder / "a.txt").read_text() == "mine\n" and not (folder / "d").exists()
+    assert _volumes(docker_client, second.run_id) == []
+
+    # what the stages of both runs wrote is in no base: a helper reads the base itself
+    base = _bases(docker_client, folder)[0]
+    out = docker_client.containers.run(
+        busybox_image,
+        ["sh", "-c", "cat /b/a.txt /b/d/f5 /b/gone.txt"],
+        volumes={base: {"bind": "/b", "mode": "ro"}},
+        remove=True,
+    )
+    assert out == b"first\n5\ng\n", "the base is as this machine sent it"
+
+
+@pytest.mark.docker
+def test_a_base_whose_record_does_not_match_is_never_used(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """What a base holds is what this machine's record says, for that very volume: a record that
+    names another volume's creation (a volume made again under the name) makes a new base; so does
+    a secrets file that moved into the workspace (another key: a base that holds it is not used)."""
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(AGAIN.replace("cat a.txt new.txt && test ! -e gone.txt && cat d/f5 && ", ""))
+    _run(folder, DockerBackend(docker_client, workspace="copy"), busybox_image)
+    base = _bases(docker_client, folder)[0]
+    record = records_dir(folder) / f"{base}.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "created": "2000-01-01T00:00:00Z"}))
+    _result, events = _run(folder, DockerBackend(docker_client, workspace="copy"), busybox_image)
+    look = next(e for e in events if e.get("event") == "workspace changes copied in")
+    assert look["base"] != base and look["base_kept"] is False
+    assert base_key(folder, []) != base_key(folder, [str(folder / "a.txt")])
+
+
+@pytest.mark.docker
+def test_the_sweep_removes_replaced_and_unfinished_bases_never_one_in_use(docker_client: Any, tmp_path: Path) -> None:
+    """Of one folder's bases: the newest complete one stays (the next run's), an older one goes,
+    one never completed by a process now gone goes, one being made (its process alive) stays, and
+    one a stage's view stacks stays whatever its age."""
+    backend = DockerBackend(docker_client, workspace="copy")
+    key, path = f"test-{os.getpid()}-{tmp_path.name}"[:40], base_path_label(tmp_path)
+    api = docker_client.api
+    names = {
+        what: f"pipekit-base-test-{os.urandom(4).hex()}-{what}" for what in ("old", "used", "new", "dead", "alive")
+    }
+    labels = {LABEL_MANAGED: "true", LABEL_BASE: key, LABEL_BASE_PATH: path}
+    try:
+        for what in ("old", "used", "new"):  # complete, oldest first
+            api.create_volume(names[what], labels={**labels, LABEL_OWNER: "nowhere:1"})
+            api.create_volume(names[what] + "-ok", labels={**labels, LABEL_BASE_OK: names[what]})
+            time.sleep(1.1)  # (CreatedAt has seconds)
+        api.create_volume(names["dead"], labels={**labels, LABEL_OWNER: f"{socket.gethostname()}:999999999"})
+        api.create_volume(names["alive"], labels={**labels, LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"})
+        api.create_volume(names["used"] + "-view", labels={LABEL_MANAGED: "true", LABEL_LOWER: names["used"]})
+        backend.sweep()  # (the bases go in a thread of their own: off the run's critical path)
+        expected = {names["used"], names["used"] + "-ok", names["new"], names["new"] + "-ok", names["alive"]}
+        deadline = time.monotonic() + 60
+        while True:
+            listing = (api.volumes(filters={"label": f"{LABEL_BASE}={key}"}) or {}).get("Volumes") or []
+            left = {v["Name"] for v in listing}
+            if left == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert left == expected
+    finally:
+        for name in [n + "-view" for n in names.values()] + [n + "-ok" for n in names.values()] + list(names.values()):
+            with contextlib.suppress(Exception):
+                api.remove_volume(name)
+
+
+@pytest.mark.docker
+def test_cleanup_all_removes_the_copies_of_this_folder_the_engine_keeps(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """`pipekit cleanup --all` (the console script, in the folder) removes the base copies of that
+    folder the engine kept for the next runs, and no other folder's."""
+    folders = []
+    for name in ("one", "other"):
+        folders.append(tmp_path / name)
+        folders[-1].mkdir()
+        (folders[-1] / "pipeline.py").write_text(
+            AGAIN.replace("cat a.txt new.txt && test ! -e gone.txt && cat d/f5 && ", "")
+        )
+        _run(folders[-1], DockerBackend(docker_client, workspace="copy"), busybox_image)
+    kept = _bases(docker_client, folders[0])
+    assert len(kept) == 1 and len(_bases(docker_client, folders[1])) == 1
+    done = run_console(["cleanup", "--all"], cwd=folders[0])
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 copies of this workspace kept in the engine" in done.stdout
+    assert _bases(docker_client, folders[0]) == [] and len(_bases(docker_client, folders[1])) == 1
+    assert not (records_dir(folders[0]) / f"{kept[0]}.json").exists(), "and this machine's record of it"

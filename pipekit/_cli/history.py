@@ -260,6 +260,10 @@ def cmd_cleanup(args: SimpleNamespace, out: IO[str], err: IO[str]) -> int:
     if args.all:
         gone = backend.sweep()
         print(f"removed what {len(gone)} run(s) left: {', '.join(gone)}" if gone else "nothing was left", file=out)
+        if hasattr(backend, "drop_workspace_bases"):  # (copy mode's copies of this folder kept in the engine)
+            bases = backend.drop_workspace_bases(workspace_of(args.file))
+            if bases:
+                print(f"removed {len(bases)} copies of this workspace kept in the engine for copy mode", file=out)
         return 0
     if not args.run:
         raise UsageError("give a RUN to clean up after, or --all for every run that is no longer running")

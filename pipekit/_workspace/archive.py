@@ -10,8 +10,11 @@ import hashlib
 import io
 import os
 import posixpath
+import queue
 import stat
+import struct
 import tarfile
+import threading
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import attrs
 from pipekit._workspace.delta import StatKey, stat_key
 from pipekit._workspace.hosttree import CHUNK
 
-__all__ = ["ChunkReader", "Member", "TreeStream", "members", "pack", "regular_files", "unpack"]
+__all__ = ["ChunkReader", "Member", "TreeStream", "feed", "header", "members", "pack", "regular_files", "unpack"]
 
 #: never shipped into a stage: pipekit's own state (nothing private is brought back: see _hosttree)
 PRIVATE_DIRS = frozenset({".pipekit"})
@@ -100,50 +103,140 @@ class TreeStream:
             st = os.lstat(full)
         except FileNotFoundError:
             return  # gone since it was listed
-        info = tarfile.TarInfo(rel)
-        info.mode, info.mtime, info.uid, info.gid = st.st_mode & 0o7777, int(st.st_mtime), st.st_uid, st.st_gid
-        if stat.S_ISDIR(st.st_mode):
-            info.type = tarfile.DIRTYPE
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
             self.manifest[rel] = "/"
-            self.stats[rel] = ("d", stat.S_IMODE(st.st_mode), 0, 0, 0, 0, "")  # (stat_key of a folder)
-        elif stat.S_ISLNK(st.st_mode):
-            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
-            self.manifest[rel] = "->" + info.linkname
-            self.stats[rel] = ("l", 0, 0, 0, 0, 0, info.linkname)  # (stat_key of a link)
-        elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in self.hidden:
-            return
-        elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in self._inodes:
+            self.stats[rel] = ("d", stat.S_IMODE(mode), 0, 0, 0, 0, "")  # (stat_key of a folder)
+            yield header(rel, st, tarfile.DIRTYPE)
+        elif stat.S_ISLNK(mode):
+            target = os.readlink(full)
+            self.manifest[rel] = "->" + target
+            self.stats[rel] = ("l", 0, 0, 0, 0, 0, target)  # (stat_key of a link)
+            yield header(rel, st, tarfile.SYMTYPE, link=target)
+        elif not stat.S_ISREG(mode) or (st.st_dev, st.st_ino) in self.hidden:
+            return  # devices, sockets, fifos stay here; so does the secrets file
+        elif (st.st_dev, st.st_ino) in self._inodes:
             first = self._inodes[(st.st_dev, st.st_ino)]
-            info.type, info.linkname = tarfile.LNKTYPE, first
             self.manifest[rel] = self.manifest[first]
             self.stats[rel] = self.stats[first]
-        elif stat.S_ISREG(st.st_mode):
+            yield header(rel, st, tarfile.LNKTYPE, link=first)
+        else:
             self.stats[rel] = stat_key(st)  # type: ignore[assignment]  # (a regular file has one)
-            yield from self._file(full, rel, info)
+            yield from self._file(full, rel, st)
             if st.st_nlink > 1:
                 self._inodes[(st.st_dev, st.st_ino)] = rel
-            return
-        else:
-            return  # devices, sockets, fifos stay here
-        yield info.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape")
 
-    def _file(self, full: str, rel: str, info: tarfile.TarInfo) -> Iterator[bytes]:
+    def _file(self, full: str, rel: str, st: os.stat_result) -> Iterator[bytes]:
         try:
-            f = open(os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return  # replaced by a link or gone since it was listed
-        with f:
-            info.size = left = os.fstat(f.fileno()).st_size
-            yield info.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape")
+        try:
+            size = left = os.fstat(fd).st_size
+            head = header(rel, st, tarfile.REGTYPE, size=size)
+            pad = bytes(-size % tarfile.BLOCKSIZE)
+            if size <= SMALL:  # one piece: header, content, padding
+                data = os.read(fd, size)
+                data += bytes(size - len(data))  # a file that shrank: zeros
+                self.manifest[rel] = hashlib.sha256(data).hexdigest()
+                yield b"".join((head, data, pad))
+                return
+            yield head
             digest = hashlib.sha256()
             while left > 0:
-                chunk = f.read(min(CHUNK, left)) or bytes(min(CHUNK, left))  # a file that shrank: zeros
+                chunk = os.read(fd, min(CHUNK, left)) or bytes(min(CHUNK, left))  # a file that shrank: zeros
                 digest.update(chunk)
                 left -= len(chunk)
                 yield chunk
+        finally:
+            os.close(fd)
         self.manifest[rel] = digest.hexdigest()
-        if info.size % tarfile.BLOCKSIZE:
-            yield bytes(tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
+        if pad:
+            yield pad
+
+
+#: files up to this size travel as one piece with their header
+SMALL = 256 << 10
+_TYPES = {tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE}
+_HEAD = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_OCT7, _OCT11 = 8**7, 8**11
+
+
+def header(name: str, st: os.stat_result, kind: bytes, *, size: int = 0, link: str = "") -> bytes:
+    """The tar header of one member (GNU format, as ``tarfile`` writes it), made directly for the
+    common case (short names, small numbers); ``tarfile`` makes the others (long names, 8 GiB+)."""
+    mode, uid, gid, mtime = st.st_mode & 0o7777, st.st_uid, st.st_gid, int(st.st_mtime)
+    raw = name.encode(tarfile.ENCODING, "surrogateescape") + (b"/" if kind == tarfile.DIRTYPE else b"")
+    target = link.encode(tarfile.ENCODING, "surrogateescape")
+    small = uid < _OCT7 and gid < _OCT7 and 0 <= mtime < _OCT11 and size < _OCT11
+    if len(raw) > 100 or len(target) > 100 or not small:
+        info = tarfile.TarInfo(name)
+        info.mode, info.mtime, info.uid, info.gid, info.size = mode, mtime, uid, gid, size
+        info.type, info.linkname = kind, link
+        return info.tobuf(tarfile.GNU_FORMAT, tarfile.ENCODING, "surrogateescape")
+    buf = _HEAD.pack(
+        raw,
+        b"%07o\0" % mode,
+        b"%07o\0" % uid,
+        b"%07o\0" % gid,
+        b"%011o\0" % size,
+        b"%011o\0" % mtime,
+        b"        ",
+        kind,
+        target,
+        tarfile.GNU_MAGIC,
+        b"",
+        b"",
+        b"",
+        b"",
+        b"",
+    )
+    chksum = sum(buf)
+    return buf[:148] + b"%06o\0" % chksum + buf[155:]
+
+
+def feed(chunks: Iterable[bytes], size: int = CHUNK, depth: int = 4) -> Iterator[bytes]:
+    """``chunks`` in pieces of about ``size`` bytes, made by a thread of their own while the
+    caller sends the previous ones (at most ``depth`` pieces wait: memory stays bounded)."""
+    pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: bytes | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                pieces.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            batch: list[bytes] = []
+            held = 0
+            for chunk in chunks:
+                batch.append(chunk)
+                held += len(chunk)
+                if held >= size:
+                    if not put(b"".join(batch)):
+                        return
+                    batch, held = [], 0
+            if batch and not put(b"".join(batch)):
+                return
+            put(None)
+        except BaseException as e:  # handed to the caller
+            put(e)
+
+    maker = threading.Thread(target=make, name="pipekit-feed", daemon=True)
+    maker.start()
+    try:
+        while (item := pieces.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        maker.join()
 
 
 def _stat(path: str) -> os.stat_result | None:

@@ -131,3 +131,5 @@ class WorkspaceBase:
     seconds: float = 0.0  # how long that took
     #: how far this machine's folder had moved from it at the last stage's start: (names, bytes)
     behind: tuple[int, int] = (0, 0)
+    #: made by an earlier run (kept in the engine across runs), not by this one
+    kept: bool = False

@@ -112,6 +112,7 @@ class WorkspaceSync:
             base=base.name,
             base_bytes=base.size,
             base_s=round(base.seconds, 3),
+            base_kept=base.kept,
             files=len(changed),
             gone=len(gone),
             bytes=size,

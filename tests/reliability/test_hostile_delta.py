@@ -157,3 +157,46 @@ def test_a_large_sparse_file_travels_in_flat_memory(tmp_path: Path, busybox_imag
     assert "seventeen bytes!" in output
     assert rss <= empty_rss + 40, f"peak RSS {rss:.0f} MiB with a 1 GiB file, {empty_rss:.0f} MiB without"
     assert (folder / "big.img").stat().st_blocks * 512 < 16 << 20, "the file is no longer sparse"
+
+
+BASE_ATTACK = """
+@pk.stage(image="busybox")
+def attack(ctx):
+    # the base's folder on the engine, as the overlay names it, is not there for a stage
+    ctx.sh("lower=$(grep ' /workspace overlay ' /proc/mounts | sed -n 's/.*lowerdir=\\\\([^,:]*\\\\).*/\\\\1/p');"
+           " echo lower=$lower;"
+           " if (echo evil > $lower/given.txt) 2>/dev/null; then echo WROTE-THE'-'BASE; fi;"
+           " { ls $lower 2>&1 || true; }")
+    ctx.sh("echo evil > given.txt && chmod 777 given.txt && rm -f other.txt && mkdir -p sub && echo x > sub/new")
+"""
+
+
+def test_a_stage_cannot_change_the_base_copy_kept_in_the_engine(
+    tmp_path: Path, busybox_image: str, docker_client: object
+) -> None:
+    """The base copy of the workspace that the engine keeps across runs is never written by a
+    stage: the overlay holds it read-only below the stage's own layer, it is mounted in no stage's
+    container, and its folder on the engine is not reachable from one. After a stage rewrote and
+    deleted files, the base holds them as this machine sent them, and the next run uses it."""
+    from docker import DockerClient
+
+    assert isinstance(docker_client, DockerClient)
+    folder = _folder(tmp_path, BASE_ATTACK)
+    (folder / "given.txt").write_text("as sent\n")
+    (folder / "other.txt").write_text("other\n")
+    code, output, _rss = _pipekit(folder, busybox_image, "copy", "-v")
+    assert code == 0, output
+    assert "lower=/" in output, "the overlay's lower folder is named in the container's mounts"
+    assert "WROTE-THE-BASE" not in output
+    assert (folder / "given.txt").read_text() == "evil\n" and not (folder / "other.txt").exists()
+    listing = (docker_client.api.volumes(filters={"label": "io.pipekit.workspace-base"}) or {}).get("Volumes") or []
+    path = f"{os.uname().nodename}:{os.path.realpath(folder)}"
+    bases = [v["Name"] for v in listing if (v.get("Labels") or {}).get("io.pipekit.workspace-base.path") == path]
+    base = next(n for n in bases if not n.endswith("-ok"))
+    out = docker_client.containers.run(
+        busybox_image,
+        ["sh", "-c", "cat /b/given.txt /b/other.txt; stat -c %a /b/given.txt; test ! -e /b/sub && echo no-sub"],
+        volumes={base: {"bind": "/b", "mode": "ro"}},
+        remove=True,
+    )
+    assert out.decode().split() == ["as", "sent", "other", "644", "no-sub"], out

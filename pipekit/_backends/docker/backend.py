@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import attrs
@@ -45,6 +47,7 @@ from pipekit._backends.docker.shell import AttachedShell
 from pipekit._backends.docker.sockets import close_stream
 from pipekit._core.streams import Captured, LineSplitter
 from pipekit._core.util import EXIT_KILLED
+from pipekit._workspace.keptbase import base_path_label, drop_record
 from pipekit.backend import (
     RUN_SCRIPT,
     SCRIPT_VAR,
@@ -515,8 +518,23 @@ class DockerBackend:
         return self.housekeeping.leftovers()
 
     def sweep(self) -> list[str]:
-        """Remove what runs whose process is gone left behind; their ids."""
-        return sweep_lost(self.leftovers, self.cleanup)
+        """Remove what runs whose process is gone left behind, and the workspace's base copies
+        a newer one replaced (or never completed); the runs' ids."""
+        lost = sweep_lost(self.leftovers, self.cleanup)
+        # (off the run's critical path: removing a 20,000-file base takes seconds; one left by a
+        # process that ends first goes at the next sweep)
+        threading.Thread(
+            target=self.layers.drop_bases, kwargs={"quiet": True}, name="pipekit-bases", daemon=True
+        ).start()
+        return lost
+
+    def drop_workspace_bases(self, workspace: Path) -> list[str]:
+        """Remove the base copies of ``workspace`` kept in the engine that no stage uses now
+        (``pipekit cleanup --all`` in that folder); their names."""
+        dropped = self.layers.drop_bases(superseded=False, folder=base_path_label(workspace))
+        for name in dropped:
+            drop_record(workspace, name)
+        return dropped
 
     def keep(self, handle: StageHandle) -> list[str]:
         return self.housekeeping.keep(handle)

@@ -1,33 +1,51 @@
-"""Copy mode by difference on one engine: the run's base copy of the workspace in a volume, and
-each stage's view of it (an overlay volume: the base below, a volume of the stage's own above).
+"""Copy mode by difference on one engine: the base copy of the workspace in a volume, kept across
+runs, and each stage's view of it (an overlay volume: the base below, a volume of the stage's own above).
 
-The base is made once per run (again when what the last stage to start was sent on top of it
-grew past :data:`REBASE_FILES` or :data:`REBASE_BYTES`), by a container that is created, never
-started, with the base volume mounted: the workspace is streamed into it and the container
-removed. A stage's container mounts its overlay at ``/workspace`` and its upper volume (its own
-layer) read-only at :data:`CHANGES_DIR`, from which the bring-back reads only what the stage created, changed or
-deleted. A base is never written again once made, so stages that run at the same time each see
-it as it was, plus their own layer. Every volume carries the run's labels: the run's cleanup, and
-the sweep of lost runs, remove them. An engine on which an overlay volume does not mount (a
+A base is made by a container that is created, never started, with the base volume mounted: the
+workspace is streamed into it and the container removed; then a small companion volume
+(``NAME-ok``) says it is complete, and this machine keeps a record of what it holds
+(:mod:`pipekit._workspace.keptbase`). The next run of the same folder uses it again and ships
+only what differs; a new base is made when the workspace differs from it by more than
+:data:`REBASE_FILES` or :data:`REBASE_BYTES` (what the last stage to start was sent on top of it).
+A stage's container mounts its overlay at ``/workspace`` and its upper volume (its own layer)
+read-only at :data:`CHANGES_DIR`, from which the bring-back reads only what the stage created,
+changed or deleted. A base is never mounted in a stage's container and never written again once
+made: stages and runs that use it at the same time each see it as it was, plus their own layer.
+The stages' volumes carry the run's labels (the run's cleanup, and the sweep of lost runs, remove
+them); a base is removed by the sweep once a newer complete one of the same folder exists and no
+stage's view stacks it, or when it was never completed by a process now gone; ``pipekit cleanup
+--all`` removes every base no view stacks. An engine on which an overlay volume does not mount (a
 kernel without overlayfs, a rootless engine) gets the whole workspace copied, as before.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pipekit._backends.docker.engine import CONFLICT, LABEL_RUN, WORKDIR, container_name, stage_labels
-from pipekit._workspace.archive import PRIVATE_DIRS, TreeStream
-from pipekit._workspace.delta import WorkspaceBase, hidden_names
+from pipekit._backends.docker.engine import (
+    CONFLICT,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_RUN,
+    WORKDIR,
+    container_name,
+    owner_alive,
+    owner_label,
+    stage_labels,
+)
+from pipekit._workspace.archive import PRIVATE_DIRS, TreeStream, feed
+from pipekit._workspace.delta import WorkspaceBase, changed_since, hidden_names, shipped
+from pipekit._workspace.keptbase import base_key, base_path_label, load_record, save_record
 from pipekit.backend import StageSpec
 
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["CHANGES_DIR", "Layers"]
+__all__ = ["CHANGES_DIR", "LABEL_BASE", "LABEL_BASE_OK", "LABEL_BASE_PATH", "LABEL_LOWER", "Layers"]
 
 #: where a stage's container sees its own layer (read-only)
 CHANGES_DIR = "/.pipekit-changes"
@@ -37,6 +55,14 @@ REBASE_FILES = 2000
 #: the overlay's options beyond its folders: a renamed folder and a changed mode are copied up
 #: whole (no redirect or metadata-only copy that a bring-back of the layer alone would miss)
 OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off"
+#: a base volume's label: which folder's bases it is one of (:func:`pipekit._workspace.keptbase.base_key`)
+LABEL_BASE = "io.pipekit.workspace-base"
+#: where that folder is (HOST:PATH), for people and tests
+LABEL_BASE_PATH = "io.pipekit.workspace-base.path"
+#: on the companion volume that says a base is complete: the base's name
+LABEL_BASE_OK = "io.pipekit.workspace-base.ok"
+#: on a stage's volumes: the base its view stacks (a base in use is never removed)
+LABEL_LOWER = "io.pipekit.workspace-base.lower"
 
 
 class Layers:
@@ -55,41 +81,74 @@ class Layers:
         return self._client().api
 
     def base_for(self, spec: StageSpec) -> WorkspaceBase:
-        """The run's base, made (or made anew) when the workspace differs from it by too much."""
+        """The run's base: the one it uses already, or one an earlier run left, or one made now
+        (also when the workspace differs from the one it has by too much)."""
         with self._lock:
-            base = self._bases.get(spec.run_id)
+            base = self._bases.get(spec.run_id) or self._kept_base(spec)
             if base is not None:
                 names, size = base.behind  # as the last stage to start found it
                 if names <= self.rebase_at[0] and size <= self.rebase_at[1]:
+                    self._bases[spec.run_id] = base
                     return base
             base = self._make_base(spec)
             self._bases[spec.run_id] = base
             return base
 
+    def _kept_base(self, spec: StageSpec) -> WorkspaceBase | None:
+        """The newest complete base an earlier run of this folder left in the engine, as this
+        machine's record of it says (how far the folder moved from it in ``behind``)."""
+        key = base_key(spec.workspace, spec.hidden)
+        listing = (self.api.volumes(filters={"label": f"{LABEL_BASE}={key}"}) or {}).get("Volumes") or []
+        complete = {(v.get("Labels") or {}).get(LABEL_BASE_OK) for v in listing}
+        for volume in sorted(listing, key=lambda v: str(v.get("CreatedAt", "")), reverse=True):
+            name = str(volume["Name"])
+            if name not in complete:
+                continue
+            base = load_record(spec.workspace, name, str(volume.get("CreatedAt", "")))
+            if base is None:
+                continue
+            now = shipped(spec.workspace, spec.hidden)
+            changed, gone = changed_since(base.stats, now)
+            size = sum(now[n][3] for n in changed if now[n][0] == "f")
+            base.behind = (len(changed) + len(gone), size)
+            base.kept = True
+            return base
+        return None
+
     def _make_base(self, spec: StageSpec) -> WorkspaceBase:
         assert spec.image is not None
-        name = container_name(spec.run_id, "workspace") + "-base"
-        self.api.create_volume(name, labels=stage_labels(spec))
+        key = base_key(spec.workspace, spec.hidden)
+        name = f"pipekit-base-{key[:12]}-{os.urandom(4).hex()}"
+        labels = {LABEL_MANAGED: "true", LABEL_BASE: key, LABEL_BASE_PATH: base_path_label(spec.workspace)}
+        self.api.create_volume(name, labels={**labels, **owner_label()})
         binds = {name: {"bind": "/base", "mode": "rw"}}
-        helper = self.api.create_container(
-            spec.image,
-            entrypoint=["sh"],
-            labels=stage_labels(spec),
-            host_config=self.api.create_host_config(binds=binds),
-        )["Id"]
         start = time.monotonic()
         try:
-            exclude = {*PRIVATE_DIRS, *hidden_names(spec.workspace, spec.hidden)}
-            stream = TreeStream(spec.workspace, exclude=exclude, hidden=spec.hidden)
-            self.api.put_archive(helper, "/base", iter(stream))
-        finally:
-            self.api.remove_container(helper, force=True)
-        return WorkspaceBase(name, stream.stats, stream.manifest, stream.size, time.monotonic() - start)
+            helper = self.api.create_container(
+                spec.image,
+                entrypoint=["sh"],
+                labels=stage_labels(spec),
+                host_config=self.api.create_host_config(binds=binds),
+            )["Id"]
+            try:
+                exclude = {*PRIVATE_DIRS, *hidden_names(spec.workspace, spec.hidden)}
+                stream = TreeStream(spec.workspace, exclude=exclude, hidden=spec.hidden)
+                self.api.put_archive(helper, "/base", feed(stream))
+            finally:
+                self.api.remove_container(helper, force=True)
+            base = WorkspaceBase(name, stream.stats, stream.manifest, stream.size, time.monotonic() - start)
+            # (the engine's CreatedAt of a local volume is its folder's mtime: known once the stream is in)
+            save_record(spec.workspace, base, str(self.api.inspect_volume(name).get("CreatedAt", "")))
+            self.api.create_volume(f"{name}-ok", labels={**labels, LABEL_BASE_OK: name})  # complete from now on
+        except BaseException:
+            self.remove([name])  # (a kill -9 leaves it incomplete: the sweep removes it)
+            raise
+        return base
 
     def stage_volumes(self, spec: StageSpec, base: WorkspaceBase) -> tuple[list[str], dict[str, dict[str, str]]]:
         """A stage's layer over ``base``: its volumes (the overlay first) and its container's binds."""
         prefix = container_name(spec.run_id, spec.stage)
-        labels = stage_labels(spec)
+        labels = {**stage_labels(spec), LABEL_LOWER: base.name}
         made: list[str] = []
         try:
             folders = {}
@@ -125,13 +184,51 @@ class Layers:
                     raise
 
     def cleanup(self, run_id: str) -> None:
-        """Remove every volume of the run (its containers are gone)."""
+        """Remove every volume of the run (its containers are gone; a kept one's view stays). The
+        bases stay for the next runs."""
         self._bases.pop(run_id, None)
-        stages = [n for n in self._volumes(run_id) if not n.endswith("-base")]
-        self.remove(sorted(stages, key=lambda n: not n.endswith("-view")))  # a view before what it stacks
-        left = self._volumes(run_id)
-        if all(n.endswith("-base") for n in left):  # (a kept container's view still stacks the bases)
-            self.remove(left)
+        self.remove(sorted(self._volumes(run_id), key=lambda n: not n.endswith("-view")))  # a view first
+
+    def drop_bases(self, *, superseded: bool = True, quiet: bool = False, folder: str | None = None) -> list[str]:
+        """Remove the bases no stage's view stacks: those a newer complete base of the same folder
+        replaced (``superseded``; every one otherwise), and those never completed by a process
+        now gone. Their names. ``quiet``: an engine error stops it silently (the next sweep goes on).
+        ``folder`` (``HOST:PATH``, :func:`~pipekit._workspace.keptbase.base_path_label`): only its bases."""
+        from docker.errors import DockerException
+
+        try:
+            return self._drop_bases(superseded, folder)
+        except (DockerException, OSError):
+            if quiet:
+                return []
+            raise
+
+    def _drop_bases(self, superseded: bool, folder: str | None) -> list[str]:
+        listing = (self.api.volumes(filters={"label": LABEL_BASE}) or {}).get("Volumes") or []
+        companions = {
+            str((v.get("Labels") or {})[LABEL_BASE_OK]): str(v["Name"])
+            for v in listing
+            if LABEL_BASE_OK in (v.get("Labels") or {})
+        }
+        bases = [v for v in listing if LABEL_BASE_OK not in (v.get("Labels") or {})]
+        views = (self.api.volumes(filters={"label": LABEL_LOWER}) or {}).get("Volumes") or []
+        used = {(v.get("Labels") or {}).get(LABEL_LOWER) for v in views}
+        newest: dict[str, str] = {}
+        for v in sorted(bases, key=lambda v: str(v.get("CreatedAt", ""))):
+            if v["Name"] in companions:
+                newest[(v.get("Labels") or {})[LABEL_BASE]] = v["Name"]
+        dropped = []
+        for v in bases:
+            name, labels = str(v["Name"]), v.get("Labels") or {}
+            if folder is not None and labels.get(LABEL_BASE_PATH) != folder:
+                continue
+            if name in used or (name not in companions and owner_alive(labels.get(LABEL_OWNER))):
+                continue  # in use, or being made
+            if name in companions and superseded and newest.get(labels[LABEL_BASE]) == name:
+                continue
+            self.remove([companions.get(name, ""), name] if name in companions else [name])
+            dropped.append(name)
+        return dropped
 
     def _volumes(self, run_id: str) -> list[str]:
         listing = self.api.volumes(filters={"label": f"{LABEL_RUN}={run_id}"}) or {}
