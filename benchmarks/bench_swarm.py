@@ -183,14 +183,16 @@ def table(times: dict[tuple[str, str], list[float]], rounds: int, baseline_round
     per_stage = (med(("chain", SWARM)) - med(("chain", "one engine"))) / 5
     per_diamond = (med(("diamond", SWARM)) - med(("diamond", "one engine"))) / 20
     big, big_after = overheads(SWARM)
-    gap = statistics.median(GAPS[("chain 200 MB", SWARM)]) - statistics.median(GAPS[("chain 200 MB", "one engine")])
+    gap_swarm, gap_engine = (statistics.median(GAPS[("chain 200 MB", n)]) for n in (SWARM, "one engine"))
+    gap = gap_swarm - gap_engine
     lines = [
         f"Per-stage overhead of Swarm on this machine: **{per_stage:.2f} s** for a stage on the critical"
         f" path (chain), {per_diamond:.2f} s of wall time per stage in the diamond (4 at once)."
         f" With a 200 MB workspace (20,000 files): **{big:.2f} s** per stage over the 5-stage chain (the"
         f" first ship of the workspace to the node included), **{big_after:.2f} s** for each stage after"
         f" the first (the two chains' difference), **{gap:.2f} s** between the ends of consecutive stages"
-        f" after the first (swarm − engine, within each run). Medians of {rounds} interleaved rounds"
+        f" after the first (swarm − engine, within each run: {gap_swarm:.2f} s − {gap_engine:.2f} s)."
+        f" Medians of {rounds} interleaved rounds"
         " (min–max in brackets).",
     ]
     if ("chain 200 MB", "baseline") in times:
