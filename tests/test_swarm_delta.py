@@ -113,6 +113,38 @@ def test_a_node_where_the_overlay_does_not_mount_gets_the_whole_copy(
     assert swarm.leftovers() == [] and _volumes(swarm, result.run_id) == []
 
 
+PINNED = """
+import pipekit as pk
+
+@pk.stage(image="busybox", placement=["node.labels.lab==worker1"])
+def only_on_worker1(ctx):
+    ctx.sh("cat data.txt && echo done > out.txt")
+"""
+
+
+@pytest.mark.docker
+def test_a_stage_pinned_to_a_node_that_cannot_take_it_is_placed_by_swarm_with_the_whole_copy(
+    swarm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pinned task that Swarm cannot place (here: pipekit's choice made to contradict the
+    stage's own constraint) is given up after a few seconds and placed by Swarm, whole copy."""
+    from pipekit._backends.swarm.layered import NodeLayers
+
+    worker2 = swarm.node("worker2").docker("info", "-f", "{{.Swarm.NodeID}}").stdout.strip()
+    monkeypatch.setattr(NodeLayers, "choose", lambda self, spec, limits, avoid: self.busy.update([worker2]) or worker2)
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(PINNED)
+    (folder / "data.txt").write_text("data\n")
+    result, events = _run(folder, _backend(swarm))
+    assert result.status == "succeeded", result.stages
+    assert _placed(events) == {"only_on_worker1": "node pk-worker1"}
+    assert [e for e in events if e.get("event") == "workspace copied in"], "the whole copy"
+    assert not [e for e in events if e.get("event") == "workspace changes copied in"]
+    assert (folder / "out.txt").read_text() == "done\n"
+    assert swarm.leftovers() == [] and _volumes(swarm, result.run_id) == []
+
+
 FAILS = """
 import pipekit as pk
 

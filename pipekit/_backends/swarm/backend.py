@@ -221,7 +221,7 @@ class SwarmBackend(DockerBackend):
 
     def _view(self, spec: StageSpec, placed: _Placed) -> list[Any]:
         """Pin the stage to a node, with the run's base copy of the workspace there and the stage's
-        view of it: the service's mounts. None (and no pin) when pipekit cannot choose the node
+        view of it: the service's mounts. No mounts (and no pin) when pipekit cannot choose the node
         or make the view there: Swarm places the stage and the whole workspace travels."""
         from docker.errors import DockerException
 
