@@ -277,6 +277,11 @@ def test_nothing_stays_on_any_node_after_sigint_or_kill_and_cleanup(swarm: Any, 
     run = StartedRun(folder, BUSYBOX, env=swarm.env())
     assert run.wait_for_lines("up", stages=3) == {"on_manager", "on_worker1", "on_worker2"}
     assert sorted(swarm.where(f"io.pipekit.run={run.run_id}")) == ["manager", "worker1", "worker2"]
+    assert sorted({v.split(":")[0] for v in _run_volumes(swarm, run.run_id or "")}) == [
+        "manager",
+        "worker1",
+        "worker2",
+    ], "each node holds the run's base copy and the stage's view"
     if how in ("sigint", "sigterm"):
         run.proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
         run.finish()
@@ -290,6 +295,16 @@ def test_nothing_stays_on_any_node_after_sigint_or_kill_and_cleanup(swarm: Any, 
         # the history, opened first, finds the run dead and removes what it left; or cleanup does
         assert f"run {run.run_id} left" in proc.stdout
     _no_leftovers(swarm)
+    assert _run_volumes(swarm, run.run_id or "") == []
+
+
+def _run_volumes(lab: Any, run_id: str) -> list[str]:
+    """The run's volumes (workspace bases and views) on every node."""
+    found = []
+    for node in lab.nodes:
+        out = node.docker("volume", "ls", "-q", "--filter", f"label=io.pipekit.run={run_id}", check=False).stdout
+        found += [f"{node.name}: {v}" for v in out.split()]
+    return found
 
 
 def _retried_elsewhere(events: list[dict[str, Any]], why: str) -> str:

@@ -5,7 +5,9 @@ constraints, its ``resources=`` as reservations and limits, healthy nodes). Once
 ``ctx.sh`` is an ``exec`` in its container through the engine of the node it landed on (see
 :mod:`pipekit._backends.swarm.nodes`), with the same streaming, exit codes and masking as on one engine.
 
-The workspace always travels (copy mode): no node shares the pipeline's folder. Images a run
+The workspace always travels (copy mode): no node shares the pipeline's folder. A stage that takes
+it runs on a node pipekit chooses (:mod:`pipekit._backends.swarm.layered`), which keeps the run's
+base copy, so that only differences travel; the whole copy is the fallback. Images a run
 builds go to the registry of ``--registry`` (``PIPEKIT_REGISTRY``) and nodes pull them by digest.
 A stage's services are services too, on an attachable overlay network of their own, reachable by
 name (DNS round robin: the swarm's virtual IPs need IPVS, which not every node has).
@@ -32,6 +34,8 @@ from pipekit._backends.docker.engine import (
     owner_alive,
     stage_labels,
 )
+from pipekit._backends.docker.layers import CHANGES_DIR
+from pipekit._backends.swarm.layered import NodeLayers, view_mounts
 from pipekit._backends.swarm.nodes import Nodes, Task, Watch, wait_running
 from pipekit._core.util import slug
 from pipekit.backend import (
@@ -54,6 +58,8 @@ REGISTRY_ENV = "PIPEKIT_REGISTRY"
 #: the secrets (environment or --secrets-file) with the login of the run's registry, when it needs one
 REGISTRY_USER, REGISTRY_PASSWORD = "PIPEKIT_REGISTRY_USER", "PIPEKIT_REGISTRY_PASSWORD"
 STOP_GRACE_NS = 2_000_000_000  # a drained node stops a stage's container this fast
+#: how long a stage pinned to the node of the run's base copy may wait for it (seconds)
+PINNED_TIMEOUT = 5.0
 
 
 @attrs.define
@@ -63,6 +69,12 @@ class _Placed:
     stage: Task | None = None
     services: list[Task] = attrs.field(factory=list)
     network: str | None = None
+    #: the workspace by difference: the node pipekit pinned the stage to, its engine, the run's base
+    #: copy there and the stage's volumes (its view first)
+    pinned: str = ""
+    layer_engine: DockerBackend | None = None
+    workspace_base: Any = None
+    volumes: list[str] = attrs.field(factory=list)
 
 
 def _limits(spec: StageSpec) -> tuple[int, int]:
@@ -97,6 +109,7 @@ class SwarmBackend(DockerBackend):
         self._manager_checked = False
         self.nodes = Nodes(self)
         self._watch = Watch(self, self.nodes)
+        self.node_layers = NodeLayers(self, self.nodes)
 
     @property
     def shares_workspace(self) -> bool:
@@ -112,6 +125,7 @@ class SwarmBackend(DockerBackend):
             keeps_failed=True,
             images_need_registry=True,
             streams_files=True,
+            layered_workspace=True,  # for the stages whose handle has a base (workspace_base)
         )
 
     def check(self) -> None:
@@ -167,7 +181,7 @@ class SwarmBackend(DockerBackend):
         except OSError as e:  # requests' ConnectionError and friends: the manager is not there
             raise self.engine_gone(e) from e
 
-    def _place(self, spec: StageSpec) -> StageHandle:
+    def _place(self, spec: StageSpec, layered: bool = True) -> StageHandle:
         placed = _Placed()
         workdir = stage_workdir(spec)
         handle = StageHandle(
@@ -183,8 +197,17 @@ class SwarmBackend(DockerBackend):
                     self._run(spec, task)
                     assert task.engine is not None
                     task.engine.wait_healthy(spec, svc, task.container)
-            placed.stage = self._create(spec, "", self._stage_task(spec, workdir, placed.network), job=True)
-            self._run(spec, placed.stage, spec.placement, _limits(spec))
+            mounts = self._view(spec, placed) if layered and spec.with_workspace else []
+            placed.stage = self._create(spec, "", self._stage_task(spec, workdir, placed, mounts), job=True)
+            try:
+                self._run(spec, placed.stage, spec.placement, _limits(spec), pinned=bool(placed.pinned))
+            except StageFailed as e:
+                if not placed.pinned or not ("mount" in str(e).lower() or "no suitable node" in str(e)):
+                    raise
+                if "mount" in str(e).lower():  # no overlay volume on that node: whole copies there
+                    self.node_layers.broken[placed.pinned] = str(e)
+                self.release(handle)
+                return self._place(spec, layered=False)  # Swarm places it; the whole workspace travels
             assert placed.stage.engine is not None
             placed.stage.shell = placed.stage.engine.attach_shell(placed.stage.container)  # (after start: sh waits)
             self._watch.add(placed.stage)
@@ -196,14 +219,35 @@ class SwarmBackend(DockerBackend):
     def _constraints(self, wanted: tuple[str, ...]) -> list[str]:
         return [*wanted, *(f"node.id!={node_id}" for node_id in self.nodes.bad)]
 
-    def _stage_task(self, spec: StageSpec, workdir: str | None, network: str | None) -> Any:
+    def _view(self, spec: StageSpec, placed: _Placed) -> list[Any]:
+        """Pin the stage to a node, with the run's base copy of the workspace there and the stage's
+        view of it: the service's mounts. No mounts (and no pin) when pipekit cannot choose the node
+        or make the view there: Swarm places the stage and the whole workspace travels."""
+        from docker.errors import DockerException
+
+        avoid = {**self.nodes.bad, **self.node_layers.broken}
+        node_id = self.node_layers.choose(spec, _limits(spec), avoid)
+        if node_id is None:
+            return []
+        placed.pinned = node_id
+        try:
+            _name, placed.layer_engine = self.nodes.engine(node_id)
+            placed.workspace_base, placed.volumes = self.node_layers.view(placed.layer_engine, spec, self._auth())
+        except (DockerException, BackendError):
+            self.node_layers.done(node_id)
+            placed.pinned, placed.workspace_base = "", None
+            return []
+        return view_mounts(placed.volumes)
+
+    def _stage_task(self, spec: StageSpec, workdir: str | None, placed: _Placed, view: list[Any]) -> Any:
         from docker.types import ContainerSpec, Mount, Placement, Resources, RestartPolicy, TaskTemplate
 
         cpus, memory = _limits(spec)
         mounts = [
             Mount(path, volume, labels={LABEL_CACHE: "true", LABEL_STAGE: spec.stage})
             for volume, path in spec.volumes.items()
-        ]
+        ] + view
+        pinned = [f"node.id=={placed.pinned}"] if placed.pinned else []
         container = ContainerSpec(
             spec.image,
             command=["sh"],  # waits on its open stdin, as in a container of the Docker backend
@@ -225,8 +269,8 @@ class SwarmBackend(DockerBackend):
             container,
             resources=resources,
             restart_policy=RestartPolicy("none"),
-            placement=Placement(constraints=self._constraints(spec.placement)),
-            networks=[network] if network else None,
+            placement=Placement(constraints=self._constraints(spec.placement) + pinned),
+            networks=[placed.network] if placed.network else None,
         )
 
     def _service_task(self, spec: StageSpec, svc: ServiceSpec, network: str) -> Any:
@@ -268,10 +312,18 @@ class SwarmBackend(DockerBackend):
         return Task(service=str(created["ID"]), name=label)
 
     def _run(
-        self, spec: StageSpec, task: Task, constraints: tuple[str, ...] = (), limits: tuple[int, int] = (0, 0)
+        self,
+        spec: StageSpec,
+        task: Task,
+        constraints: tuple[str, ...] = (),
+        limits: tuple[int, int] = (0, 0),
+        *,
+        pinned: bool = False,
     ) -> None:
-        """Wait for the task to run, then find its container and its node's engine."""
-        t = wait_running(self.client.api, task, spec.stage, constraints, self.nodes, limits)
+        """Wait for the task to run, then find its container and its node's engine. A task pinned to
+        a node that cannot take it now is given up on sooner (it is placed again by Swarm)."""
+        timeout = PINNED_TIMEOUT if pinned else None
+        t = wait_running(self.client.api, task, spec.stage, constraints, self.nodes, limits, timeout=timeout)
         task.node_id = str(t["NodeID"])
         task.container = str(t["Status"]["ContainerStatus"]["ContainerID"])
         task.node, task.engine = self.nodes.engine(task.node_id)
@@ -351,6 +403,19 @@ class SwarmBackend(DockerBackend):
         )
         return files
 
+    # -- copy mode by difference (LayeredWorkspace) -------------------------------------------
+    changes_dir = CHANGES_DIR
+
+    def workspace_base(self, handle: StageHandle) -> Any:
+        placed = handle.ref
+        return placed.workspace_base if isinstance(placed, _Placed) else None
+
+    def exists(self, handle: StageHandle, path: str) -> bool:
+        found: bool = self._on_node(
+            handle, "gave back its files", lambda engine, inner: engine.files.exists(inner, path)
+        )
+        return found
+
     def keep(self, handle: StageHandle) -> list[str]:
         raise BackendError("--keep-failed keeps containers on one engine only; on a swarm the stage's task is removed")
 
@@ -375,6 +440,14 @@ class SwarmBackend(DockerBackend):
                 task.shell.close()
         if placed.network:
             self._remove_overlay(placed.network)
+        if placed.pinned:
+            self.node_layers.done(placed.pinned)
+            if placed.layer_engine is not None and placed.pinned not in self.nodes.bad:
+                try:
+                    placed.layer_engine.layers.remove(placed.volumes)
+                except Exception:
+                    pass  # its node is gone: the run's cleanup (or the next run's sweep) removes them
+            placed.pinned = ""
 
     def _remove_service(self, service: str) -> None:
         from docker.errors import NotFound
@@ -405,6 +478,7 @@ class SwarmBackend(DockerBackend):
         from docker.errors import DockerException
 
         label = {"label": f"{LABEL_RUN}={run_id}"}
+        self.node_layers.forget(run_id)
         try:
             for s in self.client.api.services(filters=label):
                 self._remove_service(s["ID"])

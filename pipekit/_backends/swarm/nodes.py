@@ -193,7 +193,13 @@ def _newest(tasks: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 
 def wait_running(
-    api: Any, task: Task, stage: str, constraints: tuple[str, ...], nodes: Nodes, limits: tuple[int, int]
+    api: Any,
+    task: Task,
+    stage: str,
+    constraints: tuple[str, ...],
+    nodes: Nodes,
+    limits: tuple[int, int],
+    timeout: float | None = None,
 ) -> Mapping[str, Any]:
     """Wait until the service's task runs and return it. A task Swarm cannot place on any node fails
     the stage: at once when it asks for more than any node has, after the placement timeout when no
@@ -217,7 +223,7 @@ def wait_running(
             if "no suitable node" in err:
                 _too_big(nodes, limits, stage, task.name)
                 unplaced_since = unplaced_since or time.monotonic()
-                if time.monotonic() - unplaced_since > placement_timeout():
+                if time.monotonic() - unplaced_since > (timeout or placement_timeout()):
                     raise StageFailed(_unplaceable(task.name, constraints, err), stage=stage)
         time.sleep(pause)
         pause = min(pause * 1.5, 0.5)
