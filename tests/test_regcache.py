@@ -100,6 +100,10 @@ class Registry:
         r = requests.get(f"http://{self.address}/v2/{repo}/tags/list", auth=auth, timeout=5)
         return [] if r.status_code == 404 else list(r.json().get("tags") or [])
 
+    def entries(self, repo: str) -> list[str]:
+        """The tags of cache entries (not the pipelines' indexes, ``pk1index-...``)."""
+        return [t for t in self.tags(repo) if t.startswith("pk1-")]
+
     def blobs(self) -> list[Path]:
         return sorted((self.folder / "data").glob("docker/registry/v2/blobs/sha256/*/*/data"))
 
@@ -179,7 +183,7 @@ def test_a_second_machine_gets_the_first_ones_results(tmp_path: Path, busybox_im
     assert code == 0, out + err
     assert finished(out, "build")["status"] == "succeeded"
     tags = reg.tags("acme/proj-cache")
-    assert len(tags) == 1 and tags[0].startswith("pk1-")
+    assert len(reg.entries("acme/proj-cache")) == 1 and len(tags) == 2  # build's entry, the pipeline's index
     a_run = stage_row(a, "build")[0]
 
     proc = run_console(run_args(b, busybox_image, "--cache-registry", target), env=reg.env())
@@ -198,7 +202,7 @@ def test_a_second_machine_gets_the_first_ones_results(tmp_path: Path, busybox_im
     for path in [*b.joinpath(".pipekit").rglob("*"), *a.joinpath(".pipekit").rglob("*")]:
         if path.is_file():
             assert reg.password.encode() not in path.read_bytes(), path
-    assert len(reg.tags("acme/proj-cache")) == 1  # read mode: B pushed nothing
+    assert reg.tags("acme/proj-cache") == tags  # read mode: B pushed nothing
     b_run = stage_row(b, "build")[0]
     code, out, err = cli(*run_args(b, busybox_image))  # no registry now: the hit was kept here
     assert code == 0, out + err
@@ -219,7 +223,7 @@ def test_without_a_login_and_read_mode_never_pushes(tmp_path: Path, busybox_imag
     assert code == 0 and open_registry.tags("team/cache") == []  # --no-cache: no cache at all
     code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", target, "--cache-mode", "write"))
     assert code == 0, out + err
-    assert len(open_registry.tags("team/cache")) == 1
+    assert len(open_registry.entries("team/cache")) == 1
     assert finished(out, "build")["status"] == "succeeded"
     c = checkout(tmp_path, "c")
     code, out, err = cli(*run_args(c, busybox_image), env={"PIPEKIT_CACHE_REGISTRY": target})
@@ -233,7 +237,8 @@ def test_a_tampered_entry_is_a_miss_and_a_warning(
     tmp_path: Path, busybox_image: str, open_registry: Any, where: str
 ) -> None:
     """``blob``: outputs larger than what a manifest embeds, their blobs changed in the registry's
-    storage; ``manifest``: small outputs embedded in the manifest, the manifest changed there."""
+    storage; ``manifest``: small outputs embedded in the manifest, the manifest changed there, and
+    its copy in the pipeline's index too (the index no longer matches its digest: refused, said)."""
     target = f"{open_registry.address}/team/cache"
     a, b = checkout(tmp_path, "a"), checkout(tmp_path, "b")
     content = "payload-from-src\n" * (2000 if where == "blob" else 1)
@@ -247,6 +252,9 @@ def test_a_tampered_entry_is_a_miss_and_a_warning(
         if where == "blob" and b"payload-from-src" in data:
             blob.write_bytes(data.replace(b"payload-from-src", b"payload-evil-xyz"))
             tampered += 1
+        if where == "manifest" and b'"application/vnd.pipekit.cache.index.v1"' in data:
+            blob.write_bytes(data + b" ")  # any change: it no longer matches its digest
+            continue
         if where == "manifest" and b'"artifactType"' in data:
             manifest = json.loads(data)
             layer = manifest["layers"][0]
@@ -260,6 +268,9 @@ def test_a_tampered_entry_is_a_miss_and_a_warning(
     assert finished(out, "build")["status"] == "succeeded"  # it ran
     refused = [e for e in events(out) if e.get("event") == "cache entry refused"]
     assert refused and "does not match its digest" in refused[0]["reason"], out
+    if where == "manifest":
+        index = [e for e in events(out) if e.get("event") == "cache index refused"]
+        assert len(index) == 1 and "does not match its digest" in index[0]["reason"], out
     assert (b / "dist" / "app.bin").read_text() == content + "built\n"
     assert b"payload-evil" not in b"".join(p.read_bytes() for p in b.rglob("*") if p.is_file())
 
@@ -426,7 +437,7 @@ def test_plan_says_where_each_stage_would_come_from_and_cache_lists_the_registry
     )
     assert code == 0, out + err
     a_run = stage_row(a, "build")[0].id
-    assert len(reg.tags("acme/chain")) == 2  # build and pack
+    assert len(reg.entries("acme/chain")) == 2  # build and pack
 
     plan_b = run_console(["plan", "-f", str(b), *args], env=reg.env())
     assert plan_b.returncode == 0, plan_b.stdout + plan_b.stderr
@@ -468,7 +479,7 @@ def test_plan_says_where_each_stage_would_come_from_and_cache_lists_the_registry
         ["cache", "prune", "--remote", "--stage", "build", "-f", str(b), "--cache-registry", target], env=reg.env()
     )
     assert pruned.returncode == 0 and f"removed 1 entries from registry {target}" in pruned.stdout
-    assert len(reg.tags("acme/chain")) == 1
+    assert len(reg.entries("acme/chain")) == 1
     kept = run_console(
         ["cache", "prune", "--remote", "--older-than", "1d", "-f", str(b), "--cache-registry", target], env=reg.env()
     )
@@ -695,7 +706,7 @@ def test_pk_credentials_for_the_cache_from_python(tmp_path: Path, busybox_image:
         log_file=logs,
         **common,
     )
-    assert first.status == "succeeded" and len(reg.tags("acme/py")) == 1, logs.getvalue()
+    assert first.status == "succeeded" and len(reg.entries("acme/py")) == 1, logs.getvalue()
     second = pk.run(str(b / "pipeline.py"), cache_registry=target, cache_credentials=creds, log_file=logs, **common)
     assert second.stages["build"].status == "cached"
     assert reg.password not in logs.getvalue()
