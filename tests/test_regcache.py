@@ -293,9 +293,12 @@ def test_a_registry_that_is_down_never_fails_the_run(tmp_path: Path, busybox_ima
 
 class StoppingProxy:
     """A TCP proxy to the registry that stops (every connection cut, nothing more accepted) when a
-    request to store a manifest comes: the blobs went up, the manifest never does."""
+    request to store a manifest comes: the blobs went up, the manifest never does. ``stops=False``:
+    it only notes the requests that pass (their first lines, in ``seen``)."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, stops: bool = True) -> None:
+        self.stops = stops
+        self.seen: list[str] = []
         host, port = upstream.split(":")
         self.upstream = (host, int(port))
         self.server = socket.socket()
@@ -323,7 +326,10 @@ class StoppingProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if watch and b"PUT /v2/" in data and b"/manifests/" in data.split(b"\r\n", 1)[0]:
+                first = data.split(b"\r\n", 1)[0]
+                if watch and b" /v2/" in first and first.endswith(b" HTTP/1.1"):
+                    self.seen.append(first.decode())
+                if watch and self.stops and b"PUT /v2/" in first and b"/manifests/" in first:
                     self.stop()
                     return
                 dst.sendall(data)
@@ -768,3 +774,112 @@ def test_plan_with_a_registry_that_never_answers_is_bounded(tmp_path: Path, busy
     assert "warning: the cache registry" in plan.stderr and "shown as misses" in plan.stderr
     assert "build (" in plan.stdout and "registry hit" not in plan.stdout
     assert took < 20
+
+
+HOST_CHAIN = """
+import pathlib
+import pipekit as pk
+
+@pk.stage(cache=pk.inputs("src/**", outputs=["out/s0.txt"]))
+def s0(ctx):
+    p = pathlib.Path(ctx.workspace)
+    (p / "out").mkdir(exist_ok=True)
+    (p / "out/s0.txt").write_text("s0 " + (p / "src/a.txt").read_text())
+    return "zero " + (p / "src/a.txt").read_text().strip()
+
+@pk.stage(cache=pk.inputs(outputs=["out/s1.txt"]))
+def s1(ctx, s0):
+    (pathlib.Path(ctx.workspace) / "out/s1.txt").write_text("s1 after " + s0)
+    return "one after " + s0
+
+@pk.stage(cache=pk.inputs(outputs=["out/s2.txt"]))
+def s2(ctx, s1):
+    (pathlib.Path(ctx.workspace) / "out/s2.txt").write_text("s2 after " + s1)
+    return "two after " + s1
+"""
+
+
+def _entry_requests(seen: list[str]) -> list[str]:
+    return [line for line in seen if "/manifests/pk1-" in line or "/blobs/" in line]
+
+
+def test_a_run_lists_the_registry_once_and_its_stages_need_no_request(
+    tmp_path: Path, busybox_image: str, open_registry: Any
+) -> None:
+    """A run reads the tag list and the pipeline's index when it starts: a stage the index names is
+    a hit without a request of its own, a miss needs none either; an entry pruned from the registry
+    is a miss even though the index still names it (the tag list decides)."""
+    target = f"{open_registry.address}/team/cache"
+    a = checkout(tmp_path, "a", HOST_CHAIN)
+    code, out, err = cli(*run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"))
+    assert code == 0, out + err
+    assert len(open_registry.entries("team/cache")) == 3 and len(open_registry.tags("team/cache")) == 4
+
+    proxy = StoppingProxy(open_registry.address, stops=False)
+    try:
+        b = checkout(tmp_path, "b", HOST_CHAIN)
+        code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", f"{proxy.address}/team/cache"))
+        assert code == 0, out + err
+        assert [finished(out, s)["status"] for s in ("s0", "s1", "s2")] == ["cached"] * 3, out
+        assert (b / "out" / "s2.txt").read_text() == "s2 after one after zero payload-from-src"
+        assert len([line for line in proxy.seen if "/tags/list" in line]) == 1, proxy.seen
+        assert len([line for line in proxy.seen if "/manifests/pk1index-" in line]) == 1, proxy.seen
+        assert _entry_requests(proxy.seen) == [], proxy.seen
+
+        proxy.seen.clear()
+        c = checkout(tmp_path, "c", HOST_CHAIN)
+        (c / "src" / "a.txt").write_text("other sources\n")
+        code, out, err = cli(*run_args(c, busybox_image, "--cache-registry", f"{proxy.address}/team/cache"))
+        assert code == 0, out + err
+        assert [finished(out, s)["status"] for s in ("s0", "s1", "s2")] == ["succeeded"] * 3, out
+        assert _entry_requests(proxy.seen) == [], proxy.seen  # three misses, not one request
+    finally:
+        proxy.stop()
+
+    pruned = run_console(["cache", "prune", "--remote", "--stage", "s0", "-f", str(a), "--cache-registry", target])
+    assert pruned.returncode == 0 and "removed 1 entries" in pruned.stdout, pruned.stdout + pruned.stderr
+    d = checkout(tmp_path, "d", HOST_CHAIN)
+    code, out, err = cli(*run_args(d, busybox_image, "--cache-registry", target))
+    assert code == 0, out + err
+    assert finished(out, "s0")["status"] == "succeeded"  # pruned: the index's copy is not used
+    assert [finished(out, s)["status"] for s in ("s1", "s2")] == ["cached"] * 2  # same s0 result: same keys
+
+
+def test_an_index_whose_copy_of_an_entry_does_not_match_is_a_miss_and_a_warning(
+    tmp_path: Path, busybox_image: str, open_registry: Any
+) -> None:
+    """Someone who may push writes an index whose copy of s0's manifest embeds other files than its
+    digest names: that copy is checked as the entry itself would be; s0 runs, nothing evil is written."""
+    from pipekit._history.oci import OciClient
+    from pipekit._history.remote import index_tag
+
+    target = f"{open_registry.address}/team/cache"
+    a = checkout(tmp_path, "a", HOST_CHAIN)
+    code, out, err = cli(*run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"))
+    assert code == 0, out + err
+    client = OciClient(target)
+    try:
+        tag = index_tag("proj")  # the pipeline is named after its folder
+        found = client.manifest(tag)
+        assert found is not None, open_registry.tags("team/cache")
+        manifest = json.loads(found[1])
+        index = json.loads(base64.b64decode(manifest["config"]["data"]))
+        entry = next(e for e in index["entries"] if e["stage"] == "s0")
+        copy = json.loads(entry["manifest"])
+        copy["layers"][0]["data"] = base64.b64encode(_tar({"out/s0.txt": b"s0 evil\n"})).decode()
+        entry["manifest"] = json.dumps(copy)
+        data = json.dumps(index).encode()
+        digest = client.put_blob(data)
+        manifest["config"] = {**manifest["config"], "digest": digest, "size": len(data)}
+        manifest["config"]["data"] = base64.b64encode(data).decode()
+        client.put_manifest(tag, json.dumps(manifest).encode())
+    finally:
+        client.close()
+    b = checkout(tmp_path, "b", HOST_CHAIN)
+    code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", target))
+    assert code == 0, out + err
+    refused = [e for e in events(out) if e.get("event") == "cache entry refused"]
+    assert len(refused) == 1 and "does not match its digest" in refused[0]["reason"], out
+    assert finished(out, "s0")["status"] == "succeeded"
+    assert [finished(out, s)["status"] for s in ("s1", "s2")] == ["cached"] * 2
+    assert (b / "out" / "s0.txt").read_text() == "s0 payload-from-src\n"

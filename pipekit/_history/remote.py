@@ -86,6 +86,7 @@ INDEX_PREFIX = f"pk{FORMAT}index-"
 INDEX_ARTIFACT = "application/vnd.pipekit.cache.index.v1"
 INDEX_TYPE = "application/vnd.pipekit.cache.index.v1+json"
 MAX_INDEX = 8 << 20
+EMBED_INDEX = 512 << 10  # an index up to this size travels inside its manifest: read in one request
 LISTING_TTL = 60.0  # seconds a run trusts the tag list it took when it started
 MAX_TAG_PAGES = 20  # a repository with more tags than this many pages of 1000 is asked key by key
 
@@ -464,18 +465,18 @@ class RegistryCache:
             "schemaVersion": 2,
             "mediaType": MANIFEST_TYPES,
             "artifactType": INDEX_ARTIFACT,
-            "config": self._layer(data, INDEX_TYPE, {}),
+            "config": self._layer(data, INDEX_TYPE, {}, EMBED_INDEX),
             "layers": [],
             "annotations": {"dev.pipekit.pipeline": self.pipeline},
         }
         self.client.put_manifest(index_tag(self.pipeline or ""), json.dumps(manifest, sort_keys=True).encode())
         return True
 
-    def _layer(self, data: bytes, media_type: str, annotations: dict[str, str]) -> dict[str, Any]:
+    def _layer(self, data: bytes, media_type: str, annotations: dict[str, str], embed: int = EMBED) -> dict[str, Any]:
         desc: dict[str, Any] = {"mediaType": media_type, "digest": self.client.put_blob(data), "size": len(data)}
         if annotations:
             desc["annotations"] = annotations
-        if len(data) <= EMBED:
+        if len(data) <= embed:
             desc["data"] = base64.b64encode(data).decode()
         return desc
 
