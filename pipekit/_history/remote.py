@@ -449,6 +449,8 @@ class RegistryCache:
             raise
 
     def _push_index(self, stages: Collection[str]) -> bool:
+        if self._lister is not None:  # the index it read, not a second read beside it
+            self._listed.wait(self.client.wait_s)
         with self._lock:
             used = dict(self._used)
         before = self._index if self._index is not None else self._read_index(None)
