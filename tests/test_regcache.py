@@ -883,3 +883,39 @@ def test_an_index_whose_copy_of_an_entry_does_not_match_is_a_miss_and_a_warning(
     assert finished(out, "s0")["status"] == "succeeded"
     assert [finished(out, s)["status"] for s in ("s1", "s2")] == ["cached"] * 2
     assert (b / "out" / "s0.txt").read_text() == "s0 payload-from-src\n"
+
+
+def test_the_listing_is_trusted_for_a_while_and_a_refused_listing_asks_key_by_key(
+    open_registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry pushed after a run's listing is not seen by that run while the listing is fresh,
+    and is once it is older than LISTING_TTL (asked by its tag); a registry that refuses to list
+    tags (ECR without ecr:ListImages) is asked key by key."""
+    from pipekit._history import remote
+    from pipekit._history.oci import OciClient
+    from pipekit.exceptions import RegistryAuthError
+
+    target = f"{open_registry.address}/team/ttl"
+    writer = remote.RegistryCache(target, "readwrite")
+    first, later = "a" * 64, "b" * 64
+    writer.push(remote.Entry(key=first, pipeline="p", stage="s", run_id="r1", output_json='"one"'))
+    reader = remote.RegistryCache(target, "read")
+    reader.prepare("p")
+    assert reader.fetch(first, "s") is not None
+    writer.push(remote.Entry(key=later, pipeline="p", stage="s", run_id="r2", output_json='"two"'))
+    assert reader.fetch(later, "s") is None  # not in the listing the run took
+    monkeypatch.setattr(remote, "LISTING_TTL", 0.0)
+    found = reader.fetch(later, "s")
+    assert found is not None and found.output_json == '"two"'  # the listing is old: asked by its tag
+
+    def refused(self: Any, pages: Any) -> None:
+        raise RegistryAuthError("refused", registry=open_registry.address, reference=target)
+
+    monkeypatch.setattr(remote, "LISTING_TTL", 60.0)
+    monkeypatch.setattr(OciClient, "tags_within", refused)
+    blind = remote.RegistryCache(target, "read")
+    blind.prepare("p")
+    found = blind.fetch(later, "s")
+    assert found is not None and found.run_id == "r2" and blind.fetch("c" * 64, "s") is None
+    for cache in (writer, reader, blind):
+        cache.close()
