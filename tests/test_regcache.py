@@ -919,3 +919,33 @@ def test_the_listing_is_trusted_for_a_while_and_a_refused_listing_asks_key_by_ke
     assert found is not None and found.run_id == "r2" and blind.fetch("c" * 64, "s") is None
     for cache in (writer, reader, blind):
         cache.close()
+
+
+def test_an_index_keeps_the_stages_a_run_did_not_touch(open_registry: Any) -> None:
+    """A run of some stages only (a target) updates their index entries and keeps the others'."""
+    from pipekit._history import remote
+
+    target = f"{open_registry.address}/team/index"
+    k0, k1, k1_new = "0" * 64, "1" * 64, "2" * 64
+
+    def writing_run(entries: dict[str, str], hits: dict[str, str] | None = None) -> bool:
+        cache = remote.RegistryCache(target, "readwrite")
+        cache.prepare("p")
+        for stage, key in entries.items():
+            cache.push(remote.Entry(key=key, pipeline="p", stage=stage, run_id="r", output_json='"x"'))
+        for stage, key in (hits or {}).items():
+            assert cache.fetch(key, stage) is not None
+        try:
+            return cache.push_index()
+        finally:
+            cache.close()
+
+    assert writing_run({"s0": k0, "s1": k1})
+    assert writing_run({"s1": k1_new})  # a run of s1 only
+    assert not writing_run({}, {"s0": k0, "s1": k1_new})  # all hits: nothing changed, not written again
+    reader = remote.RegistryCache(target, "read")
+    reader.prepare("p")
+    listing = reader._listed_now()
+    assert listing is not None and set(listing.manifests) == {k0, k1_new}
+    assert reader.fetch(k0, "s0") is not None and reader.fetch(k1, "s1") is not None  # the old one: by its tag
+    reader.close()

@@ -437,18 +437,19 @@ class RegistryCache:
             self._used[entry.stage] = (entry.key, body)
         return digest
 
-    def push_index(self, stages: Collection[str]) -> bool:
-        """Write the pipeline's index when it changed: for each of ``stages``, the entry this run
-        took or pushed, else the one the index had (while its tag is listed). Whether it was written."""
+    def push_index(self) -> bool:
+        """Write the pipeline's index when it changed: for each stage, the entry this run took or
+        pushed, else the one the index had (while its tag is listed: a run of some stages only
+        keeps the others'). Whether it was written."""
         if not self.writes or self.pipeline is None:
             return False
         try:
-            return self._push_index(stages)
+            return self._push_index()
         except RegistryError as e:
             self._unavailable(e)
             raise
 
-    def _push_index(self, stages: Collection[str]) -> bool:
+    def _push_index(self) -> bool:
         if self._lister is not None:  # the index it read, not a second read beside it
             self._listed.wait(self.client.wait_s)
         with self._lock:
@@ -456,7 +457,7 @@ class RegistryCache:
         before = self._index if self._index is not None else self._read_index(None)
         listing = self._listing
         kept = {s: v for s, v in before.items() if listing is None or tag_of(v[0]) in listing.tags}
-        merged = {s: v for s, v in {**kept, **used}.items() if s in stages}
+        merged = {**kept, **used}
         if not merged or merged == before:
             return False
         entries = [{"stage": s, "key": k, "manifest": m.decode()} for s, (k, m) in sorted(merged.items())]

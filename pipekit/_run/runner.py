@@ -164,7 +164,7 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
         try:
             result = scheduler.execute()
             if shared is not None:  # every push is done: the index of what this run took or pushed
-                shared.finish(resolved.plan.order, run.log)
+                shared.finish(run.log)
         finally:
             if report is not None:
                 _ci_outputs(setup, report, result)

@@ -129,10 +129,10 @@ class SharedCache:
         """The run starts: the registry's tag list and the pipeline's index are read meanwhile."""
         self.cache.prepare(pipeline)
 
-    def finish(self, stages: Sequence[str], log: Any) -> None:
+    def finish(self, log: Any) -> None:
         """The run ended (its pushes done): write the pipeline's index, for the runs that follow."""
         try:
-            if self.cache.push_index(stages):
+            if self.cache.push_index():
                 log.debug("cache index pushed", registry=self.cache.target)
         except RegistryError as e:
             self._down(e, log)
