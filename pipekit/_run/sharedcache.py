@@ -235,7 +235,7 @@ class SharedCache:
             except (Tampered, OSError) as e:
                 log.warning("cache entry refused", registry=self.cache.target, reason=f"{e}; the stage runs")
                 return False
-            log.info("cache files restored", files=len(files))
+            log.debug("cache files restored", files=len(files))  # the hit itself is said by "stage finished"
         for path, data in entry.artifacts:
             run.records.add_artifact(name, path, data)
         if tests is not None:
