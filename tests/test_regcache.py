@@ -100,6 +100,10 @@ class Registry:
         r = requests.get(f"http://{self.address}/v2/{repo}/tags/list", auth=auth, timeout=5)
         return [] if r.status_code == 404 else list(r.json().get("tags") or [])
 
+    def entries(self, repo: str) -> list[str]:
+        """The tags of cache entries (not the pipelines' indexes, ``pk1index-...``)."""
+        return [t for t in self.tags(repo) if t.startswith("pk1-")]
+
     def blobs(self) -> list[Path]:
         return sorted((self.folder / "data").glob("docker/registry/v2/blobs/sha256/*/*/data"))
 
@@ -179,7 +183,7 @@ def test_a_second_machine_gets_the_first_ones_results(tmp_path: Path, busybox_im
     assert code == 0, out + err
     assert finished(out, "build")["status"] == "succeeded"
     tags = reg.tags("acme/proj-cache")
-    assert len(tags) == 1 and tags[0].startswith("pk1-")
+    assert len(reg.entries("acme/proj-cache")) == 1 and len(tags) == 2  # build's entry, the pipeline's index
     a_run = stage_row(a, "build")[0]
 
     proc = run_console(run_args(b, busybox_image, "--cache-registry", target), env=reg.env())
@@ -198,7 +202,7 @@ def test_a_second_machine_gets_the_first_ones_results(tmp_path: Path, busybox_im
     for path in [*b.joinpath(".pipekit").rglob("*"), *a.joinpath(".pipekit").rglob("*")]:
         if path.is_file():
             assert reg.password.encode() not in path.read_bytes(), path
-    assert len(reg.tags("acme/proj-cache")) == 1  # read mode: B pushed nothing
+    assert reg.tags("acme/proj-cache") == tags  # read mode: B pushed nothing
     b_run = stage_row(b, "build")[0]
     code, out, err = cli(*run_args(b, busybox_image))  # no registry now: the hit was kept here
     assert code == 0, out + err
@@ -219,7 +223,7 @@ def test_without_a_login_and_read_mode_never_pushes(tmp_path: Path, busybox_imag
     assert code == 0 and open_registry.tags("team/cache") == []  # --no-cache: no cache at all
     code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", target, "--cache-mode", "write"))
     assert code == 0, out + err
-    assert len(open_registry.tags("team/cache")) == 1
+    assert len(open_registry.entries("team/cache")) == 1
     assert finished(out, "build")["status"] == "succeeded"
     c = checkout(tmp_path, "c")
     code, out, err = cli(*run_args(c, busybox_image), env={"PIPEKIT_CACHE_REGISTRY": target})
@@ -233,7 +237,8 @@ def test_a_tampered_entry_is_a_miss_and_a_warning(
     tmp_path: Path, busybox_image: str, open_registry: Any, where: str
 ) -> None:
     """``blob``: outputs larger than what a manifest embeds, their blobs changed in the registry's
-    storage; ``manifest``: small outputs embedded in the manifest, the manifest changed there."""
+    storage; ``manifest``: small outputs embedded in the manifest, the manifest changed there, and
+    its copy in the pipeline's index too (the index no longer matches its digest: refused, said)."""
     target = f"{open_registry.address}/team/cache"
     a, b = checkout(tmp_path, "a"), checkout(tmp_path, "b")
     content = "payload-from-src\n" * (2000 if where == "blob" else 1)
@@ -247,6 +252,9 @@ def test_a_tampered_entry_is_a_miss_and_a_warning(
         if where == "blob" and b"payload-from-src" in data:
             blob.write_bytes(data.replace(b"payload-from-src", b"payload-evil-xyz"))
             tampered += 1
+        if where == "manifest" and b'"application/vnd.pipekit.cache.index.v1"' in data:
+            blob.write_bytes(data + b" ")  # any change: it no longer matches its digest
+            continue
         if where == "manifest" and b'"artifactType"' in data:
             manifest = json.loads(data)
             layer = manifest["layers"][0]
@@ -260,6 +268,9 @@ def test_a_tampered_entry_is_a_miss_and_a_warning(
     assert finished(out, "build")["status"] == "succeeded"  # it ran
     refused = [e for e in events(out) if e.get("event") == "cache entry refused"]
     assert refused and "does not match its digest" in refused[0]["reason"], out
+    if where == "manifest":
+        index = [e for e in events(out) if e.get("event") == "cache index refused"]
+        assert len(index) == 1 and "does not match its digest" in index[0]["reason"], out
     assert (b / "dist" / "app.bin").read_text() == content + "built\n"
     assert b"payload-evil" not in b"".join(p.read_bytes() for p in b.rglob("*") if p.is_file())
 
@@ -282,9 +293,12 @@ def test_a_registry_that_is_down_never_fails_the_run(tmp_path: Path, busybox_ima
 
 class StoppingProxy:
     """A TCP proxy to the registry that stops (every connection cut, nothing more accepted) when a
-    request to store a manifest comes: the blobs went up, the manifest never does."""
+    request to store a manifest comes: the blobs went up, the manifest never does. ``stops=False``:
+    it only notes the requests that pass (their first lines, in ``seen``)."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, stops: bool = True) -> None:
+        self.stops = stops
+        self.seen: list[str] = []
         host, port = upstream.split(":")
         self.upstream = (host, int(port))
         self.server = socket.socket()
@@ -312,7 +326,10 @@ class StoppingProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if watch and b"PUT /v2/" in data and b"/manifests/" in data.split(b"\r\n", 1)[0]:
+                first = data.split(b"\r\n", 1)[0]
+                if watch and b" /v2/" in first and first.endswith(b" HTTP/1.1"):
+                    self.seen.append(first.decode())
+                if watch and self.stops and b"PUT /v2/" in first and b"/manifests/" in first:
                     self.stop()
                     return
                 dst.sendall(data)
@@ -426,7 +443,7 @@ def test_plan_says_where_each_stage_would_come_from_and_cache_lists_the_registry
     )
     assert code == 0, out + err
     a_run = stage_row(a, "build")[0].id
-    assert len(reg.tags("acme/chain")) == 2  # build and pack
+    assert len(reg.entries("acme/chain")) == 2  # build and pack
 
     plan_b = run_console(["plan", "-f", str(b), *args], env=reg.env())
     assert plan_b.returncode == 0, plan_b.stdout + plan_b.stderr
@@ -468,7 +485,7 @@ def test_plan_says_where_each_stage_would_come_from_and_cache_lists_the_registry
         ["cache", "prune", "--remote", "--stage", "build", "-f", str(b), "--cache-registry", target], env=reg.env()
     )
     assert pruned.returncode == 0 and f"removed 1 entries from registry {target}" in pruned.stdout
-    assert len(reg.tags("acme/chain")) == 1
+    assert len(reg.entries("acme/chain")) == 1
     kept = run_console(
         ["cache", "prune", "--remote", "--older-than", "1d", "-f", str(b), "--cache-registry", target], env=reg.env()
     )
@@ -695,7 +712,7 @@ def test_pk_credentials_for_the_cache_from_python(tmp_path: Path, busybox_image:
         log_file=logs,
         **common,
     )
-    assert first.status == "succeeded" and len(reg.tags("acme/py")) == 1, logs.getvalue()
+    assert first.status == "succeeded" and len(reg.entries("acme/py")) == 1, logs.getvalue()
     second = pk.run(str(b / "pipeline.py"), cache_registry=target, cache_credentials=creds, log_file=logs, **common)
     assert second.stages["build"].status == "cached"
     assert reg.password not in logs.getvalue()
@@ -757,3 +774,178 @@ def test_plan_with_a_registry_that_never_answers_is_bounded(tmp_path: Path, busy
     assert "warning: the cache registry" in plan.stderr and "shown as misses" in plan.stderr
     assert "build (" in plan.stdout and "registry hit" not in plan.stdout
     assert took < 20
+
+
+HOST_CHAIN = """
+import pathlib
+import pipekit as pk
+
+@pk.stage(cache=pk.inputs("src/**", outputs=["out/s0.txt"]))
+def s0(ctx):
+    p = pathlib.Path(ctx.workspace)
+    (p / "out").mkdir(exist_ok=True)
+    (p / "out/s0.txt").write_text("s0 " + (p / "src/a.txt").read_text())
+    return "zero " + (p / "src/a.txt").read_text().strip()
+
+@pk.stage(cache=pk.inputs(outputs=["out/s1.txt"]))
+def s1(ctx, s0):
+    (pathlib.Path(ctx.workspace) / "out/s1.txt").write_text("s1 after " + s0)
+    return "one after " + s0
+
+@pk.stage(cache=pk.inputs(outputs=["out/s2.txt"]))
+def s2(ctx, s1):
+    (pathlib.Path(ctx.workspace) / "out/s2.txt").write_text("s2 after " + s1)
+    return "two after " + s1
+"""
+
+
+def _entry_requests(seen: list[str]) -> list[str]:
+    return [line for line in seen if "/manifests/pk1-" in line or "/blobs/" in line]
+
+
+def test_a_run_lists_the_registry_once_and_its_stages_need_no_request(
+    tmp_path: Path, busybox_image: str, open_registry: Any
+) -> None:
+    """A run reads the tag list and the pipeline's index when it starts: a stage the index names is
+    a hit without a request of its own, a miss needs none either; an entry pruned from the registry
+    is a miss even though the index still names it (the tag list decides)."""
+    target = f"{open_registry.address}/team/cache"
+    a = checkout(tmp_path, "a", HOST_CHAIN)
+    code, out, err = cli(*run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"))
+    assert code == 0, out + err
+    assert len(open_registry.entries("team/cache")) == 3 and len(open_registry.tags("team/cache")) == 4
+
+    proxy = StoppingProxy(open_registry.address, stops=False)
+    try:
+        b = checkout(tmp_path, "b", HOST_CHAIN)
+        code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", f"{proxy.address}/team/cache"))
+        assert code == 0, out + err
+        assert [finished(out, s)["status"] for s in ("s0", "s1", "s2")] == ["cached"] * 3, out
+        assert (b / "out" / "s2.txt").read_text() == "s2 after one after zero payload-from-src"
+        assert len([line for line in proxy.seen if "/tags/list" in line]) == 1, proxy.seen
+        assert len([line for line in proxy.seen if "/manifests/pk1index-" in line]) == 1, proxy.seen
+        assert _entry_requests(proxy.seen) == [], proxy.seen
+
+        proxy.seen.clear()
+        c = checkout(tmp_path, "c", HOST_CHAIN)
+        (c / "src" / "a.txt").write_text("other sources\n")
+        code, out, err = cli(*run_args(c, busybox_image, "--cache-registry", f"{proxy.address}/team/cache"))
+        assert code == 0, out + err
+        assert [finished(out, s)["status"] for s in ("s0", "s1", "s2")] == ["succeeded"] * 3, out
+        assert _entry_requests(proxy.seen) == [], proxy.seen  # three misses, not one request
+    finally:
+        proxy.stop()
+
+    pruned = run_console(["cache", "prune", "--remote", "--stage", "s0", "-f", str(a), "--cache-registry", target])
+    assert pruned.returncode == 0 and "removed 1 entries" in pruned.stdout, pruned.stdout + pruned.stderr
+    d = checkout(tmp_path, "d", HOST_CHAIN)
+    code, out, err = cli(*run_args(d, busybox_image, "--cache-registry", target))
+    assert code == 0, out + err
+    assert finished(out, "s0")["status"] == "succeeded"  # pruned: the index's copy is not used
+    assert [finished(out, s)["status"] for s in ("s1", "s2")] == ["cached"] * 2  # same s0 result: same keys
+
+
+def test_an_index_whose_copy_of_an_entry_does_not_match_is_a_miss_and_a_warning(
+    tmp_path: Path, busybox_image: str, open_registry: Any
+) -> None:
+    """Someone who may push writes an index whose copy of s0's manifest embeds other files than its
+    digest names: that copy is checked as the entry itself would be; s0 runs, nothing evil is written."""
+    from pipekit._history.oci import OciClient
+    from pipekit._history.remote import index_tag
+
+    target = f"{open_registry.address}/team/cache"
+    a = checkout(tmp_path, "a", HOST_CHAIN)
+    code, out, err = cli(*run_args(a, busybox_image, "--cache-registry", target, "--cache-mode", "readwrite"))
+    assert code == 0, out + err
+    client = OciClient(target)
+    try:
+        tag = index_tag("proj")  # the pipeline is named after its folder
+        found = client.manifest(tag)
+        assert found is not None, open_registry.tags("team/cache")
+        manifest = json.loads(found[1])
+        index = json.loads(base64.b64decode(manifest["config"]["data"]))
+        entry = next(e for e in index["entries"] if e["stage"] == "s0")
+        copy = json.loads(entry["manifest"])
+        copy["layers"][0]["data"] = base64.b64encode(_tar({"out/s0.txt": b"s0 evil\n"})).decode()
+        entry["manifest"] = json.dumps(copy)
+        data = json.dumps(index).encode()
+        digest = client.put_blob(data)
+        manifest["config"] = {**manifest["config"], "digest": digest, "size": len(data)}
+        manifest["config"]["data"] = base64.b64encode(data).decode()
+        client.put_manifest(tag, json.dumps(manifest).encode())
+    finally:
+        client.close()
+    b = checkout(tmp_path, "b", HOST_CHAIN)
+    code, out, err = cli(*run_args(b, busybox_image, "--cache-registry", target))
+    assert code == 0, out + err
+    refused = [e for e in events(out) if e.get("event") == "cache entry refused"]
+    assert len(refused) == 1 and "does not match its digest" in refused[0]["reason"], out
+    assert finished(out, "s0")["status"] == "succeeded"
+    assert [finished(out, s)["status"] for s in ("s1", "s2")] == ["cached"] * 2
+    assert (b / "out" / "s0.txt").read_text() == "s0 payload-from-src\n"
+
+
+def test_the_listing_is_trusted_for_a_while_and_a_refused_listing_asks_key_by_key(
+    open_registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry pushed after a run's listing is not seen by that run while the listing is fresh,
+    and is once it is older than LISTING_TTL (asked by its tag); a registry that refuses to list
+    tags (ECR without ecr:ListImages) is asked key by key."""
+    from pipekit._history import remote
+    from pipekit._history.oci import OciClient
+    from pipekit.exceptions import RegistryAuthError
+
+    target = f"{open_registry.address}/team/ttl"
+    writer = remote.RegistryCache(target, "readwrite")
+    first, later = "a" * 64, "b" * 64
+    writer.push(remote.Entry(key=first, pipeline="p", stage="s", run_id="r1", output_json='"one"'))
+    reader = remote.RegistryCache(target, "read")
+    reader.prepare("p")
+    assert reader.fetch(first, "s") is not None
+    writer.push(remote.Entry(key=later, pipeline="p", stage="s", run_id="r2", output_json='"two"'))
+    assert reader.fetch(later, "s") is None  # not in the listing the run took
+    monkeypatch.setattr(remote, "LISTING_TTL", 0.0)
+    found = reader.fetch(later, "s")
+    assert found is not None and found.output_json == '"two"'  # the listing is old: asked by its tag
+
+    def refused(self: Any, pages: Any) -> None:
+        raise RegistryAuthError("refused", registry=open_registry.address, reference=target)
+
+    monkeypatch.setattr(remote, "LISTING_TTL", 60.0)
+    monkeypatch.setattr(OciClient, "tags_within", refused)
+    blind = remote.RegistryCache(target, "read")
+    blind.prepare("p")
+    found = blind.fetch(later, "s")
+    assert found is not None and found.run_id == "r2" and blind.fetch("c" * 64, "s") is None
+    for cache in (writer, reader, blind):
+        cache.close()
+
+
+def test_an_index_keeps_the_stages_a_run_did_not_touch(open_registry: Any) -> None:
+    """A run of some stages only (a target) updates their index entries and keeps the others'."""
+    from pipekit._history import remote
+
+    target = f"{open_registry.address}/team/index"
+    k0, k1, k1_new = "0" * 64, "1" * 64, "2" * 64
+
+    def writing_run(entries: dict[str, str], hits: dict[str, str] | None = None) -> bool:
+        cache = remote.RegistryCache(target, "readwrite")
+        cache.prepare("p")
+        for stage, key in entries.items():
+            cache.push(remote.Entry(key=key, pipeline="p", stage=stage, run_id="r", output_json='"x"'))
+        for stage, key in (hits or {}).items():
+            assert cache.fetch(key, stage) is not None
+        try:
+            return cache.push_index()
+        finally:
+            cache.close()
+
+    assert writing_run({"s0": k0, "s1": k1})
+    assert writing_run({"s1": k1_new})  # a run of s1 only
+    assert not writing_run({}, {"s0": k0, "s1": k1_new})  # all hits: nothing changed, not written again
+    reader = remote.RegistryCache(target, "read")
+    reader.prepare("p")
+    listing = reader._listed_now()
+    assert listing is not None and set(listing.manifests) == {k0, k1_new}
+    assert reader.fetch(k0, "s0") is not None and reader.fetch(k1, "s1") is not None  # the old one: by its tag
+    reader.close()

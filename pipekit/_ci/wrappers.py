@@ -116,10 +116,11 @@ jobs:
         run: python -m pip install "{install}"
       # The stage cache is shared through this repository's packages on ghcr.io (docs/history.md,
       # "Sharing the cache"): pull requests only read it, pushes to the default branch also write it.
-      # To turn it off, set PIPEKIT_CACHE_MODE: "off" below.
+      # To turn it off, set PIPEKIT_CACHE_MODE: "off" below. Another registry (GitHub Enterprise
+      # Server's, your own): set PIPEKIT_CACHE_REGISTRY (REGISTRY/REPOSITORY) in the step's env.
       - name: Run the pipeline
         run: |
-          export PIPEKIT_CACHE_REGISTRY="ghcr.io/${{GITHUB_REPOSITORY,,}}/pipekit-cache"
+          export PIPEKIT_CACHE_REGISTRY="${{PIPEKIT_CACHE_REGISTRY:-ghcr.io/${{GITHUB_REPOSITORY,,}}/pipekit-cache}}"
           pipekit run -f {pipeline} --junit {JUNIT}
         env:
           PIPEKIT_CACHE_MODE: {GITHUB_CACHE_MODE}

@@ -242,11 +242,26 @@ class OciClient:
         finally:
             response.close()
 
+    @property
+    def wait_s(self) -> float:
+        """The longest one request may take (connect and read timeouts)."""
+        return float(self._timeout[0] + self._timeout[1])
+
     def tags(self) -> list[str]:
         """Every tag of the repository (following the ``Link`` pages); none when it does not exist."""
+        found = self.tags_within(None)
+        assert found is not None
+        return found
+
+    def tags_within(self, pages: int | None) -> list[str] | None:
+        """The repository's tags, or None when they take more than ``pages`` pages of 1000."""
         url: str | None = "tags/list?n=1000"
         found: list[str] = []
         while url:
+            if pages is not None:
+                if pages == 0:
+                    return None
+                pages -= 1
             response = self._request("GET", url)
             if response.status_code == 404:
                 return found

@@ -17,6 +17,17 @@ A blob of at most 16 KiB (the config, a small stage's files) is also embedded in
 (the OCI ``data`` field, base64), so that a small entry is read in one request; it is checked against
 its digest like any other. Blobs go up first and the manifest last, so an entry exists only once
 everything it names is there.
+
+A run that reads the cache lists the repository's tags once, when it starts (in a thread of its
+own, beside the run's own start): a key whose tag is not listed is a miss without a request. A run
+that writes leaves, when it ends, the pipeline's index (tag ``pk1index-`` and 32 hex digits of the
+pipeline's name; artifactType ``application/vnd.pipekit.cache.index.v1``): a config blob
+``application/vnd.pipekit.cache.index.v1+json`` holding, for each stage of the pipeline, the key and
+the manifest of the entry that run took or pushed. A later run reads it with the tag list, so that
+a stage whose key the index names and whose tag is listed is read without a request of its own
+(its small blobs are embedded in that manifest); the manifest is checked as one read from its tag
+(embedded blobs against their digests, its config's key and stage). The listing is used for
+:data:`LISTING_TTL` seconds; after that, each key is asked for on its own again.
 On the way back every blob is read into memory and checked against its digest and size before
 anything is written; an entry whose key is not the one asked for, or that names a file its stage
 does not declare, is refused like a tampered one. Files are written without following links, never
@@ -32,8 +43,9 @@ import json
 import posixpath
 import socket
 import tarfile
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +55,7 @@ from pipekit._core.safefile import Beneath
 from pipekit._dsl.conditions import glob_match
 from pipekit._history.oci import MANIFEST_TYPES, MAX_MANIFEST, BlobMismatch, OciClient
 from pipekit._workspace.hosttree import HostTree, TreeRefused, is_private
-from pipekit.exceptions import RegistryError
+from pipekit.exceptions import RegistryError, RegistryUnavailable
 
 __all__ = [
     "ARTIFACT_TYPE",
@@ -53,6 +65,7 @@ __all__ = [
     "RegistryCache",
     "Tampered",
     "describe",
+    "index_tag",
     "pack_files",
     "restore_files",
     "tag_of",
@@ -69,6 +82,13 @@ MAX_CONFIG = 64 << 20
 MAX_BLOB = 8 << 30
 EMBED = 16 << 10  # blobs up to this size travel inside the manifest too
 MODES = ("read", "write", "readwrite", "off")
+INDEX_PREFIX = f"pk{FORMAT}index-"
+INDEX_ARTIFACT = "application/vnd.pipekit.cache.index.v1"
+INDEX_TYPE = "application/vnd.pipekit.cache.index.v1+json"
+MAX_INDEX = 8 << 20
+EMBED_INDEX = 512 << 10  # an index up to this size travels inside its manifest: read in one request
+LISTING_TTL = 60.0  # seconds a run trusts the tag list it took when it started
+MAX_TAG_PAGES = 20  # a repository with more tags than this many pages of 1000 is asked key by key
 
 
 class Tampered(Exception):
@@ -78,6 +98,21 @@ class Tampered(Exception):
 
 def tag_of(key: str) -> str:
     return TAG_PREFIX + key
+
+
+def index_tag(pipeline: str) -> str:
+    """The tag of a pipeline's index."""
+    return INDEX_PREFIX + hashlib.sha256(pipeline.encode()).hexdigest()[:32]
+
+
+@attrs.frozen
+class Listing:
+    """What a run learnt of the repository when it started: its tags, and the manifests the
+    pipeline's index holds (by key, only those whose tag is listed)."""
+
+    tags: frozenset[str]
+    manifests: Mapping[str, bytes]
+    taken: float = attrs.field(factory=time.monotonic)
 
 
 @attrs.frozen
@@ -142,7 +177,7 @@ def _checked_members(data: bytes, patterns: Sequence[str]) -> list[tuple[tarfile
                     or name == ".."
                     or is_private(name)
                     or not any(
-                        glob_match(p, name) or name == p or name.startswith(p.rstrip("/") + "/") for p in patterns
+                        name == p or name.startswith(p.rstrip("/") + "/") or glob_match(p, name) for p in patterns
                     )
                 ):
                     raise Tampered(f"it holds {info.name!r}, which is not one of the stage's declared output files")
@@ -187,6 +222,15 @@ class RegistryCache:
         self.target = self.client.target
         self.mode = mode
         self.down: str | None = None
+        self.pipeline: str | None = None
+        self.index_problem: str | None = None  # why the pipeline's index was not used
+        self._lister: threading.Thread | None = None
+        self._listed = threading.Event()
+        self._listing: Listing | None = None
+        self._list_error: RegistryError | None = None
+        self._index: dict[str, tuple[str, bytes]] | None = None  # the index read: stage -> (key, manifest)
+        self._used: dict[str, tuple[str, bytes]] = {}  # this run's hits and pushes: stage -> (key, manifest)
+        self._lock = threading.Lock()
 
     @property
     def reads(self) -> bool:
@@ -205,16 +249,84 @@ class RegistryCache:
         if isinstance(e, RegistryUnavailable):
             self.down = str(e)
 
+    # -- the listing a run takes when it starts ---------------------------------------------
+    def prepare(self, pipeline: str) -> None:
+        """Start listing the repository's tags and reading ``pipeline``'s index, in a thread of its
+        own: by the time the first stage is looked up, a miss needs no request and a stage the
+        index names none either."""
+        self.pipeline = pipeline
+        if not self.reads or self._lister is not None:
+            return
+        self._lister = threading.Thread(target=self._list, name="pipekit-cache-list", daemon=True)
+        self._lister.start()
+
+    def _list(self) -> None:
+        try:
+            tags = self.client.tags_within(MAX_TAG_PAGES)
+            if tags is not None:
+                listed = frozenset(tags)
+                index = self._read_index(listed)
+                known = {key: manifest for key, manifest in index.values() if tag_of(key) in listed}
+                self._listing = Listing(listed, known)
+        except RegistryUnavailable as e:  # said by the first lookup
+            self._list_error = e
+        except Exception:  # a registry that does not list tags to this login: each key is asked for
+            pass
+        finally:
+            self._listed.set()
+
+    def _read_index(self, tags: Collection[str] | None) -> dict[str, tuple[str, bytes]]:
+        """The pipeline's index (stage -> key, manifest); empty when there is none or it does not
+        hold together (then ``index_problem`` says why). RegistryError when the registry fails."""
+        index: dict[str, tuple[str, bytes]] = {}
+        tag = index_tag(self.pipeline or "")
+        try:
+            found = None if tags is not None and tag not in tags else self.client.manifest(tag)
+            if found is not None:
+                manifest = _json(found[1], "its manifest")
+                data = _json(self._blob(_descriptor(manifest.get("config"), INDEX_TYPE), MAX_INDEX), "its index")
+                index = _index_entries(data, self.pipeline)
+        except (Tampered, BlobMismatch) as e:
+            self.index_problem = f"the index {tag} was not used: {e}"
+        self._index = index
+        return index
+
+    def _listed_now(self) -> Listing | None:
+        """The run's listing, when it was taken (waiting for it at most as long as one request may
+        take) less than LISTING_TTL seconds ago; its failure, once, when the registry is unavailable."""
+        if self._lister is None or not self._listed.wait(self.client.wait_s):
+            return None
+        error, self._list_error = self._list_error, None
+        if error is not None:
+            raise error
+        listing = self._listing
+        if listing is None or time.monotonic() - listing.taken > LISTING_TTL:
+            return None
+        return listing
+
+    def _manifest(self, key: str) -> bytes | None:
+        """An entry's manifest: from the run's listing when it knows the key (or knows there is
+        none), else asked for by its tag."""
+        listing = self._listed_now()
+        if listing is not None:
+            if tag_of(key) not in listing.tags:
+                return None
+            known = listing.manifests.get(key)
+            if known is not None:
+                return known
+        found = self.client.manifest(tag_of(key))
+        return None if found is None else found[1]
+
     # -- reading ---------------------------------------------------------------------------
     def fetch(self, key: str, stage: str, *, layers: bool = True) -> Entry | None:
         """The entry for the key, every blob checked; None when there is none; Tampered when it does
         not hold together; a RegistryError when the registry fails. ``layers=False``: its manifest
         and config only (what ``pipekit plan`` needs: the result, not the files)."""
         try:
-            found = self.client.manifest(tag_of(key))
-            if found is None:
+            body = self._manifest(key)
+            if body is None:
                 return None
-            manifest = _json(found[1], "its manifest")
+            manifest = _json(body, "its manifest")
             config_desc = _descriptor(manifest.get("config"), CONFIG_TYPE)
             config = _json(self._blob(config_desc, MAX_CONFIG), "its config")
             descs = [_descriptor(d, None) for d in manifest.get("layers") or []] if layers else []
@@ -224,7 +336,11 @@ class RegistryCache:
         except RegistryError as e:
             self._unavailable(e)
             raise
-        return _entry(key, stage, config, blobs)
+        entry = _entry(key, stage, config, blobs)
+        if layers:
+            with self._lock:
+                self._used[stage] = (key, body)
+        return entry
 
     def _blob(self, desc: dict[str, Any], limit: int) -> bytes:
         """A blob from its descriptor's embedded data, else from the registry; checked either way."""
@@ -315,13 +431,55 @@ class RegistryCache:
                 "org.opencontainers.image.created": created,
             },
         }
-        return self.client.put_manifest(tag_of(entry.key), json.dumps(manifest, sort_keys=True).encode())
+        body = json.dumps(manifest, sort_keys=True).encode()
+        digest = self.client.put_manifest(tag_of(entry.key), body)
+        with self._lock:
+            self._used[entry.stage] = (entry.key, body)
+        return digest
 
-    def _layer(self, data: bytes, media_type: str, annotations: dict[str, str]) -> dict[str, Any]:
+    def push_index(self) -> bool:
+        """Write the pipeline's index when it changed: for each stage, the entry this run took or
+        pushed, else the one the index had (while its tag is listed: a run of some stages only
+        keeps the others'). Whether it was written."""
+        if not self.writes or self.pipeline is None:
+            return False
+        try:
+            return self._push_index()
+        except RegistryError as e:
+            self._unavailable(e)
+            raise
+
+    def _push_index(self) -> bool:
+        if self._lister is not None:  # the index it read, not a second read beside it
+            self._listed.wait(self.client.wait_s)
+        with self._lock:
+            used = dict(self._used)
+        before = self._index if self._index is not None else self._read_index(None)
+        listing = self._listing
+        kept = {s: v for s, v in before.items() if listing is None or tag_of(v[0]) in listing.tags}
+        merged = {**kept, **used}
+        if not merged or merged == before:
+            return False
+        entries = [{"stage": s, "key": k, "manifest": m.decode()} for s, (k, m) in sorted(merged.items())]
+        data = json.dumps({"format": FORMAT, "pipeline": self.pipeline, "entries": entries}, sort_keys=True).encode()
+        if len(data) > MAX_INDEX:
+            return False
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPES,
+            "artifactType": INDEX_ARTIFACT,
+            "config": self._layer(data, INDEX_TYPE, {}, EMBED_INDEX),
+            "layers": [],
+            "annotations": {"dev.pipekit.pipeline": self.pipeline},
+        }
+        self.client.put_manifest(index_tag(self.pipeline or ""), json.dumps(manifest, sort_keys=True).encode())
+        return True
+
+    def _layer(self, data: bytes, media_type: str, annotations: dict[str, str], embed: int = EMBED) -> dict[str, Any]:
         desc: dict[str, Any] = {"mediaType": media_type, "digest": self.client.put_blob(data), "size": len(data)}
         if annotations:
             desc["annotations"] = annotations
-        if len(data) <= EMBED:
+        if len(data) <= embed:
             desc["data"] = base64.b64encode(data).decode()
         return desc
 
@@ -348,6 +506,19 @@ def _descriptor(value: Any, media_type: str | None) -> dict[str, Any]:
     if not ok:
         raise Tampered("its manifest is not one of pipekit's cache entries")
     return dict(value)
+
+
+def _index_entries(data: dict[str, Any], pipeline: str | None) -> dict[str, tuple[str, bytes]]:
+    """An index's entries, stage -> (key, manifest); Tampered when it is not one of this pipeline's."""
+    entries = data.get("entries")
+    if data.get("format") != FORMAT or data.get("pipeline") != pipeline or not isinstance(entries, list):
+        raise Tampered("it is not this pipeline's index")
+    index = {}
+    for e in entries:
+        if not (isinstance(e, dict) and all(isinstance(e.get(f), str) for f in ("stage", "key", "manifest"))):
+            raise Tampered("an entry of it is not one")
+        index[e["stage"]] = (e["key"], e["manifest"].encode())
+    return index
 
 
 def _entry(key: str, stage: str, config: dict[str, Any], blobs: Iterable[tuple[dict[str, Any], bytes]]) -> Entry:

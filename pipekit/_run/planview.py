@@ -248,6 +248,7 @@ def _plan_remote(setup: RunSetup) -> PlanRemote | None:
     if not r.cache_registry or mode not in ("read", "readwrite"):
         return None
     cache = open_shared_cache(r.cache_registry, mode, cache_login(setup.secrets, r.cache_credentials), (2.0, 5.0))
+    cache.prepare(setup.plan.pipeline.name)
     return PlanRemote(cache)
 
 

@@ -174,6 +174,8 @@ def run_setup(setup: RunSetup, observers: Sequence[RunObserver] = ()) -> RunResu
         result = None
         try:
             result = scheduler.execute()
+            if shared is not None:  # every push is done: the index of what this run took or pushed
+                shared.finish(run.log)
         finally:
             if report is not None:
                 _ci_outputs(setup, report, result)
@@ -242,6 +244,7 @@ def shared_cache(setup: RunSetup, history: History | None = None) -> SharedCache
         return None
     auth = cache_login(setup.secrets, r.cache_credentials)
     shared = SharedCache(open_shared_cache(r.cache_registry, mode, auth), auth=auth)
+    shared.start(setup.plan.pipeline.name)
     if history is not None:
         shared.remember = history.cache_put
     return shared

@@ -125,6 +125,20 @@ class SharedCache:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
+    def start(self, pipeline: str) -> None:
+        """The run starts: the registry's tag list and the pipeline's index are read meanwhile."""
+        self.cache.prepare(pipeline)
+
+    def finish(self, log: Any) -> None:
+        """The run ended (its pushes done): write the pipeline's index, for the runs that follow."""
+        try:
+            if self.cache.push_index():
+                log.debug("cache index pushed", registry=self.cache.target)
+        except RegistryError as e:
+            self._down(e, log)
+        except Exception as e:  # the index is a shortcut: without it, the next run asks key by key
+            log.warning("cache index not pushed", reason=f"{type(e).__name__}: {e}")
+
     def _down(self, e: RegistryError, log: Any) -> None:
         """A registry failure: one warning per kind of failure (the run does not repeat it per stage)."""
         kind = "unavailable" if isinstance(e, RegistryUnavailable) else str(e)
@@ -161,6 +175,8 @@ class SharedCache:
         except Exception as e:  # whatever else goes wrong with the registry, the stage runs
             log.warning("cache registry failed", registry=self.cache.target, error=f"{type(e).__name__}: {e}")
             return taken
+        finally:
+            self._index_refused(log)
         gone = self._pull_images(run, r, output, log)
         if gone is not None:
             return Taken(None, f"registry cache miss: image {gone} is not here", key=taken.key, inputs=taken.inputs)
@@ -169,6 +185,17 @@ class SharedCache:
         why = describe(entry, self.cache.target)
         self._remember(run, taken.key, name, entry.output_json, log)
         return Taken(StageStatus.CACHED, why, entry.run_id, entry.output_json, taken.key, taken.inputs)
+
+    def _index_refused(self, log: Any) -> None:
+        """The pipeline's index did not hold together: said once (its entries are asked for one by one)."""
+        problem = self.cache.index_problem
+        if problem is None:
+            return
+        with self._lock:
+            if "index" in self._warned:
+                return
+            self._warned.add("index")
+        log.warning("cache index refused", registry=self.cache.target, reason=problem)
 
     def _remember(self, run: Any, key: str, stage: str, output: str, log: Any) -> None:
         """The hit, kept in the local cache under this run (the next run here is a local hit)."""
@@ -208,7 +235,7 @@ class SharedCache:
             except (Tampered, OSError) as e:
                 log.warning("cache entry refused", registry=self.cache.target, reason=f"{e}; the stage runs")
                 return False
-            log.info("cache files restored", files=len(files))
+            log.debug("cache files restored", files=len(files))  # the hit itself is said by "stage finished"
         for path, data in entry.artifacts:
             run.records.add_artifact(name, path, data)
         if tests is not None:
