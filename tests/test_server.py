@@ -269,6 +269,10 @@ def test_the_web_view_lists_runs_streams_a_running_log_and_cancels(
     assert frame.get_attribute("src").startswith(f"{srv.url}/runs/{run}/report")
     browser.switch_to.frame(frame)
     _until(lambda: "test line 3" in browser.page_source)  # the report: stages, timeline, logs
+    from selenium.common.exceptions import WebDriverException
+
+    with pytest.raises(WebDriverException, match="cross-origin"):  # the report (a run's texts) is sandboxed:
+        browser.execute_script("return window.parent.document.body.dataset.csrf")  # it cannot read this page
     browser.switch_to.default_content()
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
@@ -336,6 +340,16 @@ def test_a_bad_configuration_or_a_missing_token_exits_2_saying_what_to_fix(tmp_p
             '[[project]]\nname = "app"\nrepo = "x"\npass_env = ["A B"]\n',
             ok_token,
             "pass_env takes names of environment",
+        ),
+        (  # a gate of a server run is decided by a user of the server, never by the configuration
+            '[[project]]\nname = "app"\nrepo = "x"\nargs = ["-j", "2", "--approve=deploy"]\n',
+            ok_token,
+            "[[project]] app.args may not hold --approve",
+        ),
+        (
+            '[[project]]\nname = "app"\nrepo = "x"\npass_env = ["PIPEKIT_APPROVE"]\n',
+            ok_token,
+            "[[project]] app.pass_env may not hold PIPEKIT_APPROVE",
         ),
     ]
     for config, env, message in cases:

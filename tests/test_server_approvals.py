@@ -81,11 +81,13 @@ branches = ["main"]
 def gated_server(tmp_path: Path, busybox_image: str) -> Iterator[Any]:
     started: list[Server] = []
 
-    def make(project: str = "", server: str = "") -> tuple[Server, Remote]:
+    def make(project: str = "", server: str = "", approve: str | None = None) -> tuple[Server, Remote]:
         remote = Remote(tmp_path)
         remote.push({"pipeline.py": GATED}, message="first")
         srv = Server(tmp_path, PROJECT + project, server + USERS)
         srv.extra_env.update(ALICE_TOKEN=ALICE, BOB_TOKEN=BOB)
+        if approve is not None:
+            srv.extra_env.update(PIPEKIT_APPROVE=approve)
         started.append(srv.start(busybox_image))
         return srv, remote
 
@@ -305,3 +307,59 @@ def test_two_approved_runs_deploy_to_one_environment_one_after_the_other(gated_s
     assert e1 <= s2, spans  # never both at once
     deployed = srv.api("GET", "/api/deployments?environment=production", token=ALICE)
     assert sorted(d["run"] for d in deployed) == runs and {d["approved_by"] for d in deployed} == {"bob"}
+
+
+MATRIX = """import pipekit as pk
+
+pipeline = pk.Pipeline(name="app", image="busybox")
+
+
+@pipeline.stage(environment="production", matrix={"region": ["eu", "us"]})
+def deploy(ctx):
+    ctx.sh("echo deploying to %s" % ctx.matrix["region"])
+"""
+
+
+def test_separate_approver_of_an_environment_holds_for_each_instance_of_a_matrix_stage(
+    tmp_path: Path, busybox_image: str
+) -> None:
+    remote = Remote(tmp_path)
+    remote.push({"pipeline.py": MATRIX}, message="first")
+    rules = '\n[environments.production]\napprovers = ["release", "ops"]\nseparate_approver = true\n'
+    srv = Server(tmp_path, PROJECT, rules + USERS)
+    srv.extra_env.update(ALICE_TOKEN=ALICE, BOB_TOKEN=BOB)
+    srv.start(busybox_image)
+    try:
+        run = srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=CAROL)["run"]
+        waiting = srv.wait(run, "awaiting_approval")
+        assert sorted(g["stage"] for g in waiting["gates"]) == ["deploy[region=eu]", "deploy[region=us]"]
+        status, answer = _decide(srv, run, CAROL, stage="deploy[region=eu]", decision="approve")
+        assert status == 403 and "[environments.production]" in answer["error"], answer  # she triggered it
+        assert _decide(srv, run, ALICE, stage="deploy[region=eu]", decision="approve")[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_pipekit_approve_in_the_server_s_environment_approves_nothing_a_server_user_decides(
+    gated_server: Any,
+) -> None:
+    srv, _ = gated_server(server="\n[environments.production]\nseparate_approver = true\n", approve="deploy")
+    run = srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=ALICE)["run"]
+    waiting = srv.wait(run, "awaiting_approval", "failed", "succeeded", "error", timeout=120)
+    assert waiting["status"] == "awaiting_approval", waiting  # not approved by the server's Unix user
+    assert "PIPEKIT_APPROVE is set" in srv.log.read_text()  # said once, at start
+    status, answer = _decide(srv, run, ALICE, stage="deploy", decision="approve", params={"reason": "mine"})
+    assert status == 403 and "separate_approver" in answer["error"]
+
+
+def test_without_its_record_of_environments_a_run_s_gate_is_not_decided_past_the_server_s_rules(
+    gated_server: Any, tmp_path: Path
+) -> None:
+    srv, _ = gated_server(server="\n[environments.production]\nseparate_approver = true\n")
+    run = srv.api("POST", "/api/projects/app/runs", {"branch": "main"}, token=ALICE)["run"]
+    srv.wait(run, "awaiting_approval")
+    [record] = list(tmp_path.rglob(f"run-{run}.environments.json"))
+    record.unlink()  # a run started by an older server, a lost file: the environment is unknown
+    status, answer = _decide(srv, run, ALICE, stage="deploy", decision="approve", params={"reason": "mine"})
+    assert status == 409 and "[environments] rules cannot be checked" in answer["error"], answer
+    assert srv.api("GET", f"/api/runs/{run}", token=ALICE)["status"] == "awaiting_approval"

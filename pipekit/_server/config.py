@@ -263,6 +263,8 @@ def _project(table: Mapping[str, Any], base: Path) -> Project:
     if unknown:
         raise UsageError(f"pipekit-server.toml: {where} has no key {unknown[0]!r} (keys: {', '.join(sorted(known))})")
     branches = _typed(table, "branches", list, where) or ["main"]
+    args = tuple(str(a) for a in _typed(table, "args", list, where) or ())
+    _no_decisions(args, _typed(table, "pass_env", list, where) or [], where)
     poll = table.get("poll")
     secrets_file = _typed(table, "secrets_file", str, where)
     return Project(
@@ -277,11 +279,27 @@ def _project(table: Mapping[str, Any], base: Path) -> Project:
         status_token_env=_typed(table, "status_token_env", str, where),
         status_api=_typed(table, "status_api", str, where),
         status_repo=_typed(table, "status_repo", str, where),
-        args=tuple(str(a) for a in _typed(table, "args", list, where) or ()),
+        args=args,
         host_stages=_typed(table, "host_stages", bool, where) is not False,
         pass_env=_names(_typed(table, "pass_env", list, where) or [], f"{where}.pass_env"),
         separate_approver=bool(_typed(table, "separate_approver", bool, where)),
     )
+
+
+def _no_decisions(args: tuple[str, ...], passed: list[Any], where: str) -> None:
+    """A project's runs get no approval from the configuration (``--approve`` in ``args``,
+    ``PIPEKIT_APPROVE`` in ``pass_env``): a user of the server decides on a gate."""
+    from pipekit._server.env import NOT_PASSED
+
+    options = [a.partition("=")[0] for a in args]
+    for key, found in (("args", options), ("pass_env", [str(n) for n in passed])):
+        decided = next((o for o in found if o in ("--approve", "--approval-param", *NOT_PASSED)), None)
+        if decided:
+            raise UsageError(
+                f"pipekit-server.toml: {where}.{key} may not hold {decided}: a gate of a server run is decided by a"
+                " user of the server (its approvers, separate_approver), on the run's page or with"
+                " POST /api/runs/ID/approvals"
+            )
 
 
 def _names(values: list[Any], key: str) -> tuple[str, ...]:

@@ -9,9 +9,10 @@ server re-executes itself without them (they travel through a pipe), so that nei
   ``GIT_SSH_COMMAND``, proxies, CA files), and ``GIT_TERMINAL_PROMPT=0``;
 - the triggers probe (``pipekit triggers``, which imports ``pipeline.py``): the basics and Python's
   (``PYTHONPATH``, ``VIRTUAL_ENV``), nothing else;
-- a run (``pipekit run``): the probe's, the engine's (``DOCKER_*``), ``PIPEKIT_*`` settings, the
-  project's ``pass_env`` variables, and the run's ``PIPEKIT_COMMIT``, ``PIPEKIT_TRIGGER``,
-  ``PIPEKIT_SERVER_RUN``; git in it has hooks and fsmonitor switched off.
+- a run (``pipekit run``): the probe's, the engine's (``DOCKER_*``), ``PIPEKIT_*`` settings (not
+  ``PIPEKIT_APPROVE``: a server user decides on a gate, see ``NOT_PASSED``), the project's
+  ``pass_env`` variables, and the run's ``PIPEKIT_COMMIT``, ``PIPEKIT_TRIGGER``, ``PIPEKIT_SERVER_RUN``;
+  git in it has hooks and fsmonitor switched off.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 
-__all__ = ["BASE", "child_env", "git_env", "hide_and_reexec", "not_dumpable", "received_secrets"]
+__all__ = ["BASE", "NOT_PASSED", "child_env", "git_env", "hide_and_reexec", "not_dumpable", "received_secrets"]
 
 BASE = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR")
 FETCH = (
@@ -33,6 +34,9 @@ ENGINE = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONFIG
 # git in a run: hooks and fsmonitor off whatever a .git/config says (command-line config wins)
 GIT_SAFE = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false"}
 SECRETS_FD = "PIPEKIT_SERVE_SECRETS_FD"
+# a gate of a server run is decided by a server user (approvers, separate_approver, [environments]):
+# never by these settings of the server's own environment, which would approve as its Unix user
+NOT_PASSED = ("PIPEKIT_APPROVE", "PIPEKIT_RUN_APPROVAL_PARAM")
 
 
 def _pick(names: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
@@ -58,7 +62,8 @@ def child_env(hidden: Iterable[str], passed: Mapping[str, str] | None = None) ->
         return env
     no = set(hidden)
     env.update(_pick(FETCH + ENGINE, os.environ))
-    env.update({k: v for k, v in os.environ.items() if k.startswith("PIPEKIT_") and k not in no and k != SECRETS_FD})
+    no |= {SECRETS_FD, *NOT_PASSED}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("PIPEKIT_") and k not in no})
     env.update(passed)
     env.update(_git_config(GIT_SAFE))
     return env

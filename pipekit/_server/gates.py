@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from pipekit._server.config import ServerConfig, User
+from pipekit._server.config import EnvironmentRules, ServerConfig, User
 from pipekit._server.store import AWAITING, ServerRun, Store
 from pipekit._server.work import Work, history_of
 from pipekit.exceptions import PipekitError
@@ -85,16 +85,36 @@ def gates_json(run: ServerRun) -> list[dict[str, Any]]:
     return found
 
 
+class _Unknown(Exception):
+    """The environments a run's stages deploy to cannot be read (its child wrote no file, or it is gone)."""
+
+
 def _environment_of(work: Work, run: ServerRun, stage: str) -> str | None:
+    """The environment ``stage`` of ``run`` deploys to (None: none); :class:`_Unknown` when the
+    run's record of its stages' environments cannot be read."""
     project = work.config.project(run.project)
     if project is None:
         return None
     try:
         known = json.loads(work.environments_file(run.id, project).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    value = known.get(stage) if isinstance(known, dict) else None
+        raise _Unknown() from None
+    if not isinstance(known, dict):
+        raise _Unknown()
+    # the child writes the pipeline's stages; a matrix instance (``deploy[region=eu]``) is its stage's
+    value = known.get(stage) or known.get(stage.partition("[")[0])
     return value if isinstance(value, str) else None
+
+
+def _rules(work: Work, run: ServerRun, stage: str) -> EnvironmentRules | None:
+    """The server's rules for the environment ``stage`` deploys to; :class:`_Unknown` when they
+    might apply (the server has some) but the run's record of its environments cannot be read."""
+    try:
+        return work.config.environment(_environment_of(work, run, stage))
+    except _Unknown:
+        if work.config.environments:
+            raise
+        return None
 
 
 def decide(work: Work, user: User, run: ServerRun, asked: Asked) -> tuple[int, dict[str, Any]]:
@@ -114,7 +134,13 @@ def decide(work: Work, user: User, run: ServerRun, asked: Asked) -> tuple[int, d
         gate = gate_of(history, run.run_id, asked.stage)
         if gate is None:
             return 404, {"error": f"run {run.id} has no approval gate '{asked.stage}'"}
-        rules = work.config.environment(_environment_of(work, run, asked.stage))
+        try:
+            rules = _rules(work, run, asked.stage)
+        except _Unknown:
+            return 409, {
+                "error": f"run {run.id} has no record of the environments its stages deploy to, so the"
+                " server's [environments] rules cannot be checked: re-run it"
+            }
         approvers = rules.approvers if rules and rules.approvers else gate.approvers  # the server's rules win
         if not may_approve(user, approvers):
             return 403, {"error": f"{user.name} may not decide on '{asked.stage}': its approvers are "

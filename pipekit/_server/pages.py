@@ -30,6 +30,10 @@ CSP = (
     " img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
 )
 
+REPORT_CSP = (
+    "sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
+)
+
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>%TITLE% · pipekit</title>
 <link rel="stylesheet" href="/static/server.css"></head>
@@ -197,7 +201,9 @@ class _Pages:
             text = render_report(report_data(history, run.run_id))
         finally:
             history.close()
-        return HTMLResponse(text, headers={"Cache-Control": "no-store"})
+        # its texts are the run's (stage output, test names): in an origin of its own (sandbox), so that
+        # nothing in it could ever reach the page that frames it, its CSRF token or the API as the user
+        return HTMLResponse(text, headers={"Cache-Control": "no-store", "Content-Security-Policy": REPORT_CSP})
 
     async def login(self, request: Request) -> Response:
         form = await read_form(request)

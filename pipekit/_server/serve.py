@@ -73,6 +73,20 @@ def _quiet_server(uvicorn: Any) -> Any:
     return Server
 
 
+def _ignored_settings() -> None:
+    import os
+
+    from pipekit._server.env import NOT_PASSED
+
+    found = [n for n in NOT_PASSED if n in os.environ]
+    if found:
+        _log(
+            f"{' and '.join(found)} {'is' if len(found) == 1 else 'are'} set: the server's runs do not get"
+            f" {'it' if len(found) == 1 else 'them'}; a user of the server decides on a gate (the run's page,"
+            " or POST /api/runs/ID/approvals)"
+        )
+
+
 def serve(config_path: str) -> int:
     import os
     from pathlib import Path
@@ -89,6 +103,7 @@ def serve(config_path: str) -> int:
         os.environ.pop(name, None)
     not_dumpable()  # its memory holds them still: no same-user ptrace or /proc/PID/mem
     app, work, triggers = build(config)
+    _ignored_settings()
     work.start()
     triggers.start()
     names = ", ".join(p.name for p in config.projects) or "no projects"

@@ -1,0 +1,276 @@
+"""Findings of the review of the code that landed in the last session (notes: /work/notes/review.md):
+each test shows a bug that is still there, marked ``xfail(strict=True)`` so that the suite stays
+green and that the fix makes it fail loudly (XPASS) until the mark is dropped.
+
+The hostile registries here are small HTTP servers of the test's own (a real Distribution
+registry never answers like this; a compromised one, or a proxy in the way, can).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+# -- a hostile registry ----------------------------------------------------------------------------
+class _Hostile:
+    """An HTTP server on 127.0.0.1 whose answers ``answer(handler)`` gives; it notes each request
+    (method, path, Authorization header) and how many body bytes it managed to send."""
+
+    def __init__(self, answer: Callable[[Any], None]) -> None:
+        owner = self
+        self.requests: list[tuple[str, str, str | None]] = []
+        self.sent = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                owner.requests.append((self.command, self.path, self.headers.get("Authorization")))
+                try:
+                    answer(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_GET = do_HEAD = do_PUT = do_POST = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def send(self, handler: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        handler.send_response(status)
+        for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            handler.send_header(k, v)
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+            self.sent += len(body)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[[Callable[[Any], None]], _Hostile]]:
+    made: list[_Hostile] = []
+
+    def make(answer: Callable[[Any], None]) -> _Hostile:
+        made.append(_Hostile(answer))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+# -- 2. the registry client (pipekit/_history/oci.py) -----------------------------------------------
+@pytest.mark.xfail(strict=True, reason="review 2a: a non-200 answer is read whole into memory for its message")
+def test_an_error_answer_of_a_hostile_registry_is_not_read_whole(hostile: Any) -> None:
+    from pipekit._history.oci import OciClient
+    from pipekit.exceptions import RegistryError
+
+    big = 64 << 20
+
+    def answer(h: Any) -> None:  # a 500 whose text never ends (64 MiB here), sent in 1 MiB pieces
+        h.send_response(500)
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("Content-Length", str(big))
+        h.end_headers()
+        chunk = b"x" * (1 << 20)
+        for _ in range(big // len(chunk)):
+            h.wfile.write(chunk)
+            server.sent += len(chunk)
+
+    server = hostile(answer)
+    client = OciClient(f"127.0.0.1:{server.port}/cache", timeout=(2.0, 5.0))
+    with pytest.raises(RegistryError) as e:
+        client.blob("sha256:" + "0" * 64, 10)
+    assert len(str(e.value)) < 1000
+    assert server.sent < 16 << 20, f"the client read {server.sent >> 20} MiB of an error answer"
+
+
+@pytest.mark.xfail(strict=True, reason="review 2b: the login goes to whatever host a Link header names")
+def test_the_registry_login_never_goes_to_the_host_a_link_header_names(hostile: Any) -> None:
+    from pipekit._history.oci import OciClient
+
+    def elsewhere_answer(h: Any) -> None:
+        other.send(h, 200, json.dumps({"tags": ["pk1-b"]}).encode(), {"Content-Type": "application/json"})
+
+    other = hostile(elsewhere_answer)
+
+    def answer(h: Any) -> None:
+        if h.headers.get("Authorization") is None:
+            registry.send(h, 401, b"{}", {"WWW-Authenticate": 'Basic realm="r"', "Content-Type": "application/json"})
+            return
+        link = f'<http://127.0.0.1:{other.port}/v2/cache/tags/list?last=a>; rel="next"'
+        registry.send(h, 200, json.dumps({"tags": ["pk1-a"]}).encode(), {"Link": link})
+
+    registry = hostile(answer)
+    client = OciClient(f"127.0.0.1:{registry.port}/cache", auth=("ci", "s3cret-password"), timeout=(2.0, 5.0))
+    try:
+        client.tags()
+    except Exception:
+        pass  # refusing the foreign link is a fix too
+    assert [auth for _, _, auth in other.requests if auth] == [], "the registry's login went to another host"
+
+
+@pytest.mark.xfail(strict=True, reason="review 2c: a tag list whose next page is itself is followed forever")
+def test_a_tag_list_that_links_to_itself_ends(hostile: Any) -> None:
+    from pipekit._history.oci import OciClient
+
+    def answer(h: Any) -> None:
+        registry.send(h, 200, json.dumps({"tags": ["pk1-a"]}).encode(), {"Link": '</v2/cache/tags/list>; rel="next"'})
+
+    registry = hostile(answer)
+    client = OciClient(f"127.0.0.1:{registry.port}/cache", timeout=(2.0, 5.0))
+    done = threading.Event()
+
+    def list_tags() -> None:
+        try:
+            client.tags()
+        except Exception:
+            pass
+        done.set()
+
+    threading.Thread(target=list_tags, daemon=True).start()
+    ended = done.wait(10)
+    registry.close()  # (the loop, if it still runs, ends on a refused connection)
+    assert ended, f"tags() still asks after {len(registry.requests)} pages of the same list"
+
+
+@pytest.mark.xfail(strict=True, reason="review 2d: a host named 127.* is taken for a loopback address (plain HTTP)")
+def test_only_a_loopback_address_gets_plain_http() -> None:
+    from pipekit._history.oci import parse_target
+
+    assert parse_target("127.0.0.1:5000/cache")[0] == "http://127.0.0.1:5000"
+    assert parse_target("127.example.com/cache")[0] == "https://127.example.com"
+
+
+@pytest.mark.xfail(strict=True, reason="review 2e: a broken entry in `pipekit cache list --remote` is a traceback")
+def test_cache_list_of_a_registry_with_a_broken_entry_says_so_without_a_traceback(hostile: Any, tmp_path: Path) -> None:
+    from helpers import run_console
+
+    def answer(h: Any) -> None:
+        if "/tags/list" in h.path:
+            registry.send(
+                h, 200, json.dumps({"tags": ["pk1-" + "a" * 64]}).encode(), {"Content-Type": "application/json"}
+            )
+        else:
+            registry.send(h, 200, b"<html>not a manifest</html>", {"Content-Type": MANIFEST})
+
+    MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+    registry = hostile(answer)
+    (tmp_path / "pipeline.py").write_text("import pipekit as pk\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = run_console(
+        ["cache", "list", "--remote", "--cache-registry", f"127.0.0.1:{registry.port}/cache"], cwd=tmp_path, env=env
+    )
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode in (1, 2, 3), (done.returncode, done.stderr[-500:])
+
+
+# -- 2. the shared cache in a run (pipekit/_run/sharedcache.py) -------------------------------------
+@pytest.mark.xfail(strict=True, reason="review 2f: a hit's image is pulled from any registry with the cache's login")
+def test_a_cache_hit_never_sends_the_cache_login_to_another_registry() -> None:
+    from types import SimpleNamespace
+
+    from pipekit._history.remote import RegistryCache
+    from pipekit._run.sharedcache import SharedCache
+    from pipekit.backend import Image
+
+    pulls: list[tuple[str, Any]] = []
+
+    class Engine:  # the images of the run: none is here, every pull is noted (and fails)
+        def image_problem(self, ref: str) -> str | None:
+            return "not here"
+
+        def pull(self, origin: Any, ref: str, auth: Any, on_line: Any) -> Image:
+            from pipekit.exceptions import RegistryError
+
+            pulls.append((ref, auth))
+            raise RegistryError("not pulled in this test", registry="x", reference=ref)
+
+    cache = RegistryCache("127.0.0.1:5999/team/cache", "read")
+    shared = SharedCache(cache, auth=("ci", "s3cret-password"))
+    run = SimpleNamespace(images=Engine(), run_id="r1")
+    stage = SimpleNamespace(stage=SimpleNamespace(name="build"))
+    log = SimpleNamespace(warning=lambda *a, **k: None, info=lambda *a, **k: None)
+    planted = Image(id="sha256:" + "1" * 64, tags=(), remote="evil.example.com/x@sha256:" + "2" * 64)
+    shared._pull_images(run, stage, planted, log)  # type: ignore[arg-type]
+    cache.close()
+    assert [(ref, auth) for ref, auth in pulls if auth is not None] == [], "the cache's login went to evil.example.com"
+
+
+# -- 3. the workspace by difference (pipekit/_workspace/sync.py, hosttree.py) ------------------------
+REPLACE = """
+@pk.stage(image="busybox")
+def flatten(ctx):
+    ctx.sh("rm -rf config && echo now-a-file > config")
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.xfail(
+    strict=True, reason="review 3a: a file or link in a folder's place deletes the unshipped files in it"
+)
+def test_a_file_in_place_of_a_folder_never_deletes_the_secrets_file_in_it(tmp_path: Path, busybox_image: str) -> None:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text("import pipekit as pk\n\n" + textwrap.dedent(REPLACE))
+    (folder / "config").mkdir()
+    (folder / "config" / "ci.env").write_text("TOKEN=do-not-lose-me\n")
+    (folder / "config" / "settings.txt").write_text("shipped\n")
+    (folder / "pyproject.toml").write_text('[tool.pipekit]\nsecrets-file = "config/ci.env"\n')
+    exe = shutil.which("pipekit")
+    assert exe is not None
+    argv = [exe, "run", "--progress", "plain", "--workspace", "copy", "--image-map", f"busybox={busybox_image}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    done = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert (folder / "config" / "ci.env").exists(), f"the secrets file is gone (exit {done.returncode})"
+
+
+# -- 4. approvals on the command line (pipekit/_run/gates.py) ---------------------------------------
+@pytest.mark.xfail(strict=True, reason="review 4a: the approver is whoever the USER/LOGNAME variables name")
+def test_the_approver_is_the_account_that_runs_the_command_not_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    from pipekit._run.gates import current_user
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.setenv(name, "alice-the-approver")
+    assert current_user() == me
+
+
+@pytest.mark.xfail(strict=True, reason="review 4b: `--resume --approve` opens a gate past its timeout")
+def test_resume_with_approve_does_not_open_a_gate_past_its_timeout(tmp_path: Path) -> None:
+    import time
+
+    from helpers import run_console
+    from test_approvals import gated
+
+    gated(tmp_path, timeout="1s")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    assert run_console(["run", "--progress", "plain"], cwd=tmp_path, env=env).returncode == 4
+    time.sleep(1.2)  # `pipekit approve` is refused from now on ("timed out"); so should this be:
+    late = ["run", "--resume", "--progress", "plain", "--approve", "deploy", "--approval-param", "deploy.reason=late"]
+    resumed = run_console(late, cwd=tmp_path, env=env)
+    assert "deploying" not in resumed.stdout, resumed.stdout[-1500:]
+    assert resumed.returncode in (1, 2)
