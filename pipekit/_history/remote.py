@@ -144,6 +144,7 @@ class EntryInfo:
     host: str
     created: str
     size: int
+    problem: str = ""  # why the entry cannot be read ("" when it can)
 
 
 def pack_files(workspace: Path, patterns: Sequence[str]) -> tuple[bytes | None, tuple[str, ...]]:
@@ -361,24 +362,15 @@ class RegistryCache:
         for tag in self.client.tags():
             if not tag.startswith(TAG_PREFIX):
                 continue
-            found = self.client.manifest(tag)
-            if found is None:
-                continue
-            manifest = _json(found[1], "its manifest")
-            notes = manifest.get("annotations") or {}
-            size = sum(int(d.get("size", 0)) for d in [manifest.get("config") or {}, *(manifest.get("layers") or [])])
-            infos.append(
-                EntryInfo(
-                    tag=tag,
-                    digest=found[0],
-                    stage=str(notes.get("dev.pipekit.stage", "?")),
-                    pipeline=str(notes.get("dev.pipekit.pipeline", "?")),
-                    run_id=str(notes.get("dev.pipekit.run", "?")),
-                    host=str(notes.get("dev.pipekit.host", "?")),
-                    created=str(notes.get("org.opencontainers.image.created", "")),
-                    size=size,
-                )
-            )
+            found = None
+            try:
+                found = self.client.manifest(tag)
+                if found is not None:
+                    infos.append(_info(tag, *found))
+            except BlobMismatch as e:  # an entry that cannot be read is listed as such, the others after it
+                infos.append(EntryInfo(tag, "", "?", "?", "?", "?", "", 0, problem=str(e)))
+            except (Tampered, ValueError, TypeError, AttributeError) as e:
+                infos.append(EntryInfo(tag, found[0] if found else "", "?", "?", "?", "?", "", 0, problem=str(e)))
         return sorted(infos, key=lambda i: i.created, reverse=True)
 
     def delete(self, digest: str) -> None:
@@ -482,6 +474,24 @@ class RegistryCache:
         if len(data) <= embed:
             desc["data"] = base64.b64encode(data).decode()
         return desc
+
+
+def _info(tag: str, digest: str, body: bytes) -> EntryInfo:
+    """What ``pipekit cache list`` shows of an entry, from its manifest; Tampered (or ValueError,
+    TypeError, AttributeError) when the manifest is not one."""
+    manifest = _json(body, "its manifest")
+    notes = manifest.get("annotations") or {}
+    size = sum(int(d.get("size", 0)) for d in [manifest.get("config") or {}, *(manifest.get("layers") or [])])
+    return EntryInfo(
+        tag=tag,
+        digest=digest,
+        stage=str(notes.get("dev.pipekit.stage", "?")),
+        pipeline=str(notes.get("dev.pipekit.pipeline", "?")),
+        run_id=str(notes.get("dev.pipekit.run", "?")),
+        host=str(notes.get("dev.pipekit.host", "?")),
+        created=str(notes.get("org.opencontainers.image.created", "")),
+        size=size,
+    )
 
 
 def _json(data: bytes, what: str) -> dict[str, Any]:
