@@ -152,6 +152,65 @@ def test_a_tag_list_that_links_to_itself_ends(hostile: Any) -> None:
     assert ended, f"tags() still asks after {len(registry.requests)} pages of the same list"
 
 
+def test_an_upload_location_on_another_host_is_refused_without_sending_the_login(hostile: Any) -> None:
+    from pipekit._history.oci import OciClient
+    from pipekit.exceptions import RegistryError
+
+    other = hostile(lambda h: other.send(h, 201, b""))
+
+    def answer(h: Any) -> None:
+        if h.headers.get("Authorization") is None:
+            registry.send(h, 401, b"{}", {"WWW-Authenticate": 'Basic realm="r"', "Content-Type": "application/json"})
+        elif h.command == "HEAD":
+            registry.send(h, 404, b"")
+        else:  # the upload "goes on" at another host
+            registry.send(h, 202, b"", {"Location": f"http://127.0.0.1:{other.port}/v2/cache/blobs/uploads/u1"})
+
+    registry = hostile(answer)
+    client = OciClient(f"127.0.0.1:{registry.port}/cache", auth=("ci", "s3cret-password"), timeout=(2.0, 5.0))
+    with pytest.raises(RegistryError, match="another host") as e:
+        client.put_blob(b"payload")
+    assert other.requests == [] and "s3cret" not in str(e.value)
+
+
+def test_a_token_answer_or_a_tag_page_that_never_ends_is_not_read_whole(hostile: Any) -> None:
+    from pipekit._history.oci import OciClient
+    from pipekit.exceptions import RegistryError
+
+    big = 64 << 20
+
+    def endless(server_of: Callable[[], Any], status: int) -> Callable[[Any], None]:
+        def answer(h: Any) -> None:
+            h.send_response(status)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(big))
+            h.end_headers()
+            h.wfile.write(b'{"token": "')
+            for _ in range(big >> 20):
+                h.wfile.write(b"x" * (1 << 20))
+                server_of().sent += 1 << 20
+
+        return answer
+
+    tokens = hostile(endless(lambda: tokens, 200))
+
+    def answer(h: Any) -> None:
+        realm = f'Bearer realm="http://127.0.0.1:{tokens.port}/token",service="r"'
+        registry.send(h, 401, b"{}", {"WWW-Authenticate": realm, "Content-Type": "application/json"})
+
+    registry = hostile(answer)
+    client = OciClient(f"127.0.0.1:{registry.port}/cache", auth=("ci", "pw"), timeout=(2.0, 5.0))
+    with pytest.raises(RegistryError):
+        client.tags()
+    assert tokens.sent < 16 << 20, f"the client read {tokens.sent >> 20} MiB of a token answer"
+
+    pages = hostile(endless(lambda: pages, 200))
+    client = OciClient(f"127.0.0.1:{pages.port}/cache", timeout=(2.0, 5.0))
+    with pytest.raises(RegistryError, match="tag list is not one"):
+        client.tags()
+    assert pages.sent < 24 << 20, f"the client read {pages.sent >> 20} MiB of one page of tags"
+
+
 def test_only_a_loopback_address_gets_plain_http() -> None:
     from pipekit._history.oci import parse_target
 

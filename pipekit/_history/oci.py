@@ -328,7 +328,7 @@ class OciClient:
             ) from None
         except ValueError:
             body = None
-        tags = body.get("tags") if isinstance(body, dict) else None
+        tags = body.get("tags") if isinstance(body, dict) else 0
         if not isinstance(tags, list | None) or not all(isinstance(t, str) for t in tags or []):
             raise self._broken("its tag list is not one (not JSON, not a list of names, or too large)")
         return tags or []
