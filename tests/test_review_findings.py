@@ -211,6 +211,59 @@ def test_a_token_answer_or_a_tag_page_that_never_ends_is_not_read_whole(hostile:
     assert pages.sent < 24 << 20, f"the client read {pages.sent >> 20} MiB of one page of tags"
 
 
+def test_a_blob_sent_a_byte_at_a_time_ends_at_its_deadline(hostile: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 2h: each read is bounded by the read timeout; the whole download by a deadline too."""
+    import time
+
+    from pipekit._history import oci
+    from pipekit.exceptions import RegistryUnavailable
+
+    monkeypatch.setattr(oci, "MIN_DEADLINE", 1.0)
+
+    def answer(h: Any) -> None:  # 100 bytes, one every 0.2 s (each read gets a byte well within its timeout)
+        h.send_response(200)
+        h.send_header("Content-Length", "100")
+        h.end_headers()
+        for _ in range(100):
+            h.wfile.write(b"x")
+            h.wfile.flush()
+            registry.sent += 1
+            time.sleep(0.2)
+
+    registry = hostile(answer)
+    client = oci.OciClient(f"127.0.0.1:{registry.port}/cache", timeout=(2.0, 5.0))
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="too slowly"):
+        client.blob("sha256:" + "0" * 64, 100)
+    assert time.monotonic() - started < 8 and registry.sent < 60
+
+
+def test_an_entry_larger_than_the_cap_is_refused_before_a_blob_is_read(hostile: Any) -> None:
+    """Review 2g: an entry's blobs are held in memory while checked: a total cap (and one on their number)."""
+    import base64
+    import hashlib
+
+    from pipekit._history.remote import CONFIG_TYPE, MAX_ENTRY, RegistryCache, Tampered
+
+    config = b"{}"
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    layer = {"mediaType": "application/octet-stream", "digest": "sha256:" + "5" * 64, "size": MAX_ENTRY // 2 + 1}
+    manifest = {
+        "config": {"mediaType": CONFIG_TYPE, "digest": digest, "size": 2, "data": base64.b64encode(config).decode()},
+        "layers": [layer, layer],
+    }
+
+    def answer(h: Any) -> None:
+        registry.send(h, 200, json.dumps(manifest).encode(), {"Content-Type": "application/json"})
+
+    registry = hostile(answer)
+    cache = RegistryCache(f"127.0.0.1:{registry.port}/cache", "read")
+    with pytest.raises(Tampered, match="more than an entry may hold"):
+        cache.fetch("a" * 64, "build")
+    cache.close()
+    assert [path for _, path, _ in registry.requests if "/blobs/" in path] == []
+
+
 def test_only_a_loopback_address_gets_plain_http() -> None:
     from pipekit._history.oci import parse_target
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,8 @@ CHUNK = 1 << 20
 MAX_ANSWER = 1 << 20  # an error's text or a token service's answer: read no further than this
 MAX_TAG_PAGE = 8 << 20  # one page of the tag list (1000 tags of ~70 bytes: ~70 kB)
 MAX_PAGES = 1000  # pages of the tag list followed at most (a million tags)
+MIN_DEADLINE = 30.0  # seconds a manifest or blob may take in all (not per read), plus 1 s per MiB of it
+MIN_RATE = 1 << 20
 
 
 class BlobMismatch(RegistryError):
@@ -257,11 +260,15 @@ class OciClient:
         return b"".join(parts)
 
     def _chunks(self, response: Any, limit: int, what: str) -> Iterator[bytes]:
+        """The body in pieces, at most ``limit`` bytes, within MIN_DEADLINE + 1 s per MiB of ``limit``
+        in all: a registry that sends a byte now and then ends as a slow one (RegistryUnavailable)."""
         import requests
+        import urllib3
 
-        total = 0
+        allowed = MIN_DEADLINE + limit / MIN_RATE
+        total, deadline = 0, time.monotonic() + allowed
         try:
-            for chunk in response.iter_content(CHUNK):
+            for chunk in _pieces(response):
                 total += len(chunk)
                 if total > limit:
                     raise BlobMismatch(
@@ -269,8 +276,14 @@ class OciClient:
                         registry=self.registry,
                         reference=what,
                     )
+                if time.monotonic() > deadline:
+                    raise RegistryUnavailable(
+                        f"Registry {self.registry} sends {what} too slowly (not all in {allowed:.0f} s)",
+                        registry=self.registry,
+                        reference=self.target,
+                    )
                 yield chunk
-        except requests.RequestException as e:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             raise RegistryUnavailable(
                 f"Registry {self.registry} stopped sending {what} ({type(e).__name__})",
                 registry=self.registry,
@@ -389,6 +402,21 @@ class OciClient:
         if response.status_code not in (200, 202, 404):
             raise self._failed(response, f"delete {digest}")
         _discard(response)
+
+
+def _pieces(response: Any) -> Iterator[bytes]:
+    """A streamed body as it comes (each piece one read of the socket: a deadline can be checked
+    between them, however slowly the bytes arrive); its connection is used again at the end."""
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:  # urllib3 < 2: pieces of CHUNK bytes
+        yield from response.iter_content(CHUNK)
+        return
+    while True:
+        piece = read1(CHUNK, decode_content=True)
+        if not piece:
+            response.raw.release_conn()
+            return
+        yield piece
 
 
 def _read(response: Any, limit: int, *, whole: bool = True) -> bytes | None:

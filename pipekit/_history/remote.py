@@ -80,6 +80,8 @@ ARTIFACT_LAYER_TYPE = "application/vnd.pipekit.cache.artifact.v1"
 TITLE = "org.opencontainers.image.title"
 MAX_CONFIG = 64 << 20
 MAX_BLOB = 8 << 30
+MAX_ENTRY = 8 << 30  # an entry's blobs in all (they are held in memory while checked): larger is a miss
+MAX_LAYERS = 4096  # the files and each artifact are one layer each
 EMBED = 16 << 10  # blobs up to this size travel inside the manifest too
 MODES = ("read", "write", "readwrite", "off")
 INDEX_PREFIX = f"pk{FORMAT}index-"
@@ -331,6 +333,7 @@ class RegistryCache:
             config_desc = _descriptor(manifest.get("config"), CONFIG_TYPE)
             config = _json(self._blob(config_desc, MAX_CONFIG), "its config")
             descs = [_descriptor(d, None) for d in manifest.get("layers") or []] if layers else []
+            _bounded(descs)
             blobs = [(d, self._blob(d, MAX_BLOB)) for d in descs]
         except BlobMismatch as e:
             raise Tampered(str(e)) from None
@@ -474,6 +477,14 @@ class RegistryCache:
         if len(data) <= embed:
             desc["data"] = base64.b64encode(data).decode()
         return desc
+
+
+def _bounded(descs: list[dict[str, Any]]) -> None:
+    """Tampered when an entry's layers are more than MAX_LAYERS or MAX_ENTRY bytes in all."""
+    total = sum(d["size"] for d in descs)
+    if len(descs) > MAX_LAYERS or total > MAX_ENTRY:
+        limits = f"{MAX_LAYERS} layers, {MAX_ENTRY >> 30} GiB"
+        raise Tampered(f"its {len(descs)} layers of {total} bytes are more than an entry may hold ({limits})")
 
 
 def _info(tag: str, digest: str, body: bytes) -> EntryInfo:
