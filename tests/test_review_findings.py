@@ -343,6 +343,35 @@ def test_a_cache_hit_never_sends_the_cache_login_to_another_registry() -> None:
     assert len(pulls) == 1
 
 
+def test_an_unexpected_error_while_restoring_a_hit_is_a_miss_not_an_escaping_exception() -> None:
+    """An exception out of SharedCache.restore leaves the stages prepared after it waiting for ever
+    (seen: a run hung in its cleanup); whatever goes wrong with a hit is a miss and a warning."""
+    from types import SimpleNamespace
+
+    from pipekit._history.remote import Entry, RegistryCache
+    from pipekit._run.outputs import Taken
+    from pipekit._run.serialize import dumps
+    from pipekit._run.sharedcache import SharedCache
+    from pipekit.backend import Image
+
+    class Engine:  # an engine whose client fails in a way pipekit did not foresee
+        def image_problem(self, ref: str) -> str | None:
+            raise RuntimeError("the engine's client broke")
+
+    image = Image(id="sha256:" + "1" * 64, tags=(), remote="127.0.0.1:5999/team/cache@sha256:" + "3" * 64)
+    cache = RegistryCache("127.0.0.1:5999/team/cache", "read")
+    entry = Entry(key="k" * 64, pipeline="p", stage="build", run_id="r0", output_json=dumps({"image": image}))
+    cache.fetch = lambda key, stage: entry  # type: ignore[method-assign]
+    shared = SharedCache(cache, auth=None)
+    warned: list[Any] = []
+    log = SimpleNamespace(warning=lambda *a, **k: warned.append(k), info=lambda *a, **k: None)
+    run = SimpleNamespace(images=Engine(), run_id="r1")
+    taken = Taken(None, "cache miss", key="k" * 64)
+    got = shared.restore(run, SimpleNamespace(stage=SimpleNamespace(name="build", cache=None)), taken, log)  # type: ignore[arg-type]
+    cache.close()
+    assert got is taken and "RuntimeError: the engine's client broke" in warned[-1]["reason"], warned
+
+
 # -- 3. the workspace by difference (pipekit/_workspace/sync.py, hosttree.py) ------------------------
 REPLACE = """
 @pk.stage(image="busybox")

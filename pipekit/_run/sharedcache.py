@@ -154,7 +154,18 @@ class SharedCache:
 
     # -- a local miss, looked up in the registry ---------------------------------------------
     def restore(self, run: Any, r: ResolvedStage, taken: Taken, log: Any) -> Taken:
-        """The stage's result from the registry (restored into the run) or ``taken`` (the miss)."""
+        """The stage's result from the registry (restored into the run) or ``taken`` (the miss).
+        Whatever goes wrong with a hit (the engine asked for its images, its files) is a miss and a
+        warning: an exception here would leave the stages prepared after it waiting for ever."""
+        try:
+            return self._restore(run, r, taken, log)
+        except Exception as e:
+            log.warning(
+                "cache entry refused", registry=self.cache.target, reason=f"{type(e).__name__}: {e}; the stage runs"
+            )
+            return taken
+
+    def _restore(self, run: Any, r: ResolvedStage, taken: Taken, log: Any) -> Taken:
         if taken.key is None or not self.cache.reads:
             return taken
         name = r.stage.name
