@@ -46,6 +46,7 @@ def registry_cache(args: SimpleNamespace, out: IO[str]) -> int:
         entries = cache.entries()
         if args.action == "list":
             _list(cache, entries, out)
+            return 1 if any(e.problem for e in entries) else 0
         elif args.action == "inspect":
             _inspect(cache, _one(entries, args.entry), out)
         else:
@@ -60,6 +61,9 @@ def _list(cache: RegistryCache, entries: Sequence[EntryInfo], out: IO[str]) -> N
     print(f"{len(entries)} entries in registry {cache.target} ({_size(total)})", file=out)
     for e in entries:
         key = e.tag.split("-", 1)[1][:12]
+        if e.problem:
+            print(f"  {key}  unreadable: {e.problem}", file=out)
+            continue
         print(
             f"  {key}  {e.stage}  run {e.run_id} on {e.host}  {e.created or '-'}  {_size(e.size)}",
             file=out,
@@ -121,7 +125,7 @@ def _prune(cache: RegistryCache, entries: Sequence[EntryInfo], args: SimpleNames
     now = time.time()
     chosen = []
     for e in entries:
-        if args.stage and e.stage != args.stage:
+        if (args.stage and e.stage != args.stage) or not e.digest:
             continue
         if older is not None:
             try:

@@ -16,8 +16,10 @@ The password never appears in an error or a log line.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +30,11 @@ __all__ = ["BlobMismatch", "OciClient", "parse_target"]
 MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json"
 MAX_MANIFEST = 4 << 20  # a manifest larger than this is not one of pipekit's
 CHUNK = 1 << 20
+MAX_ANSWER = 1 << 20  # an error's text or a token service's answer: read no further than this
+MAX_TAG_PAGE = 8 << 20  # one page of the tag list (1000 tags of ~70 bytes: ~70 kB)
+MAX_PAGES = 1000  # pages of the tag list followed at most (a million tags)
+MIN_DEADLINE = 30.0  # seconds a manifest or blob may take in all (not per read), plus 1 s per MiB of it
+MIN_RATE = 1 << 20
 
 
 class BlobMismatch(RegistryError):
@@ -54,8 +61,31 @@ def parse_target(target: str) -> tuple[str, str, str]:
         )
     if scheme is None:
         name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-        scheme = "http" if name in ("localhost", "[::1]") or name.startswith("127.") else "https"
+        scheme = "http" if name == "localhost" or _loopback(name) else "https"
     return f"{scheme}://{host}", host, repo
+
+
+def _loopback(name: str) -> bool:
+    """A loopback IP address (``127.0.0.1``, ``[::1]``), not a host name that looks like one (``127.example.com``)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """scheme, host and port of a URL (the port a scheme implies made explicit)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or ""), port or {"http": 80, "https": 443}.get(scheme)
 
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -97,11 +127,18 @@ class OciClient:
         scope = f"repository:{self.repo}:{'pull,push' if push else 'pull'}"
         if not url.startswith("http"):
             url = f"{self.base}/v2/{self.repo}/{url}"
+        elif _origin(url) != _origin(self.base):  # the login goes to the registry's own origin only
+            raise RegistryError(
+                f"Registry {self.registry} sent pipekit to another host ({_origin(url)[1]}): not followed",
+                registry=self.registry,
+                reference=self.target,
+            )
         kwargs.setdefault("timeout", self._timeout)
+        kwargs.setdefault("stream", True)  # every body is read by pipekit, within a limit
         try:
             response = self._send(method, url, scope, kwargs)
             if response.status_code == 401:
-                response.close()
+                _discard(response)
                 self._answer(response.headers.get("WWW-Authenticate", ""), scope)
                 response = self._send(method, url, scope, kwargs)
         except requests.RequestException as e:
@@ -111,7 +148,7 @@ class OciClient:
                 reference=self.target,
             ) from None
         if response.status_code in (401, 403):
-            response.close()
+            _discard(response)
             who = "without a login" if self._auth is None else "with the login given"
             raise RegistryAuthError(
                 f"Registry {self.registry} refused to let pipekit {'push to' if push else 'read'} {self.target} {who}"
@@ -146,6 +183,8 @@ class OciClient:
 
     def _answer(self, header: str, scope: str) -> None:
         """Take up the registry's challenge: Basic with the login, or a Bearer token from its realm."""
+        import requests
+
         scheme, params = _challenge(header)
         if scheme == "basic":
             self._basic = True
@@ -157,25 +196,26 @@ class OciClient:
         # the login never goes in clear text to a token service of an HTTPS registry
         auth = self._auth if realm.startswith("https://") or self.base.startswith("http://") else None
         response = self._session.get(
-            realm, params=query, auth=auth, timeout=self._timeout, proxies=self._proxies_for(realm)
+            realm, params=query, auth=auth, timeout=self._timeout, proxies=self._proxies_for(realm), stream=True
         )
         if response.status_code != 200:
-            response.close()
+            _discard(response)
             return
         try:
-            body = response.json()
-        except ValueError:
+            body = json.loads(_read(response, MAX_ANSWER) or b"-")
+        except (ValueError, requests.RequestException):
             return
         token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if isinstance(token, str):
             self._tokens[scope] = token
 
     def _failed(self, response: Any, what: str) -> RegistryError:
-        text = (
-            response.text[:200].strip()
-            if response.headers.get("Content-Type", "").startswith(("application/json", "text/"))
-            else ""
-        )
+        text = ""
+        if response.headers.get("Content-Type", "").startswith(("application/json", "text/")):
+            try:  # the start of its text only: an error answer may never end
+                text = (_read(response, 4096, whole=False) or b"").decode("utf-8", "replace")[:200].strip()
+            except Exception:
+                text = ""
         response.close()
         return RegistryError(
             f"Registry {self.registry} failed to {what} (HTTP {response.status_code}{': ' + text if text else ''})",
@@ -188,7 +228,7 @@ class OciClient:
         """The manifest of a tag (or digest): its digest and bytes, verified; None when there is none."""
         response = self._request("GET", f"manifests/{ref}", headers={"Accept": MANIFEST_TYPES}, stream=True)
         if response.status_code == 404:
-            response.close()
+            _discard(response)
             return None
         if response.status_code != 200:
             raise self._failed(response, f"read manifest {ref}")
@@ -220,11 +260,15 @@ class OciClient:
         return b"".join(parts)
 
     def _chunks(self, response: Any, limit: int, what: str) -> Iterator[bytes]:
+        """The body in pieces, at most ``limit`` bytes, within MIN_DEADLINE + 1 s per MiB of ``limit``
+        in all: a registry that sends a byte now and then ends as a slow one (RegistryUnavailable)."""
         import requests
+        import urllib3
 
-        total = 0
+        allowed = MIN_DEADLINE + limit / MIN_RATE
+        total, deadline = 0, time.monotonic() + allowed
         try:
-            for chunk in response.iter_content(CHUNK):
+            for chunk in _pieces(response):
                 total += len(chunk)
                 if total > limit:
                     raise BlobMismatch(
@@ -232,8 +276,14 @@ class OciClient:
                         registry=self.registry,
                         reference=what,
                     )
+                if time.monotonic() > deadline:
+                    raise RegistryUnavailable(
+                        f"Registry {self.registry} sends {what} too slowly (not all in {allowed:.0f} s)",
+                        registry=self.registry,
+                        reference=self.target,
+                    )
                 yield chunk
-        except requests.RequestException as e:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             raise RegistryUnavailable(
                 f"Registry {self.registry} stopped sending {what} ({type(e).__name__})",
                 registry=self.registry,
@@ -257,25 +307,52 @@ class OciClient:
         """The repository's tags, or None when they take more than ``pages`` pages of 1000."""
         url: str | None = "tags/list?n=1000"
         found: list[str] = []
+        asked: set[str] = set()
         while url:
             if pages is not None:
                 if pages == 0:
                     return None
                 pages -= 1
+            if url in asked or len(asked) >= MAX_PAGES:  # a list that never ends, or goes round
+                raise self._broken(f"its tag list goes on past {len(asked)} pages, or links back to a page it gave")
+            asked.add(url)
             response = self._request("GET", url)
             if response.status_code == 404:
+                _discard(response)
                 return found
             if response.status_code != 200:
                 raise self._failed(response, "list tags")
-            found.extend(response.json().get("tags") or [])
+            found.extend(self._tag_page(response))
             following = response.links.get("next", {}).get("url")
             url = f"{self.base}{following}" if following and following.startswith("/") else following
         return found
 
+    def _tag_page(self, response: Any) -> list[str]:
+        """The tags of one page of the list; RegistryError when it is not one (or too large to be)."""
+        import requests
+
+        try:
+            body = json.loads(_read(response, MAX_TAG_PAGE) or b"-")
+        except requests.RequestException as e:
+            raise RegistryUnavailable(
+                f"Registry {self.registry} stopped sending its tag list ({type(e).__name__})",
+                registry=self.registry,
+                reference=self.target,
+            ) from None
+        except ValueError:
+            body = None
+        tags = body.get("tags") if isinstance(body, dict) else 0
+        if not isinstance(tags, list | None) or not all(isinstance(t, str) for t in tags or []):
+            raise self._broken("its tag list is not one (not JSON, not a list of names, or too large)")
+        return tags or []
+
+    def _broken(self, what: str) -> RegistryError:
+        return RegistryError(f"Registry {self.registry}: {what}", registry=self.registry, reference=self.target)
+
     # -- writing ---------------------------------------------------------------------------
     def has_blob(self, digest: str) -> bool:
         response = self._request("HEAD", f"blobs/{digest}", push=True)
-        response.close()
+        _discard(response)
         return response.status_code == 200  # type: ignore[no-any-return]
 
     def put_blob(self, data: bytes) -> str:
@@ -284,9 +361,9 @@ class OciClient:
         if self.has_blob(digest):
             return digest
         start = self._request("POST", "blobs/uploads/", push=True)
-        start.close()
         if start.status_code not in (201, 202) or "Location" not in start.headers:
             raise self._failed(start, "start a blob upload")
+        _discard(start)
         location = start.headers["Location"]
         if location.startswith("/"):
             location = self.base + location
@@ -298,24 +375,24 @@ class OciClient:
             data=data,
             headers={"Content-Type": "application/octet-stream"},
         )
-        done.close()
         if done.status_code != 201:
             raise self._failed(done, f"upload blob {digest}")
+        _discard(done)
         return digest
 
     def put_manifest(self, tag: str, body: bytes) -> str:
         response = self._request(
             "PUT", f"manifests/{tag}", push=True, data=body, headers={"Content-Type": MANIFEST_TYPES}
         )
-        response.close()
         if response.status_code not in (200, 201):
             raise self._failed(response, f"store manifest {tag}")
+        _discard(response)
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
     def delete_manifest(self, digest: str) -> None:
         response = self._request("DELETE", f"manifests/{digest}", push=True)
-        response.close()
         if response.status_code == 405:
+            _discard(response)
             raise RegistryError(
                 f"Registry {self.registry} does not allow deleting (HTTP 405): enable deletes in its configuration"
                 " (Distribution: storage.delete.enabled) or let its own retention policy remove old entries",
@@ -324,6 +401,44 @@ class OciClient:
             )
         if response.status_code not in (200, 202, 404):
             raise self._failed(response, f"delete {digest}")
+        _discard(response)
+
+
+def _pieces(response: Any) -> Iterator[bytes]:
+    """A streamed body as it comes (each piece one read of the socket: a deadline can be checked
+    between them, however slowly the bytes arrive); its connection is used again at the end."""
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:  # urllib3 < 2: pieces of CHUNK bytes
+        yield from response.iter_content(CHUNK)
+        return
+    while True:
+        piece = read1(CHUNK, decode_content=True)
+        if not piece:
+            response.raw.release_conn()
+            return
+        yield piece
+
+
+def _read(response: Any, limit: int, *, whole: bool = True) -> bytes | None:
+    """At most ``limit`` bytes of a (streamed) answer's body, then the answer closed. ``whole``:
+    None when the body is longer; else its first ``limit`` bytes."""
+    data = bytearray()
+    try:
+        for chunk in response.iter_content(min(limit, CHUNK)):
+            data += chunk
+            if len(data) > limit:
+                return None if whole else bytes(data[:limit])
+        return bytes(data)
+    finally:
+        response.close()
+
+
+def _discard(response: Any) -> None:
+    """An answer whose body is not used: read when it is short (its connection is used again), else dropped."""
+    try:
+        _read(response, 64 << 10)
+    except Exception:
+        response.close()
 
 
 def _short(e: Exception) -> str:

@@ -80,6 +80,8 @@ ARTIFACT_LAYER_TYPE = "application/vnd.pipekit.cache.artifact.v1"
 TITLE = "org.opencontainers.image.title"
 MAX_CONFIG = 64 << 20
 MAX_BLOB = 8 << 30
+MAX_ENTRY = 8 << 30  # an entry's blobs in all (they are held in memory while checked): larger is a miss
+MAX_LAYERS = 4096  # the files and each artifact are one layer each
 EMBED = 16 << 10  # blobs up to this size travel inside the manifest too
 MODES = ("read", "write", "readwrite", "off")
 INDEX_PREFIX = f"pk{FORMAT}index-"
@@ -144,6 +146,7 @@ class EntryInfo:
     host: str
     created: str
     size: int
+    problem: str = ""  # why the entry cannot be read ("" when it can)
 
 
 def pack_files(workspace: Path, patterns: Sequence[str]) -> tuple[bytes | None, tuple[str, ...]]:
@@ -330,6 +333,7 @@ class RegistryCache:
             config_desc = _descriptor(manifest.get("config"), CONFIG_TYPE)
             config = _json(self._blob(config_desc, MAX_CONFIG), "its config")
             descs = [_descriptor(d, None) for d in manifest.get("layers") or []] if layers else []
+            _bounded(descs)
             blobs = [(d, self._blob(d, MAX_BLOB)) for d in descs]
         except BlobMismatch as e:
             raise Tampered(str(e)) from None
@@ -361,24 +365,15 @@ class RegistryCache:
         for tag in self.client.tags():
             if not tag.startswith(TAG_PREFIX):
                 continue
-            found = self.client.manifest(tag)
-            if found is None:
-                continue
-            manifest = _json(found[1], "its manifest")
-            notes = manifest.get("annotations") or {}
-            size = sum(int(d.get("size", 0)) for d in [manifest.get("config") or {}, *(manifest.get("layers") or [])])
-            infos.append(
-                EntryInfo(
-                    tag=tag,
-                    digest=found[0],
-                    stage=str(notes.get("dev.pipekit.stage", "?")),
-                    pipeline=str(notes.get("dev.pipekit.pipeline", "?")),
-                    run_id=str(notes.get("dev.pipekit.run", "?")),
-                    host=str(notes.get("dev.pipekit.host", "?")),
-                    created=str(notes.get("org.opencontainers.image.created", "")),
-                    size=size,
-                )
-            )
+            found = None
+            try:
+                found = self.client.manifest(tag)
+                if found is not None:
+                    infos.append(_info(tag, *found))
+            except BlobMismatch as e:  # an entry that cannot be read is listed as such, the others after it
+                infos.append(EntryInfo(tag, "", "?", "?", "?", "?", "", 0, problem=str(e)))
+            except (Tampered, ValueError, TypeError, AttributeError) as e:
+                infos.append(EntryInfo(tag, found[0] if found else "", "?", "?", "?", "?", "", 0, problem=str(e)))
         return sorted(infos, key=lambda i: i.created, reverse=True)
 
     def delete(self, digest: str) -> None:
@@ -482,6 +477,32 @@ class RegistryCache:
         if len(data) <= embed:
             desc["data"] = base64.b64encode(data).decode()
         return desc
+
+
+def _bounded(descs: list[dict[str, Any]]) -> None:
+    """Tampered when an entry's layers are more than MAX_LAYERS or MAX_ENTRY bytes in all."""
+    total = sum(d["size"] for d in descs)
+    if len(descs) > MAX_LAYERS or total > MAX_ENTRY:
+        limits = f"{MAX_LAYERS} layers, {MAX_ENTRY >> 30} GiB"
+        raise Tampered(f"its {len(descs)} layers of {total} bytes are more than an entry may hold ({limits})")
+
+
+def _info(tag: str, digest: str, body: bytes) -> EntryInfo:
+    """What ``pipekit cache list`` shows of an entry, from its manifest; Tampered (or ValueError,
+    TypeError, AttributeError) when the manifest is not one."""
+    manifest = _json(body, "its manifest")
+    notes = manifest.get("annotations") or {}
+    size = sum(int(d.get("size", 0)) for d in [manifest.get("config") or {}, *(manifest.get("layers") or [])])
+    return EntryInfo(
+        tag=tag,
+        digest=digest,
+        stage=str(notes.get("dev.pipekit.stage", "?")),
+        pipeline=str(notes.get("dev.pipekit.pipeline", "?")),
+        run_id=str(notes.get("dev.pipekit.run", "?")),
+        host=str(notes.get("dev.pipekit.host", "?")),
+        created=str(notes.get("org.opencontainers.image.created", "")),
+        size=size,
+    )
 
 
 def _json(data: bytes, what: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ stops asking. An entry that does not hold together is a miss and a warning, neve
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -153,7 +154,18 @@ class SharedCache:
 
     # -- a local miss, looked up in the registry ---------------------------------------------
     def restore(self, run: Any, r: ResolvedStage, taken: Taken, log: Any) -> Taken:
-        """The stage's result from the registry (restored into the run) or ``taken`` (the miss)."""
+        """The stage's result from the registry (restored into the run) or ``taken`` (the miss).
+        Whatever goes wrong with a hit (the engine asked for its images, its files) is a miss and a
+        warning: an exception here would leave the stages prepared after it waiting for ever."""
+        try:
+            return self._restore(run, r, taken, log)
+        except Exception as e:
+            log.warning(
+                "cache entry refused", registry=self.cache.target, reason=f"{type(e).__name__}: {e}; the stage runs"
+            )
+            return taken
+
+    def _restore(self, run: Any, r: ResolvedStage, taken: Taken, log: Any) -> Taken:
         if taken.key is None or not self.cache.reads:
             return taken
         name = r.stage.name
@@ -208,7 +220,17 @@ class SharedCache:
 
     def _pull_images(self, run: Any, r: ResolvedStage, output: Any, log: Any) -> str | None:
         """The images of a hit's result: usable as they are (in the engine, or their registry gives
-        them by digest), else pulled by digest with the cache's login; the id of one that is not."""
+        them by digest), else pulled by digest with the cache's login; the id of one that is not.
+        An image the engine does not have must be in the cache's own repository, by digest: an
+        entry naming any other one is refused (the login would go there, the image is anyone's)."""
+        foreign = self._foreign_image(run.images, output)
+        if foreign is not None:
+            log.warning(
+                "cache entry refused",
+                registry=self.cache.target,
+                reason=f"its image {foreign.remote} is not in {self.cache.target} by digest; the stage runs",
+            )
+            return foreign.id
         gone = gone_image(run.images, output)
         if gone is None or self.auth is None:
             return gone
@@ -221,6 +243,23 @@ class SharedCache:
                     return gone
                 log.info("cache image pulled", image=image.remote)
         return gone_image(run.images, output)
+
+    def _foreign_image(self, images: Any, output: Any) -> Image | None:
+        """The first image of a hit's result that the engine does not have and that is not named
+        ``CACHE_REPO@sha256:...`` (how pipekit pushes them with an entry)."""
+        if images is None:
+            return None
+        own = re.compile(re.escape(self.cache.target) + r"@sha256:[0-9a-f]{64}")
+        for image in images_in(output):
+            if own.fullmatch(image.remote or "") or not image.remote:
+                continue  # an image with no name at all is gone_image's to judge
+            try:
+                if images.image_problem(image.id) is None:
+                    continue
+            except PipekitError:
+                pass
+            return image
+        return None
 
     def _docker_auth(self) -> dict[str, str] | None:
         if self.auth is None:
