@@ -298,7 +298,6 @@ def test_a_file_in_place_of_a_folder_in_a_whole_copy_deletes_only_what_was_shipp
 
 
 # -- 4. approvals on the command line (pipekit/_run/gates.py) ---------------------------------------
-@pytest.mark.xfail(strict=True, reason="review 4a: the approver is whoever the USER/LOGNAME variables name")
 def test_the_approver_is_the_account_that_runs_the_command_not_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     import pwd
 
@@ -310,7 +309,6 @@ def test_the_approver_is_the_account_that_runs_the_command_not_a_variable(monkey
     assert current_user() == me
 
 
-@pytest.mark.xfail(strict=True, reason="review 4b: `--resume --approve` opens a gate past its timeout")
 def test_resume_with_approve_does_not_open_a_gate_past_its_timeout(tmp_path: Path) -> None:
     import time
 
