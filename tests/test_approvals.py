@@ -3,9 +3,9 @@ decision, the prompt on a terminal, ``--approve``, timeouts, the CI output, and 
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
+import pwd
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -18,7 +18,7 @@ from helpers import Terminal, console_popen, run_console
 import pipekit as pk
 from pipekit.testing import PipelineRunner
 
-USER = getpass.getuser()
+USER = pwd.getpwuid(os.geteuid()).pw_name  # (who pipekit records: the account, never $USER)
 
 GATED = """\
 import pipekit as pk

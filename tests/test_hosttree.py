@@ -135,8 +135,35 @@ def test_a_file_that_became_a_folder_and_back(tree: HostTree, ws: Path) -> None:
     _write(tree, "build/out", b"inside\n")
     (ws / "dist").mkdir()
     (ws / "dist" / "old.whl").write_text("old\n")
-    _write(tree, "dist", b"now a file\n")
+    shipped = HostTree(str(ws), shipped={"dist", "dist/old.whl"})  # what pipekit gave the stage
+    try:
+        _write(shipped, "dist", b"now a file\n")
+    finally:
+        shipped.close()
     assert (ws / "build" / "out").read_text() == "inside\n" and (ws / "dist").read_text() == "now a file\n"
+
+
+@pytest.mark.parametrize("kept", ["conf/ci.env", "conf/deep/new.txt"])
+def test_a_folder_made_a_file_or_a_link_loses_only_what_pipekit_shipped(ws: Path, kept: str) -> None:
+    """The secrets file (hidden), or a name pipekit never shipped, stops the folder's removal: nothing
+    of it is deleted, and the refusal names it."""
+    for name in ("conf/deep/old.txt", "conf/a.txt", kept):
+        (ws / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws / name).write_text(name)
+    shipped = {"conf", "conf/a.txt", "conf/deep", "conf/deep/old.txt", "conf/ci.env"}
+    tree = HostTree(str(ws), shipped=shipped, hidden=("conf/ci.env",))
+    try:
+        with pytest.raises(TreeRefused, match=rf"{kept} would be deleted: the stage made conf a file") as e:
+            _write(tree, "conf", b"a file\n")
+        assert e.value.advice == f"Move {kept} out of conf on this machine, or leave conf a folder in the stage"
+        with pytest.raises(TreeRefused, match=kept):
+            tree.make_link("conf", "sub")
+    finally:
+        tree.close()
+    assert sorted(p.relative_to(ws).as_posix() for p in (ws / "conf").rglob("*") if p.is_file()) == sorted(
+        {"conf/deep/old.txt", "conf/a.txt", kept}
+    )
+    assert not [p for p in ws.iterdir() if p.name.startswith(".pipekit-tmp-")]
 
 
 def test_a_folder_holding_a_git_is_not_removed_to_make_room(tree: HostTree, ws: Path) -> None:

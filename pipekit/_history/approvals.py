@@ -179,10 +179,7 @@ def record_approval(
     if not (may or may_decide)(decision.by, gate.approvers):  # may: the server's users and groups
         raise UsageError(f"{decision.by} may not decide on '{stage}': its approvers are {', '.join(gate.approvers)}")
     if gate.timed_out(now):
-        raise UsageError(
-            f"the gate of '{stage}' in run {run_id} timed out ({gate.timeout_error()}); resuming the run fails the"
-            " stage. Start a new run to deploy"
-        )
+        raise UsageError(timed_out_refusal(run_id, stage, gate.timeout_error()))
     if decision.approved:
         given = {k: v if isinstance(v, str) else str(v) for k, v in decision.params.items()}
         decision = attrs.evolve(decision, params=approval_params(gate.params, given, stage))
@@ -190,6 +187,14 @@ def record_approval(
         raise UsageError(f"a rejection needs a reason (--reason '...') for '{stage}'")
     store_decision(history, run_id, stage, decision)
     return decision
+
+
+def timed_out_refusal(run_id: str, stage: str, why: str) -> str:
+    """Why a decision on a gate past its timeout is refused (``pipekit approve``, ``--resume --approve``)."""
+    return (
+        f"the gate of '{stage}' in run {run_id} timed out ({why}); resuming the run fails the stage."
+        " Start a new run to deploy"
+    )
 
 
 def store_decision(history: History, run_id: str, stage: str, decision: Decision) -> None:

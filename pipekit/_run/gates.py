@@ -11,8 +11,8 @@ Decisions made in the run (the prompt, ``--approve``) are recorded in the histor
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import socket
 import threading
 import time
@@ -40,10 +40,13 @@ __all__ = [
 
 
 def current_user() -> str:
+    """The account this process runs as (its effective uid's name in the password database, ``uid N``
+    without an entry): never ``USER``/``LOGNAME``, which anyone may set to another name."""
+    uid = os.geteuid()
     try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 @attrs.frozen
@@ -143,14 +146,19 @@ class Gates:
             recorded, since = self._recorded(stage)
         since = now if since is None else since
         deadline = since + approval.timeout if approval.timeout else None
-        if stage in self.decided:  # --approve, the plugin's: made for this run, no timeout
+        late = deadline is not None and now >= deadline  # (counted from the first run of a --resume chain)
+        if stage in self.decided and not late:  # --approve, the plugin's: made for this run
             return Verdict(self.decided[stage], since=since, new=True)
         if recorded is not None and (deadline is None or recorded.when < deadline):
             return Verdict(recorded, since=since)
-        if deadline is not None and now >= deadline:
+        if late:
             from pipekit._dsl.control import format_duration
+            from pipekit._history.approvals import timed_out_refusal
 
-            return Verdict(error=f"approval timed out after {format_duration(approval.timeout or 0)}", since=since)
+            error = f"approval timed out after {format_duration(approval.timeout or 0)}"
+            if stage in self.decided:  # refused as `pipekit approve` refuses it
+                error = timed_out_refusal(self.resumed_from or self.run_id, stage, error)
+            return Verdict(error=error, since=since)
         return Verdict(since=since)
 
     def _recorded(self, stage: str) -> tuple[Decision | None, float | None]:

@@ -13,7 +13,7 @@ import hashlib
 import os
 import posixpath
 import stat
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import IO
 
 __all__ = ["CHUNK", "HostTree", "TreeRefused", "is_private"]
@@ -28,7 +28,12 @@ MAX_HOPS = 40  # links followed to resolve one, as the kernel does
 
 
 class TreeRefused(Exception):
-    """A path of the stage that cannot be written on this machine (a link on the way)."""
+    """A path of the stage that cannot be written on this machine (a link on the way, or what
+    pipekit did not ship in a folder the stage made a file or a link); ``advice``: what to do."""
+
+    def __init__(self, message: str, advice: str = "") -> None:
+        super().__init__(message)
+        self.advice = advice
 
 
 def is_private(name: str, hidden: Collection[str] = ()) -> bool:
@@ -40,10 +45,13 @@ def is_private(name: str, hidden: Collection[str] = ()) -> bool:
 
 
 class HostTree:
-    """The folder ``root`` (trusted: the pipeline's own folder), and what is under it (untrusted)."""
+    """The folder ``root`` (trusted: the pipeline's own folder), and what is under it (untrusted).
+    ``shipped``: the names (relative) pipekit gave the stage, the only ones a folder the stage made a
+    file or a link loses on this machine, never one that is private (``hidden``: the secrets file)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, shipped: Collection[str] = (), hidden: Collection[str] = ()) -> None:
         self.root = root
+        self._shipped, self._hidden = shipped, hidden
         self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:
@@ -157,8 +165,12 @@ class HostTree:
             tmp = _temp_name(base)
             _unlink_quietly(fd, tmp)
             os.symlink(target, tmp, dir_fd=fd)
-            self._clear(fd, base, name)
-            os.replace(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)
+            try:
+                self._clear(fd, base, name)
+                os.replace(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                _unlink_quietly(fd, tmp)
+                raise
             return True
         finally:
             os.close(fd)
@@ -188,10 +200,22 @@ class HostTree:
 
     def _clear(self, fd: int, base: str, name: str) -> None:
         """Make room for a file or a link at ``base``: a folder there (the stage made it something
-        else) goes with what is in it, unless it holds something private."""
+        else) goes with what is in it when pipekit shipped all of it and none of it is private;
+        else nothing of it is deleted (TreeRefused naming the first name in the way)."""
         st = _lstat_at(fd, base)
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            _remove_tree(fd, base, name)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return
+        kept = _in_the_way(fd, base, name, self._may_delete)
+        if kept is not None:
+            raise TreeRefused(
+                f"{kept} would be deleted: the stage made {name} a file or a link, and pipekit deletes only"
+                " what it copied into the stage (never the secrets file, a .git or .pipekit/)",
+                advice=f"Move {kept} out of {name} on this machine, or leave {name} a folder in the stage",
+            )
+        _remove_tree(fd, base, name)
+
+    def _may_delete(self, name: str) -> bool:
+        return name in self._shipped and not is_private(name, self._hidden)
 
     # -- links -------------------------------------------------------------------------------
     def resolve(self, name: str, target: str, pending: Mapping[str, str | None]) -> str | None:
@@ -244,9 +268,26 @@ def _unlink_quietly(fd: int, base: str) -> None:
         pass
 
 
+def _in_the_way(parent_fd: int, base: str, name: str, may_delete: Callable[[str], bool]) -> str | None:
+    """The first name in the folder ``base`` (``name``, relative) that ``may_delete`` keeps, or None."""
+    fd = os.open(base, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+        for entry in entries:
+            inner = f"{name}/{entry.name}"
+            if not may_delete(inner):
+                return inner
+            if entry.is_dir(follow_symlinks=False) and (kept := _in_the_way(fd, entry.name, inner, may_delete)):
+                return kept
+    finally:
+        os.close(fd)
+    return None
+
+
 def _remove_tree(parent_fd: int, base: str, name: str) -> None:
     """Remove the folder ``base`` and everything in it, never following a link; a private name
-    inside stops it (TreeRefused)."""
+    inside stops it (TreeRefused). The caller checked first that pipekit shipped all of it."""
     fd = os.open(base, _DIR_FLAGS, dir_fd=parent_fd)
     try:
         with os.scandir(fd) as listing:

@@ -146,7 +146,7 @@ class WorkspaceSync:
             if source is None:
                 return
             try:
-                tree = HostTree(str(self._root))
+                tree = HostTree(str(self._root), shipped=self._known, hidden=self._hidden)
             except OSError as e:
                 source.close()
                 raise StageFailed(_failure(stage, "", e), stage=stage) from e
@@ -204,7 +204,7 @@ def _failure(stage: str, path: str, e: BaseException) -> str:
     """What went wrong copying ``path`` back, and what to do."""
     where = f"{path}: " if path else ""
     if isinstance(e, TreeRefused):
-        advice = "pipekit never writes through a link on this machine: remove it, or make it a folder"
+        advice = e.advice or "pipekit never writes through a link on this machine: remove it, or make it a folder"
         return f"Stage '{stage}': {where}not copied back into the workspace: {e}. {advice}"
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         advice = "the disk of the workspace is full: free space and run the stage again"
