@@ -160,6 +160,12 @@ class StageRun:
 
     # -- the stage's life, in a worker thread ------------------------------------------------
     def execute(self) -> StageResult:
+        try:
+            return self._execute()
+        finally:
+            self.placed.set()  # whatever escapes, no stage prepared ahead waits on this one for ever
+
+    def _execute(self) -> StageResult:
         started = self.run.clock()
         taken = take_cached(self.run, self.resolved, self.outputs)
         shared = taken.status is None and self.run.shared is not None
