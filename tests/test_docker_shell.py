@@ -17,10 +17,13 @@ pytestmark = pytest.mark.docker
 
 
 def _execs_during(docker_client: Any, work: Any) -> tuple[Any, list[dict[str, Any]]]:
-    """Run ``work()`` and return its result and the engine's exec events meanwhile."""
+    """Run ``work()`` and return its result and the engine's exec events of its run meanwhile
+    (another test's run may use the engine at the same time: the suite runs in two workers)."""
     since = time.time() - 0.01
     result = work()
-    return result, exec_events(docker_client, since)
+    run_id = result[0].run_id
+    mine = [e for e in exec_events(docker_client, since) if e["Actor"]["Attributes"].get("io.pipekit.run") == run_id]
+    return result, mine
 
 
 def test_commands_run_in_the_containers_own_shell_without_an_exec(run_on_docker: Any, docker_client: Any) -> None:
