@@ -203,3 +203,83 @@ def test_the_tree_stream_keeps_hard_links_and_leaves_the_secrets_file_out(ws: Pa
     assert members["a.txt"].isreg() and members["sub/b.txt"].islnk() and members["sub/b.txt"].linkname == "a.txt"
     assert stream.manifest["sub/b.txt"] == stream.manifest["a.txt"] and stream.manifest["sub"] == "/"
     assert b"secret-value" not in data
+
+
+def _bring_back(ws: Path, stage_tree: bytes, known: dict[str, str]) -> None:
+    """A whole-copy bring-back (sync._Apply) of ``stage_tree`` (a tar of the stage's folder, named
+    as the engine names them: ``workspace/...``) into ``ws``."""
+    import tarfile
+
+    import structlog
+
+    from pipekit._workspace.sync import _Apply
+
+    tree = HostTree(str(ws), shipped=known, hidden=())
+    try:
+        with tarfile.open(fileobj=io.BytesIO(stage_tree), mode="r|") as tar:
+            _Apply(tree, known, (), structlog.get_logger()).run(tar)
+    finally:
+        tree.close()
+
+
+def _as_shipped(ws: Path) -> tuple[bytes, dict[str, str]]:
+    """What a stage got (its folder as a tar, as it would come back unchanged) and the manifest."""
+    import tarfile
+
+    from pipekit._workspace.archive import TreeStream
+
+    stream = TreeStream(ws, exclude={".pipekit", ".git"})
+    data = b"".join(stream)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src:
+            content = src.extractfile(member) if member.isreg() else None
+            member.name = "workspace/" + member.name
+            dst.addfile(member, content)
+    return out.getvalue(), stream.manifest
+
+
+def test_what_a_stage_kept_as_it_got_it_is_not_brought_back_over_a_parallel_stages_change(ws: Path) -> None:
+    """Two stages at once in copy mode: one renamed a folder and replaced a file with a folder
+    (its bring-back came first); the other, which left all of it as it got it, does not bring the
+    old names back, nor make an empty folder where the first removed one."""
+    (ws / "moved").mkdir()
+    (ws / "moved" / "m").write_text("m\n")
+    (ws / "deep" / "er").mkdir(parents=True)
+    (ws / "deep" / "er" / "f").write_text("f\n")
+    (ws / "file").write_text("was a file\n")
+    stage_tree, known = _as_shipped(ws)
+    (ws / "moved").rename(ws / "moved-here")  # the first stage's bring-back
+    (ws / "deep" / "er" / "f").unlink()
+    (ws / "deep" / "er").rmdir()
+    (ws / "deep").rmdir()
+    (ws / "file").unlink()
+    (ws / "file").mkdir()
+    (ws / "file" / "inside").write_text("made by the first stage\n")
+    _bring_back(ws, stage_tree, known)
+    assert not (ws / "moved").exists() and (ws / "moved-here" / "m").read_text() == "m\n"
+    assert not (ws / "deep").exists()
+    assert (ws / "file" / "inside").read_text() == "made by the first stage\n"
+
+
+def test_a_file_a_stage_changed_comes_back_into_a_folder_a_parallel_stage_removed(ws: Path) -> None:
+    (ws / "dir").mkdir()
+    (ws / "dir" / "a").write_text("a\n")
+    _stage_tree, known = _as_shipped(ws)
+    (ws / "dir" / "a").write_text("changed by the stage\n")  # (the stage's folder, as a tar)
+    stage_tree, _ = _as_shipped(ws)
+    (ws / "dir" / "a").unlink()  # a parallel stage removed the folder first
+    (ws / "dir").rmdir()
+    _bring_back(ws, stage_tree, known)
+    assert (ws / "dir" / "a").read_text() == "changed by the stage\n"
+    assert [p.name for p in ws.iterdir() if p.name.startswith(".pipekit-tmp")] == []
+
+
+def test_a_users_own_link_out_of_the_workspace_survives_a_stage_that_kept_it(ws: Path, tmp_path: Path) -> None:
+    """A link the user has (to a tool, a shared folder) travels to the stage as a link; a stage
+    that did not touch it must not make the bring-back delete it. A link the stage made that
+    leads out is still refused (test_links_are_resolved_against_the_real_tree)."""
+    os.symlink(str(tmp_path), ws / "shared")
+    stage_tree, known = _as_shipped(ws)
+    _bring_back(ws, stage_tree, known)
+    assert os.readlink(ws / "shared") == str(tmp_path)

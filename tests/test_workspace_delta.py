@@ -470,6 +470,7 @@ def test_the_sweep_removes_replaced_and_unfinished_bases_never_one_in_use(docker
     one never completed by a process now gone goes, one being made (its process alive) stays, and
     one a stage's view stacks stays whatever its age."""
     backend = DockerBackend(docker_client, workspace="copy")
+    backend.layers.drop_grace = 0  # (other processes' sweeps keep the default: they leave these alone)
     key, path = f"test-{os.getpid()}-{tmp_path.name}"[:40], base_path_label(tmp_path)
     api = docker_client.api
     names = {
@@ -498,6 +499,45 @@ def test_the_sweep_removes_replaced_and_unfinished_bases_never_one_in_use(docker
         for name in [n + "-view" for n in names.values()] + [n + "-ok" for n in names.values()] + list(names.values()):
             with contextlib.suppress(Exception):
                 api.remove_volume(name)
+
+
+@pytest.mark.docker
+def test_a_base_a_run_holds_outlives_a_newer_one_until_the_run_ends(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """A run holds the base it chose (a volume of the run's) from before it looks at it again: a
+    newer base of the same folder (another run's) does not make the sweep remove it, however long
+    ago that one was made, until the run is over. A base replaced a moment ago stays even with no
+    hold (the run that chose it may not have held it yet)."""
+    from pipekit.backend import StageSpec
+
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a\n")
+    ours, theirs = DockerBackend(docker_client, workspace="copy"), DockerBackend(docker_client, workspace="copy")
+    spec = StageSpec(run_id=f"hold{os.urandom(4).hex()}", stage="s", image=busybox_image, workspace=folder)
+    other = StageSpec(run_id=f"hold{os.urandom(4).hex()}", stage="s", image=busybox_image, workspace=folder)
+    api = docker_client.api
+    try:
+        held = ours.layers.base_for(spec).name
+        (folder / "b.bin").write_bytes(os.urandom(1 << 20))
+        theirs.layers.rebase_at = (0, 0)  # (the other run makes a base of its own)
+        time.sleep(1.1)  # (CreatedAt has seconds)
+        newer = theirs.layers.base_for(other).name
+        assert newer != held
+        theirs.layers.cleanup(other.run_id)
+        ours.layers.drop_grace = 3600
+        assert held not in ours.layers.drop_bases(), "replaced a moment ago: it stays"
+        ours.layers.drop_grace = 0
+        assert held not in ours.layers.drop_bases(), "held by a run that still goes"
+        api.inspect_volume(held)
+        ours.layers.cleanup(spec.run_id)
+        assert held in ours.layers.drop_bases()
+        assert newer not in ours.layers.drop_bases(), "the newest stays for the next run"
+    finally:
+        for run in (spec.run_id, other.run_id):
+            ours.layers.cleanup(run)
+        ours.drop_workspace_bases(folder)
 
 
 @pytest.mark.docker

@@ -135,8 +135,12 @@ class HostTree:
     def write_file(self, name: str, source: IO[bytes], size: int, mode: int, unchanged: str | None) -> tuple[str, bool]:
         """Stream ``source`` into the file at ``name``; returns its sha256 and whether the file was
         written. Nothing is written when this machine's file already holds the same bytes, or when
-        the content's digest is ``unchanged`` (the stage got it so and did not change it)."""
-        fd, base = self.parent(name, create=True)
+        the content's digest is ``unchanged`` (the stage got it so and did not change it): then a
+        folder on the way that is gone here (a parallel stage removed it) is not made again."""
+        try:
+            fd, base = self.parent(name, create=unchanged is None)
+        except FileNotFoundError:
+            return self._write_where_gone(name, source, size, mode, unchanged)
         try:
             digest, tmp = _stream_to_temp(fd, base, source, size)
             if tmp is None:
@@ -154,6 +158,29 @@ class HostTree:
             return digest, True
         finally:
             os.close(fd)
+
+    def _write_where_gone(
+        self, name: str, source: IO[bytes], size: int, mode: int, unchanged: str | None
+    ) -> tuple[str, bool]:
+        """A file the stage got whose folder is gone here: read into a temporary file at the root,
+        kept (its folders made again) only when the stage changed it."""
+        digest, tmp = _stream_to_temp(self._fd, _temp_name(name), source, size)
+        assert tmp is not None  # (nothing is at a fresh temporary name)
+        if digest == unchanged:
+            os.unlink(tmp, dir_fd=self._fd)
+            return digest, False
+        try:
+            os.chmod(tmp, mode & 0o777 or 0o644, dir_fd=self._fd)
+            fd, base = self.parent(name, create=True)
+            try:
+                self._clear(fd, base, name)
+                os.replace(tmp, base, src_dir_fd=self._fd, dst_dir_fd=fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            _unlink_quietly(self._fd, tmp)
+            raise
+        return digest, True
 
     def make_link(self, name: str, target: str) -> bool:
         """A symbolic link at ``name`` (replacing what is there); whether anything changed."""

@@ -245,17 +245,20 @@ class _Apply:
 
     def _take(self, tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, links: dict[str, str]) -> None:
         """One member of the stage's tree made this machine's; a symbolic link is only noted in
-        ``links``, made once every file is in place."""
+        ``links``, made once every file is in place. A folder or a link the stage got and kept as
+        it was is left as it is here now (a parallel stage may have removed or replaced it)."""
         if info.isdir():
             self.now[name] = "/"
-            self.changed += self.tree.make_dir(name, info.mode)
+            if self.known.get(name) != "/":
+                self.changed += self.tree.make_dir(name, info.mode)
         elif info.isreg():
             self._file(name, tar.extractfile(info), info.size, info.mode)
         elif info.islnk():
             self._hard_link(name, _relative(info.linkname), info.mode)
         elif info.issym():
             self.now[name] = "->" + info.linkname
-            links[name] = info.linkname
+            if self.known.get(name) != self.now[name]:
+                links[name] = info.linkname
 
     def _file(self, name: str, source: IO[bytes] | None, size: int, mode: int) -> None:
         digest, written = self.tree.write_file(name, source or io.BytesIO(), size, mode, self.known.get(name))

@@ -12,9 +12,11 @@ read-only at :data:`CHANGES_DIR`, from which the bring-back reads only what the 
 changed or deleted. A base is never mounted in a stage's container and never written again once
 made: stages and runs that use it at the same time each see it as it was, plus their own layer.
 The stages' volumes carry the run's labels (the run's cleanup, and the sweep of lost runs, remove
-them); a base is removed by the sweep once a newer complete one of the same folder exists and no
-stage's view stacks it, or when it was never completed by a process now gone; ``pipekit cleanup
---all`` removes every base no view stacks. An engine on which an overlay volume does not mount (a
+them). A run holds the bases it uses (a small volume of the run's, labelled like a view, made
+before it looks at the base again): a base is removed by the sweep once a newer complete one of
+the same folder has existed for :data:`DROP_GRACE` seconds and no run holds it and no stage's
+view stacks it, or when it was never completed by a process now gone; ``pipekit cleanup --all``
+removes every base nothing holds. An engine on which an overlay volume does not mount (a
 kernel without overlayfs, a rootless engine) gets the whole workspace copied, as before.
 """
 
@@ -52,6 +54,9 @@ CHANGES_DIR = "/.pipekit-changes"
 #: a new base is made when the workspace differs from the current one by more than this
 REBASE_BYTES = 32 << 20
 REBASE_FILES = 2000
+#: a base replaced by a newer one is removed only once that one has been complete this long (a
+#: run that chose the base just before has held it by then)
+DROP_GRACE = 60.0
 #: the overlay's options beyond its folders: a renamed folder and a changed mode are copied up
 #: whole (no redirect or metadata-only copy that a bring-back of the layer alone would miss)
 OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off"
@@ -74,6 +79,7 @@ class Layers:
         self.works = True
         self._bases: dict[str, WorkspaceBase] = {}  # run id -> its newest base
         self.rebase_at = (REBASE_FILES, REBASE_BYTES)
+        self.drop_grace = DROP_GRACE
         self._lock = threading.Lock()
 
     @property
@@ -107,6 +113,8 @@ class Layers:
             base = load_record(spec.workspace, name, str(volume.get("CreatedAt", "")))
             if base is None:
                 continue
+            if not self._hold(spec, name):
+                continue  # a sweep removed it after the listing
             now = shipped(spec.workspace, spec.hidden)
             changed, gone = changed_since(base.stats, now)
             size = sum(now[n][3] for n in changed if now[n][0] == "f")
@@ -139,11 +147,26 @@ class Layers:
             base = WorkspaceBase(name, stream.stats, stream.manifest, stream.size, time.monotonic() - start)
             # (the engine's CreatedAt of a local volume is its folder's mtime: known once the stream is in)
             save_record(spec.workspace, base, str(self.api.inspect_volume(name).get("CreatedAt", "")))
+            self._hold(spec, name)
             self.api.create_volume(f"{name}-ok", labels={**labels, LABEL_BASE_OK: name})  # complete from now on
         except BaseException:
             self.remove([name])  # (a kill -9 leaves it incomplete: the sweep removes it)
             raise
         return base
+
+    def _hold(self, spec: StageSpec, base: str) -> bool:
+        """Hold ``base`` for the run (its cleanup, or the sweep of a lost run, lets it go);
+        whether the base is still there."""
+        from docker.errors import NotFound
+
+        hold = f"pipekit-{spec.run_id}-hold-{base[-8:]}"
+        self.api.create_volume(hold, labels={**stage_labels(spec), LABEL_LOWER: base})
+        try:
+            self.api.inspect_volume(base)
+        except NotFound:
+            self.remove([hold])
+            return False
+        return True
 
     def stage_volumes(self, spec: StageSpec, base: WorkspaceBase) -> tuple[list[str], dict[str, dict[str, str]]]:
         """A stage's layer over ``base``: its volumes (the overlay first) and its container's binds."""
@@ -217,15 +240,26 @@ class Layers:
         for v in sorted(bases, key=lambda v: str(v.get("CreatedAt", ""))):
             if v["Name"] in companions:
                 newest[(v.get("Labels") or {})[LABEL_BASE]] = v["Name"]
+        complete_at = {
+            str(v["Labels"][LABEL_BASE_OK]): _seconds(v.get("CreatedAt"))
+            for v in listing
+            if v["Name"] in companions.values()
+        }
+        now = _seconds(self.api.info().get("SystemTime")) if superseded else None  # (the engine's clock)
         dropped = []
         for v in bases:
             name, labels = str(v["Name"]), v.get("Labels") or {}
             if folder is not None and labels.get(LABEL_BASE_PATH) != folder:
                 continue
             if name in used or (name not in companions and owner_alive(labels.get(LABEL_OWNER))):
-                continue  # in use, or being made
-            if name in companions and superseded and newest.get(labels[LABEL_BASE]) == name:
-                continue
+                continue  # held by a run, in use by a stage, or being made
+            if name in companions and superseded:
+                successor = newest.get(labels[LABEL_BASE])
+                if successor == name:
+                    continue
+                since = complete_at.get(successor or "")
+                if now is None or since is None or now - since < self.drop_grace:
+                    continue  # replaced just now: a run may have chosen it a moment ago
             self.remove([companions.get(name, ""), name] if name in companions else [name])
             dropped.append(name)
         return dropped
@@ -233,3 +267,15 @@ class Layers:
     def _volumes(self, run_id: str) -> list[str]:
         listing = self.api.volumes(filters={"label": f"{LABEL_RUN}={run_id}"}) or {}
         return [str(v["Name"]) for v in listing.get("Volumes") or []]
+
+
+def _seconds(timestamp: object) -> float | None:
+    """An engine's RFC 3339 time (``2026-12-04T02:53:39.206296033Z``) in seconds; None when unreadable."""
+    import datetime
+    import re
+
+    text = re.sub(r"(\.\d{6})\d+", r"\1", str(timestamp or "")).replace("Z", "+00:00")
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
