@@ -18,6 +18,8 @@ command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 # the Swarm tests' nodes: network namespaces (ip) and namespaced engines (nsenter, unshare)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+# fsck.erofs checks the EROFS images of the workspace pipekit writes (tests/test_erofs.py)
+command -v fsck.erofs >/dev/null 2>&1 || missing+=(erofs-utils)
 # the shell completion tests drive real shells
 command -v zsh >/dev/null 2>&1 || missing+=(zsh)
 command -v fish >/dev/null 2>&1 || missing+=(fish)

@@ -7,6 +7,12 @@ workspace is streamed into it and the container removed; then a small companion 
 (:mod:`pipekit._workspace.keptbase`). The next run of the same folder uses it again and ships
 only what differs; a new base is made when the workspace differs from it by more than
 :data:`REBASE_FILES` or :data:`REBASE_BYTES` (what the last stage to start was sent on top of it).
+Where the engine's kernel mounts an EROFS image file directly (Linux 6.12 and later), the base is
+one image file (:mod:`pipekit._workspace.erofs`) in the base volume, and a second volume
+(``NAME-fs``) mounts it; a small container of the run's (the *holder*, ``sh`` waiting on its
+input, no network) keeps that mounted while the run's stages stack their overlays on it: one
+large file travels and is written, instead of one file per file of the workspace, and removing
+the base removes one file. Elsewhere the base is the workspace unpacked in the volume.
 A stage's container mounts its overlay at ``/workspace`` and its upper volume (its own layer)
 read-only at :data:`CHANGES_DIR`, from which the bring-back reads only what the stage created,
 changed or deleted. A base is never mounted in a stage's container and never written again once
@@ -41,6 +47,7 @@ from pipekit._backends.docker.engine import (
 )
 from pipekit._workspace.archive import PRIVATE_DIRS, TreeStream, feed
 from pipekit._workspace.delta import WorkspaceBase, changed_since, hidden_names, shipped
+from pipekit._workspace.erofs import IMAGE_NAME, TOP, ErofsImage
 from pipekit._workspace.keptbase import base_key, base_path_label, load_record, save_record
 from pipekit.backend import StageSpec
 
@@ -68,6 +75,12 @@ LABEL_BASE_PATH = "io.pipekit.workspace-base.path"
 LABEL_BASE_OK = "io.pipekit.workspace-base.ok"
 #: on a stage's volumes: the base its view stacks (a base in use is never removed)
 LABEL_LOWER = "io.pipekit.workspace-base.lower"
+#: on the volume that mounts a base's image (``NAME-fs``), and on the run's holder of that mount: the base
+LABEL_BASE_FS = "io.pipekit.workspace-base.fs"
+#: the first kernel that mounts an EROFS image file without a loop device
+EROFS_KERNEL = (6, 12)
+#: the mount options of a base's image
+EROFS_OPTIONS = "ro"
 
 
 class Layers:
@@ -80,6 +93,11 @@ class Layers:
         self._bases: dict[str, WorkspaceBase] = {}  # run id -> its newest base
         self.rebase_at = (REBASE_FILES, REBASE_BYTES)
         self.drop_grace = DROP_GRACE
+        #: whether bases are EROFS images here (None: not known yet: the engine's kernel decides,
+        #: then whether the first image mounts)
+        self.packed: bool | None = None
+        self._lowers: dict[str, str] = {}  # base name -> the folder an overlay stacks
+        self._holders: dict[tuple[str, str], str] = {}  # (run id, base) -> the holder's container
         self._lock = threading.Lock()
 
     @property
@@ -100,6 +118,13 @@ class Layers:
             self._bases[spec.run_id] = base
             return base
 
+    def _packs(self) -> bool:
+        if self.packed is None:
+            kernel = str(self.api.version().get("KernelVersion", ""))
+            numbers = [int(p) for p in kernel.replace("-", ".").split(".")[:2] if p.isdigit()]
+            self.packed = len(numbers) == 2 and tuple(numbers) >= EROFS_KERNEL
+        return self.packed
+
     def _kept_base(self, spec: StageSpec) -> WorkspaceBase | None:
         """The newest complete base an earlier run of this folder left in the engine, as this
         machine's record of it says (how far the folder moved from it in ``behind``)."""
@@ -115,6 +140,8 @@ class Layers:
                 continue
             if not self._hold(spec, name):
                 continue  # a sweep removed it after the listing
+            if not self._mount(spec, name):
+                continue  # an image this engine cannot mount (the next base is unpacked)
             now = shipped(spec.workspace, spec.hidden)
             changed, gone = changed_since(base.stats, now)
             size = sum(now[n][3] for n in changed if now[n][0] == "f")
@@ -128,6 +155,7 @@ class Layers:
         key = base_key(spec.workspace, spec.hidden)
         name = f"pipekit-base-{key[:12]}-{os.urandom(4).hex()}"
         labels = {LABEL_MANAGED: "true", LABEL_BASE: key, LABEL_BASE_PATH: base_path_label(spec.workspace)}
+        packed = self._packs()
         self.api.create_volume(name, labels={**labels, **owner_label()})
         binds = {name: {"bind": "/base", "mode": "rw"}}
         start = time.monotonic()
@@ -140,19 +168,79 @@ class Layers:
             )["Id"]
             try:
                 exclude = {*PRIVATE_DIRS, *hidden_names(spec.workspace, spec.hidden)}
-                stream = TreeStream(spec.workspace, exclude=exclude, hidden=spec.hidden)
-                self.api.put_archive(helper, "/base", feed(stream))
+                stream: TreeStream | ErofsImage
+                if packed:
+                    stream = ErofsImage(spec.workspace, exclude=exclude, hidden=spec.hidden)
+                    self.api.put_archive(helper, "/base", feed(stream.tar()))
+                else:
+                    stream = TreeStream(spec.workspace, exclude=exclude, hidden=spec.hidden)
+                    self.api.put_archive(helper, "/base", feed(stream))
             finally:
                 self.api.remove_container(helper, force=True)
+            if packed:
+                device = f"{self.api.inspect_volume(name)['Mountpoint']}/{IMAGE_NAME}"
+                self.api.create_volume(
+                    f"{name}-fs",
+                    driver="local",
+                    driver_opts={"type": "erofs", "device": device, "o": EROFS_OPTIONS},
+                    labels={LABEL_MANAGED: "true", LABEL_BASE_FS: name},
+                )
             base = WorkspaceBase(name, stream.stats, stream.manifest, stream.size, time.monotonic() - start)
             # (the engine's CreatedAt of a local volume is its folder's mtime: known once the stream is in)
             save_record(spec.workspace, base, str(self.api.inspect_volume(name).get("CreatedAt", "")))
             self._hold(spec, name)
+            if not self._mount(spec, name):  # this engine's kernel does not mount the image: unpacked
+                self._remove_base(name)
+                return self._make_base(spec)
             self.api.create_volume(f"{name}-ok", labels={**labels, LABEL_BASE_OK: name})  # complete from now on
         except BaseException:
-            self.remove([name])  # (a kill -9 leaves it incomplete: the sweep removes it)
+            self._remove_base(name)  # (a kill -9 leaves it incomplete: the sweep removes it)
             raise
         return base
+
+    def _mount(self, spec: StageSpec, base: str) -> bool:
+        """Know where the overlays of ``base`` stack; for an image, start the run's holder of its
+        mount (once per run). False: the image does not mount on this engine (no more images)."""
+        from docker.errors import APIError, NotFound
+
+        try:
+            fs = self.api.inspect_volume(f"{base}-fs")["Mountpoint"]
+        except NotFound:
+            self._lowers[base] = self.api.inspect_volume(base)["Mountpoint"]
+            return True
+        if (spec.run_id, base) in self._holders:
+            return True
+        assert spec.image is not None
+        holder = self.api.create_container(
+            spec.image,
+            entrypoint=["sh"],
+            stdin_open=True,  # (it waits on its input, which never comes)
+            network_disabled=True,
+            labels={LABEL_MANAGED: "true", LABEL_RUN: spec.run_id, LABEL_BASE_FS: base, **owner_label()},
+            host_config=self.api.create_host_config(binds={f"{base}-fs": {"bind": "/base", "mode": "ro"}}),
+        )["Id"]
+        try:
+            self.api.start(holder)
+        except APIError as e:
+            self.api.remove_container(holder, force=True)
+            if "mount" not in str(e).lower():
+                raise
+            self.packed = False
+            return False
+        self._holders[(spec.run_id, base)] = holder
+        self._lowers[base] = f"{fs}/{TOP}"
+        return True
+
+    def _remove_base(self, name: str) -> None:
+        """Remove a base: its companion, the volume that mounts its image, then the base (never
+        while that mount is in use)."""
+        self.remove([f"{name}-ok", f"{name}-fs"])
+        from docker.errors import NotFound
+
+        try:
+            self.api.inspect_volume(f"{name}-fs")
+        except NotFound:
+            self.remove([name])
 
     def _hold(self, spec: StageSpec, base: str) -> bool:
         """Hold ``base`` for the run (its cleanup, or the sweep of a lost run, lets it go);
@@ -178,7 +266,7 @@ class Layers:
             for part in ("upper", "work"):
                 made.append(f"{prefix}-{part}")
                 folders[part] = self.api.create_volume(made[-1], labels=labels)["Mountpoint"]
-            lower = self.api.inspect_volume(base.name)["Mountpoint"]
+            lower = self._lowers.get(base.name) or self.api.inspect_volume(base.name)["Mountpoint"]
             options = f"lowerdir={lower},upperdir={folders['upper']},workdir={folders['work']},{OVERLAY_OPTIONS}"
             made.insert(0, f"{prefix}-view")
             self.api.create_volume(
@@ -210,7 +298,17 @@ class Layers:
         """Remove every volume of the run (its containers are gone; a kept one's view stays). The
         bases stay for the next runs."""
         self._bases.pop(run_id, None)
+        for key in [k for k in self._holders if k[0] == run_id]:
+            self._remove_container(self._holders.pop(key))
         self.remove(sorted(self._volumes(run_id), key=lambda n: not n.endswith("-view")))  # a view first
+
+    def _remove_container(self, container: str) -> None:
+        from docker.errors import NotFound
+
+        try:
+            self.api.remove_container(container, force=True)
+        except NotFound:
+            pass
 
     def drop_bases(self, *, superseded: bool = True, quiet: bool = False, folder: str | None = None) -> list[str]:
         """Remove the bases no stage's view stacks: those a newer complete base of the same folder
@@ -233,7 +331,7 @@ class Layers:
             for v in listing
             if LABEL_BASE_OK in (v.get("Labels") or {})
         }
-        bases = [v for v in listing if LABEL_BASE_OK not in (v.get("Labels") or {})]
+        bases = [v for v in listing if LABEL_BASE_OK not in (v.get("Labels") or {})]  # (NAME-fs has no LABEL_BASE)
         views = (self.api.volumes(filters={"label": LABEL_LOWER}) or {}).get("Volumes") or []
         used = {(v.get("Labels") or {}).get(LABEL_LOWER) for v in views}
         newest: dict[str, str] = {}
@@ -260,7 +358,7 @@ class Layers:
                 since = complete_at.get(successor or "")
                 if now is None or since is None or now - since < self.drop_grace:
                     continue  # replaced just now: a run may have chosen it a moment ago
-            self.remove([companions.get(name, ""), name] if name in companions else [name])
+            self._remove_base(name)
             dropped.append(name)
         return dropped
 
