@@ -63,8 +63,12 @@ def load_record(workspace: Path, name: str, created: str) -> WorkspaceBase | Non
             data: Any = json.load(f)
         if data.get("format") != FORMAT or data.get("name") != name or data.get("created") != created:
             return None
-        stats: dict[str, StatKey] = {n: tuple(k) for n, k in data["stats"].items()}  # type: ignore[misc]
-        digests = {str(n): str(d) for n, d in data["digests"].items()}
+        stats: dict[str, StatKey] = data.pop("stats")  # (made tuples in place: one copy in memory at a time)
+        for n, k in stats.items():
+            stats[n] = tuple(k)  # type: ignore[assignment]
+        digests: dict[str, str] = data.pop("digests")
+        if not all(isinstance(d, str) for d in digests.values()):
+            return None
     except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return None
     return WorkspaceBase(name, stats, digests)
