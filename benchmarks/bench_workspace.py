@@ -93,8 +93,12 @@ def drop_bases(folder: Path) -> None:
     path = f"{os.uname().nodename}:{os.path.realpath(folder)}"
     listing = (client.api.volumes(filters={"label": "io.pipekit.workspace-base"}) or {}).get("Volumes") or []
     names = [v["Name"] for v in listing if (v.get("Labels") or {}).get("io.pipekit.workspace-base.path") == path]
-    for name in sorted(names, key=lambda n: not n.endswith("-ok")):
-        client.api.remove_volume(name)
+    bases = [n for n in names if not n.endswith("-ok")]
+    for name in [n for n in names if n.endswith("-ok")] + [f"{n}-fs" for n in bases] + bases:
+        try:
+            client.api.remove_volume(name)
+        except docker.errors.NotFound:
+            pass  # (an unpacked base has no NAME-fs)
     shutil.rmtree(folder / ".pipekit" / "bases", ignore_errors=True)
     client.close()
 

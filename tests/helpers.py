@@ -243,9 +243,11 @@ def drop_workspace_bases(client: Any, under: Path) -> list[str]:
         for v in listing
         if (v.get("Labels") or {}).get("io.pipekit.workspace-base.path", "").startswith(prefix)
     ]
-    for name in sorted(mine, key=lambda n: not n.endswith("-ok")):  # a companion first: never complete-but-gone
+    # a companion first (never complete-but-gone), then the volume that mounts an image, then the base
+    order = [n for n in mine if n.endswith("-ok")] + [f"{n}-fs" for n in mine if not n.endswith("-ok")]
+    for name in order + [n for n in mine if not n.endswith("-ok")]:
         try:
             client.api.remove_volume(name)
         except APIError:
-            pass  # in use by a kept container of a test: it goes with that test's cleanup
+            pass  # gone, or in use by a kept container of a test: it goes with that test's cleanup
     return mine

@@ -542,6 +542,27 @@ def test_the_sweep_removes_replaced_and_unfinished_bases_never_one_in_use(docker
 
 
 @pytest.mark.docker
+def test_the_volume_that_mounted_a_gone_base_is_swept(docker_client: Any) -> None:
+    """A base removed by hand (or by an older pipekit) leaves the volume that mounted its image:
+    the sweep removes it; one whose base is there stays."""
+    from pipekit._backends.docker.layers import LABEL_BASE_FS
+
+    api = docker_client.api
+    gone, kept = (f"pipekit-base-test-{os.urandom(4).hex()}" for _ in range(2))
+    api.create_volume(kept, labels={LABEL_MANAGED: "true", LABEL_BASE: "test-fs-sweep"})
+    for base in (gone, kept):
+        api.create_volume(f"{base}-fs", labels={LABEL_MANAGED: "true", LABEL_BASE_FS: base})
+    try:
+        DockerBackend(docker_client, workspace="copy").layers.drop_bases(folder="nowhere:/nothing")
+        names = {v["Name"] for v in (api.volumes() or {}).get("Volumes") or []}
+        assert f"{gone}-fs" not in names and f"{kept}-fs" in names
+    finally:
+        for name in (f"{gone}-fs", f"{kept}-fs", kept):
+            with contextlib.suppress(Exception):
+                api.remove_volume(name)
+
+
+@pytest.mark.docker
 def test_a_base_a_run_holds_outlives_a_newer_one_until_the_run_ends(
     docker_client: Any, busybox_image: str, tmp_path: Path
 ) -> None:
@@ -558,6 +579,7 @@ def test_a_base_a_run_holds_outlives_a_newer_one_until_the_run_ends(
     spec = StageSpec(run_id=f"hold{os.urandom(4).hex()}", stage="s", image=busybox_image, workspace=folder)
     other = StageSpec(run_id=f"hold{os.urandom(4).hex()}", stage="s", image=busybox_image, workspace=folder)
     api = docker_client.api
+    mine = base_path_label(folder)  # (only this test's bases: other tests' run beside it)
     try:
         held = ours.layers.base_for(spec).name
         (folder / "b.bin").write_bytes(os.urandom(1 << 20))
@@ -567,13 +589,13 @@ def test_a_base_a_run_holds_outlives_a_newer_one_until_the_run_ends(
         assert newer != held
         theirs.layers.cleanup(other.run_id)
         ours.layers.drop_grace = 3600
-        assert held not in ours.layers.drop_bases(), "replaced a moment ago: it stays"
+        assert held not in ours.layers.drop_bases(folder=mine), "replaced a moment ago: it stays"
         ours.layers.drop_grace = 0
-        assert held not in ours.layers.drop_bases(), "held by a run that still goes"
+        assert held not in ours.layers.drop_bases(folder=mine), "held by a run that still goes"
         api.inspect_volume(held)
         ours.layers.cleanup(spec.run_id)
-        assert held in ours.layers.drop_bases()
-        assert newer not in ours.layers.drop_bases(), "the newest stays for the next run"
+        assert held in ours.layers.drop_bases(folder=mine)
+        assert newer not in ours.layers.drop_bases(folder=mine), "the newest stays for the next run"
     finally:
         for run in (spec.run_id, other.run_id):
             ours.layers.cleanup(run)

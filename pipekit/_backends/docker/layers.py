@@ -325,6 +325,8 @@ class Layers:
             raise
 
     def _drop_bases(self, superseded: bool, folder: str | None) -> list[str]:
+        # (the volumes that mount images first: the base of each was made before it, so is listed below)
+        fs = (self.api.volumes(filters={"label": LABEL_BASE_FS}) or {}).get("Volumes") or []
         listing = (self.api.volumes(filters={"label": LABEL_BASE}) or {}).get("Volumes") or []
         companions = {
             str((v.get("Labels") or {})[LABEL_BASE_OK]): str(v["Name"])
@@ -360,6 +362,8 @@ class Layers:
                     continue  # replaced just now: a run may have chosen it a moment ago
             self._remove_base(name)
             dropped.append(name)
+        names = {str(v["Name"]) for v in listing}
+        self.remove([str(v["Name"]) for v in fs if (v.get("Labels") or {}).get(LABEL_BASE_FS) not in names])
         return dropped
 
     def _volumes(self, run_id: str) -> list[str]:
