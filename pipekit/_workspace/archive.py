@@ -195,7 +195,7 @@ def header(name: str, st: os.stat_result, kind: bytes, *, size: int = 0, link: s
     return buf[:148] + b"%06o\0" % chksum + buf[155:]
 
 
-def feed(chunks: Iterable[bytes], size: int = CHUNK, depth: int = 2) -> Iterator[bytes]:
+def feed(chunks: Iterable[bytes], size: int = CHUNK // 4, depth: int = 2) -> Iterator[bytes]:
     """``chunks`` in pieces of about ``size`` bytes, made by a thread of their own while the
     caller sends the previous ones (at most ``depth`` pieces wait: memory stays bounded)."""
     pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)

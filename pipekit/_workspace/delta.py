@@ -18,17 +18,43 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import attrs
 
-__all__ = ["StatKey", "WorkspaceBase", "changed_since", "hidden_names", "shipped", "stat_key", "stat_tree", "topmost"]
+__all__ = [
+    "StatKey",
+    "WorkspaceBase",
+    "changed_since",
+    "hidden_names",
+    "key_kind",
+    "key_size",
+    "shipped",
+    "stat_key",
+    "stat_tree",
+    "topmost",
+]
 
 #: what says a name is unchanged since it was shipped: kind, mode, and for a file its inode, size,
 #: mtime and ctime in nanoseconds (a write always moves ctime, which nobody can set back), for a
-#: link its target; a folder is the same folder whatever was added to or removed from it
-StatKey = tuple[str, int, int, int, int, int, str]
+#: link its target; a folder is the same folder whatever was added to or removed from it. A
+#: file's key is those five numbers packed in 34 bytes (:data:`_FILE_KEY`: a manifest of 20,000
+#: files holds a few MiB less than as tuples); a folder's and a link's are tuples
+#: ``(kind, mode, 0, 0, 0, 0, target)``.
+StatKey = tuple[str, int, int, int, int, int, str] | bytes
+_FILE_KEY = struct.Struct("<HQqqq")  # mode, inode, size, mtime_ns, ctime_ns
+
+
+def key_kind(key: StatKey) -> str:
+    """``f``, ``d`` or ``l``."""
+    return "f" if isinstance(key, bytes) else key[0]
+
+
+def key_size(key: StatKey) -> int:
+    """A file's size (0 for a folder or a link)."""
+    return int(_FILE_KEY.unpack(key)[2]) if isinstance(key, bytes) else 0
 
 
 def hidden_names(root: Path, files: Collection[str]) -> tuple[str, ...]:
@@ -63,7 +89,7 @@ def stat_key(st: os.stat_result, target: str = "") -> StatKey | None:
     if stat.S_ISLNK(st.st_mode):
         return ("l", 0, 0, 0, 0, 0, target)
     if stat.S_ISREG(st.st_mode):
-        return ("f", mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, "")
+        return _FILE_KEY.pack(mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     return None
 
 
@@ -95,7 +121,7 @@ def stat_tree(root: Path, exclude: Collection[str], hidden: Collection[tuple[int
             if key is None:
                 continue
             found[rel] = key
-            if key[0] == "d":
+            if key_kind(key) == "d":
                 todo.append((rel + "/", entry.path))
     return found
 
@@ -104,7 +130,7 @@ def changed_since(before: dict[str, StatKey], now: dict[str, StatKey]) -> tuple[
     """What differs between two manifests: the names to send (parents before what is in them) and
     the names gone (only the topmost of a gone folder)."""
     changed = sorted(n for n, key in now.items() if before.get(n) != key)
-    gone = [n for n in before if n not in now or (before[n][0] == "d" and now[n][0] != "d")]
+    gone = [n for n in before if n not in now or (key_kind(before[n]) == "d" and key_kind(now[n]) != "d")]
     return changed, topmost(gone)
 
 

@@ -23,7 +23,7 @@ from pipekit._workspace.delta import StatKey, WorkspaceBase, hidden_names
 
 __all__ = ["base_key", "base_path_label", "drop_record", "load_record", "records_dir", "save_record"]
 
-FORMAT = 1
+FORMAT = 2  # (2: a file's stat key packed in bytes)
 
 
 def records_dir(workspace: Path) -> Path:
@@ -51,7 +51,7 @@ def save_record(workspace: Path, base: WorkspaceBase, created: str) -> None:
     data = {"format": FORMAT, "name": base.name, "created": created, "stats": base.stats, "digests": base.digests}
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
+        json.dump(data, f, separators=(",", ":"), default=_hex)  # (a file's stat key: its bytes in hex)
     os.replace(tmp, target)
 
 
@@ -65,7 +65,7 @@ def load_record(workspace: Path, name: str, created: str) -> WorkspaceBase | Non
             return None
         stats: dict[str, StatKey] = data.pop("stats")  # (made tuples in place: one copy in memory at a time)
         for n, k in stats.items():
-            stats[n] = tuple(k)  # type: ignore[assignment]
+            stats[n] = bytes.fromhex(k) if isinstance(k, str) else tuple(k)  # type: ignore[assignment]
         digests: dict[str, str] = data.pop("digests")
         if not all(isinstance(d, str) for d in digests.values()):
             return None
@@ -79,3 +79,9 @@ def drop_record(workspace: Path, name: str) -> None:
         os.unlink(records_dir(workspace) / f"{name}.json")
     except OSError:
         pass
+
+
+def _hex(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"not in a base's record: {type(value).__name__}")

@@ -46,7 +46,7 @@ from pipekit._backends.docker.engine import (
     stage_labels,
 )
 from pipekit._workspace.archive import PRIVATE_DIRS, TreeStream, feed
-from pipekit._workspace.delta import WorkspaceBase, changed_since, hidden_names, shipped
+from pipekit._workspace.delta import WorkspaceBase, changed_since, hidden_names, key_size, shipped
 from pipekit._workspace.erofs import IMAGE_NAME, TOP, ErofsImage
 from pipekit._workspace.keptbase import base_key, base_path_label, load_record, save_record
 from pipekit.backend import StageSpec
@@ -144,7 +144,7 @@ class Layers:
                 continue  # an image this engine cannot mount (the next base is unpacked)
             now = shipped(spec.workspace, spec.hidden)
             changed, gone = changed_since(base.stats, now)
-            size = sum(now[n][3] for n in changed if now[n][0] == "f")
+            size = sum(key_size(now[n]) for n in changed)
             base.behind = (len(changed) + len(gone), size)
             base.kept = True
             return base
