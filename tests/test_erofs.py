@@ -14,6 +14,7 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,3 +191,72 @@ def test_a_real_tree_at_real_size(tmp_path: Path, mounted: tuple[Path, Path]) ->
     want = _described(root, skip=frozenset({"site-packages"}))
     assert len(want) > 2000, f"{root} is smaller than expected ({len(want)} names; Python {sys.version})"
     assert _described(inside) == want
+
+
+def test_what_is_swapped_after_the_walk_is_never_read_through(tmp_path: Path, mounted: tuple[Path, Path]) -> None:
+    """Between the walk and the read (a parallel stage's bring-back may change the folder): a
+    folder swapped for a link to a folder outside, a file swapped for a FIFO (would block), for a
+    folder, or for a link to a file outside. Nothing outside is read, nothing hangs, the image
+    stays valid, and those files' stat keys are dropped (the next run sends them again)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("host secret\n")
+    root = tmp_path / "ws"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "secret").write_text("in the workspace\n")
+    for name in ("fifo", "folder", "link"):
+        (root / name).write_text("x" * 20)
+    out, where = mounted
+    image = ErofsImage(root)
+    os.rename(root / "d", tmp_path / "d-aside")
+    os.symlink(outside, root / "d")
+    (root / "fifo").unlink()
+    os.mkfifo(root / "fifo")
+    (root / "folder").unlink()
+    (root / "folder").mkdir()
+    (root / "link").unlink()
+    os.symlink(outside / "secret", root / "link")
+    with open(out, "wb") as f:
+        for piece in image:
+            f.write(piece)
+    _fsck(out, tmp_path)
+    inside = _mount(out, where)
+    assert (inside / "d" / "secret").read_bytes() == bytes(len("in the workspace\n"))
+    for name in ("fifo", "folder", "link"):
+        assert (inside / name).read_bytes() == bytes(20)
+        assert name not in image.stats
+    assert "d/secret" not in image.stats
+
+
+def test_a_folder_swapped_before_it_is_listed_is_not_listed_through(tmp_path: Path) -> None:
+    """The walk found ``a/b``; before it lists it, ``a`` becomes a link to a folder outside that
+    has a ``b`` of its own: the image has ``a/b`` empty, never what is outside."""
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    (outside / "b" / "secret").write_text("host secret\n")
+    root = tmp_path / "ws"
+    (root / "a" / "b").mkdir(parents=True)
+
+    class Swapped(ErofsImage):
+        def _open(self, node: Any, flags: int) -> int:
+            if node.rel == "a/b" and not os.path.islink(root / "a"):
+                shutil.rmtree(root / "a")
+                os.symlink(outside, root / "a")
+            return super()._open(node, flags)
+
+    image = Swapped(root)
+    assert os.path.islink(root / "a"), "the swap happened"
+    assert image.manifest.get("a/b") == "/" and "a/b/secret" not in image.stats
+
+
+def test_times_before_1970_and_a_workspace_reached_through_a_link(tmp_path: Path, mounted: tuple[Path, Path]) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "old").write_text("old\n")
+    os.utime(real / "old", ns=(-86_400 * 10**9, -86_400 * 10**9 + 5))
+    os.symlink(real, tmp_path / "ws")
+    out, where = mounted
+    _image(tmp_path / "ws", out)
+    _fsck(out, tmp_path)
+    inside = _mount(out, where)
+    assert os.stat(inside / "old").st_mtime_ns == -86_400 * 10**9 + 5

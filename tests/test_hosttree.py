@@ -263,7 +263,9 @@ def test_what_a_stage_kept_as_it_got_it_is_not_brought_back_over_a_parallel_stag
 
 
 def test_a_file_a_stage_changed_comes_back_into_a_folder_a_parallel_stage_removed(ws: Path) -> None:
-    (ws / "dir").mkdir()
+    """...into the folder made again, with the mode the stage's folder has (a private folder stays private)."""
+    (ws / "dir").mkdir(mode=0o700)
+    os.chmod(ws / "dir", 0o700)
     (ws / "dir" / "a").write_text("a\n")
     _stage_tree, known = _as_shipped(ws)
     (ws / "dir" / "a").write_text("changed by the stage\n")  # (the stage's folder, as a tar)
@@ -272,6 +274,7 @@ def test_a_file_a_stage_changed_comes_back_into_a_folder_a_parallel_stage_remove
     (ws / "dir").rmdir()
     _bring_back(ws, stage_tree, known)
     assert (ws / "dir" / "a").read_text() == "changed by the stage\n"
+    assert (ws / "dir").stat().st_mode & 0o777 == 0o700
     assert [p.name for p in ws.iterdir() if p.name.startswith(".pipekit-tmp")] == []
 
 

@@ -542,6 +542,32 @@ def test_the_sweep_removes_replaced_and_unfinished_bases_never_one_in_use(docker
 
 
 @pytest.mark.docker
+def test_an_image_base_without_its_mount_volume_is_gone_not_unpacked(
+    docker_client: Any, busybox_image: str, tmp_path: Path
+) -> None:
+    """A base that is an image, whose ``NAME-fs`` went (half removed by a sweep or by hand), is
+    never taken for an unpacked base (its stages would see ``base.erofs`` as the workspace): the
+    next run makes a new base and its stage sees the folder."""
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(
+        'import pipekit as pk\n\n\n@pk.stage(image="busybox")\ndef look(ctx):\n    ctx.sh("cat a.txt")\n'
+    )
+    (folder / "a.txt").write_text("a\n")
+    backend = DockerBackend(docker_client, workspace="copy")
+    if not backend.layers._packs():
+        pytest.skip("this engine's kernel does not mount EROFS image files (Linux 6.12+)")
+    first, _ = _run(folder, backend, busybox_image)
+    assert first.status == "succeeded", first.stages
+    (base,) = _bases(docker_client, folder)
+    docker_client.api.remove_volume(f"{base}-fs")
+    second, events = _run(folder, DockerBackend(docker_client, workspace="copy"), busybox_image)
+    assert second.status == "succeeded", second.stages
+    used = {e["base"] for e in events if e.get("event") == "workspace changes copied in"}
+    assert used and base not in used, "a new base, not the one without its mount"
+
+
+@pytest.mark.docker
 def test_the_volume_that_mounted_a_gone_base_is_swept(docker_client: Any) -> None:
     """A base removed by hand (or by an older pipekit) leaves the volume that mounted its image:
     the sweep removes it; one whose base is there stays."""

@@ -44,18 +44,23 @@ _MAGIC = 0xE0F5E1E2
 _INODE = 64  # an extended inode (64-bit size, owner, mtime with nanoseconds)
 _DIRENT = struct.Struct("<QHBB")  # nid, nameoff, file_type, reserved
 _SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHHBBIQB23s")
-_EXTENDED = struct.Struct("<HHHHQIIIIQII16s")
+_EXTENDED = struct.Struct("<HHHHQIIIIqII16s")  # (mtime signed: before 1970 too)
 _FT = {"f": 1, "d": 2, "l": 7}  # EROFS_FT_REG_FILE, _DIR, _SYMLINK
+_DEVS: dict[int, int] = {}  # one int object per device number
 
 
 class _Node:
     """One inode of the image (a name's kind, owner, mode, time and size; no path kept: ``rel``
     is the first name it was found under, relative to the workspace)."""
 
-    __slots__ = ("blkaddr", "children", "gid", "kind", "links", "mode", "mtime", "nid", "rel", "size", "target", "uid")
+    __slots__ = (
+        "blkaddr", "children", "dev", "gid", "ino", "kind", "links",
+        "mode", "mtime", "nid", "rel", "size", "target", "uid",
+    )  # fmt: skip
 
     def __init__(self, kind: str, rel: str, st: os.stat_result) -> None:
         self.kind, self.rel = kind, rel
+        self.dev, self.ino = _DEVS.setdefault(st.st_dev, st.st_dev), st.st_ino  # (what was walked: read only that)
         self.mode, self.uid, self.gid, self.mtime = st.st_mode & 0o177777, st.st_uid, st.st_gid, st.st_mtime_ns
         self.children: list[_Node] | None = [] if kind == "d" else None
         self.target = b""
@@ -87,7 +92,7 @@ class ErofsImage:
 
     # -- the walk: lstat only ----------------------------------------------------------------
     def _walk(self) -> None:
-        st = os.lstat(self.root)
+        st = os.stat(self.root)  # (the workspace may be reached through a link; nothing in it is followed)
         image_root, top = _Node("d", "", st), _Node("d", "", st)
         image_root.rel = "/"  # (its name is never used: it is nobody's child)
         assert image_root.children is not None
@@ -95,42 +100,67 @@ class ErofsImage:
         self._nodes += [image_root, top]
         inodes: dict[tuple[int, int], _Node] = {}
         todo = collections.deque([top])
-        root = str(self.root)
         while todo:
             folder = todo.popleft()
             assert folder.children is not None
-            prefix = f"{folder.rel}/" if folder.rel else ""
+            fd = self._open(folder, os.O_DIRECTORY)
+            if fd < 0:
+                continue  # gone, or not that folder any more, since it was listed: empty
             try:
-                with os.scandir(os.path.join(root, folder.rel) if folder.rel else root) as found:
-                    entries = sorted(found, key=lambda e: e.name)
-            except OSError:
-                entries = []  # gone, or not a folder any more, since it was listed
-            for entry in entries:
-                rel = prefix + entry.name
-                if rel in self.exclude:
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                node = self._node(entry.path, rel, st, inodes)
-                if node is None:
-                    continue
-                if node.rel != rel:  # a second name of a file
-                    self._aliases.append((rel, node.rel, os.fsencode(entry.name)))
-                    folder.children.append(_Alias(os.fsencode(entry.name), node))  # type: ignore[arg-type]
-                    continue
-                folder.children.append(node)
-                if node.kind == "d":
-                    todo.append(node)
+                self._list(folder, fd, inodes, todo)
+            finally:
+                os.close(fd)
 
-    def _node(self, full: str, rel: str, st: os.stat_result, inodes: dict[tuple[int, int], _Node]) -> _Node | None:
+    def _open(self, node: _Node, flags: int) -> int:
+        """A descriptor of ``node`` as the walk found it (-1: something else is there now, or nothing:
+        a folder swapped for a link since, by a stage's bring-back, is never read through)."""
+        path = os.path.join(self.root, node.rel) if node.rel else str(self.root)
+        nofollow = os.O_NOFOLLOW if node.rel else 0
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | nofollow | flags)
+        except OSError:
+            return -1
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (node.dev, node.ino) or stat.S_IFMT(st.st_mode) != stat.S_IFMT(node.mode):
+            os.close(fd)
+            return -1
+        return fd
+
+    def _list(
+        self, folder: _Node, fd: int, inodes: dict[tuple[int, int], _Node], todo: collections.deque[_Node]
+    ) -> None:
+        assert folder.children is not None
+        prefix = f"{folder.rel}/" if folder.rel else ""
+        with os.scandir(fd) as found:
+            entries = sorted(found, key=lambda e: e.name)
+        for entry in entries:
+            rel = prefix + entry.name
+            if rel in self.exclude:
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)  # (relative to the folder's descriptor)
+                node = self._node(fd, entry.name, rel, st, inodes)
+            except OSError:
+                continue  # gone since it was listed
+            if node is None:
+                continue
+            if node.rel != rel:  # a second name of a file
+                self._aliases.append((rel, node.rel, os.fsencode(entry.name)))
+                folder.children.append(_Alias(os.fsencode(entry.name), node))  # type: ignore[arg-type]
+                continue
+            folder.children.append(node)
+            if node.kind == "d":
+                todo.append(node)
+
+    def _node(
+        self, fd: int, name: str, rel: str, st: os.stat_result, inodes: dict[tuple[int, int], _Node]
+    ) -> _Node | None:
         if stat.S_ISDIR(st.st_mode):
             node = _Node("d", rel, st)
             self.manifest[rel] = "/"
         elif stat.S_ISLNK(st.st_mode):
             node = _Node("l", rel, st)
-            target = os.readlink(full)
+            target = os.readlink(name, dir_fd=fd)
             node.target = os.fsencode(target)
             node.size = len(node.target)
             self.manifest[rel] = "->" + target
@@ -191,6 +221,8 @@ class ErofsImage:
                 yield from self._file(node)
         for alias, first, _n in self._aliases:
             self.manifest[alias] = self.manifest[first]
+            if first not in self.stats:
+                self.stats.pop(alias, None)
 
     def _parents(self) -> dict[int, _Node]:
         parents = {id(self._nodes[0]): self._nodes[0]}
@@ -206,10 +238,9 @@ class ErofsImage:
         what the next run finds, so that run sends it again)."""
         digest = hashlib.sha256()
         left = node.size
-        try:
-            fd = os.open(os.path.join(self.root, node.rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            fd = -1  # replaced by a link or gone since it was listed: zeros
+        fd = self._open(node, 0)  # (never a FIFO, a folder or a link put there since: zeros)
+        if fd < 0:
+            self.stats.pop(node.rel, None)  # (so the next run sends it, whatever it is then)
         try:
             while left > 0:
                 chunk = (os.read(fd, min(CHUNK, left)) if fd >= 0 else b"") or bytes(min(CHUNK, left))
@@ -246,8 +277,8 @@ def _inode(node: _Node, ino: int) -> bytes:
         ino,
         node.uid,
         node.gid,
-        max(0, node.mtime // 10**9),
-        max(0, node.mtime % 10**9),
+        node.mtime // 10**9,
+        node.mtime % 10**9,
         nlink,
         b"",
     )

@@ -53,6 +53,8 @@ class HostTree:
         self.root = root
         self._shipped, self._hidden = shipped, hidden
         self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        #: the mode of a folder made again for what is written in it (a bring-back's, by name)
+        self.folder_modes: dict[str, int] = {}
 
     def close(self) -> None:
         os.close(self._fd)
@@ -70,7 +72,8 @@ class HostTree:
                 except FileNotFoundError:
                     if not create:
                         raise
-                    os.mkdir(part, 0o755, dir_fd=fd)
+                    mode = self.folder_modes.get("/".join(parts[: i + 1]), 0o755) & 0o777  # (never setuid, ...)
+                    os.mkdir(part, mode or 0o755, dir_fd=fd)
                     nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):

@@ -23,7 +23,7 @@ from pipekit._workspace.delta import StatKey, WorkspaceBase, hidden_names
 
 __all__ = ["base_key", "base_path_label", "drop_record", "load_record", "records_dir", "save_record"]
 
-FORMAT = 2  # (2: a file's stat key packed in bytes)
+FORMAT = 3  # (2: a file's stat key packed in bytes; 3: bases that are images say so in a label)
 
 
 def records_dir(workspace: Path) -> Path:

@@ -249,6 +249,7 @@ class _Apply:
         it was is left as it is here now (a parallel stage may have removed or replaced it)."""
         if info.isdir():
             self.now[name] = "/"
+            self.tree.folder_modes[name] = info.mode  # (made again with it for a file written in it)
             if self.known.get(name) != "/":
                 self.changed += self.tree.make_dir(name, info.mode)
         elif info.isreg():

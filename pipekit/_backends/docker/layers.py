@@ -77,6 +77,8 @@ LABEL_BASE_OK = "io.pipekit.workspace-base.ok"
 LABEL_LOWER = "io.pipekit.workspace-base.lower"
 #: on the volume that mounts a base's image (``NAME-fs``), and on the run's holder of that mount: the base
 LABEL_BASE_FS = "io.pipekit.workspace-base.fs"
+#: on a base that is an EROFS image (without its ``NAME-fs`` it is gone, never an unpacked base)
+LABEL_BASE_IMAGE = "io.pipekit.workspace-base.image"
 #: the first kernel that mounts an EROFS image file without a loop device
 EROFS_KERNEL = (6, 12)
 #: the mount options of a base's image
@@ -98,6 +100,7 @@ class Layers:
         self.packed: bool | None = None
         self._lowers: dict[str, str] = {}  # base name -> the folder an overlay stacks
         self._holders: dict[tuple[str, str], str] = {}  # (run id, base) -> the holder's container
+        self._lock_holders = threading.Lock()
         self._lock = threading.Lock()
 
     @property
@@ -119,10 +122,15 @@ class Layers:
             return base
 
     def _packs(self) -> bool:
+        """Whether bases are images here: a kernel that mounts image files, and an engine that
+        maps no user ids (user namespaces, rootless: the image's owners are this machine's, the
+        engine's untar would map them)."""
         if self.packed is None:
             kernel = str(self.api.version().get("KernelVersion", ""))
             numbers = [int(p) for p in kernel.replace("-", ".").split(".")[:2] if p.isdigit()]
-            self.packed = len(numbers) == 2 and tuple(numbers) >= EROFS_KERNEL
+            options = " ".join(str(o) for o in self.api.info().get("SecurityOptions") or [])
+            mapped = "name=userns" in options or "name=rootless" in options
+            self.packed = len(numbers) == 2 and tuple(numbers) >= EROFS_KERNEL and not mapped
         return self.packed
 
     def _kept_base(self, spec: StageSpec) -> WorkspaceBase | None:
@@ -138,10 +146,10 @@ class Layers:
             base = load_record(spec.workspace, name, str(volume.get("CreatedAt", "")))
             if base is None:
                 continue
-            if not self._hold(spec, name):
+            if not self._hold(spec, name, complete=True):
                 continue  # a sweep removed it after the listing
-            if not self._mount(spec, name):
-                continue  # an image this engine cannot mount (the next base is unpacked)
+            if not self._mount(spec, name, LABEL_BASE_IMAGE in (volume.get("Labels") or {})):
+                continue  # gone meanwhile, or an image this engine cannot mount (the next base is unpacked)
             now = shipped(spec.workspace, spec.hidden)
             changed, gone = changed_since(base.stats, now)
             size = sum(key_size(now[n]) for n in changed)
@@ -156,7 +164,8 @@ class Layers:
         name = f"pipekit-base-{key[:12]}-{os.urandom(4).hex()}"
         labels = {LABEL_MANAGED: "true", LABEL_BASE: key, LABEL_BASE_PATH: base_path_label(spec.workspace)}
         packed = self._packs()
-        self.api.create_volume(name, labels={**labels, **owner_label()})
+        image_label = {LABEL_BASE_IMAGE: "true"} if packed else {}
+        self.api.create_volume(name, labels={**labels, **image_label, **owner_label()})
         binds = {name: {"bind": "/base", "mode": "rw"}}
         start = time.monotonic()
         try:
@@ -189,7 +198,7 @@ class Layers:
             # (the engine's CreatedAt of a local volume is its folder's mtime: known once the stream is in)
             save_record(spec.workspace, base, str(self.api.inspect_volume(name).get("CreatedAt", "")))
             self._hold(spec, name)
-            if not self._mount(spec, name):  # this engine's kernel does not mount the image: unpacked
+            if not self._mount(spec, name, packed):  # this engine's kernel does not mount the image: unpacked
                 self._remove_base(name)
                 return self._make_base(spec)
             self.api.create_volume(f"{name}-ok", labels={**labels, LABEL_BASE_OK: name})  # complete from now on
@@ -198,16 +207,19 @@ class Layers:
             raise
         return base
 
-    def _mount(self, spec: StageSpec, base: str) -> bool:
-        """Know where the overlays of ``base`` stack; for an image, start the run's holder of its
-        mount (once per run). False: the image does not mount on this engine (no more images)."""
+    def _mount(self, spec: StageSpec, base: str, image: bool) -> bool:
+        """Know where the overlays of ``base`` stack; for an ``image``, start the run's holder of
+        its mount (once per run). False: the base is gone (an image without its ``NAME-fs``), or
+        the image does not mount on this engine (then no more images: :attr:`packed`)."""
         from docker.errors import APIError, NotFound
 
+        if not image:
+            self._lowers[base] = self.api.inspect_volume(base)["Mountpoint"]
+            return True
         try:
             fs = self.api.inspect_volume(f"{base}-fs")["Mountpoint"]
         except NotFound:
-            self._lowers[base] = self.api.inspect_volume(base)["Mountpoint"]
-            return True
+            return False  # removed (the sweep, `cleanup --all`) after it was listed
         if (spec.run_id, base) in self._holders:
             return True
         assert spec.image is not None
@@ -217,17 +229,28 @@ class Layers:
             stdin_open=True,  # (it waits on its input, which never comes)
             network_disabled=True,
             labels={LABEL_MANAGED: "true", LABEL_RUN: spec.run_id, LABEL_BASE_FS: base, **owner_label()},
-            host_config=self.api.create_host_config(binds={f"{base}-fs": {"bind": "/base", "mode": "ro"}}),
+            host_config=self.api.create_host_config(
+                binds={f"{base}-fs": {"bind": "/base", "mode": "ro"}},
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                pids_limit=16,
+            ),
         )["Id"]
         try:
             self.api.start(holder)
+            labels = self.api.inspect_volume(f"{base}-fs").get("Labels") or {}
         except APIError as e:
-            self.api.remove_container(holder, force=True)
+            self._remove_container(holder)
             if "mount" not in str(e).lower():
                 raise
             self.packed = False
             return False
-        self._holders[(spec.run_id, base)] = holder
+        if labels.get(LABEL_BASE_FS) != base:  # removed after the inspect, and made again empty by the engine
+            self._remove_container(holder)
+            self.remove([f"{base}-fs"])
+            return False
+        with self._lock_holders:
+            self._holders[(spec.run_id, base)] = holder
         self._lowers[base] = f"{fs}/{TOP}"
         return True
 
@@ -242,15 +265,15 @@ class Layers:
         except NotFound:
             self.remove([name])
 
-    def _hold(self, spec: StageSpec, base: str) -> bool:
+    def _hold(self, spec: StageSpec, base: str, complete: bool = False) -> bool:
         """Hold ``base`` for the run (its cleanup, or the sweep of a lost run, lets it go);
-        whether the base is still there."""
+        whether the base is still there (``complete``: and still complete)."""
         from docker.errors import NotFound
 
         hold = f"pipekit-{spec.run_id}-hold-{base[-8:]}"
         self.api.create_volume(hold, labels={**stage_labels(spec), LABEL_LOWER: base})
         try:
-            self.api.inspect_volume(base)
+            self.api.inspect_volume(f"{base}-ok" if complete else base)
         except NotFound:
             self.remove([hold])
             return False
@@ -298,8 +321,10 @@ class Layers:
         """Remove every volume of the run (its containers are gone; a kept one's view stays). The
         bases stay for the next runs."""
         self._bases.pop(run_id, None)
-        for key in [k for k in self._holders if k[0] == run_id]:
-            self._remove_container(self._holders.pop(key))
+        with self._lock_holders:
+            holders = [self._holders.pop(k) for k in [k for k in self._holders if k[0] == run_id]]
+        for holder in holders:
+            self._remove_container(holder)
         self.remove(sorted(self._volumes(run_id), key=lambda n: not n.endswith("-view")))  # a view first
 
     def _remove_container(self, container: str) -> None:
