@@ -86,7 +86,7 @@ class ErofsImage:
         self.manifest: dict[str, str] = {}
         self.stats: dict[str, StatKey] = {}
         self._nodes: list[_Node] = []
-        self._aliases: list[tuple[str, str, bytes]] = []  # a second name of a file: it, the first, its name
+        self._aliases: list[tuple[str, str]] = []  # a second name of a file, and its first
         self._walk()
         self.size = self._layout()
 
@@ -145,7 +145,7 @@ class ErofsImage:
             if node is None:
                 continue
             if node.rel != rel:  # a second name of a file
-                self._aliases.append((rel, node.rel, os.fsencode(entry.name)))
+                self._aliases.append((rel, node.rel))
                 folder.children.append(_Alias(os.fsencode(entry.name), node))  # type: ignore[arg-type]
                 continue
             folder.children.append(node)
@@ -219,7 +219,7 @@ class ErofsImage:
                 yield node.target + bytes(-node.size % _BLOCK)
             else:
                 yield from self._file(node)
-        for alias, first, _n in self._aliases:
+        for alias, first in self._aliases:
             self.manifest[alias] = self.manifest[first]
             if first not in self.stats:
                 self.stats.pop(alias, None)

@@ -151,13 +151,7 @@ class HostTree:
             if digest == unchanged:
                 os.unlink(tmp, dir_fd=fd)
                 return digest, False
-            try:
-                os.chmod(tmp, mode & 0o777 or 0o644, dir_fd=fd)  # a stage's setuid bit stays there
-                self._clear(fd, base, name)
-                os.replace(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)
-            except BaseException:
-                _unlink_quietly(fd, tmp)
-                raise
+            self._install(fd, tmp, fd, base, name, mode)
             return digest, True
         finally:
             os.close(fd)
@@ -173,17 +167,26 @@ class HostTree:
             os.unlink(tmp, dir_fd=self._fd)
             return digest, False
         try:
-            os.chmod(tmp, mode & 0o777 or 0o644, dir_fd=self._fd)
             fd, base = self.parent(name, create=True)
-            try:
-                self._clear(fd, base, name)
-                os.replace(tmp, base, src_dir_fd=self._fd, dst_dir_fd=fd)
-            finally:
-                os.close(fd)
         except BaseException:
             _unlink_quietly(self._fd, tmp)
             raise
+        try:
+            self._install(self._fd, tmp, fd, base, name, mode)
+        finally:
+            os.close(fd)
         return digest, True
+
+    def _install(self, tmp_fd: int, tmp: str, fd: int, base: str, name: str, mode: int) -> None:
+        """The temporary file ``tmp`` (in the folder ``tmp_fd``) made the file ``base`` of the folder
+        ``fd`` (``name``), with ``mode``; the temporary file goes whatever happens."""
+        try:
+            os.chmod(tmp, mode & 0o777 or 0o644, dir_fd=tmp_fd)  # a stage's setuid bit stays there
+            self._clear(fd, base, name)
+            os.replace(tmp, base, src_dir_fd=tmp_fd, dst_dir_fd=fd)
+        except BaseException:
+            _unlink_quietly(tmp_fd, tmp)
+            raise
 
     def make_link(self, name: str, target: str) -> bool:
         """A symbolic link at ``name`` (replacing what is there); whether anything changed."""

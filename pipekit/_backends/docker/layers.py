@@ -43,6 +43,7 @@ from pipekit._backends.docker.engine import (
     container_name,
     owner_alive,
     owner_label,
+    remove_container,
     stage_labels,
 )
 from pipekit._workspace.archive import PRIVATE_DIRS, TreeStream, feed
@@ -240,13 +241,13 @@ class Layers:
             self.api.start(holder)
             labels = self.api.inspect_volume(f"{base}-fs").get("Labels") or {}
         except APIError as e:
-            self._remove_container(holder)
+            remove_container(self.api, holder)
             if "mount" not in str(e).lower():
                 raise
             self.packed = False
             return False
         if labels.get(LABEL_BASE_FS) != base:  # removed after the inspect, and made again empty by the engine
-            self._remove_container(holder)
+            remove_container(self.api, holder)
             self.remove([f"{base}-fs"])
             return False
         with self._lock_holders:
@@ -257,9 +258,9 @@ class Layers:
     def _remove_base(self, name: str) -> None:
         """Remove a base: its companion, the volume that mounts its image, then the base (never
         while that mount is in use)."""
-        self.remove([f"{name}-ok", f"{name}-fs"])
         from docker.errors import NotFound
 
+        self.remove([f"{name}-ok", f"{name}-fs"])
         try:
             self.api.inspect_volume(f"{name}-fs")
         except NotFound:
@@ -324,16 +325,8 @@ class Layers:
         with self._lock_holders:
             holders = [self._holders.pop(k) for k in [k for k in self._holders if k[0] == run_id]]
         for holder in holders:
-            self._remove_container(holder)
+            remove_container(self.api, holder)
         self.remove(sorted(self._volumes(run_id), key=lambda n: not n.endswith("-view")))  # a view first
-
-    def _remove_container(self, container: str) -> None:
-        from docker.errors import NotFound
-
-        try:
-            self.api.remove_container(container, force=True)
-        except NotFound:
-            pass
 
     def drop_bases(self, *, superseded: bool = True, quiet: bool = False, folder: str | None = None) -> list[str]:
         """Remove the bases no stage's view stacks: those a newer complete base of the same folder
